@@ -1,0 +1,151 @@
+"""What every script shares at its edge: the common flags, exit statuses, signal handling, and the one place
+that turns a user's mistake into a single `immich-uploader: error: ...` line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, TextIO
+
+from config import ConfigError, Settings, load_settings, settings_flags
+from db_manager import DatabaseError, Store, open_store
+from logger import console_handler, get_logger, setup_console, setup_file
+from progress import Progress, select_progress
+
+log = get_logger("cli")
+
+
+class ExitStatus(IntEnum):
+    OK = 0
+    FILES_FAILED = 1  # the run finished, some files could not be scanned or uploaded
+    CANNOT_START = 2  # settings, database, server or API key
+    TOO_MANY_ERRORS = 3  # MAX_CONSECUTIVE_ERRORS failures in a row: the server is likely down
+    INTERRUPTED = 130  # 128 + SIGINT: what shells report for a job stopped by Ctrl-C
+
+
+class StartError(Exception):
+    """The job cannot start (server unreachable, key refused, another run going); exit 2 with this line."""
+
+
+class AlreadyRunning(Exception):
+    """Another run holds the lock: not an error under cron (exit 0)."""
+
+
+@dataclass
+class Context:
+    """What a script's body needs: settings, the database, output streams, the stop flag."""
+
+    settings: Settings
+    args: argparse.Namespace
+    store: Store
+    progress: Progress
+    stdout: TextIO
+    stop: threading.Event
+
+    def emit_json(self, summary: dict[str, Any]) -> None:
+        self.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+        self.stdout.flush()
+
+
+def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument(
+        "--env-file", metavar="PATH", help="settings file (default: ./.env, else .env beside the scripts)"
+    )
+    parser.add_argument("--source-dir", metavar="DIR", help="folder(s) to scan, comma-separated (SOURCE_DIR)")
+    parser.add_argument("--db-path", metavar="FILE", help="SQLite database file (DB_PATH)")
+    parser.add_argument("--log-level", metavar="LEVEL", help="log file detail (LOG_LEVEL)")
+    parser.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
+    parser.add_argument("--no-progress", action="store_true", help="no progress output (errors still shown)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show info messages on the console")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    parser.add_argument(
+        "--show-config", action="store_true", help="print every setting and its source, then exit"
+    )
+    return parser
+
+
+def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
+    """First SIGINT/SIGTERM: stop taking new files and finish cleanly. Second: stop at once.
+    Returns a function that puts the previous handlers back (the menu and tests run several jobs)."""
+
+    def handle(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        log.warning("stopping: finishing the files in progress (press Ctrl+C again to quit at once)")
+
+    if threading.current_thread() is not threading.main_thread():
+        return _nothing
+    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
+
+
+def _nothing() -> None:
+    return None
+
+
+def run_script(
+    parser: argparse.ArgumentParser,
+    body: Callable[[Context], ExitStatus],
+    argv: list[str] | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    needs_lock: bool = True,
+) -> int:
+    """Parse, configure, open the database, run `body`, map failures to exit statuses."""
+    stdout = stdout or sys.stdout
+    stderr = stderr or sys.stderr
+    args = parser.parse_args(argv)
+    setup_console(stderr, verbose=args.verbose)
+    prog = "immich-uploader"
+    store: Store | None = None
+    restore_signals: Callable[[], None] = _nothing
+    try:
+        settings = load_settings(settings_flags(args), args.env_file, warn=log.warning)
+        if args.show_config:
+            for name, value, source in settings.display_rows():
+                stdout.write(f"{name}={value}  # {source}\n")
+            return ExitStatus.OK
+        setup_file(
+            settings.log_file, settings.log_level, secrets=(settings.immich_api_key, settings.db_password)
+        )
+        progress = select_progress(stderr, enabled=not args.no_progress)
+        handler = console_handler()
+        if handler is not None:
+            handler.writer = progress.message
+        store = open_store(settings)
+        stop = threading.Event()
+        restore_signals = install_stop_handlers(stop)
+        if needs_lock and not store.acquire_run_lock():
+            raise AlreadyRunning
+        return int(body(Context(settings, args, store, progress, stdout, stop)))
+    except AlreadyRunning:
+        stderr.write(f"{prog}: another run is in progress on this database; nothing to do\n")
+        return ExitStatus.OK
+    except (ConfigError, DatabaseError, StartError) as exc:
+        log.debug("cannot start", exc_info=True)
+        stderr.write(f"{prog}: error: {exc}\n")
+        return ExitStatus.CANNOT_START
+    except KeyboardInterrupt:
+        stderr.write(f"\n{prog}: interrupted\n")
+        return ExitStatus.INTERRUPTED
+    finally:
+        restore_signals()
+        handler = console_handler()
+        if handler is not None:
+            handler.writer = handler._write
+        if store is not None:
+            store.close()

@@ -1,0 +1,341 @@
+"""Every setting the uploader knows, where each value came from, and what makes one invalid.
+
+Settings are resolved once per run, strongest source first: a command-line flag, the process environment,
+the `.env` file, the built-in default. `--env-file PATH` picks the file; without it `.env` in the current
+folder is read, else `.env` beside the scripts. Relative paths written in `.env` or the environment are taken
+relative to the project folder (cron starts scripts from `/`); relative paths given as flags are taken
+relative to the current folder, as with any command. A bad value raises `ConfigError`, naming the setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from dotenv import dotenv_values
+
+PROJECT_DIR = Path(__file__).resolve().parent
+
+# The client's lists plus what Immich accepts (../shared/immich-api.md §5): RAW formats and more video.
+DEFAULT_IMAGE_EXTENSIONS = (
+    "jpg,jpeg,png,webp,tiff,tif,bmp,heic,heif,"
+    "avif,gif,hif,jpe,jxl,jp2,insp,"
+    "3fr,ari,arw,cap,cin,cr2,cr3,crw,dcr,dng,erf,fff,iiq,k25,kdc,mrw,nef,nrw,orf,ori,pef,psd,"
+    "raf,raw,rw2,rwl,sr2,srf,srw,x3f"
+)
+DEFAULT_VIDEO_EXTENSIONS = "mp4,mov,avi,mkv,wmv,flv,webm,m4v,3gp,3gpp,insv,m2ts,m2t,mts,mpe,mpeg,mpg,vob"
+
+# NAS boxes and desktops leave these; hidden names (dot-files) are skipped separately.
+JUNK_NAMES = (
+    "@eaDir",
+    "#recycle",
+    "#snapshot",
+    ".Trash-*",
+    ".thumbnails",
+    "Thumbs.db",
+    "desktop.ini",
+)
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names it and says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: str
+    help: str
+    secret: bool = False
+
+
+# The one list of settings; .env.example documents the same names.
+# fmt: off
+SETTINGS: tuple[Setting, ...] = (
+    Setting("IMMICH_URL", "", "Immich server address, e.g. http://nas:2283 (a trailing / or /api is fine)"),
+    Setting("IMMICH_API_KEY", "", "API key from Immich: Account Settings > API Keys", secret=True),
+    Setting("SOURCE_DIR", "", "Folder(s) to scan, comma-separated"),
+    Setting("DB_HOST", "", "MySQL/MariaDB host; empty = the embedded SQLite file DB_PATH"),
+    Setting("DB_PORT", "3306", "MySQL/MariaDB port"),
+    Setting("DB_USER", "root", "MySQL/MariaDB user"),
+    Setting("DB_PASSWORD", "", "MySQL/MariaDB password", secret=True),
+    Setting("DB_NAME", "immich_uploader", "MySQL/MariaDB database (created if missing)"),
+    Setting("DB_PATH", "immich_uploader.db", "SQLite database file (used when DB_HOST is empty)"),
+    Setting("IMAGE_EXTENSIONS", DEFAULT_IMAGE_EXTENSIONS, "Image extensions to scan, comma-separated"),
+    Setting("VIDEO_EXTENSIONS", DEFAULT_VIDEO_EXTENSIONS, "Video extensions to scan, comma-separated"),
+    Setting("INCLUDE_HIDDEN", "false", "Also scan hidden files/folders and NAS junk (@eaDir, #recycle...)"),
+    Setting("IGNORE_PATTERNS", "", "Globs of paths to skip, comma-separated, e.g. */tmp/*,*.part"),
+    Setting("HASH_CHUNK_SIZE", "1048576", "Bytes read per hashing step (1 MiB: see README, measured)"),
+    Setting("HASH_WORKERS", "0", "Files hashed in parallel; 0 = one per CPU core"),
+    Setting("UPLOAD_CONCURRENCY", "4", "Uploads in flight at once"),
+    Setting("UPLOAD_DELAY", "0.1", "Seconds each upload worker waits between two uploads"),
+    Setting("MAX_CONSECUTIVE_ERRORS", "5", "Stop the run (exit 3) after this many failed uploads in a row"),
+    Setting("MAX_RETRIES", "4", "Retries of a request that failed for a transient reason (network, 429, 5xx)"),
+    Setting("RETRY_BACKOFF", "1.0", "Seconds before the first retry; doubles each time, with jitter"),
+    Setting("CONNECT_TIMEOUT", "30", "Seconds to connect to the server (also each socket write)"),
+    Setting("READ_TIMEOUT", "600", "Seconds to wait for the server's answer after the last byte"),
+    Setting("IMMICH_CA_BUNDLE", "", "CA certificate file for a server with a private certificate"),
+    Setting("IMMICH_VERIFY_TLS", "true", "Verify the server's TLS certificate (leave true)"),
+    Setting("LOG_LEVEL", "INFO", "Log file detail: DEBUG, INFO, WARNING or ERROR"),
+    Setting("LOG_FILE", "logs/immich_uploader.log", "Log file (rotated at 5 MB, 5 kept)"),
+)
+# fmt: on
+SETTING_NAMES = frozenset(s.name for s in SETTINGS)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    immich_url: str
+    immich_api_key: str
+    source_dirs: tuple[Path, ...]
+    db_host: str
+    db_port: int
+    db_user: str
+    db_password: str
+    db_name: str
+    db_path: Path
+    image_extensions: frozenset[str]
+    video_extensions: frozenset[str]
+    include_hidden: bool
+    ignore_patterns: tuple[str, ...]
+    hash_chunk_size: int
+    hash_workers: int
+    upload_concurrency: int
+    upload_delay_s: float
+    max_consecutive_errors: int
+    max_retries: int
+    retry_backoff_s: float
+    connect_timeout_s: float
+    read_timeout_s: float
+    ca_bundle: str
+    verify_tls: bool
+    log_level: str
+    log_file: Path
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    env_file: Path | None = None
+
+    @property
+    def backend(self) -> str:
+        return "mysql" if self.db_host else "sqlite"
+
+    def media_kind(self, extension: str) -> str | None:
+        """'image', 'video' or None for a lower-case extension without the dot."""
+        if extension in self.image_extensions:
+            return "image"
+        if extension in self.video_extensions:
+            return "video"
+        return None
+
+    def require_server(self) -> None:
+        missing = [
+            n
+            for n, v in (
+                ("IMMICH_URL", self.immich_url),
+                ("IMMICH_API_KEY", self.immich_api_key),
+            )
+            if not v
+        ]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} not set: add {'them' if len(missing) > 1 else 'it'} to "
+                f"{self.env_file or PROJECT_DIR / '.env'} (see .env.example) to upload"
+            )
+
+    def require_sources(self) -> None:
+        if not self.source_dirs:
+            raise ConfigError("SOURCE_DIR is not set: give --source-dir FOLDER or set SOURCE_DIR in .env")
+        for folder in self.source_dirs:
+            if not folder.is_dir():
+                raise ConfigError(f"SOURCE_DIR: folder {folder} does not exist")
+
+    def is_ignored(self, path: str) -> bool:
+        return any(fnmatch.fnmatch(path, pattern) for pattern in self.ignore_patterns)
+
+    def display_rows(self) -> list[tuple[str, str, str]]:
+        """(name, value, source) for every setting, secrets masked: for --show-config and the menu."""
+        secret = {s.name for s in SETTINGS if s.secret}
+        rows = []
+        for s in SETTINGS:
+            value = self.raw.get(s.name, s.default)
+            if s.name in secret and value:
+                value = mask_secret(value)
+            rows.append((s.name, value, self.sources.get(s.name, "default")))
+        return rows
+
+
+def mask_secret(value: str) -> str:
+    return "****" if len(value) < 12 else f"{value[:2]}****{value[-2:]}"
+
+
+def find_env_file(explicit: str | None) -> Path | None:
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"--env-file: {path} does not exist")
+        return path
+    for candidate in (Path.cwd() / ".env", PROJECT_DIR / ".env"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_settings(
+    flags: Mapping[str, str | None] | None = None,
+    env_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Settings:
+    """Resolve every setting; `flags` maps setting names to command-line values (None = not given)."""
+    environ = os.environ if environ is None else environ
+    path = find_env_file(env_file)
+    file_values: dict[str, str] = {}
+    if path is not None:
+        try:
+            file_values = {k: v or "" for k, v in dotenv_values(path).items()}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from None
+        for key in file_values:
+            if key not in SETTING_NAMES and warn is not None:
+                close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                warn(f"{path}: unknown setting {key}{hint}; it is ignored")
+
+    raw: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    from_flag: set[str] = set()
+    for s in SETTINGS:
+        value, source = s.default, "default"
+        if s.name in file_values:
+            value, source = file_values[s.name], str(path)
+        if s.name in environ:
+            value, source = environ[s.name], "environment"
+        if flags and flags.get(s.name) is not None:
+            value, source = str(flags[s.name]), "command line"
+            from_flag.add(s.name)
+        raw[s.name] = value.strip()
+        sources[s.name] = source
+
+    def path_of(name: str) -> Path:
+        return _resolve_path(raw[name], relative_to_cwd=name in from_flag)
+
+    def split(name: str) -> list[str]:
+        return [part.strip() for part in raw[name].split(",") if part.strip()]
+
+    settings = Settings(
+        immich_url=normalize_url(raw["IMMICH_URL"]),
+        immich_api_key=raw["IMMICH_API_KEY"],
+        source_dirs=tuple(_resolve_path(p, "SOURCE_DIR" in from_flag) for p in split("SOURCE_DIR")),
+        db_host=raw["DB_HOST"],
+        db_port=_int(raw, "DB_PORT", 1, 65535),
+        db_user=raw["DB_USER"],
+        db_password=raw["DB_PASSWORD"],
+        db_name=_db_name(raw["DB_NAME"]),
+        db_path=path_of("DB_PATH"),
+        image_extensions=_extensions(split("IMAGE_EXTENSIONS")),
+        video_extensions=_extensions(split("VIDEO_EXTENSIONS")),
+        include_hidden=_bool(raw, "INCLUDE_HIDDEN"),
+        ignore_patterns=tuple(split("IGNORE_PATTERNS")),
+        hash_chunk_size=_int(raw, "HASH_CHUNK_SIZE", 4096, 64 << 20),
+        hash_workers=_int(raw, "HASH_WORKERS", 0, 64) or (os.cpu_count() or 2),
+        upload_concurrency=_int(raw, "UPLOAD_CONCURRENCY", 1, 64),
+        upload_delay_s=_float(raw, "UPLOAD_DELAY", 0.0, 3600.0),
+        max_consecutive_errors=_int(raw, "MAX_CONSECUTIVE_ERRORS", 1, 1_000_000),
+        max_retries=_int(raw, "MAX_RETRIES", 0, 100),
+        retry_backoff_s=_float(raw, "RETRY_BACKOFF", 0.0, 600.0),
+        connect_timeout_s=_float(raw, "CONNECT_TIMEOUT", 0.1, 3600.0),
+        read_timeout_s=_float(raw, "READ_TIMEOUT", 0.1, 86400.0),
+        ca_bundle=str(path_of("IMMICH_CA_BUNDLE")) if raw["IMMICH_CA_BUNDLE"] else "",
+        verify_tls=_bool(raw, "IMMICH_VERIFY_TLS"),
+        log_level=_choice(raw, "LOG_LEVEL", LOG_LEVELS),
+        log_file=path_of("LOG_FILE"),
+        sources=sources,
+        raw=raw,
+        env_file=path,
+    )
+    if settings.ca_bundle and not Path(settings.ca_bundle).is_file():
+        raise ConfigError(f"IMMICH_CA_BUNDLE: file {settings.ca_bundle} does not exist")
+    return settings
+
+
+def _resolve_path(text: str, relative_to_cwd: bool) -> Path:
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        path = (Path.cwd() if relative_to_cwd else PROJECT_DIR) / path
+    return path
+
+
+def normalize_url(url: str) -> str:
+    """Base URL without a trailing '/' or '/api': users paste both forms."""
+    url = url.strip().rstrip("/")
+    if url.endswith("/api"):
+        url = url[: -len("/api")]
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"IMMICH_URL: {url!r} is not an http:// or https:// address (e.g. http://nas:2283)")
+    return url
+
+
+def _int(raw: Mapping[str, str], name: str, low: int, high: int) -> int:
+    try:
+        value = int(raw[name])
+    except ValueError:
+        raise ConfigError(f"{name}: {raw[name]!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is out of range ({low}..{high})")
+    return value
+
+
+def _float(raw: Mapping[str, str], name: str, low: float, high: float) -> float:
+    try:
+        value = float(raw[name])
+    except ValueError:
+        raise ConfigError(f"{name}: {raw[name]!r} is not a number") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is out of range ({low}..{high})")
+    return value
+
+
+def _bool(raw: Mapping[str, str], name: str) -> bool:
+    value = raw[name].lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}: {raw[name]!r} is not true or false")
+
+
+def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = raw[name].upper()
+    if value not in choices:
+        raise ConfigError(f"{name}: {raw[name]!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _extensions(items: list[str]) -> frozenset[str]:
+    return frozenset(item.lower().lstrip(".") for item in items)
+
+
+def _db_name(name: str) -> str:
+    if not name or not all(c.isalnum() or c in "_$" for c in name):
+        raise ConfigError(f"DB_NAME: {name!r} may hold only letters, digits, _ and $")
+    return name
+
+
+def settings_flags(args: Any) -> dict[str, str | None]:
+    """Map the shared command-line flags (see cli.add_common_arguments) onto setting names."""
+    return {
+        "SOURCE_DIR": getattr(args, "source_dir", None),
+        "DB_PATH": getattr(args, "db_path", None),
+        "LOG_LEVEL": getattr(args, "log_level", None),
+        "UPLOAD_CONCURRENCY": getattr(args, "concurrency", None),
+    }

@@ -1,0 +1,787 @@
+"""The state database: every file the tool has seen and where its upload stands. All SQL lives here.
+
+Two backends behind one interface: SQLite (the embedded default, WAL mode) and MySQL/MariaDB through
+PyMySQL when DB_HOST is set. Callers ask for named operations (`known_files()`, `save_scanned()`,
+`pending_uploads()`, `record_upload()`); statements are written once with `?` placeholders and adapted per
+backend. Scan writes go in batches, one transaction each; an upload's result commits on its own, at once,
+because exactly-once depends on it. The schema evolves by named migrations recorded in `schema_migrations`;
+the first is the client's original CREATE TABLE, so a database made by it is upgraded in place.
+
+Rows are keyed by `path_hash`, the SHA-256 of the path's raw bytes: unique however long the path (the
+client's key covered only 768 characters) and whatever its encoding. A path that is not valid UTF-8 is
+stored readable in `filepath` (invalid bytes replaced) and exactly, base64-encoded, in `filepath_b64`, so the
+file can be opened again (utils.path_to_text / text_to_path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from config import Settings
+from logger import get_logger
+
+log = get_logger("db")
+
+STATUSES = ("pending", "success", "duplicate", "error", "skipped")
+DONE_STATUSES = ("success", "duplicate")
+API_RESPONSE_MAX_CHARS = 4000
+BATCH_ROWS = 1000
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened or reached; the message says which and what to check."""
+
+
+def path_hash(raw_path: bytes) -> str:
+    return hashlib.sha256(raw_path).hexdigest()
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """What the scanner needs of a row to decide whether a file changed."""
+
+    id: int
+    filepath: str
+    filepath_b64: str | None
+    file_size: int | None
+    mtime_ns: int | None
+    upload_status: str
+    fingerprinted: bool
+    missing: bool
+
+
+@dataclass
+class ScannedFile:
+    """One row as the scanner writes it."""
+
+    raw_path: bytes
+    filepath: str
+    filepath_b64: str | None
+    filename: str
+    directory: str
+    extension: str
+    media_type: str
+    file_size: int
+    mtime_ns: int
+    hash: str = ""
+    sha1: str | None = None
+    date_taken: str | None = None  # UTC, 'YYYY-MM-DD HH:MM:SS'
+    date_source: str | None = None
+    metadata_info: str | None = None  # JSON text
+    upload_status: str = "pending"
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class PendingUpload:
+    """A row ready to upload, with what the uploader needs to send and re-check it."""
+
+    id: int
+    filepath: str
+    filepath_b64: str | None
+    file_size: int
+    mtime_ns: int | None
+    hash: str
+    sha1: str | None
+    extension: str
+    media_type: str | None
+    date_taken: str | None
+    metadata_info: str | None
+    upload_attempts: int
+    upload_status: str
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    """The result of one upload attempt as it is recorded."""
+
+    status: str  # success | duplicate | error | skipped
+    asset_id: str | None = None
+    api_response: str | None = None
+    error: str | None = None
+
+
+# --- schema -------------------------------------------------------------------------------------------
+
+# The client's original table, verbatim for MySQL (migration 0001).
+CLIENT_TABLE_MYSQL = """
+CREATE TABLE IF NOT EXISTS media_files (
+    id INT AUTO_INCREMENT PRIMARY KEY,
+    filepath VARCHAR(1000) NOT NULL,
+    filename VARCHAR(255) NOT NULL,
+    directory VARCHAR(745),
+    file_size BIGINT,
+    hash VARCHAR(64) NOT NULL,
+    extension VARCHAR(10),
+    upload_status ENUM('pending', 'success', 'duplicate', 'error') DEFAULT 'pending',
+    api_response TEXT,
+    upload_date TIMESTAMP NULL,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,
+    INDEX idx_filepath (filepath(255)),
+    INDEX idx_hash (hash),
+    INDEX idx_status (upload_status),
+    UNIQUE KEY uk_filepath (filepath(768))
+) DEFAULT CHARSET=utf8mb4
+"""
+
+CLIENT_TABLE_SQLITE = """
+CREATE TABLE IF NOT EXISTS media_files (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    filepath TEXT NOT NULL,
+    filename TEXT NOT NULL,
+    directory TEXT,
+    file_size INTEGER,
+    hash TEXT NOT NULL,
+    extension TEXT,
+    upload_status TEXT DEFAULT 'pending',
+    api_response TEXT,
+    upload_date TIMESTAMP NULL,
+    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP
+)
+"""
+
+# Columns the tool adds to the client's table: (name, MySQL type, SQLite type).
+TOOL_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("metadata_info", "TEXT NULL", "TEXT"),
+    ("path_hash", "CHAR(64) NULL", "TEXT"),
+    ("filepath_b64", "TEXT NULL", "TEXT"),
+    ("sha1", "CHAR(40) NULL", "TEXT"),
+    ("mtime_ns", "BIGINT NULL", "INTEGER"),
+    ("media_type", "VARCHAR(10) NULL", "TEXT"),
+    ("date_taken", "DATETIME NULL", "TEXT"),
+    ("date_source", "VARCHAR(16) NULL", "TEXT"),
+    ("immich_asset_id", "VARCHAR(64) NULL", "TEXT"),
+    ("upload_attempts", "INT NOT NULL DEFAULT 0", "INTEGER NOT NULL DEFAULT 0"),
+    ("last_error", "TEXT NULL", "TEXT"),
+    ("missing_since", "TIMESTAMP NULL", "TIMESTAMP"),
+)
+
+KNOWN_COLUMNS = "id, filepath, filepath_b64, file_size, mtime_ns, upload_status, hash, missing_since"
+PENDING_COLUMNS = (
+    "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
+    "metadata_info, upload_attempts, upload_status"
+)
+SCANNED_FIELDS = (
+    "filepath", "filepath_b64", "filename", "directory", "extension", "media_type", "file_size", "mtime_ns",
+    "hash", "sha1", "date_taken", "date_source", "metadata_info", "upload_status", "last_error",
+)  # fmt: skip
+
+
+class Store:
+    """The interface both backends share. Every public method is thread-safe and commits its own work."""
+
+    backend = "?"
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._in_transaction = False
+
+    # -- backend hooks
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def _begin(self) -> None: ...
+    def _commit(self) -> None: ...
+    def _rollback(self) -> None: ...
+    def _columns(self) -> set[str]: ...
+    def _migrate_tool_columns(self) -> None: ...
+    def acquire_run_lock(self) -> bool: ...
+    def release_run_lock(self) -> None: ...
+    def close(self) -> None: ...
+
+    def describe(self) -> str:
+        return self.backend
+
+    def sql(self, statement: str) -> str:
+        return statement if self.placeholder == "?" else statement.replace("?", self.placeholder)
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction: commits at the end, rolls back on any exception."""
+        with self._lock:
+            if self._in_transaction:
+                yield
+                return
+            self._begin()
+            self._in_transaction = True
+            try:
+                yield
+            except BaseException:
+                self._in_transaction = False
+                self._rollback()
+                raise
+            self._in_transaction = False
+            self._commit()
+
+    def _is_lost(self, exc: Exception) -> bool:
+        return False
+
+    def _reconnect(self) -> None: ...
+
+    def _transaction(self, work: Callable[[], Any]) -> Any:
+        """Run `work` in one transaction; one lost to a dropped connection is replayed once on a new one
+        (the server rolled it back, so replaying cannot write anything twice)."""
+        with self._lock:
+            try:
+                with self.atomic():
+                    return work()
+            except Exception as exc:
+                if self._in_transaction or not self._is_lost(exc):
+                    raise
+                log.warning("database connection lost (%s); reconnecting and retrying once", exc)
+                self._reconnect()
+                with self.atomic():
+                    return work()
+
+    def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return int(self._transaction(lambda: self._execute(sql, params)))
+
+    def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._transaction(lambda: self._executemany(sql, rows))
+
+    # -- migrations
+    def migrate(self) -> list[str]:
+        """Apply every migration not yet recorded; returns the names applied."""
+        with self._lock:
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name VARCHAR(100) PRIMARY KEY, "
+                "applied_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
+            )
+            self._execute(
+                "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY "
+                + ("AUTO_INCREMENT" if self.backend == "mysql" else "AUTOINCREMENT")
+                + ", kind VARCHAR(20) NOT NULL, started_at TIMESTAMP NULL, finished_at TIMESTAMP NULL, "
+                "exit_status INT, summary TEXT)"
+            )
+            done = {row[0] for row in self._query("SELECT name FROM schema_migrations")}
+            applied = []
+            for name, step in self._migrations():
+                if name in done:
+                    continue
+                log.info("applying database migration %s", name)
+                step()
+                self._execute(self.sql("INSERT INTO schema_migrations (name) VALUES (?)"), (name,))
+                applied.append(name)
+            return applied
+
+    def _migrations(self) -> list[tuple[str, Callable[[], None]]]:
+        return [
+            ("0001_client_media_files", self._create_client_table),
+            ("0002_tool_columns", self._migrate_tool_columns),
+        ]
+
+    def _create_client_table(self) -> None:
+        self._execute(CLIENT_TABLE_MYSQL if self.backend == "mysql" else CLIENT_TABLE_SQLITE)
+
+    # -- scanning
+    def known_files(self) -> dict[str, KnownFile]:
+        """Every row by path_hash, in one query: a rescan compares against this without per-file lookups."""
+        with self._lock:
+            rows = self._query(f"SELECT path_hash, {KNOWN_COLUMNS} FROM media_files")
+        return {
+            r[0]: KnownFile(
+                id=r[1],
+                filepath=r[2],
+                filepath_b64=r[3],
+                file_size=r[4],
+                mtime_ns=r[5],
+                upload_status=r[6],
+                fingerprinted=bool(r[7]),
+                missing=r[8] is not None,
+            )
+            for r in rows
+        }
+
+    def save_scanned(self, new: Sequence[ScannedFile], changed: Sequence[tuple[int, ScannedFile]]) -> None:
+        """Insert new rows and update changed ones, in one transaction. A changed file goes back to its
+        new status (pending, or error when it could not be read) and keeps its earlier asset id."""
+        now = utc_now()
+        columns = ("path_hash", *SCANNED_FIELDS, "created_at", "updated_at")
+        insert = f"INSERT INTO media_files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+        assignments = ", ".join(f"{c} = ?" for c in SCANNED_FIELDS)
+        update = f"UPDATE media_files SET {assignments}, missing_since = NULL, updated_at = ? WHERE id = ?"
+
+        def write() -> None:
+            if new:
+                self._executemany(
+                    self.sql(insert),
+                    [(path_hash(f.raw_path), *_scanned_values(f), now, now) for f in new],
+                )
+            if changed:
+                self._executemany(
+                    self.sql(update),
+                    [(*_scanned_values(f), now, row_id) for row_id, f in changed],
+                )
+
+        self._transaction(write)
+
+    def set_missing(self, ids: Sequence[int], missing: bool) -> None:
+        """Mark rows whose file disappeared (never delete them), or clear the mark when it came back."""
+        now = utc_now()
+        sql = self.sql("UPDATE media_files SET missing_since = ?, updated_at = ? WHERE id = ?")
+        for chunk in _chunks(ids, BATCH_ROWS):
+            self._write_many(sql, [(now if missing else None, now, i) for i in chunk])
+
+    # -- uploading
+    def pending_uploads(
+        self,
+        limit: int | None = None,
+        ids: Sequence[int] | None = None,
+        path_hashes: Sequence[str] | None = None,
+    ) -> list[PendingUpload]:
+        """Rows to upload: pending or error, fingerprinted, present on disk; newest first (date taken, else
+        mtime). With `ids` or `path_hashes`, only those rows (the sync pipeline asks for what it just scanned)."""
+        where = "upload_status IN ('pending', 'error') AND hash <> '' AND missing_since IS NULL"
+        params: list[Any] = []
+        for column, values in (("id", ids), ("path_hash", path_hashes)):
+            if values is None:
+                continue
+            if not values:
+                return []
+            where += f" AND {column} IN ({', '.join('?' * len(values))})"
+            params.extend(values)
+        # date_taken is NULL only for rows of older versions; they sort by mtime.
+        order = "CASE WHEN date_taken IS NULL THEN 1 ELSE 0 END, date_taken DESC, mtime_ns DESC, id"
+        sql = f"SELECT {PENDING_COLUMNS} FROM media_files WHERE {where} ORDER BY {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            rows = self._query(self.sql(sql), params)
+        return [PendingUpload(*_date_to_text(r)) for r in rows]
+
+    def record_upload(self, row_id: int, outcome: UploadOutcome, count_attempt: bool = True) -> None:
+        """Record one upload's result and commit at once."""
+        now = utc_now()
+        self._write_one(
+            self.sql(
+                "UPDATE media_files SET upload_status = ?, immich_asset_id = COALESCE(?, immich_asset_id), "
+                "api_response = ?, last_error = ?, upload_attempts = upload_attempts + ?, "
+                "upload_date = CASE WHEN ? IN ('success', 'duplicate') THEN ? ELSE upload_date END, "
+                "updated_at = ? WHERE id = ?"
+            ),
+            (
+                outcome.status,
+                outcome.asset_id,
+                _clip(outcome.api_response),
+                _clip(outcome.error),
+                1 if count_attempt else 0,
+                outcome.status,
+                now,
+                now,
+                row_id,
+            ),
+        )
+
+    def record_duplicates(self, found: Sequence[tuple[int, str, str]]) -> None:
+        """(row id, asset id, server answer) for files the server already has: one transaction per batch."""
+        now = utc_now()
+        sql = self.sql(
+            "UPDATE media_files SET upload_status = 'duplicate', immich_asset_id = ?, "
+            "api_response = ?, last_error = NULL, upload_date = ?, updated_at = ? WHERE id = ?"
+        )
+        for chunk in _chunks(found, BATCH_ROWS):
+            self._write_many(
+                sql,
+                [(asset_id, _clip(answer), now, now, row_id) for row_id, asset_id, answer in chunk],
+            )
+
+    def update_fingerprint(self, row_id: int, file: ScannedFile) -> None:
+        """A file changed between scan and upload: store its new fingerprint before it is sent."""
+        self.save_scanned([], [(row_id, file)])
+
+    # -- reports
+    def status_counts(self) -> dict[str, tuple[int, int]]:
+        """upload_status -> (files, bytes), missing files counted under 'missing'."""
+        with self._lock:
+            rows = self._query(
+                "SELECT CASE WHEN missing_since IS NOT NULL THEN 'missing' ELSE upload_status END AS s, "
+                "COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files GROUP BY s"
+            )
+        return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def recent_errors(self, limit: int = 20) -> list[tuple[str, str, int]]:
+        """(filepath, last error, upload attempts) of the latest failed rows."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT filepath, COALESCE(last_error, ''), upload_attempts FROM media_files "
+                    "WHERE upload_status = 'error' ORDER BY updated_at DESC, id DESC LIMIT ?"
+                ),
+                (limit,),
+            )
+        return [(r[0], r[1], int(r[2])) for r in rows]
+
+    def retry_errors(self) -> int:
+        """Put failed uploads back to pending; returns how many."""
+        return self._write_one(
+            "UPDATE media_files SET upload_status = 'pending' WHERE upload_status = 'error' AND hash <> ''"
+        )
+
+    def row(self, row_id: int) -> dict[str, Any]:
+        """One row as a dict (tests and the report)."""
+        with self._lock:
+            rows = self._query(self.sql("SELECT * FROM media_files WHERE id = ?"), (row_id,))
+            names = self._column_names("media_files")
+        return dict(zip(names, rows[0], strict=True)) if rows else {}
+
+    def rows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._query("SELECT * FROM media_files ORDER BY id")
+            names = self._column_names("media_files")
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    def _column_names(self, table: str) -> list[str]: ...
+
+    def record_run(self, kind: str, started_at: str, exit_status: int, summary: dict[str, Any]) -> None:
+        self._write_one(
+            self.sql(
+                "INSERT INTO runs (kind, started_at, finished_at, exit_status, summary) VALUES (?, ?, ?, ?, ?)"
+            ),
+            (kind, started_at, utc_now(), exit_status, json.dumps(summary)),
+        )
+
+    def last_run(self, kind: str | None = None) -> dict[str, Any] | None:
+        sql = "SELECT kind, started_at, finished_at, exit_status, summary FROM runs"
+        params: tuple[Any, ...] = ()
+        if kind:
+            sql += " WHERE kind = ?"
+            params = (kind,)
+        with self._lock:
+            rows = self._query(self.sql(sql + " ORDER BY id DESC LIMIT 1"), params)
+        if not rows:
+            return None
+        r = rows[0]
+        return {"kind": r[0], "started_at": str(r[1]), "finished_at": str(r[2]), "exit_status": r[3],
+                "summary": json.loads(r[4] or "{}")}  # fmt: skip
+
+
+def _scanned_values(f: ScannedFile) -> tuple[Any, ...]:
+    return tuple(getattr(f, name) for name in SCANNED_FIELDS)
+
+
+def _date_to_text(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    # MySQL returns DATETIME as datetime, SQLite as text: callers get text either way.
+    values = list(row)
+    if isinstance(values[9], datetime):
+        values[9] = values[9].strftime("%Y-%m-%d %H:%M:%S")
+    return tuple(values)
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= API_RESPONSE_MAX_CHARS:
+        return text
+    return text[:API_RESPONSE_MAX_CHARS] + "…"
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- SQLite -------------------------------------------------------------------------------------------
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+    placeholder = "?"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self._lock_file: Any = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are opened explicitly by atomic().
+            self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+        except (OSError, sqlite3.Error) as exc:
+            raise DatabaseError(f"cannot open the SQLite database {path}: {exc} (check DB_PATH)") from None
+        self.conn.create_function("sha256_hex", 1, _sha256_text, deterministic=True)
+
+    def describe(self) -> str:
+        return f"sqlite ({self.path})"
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self.conn.execute(sql, params).rowcount
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def _begin(self) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+
+    def _commit(self) -> None:
+        self.conn.execute("COMMIT")
+
+    def _rollback(self) -> None:
+        if self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+
+    def _column_names(self, table: str) -> list[str]:
+        return [r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")]
+
+    def _columns(self) -> set[str]:
+        return set(self._column_names("media_files"))
+
+    def _migrate_tool_columns(self) -> None:
+        with self.atomic():
+            existing = self._columns()
+            for name, _mysql_type, sqlite_type in TOOL_COLUMNS:
+                if name not in existing:
+                    self._execute(f"ALTER TABLE media_files ADD COLUMN {name} {sqlite_type}")
+            self._execute("UPDATE media_files SET path_hash = sha256_hex(filepath) WHERE path_hash IS NULL")
+            self._execute("DROP INDEX IF EXISTS uk_filepath")
+            self._execute("CREATE UNIQUE INDEX IF NOT EXISTS uk_path_hash ON media_files (path_hash)")
+            self._execute("CREATE INDEX IF NOT EXISTS idx_filepath ON media_files (filepath)")
+            self._execute("CREATE INDEX IF NOT EXISTS idx_hash ON media_files (hash)")
+            self._execute("CREATE INDEX IF NOT EXISTS idx_status ON media_files (upload_status, date_taken)")
+
+    def acquire_run_lock(self) -> bool:
+        """An exclusive flock on a file beside the database: the kernel drops it when the process dies,
+        so a run killed with -9 never blocks the next one."""
+        import fcntl
+
+        handle = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held open for the run's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock_file = handle
+        return True
+
+    def release_run_lock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def close(self) -> None:
+        self.release_run_lock()
+        self.conn.close()
+
+
+def _sha256_text(text: str | None) -> str | None:
+    return None if text is None else hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --- MySQL / MariaDB ----------------------------------------------------------------------------------
+
+# PyMySQL error codes for a connection that went away mid-statement: retried once after a reconnect.
+MYSQL_LOST_CONNECTION = {2006, 2013, 2055, 0}
+MYSQL_ACCESS_DENIED = {1044, 1045, 1698}
+MYSQL_UNKNOWN_DATABASE = 1049
+
+
+class MysqlStore(Store):
+    backend = "mysql"
+    placeholder = "%s"
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__()
+        import pymysql  # only when MySQL is configured
+
+        self._pymysql = pymysql
+        self.settings = settings
+        self._lock_conn: Any = None
+        self.conn = self._connect()
+
+    def describe(self) -> str:
+        s = self.settings
+        return f"mysql ({s.db_user}@{s.db_host}:{s.db_port}/{s.db_name})"
+
+    def _connect(self, database: bool = True) -> Any:
+        s = self.settings
+        pymysql = self._pymysql
+        try:
+            return pymysql.connect(
+                host=s.db_host, port=s.db_port, user=s.db_user, password=s.db_password,
+                database=s.db_name if database else None, charset="utf8mb4", autocommit=True,
+                connect_timeout=10, read_timeout=300, write_timeout=300,
+            )  # fmt: skip
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else 0
+            where = f"MySQL at {s.db_host}:{s.db_port}"
+            if code == MYSQL_UNKNOWN_DATABASE and database:
+                self._create_database()
+                return self._connect()
+            if code in MYSQL_ACCESS_DENIED:
+                raise DatabaseError(
+                    f"{where} refused user {s.db_user!r}: wrong DB_USER or DB_PASSWORD, or no access to {s.db_name}"
+                ) from None
+            raise DatabaseError(
+                f"cannot connect to {where} ({exc.args[-1]}): check DB_HOST and DB_PORT"
+            ) from None
+
+    def _create_database(self) -> None:
+        conn = self._connect(database=False)
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    f"CREATE DATABASE IF NOT EXISTS `{self.settings.db_name}` "
+                    "CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+                )
+        finally:
+            conn.close()
+
+    def _is_lost(self, exc: Exception) -> bool:
+        err = self._pymysql.err
+        if isinstance(exc, err.InterfaceError):
+            return True
+        return (
+            isinstance(exc, err.OperationalError) and bool(exc.args) and exc.args[0] in MYSQL_LOST_CONNECTION
+        )
+
+    def _retry_once(self, work: Callable[[Any], Any]) -> Any:
+        """Run `work(cursor)`; outside a transaction, a statement lost to a dropped connection is retried once
+        on a new connection (inside one, the whole transaction is retried by atomic())."""
+        try:
+            with self.conn.cursor() as cur:
+                return work(cur)
+        except (
+            self._pymysql.err.OperationalError,
+            self._pymysql.err.InterfaceError,
+        ) as exc:
+            if not self._is_lost(exc) or self._in_transaction:
+                raise
+            log.warning("lost the MySQL connection (%s); reconnecting", exc)
+            self._reconnect()
+            with self.conn.cursor() as cur:
+                return work(cur)
+
+    def _reconnect(self) -> None:
+        try:
+            self.conn.close()
+        except Exception:  # the old connection is already broken; closing it may fail any way
+            pass
+        self.conn = self._connect()
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        # A transaction interrupted by a dropped connection was rolled back by the server; atomic() cannot
+        # replay the caller's block, so it reconnects for the next caller and lets the error surface.
+        with self._lock:
+            if not self._in_transaction:
+                try:
+                    self.conn.ping(reconnect=False)
+                except self._pymysql.err.Error:
+                    log.warning("the MySQL connection was lost; reconnecting")
+                    self._reconnect()
+            with super().atomic():
+                yield
+
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        return self._retry_once(lambda cur: cur.execute(sql, params))
+
+    def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._retry_once(lambda cur: cur.executemany(sql, rows))
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        def run(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(sql, params or None)
+            return list(cur.fetchall())
+
+        return self._retry_once(run)
+
+    def _begin(self) -> None:
+        self.conn.begin()
+
+    def _commit(self) -> None:
+        self.conn.commit()
+
+    def _rollback(self) -> None:
+        try:
+            self.conn.rollback()
+        except self._pymysql.err.Error:  # connection gone: the server rolled back already
+            self._reconnect()
+
+    def _column_names(self, table: str) -> list[str]:
+        return [r[0] for r in self._query(f"SHOW COLUMNS FROM {table}")]
+
+    def _columns(self) -> set[str]:
+        return set(self._column_names("media_files"))
+
+    def _indexes(self) -> set[str]:
+        return {r[2] for r in self._query("SHOW INDEX FROM media_files")}
+
+    def _migrate_tool_columns(self) -> None:
+        # MySQL DDL commits implicitly; every step checks first, so a run cut short re-runs cleanly.
+        existing = self._columns()
+        for name, mysql_type, _sqlite_type in TOOL_COLUMNS:
+            if name not in existing:
+                self._execute(f"ALTER TABLE media_files ADD COLUMN {name} {mysql_type}")
+        statuses = ", ".join(f"'{s}'" for s in STATUSES)
+        self._execute(
+            "ALTER TABLE media_files CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci, "
+            "MODIFY filepath TEXT NOT NULL, MODIFY directory TEXT, MODIFY extension VARCHAR(16), "
+            f"MODIFY upload_status ENUM({statuses}) DEFAULT 'pending'"
+        )
+        self._execute("UPDATE media_files SET path_hash = SHA2(filepath, 256) WHERE path_hash IS NULL")
+        indexes = self._indexes()
+        if "uk_filepath" in indexes:
+            self._execute("ALTER TABLE media_files DROP INDEX uk_filepath")
+        if "uk_path_hash" not in indexes:
+            self._execute("ALTER TABLE media_files ADD UNIQUE KEY uk_path_hash (path_hash)")
+        if "idx_pending" not in indexes:
+            self._execute("ALTER TABLE media_files ADD INDEX idx_pending (upload_status, date_taken)")
+
+    def acquire_run_lock(self) -> bool:
+        """GET_LOCK on a connection of its own: the server frees it when that connection dies."""
+        self._lock_conn = self._connect()
+        with self._lock_conn.cursor() as cur:
+            cur.execute("SELECT GET_LOCK(%s, 0)", (f"immich_uploader.{self.settings.db_name}",))
+            got = cur.fetchone()[0] == 1
+        if not got:
+            self._lock_conn.close()
+            self._lock_conn = None
+        return got
+
+    def release_run_lock(self) -> None:
+        if self._lock_conn is not None:
+            try:
+                self._lock_conn.close()
+            except self._pymysql.err.Error:
+                pass
+            self._lock_conn = None
+
+    def close(self) -> None:
+        self.release_run_lock()
+        try:
+            self.conn.close()
+        except self._pymysql.err.Error:
+            pass
+
+
+def open_store(settings: Settings) -> Store:
+    """The configured backend, migrated and ready. Raises DatabaseError with a clear message."""
+    store: Store = MysqlStore(settings) if settings.db_host else SqliteStore(settings.db_path)
+    try:
+        store.migrate()
+    except sqlite3.Error as exc:
+        store.close()
+        raise DatabaseError(f"cannot use the SQLite database {settings.db_path}: {exc}") from None
+    return store

@@ -1,0 +1,364 @@
+#!/usr/bin/env python3
+"""Scan: turn folder trees into rows of media_files, fingerprinted and described, incrementally.
+
+The walk (`walk_media`) lists every photo and video under the source folders with os.scandir, skipping
+hidden files and NAS junk. `Scanner.scan` compares each file's size and mtime (ns) with its row and opens
+only new or changed files: both hashes in one read and the metadata, on a thread pool (hashlib releases the
+GIL). Rows are written in batches; files that disappeared are marked missing, never deleted. A broken file
+becomes a row with its error and a log line; it never stops the scan.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TextIO
+
+from cli import Context, ExitStatus, base_parser, run_script
+from config import JUNK_NAMES, Settings
+from db_manager import KnownFile, ScannedFile, Store, path_hash
+from logger import FILE_EVENT, get_logger
+from progress import Progress, media_detail
+from utils import (
+    FileChangedError,
+    fingerprint_file,
+    format_bytes,
+    format_duration,
+    path_to_text,
+    read_metadata,
+    text_to_path,
+)
+
+log = get_logger("scan")
+
+SAVE_EVERY_FILES = 500
+SAVE_EVERY_S = 2.0
+
+
+@dataclass(frozen=True)
+class FoundFile:
+    raw_path: bytes
+    size_bytes: int
+    mtime_ns: int
+    extension: str
+    media_type: str
+
+
+@dataclass
+class ScanSummary:
+    found: int = 0
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    missing: int = 0
+    errors: int = 0
+    bytes_hashed: int = 0
+    elapsed_s: float = 0.0
+    error_files: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        data = asdict(self)
+        data["elapsed_s"] = round(self.elapsed_s, 3)
+        data["error_files"] = self.error_files[:100]
+        return data
+
+
+def display(raw_path: bytes) -> str:
+    return path_to_text(raw_path)[0]
+
+
+def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> Iterator[FoundFile]:
+    """Every media file under the source folders. Symlinked files are followed, symlinked folders are not
+    (no loops, no double counting); unreadable folders and dangling links are reported and passed over."""
+    junk = tuple(os.fsencode(n) for n in JUNK_NAMES)
+    ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
+    for root in settings.source_dirs:
+        stack = [os.fsencode(root)]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as entries:
+                    items = list(entries)
+            except OSError as exc:
+                on_problem(folder, f"cannot list folder: {exc.strerror}")
+                continue
+            for entry in items:
+                name = entry.name
+                if not settings.include_hidden and (
+                    name.startswith(b".") or any(fnmatch.fnmatchcase(name, j) for j in junk)
+                ):
+                    continue
+                if ignore and any(fnmatch.fnmatch(entry.path, p) for p in ignore):
+                    continue
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                        continue
+                    if entry.is_symlink() and entry.is_dir(follow_symlinks=True):
+                        log.debug("not following symlinked folder %s", display(entry.path))
+                        continue
+                    dot = name.rfind(b".")
+                    if dot <= 0:
+                        continue
+                    extension = name[dot + 1 :].decode("ascii", "replace").lower()
+                    media_type = settings.media_kind(extension)
+                    if media_type is None:
+                        continue
+                    st = entry.stat(follow_symlinks=True)
+                except FileNotFoundError:
+                    on_problem(
+                        entry.path, "dangling symlink" if entry.is_symlink() else "vanished during the scan"
+                    )
+                    continue
+                except OSError as exc:
+                    on_problem(entry.path, f"cannot read: {exc.strerror}")
+                    continue
+                yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type)
+
+
+def describe_file(found: FoundFile, chunk_size: int) -> ScannedFile:
+    """Fingerprint and read metadata. OSErrors propagate; content problems end up in the row."""
+    text, b64 = path_to_text(found.raw_path)
+    directory, _, filename = text.rpartition("/")
+    row = ScannedFile(
+        raw_path=found.raw_path,
+        filepath=text,
+        filepath_b64=b64,
+        filename=filename,
+        directory=directory,
+        extension=found.extension,
+        media_type=found.media_type,
+        file_size=found.size_bytes,
+        mtime_ns=found.mtime_ns,
+    )
+    if found.size_bytes == 0:
+        row.upload_status, row.last_error = "error", "empty file (0 bytes)"
+        return row
+    fp = fingerprint_file(found.raw_path, chunk_size)
+    row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
+    meta = read_metadata(found.raw_path, found.media_type)
+    taken, source = meta.date_taken, meta.date_source
+    if taken is None:
+        taken, source = datetime.fromtimestamp(fp.mtime_ns / 1e9, timezone.utc), "mtime"
+    row.date_taken = utc_column(taken)
+    row.date_source = source
+    info = dict(meta.info)
+    info["date_source"] = source
+    if meta.warnings:
+        info["warnings"] = meta.warnings
+        log.warning("%s: metadata partly unreadable: %s", text, "; ".join(meta.warnings), extra=FILE_EVENT)
+    row.metadata_info = json.dumps(info, default=str, ensure_ascii=False)
+    return row
+
+
+def utc_column(moment: datetime) -> str:
+    """The date_taken column: UTC wall time. A naive EXIF date is the camera's local time; without a
+    TIME_ZONE setting the machine's zone is the best guess."""
+    if moment.tzinfo is None:
+        moment = moment.astimezone()
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+class Scanner:
+    def __init__(self, settings: Settings, store: Store, progress: Progress, stop: threading.Event) -> None:
+        self.settings = settings
+        self.store = store
+        self.progress = progress
+        self.stop = stop
+        self.summary = ScanSummary()
+
+    def _problem(self, raw_path: bytes, reason: str) -> None:
+        text = display(raw_path)
+        self.summary.errors += 1
+        self.summary.error_files.append(text)
+        log.warning("%s: %s", text, reason, extra=FILE_EVENT)
+        self.progress.file_status("error", text, reason)
+
+    def scan(self, on_upload_ready: Callable[[list[str]], None] | None = None) -> ScanSummary:
+        """Walk, compare, fingerprint, save. `on_upload_ready` gets path hashes of rows that need uploading
+        as soon as they are committed (the sync pipeline starts uploads while the scan goes on)."""
+        started = time.monotonic()
+        summary = self.summary
+        known = self.store.known_files()
+        self.progress.start("walk")
+        found_files = list(walk_media(self.settings, self._problem))
+        summary.found = len(found_files)
+
+        seen: set[str] = set()
+        to_hash: list[tuple[FoundFile, KnownFile | None]] = []
+        reappeared: list[int] = []
+        ready: list[str] = []
+        for f in found_files:
+            key = path_hash(f.raw_path)
+            if key in seen:
+                continue  # overlapping source folders
+            seen.add(key)
+            row = known.get(key)
+            # An unreadable file is tried again each scan; an empty one stays recorded as such.
+            settled = row is not None and (row.fingerprinted or f.size_bytes == 0)
+            if row and settled and row.file_size == f.size_bytes and row.mtime_ns == f.mtime_ns:
+                summary.unchanged += 1
+                if row.missing:
+                    reappeared.append(row.id)
+                if row.upload_status in ("pending", "error"):
+                    ready.append(key)
+            else:
+                to_hash.append((f, row))
+        if reappeared:
+            self.store.set_missing(reappeared, missing=False)
+        if ready and on_upload_ready:
+            on_upload_ready(ready)
+
+        self.progress.start("scan", len(to_hash), sum(f.size_bytes for f, _ in to_hash))
+        self._hash_all(to_hash, seen, on_upload_ready)
+        self.progress.finish()
+
+        if not self.stop.is_set():
+            self._mark_missing(known, seen)
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    def _hash_all(
+        self,
+        to_hash: list[tuple[FoundFile, KnownFile | None]],
+        seen: set[str],
+        on_upload_ready: Callable[[list[str]], None] | None,
+    ) -> None:
+        new: list[ScannedFile] = []
+        changed: list[tuple[int, ScannedFile]] = []
+        last_save = time.monotonic()
+
+        def save() -> None:
+            nonlocal new, changed, last_save
+            if new or changed:
+                self.store.save_scanned(new, changed)
+                if on_upload_ready:
+                    keys = [path_hash(f.raw_path) for f in new if f.upload_status == "pending"]
+                    keys += [path_hash(f.raw_path) for _, f in changed if f.upload_status == "pending"]
+                    if keys:
+                        on_upload_ready(keys)
+            new, changed, last_save = [], [], time.monotonic()
+
+        workers = self.settings.hash_workers
+        in_flight: deque[tuple[FoundFile, KnownFile | None, Future[ScannedFile]]] = deque()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+            items = iter(to_hash)
+            while True:
+                # Bounded read-ahead keeps memory flat however many files are waiting.
+                while len(in_flight) < workers * 4 and not self.stop.is_set():
+                    item = next(items, None)
+                    if item is None:
+                        break
+                    found, row = item
+                    in_flight.append(
+                        (found, row, pool.submit(describe_file, found, self.settings.hash_chunk_size))
+                    )
+                if not in_flight:
+                    break
+                found, row, future = in_flight.popleft()
+                scanned = self._result(found, future, seen)
+                if scanned is not None:
+                    if row is None:
+                        self.summary.new += 1
+                        new.append(scanned)
+                    else:
+                        self.summary.changed += 1
+                        changed.append((row.id, scanned))
+                    if scanned.upload_status == "error":
+                        self.summary.errors += 1
+                        self.summary.error_files.append(scanned.filepath)
+                        log.warning("%s: %s", scanned.filepath, scanned.last_error, extra=FILE_EVENT)
+                        self.progress.file_status("error", scanned.filepath, scanned.last_error or "")
+                    else:
+                        self.summary.bytes_hashed += scanned.file_size
+                        status = "new" if row is None else "changed"
+                        self.progress.file_status(
+                            status, scanned.filepath, media_detail(scanned.metadata_info)
+                        )
+                self.progress.advance(1, found.size_bytes)
+                if len(new) + len(changed) >= SAVE_EVERY_FILES or time.monotonic() - last_save > SAVE_EVERY_S:
+                    save()
+        save()
+
+    def _result(self, found: FoundFile, future: Future[ScannedFile], seen: set[str]) -> ScannedFile | None:
+        """The described file, or an error row; None when the file vanished (it is then marked missing)."""
+        try:
+            return future.result()
+        except FileNotFoundError:
+            seen.discard(path_hash(found.raw_path))
+            self._problem(found.raw_path, "vanished during the scan")
+            return None
+        except (OSError, FileChangedError) as exc:
+            text, b64 = path_to_text(found.raw_path)
+            directory, _, filename = text.rpartition("/")
+            reason = str(exc) if isinstance(exc, FileChangedError) else f"cannot read: {exc.strerror or exc}"
+            return ScannedFile(
+                raw_path=found.raw_path, filepath=text, filepath_b64=b64, filename=filename,
+                directory=directory, extension=found.extension, media_type=found.media_type,
+                file_size=found.size_bytes, mtime_ns=found.mtime_ns, upload_status="error", last_error=reason,
+            )  # fmt: skip
+
+    def _mark_missing(self, known: dict[str, KnownFile], seen: set[str]) -> None:
+        roots = tuple(os.fsencode(root).rstrip(b"/") + b"/" for root in self.settings.source_dirs)
+        gone = [
+            row.id
+            for key, row in known.items()
+            if key not in seen
+            and not row.missing
+            and text_to_path(row.filepath, row.filepath_b64).startswith(roots)
+        ]
+        if gone:
+            self.store.set_missing(gone, missing=True)
+        self.summary.missing = len(gone)
+
+
+def summary_rows(summary: ScanSummary) -> list[tuple[str, str]]:
+    rate = summary.bytes_hashed / summary.elapsed_s if summary.elapsed_s else 0.0
+    return [
+        ("found", str(summary.found)),
+        ("new", str(summary.new)),
+        ("changed", str(summary.changed)),
+        ("unchanged", str(summary.unchanged)),
+        ("missing", str(summary.missing)),
+        ("errors", str(summary.errors) + (" (see the log file)" if summary.errors else "")),
+        ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),
+        ("time", format_duration(summary.elapsed_s)),
+    ]
+
+
+def run_scan(ctx: Context) -> ExitStatus:
+    ctx.settings.require_sources()
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop).scan()
+    status = (
+        ExitStatus.INTERRUPTED
+        if ctx.stop.is_set()
+        else ExitStatus.FILES_FAILED
+        if summary.errors
+        else ExitStatus.OK
+    )
+    ctx.store.record_run("scan", started, int(status), summary.as_json())
+    if ctx.args.json:
+        ctx.emit_json(summary.as_json())
+    ctx.progress.summary(
+        "Scan finished" if status != ExitStatus.INTERRUPTED else "Scan interrupted", summary_rows(summary)
+    )
+    return status
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    parser = base_parser("scan_files.py", "Find, fingerprint and describe every photo and video (no upload).")
+    return run_script(parser, run_scan, argv, stdout, stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""Shared fixtures: a temp library of real media files, a database on each backend, the test Immich server,
+and helpers that run the scripts in-process (fast) or as real processes (signals, kill -9, cron)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from config import PROJECT_DIR, SETTING_NAMES, Settings, load_settings
+from db_manager import Store, open_store
+from tests.immich_server import ImmichTestServer
+
+API_KEY = "test-key-0123456789abcdef"
+MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The developer's own settings must never leak into a test."""
+    for name in SETTING_NAMES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+# --- media files -------------------------------------------------------------------------------------
+
+
+def make_jpeg(path: Path, size: tuple[int, int] = (64, 48), color: tuple[int, int, int] = (200, 30, 30),
+              taken: str | None = "2021:06:15 10:30:00", offset: str | None = None,
+              make: str = "Canon", model: str = "EOS R5") -> Path:  # fmt: skip
+    """A real JPEG with EXIF written by Pillow. Distinct colours make distinct bytes (and SHA-1s)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x010F] = make
+    exif[0x0110] = model
+    ifd = exif.get_ifd(0x8769)
+    if taken:
+        ifd[0x9003] = taken
+    if offset:
+        ifd[0x9011] = offset
+    Image.new("RGB", size, color).save(path, "JPEG", exif=exif.tobytes())
+    return path
+
+
+def unique_color(n: int) -> tuple[int, int, int]:
+    return (n * 37 % 256, n * 91 % 256, n * 53 % 256)
+
+
+@dataclass
+class Library:
+    root: Path
+
+    def photo(self, relative: str, n: int = 0, **kwargs: object) -> Path:
+        return make_jpeg(self.root / relative, color=unique_color(n), size=(64 + n % 50, 48), **kwargs)  # type: ignore[arg-type]
+
+    def photos(self, count: int, folder: str = "photos", start: int = 0) -> list[Path]:
+        return [self.photo(f"{folder}/IMG_{i:04d}.jpg", n=i) for i in range(start, start + count)]
+
+    def write(self, relative: str, data: bytes) -> Path:
+        path = self.root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Library:
+    root = tmp_path / "library"
+    root.mkdir()
+    return Library(root)
+
+
+# --- databases ---------------------------------------------------------------------------------------
+
+
+def mysql_available() -> str | None:
+    """None when the local MariaDB answers, else why not."""
+    try:
+        import pymysql
+
+        pymysql.connect(**MYSQL, connect_timeout=3).close()
+        return None
+    except Exception as exc:  # any failure means "not available" here
+        return str(exc)
+
+
+_MYSQL_PROBLEM: list[str | None] = []
+
+
+def require_mysql() -> None:
+    if not _MYSQL_PROBLEM:
+        _MYSQL_PROBLEM.append(mysql_available())
+    problem = _MYSQL_PROBLEM[0]
+    if problem is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"MySQL/MariaDB is required under CI and does not answer on 127.0.0.1:3306: {problem}")
+    pytest.skip(f"MySQL/MariaDB not available on 127.0.0.1:3306 ({problem})")
+
+
+def drop_mysql_database(name: str) -> None:
+    import pymysql
+
+    conn = pymysql.connect(**MYSQL)
+    with conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    conn.close()
+
+
+@dataclass
+class Env:
+    """The settings of one test: written to an env file the scripts read with --env-file."""
+
+    path: Path
+    values: dict[str, str]
+
+    def set(self, **values: object) -> Env:
+        self.values.update({k: str(v) for k, v in values.items()})
+        self.path.write_text("".join(f"{k}={v}\n" for k, v in self.values.items()))
+        return self
+
+    def settings(self) -> Settings:
+        return load_settings(env_file=str(self.path), environ={})
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def env(tmp_path: Path, backend: str, library: Library) -> Iterator[Env]:
+    """Settings for a run on `backend`: a fresh SQLite file, or a throw-away MariaDB database."""
+    values = {
+        "SOURCE_DIR": str(library.root),
+        "DB_PATH": str(tmp_path / "state.db"),
+        "LOG_FILE": str(tmp_path / "logs" / "uploader.log"),
+        "UPLOAD_DELAY": "0",
+        "RETRY_BACKOFF": "0.01",
+        "MAX_RETRIES": "2",
+    }
+    database = None
+    if backend == "mysql":
+        require_mysql()
+        database = f"iu_test_{uuid.uuid4().hex[:10]}"
+        values.update(
+            DB_HOST=MYSQL["host"], DB_PORT=str(MYSQL["port"]), DB_USER=MYSQL["user"], DB_NAME=database
+        )
+    yield Env(tmp_path / "test.env", {}).set(**values)
+    if database:
+        drop_mysql_database(database)
+
+
+@pytest.fixture
+def store(env: Env) -> Iterator[Store]:
+    s = open_store(env.settings())
+    yield s
+    s.close()
+
+
+# --- the Immich stand-in -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def immich() -> Iterator[ImmichTestServer]:
+    with ImmichTestServer(api_key=API_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def server_env(env: Env, immich: ImmichTestServer) -> Env:
+    return env.set(IMMICH_URL=immich.url, IMMICH_API_KEY=API_KEY)
+
+
+# --- running the scripts -----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: str
+    stderr: str
+
+
+def run_inprocess(main: Callable[..., int], *argv: str) -> Result:
+    """Call a script's main(argv) with captured streams; fast, for most behaviour."""
+    out, err = io.StringIO(), io.StringIO()
+    status = main(list(argv), stdout=out, stderr=err)
+    return Result(status, out.getvalue(), err.getvalue())
+
+
+def run_process(
+    script: str, *argv: str, cwd: Path | str = "/", timeout: float = 120, **kwargs: object
+) -> Result:
+    """Run a script as cron would: its own process, started from another folder."""
+    proc = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / script), *argv],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, env=script_environment(), **kwargs,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_process(script: str, *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / script), *argv],
+        cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_environment(),
+    )  # fmt: skip
+
+
+def script_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in SETTING_NAMES}

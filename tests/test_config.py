@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import scan_files
+from config import PROJECT_DIR, ConfigError, load_settings, normalize_url
+from tests.conftest import run_inprocess, run_process
+
+
+def write_env(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "settings.env"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_match_the_client_spec(tmp_path: Path) -> None:
+    s = load_settings(env_file=str(write_env(tmp_path, "")), environ={})
+    assert s.max_consecutive_errors == 5
+    assert s.upload_delay_s == 0.1
+    assert s.log_level == "INFO"
+    assert s.log_file == PROJECT_DIR / "logs" / "immich_uploader.log"
+    assert s.backend == "sqlite"
+    assert s.upload_concurrency == 4
+    assert {"jpg", "heic", "cr2", "nef", "dng", "arw"} <= s.image_extensions
+    assert {"mp4", "mov", "3gp", "mts", "m2ts"} <= s.video_extensions
+
+
+def test_sources_strongest_first_flag_environment_file_default(tmp_path: Path) -> None:
+    env = write_env(tmp_path, "UPLOAD_DELAY=0.5\nMAX_CONSECUTIVE_ERRORS=7\nLOG_LEVEL=DEBUG\n")
+    s = load_settings(
+        flags={"LOG_LEVEL": "ERROR"},
+        env_file=str(env),
+        environ={"MAX_CONSECUTIVE_ERRORS": "9", "LOG_LEVEL": "WARNING"},
+    )
+    assert s.upload_delay_s == 0.5 and s.sources["UPLOAD_DELAY"] == str(env)
+    assert s.max_consecutive_errors == 9 and s.sources["MAX_CONSECUTIVE_ERRORS"] == "environment"
+    assert s.log_level == "ERROR" and s.sources["LOG_LEVEL"] == "command line"
+    assert s.sources["DB_PORT"] == "default"
+
+
+def test_relative_paths_in_settings_are_relative_to_the_project(tmp_path: Path) -> None:
+    s = load_settings(env_file=str(write_env(tmp_path, "DB_PATH=data/x.db\nSOURCE_DIR=pics\n")), environ={})
+    assert s.db_path == PROJECT_DIR / "data" / "x.db"
+    assert s.source_dirs == (PROJECT_DIR / "pics",)
+
+
+@pytest.mark.parametrize(
+    "pasted", ["http://nas:2283", "http://nas:2283/", "http://nas:2283/api", "http://nas:2283/api/"]
+)
+def test_immich_url_accepted_with_or_without_api_suffix(pasted: str) -> None:
+    assert normalize_url(pasted) == "http://nas:2283"
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("MAX_CONSECUTIVE_ERRORS=five", "MAX_CONSECUTIVE_ERRORS: 'five' is not a whole number"),
+        ("UPLOAD_DELAY=soon", "UPLOAD_DELAY: 'soon' is not a number"),
+        ("IMMICH_URL=nas:2283", "IMMICH_URL"),
+        ("LOG_LEVEL=LOUD", "LOG_LEVEL"),
+        ("INCLUDE_HIDDEN=maybe", "INCLUDE_HIDDEN"),
+        ("UPLOAD_CONCURRENCY=0", "UPLOAD_CONCURRENCY: 0 is out of range"),
+    ],
+)
+def test_bad_setting_names_the_setting(tmp_path: Path, line: str, named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env_file=str(write_env(tmp_path, line + "\n")), environ={})
+
+
+def test_bad_setting_gives_one_line_and_exit_2_without_traceback(tmp_path: Path) -> None:
+    env = write_env(tmp_path, f"SOURCE_DIR={tmp_path}\nMAX_CONSECUTIVE_ERRORS=five\nDB_PATH={tmp_path}/s.db\n")
+    result = run_process("scan_files.py", "--env-file", str(env))
+    assert result.status == 2
+    assert result.stderr.strip() == (
+        "immich-uploader: error: MAX_CONSECUTIVE_ERRORS: 'five' is not a whole number"
+    )
+
+
+def test_missing_source_folder_is_one_line_exit_2(tmp_path: Path) -> None:
+    env = write_env(tmp_path, f"SOURCE_DIR={tmp_path}/nope\nDB_PATH={tmp_path}/s.db\n")
+    result = run_inprocess(scan_files.main, "--env-file", str(env))
+    assert result.status == 2
+    assert f"SOURCE_DIR: folder {tmp_path}/nope does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_scanning_needs_no_server_settings(tmp_path: Path) -> None:
+    (tmp_path / "pics").mkdir()
+    env = write_env(tmp_path, f"SOURCE_DIR={tmp_path}/pics\nDB_PATH={tmp_path}/s.db\n")
+    assert run_inprocess(scan_files.main, "--env-file", str(env), "--no-progress").status == 0
+
+
+def test_typo_in_env_file_is_pointed_out(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    load_settings(env_file=str(write_env(tmp_path, "IMMICH_ULR=http://x\n")), environ={}, warn=warnings.append)
+    assert len(warnings) == 1 and "IMMICH_ULR" in warnings[0] and "did you mean IMMICH_URL" in warnings[0]
+
+
+def test_show_config_masks_the_api_key(tmp_path: Path) -> None:
+    key = "SECRETKEY-abcdefghijklmnop"
+    env = write_env(tmp_path, f"IMMICH_API_KEY={key}\nDB_PATH={tmp_path}/s.db\n")
+    result = run_inprocess(scan_files.main, "--env-file", str(env), "--show-config")
+    assert result.status == 0
+    assert "IMMICH_API_KEY=SE****op" in result.stdout
+    assert key not in result.stdout + result.stderr
+
+
+def test_env_file_flag_pointing_nowhere_is_exit_2(tmp_path: Path) -> None:
+    result = run_inprocess(scan_files.main, "--env-file", str(tmp_path / "missing.env"))
+    assert result.status == 2 and "does not exist" in result.stderr

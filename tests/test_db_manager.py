@@ -1,0 +1,216 @@
+"""The state database, on both backends (the `backend` fixture runs each test on SQLite and MariaDB)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import scan_files
+from config import load_settings
+from db_manager import (
+    CLIENT_TABLE_MYSQL,
+    DatabaseError,
+    ScannedFile,
+    Store,
+    UploadOutcome,
+    open_store,
+    path_hash,
+)
+from tests.conftest import MYSQL, Env, drop_mysql_database, require_mysql, run_inprocess, run_process
+from utils import path_to_text, text_to_path
+
+
+def scanned(path: str | bytes, size: int = 10, mtime_ns: int = 1, **kw: object) -> ScannedFile:
+    raw = path if isinstance(path, bytes) else path.encode()
+    text, b64 = path_to_text(raw)
+    return ScannedFile(
+        raw_path=raw, filepath=text, filepath_b64=b64, filename=text.rsplit("/", 1)[-1],
+        directory=text.rsplit("/", 1)[0], extension="jpg", media_type="image", file_size=size,
+        mtime_ns=mtime_ns, hash="a" * 64, sha1="b" * 40, date_taken="2021-06-15 10:30:00", **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def test_new_database_is_created_and_migrated(store: Store) -> None:
+    assert store.known_files() == {}
+    assert store.migrate() == []  # applying twice does nothing
+
+
+def test_saved_rows_are_found_by_path_hash_in_one_query(store: Store) -> None:
+    store.save_scanned([scanned("/p/a.jpg"), scanned("/p/b.jpg", size=20)], [])
+    known = store.known_files()
+    assert set(known) == {path_hash(b"/p/a.jpg"), path_hash(b"/p/b.jpg")}
+    row = known[path_hash(b"/p/b.jpg")]
+    assert row.file_size == 20 and row.upload_status == "pending" and row.fingerprinted and not row.missing
+
+
+def test_paths_longer_than_768_characters_stay_unique(store: Store) -> None:
+    base = "/" + "x" * 1200
+    store.save_scanned([scanned(base + "/one.jpg"), scanned(base + "/two.jpg")], [])
+    rows = store.rows()
+    assert len(rows) == 2
+    assert {r["filepath"] for r in rows} == {base + "/one.jpg", base + "/two.jpg"}
+
+
+def test_non_utf8_names_are_stored_so_the_file_can_be_opened_again(store: Store) -> None:
+    raw1, raw2 = b"/p/caf\xe9.jpg", b"/p/caf\xe8.jpg"  # Latin-1 names: both display as caf?.jpg
+    store.save_scanned([scanned(raw1), scanned(raw2)], [])
+    rows = store.rows()
+    assert len(rows) == 2
+    assert {text_to_path(r["filepath"], r["filepath_b64"]) for r in rows} == {raw1, raw2}
+
+
+def test_pending_uploads_newest_first_and_results_commit(store: Store) -> None:
+    old = scanned("/p/old.jpg")
+    old.date_taken = "2010-01-01 00:00:00"
+    new = scanned("/p/new.jpg")
+    new.date_taken = "2024-01-01 00:00:00"
+    broken = scanned("/p/broken.jpg")
+    broken.hash, broken.upload_status, broken.last_error = "", "error", "empty file"
+    store.save_scanned([old, new, broken], [])
+    pending = store.pending_uploads()
+    assert [p.filepath for p in pending] == ["/p/new.jpg", "/p/old.jpg"]  # unreadable rows are not uploaded
+    store.record_upload(pending[0].id, UploadOutcome("success", asset_id="asset-1", api_response='{"id":"asset-1"}'))
+    store.record_upload(pending[1].id, UploadOutcome("error", error="500 boom"))
+    assert [p.filepath for p in store.pending_uploads()] == ["/p/old.jpg"]  # error rows are retried
+    row = store.row(pending[1].id)
+    assert row["upload_status"] == "error" and row["upload_attempts"] == 1 and row["last_error"] == "500 boom"
+    done = store.row(pending[0].id)
+    assert done["immich_asset_id"] == "asset-1" and done["upload_date"] is not None
+
+
+def test_missing_files_are_marked_never_deleted(store: Store) -> None:
+    store.save_scanned([scanned("/p/a.jpg")], [])
+    row_id = store.pending_uploads()[0].id
+    store.set_missing([row_id], missing=True)
+    assert store.pending_uploads() == []
+    assert store.status_counts()["missing"][0] == 1
+    store.set_missing([row_id], missing=False)
+    assert len(store.pending_uploads()) == 1
+
+
+def test_a_failed_batch_leaves_no_half_written_rows(store: Store) -> None:
+    good, dup = scanned("/p/a.jpg"), scanned("/p/a.jpg")  # same path twice violates the unique key
+    with pytest.raises(Exception):  # noqa: B017 - the backend's own integrity error
+        store.save_scanned([good, dup], [])
+    assert store.rows() == []
+
+
+def test_run_lock_admits_one_run(env: Env) -> None:
+    first, second = open_store(env.settings()), open_store(env.settings())
+    try:
+        assert first.acquire_run_lock()
+        assert not second.acquire_run_lock()
+        first.release_run_lock()
+        assert second.acquire_run_lock()
+    finally:
+        first.close()
+        second.close()
+
+
+def test_client_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "client.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE media_files (id INTEGER PRIMARY KEY AUTOINCREMENT, filepath TEXT NOT NULL, "
+        "filename TEXT NOT NULL, directory TEXT, file_size INTEGER, hash TEXT NOT NULL, extension TEXT, "
+        "upload_status TEXT DEFAULT 'pending', api_response TEXT, upload_date TIMESTAMP NULL, "
+        "created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
+    )
+    conn.execute("CREATE UNIQUE INDEX uk_filepath ON media_files(filepath)")
+    conn.execute(
+        "INSERT INTO media_files (filepath, filename, directory, file_size, hash, extension, upload_status) "
+        "VALUES ('/old/a.jpg', 'a.jpg', '/old', 5, ?, 'jpg', 'success')",
+        ("c" * 64,),
+    )
+    conn.commit()
+    conn.close()
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    try:
+        rows = store.rows()
+        assert rows[0]["upload_status"] == "success" and rows[0]["hash"] == "c" * 64
+        assert path_hash(b"/old/a.jpg") in store.known_files()
+    finally:
+        store.close()
+
+
+def test_client_mysql_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    require_mysql()
+    import pymysql
+
+    name = "iu_test_client_schema"
+    drop_mysql_database(name)
+    conn = pymysql.connect(**MYSQL, autocommit=True)
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+        cur.execute(f"USE `{name}`")
+        cur.execute(CLIENT_TABLE_MYSQL)
+        cur.execute(
+            "INSERT INTO media_files (filepath, filename, directory, file_size, hash, extension, upload_status, "
+            "api_response) VALUES ('/old/a.jpg', 'a.jpg', '/old', 5, %s, 'jpg', 'duplicate', '{}'), "
+            "('/old/b.jpg', 'b.jpg', '/old', 6, %s, 'jpg', 'pending', NULL)",
+            ("c" * 64, "d" * 64),
+        )
+    conn.close()
+    env = tmp_path / "mysql.env"
+    env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=root\nDB_NAME={name}\nSOURCE_DIR={tmp_path}\n")
+    try:
+        store = open_store(load_settings(env_file=str(env), environ={}))
+        rows = store.rows()
+        assert [(r["filepath"], r["upload_status"]) for r in rows] == [
+            ("/old/a.jpg", "duplicate"),
+            ("/old/b.jpg", "pending"),
+        ]
+        assert path_hash(b"/old/a.jpg") in store.known_files()
+        long_path = "/" + "y" * 900
+        store.save_scanned([scanned(long_path + "/1.jpg"), scanned(long_path + "/2.jpg")], [])
+        assert len(store.rows()) == 4
+        store.close()
+        # and the scanner works on it: the old rows are not lost
+        assert run_inprocess(scan_files.main, "--env-file", str(env), "--no-progress").status == 0
+    finally:
+        drop_mysql_database(name)
+
+
+def test_wrong_mysql_password_is_one_line_exit_2(tmp_path: Path) -> None:
+    require_mysql()
+    env = tmp_path / "bad.env"
+    env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=nobody_here\nDB_PASSWORD=s3cr3t-pw\nSOURCE_DIR={tmp_path}\n")
+    result = run_process("scan_files.py", "--env-file", str(env))
+    assert result.status == 2
+    assert result.stderr.startswith("immich-uploader: error: MySQL at 127.0.0.1:3306 refused user 'nobody_here'")
+    assert "Traceback" not in result.stderr and "s3cr3t-pw" not in result.stderr
+
+
+def test_unreachable_mysql_is_one_line_exit_2(tmp_path: Path) -> None:
+    env = tmp_path / "down.env"
+    env.write_text(f"DB_HOST=127.0.0.1\nDB_PORT=1\nSOURCE_DIR={tmp_path}\n")
+    result = run_process("scan_files.py", "--env-file", str(env))
+    assert result.status == 2
+    assert "cannot connect to MySQL at 127.0.0.1:1" in result.stderr and "check DB_HOST and DB_PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unwritable_sqlite_path_is_one_line_exit_2(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(DatabaseError, match="DB_PATH"):
+        open_store(load_settings(flags={"DB_PATH": str(blocker / "x.db")}, environ={}))
+
+
+def test_mysql_statement_survives_a_dropped_connection(env: Env, backend: str) -> None:
+    if backend != "mysql":
+        pytest.skip("connection loss is a MySQL matter")
+    store = open_store(env.settings())
+    try:
+        import pymysql
+
+        killer = pymysql.connect(**MYSQL, autocommit=True)
+        with killer.cursor() as cur:
+            cur.execute("KILL %s", (store.conn.thread_id(),))  # type: ignore[attr-defined]
+        killer.close()
+        store.save_scanned([scanned("/p/after-kill.jpg")], [])  # reconnects and retries once
+        assert len(store.pending_uploads()) == 1
+    finally:
+        store.close()
