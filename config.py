@@ -10,7 +10,6 @@ relative to the current folder, as with any command. A bad value raises `ConfigE
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -155,9 +154,6 @@ class Settings:
         for folder in self.source_dirs:
             if not folder.is_dir():
                 raise ConfigError(f"SOURCE_DIR: folder {folder} does not exist")
-
-    def is_ignored(self, path: str) -> bool:
-        return any(fnmatch.fnmatch(path, pattern) for pattern in self.ignore_patterns)
 
     def display_rows(self) -> list[tuple[str, str, str]]:
         """(name, value, source) for every setting, secrets masked: for --show-config and the menu."""

@@ -83,6 +83,7 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
     ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
     for root in settings.source_dirs:
         stack = [os.fsencode(root)]
+        root_len = len(stack[0].rstrip(b"/"))
         while stack:
             folder = stack.pop()
             try:
@@ -97,7 +98,7 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                     name.startswith(b".") or any(fnmatch.fnmatchcase(name, j) for j in junk)
                 ):
                     continue
-                if ignore and any(fnmatch.fnmatch(entry.path, p) for p in ignore):
+                if ignore and is_ignored(entry.path[root_len:], name, ignore):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
@@ -123,6 +124,14 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                     on_problem(entry.path, f"cannot read: {exc.strerror}")
                     continue
                 yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type)
+
+
+def is_ignored(relative: bytes, name: bytes, patterns: tuple[bytes, ...]) -> bool:
+    """IGNORE_PATTERNS globs match the path below the source folder ('/2019/tmp/a.jpg', so '*/tmp/*'
+    works) or, without a '/', any file or folder name ('*.part', 'Backup')."""
+    return any(
+        fnmatch.fnmatchcase(relative, p) or (b"/" not in p and fnmatch.fnmatchcase(name, p)) for p in patterns
+    )
 
 
 def describe_file(found: FoundFile, chunk_size: int) -> ScannedFile:

@@ -70,7 +70,9 @@ def test_bad_setting_names_the_setting(tmp_path: Path, line: str, named: str) ->
 
 
 def test_bad_setting_gives_one_line_and_exit_2_without_traceback(tmp_path: Path) -> None:
-    env = write_env(tmp_path, f"SOURCE_DIR={tmp_path}\nMAX_CONSECUTIVE_ERRORS=five\nDB_PATH={tmp_path}/s.db\n")
+    env = write_env(
+        tmp_path, f"SOURCE_DIR={tmp_path}\nMAX_CONSECUTIVE_ERRORS=five\nDB_PATH={tmp_path}/s.db\n"
+    )
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
     assert result.stderr.strip() == (
@@ -94,7 +96,9 @@ def test_scanning_needs_no_server_settings(tmp_path: Path) -> None:
 
 def test_typo_in_env_file_is_pointed_out(tmp_path: Path) -> None:
     warnings: list[str] = []
-    load_settings(env_file=str(write_env(tmp_path, "IMMICH_ULR=http://x\n")), environ={}, warn=warnings.append)
+    load_settings(
+        env_file=str(write_env(tmp_path, "IMMICH_ULR=http://x\n")), environ={}, warn=warnings.append
+    )
     assert len(warnings) == 1 and "IMMICH_ULR" in warnings[0] and "did you mean IMMICH_URL" in warnings[0]
 
 

@@ -71,7 +71,9 @@ def test_pending_uploads_newest_first_and_results_commit(store: Store) -> None:
     store.save_scanned([old, new, broken], [])
     pending = store.pending_uploads()
     assert [p.filepath for p in pending] == ["/p/new.jpg", "/p/old.jpg"]  # unreadable rows are not uploaded
-    store.record_upload(pending[0].id, UploadOutcome("success", asset_id="asset-1", api_response='{"id":"asset-1"}'))
+    store.record_upload(
+        pending[0].id, UploadOutcome("success", asset_id="asset-1", api_response='{"id":"asset-1"}')
+    )
     store.record_upload(pending[1].id, UploadOutcome("error", error="500 boom"))
     assert [p.filepath for p in store.pending_uploads()] == ["/p/old.jpg"]  # error rows are retried
     row = store.row(pending[1].id)
@@ -179,7 +181,9 @@ def test_wrong_mysql_password_is_one_line_exit_2(tmp_path: Path) -> None:
     env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=nobody_here\nDB_PASSWORD=s3cr3t-pw\nSOURCE_DIR={tmp_path}\n")
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
-    assert result.stderr.startswith("immich-uploader: error: MySQL at 127.0.0.1:3306 refused user 'nobody_here'")
+    assert result.stderr.startswith(
+        "immich-uploader: error: MySQL at 127.0.0.1:3306 refused user 'nobody_here'"
+    )
     assert "Traceback" not in result.stderr and "s3cr3t-pw" not in result.stderr
 
 
@@ -188,7 +192,10 @@ def test_unreachable_mysql_is_one_line_exit_2(tmp_path: Path) -> None:
     env.write_text(f"DB_HOST=127.0.0.1\nDB_PORT=1\nSOURCE_DIR={tmp_path}\n")
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
-    assert "cannot connect to MySQL at 127.0.0.1:1" in result.stderr and "check DB_HOST and DB_PORT" in result.stderr
+    assert (
+        "cannot connect to MySQL at 127.0.0.1:1" in result.stderr
+        and "check DB_HOST and DB_PORT" in result.stderr
+    )
     assert "Traceback" not in result.stderr
 
 

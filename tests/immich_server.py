@@ -1,0 +1,1226 @@
+"""A small Immich-compatible HTTP server for the tests and benchmarks, standard library only.
+
+It owns the stand-in for a real Immich server (v3.1.0 by default, or v2 behaviour when `version` < 3, as observed
+in ../shared/immich-api.md §7b): API-key auth, the public server routes, streaming multipart uploads that hash the
+file with SHA-1 while discarding its bytes, duplicate detection (checksum header, bulk-upload-check, after the
+body), albums, stacks, one-shot fault injection (error statuses, proxy HTML pages, Retry-After, connection resets,
+delays) and whole-server outages. It runs in-process (`ImmichTestServer().start()`) or as a process
+(`python tests/immich_server.py --port 0 --api-key KEY` prints `READY http://127.0.0.1:PORT`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import hashlib
+import http.server
+import json
+import posixpath
+import re
+import signal
+import socket
+import socketserver
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
+from http import HTTPStatus
+from typing import Any, BinaryIO
+
+CHUNK_SIZE = 1 << 20  # recv size; large reads keep 1 GiB benchmark uploads cheap to parse
+JSON_BODY_LIMIT = 10 * 1024 * 1024  # Immich's express json() limit
+PART_HEADER_LIMIT = 64 * 1024
+FIELD_VALUE_LIMIT = 1024 * 1024  # multer's default fieldSize
+CHUNK_LINE_LIMIT = 4096
+SOCKET_TIMEOUT_S = 300.0  # a stalled client must not pin a thread forever, a slow benchmark must not be cut
+
+# ../shared/immich-api.md §5, plus .jp2 and .m2t that the docs list for newer versions.
+# fmt: off
+RAW_EXTENSIONS = (
+    ".3fr", ".ari", ".arw", ".cap", ".cin", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".fff",
+    ".iiq", ".k25", ".kdc", ".mrw", ".nef", ".nrw", ".orf", ".ori", ".pef", ".psd", ".raf", ".raw",
+    ".rw2", ".rwl", ".sr2", ".srf", ".srw", ".x3f",
+)
+OTHER_IMAGE_EXTENSIONS = (
+    ".avif", ".bmp", ".gif", ".heic", ".heif", ".hif", ".insp", ".jp2", ".jpe", ".jpeg", ".jpg", ".jxl",
+    ".png", ".svg", ".tif", ".tiff", ".webp",
+)
+IMAGE_EXTENSIONS = OTHER_IMAGE_EXTENSIONS + RAW_EXTENSIONS
+VIDEO_EXTENSIONS = (
+    ".3gp", ".3gpp", ".avi", ".flv", ".insv", ".m2t", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpe",
+    ".mpeg", ".mpg", ".mts", ".webm", ".wmv",
+)
+# fmt: on
+SIDECAR_EXTENSIONS = (".xmp",)
+UPLOAD_EXTENSIONS = frozenset(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
+
+VISIBILITIES = ("archive", "timeline", "hidden", "locked")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# zod's iso.datetime({offset: true}) as observed on v3.1.0: seconds optional, any fraction, `Z` or `±HH:MM` only.
+_V3_DATETIME_RE = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+)
+_INT_RE = re.compile(r"-?\d+")
+_PARAM_RE = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
+@dataclass
+class Asset:
+    id: str
+    sha1_hex: str
+    size_bytes: int
+    filename: str
+    fields: dict[str, str]
+    sidecar_sha1: str | None
+    is_trashed: bool = False
+
+
+@dataclass
+class UploadRecord:
+    fields: dict[str, str]
+    filename: str | None  # the assetData part's own filename, as sent
+    sha1_hex: str  # "" when no file part arrived
+    size_bytes: int
+    status: int
+    headers: dict[str, str]  # request headers, lower-cased names
+    sidecar_filename: str | None
+
+
+@dataclass
+class Album:
+    id: str
+    albumName: str
+    asset_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Fault:
+    status: int | None
+    count: int
+    path: str | None
+    method: str | None
+    retry_after_s: float | None
+    html: bool
+    reset: bool
+    delay_s: float
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method is not None and self.method.upper() != method.upper():
+            return False
+        # Exact path, or a prefix written with a trailing '*' ("/api/albums*").
+        if self.path is None or path == self.path:
+            return True
+        return self.path.endswith("*") and path.startswith(self.path[:-1])
+
+
+class FaultQueue:
+    """FIFO of one-shot faults; each matching request consumes one use of the first fault that matches it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(
+        self,
+        *,
+        status: int | None = None,
+        count: int = 1,
+        path: str | None = None,
+        method: str | None = None,
+        retry_after_s: float | None = None,
+        html: bool = False,
+        reset: bool = False,
+        delay_s: float = 0.0,
+    ) -> Fault:
+        fault = Fault(status, count, path, method, retry_after_s, html, reset, delay_s)
+        if count > 0:
+            with self._lock:
+                self._faults.append(fault)
+        return fault
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def pending(self) -> int:
+        """Uses left over all queued faults (a fault added with count=2 counts twice)."""
+        with self._lock:
+            return sum(f.count for f in self._faults)
+
+    def take(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for i, fault in enumerate(self._faults):
+                if fault.matches(method, path):
+                    fault.count -= 1
+                    if fault.count <= 0:
+                        del self._faults[i]
+                    return replace(fault)
+        return None
+
+
+class ClientGone(Exception):
+    """The client closed or broke the connection before the request body ended."""
+
+
+class FramingError(Exception):
+    """The HTTP body framing (Content-Length / chunked) is broken; the connection cannot be reused."""
+
+
+class MultipartError(Exception):
+    """The multipart body is malformed; the HTTP framing is still intact."""
+
+
+class ApiError(Exception):
+    """An Immich error answer; `issues` makes it a validation failure ((field, message) pairs)."""
+
+    def __init__(self, status: int, message: str, issues: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.issues = issues or []
+
+
+class BodyReader:
+    """Reads one request body, Content-Length or chunked, into caller buffers without ever over-reading."""
+
+    def __init__(self, rfile: BinaryIO, content_length: str | None, transfer_encoding: str | None) -> None:
+        self._rfile = rfile
+        self._chunked = "chunked" in (transfer_encoding or "").lower()
+        self._left = 0  # bytes owed by the client in the body (or in the current chunk)
+        self.done = False
+        self.received = 0
+        if not self._chunked:
+            try:
+                self._left = int(content_length or "0")
+            except ValueError:
+                raise FramingError("Invalid Content-Length") from None
+            if self._left < 0:
+                raise FramingError("Invalid Content-Length")
+            self.done = self._left == 0
+
+    @property
+    def declared_length(self) -> int | None:
+        return None if self._chunked else self._left + self.received
+
+    def readinto(self, buf: memoryview) -> int:
+        """Fill part of `buf`; 0 means the body ended. Raises ClientGone when the peer vanished."""
+        if self.done or not len(buf):
+            return 0
+        if self._chunked and self._left == 0:
+            self._start_chunk()
+            if self.done:
+                return 0
+        # Never ask for more than the client owes: BufferedReader.readinto1 may block for the rest of the request.
+        try:
+            n = self._rfile.readinto1(buf[: min(len(buf), self._left)])  # type: ignore[attr-defined]
+        except (OSError, ValueError) as exc:
+            raise ClientGone(str(exc)) from exc
+        if not n:
+            raise ClientGone("connection closed mid-body")
+        self._left -= n
+        self.received += n
+        if self._left == 0:
+            if self._chunked:
+                self._end_chunk()
+            else:
+                self.done = True
+        return n
+
+    def drain(self) -> None:
+        """Read and discard the rest of the body so the connection can carry the next request."""
+        if self.done:
+            return
+        with memoryview(bytearray(CHUNK_SIZE)) as scratch:
+            while self.readinto(scratch):
+                pass
+
+    def read_all(self, limit: int) -> bytes:
+        """The whole (small) body; raises ApiError 413 beyond `limit` after draining it."""
+        out = bytearray()
+        with memoryview(bytearray(min(CHUNK_SIZE, limit + 1))) as scratch:
+            while n := self.readinto(scratch):
+                out += scratch[:n]
+                if len(out) > limit:
+                    self.drain()
+                    raise ApiError(413, "request entity too large")
+        return bytes(out)
+
+    def _readline(self) -> bytes:
+        try:
+            line = self._rfile.readline(CHUNK_LINE_LIMIT)
+        except (OSError, ValueError) as exc:
+            raise ClientGone(str(exc)) from exc
+        if not line:
+            raise ClientGone("connection closed mid-body")
+        if not line.endswith(b"\n"):
+            raise FramingError("chunk line too long")
+        return line
+
+    def _start_chunk(self) -> None:
+        size_text = self._readline().split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise FramingError("Invalid chunk size") from None
+        if size < 0:
+            raise FramingError("Invalid chunk size")
+        if size == 0:
+            while self._readline().strip():  # trailers end with an empty line
+                pass
+            self.done = True
+        self._left = size
+
+    def _end_chunk(self) -> None:
+        if self._readline().strip():
+            raise FramingError("chunk data longer than its size")
+
+
+class PartSink:
+    """What parse_multipart feeds; `error` set by begin() stops the parse (the caller drains the rest)."""
+
+    error: str | None = None
+
+    def begin(self, headers: dict[str, str]) -> None: ...
+    def data(self, chunk: memoryview) -> None: ...
+    def end(self) -> None: ...
+
+
+def parse_multipart(body: BodyReader, boundary: bytes, sink: PartSink) -> None:
+    """Stream a multipart body through `sink`, scanning for the boundary across read edges with bytes.find."""
+    delim = b"\r\n--" + boundary
+    hold = len(delim) - 1  # bytes kept back at a read edge: they may be the start of a delimiter
+    buf = bytearray(CHUNK_SIZE + PART_HEADER_LIMIT + len(delim))
+    # Pretend a CRLF precedes the body so the first boundary line matches the same delimiter as the others.
+    buf[0:2] = b"\r\n"
+    start, end, eof = 0, 2, False
+    state = "preamble"
+    with memoryview(buf) as view:
+        while True:
+            progressed = True
+            if state == "preamble":
+                i = buf.find(delim, start, end)
+                if i < 0:
+                    start = max(start, end - hold)
+                    progressed = False
+                else:
+                    start, state = i + len(delim), "after_delim"
+            elif state == "after_delim":
+                if end - start < 2:
+                    progressed = False
+                elif buf[start : start + 2] == b"--":
+                    return  # closing delimiter; any epilogue is drained by the caller
+                else:
+                    i = buf.find(b"\r\n", start, end)
+                    if i < 0:
+                        if end - start > 1024:
+                            raise MultipartError("Malformed part header")
+                        progressed = False
+                    else:
+                        start, state = i + 2, "headers"
+            elif state == "headers":
+                if buf.startswith(b"\r\n", start, end):
+                    headers, start = {}, start + 2
+                else:
+                    i = buf.find(b"\r\n\r\n", start, end)
+                    if i < 0:
+                        if end - start > PART_HEADER_LIMIT:
+                            raise MultipartError("Malformed part header")
+                        headers, progressed = {}, False
+                    else:
+                        headers, start = _parse_part_headers(bytes(buf[start:i])), i + 4
+                if progressed:
+                    sink.begin(headers)
+                    if sink.error:
+                        return
+                    state = "body"
+            else:  # body
+                i = buf.find(delim, start, end)
+                if i >= 0:
+                    if i > start:
+                        sink.data(view[start:i])
+                    sink.end()
+                    start, state = i + len(delim), "after_delim"
+                else:
+                    safe = end - hold
+                    if safe > start:
+                        sink.data(view[start:safe])
+                        start = safe
+                    progressed = False
+                if sink.error:
+                    return
+            if progressed:
+                continue
+            if eof:
+                raise MultipartError("Unexpected end of form")
+            if start:
+                # Only a delimiter-sized tail (or an incomplete part header) is ever left: moving it is cheap.
+                buf[0 : end - start] = buf[start:end]
+                end, start = end - start, 0
+            if end == len(buf):
+                raise MultipartError("Malformed part header")
+            n = body.readinto(view[end:])
+            if n == 0:
+                eof = True
+            end += n
+
+
+def _parse_part_headers(block: bytes) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for line in block.decode("utf-8", "replace").split("\r\n"):
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def header_params(value: str) -> dict[str, str]:
+    """Parameters of a Content-Type / Content-Disposition value, unquoted; RFC 5987 `name*` decoded."""
+    params: dict[str, str] = {}
+    for key, raw in _PARAM_RE.findall(value):
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params[key.lower()] = raw
+    for key in [k for k in params if k.endswith("*")]:
+        charset, _, rest = params.pop(key).partition("'")
+        encoded = rest.partition("'")[2]
+        try:
+            params[key[:-1]] = urllib.parse.unquote(encoded, encoding=charset or "utf-8", errors="replace")
+        except LookupError:
+            params[key[:-1]] = urllib.parse.unquote(encoded, errors="replace")
+    return params
+
+
+def multipart_boundary(content_type: str) -> bytes | None:
+    if not content_type.lower().startswith("multipart/form-data"):
+        return None
+    boundary = header_params(content_type).get("boundary", "")
+    if not boundary or len(boundary) > 200:
+        return None
+    return boundary.encode("latin-1", "replace")
+
+
+def has_upload_extension(name: str) -> bool:
+    # Immich matches the lower-cased extension only (no content sniffing); node's extname ignores dot files.
+    return posixpath.splitext(name)[1].lower() in UPLOAD_EXTENSIONS
+
+
+class UploadParts(PartSink):
+    """Collects one upload's text fields and hashes its file parts as they stream past (bytes are dropped)."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.fields: dict[str, str] = {}
+        self.asset_filename: str | None = None
+        self.asset_sha1 = hashlib.sha1()
+        self.size = 0
+        self.sidecar_filename: str | None = None
+        self.sidecar_sha1: Any = None
+        self._target: str | None = None
+        self._field_name = ""
+        self._text = bytearray()
+
+    def begin(self, headers: dict[str, str]) -> None:
+        params = header_params(headers.get("content-disposition", ""))
+        name, filename = params.get("name"), params.get("filename")
+        self._target = None
+        if name is None:
+            return  # busboy skips parts without a name
+        if filename is None:
+            self._target, self._field_name, self._text = "field", name, bytearray()
+        elif name == "assetData" and self.asset_filename is None:
+            # Immich checks the `filename` field only if it arrived before the file part.
+            checked = self.fields.get("filename") or filename
+            if not has_upload_extension(checked):
+                self.error = f"Unsupported file type {checked}"
+                return
+            self._target, self.asset_filename = "asset", filename
+        elif name == "sidecarData" and self.sidecar_filename is None:
+            if posixpath.splitext(filename)[1].lower() not in SIDECAR_EXTENSIONS:
+                self.error = f"Unsupported file type {filename}"
+                return
+            self._target, self.sidecar_filename, self.sidecar_sha1 = "sidecar", filename, hashlib.sha1()
+        else:
+            self.error = "Unexpected field"  # multer's answer to a file part it was not configured for
+
+    def data(self, chunk: memoryview) -> None:
+        if self._target == "asset":
+            self.asset_sha1.update(chunk)
+            self.size += len(chunk)
+        elif self._target == "sidecar":
+            self.sidecar_sha1.update(chunk)
+        elif self._target == "field":
+            if len(self._text) + len(chunk) > FIELD_VALUE_LIMIT:
+                self.error = "Field value too long"
+                return
+            self._text += chunk
+
+    def end(self) -> None:
+        if self._target == "field":
+            self.fields[self._field_name] = self._text.decode("utf-8", "replace")
+        self._target = None
+
+    @property
+    def sha1_hex(self) -> str:
+        return self.asset_sha1.hexdigest() if self.asset_filename is not None else ""
+
+    def record(self, status: int, headers: dict[str, str]) -> UploadRecord:
+        return UploadRecord(
+            fields=dict(self.fields),
+            filename=self.asset_filename,
+            sha1_hex=self.sha1_hex,
+            size_bytes=self.size,
+            status=status,
+            headers=headers,
+            sidecar_filename=self.sidecar_filename,
+        )
+
+
+def checksum_to_hex(value: str) -> str | None:
+    """Immich's fromChecksum: 28 characters are base64, anything else hex; undecodable → None (never matches)."""
+    value = value.strip()
+    try:
+        if len(value) == 28:
+            return base64.b64decode(value, validate=True).hex()
+        return bytes.fromhex(value).hex()
+    except (ValueError, binascii.Error):
+        return None
+
+
+def is_v3_datetime(value: str) -> bool:
+    match = _V3_DATETIME_RE.fullmatch(value)
+    if not match:
+        return False
+    try:
+        date(int(match[1]), int(match[2]), int(match[3]))  # the regex lets 2024-02-30 through, zod does not
+    except ValueError:
+        return False
+    return True
+
+
+def validate_v3(fields: dict[str, str]) -> list[tuple[str, str]]:
+    issues: list[tuple[str, str]] = []
+    for name in ("fileCreatedAt", "fileModifiedAt"):
+        value = fields.get(name)
+        if value is None:
+            issues.append((name, "Invalid input: expected string, received undefined"))
+        elif not is_v3_datetime(value):
+            issues.append((name, "Invalid ISO datetime"))
+    if fields.get("isFavorite", "true") not in ("true", "false"):
+        issues.append(("isFavorite", 'Invalid option: expected one of "true"|"false"'))
+    duration = fields.get("duration", "").strip()
+    if duration and not _INT_RE.fullmatch(duration):
+        try:
+            float(duration)
+            issues.append(("duration", "Invalid input: expected int, received number"))
+        except ValueError:
+            issues.append(("duration", "Invalid input: expected number, received NaN"))
+    if fields.get("visibility", "timeline") not in VISIBILITIES:
+        issues.append(
+            ("visibility", 'Invalid option: expected one of "archive"|"timeline"|"hidden"|"locked"')
+        )
+    if "livePhotoVideoId" in fields and not _UUID_RE.fullmatch(fields["livePhotoVideoId"]):
+        issues.append(("livePhotoVideoId", "Invalid UUID"))
+    if "metadata" in fields:
+        try:
+            json.loads(fields["metadata"])
+        except ValueError:
+            issues.append(("metadata", "Invalid JSON"))
+    return issues
+
+
+def validate_v2(fields: dict[str, str]) -> list[tuple[str, str]]:
+    issues: list[tuple[str, str]] = []
+    for name in ("deviceAssetId", "deviceId"):
+        value = fields.get(name)
+        if value is None:
+            issues.append((name, f"{name} must be a string"))
+        if not value:
+            issues.append((name, f"{name} should not be empty"))
+    for name in ("fileCreatedAt", "fileModifiedAt"):
+        try:
+            # class-validator's isDateString takes naive values too; Python 3.10 needs "Z" spelled out.
+            datetime.fromisoformat(re.sub(r"Z$", "+00:00", fields.get(name, "")))
+        except ValueError:
+            issues.append((name, f"{name} must be a date string"))
+    return issues
+
+
+def nginx_page(status: int) -> bytes:
+    title = f"{status} {_phrase(status)}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n<center><h1>{title}</h1></center>\r\n"
+        "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+    ).encode()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def _default_message(status: int) -> str:
+    return "Internal server error" if status == 500 else _phrase(status)
+
+
+def _abort_socket(sock: socket.socket) -> None:
+    """Make the coming close() send RST instead of FIN, like a crashed server or proxy."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+
+
+def _route(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern.replace("{id}", "(?P<id>[^/]+)") + "/?")
+
+
+# (method, path pattern, handler method name, public)
+_ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
+    ("GET", _route("/.well-known/immich"), "_well_known", True),
+    ("GET", _route("/api/server/ping"), "_ping", True),
+    ("GET", _route("/api/server/version"), "_version", True),
+    ("GET", _route("/api/server/media-types"), "_media_types", True),
+    ("GET", _route("/api/users/me"), "_users_me", False),
+    ("GET", _route("/api/api-keys/me"), "_api_key_me", False),
+    ("POST", _route("/api/assets/bulk-upload-check"), "_bulk_upload_check", False),
+    ("POST", _route("/api/assets"), "_upload", False),
+    ("GET", _route("/api/assets/{id}"), "_get_asset", False),
+    ("GET", _route("/api/albums"), "_list_albums", False),
+    ("POST", _route("/api/albums"), "_create_album", False),
+    ("PUT", _route("/api/albums/assets"), "_add_to_albums", False),
+    ("GET", _route("/api/albums/{id}"), "_get_album", False),
+    ("PUT", _route("/api/albums/{id}/assets"), "_add_album_assets", False),
+    ("POST", _route("/api/stacks"), "_create_stack", False),
+    ("POST", _route("/api/trash/restore/assets"), "_restore_trash", False),
+]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """HTTP plumbing: framing, keep-alive, faults, auth and routing; state lives in ImmichTestServer."""
+
+    protocol_version = "HTTP/1.1"
+    timeout = SOCKET_TIMEOUT_S
+    disable_nagle_algorithm = True  # header and body go out as two writes; Nagle would delay the second
+    server: _HTTPServer
+    body: BodyReader
+
+    @property
+    def app(self) -> ImmichTestServer:
+        return self.server.app
+
+    def setup(self) -> None:
+        super().setup()
+        self.app._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        except OSError:
+            pass
+        finally:
+            self.app._track(self.connection, add=False)
+
+    def handle(self) -> None:
+        if self.app._down:
+            self._reset_connection()
+            return
+        try:
+            super().handle()
+        except (OSError, ClientGone):
+            self.close_connection = True  # the client went away between requests
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests and benchmarks want a silent server
+
+    def _reset_connection(self) -> None:
+        _abort_socket(self.connection)
+        self.close_connection = True
+        # The socket only really closes once the rfile made from it is closed too.
+        self.connection.close()
+        self.rfile.close()
+
+    def _dispatch(self) -> None:
+        app = self.app
+        self.cid = uuid.uuid4().hex[:12]
+        path, _, query = self.path.partition("?")
+        app._log_request(self.command, path)
+        try:
+            if app._down:
+                self._reset_connection()
+                return
+            self.body = BodyReader(
+                self.rfile, self.headers.get("Content-Length"), self.headers.get("Transfer-Encoding")
+            )
+            fault = app.faults.take(self.command, path)
+            if fault is not None and self._apply_fault(fault):
+                return
+            try:
+                status, payload = self._handle_api(path, query)
+            except ApiError as exc:
+                status, payload = exc.status, self._error_payload(exc)
+            self._send_json(status, payload)
+        except (ClientGone, OSError):
+            self.close_connection = True  # client vanished mid-request: drop it quietly
+        except FramingError as exc:
+            self.close_connection = True
+            self._send_raw(400, json.dumps({"message": str(exc)}).encode(), "application/json", drain=False)
+        except Exception as exc:  # a bug in this server: answer like Immich would and keep it for the tests
+            app.errors.append(exc)
+            self.close_connection = True
+            self._send_json(500, {"message": "Internal server error"}, drain=False)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _dispatch
+
+    def _apply_fault(self, fault: Fault) -> bool:
+        """Apply a fault; True when it answered or killed the request."""
+        if fault.delay_s > 0:
+            time.sleep(fault.delay_s)
+        if fault.reset:
+            self._reset_connection()
+            return True
+        if fault.status is None:
+            return False
+        extra = {}
+        if fault.retry_after_s is not None:
+            extra["Retry-After"] = f"{fault.retry_after_s:g}"
+        if fault.html:
+            self._send_raw(fault.status, nginx_page(fault.status), "text/html", extra)
+        else:
+            error = ApiError(fault.status, _default_message(fault.status))
+            self._send_json(fault.status, self._error_payload(error), extra=extra)
+        return True
+
+    def _handle_api(self, path: str, query: str) -> tuple[int, Any]:
+        for method, pattern, name, public in _ROUTES:
+            match = pattern.fullmatch(path) if method == self.command else None
+            if match is None:
+                continue
+            if not public:
+                self._authenticate(query)
+            handler: Callable[[dict[str, str]], tuple[int, Any]] = getattr(self, name)
+            return handler(match.groupdict())
+        raise ApiError(404, "Not Found")
+
+    def _authenticate(self, query: str) -> None:
+        # Immich tries session tokens (Bearer, cookies, session headers) before API keys.
+        authorization = self.headers.get("Authorization", "")
+        if authorization.lower().startswith("bearer ") or self.headers.get("x-immich-user-token"):
+            raise ApiError(401, "Invalid user token")
+        key = self.headers.get("x-api-key") or urllib.parse.parse_qs(query).get("apiKey", [""])[0]
+        if not key:
+            raise ApiError(401, "Authentication required")
+        if key != self.app.api_key:
+            raise ApiError(401, "Invalid API key")
+
+    # --- responses -------------------------------------------------------------------------------------------
+
+    def _error_payload(self, exc: ApiError) -> dict[str, Any]:
+        if self.app.v3:
+            if exc.issues:
+                errors = [{"code": "custom", "path": [f], "message": m} for f, m in exc.issues]
+                return {"message": "Validation failed", "errors": errors}
+            return {"message": exc.message}
+        message: str | list[str] = [m for _, m in exc.issues] if exc.issues else exc.message
+        return {
+            "message": message,
+            "error": _phrase(exc.status),
+            "statusCode": exc.status,
+            "correlationId": self.cid,
+        }
+
+    def _send_json(
+        self, status: int, payload: Any, *, extra: dict[str, str] | None = None, drain: bool = True
+    ) -> None:
+        self._send_raw(
+            status,
+            json.dumps(payload, separators=(",", ":")).encode(),  # compact, as express sends it
+            "application/json; charset=utf-8",
+            extra,
+            drain=drain,
+        )
+
+    def _send_raw(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        extra: dict[str, str] | None = None,
+        *,
+        drain: bool = True,
+    ) -> None:
+        if drain:
+            self.body.drain()  # the next request on this connection starts after this body
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header(self.app.cid_header, self.cid)
+        for name, value in (extra or {}).items():
+            self.send_header(name, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json_body(self) -> Any:
+        raw = self.body.read_all(JSON_BODY_LIMIT)
+        try:
+            return json.loads(raw or b"{}")
+        except ValueError:
+            raise ApiError(400, "Unexpected token in JSON") from None
+
+    def _lower_headers(self) -> dict[str, str]:
+        return {name.lower(): value for name, value in self.headers.items()}
+
+    # --- routes ----------------------------------------------------------------------------------------------
+
+    def _well_known(self, _: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"api": {"endpoint": "/api"}}
+
+    def _ping(self, _: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"res": "pong"}
+
+    def _version(self, _: dict[str, str]) -> tuple[int, Any]:
+        major, minor, patch = self.app.version
+        return 200, {"major": major, "minor": minor, "patch": patch, "prerelease": None}
+
+    def _media_types(self, _: dict[str, str]) -> tuple[int, Any]:
+        return 200, {
+            "image": list(IMAGE_EXTENSIONS),
+            "video": list(VIDEO_EXTENSIONS),
+            "sidecar": list(SIDECAR_EXTENSIONS),
+        }
+
+    def _users_me(self, _: dict[str, str]) -> tuple[int, Any]:
+        return 200, self.app._user_json()
+
+    def _api_key_me(self, _: dict[str, str]) -> tuple[int, Any]:
+        return 200, {"id": self.app.api_key_id, "name": "test", "permissions": ["all"]}
+
+    def _bulk_upload_check(self, _: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        items = payload.get("assets") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or not all(
+            isinstance(i, dict) and isinstance(i.get("id"), str) and isinstance(i.get("checksum"), str)
+            for i in items
+        ):
+            raise ApiError(
+                400, "Validation failed", [("assets", "Invalid input: expected array of {id, checksum}")]
+            )
+        return 200, {"results": [self.app._check_one(i["id"], i["checksum"]) for i in items]}
+
+    def _upload(self, _: dict[str, str]) -> tuple[int, Any]:
+        app = self.app
+        headers = self._lower_headers()
+        existing = app._asset_for_checksum(headers.get("x-immich-checksum", ""))
+        if existing is not None:
+            # Immich answers before reading the body; we drain first so the connection stays usable.
+            self.body.drain()
+            app._record_upload(UploadRecord({}, None, existing.sha1_hex, 0, 200, headers, None))
+            return 200, {"id": existing.id, "status": "duplicate"}
+        parts = UploadParts()
+        boundary = multipart_boundary(self.headers.get("Content-Type", ""))
+        if boundary is not None:  # without multipart there is simply no file: "File is required"
+            try:
+                parse_multipart(self.body, boundary, parts)
+            except MultipartError as exc:
+                parts.error = str(exc)
+        self.body.drain()
+        try:
+            status, payload = app._store_upload(parts)
+        except ApiError as exc:
+            app._record_upload(parts.record(exc.status, headers))
+            raise
+        app._record_upload(parts.record(status, headers))
+        return status, payload
+
+    def _get_asset(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, self.app._asset_json(self.app._asset_or_error(params["id"], "asset.read"))
+
+    def _list_albums(self, _: dict[str, str]) -> tuple[int, Any]:
+        with self.app._lock:
+            return 200, [self.app._album_json(a) for a in self.app.albums.values()]
+
+    def _create_album(self, _: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        name = payload.get("albumName") if isinstance(payload, dict) else None
+        asset_ids = payload.get("assetIds", []) if isinstance(payload, dict) else []
+        if not isinstance(name, str) or not isinstance(asset_ids, list):
+            raise ApiError(400, "Validation failed", [("albumName", "Invalid input: expected string")])
+        return 201, self.app._album_json(self.app._create_album(name, [str(i) for i in asset_ids]))
+
+    def _get_album(self, params: dict[str, str]) -> tuple[int, Any]:
+        return 200, self.app._album_json(self.app._album_or_error(params["id"], "album.read"))
+
+    def _add_album_assets(self, params: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        ids = payload.get("ids") if isinstance(payload, dict) else None
+        if not isinstance(ids, list):
+            raise ApiError(400, "Validation failed", [("ids", "Invalid input: expected array")])
+        return 200, self.app._add_to_album(params["id"], [str(i) for i in ids])
+
+    def _add_to_albums(self, _: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        album_ids = payload.get("albumIds") if isinstance(payload, dict) else None
+        asset_ids = payload.get("assetIds") if isinstance(payload, dict) else None
+        if not isinstance(album_ids, list) or not isinstance(asset_ids, list):
+            raise ApiError(400, "Validation failed", [("albumIds", "Invalid input: expected array")])
+        added = False
+        for album_id in album_ids:
+            results = self.app._add_to_album(str(album_id), [str(i) for i in asset_ids])
+            added = added or any(r["success"] for r in results)
+        return 200, {"success": True} if added else {"success": False, "error": "duplicate"}
+
+    def _create_stack(self, _: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        ids = payload.get("assetIds") if isinstance(payload, dict) else None
+        if not isinstance(ids, list) or len(ids) < 2:
+            raise ApiError(
+                400, "Validation failed", [("assetIds", "Too small: expected array to have >=2 items")]
+            )
+        return 201, self.app._create_stack([str(i) for i in ids])
+
+    def _restore_trash(self, _: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        ids = payload.get("ids") if isinstance(payload, dict) else None
+        if not isinstance(ids, list):
+            raise ApiError(400, "Validation failed", [("ids", "Invalid input: expected array")])
+        return 200, {"count": self.app._restore([str(i) for i in ids])}
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True  # idle keep-alive connections must not block stop()
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], app: ImmichTestServer) -> None:
+        self.app = app
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup that can stall for seconds.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]  # type: ignore[assignment]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if exc is not None and not isinstance(exc, (OSError, ClientGone)):
+            self.app.errors.append(exc)  # no traceback on stderr; tests can assert `errors` is empty
+
+
+class ImmichTestServer:
+    """An in-memory Immich for one user; start() serves it on a real socket in a daemon thread."""
+
+    def __init__(
+        self,
+        api_key: str = "test-key",
+        version: tuple[int, int, int] = (3, 1, 0),
+        admin: bool = True,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        store_nothing: bool = True,  # accepted for symmetry with --sink; file bytes are never stored anyway
+    ) -> None:
+        self.api_key = api_key
+        self.version = tuple(version)
+        self.admin = admin
+        self.url = ""
+        self.assets: dict[str, Asset] = {}
+        self.uploads: list[UploadRecord] = []
+        self.requests_log: list[tuple[str, str]] = []
+        self.albums: dict[str, Album] = {}
+        self.stacks: dict[str, list[str]] = {}
+        self.errors: list[BaseException] = []  # unexpected exceptions inside the server (bugs), never printed
+        self.faults = FaultQueue()
+        self.user_id = str(uuid.uuid4())
+        self.api_key_id = str(uuid.uuid4())
+        self._host, self._port = host, port
+        self._lock = threading.RLock()
+        self._by_sha1: dict[str, str] = {}
+        self._connections: set[socket.socket] = set()
+        self._down = False
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def v3(self) -> bool:
+        return self.version[0] >= 3
+
+    @property
+    def cid_header(self) -> str:
+        return "X-Correlation-ID" if self.v3 else "x-immich-cid"
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> ImmichTestServer:
+        if self._httpd is not None:
+            return self
+        self._httpd = _HTTPServer((self._host, self._port), self)
+        host, port = self._httpd.server_address[:2]
+        self.url = f"http://{host}:{port}"
+        # A short poll interval keeps stop() fast enough to start a fresh server per test.
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="immich-test-server",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.server_close()
+        self._abort_connections()  # keep-alive connections would otherwise go on being served
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self) -> ImmichTestServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def down(self) -> None:
+        """Simulate an outage: open connections are reset and every new request too; the port stays bound."""
+        self._down = True
+        self._abort_connections()
+
+    def up(self) -> None:
+        self._down = False
+
+    # --- state (thread-safe) ---------------------------------------------------------------------------------
+
+    def asset_by_sha1(self, sha1_hex: str) -> Asset | None:
+        with self._lock:
+            asset_id = self._by_sha1.get(sha1_hex.lower())
+            return self.assets.get(asset_id) if asset_id else None
+
+    def add_existing_asset(self, data: bytes, filename: str = "x.jpg") -> Asset:
+        """Pretend another tool uploaded `data` (not counted by upload_count)."""
+        with self._lock:
+            sha1_hex = hashlib.sha1(data).hexdigest()
+            existing = self.asset_by_sha1(sha1_hex)
+            if existing is not None:
+                return existing
+            asset = Asset(str(uuid.uuid4()), sha1_hex, len(data), filename, {}, None)
+            self._add_asset(asset)
+            return asset
+
+    def upload_count(self) -> int:
+        """Assets created by POST /api/assets (answers 201)."""
+        with self._lock:
+            return sum(1 for u in self.uploads if u.status == 201)
+
+    def _add_asset(self, asset: Asset) -> None:
+        self.assets[asset.id] = asset
+        self._by_sha1[asset.sha1_hex] = asset.id
+
+    def _track(self, conn: socket.socket, *, add: bool) -> None:
+        with self._lock:
+            if add:
+                self._connections.add(conn)
+            else:
+                self._connections.discard(conn)
+
+    def _abort_connections(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            _abort_socket(conn)
+            try:
+                conn.shutdown(socket.SHUT_RDWR)  # wakes the handler thread, which then closes with RST
+            except OSError:
+                pass
+
+    def _log_request(self, method: str, path: str) -> None:
+        with self._lock:
+            self.requests_log.append((method, path))
+
+    def _record_upload(self, record: UploadRecord) -> None:
+        with self._lock:
+            self.uploads.append(record)
+
+    def _asset_for_checksum(self, value: str) -> Asset | None:
+        sha1_hex = checksum_to_hex(value) if value else None
+        return self.asset_by_sha1(sha1_hex) if sha1_hex else None
+
+    def _check_one(self, item_id: str, checksum: str) -> dict[str, Any]:
+        asset = self._asset_for_checksum(checksum)
+        if asset is None:
+            return {"id": item_id, "action": "accept"}
+        return {
+            "id": item_id,
+            "action": "reject",
+            "reason": "duplicate",
+            "assetId": asset.id,
+            "isTrashed": asset.is_trashed,
+        }
+
+    def _store_upload(self, parts: UploadParts) -> tuple[int, dict[str, str]]:
+        # Order as in Immich: multer's type check, then the file pipe, then the body's validation.
+        if parts.error:
+            raise ApiError(400, parts.error)
+        if parts.asset_filename is None:
+            raise ApiError(400, "File is required" if self.v3 else "Field(s) assetData should not be empty")
+        if parts.size == 0:
+            raise ApiError(400, "File is empty")
+        issues = validate_v3(parts.fields) if self.v3 else validate_v2(parts.fields)
+        if issues:
+            raise ApiError(400, "Validation failed", issues)
+        sha1_hex = parts.sha1_hex
+        with self._lock:
+            existing = self.asset_by_sha1(sha1_hex)
+            if existing is not None:
+                return 200, {"id": existing.id, "status": "duplicate"}
+            sidecar = parts.sidecar_sha1.hexdigest() if parts.sidecar_sha1 is not None else None
+            name = parts.fields.get("filename") or parts.asset_filename
+            asset = Asset(str(uuid.uuid4()), sha1_hex, parts.size, name, dict(parts.fields), sidecar)
+            self._add_asset(asset)
+        return 201, {"id": asset.id, "status": "created"}
+
+    def _user_json(self) -> dict[str, Any]:
+        return {
+            "id": self.user_id,
+            "email": "test@example.com",
+            "name": "Test",
+            "isAdmin": self.admin,
+            "quotaSizeInBytes": None,
+            "quotaUsageInBytes": 0,
+            "storageLabel": "admin" if self.admin else None,
+        }
+
+    def _asset_or_error(self, asset_id: str, permission: str) -> Asset:
+        if not _UUID_RE.fullmatch(asset_id):
+            raise ApiError(400, "Validation failed", [("id", "Invalid UUID")])
+        with self._lock:
+            asset = self.assets.get(asset_id)
+        if asset is None:
+            raise ApiError(400, f"Not found or no {permission} access")
+        return asset
+
+    def _asset_json(self, asset: Asset) -> dict[str, Any]:
+        ext = posixpath.splitext(asset.filename)[1].lower()
+        duration = asset.fields.get("duration", "").strip()
+        if self.v3:
+            duration_out: Any = int(duration) if _INT_RE.fullmatch(duration) else None
+        else:
+            duration_out = duration or "0:00:00.00000"
+        return {
+            "id": asset.id,
+            "ownerId": self.user_id,
+            "type": "VIDEO" if ext in VIDEO_EXTENSIONS else "IMAGE",
+            "checksum": base64.b64encode(bytes.fromhex(asset.sha1_hex)).decode(),
+            "originalFileName": asset.filename,
+            "fileCreatedAt": asset.fields.get("fileCreatedAt"),
+            "fileModifiedAt": asset.fields.get("fileModifiedAt"),
+            "isFavorite": asset.fields.get("isFavorite") == "true",
+            "visibility": asset.fields.get("visibility", "timeline"),
+            "isTrashed": asset.is_trashed,
+            "duration": duration_out,
+        }
+
+    def _album_or_error(self, album_id: str, permission: str) -> Album:
+        with self._lock:
+            album = self.albums.get(album_id)
+        if album is None:
+            raise ApiError(400, f"Not found or no {permission} access")
+        return album
+
+    def _album_json(self, album: Album) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "id": album.id,
+                "albumName": album.albumName,
+                "assetCount": len(album.asset_ids),
+                "description": "",
+                "ownerId": self.user_id,
+                "shared": False,
+                "albumUsers": [],
+            }
+
+    def _create_album(self, name: str, asset_ids: list[str]) -> Album:
+        with self._lock:
+            # Immich silently drops asset ids the user may not share.
+            known = [i for i in dict.fromkeys(asset_ids) if i in self.assets]
+            album = Album(str(uuid.uuid4()), name, known)
+            self.albums[album.id] = album
+            return album
+
+    def _add_to_album(self, album_id: str, asset_ids: list[str]) -> list[dict[str, Any]]:
+        album = self._album_or_error(album_id, "albumAsset.create")
+        results: list[dict[str, Any]] = []
+        with self._lock:
+            for asset_id in asset_ids:
+                if asset_id in album.asset_ids:
+                    results.append({"id": asset_id, "success": False, "error": "duplicate"})
+                elif asset_id not in self.assets:
+                    results.append({"id": asset_id, "success": False, "error": "no_permission"})
+                else:
+                    album.asset_ids.append(asset_id)
+                    results.append({"id": asset_id, "success": True})
+        return results
+
+    def _create_stack(self, asset_ids: list[str]) -> dict[str, Any]:
+        with self._lock:
+            if any(i not in self.assets for i in asset_ids):
+                raise ApiError(400, "Not found or no asset.update access")
+            stack_id = str(uuid.uuid4())
+            self.stacks[stack_id] = list(asset_ids)
+            assets = [self._asset_json(self.assets[i]) for i in asset_ids]
+        return {"id": stack_id, "primaryAssetId": asset_ids[0], "assets": assets}
+
+    def _restore(self, asset_ids: list[str]) -> int:
+        count = 0
+        with self._lock:
+            for asset_id in asset_ids:
+                asset = self.assets.get(asset_id)
+                if asset is not None and asset.is_trashed:
+                    asset.is_trashed = False
+                    count += 1
+        return count
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    parts = [int(p) for p in text.lstrip("v").split(".")]
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"version must look like 3.1.0, not {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Immich-compatible test server (stores no file content).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default="test-key")
+    parser.add_argument("--version", type=parse_version, default=(3, 1, 0))
+    parser.add_argument("--non-admin", action="store_true", help="GET /api/users/me answers isAdmin=false")
+    parser.add_argument(
+        "--sink", action="store_true", help="accepted for compatibility; content is never stored"
+    )
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with ImmichTestServer(
+        args.api_key, args.version, not args.non_admin, host=args.host, port=args.port
+    ) as server:
+        print(f"READY {server.url}", flush=True)
+        while not stop.wait(0.5):
+            pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

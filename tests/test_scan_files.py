@@ -1,0 +1,200 @@
+"""The scanner on real files, on both database backends."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import scan_files
+from db_manager import open_store
+from tests.conftest import Env, Library, run_inprocess
+from utils import text_to_path
+
+
+def scan(env: Env, *extra: str) -> tuple[int, dict[str, object], str]:
+    result = run_inprocess(scan_files.main, "--env-file", str(env.path), "--json", *extra)
+    return result.status, json.loads(result.stdout), result.stderr
+
+
+def rows_by_name(env: Env) -> dict[str, dict[str, object]]:
+    store = open_store(env.settings())
+    try:
+        return {str(r["filename"]): r for r in store.rows()}
+    finally:
+        store.close()
+
+
+def test_finds_photos_videos_and_raw_case_insensitively_and_skips_junk(env: Env, library: Library) -> None:
+    library.photo("2021/IMG_0001.JPG", n=1)
+    library.write("2021/IMG_0002.CR2", b"raw-bytes" * 100)
+    library.write("2021/clip.mp4", b"not really a video" * 10)
+    library.write("2021/IMG_0001.xmp", b"<x:xmpmeta/>")  # sidecar: not a media row
+    library.write("2021/notes.txt", b"hello")
+    library.write(".hidden/IMG_9.jpg", b"x" * 10)
+    library.write("2021/@eaDir/IMG_0001.JPG/SYNOPHOTO_THUMB_XL.jpg", b"x" * 10)
+    library.write("#recycle/old.jpg", b"x" * 10)
+    library.write("2021/.IMG_hidden.jpg", b"x" * 10)
+    status, summary, _ = scan(env)
+    assert status == 0
+    assert summary["found"] == 3 and summary["new"] == 3
+    rows = rows_by_name(env)
+    assert set(rows) == {"IMG_0001.JPG", "IMG_0002.CR2", "clip.mp4"}
+    assert rows["IMG_0001.JPG"]["extension"] == "jpg" and rows["IMG_0002.CR2"]["media_type"] == "image"
+    assert rows["clip.mp4"]["media_type"] == "video"
+
+
+def test_json_summary_is_the_only_stdout_and_has_the_promised_keys(env: Env, library: Library) -> None:
+    library.photos(2)
+    result = run_inprocess(scan_files.main, "--env-file", str(env.path), "--json")
+    summary = json.loads(result.stdout)  # the whole of stdout parses as one object
+    for key in ("found", "new", "changed", "unchanged", "missing", "errors", "bytes_hashed", "elapsed_s"):
+        assert key in summary
+    assert "Scan finished" in result.stderr
+
+
+def test_both_hashes_and_metadata_are_recorded(env: Env, library: Library) -> None:
+    import hashlib
+
+    path = library.photo("a/IMG_1.jpg", n=3, taken="2019:05:04 10:15:00", offset="+02:00")
+    scan(env)
+    row = rows_by_name(env)["IMG_1.jpg"]
+    data = path.read_bytes()
+    assert row["hash"] == hashlib.sha256(data).hexdigest()
+    assert row["sha1"] == hashlib.sha1(data).hexdigest()
+    assert str(row["date_taken"]).startswith("2019-05-04 08:15:00")  # UTC
+    assert row["date_source"] == "exif"
+    info = json.loads(str(row["metadata_info"]))
+    assert info["camera_make"] == "Canon" and info["camera_model"] == "EOS R5"
+    assert info["width"] == 67 and info["height"] == 48
+    assert row["mtime_ns"] == path.stat().st_mtime_ns
+
+
+def test_file_without_exif_date_falls_back_to_mtime(env: Env, library: Library) -> None:
+    path = library.photo("a/no_date.jpg", taken=None)
+    os.utime(path, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    scan(env)
+    row = rows_by_name(env)["no_date.jpg"]
+    assert row["date_source"] == "mtime" and str(row["date_taken"]).startswith("2020-09-13 12:26:40")
+
+
+def test_unchanged_rescan_opens_nothing(env: Env, library: Library, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    library.photos(5)
+    scan(env)
+
+    def must_not_hash(*_args: object) -> None:
+        raise AssertionError("an unchanged file was opened")
+
+    monkeypatch.setattr(scan_files, "fingerprint_file", must_not_hash)
+    status, summary, _ = scan(env)
+    assert status == 0
+    assert summary["unchanged"] == 5 and summary["new"] == 0 and summary["bytes_hashed"] == 0
+
+
+def test_changed_file_is_rehashed_and_pending_again_keeping_its_asset_id(env: Env, library: Library) -> None:
+    paths = library.photos(2)
+    scan(env)
+    store = open_store(env.settings())
+    try:
+        from db_manager import UploadOutcome
+
+        row = store.pending_uploads()[0]
+        store.record_upload(row.id, UploadOutcome("success", asset_id="asset-old"))
+        changed_path = os.fsdecode(text_to_path(row.filepath, row.filepath_b64))
+    finally:
+        store.close()
+    library.photo(os.path.relpath(changed_path, library.root), n=99)  # new content, new mtime
+    os.utime(changed_path, ns=(2_000_000_000_000_000_000, 2_000_000_000_000_000_000))
+    _status, summary, _ = scan(env)
+    assert summary["changed"] == 1 and summary["unchanged"] == len(paths) - 1
+    row_after = rows_by_name(env)[os.path.basename(changed_path)]
+    assert row_after["upload_status"] == "pending" and row_after["immich_asset_id"] == "asset-old"
+
+
+def test_vanished_file_is_marked_missing_not_deleted(env: Env, library: Library) -> None:
+    gone, _kept = library.photos(2)
+    scan(env)
+    gone.unlink()
+    _, summary, _ = scan(env)
+    assert summary["missing"] == 1
+    rows = rows_by_name(env)
+    assert len(rows) == 2 and rows[gone.name]["missing_since"] is not None
+
+
+def test_broken_inputs_are_recorded_and_the_scan_goes_on(env: Env, library: Library) -> None:
+    good = library.photo("ok/good.jpg", n=1)
+    library.write("bad/empty.jpg", b"")
+    truncated = good.read_bytes()[: len(good.read_bytes()) // 3]
+    library.write("bad/truncated.jpg", truncated)
+    library.write("bad/random.jpg", os.urandom(2000))
+    corrupt = bytearray(library.photo("bad/corrupt_exif.jpg", n=2).read_bytes())
+    corrupt[30:60] = b"\xff" * 30  # inside the APP1/EXIF segment
+    (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(corrupt))
+    status, summary, stderr = scan(env)
+    assert status == 1  # some files errored
+    assert summary["found"] == 5 and summary["errors"] == 1  # only the empty file is an error
+    rows = rows_by_name(env)
+    assert rows["empty.jpg"]["upload_status"] == "error" and "empty" in str(rows["empty.jpg"]["last_error"])
+    for name in ("truncated.jpg", "random.jpg", "corrupt_exif.jpg", "good.jpg"):
+        assert rows[name]["upload_status"] == "pending" and len(str(rows[name]["hash"])) == 64
+    assert "Traceback" not in stderr
+
+
+def test_non_utf8_names_and_very_long_paths_are_recorded(env: Env, library: Library) -> None:
+    raw_dir = os.fsencode(library.root) + b"/caf\xe9"
+    os.makedirs(raw_dir)
+    with open(raw_dir + b"/\xff\xfe.jpg", "wb") as f:
+        f.write(library.photo("tmp.jpg", n=5).read_bytes())
+    (library.root / "tmp.jpg").unlink()
+    deep = library.root
+    for i in range(12):
+        deep = deep / (f"{i:02d}_" + "d" * 90)
+    library.photo(str((deep / "long.jpg").relative_to(library.root)), n=6)
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["new"] == 2
+    store = open_store(env.settings())
+    try:
+        paths = [text_to_path(r["filepath"], r["filepath_b64"]) for r in store.rows()]
+    finally:
+        store.close()
+    assert raw_dir + b"/\xff\xfe.jpg" in paths
+    assert any(len(p) > 1000 for p in paths)
+    assert all(os.path.exists(p) for p in paths)
+
+
+def test_symlinked_files_followed_folders_not_dangling_links_passed_over(env: Env, library: Library) -> None:
+    target = library.photo("real/a.jpg", n=1)
+    os.symlink(target, library.root / "link_to_a.jpg")
+    os.symlink(library.root / "real", library.root / "loop")
+    os.symlink(library.root / "nowhere.jpg", library.root / "dangling.jpg")
+    _status, summary, _ = scan(env)
+    assert set(rows_by_name(env)) == {"a.jpg", "link_to_a.jpg"}
+    assert summary["found"] == 2
+
+
+def test_several_roots_and_ignore_patterns(env: Env, library: Library, tmp_path: Path) -> None:
+    library.photo("one.jpg", n=1)
+    library.photo("tmp/skip.jpg", n=2)
+    second = Library(tmp_path / "disk2")
+    second.photo("two.jpg", n=3)
+    env.set(SOURCE_DIR=f"{library.root},{second.root}", IGNORE_PATTERNS="*/tmp/*")
+    _, _summary, _ = scan(env)
+    assert set(rows_by_name(env)) == {"one.jpg", "two.jpg"}
+
+
+def test_include_hidden_scans_dot_files(env: Env, library: Library) -> None:
+    library.photo(".hidden/a.jpg", n=1)
+    env.set(INCLUDE_HIDDEN="true")
+    scan(env)
+    assert "a.jpg" in rows_by_name(env)
+
+
+def test_a_run_holding_the_lock_makes_a_second_exit_0_at_once(env: Env, library: Library) -> None:
+    library.photos(1)
+    holder = open_store(env.settings())
+    try:
+        assert holder.acquire_run_lock()
+        result = run_inprocess(scan_files.main, "--env-file", str(env.path))
+        assert result.status == 0 and "another run is in progress" in result.stderr
+    finally:
+        holder.close()

@@ -1,0 +1,152 @@
+"""The nightly job: scan and upload as one pipeline, safe under cron, signals and kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import sync_upload
+from db_manager import open_store
+from tests.conftest import API_KEY, Env, Library, run_inprocess, run_process, start_process
+from tests.immich_server import ImmichTestServer
+
+SUMMARY_KEYS = (
+    "found",
+    "new",
+    "changed",
+    "unchanged",
+    "uploaded",
+    "duplicates",
+    "skipped",
+    "errors",
+    "bytes_uploaded",
+    "elapsed_s",
+)
+
+
+def sync(env: Env, *extra: str) -> tuple[int, dict[str, object], str]:
+    result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--json", *extra)
+    return result.status, json.loads(result.stdout), result.stderr
+
+
+def created_per_checksum(server: ImmichTestServer) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in server.uploads:
+        if record.status == 201:
+            counts[record.sha1_hex] = counts.get(record.sha1_hex, 0) + 1
+    return counts
+
+
+def row_statuses(env: Env) -> list[str]:
+    store = open_store(env.settings())
+    try:
+        return [str(r["upload_status"]) for r in store.rows()]
+    finally:
+        store.close()
+
+
+def test_sync_scans_and_uploads_and_a_rerun_sends_nothing(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(8)
+    status, summary, stderr = sync(server_env)
+    assert status == 0, stderr
+    assert all(key in summary for key in SUMMARY_KEYS)
+    assert summary["found"] == 8 and summary["new"] == 8 and summary["uploaded"] == 8
+    assert immich.upload_count() == 8
+    status, summary, _ = sync(server_env)
+    assert status == 0 and summary["unchanged"] == 8 and summary["uploaded"] == 0
+    assert immich.upload_count() == 8 and len(immich.uploads) == 8
+
+
+def test_rows_left_pending_by_an_earlier_run_are_uploaded_on_the_next(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(3)
+    server_env.set(MAX_RETRIES=0, MAX_CONSECUTIVE_ERRORS=1, UPLOAD_CONCURRENCY=1)
+    immich.faults.add(status=503, count=1000, path="/api/assets", method="POST")
+    status, _, _ = sync(server_env)
+    assert status == 3
+    immich.faults.clear()
+    status, summary, _ = sync(server_env)
+    assert status == 0 and summary["uploaded"] == 3 and summary["unchanged"] == 3
+    assert set(row_statuses(server_env)) == {"success"}
+
+
+def test_without_a_server_it_scans_then_names_the_two_settings(env: Env, library: Library) -> None:
+    library.photos(2)
+    result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--no-progress")
+    assert result.status == 2
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("immich-uploader: error: IMMICH_URL and IMMICH_API_KEY not set")
+    )
+    assert row_statuses(env) == ["pending", "pending"]
+
+
+def test_second_run_while_one_is_going_exits_0_at_once(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(2)
+    immich.faults.add(delay_s=3.0, path="/api/server/ping")
+    first = start_process("sync_upload.py", "--env-file", str(server_env.path), "--no-progress")
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        second = run_process("sync_upload.py", "--env-file", str(server_env.path))
+        assert second.status == 0 and "another run is in progress" in second.stderr
+        assert time.monotonic() - started < 2.5
+    finally:
+        first.wait(30)
+    assert first.returncode == 0
+
+
+def test_sigterm_stops_cleanly_with_exit_130_and_true_rows(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(10)
+    server_env.set(UPLOAD_CONCURRENCY=1)
+    for _ in range(10):
+        immich.faults.add(delay_s=0.3, path="/api/assets", method="POST")
+    proc = start_process("sync_upload.py", "--env-file", str(server_env.path), "--no-progress")
+    deadline = time.monotonic() + 20
+    while immich.upload_count() < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    assert proc.returncode == 130
+    statuses = row_statuses(server_env)
+    uploaded = immich.upload_count()
+    assert statuses.count("success") == uploaded and statuses.count("pending") == 10 - uploaded
+    assert 0 < uploaded < 10
+
+
+def test_kill_9_at_any_moment_loses_nothing_and_uploads_nothing_twice(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(12)
+    server_env.set(UPLOAD_CONCURRENCY=2)
+    for delay_s in (0.0, 0.4, 0.9):
+        for _ in range(12):
+            immich.faults.add(delay_s=0.15, path="/api/assets", method="POST")
+        proc = start_process("sync_upload.py", "--env-file", str(server_env.path), "--no-progress")
+        time.sleep(0.5 + delay_s)
+        proc.kill()
+        proc.wait(10)
+        immich.faults.clear()
+    status, _summary, stderr = sync(server_env)
+    assert status == 0, stderr
+    assert set(row_statuses(server_env)) <= {"success", "duplicate"}
+    assert len(row_statuses(server_env)) == 12
+    assert immich.upload_count() == 12
+    assert max(created_per_checksum(immich).values()) == 1
+
+
+def test_server_version_2_gets_device_fields_in_sync(env: Env, library: Library) -> None:
+    library.photos(2)
+    with ImmichTestServer(api_key=API_KEY, version=(2, 0, 1)) as old:
+        env.set(IMMICH_URL=old.url + "/api/", IMMICH_API_KEY=API_KEY)
+        status, summary, _ = sync(env)
+        assert status == 0 and summary["uploaded"] == 2

@@ -1,0 +1,501 @@
+"""utils.py: fingerprints, metadata from real files written here, path encoding and formatting."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from PIL.TiffImagePlugin import IFDRational
+
+import utils
+from utils import (
+    FileChangedError,
+    Fingerprint,
+    MediaMetadata,
+    fingerprint_file,
+    format_bytes,
+    format_duration,
+    path_to_text,
+    read_image_metadata,
+    read_metadata,
+    read_video_metadata,
+    text_to_path,
+    to_utc_iso,
+)
+
+# --- builders ---------------------------------------------------------------------------------------------
+
+
+def write_jpeg(
+    path: Path,
+    *,
+    taken: str | None = "2024:05:04 10:15:00",
+    offset: str | None = "+02:00",
+    size: tuple[int, int] = (64, 48),
+) -> Path:
+    """A JPEG whose EXIF holds every field read_image_metadata extracts, as a camera writes them."""
+    exif = Image.Exif()
+    exif[0x010F] = "Canon"  # Make
+    exif[0x0110] = "EOS R5"  # Model
+    exif[0x0112] = 6  # Orientation: rotate 90° CW
+    exif[0x0131] = "Firmware 1.8.1"  # Software
+    ifd = exif.get_ifd(0x8769)  # Exif IFD
+    if taken:
+        ifd[0x9003] = taken  # DateTimeOriginal
+    if offset:
+        ifd[0x9011] = offset  # OffsetTimeOriginal
+    ifd[0x829D] = IFDRational(28, 10)  # FNumber
+    ifd[0x829A] = IFDRational(1, 125)  # ExposureTime
+    ifd[0x8827] = 400  # ISOSpeedRatings
+    ifd[0x920A] = IFDRational(50, 1)  # FocalLength
+    ifd[0xA434] = "RF50mm F1.8 STM"  # LensModel
+    gps = exif.get_ifd(0x8825)  # GPS IFD: Sydney Opera House, 12.5 m below sea level
+    gps[1] = "S"
+    gps[2] = (IFDRational(33), IFDRational(51), IFDRational(5436, 100))
+    gps[3] = "E"
+    gps[4] = (IFDRational(151), IFDRational(12), IFDRational(54, 10))
+    gps[5] = b"\x01"
+    gps[6] = IFDRational(125, 10)
+    Image.new("RGB", size, (200, 30, 30)).save(path, "JPEG", exif=exif)
+    return path
+
+
+def mp4_box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I4s", 8 + len(payload), kind) + payload
+
+
+MAC_EPOCH = datetime(1904, 1, 1, tzinfo=timezone.utc)
+IDENTITY_MATRIX = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+
+
+def write_mp4(path: Path, created: datetime | None, seconds: float = 12.5) -> Path:
+    """A minimal MP4: ftyp, and moov holding mvhd (creation time, timescale, duration) and a track's tkhd
+    (1920x1080). `created` None writes creation_time 0, i.e. 1904-01-01, as cameras without a clock do."""
+    stamp = int((created - MAC_EPOCH).total_seconds()) if created else 0
+    timescale, duration = 1000, round(seconds * 1000)
+    mvhd = (
+        struct.pack(">B3xIIII", 0, stamp, stamp, timescale, duration)
+        + struct.pack(">IH10x", 0x00010000, 0x0100)  # rate 1.0, volume 1.0
+        + IDENTITY_MATRIX
+        + bytes(24)  # pre_defined
+        + struct.pack(">I", 2)  # next_track_ID
+    )
+    tkhd = (
+        struct.pack(">B3xIIIIIQhhH2x", 0, stamp, stamp, 1, 0, duration, 0, 0, 0, 0)
+        + IDENTITY_MATRIX
+        + struct.pack(">II", 1920 << 16, 1080 << 16)
+    )
+    ftyp = mp4_box(b"ftyp", b"isom" + struct.pack(">I", 512) + b"isomiso2mp41")
+    moov = mp4_box(b"moov", mp4_box(b"mvhd", mvhd) + mp4_box(b"trak", mp4_box(b"tkhd", tkhd)))
+    path.write_bytes(ftyp + moov + mp4_box(b"mdat", b""))
+    return path
+
+
+# --- images -----------------------------------------------------------------------------------------------
+
+
+def test_jpeg_exif_fields_all_come_back(tmp_path: Path) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg"))
+
+    assert meta.warnings == []
+    assert meta.date_source == "exif"
+    assert meta.date_taken == datetime(2024, 5, 4, 10, 15, tzinfo=timezone(timedelta(hours=2)))
+    info = meta.info
+    assert info.pop("gps_latitude") == pytest.approx(-(33 + 51 / 60 + 54.36 / 3600), abs=1e-6)
+    assert info.pop("gps_longitude") == pytest.approx(151 + 12 / 60 + 5.4 / 3600, abs=1e-6)
+    assert info == {
+        "camera_make": "Canon",
+        "camera_model": "EOS R5",
+        "lens_model": "RF50mm F1.8 STM",
+        "software": "Firmware 1.8.1",
+        "f_number": 2.8,
+        "exposure_time": "1/125",
+        "exposure_time_s": 0.008,
+        "iso": 400,
+        "focal_length_mm": 50.0,
+        "gps_altitude": -12.5,
+        "width": 64,
+        "height": 48,
+        "orientation": 6,
+        "date_taken": "2024-05-04T10:15:00+02:00",
+        "offset_time": "+02:00",
+        "format": "JPEG",
+        "mime": "image/jpeg",
+    }
+
+
+def test_metadata_info_is_json_serialisable(tmp_path: Path) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg"))
+    assert json.loads(json.dumps(meta.info)) == meta.info
+
+
+def test_exif_date_without_offset_is_naive(tmp_path: Path) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", offset=None))
+    assert meta.date_taken == datetime(2024, 5, 4, 10, 15)
+    assert meta.info["date_taken"] == "2024-05-04T10:15:00"
+    assert "offset_time" not in meta.info
+
+
+def test_exif_date_with_trailing_garbage_still_parses(tmp_path: Path) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", taken="2024:05:04 10:15:00 junk", offset=None))
+    assert meta.date_taken == datetime(2024, 5, 4, 10, 15)
+
+
+@pytest.mark.parametrize("blank", ["0000:00:00 00:00:00", "    :  :     :  :  "])
+def test_blank_exif_date_is_ignored(tmp_path: Path, blank: str) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", taken=blank))
+    assert (meta.date_taken, meta.date_source) == (None, "none")
+    assert "date_taken" not in meta.info
+    assert meta.info["camera_make"] == "Canon"
+
+
+def test_png_without_exif_gives_size_and_no_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "a.png"
+    Image.new("RGB", (30, 20)).save(path)
+    meta = read_image_metadata(path)
+    assert meta == MediaMetadata(
+        None, "none", {"width": 30, "height": 20, "format": "PNG", "mime": "image/png"}
+    )
+
+
+def test_corrupt_exif_block_gives_a_warning_not_an_exception(tmp_path: Path) -> None:
+    path = write_jpeg(tmp_path / "a.jpg")
+    data = bytearray(path.read_bytes())
+    tiff = data.index(b"Exif\x00\x00") + 6
+    data[tiff : tiff + 200] = b"\xff" * 200  # byte order, IFD offset and entries all garbage
+    path.write_bytes(data)
+
+    meta = read_image_metadata(path)
+
+    assert meta.warnings == ["EXIF block present but unreadable (corrupt)"]
+    assert (meta.info["width"], meta.info["height"]) == (64, 48)
+    assert meta.date_taken is None
+
+
+def test_damaged_exif_entries_keep_what_is_readable(tmp_path: Path) -> None:
+    path = write_jpeg(tmp_path / "a.jpg")
+    data = bytearray(path.read_bytes())
+    tiff = data.index(b"Exif\x00\x00") + 6
+    data[tiff + 10 : tiff + 60] = b"\xff" * 50  # the first IFD0 entries (Make, Model, Orientation...)
+    path.write_bytes(data)
+
+    meta = read_image_metadata(path)
+
+    assert "camera_make" not in meta.info
+    assert meta.info["width"] == 64
+    assert meta.info["gps_altitude"] == -12.5
+
+
+def test_truncated_jpeg_still_gives_header_and_exif(tmp_path: Path) -> None:
+    path = write_jpeg(tmp_path / "a.jpg", size=(600, 400))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    meta = read_image_metadata(path)
+    assert (meta.info["width"], meta.info["height"]) == (600, 400)
+    assert meta.date_source == "exif"
+
+
+def test_jpeg_cut_inside_its_header_gives_a_warning(tmp_path: Path) -> None:
+    path = write_jpeg(tmp_path / "a.jpg")
+    path.write_bytes(path.read_bytes()[:40])
+    meta = read_image_metadata(path)
+    assert meta.warnings
+    assert "width" not in meta.info
+
+
+def test_zero_byte_files_give_an_empty_file_warning(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").touch()
+    (tmp_path / "a.mp4").touch()
+    assert read_image_metadata(tmp_path / "a.jpg").warnings == ["empty file"]
+    assert read_video_metadata(tmp_path / "a.mp4").warnings == ["empty file"]
+
+
+def test_random_bytes_named_jpg_give_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "a.jpg"
+    path.write_bytes(random.Random(1234).randbytes(4096))  # fixed bytes: no format may match by chance
+    meta = read_image_metadata(path)
+    assert meta.warnings == ["not an image format Pillow recognises"]
+    assert (meta.date_taken, meta.info) == (None, {})
+
+
+def test_missing_file_becomes_a_warning(tmp_path: Path) -> None:
+    assert read_image_metadata(tmp_path / "gone.jpg").warnings == [
+        "cannot read the file: No such file or directory"
+    ]
+    assert read_video_metadata(tmp_path / "gone.mp4").warnings == [
+        "cannot read the file: No such file or directory"
+    ]
+
+
+def test_heic_extension_takes_size_from_exif_without_warning(tmp_path: Path) -> None:
+    """Pillow cannot open HEIC; ExifRead's width/height are used, and that is not a problem to report."""
+    source = Image.new("RGB", (8, 8))
+    exif = Image.Exif()
+    exif.get_ifd(0x8769).update({0xA002: 4032, 0xA003: 3024, 0x9003: "2023:01:02 03:04:05"})
+    path = tmp_path / "IMG_0001.HEIC"
+    source.save(path, "JPEG", exif=exif)  # ExifRead goes by content, so a JPEG body stands in
+    meta = read_image_metadata(path)
+    assert meta.warnings == []
+    assert (meta.info["width"], meta.info["height"]) == (4032, 3024)
+    assert "format" not in meta.info
+
+
+def test_huge_image_size_is_read_despite_decompression_bomb_check(tmp_path: Path) -> None:
+    path = tmp_path / "panorama.png"
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", 40000, 30000)  # 1.2 Gpixel
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(data[ihdr : ihdr + 17]))
+    path.write_bytes(data)
+    meta = read_image_metadata(path)
+    assert meta.warnings == []
+    assert (meta.info["width"], meta.info["height"]) == (40000, 30000)
+
+
+def test_bytes_path_with_non_utf8_name_is_read(tmp_path: Path) -> None:
+    path = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.jpg")
+    write_jpeg(Path(os.fsdecode(path)))
+    assert read_image_metadata(path).info["camera_model"] == "EOS R5"
+
+
+def test_exifread_warnings_do_not_reach_the_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "a.png"  # ExifRead warns "PNG file does not have exif data"
+    Image.new("RGB", (4, 4)).save(path)
+    with caplog.at_level(logging.INFO):
+        read_image_metadata(path)
+    assert not [r for r in caplog.records if r.name.startswith("exifread")]
+
+
+# --- videos -----------------------------------------------------------------------------------------------
+
+
+def test_mp4_creation_time_is_utc_and_duration_is_read(tmp_path: Path) -> None:
+    created = datetime(2023, 7, 14, 18, 30, 5, tzinfo=timezone.utc)
+    meta = read_video_metadata(write_mp4(tmp_path / "a.mp4", created))
+    assert meta.warnings == []
+    assert meta.date_source == "video"
+    assert meta.date_taken == created
+    assert meta.date_taken.utcoffset() == timedelta(0)
+    assert meta.info == {
+        "format": "mov",
+        "date_taken": "2023-07-14T18:30:05+00:00",
+        "duration_s": 12.5,
+        "width": 1920,
+        "height": 1080,
+        "mime": "video/mp4",
+    }
+
+
+def test_mp4_zero_creation_time_is_ignored(tmp_path: Path) -> None:
+    meta = read_video_metadata(write_mp4(tmp_path / "a.mp4", None))
+    assert (meta.date_taken, meta.date_source) == (None, "none")
+    assert meta.info["duration_s"] == 12.5
+
+
+def test_non_video_named_mp4_gives_a_warning_and_prints_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = tmp_path / "notes.mp4"
+    text.write_text("shopping list\n" * 100)
+    image = write_jpeg(tmp_path / "photo.mp4")
+    assert read_video_metadata(text).warnings
+    assert read_video_metadata(image).warnings == ["not a video: the content looks like jpeg"]
+    assert capsys.readouterr() == ("", "")
+
+
+def test_read_metadata_dispatches_on_kind(tmp_path: Path) -> None:
+    video = write_mp4(tmp_path / "a.mp4", datetime(2023, 1, 1, tzinfo=timezone.utc))
+    image = write_jpeg(tmp_path / "a.jpg")
+    assert read_metadata(video, "video").date_source == "video"
+    assert read_metadata(image, "image").date_source == "exif"
+    with pytest.raises(ValueError):
+        read_metadata(image, "audio")
+
+
+# --- fingerprints -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("size", "chunk_size"),
+    [
+        (0, 4096),
+        (100, 4096),
+        (1 << 20, 4096),
+        ((1 << 20) + 123, 4096),
+        (5000, utils.DEFAULT_HASH_CHUNK_BYTES),
+    ],
+)
+def test_fingerprint_matches_hashlib(tmp_path: Path, size: int, chunk_size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    assert fingerprint_file(str(path), chunk_size) == Fingerprint(
+        hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest(), size, path.stat().st_mtime_ns
+    )
+
+
+def test_fingerprint_accepts_a_non_utf8_bytes_path(tmp_path: Path) -> None:
+    path = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.jpg")
+    with open(path, "wb") as f:
+        f.write(b"photo")
+    assert fingerprint_file(path).sha1 == hashlib.sha1(b"photo").hexdigest()
+
+
+def test_fingerprint_of_a_missing_file_raises_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        fingerprint_file(tmp_path / "gone.jpg")
+
+
+class ChangingFile:
+    """A file opened by fingerprint_file that another program changes right after the first chunk is read."""
+
+    def __init__(self, path: str, change: str) -> None:
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by __exit__)
+        self._path, self._change = path, change
+
+    def __enter__(self) -> ChangingFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._file.close()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def readinto(self, buffer: memoryview) -> int:
+        n = self._file.readinto(buffer)
+        if self._change == "append":
+            with open(self._path, "ab") as writer:
+                writer.write(b"more")
+        elif self._change == "touch":  # same size, new mtime: an in-place edit
+            st = os.stat(self._path)
+            os.utime(self._path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        self._change = ""
+        return n
+
+
+def change_during_reads(monkeypatch: pytest.MonkeyPatch, change: str, times: int) -> list[str]:
+    """The next `times` hash passes see the file change (`change` is "append" or "touch") under them.
+    Returns the list of files opened, one per pass."""
+    changes = [change] * times
+    opened: list[str] = []
+
+    def fake_open(path: str, mode: str, buffering: int) -> ChangingFile:
+        opened.append(path)
+        return ChangingFile(path, changes.pop() if changes else "")
+
+    monkeypatch.setattr(utils, "open", fake_open, raising=False)
+    return opened
+
+
+@pytest.mark.parametrize("change", ["append", "touch"])
+def test_fingerprint_reads_again_when_the_file_changes_during_the_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 10000)
+    opened = change_during_reads(monkeypatch, change, times=1)
+    fingerprint = fingerprint_file(str(path), 4096)
+    assert len(opened) == 2
+    data = path.read_bytes()
+    assert fingerprint.sha256 == hashlib.sha256(data).hexdigest()  # the content after the change
+    assert (fingerprint.size_bytes, fingerprint.mtime_ns) == (len(data), path.stat().st_mtime_ns)
+
+
+@pytest.mark.parametrize("change", ["append", "touch"])
+def test_fingerprint_raises_file_changed_when_it_changes_on_both_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+) -> None:
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 10000)
+    change_during_reads(monkeypatch, change, times=2)
+    with pytest.raises(FileChangedError, match="file changed while being read") as caught:
+        fingerprint_file(str(path), 4096)
+    assert isinstance(caught.value, OSError)
+
+
+# --- paths ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", [b"/photos/2024/IMG_0001.JPG", "/photos/Ürlaub/café 📷.jpg".encode()])
+def test_utf8_path_is_stored_as_text_alone(raw: bytes) -> None:
+    text, b64 = path_to_text(raw)
+    assert (text, b64) == (raw.decode(), None)
+    assert text_to_path(text, b64) == raw
+
+
+@pytest.mark.parametrize("raw", [b"/photos/\xff\xfe.jpg", b"/photos/caf\xe9.jpg"])
+def test_non_utf8_path_keeps_a_readable_name_and_its_exact_bytes(raw: bytes) -> None:
+    text, b64 = path_to_text(raw)
+    assert text.startswith("/photos/") and "\ufffd" in text
+    assert b64 is not None
+    assert text_to_path(text, b64) == raw
+
+
+# --- formatting -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1536, "1.5 KiB"),
+        (1024, "1 KiB"),
+        (12.3 * 1024**2, "12.3 MiB"),
+        (1.02 * 1024**3, "1.02 GiB"),
+        (512 * 1024**3, "512 GiB"),
+        (3 * 1024**4, "3 TiB"),
+    ],
+)
+def test_format_bytes_uses_binary_units(n: float, expected: str) -> None:
+    assert format_bytes(n) == expected
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        (0, "0.0s"),
+        (0.4, "0.4s"),
+        (9.96, "10s"),
+        (12.2, "12s"),
+        (185, "3m05s"),
+        (3599.7, "1h00m"),
+        (3720, "1h02m"),
+    ],
+)
+def test_format_duration_picks_the_unit(seconds: float, expected: str) -> None:
+    assert format_duration(seconds) == expected
+
+
+def test_to_utc_iso_converts_an_aware_time() -> None:
+    moment = datetime(2024, 5, 4, 10, 15, 0, 123456, tzinfo=timezone(timedelta(hours=2)))
+    assert to_utc_iso(moment) == "2024-05-04T08:15:00.123Z"
+
+
+@pytest.fixture
+def berlin_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    if not hasattr(time, "tzset"):
+        pytest.skip("time.tzset is POSIX only")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_to_utc_iso_reads_a_naive_time_as_local_time(berlin_time: None) -> None:
+    assert to_utc_iso(datetime(2024, 7, 1, 12, 0)) == "2024-07-01T10:00:00.000Z"  # CEST, UTC+2
+    assert to_utc_iso(datetime(2024, 1, 1, 12, 0)) == "2024-01-01T11:00:00.000Z"  # CET, UTC+1

@@ -1,0 +1,575 @@
+"""Shared helpers with no I/O policy of their own: file fingerprints, media metadata, path encoding, formatting.
+
+This module owns how a file is read to identify it (one pass computing SHA-256 for the database and SHA-1, the
+checksum Immich compares), how capture date, camera settings, GPS and dimensions are pulled from images
+(ExifRead, Pillow headers) and videos (hachoir), how a file name that is not valid UTF-8 is stored in a text
+column and recovered exactly, and how byte counts, durations and timestamps are written for people and for the
+Immich API. It prints nothing, runs no SQL and makes no HTTP requests; problems with a file's content come back
+as `MediaMetadata.warnings`, problems opening a file as `OSError`.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import hashlib
+import logging
+import math
+import os
+import re
+import struct
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from fractions import Fraction
+from typing import Any, BinaryIO
+
+import exifread
+from hachoir.core import config as hachoir_config
+from hachoir.core.log import log as hachoir_log
+from hachoir.metadata import extractMetadata
+from hachoir.metadata.metadata import MultipleMetadata
+from hachoir.parser import createParser
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HASH_CHUNK_BYTES = 1 << 20
+
+# ExifRead warns through its own logger about every odd tag and "File format not recognized" for each file
+# without EXIF; those would flood the console. What matters to us comes back in MediaMetadata.warnings.
+logging.getLogger("exifread").setLevel(logging.ERROR)
+
+# hachoir writes "[warn]" and "[err!]" lines straight to stderr. `quiet` drops its warnings; errors (for
+# example "Error during metadata extraction") still print unless printing is off, so send them to a logger.
+hachoir_config.quiet = True
+hachoir_log.use_print = False
+_hachoir_logger = logging.getLogger("hachoir")
+hachoir_log.on_new_message = lambda level, prefix, text, ctxt: _hachoir_logger.debug("%s %s", prefix, text)
+
+# Only image headers are read here, never pixels, so a very large image is no danger; see _open_image().
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+# Pillow reports damaged content (e.g. "Corrupt EXIF data" while reading a JPEG's DPI) through `warnings`,
+# which would print on stderr from worker threads; such damage is reported in MediaMetadata.warnings instead.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+
+# Pillow cannot open HEIF or JPEG XL without plugins, and opens TIFF-based RAW files (NEF, CR2, ARW, DNG...)
+# as TIFF but reports the small preview in IFD0, not the sensor size. For these, width and height come from
+# EXIF (when present) and Pillow's failure is expected, so it is not a warning.
+# fmt: off
+_EXIF_ONLY_EXTENSIONS = frozenset({
+    "heic", "heif", "hif", "jxl",
+    "3fr", "ari", "arw", "cap", "cin", "cr2", "cr3", "crw", "dcr", "dng", "erf", "fff", "iiq", "k25", "kdc",
+    "mrw", "nef", "nrw", "orf", "ori", "pef", "raf", "raw", "rw2", "rwl", "sr2", "srf", "srw", "x3f",
+})
+# fmt: on
+
+# hachoir containers whose creation time is defined as UTC: QuickTime/MP4 mvhd, Matroska DateUTC, ASF
+# FILETIME. Others (AVI's IDIT/ICRD text) hold local wall-clock time and stay naive.
+_UTC_CONTAINERS = frozenset({"mov", "matroska", "asf"})
+_VIDEO_CATEGORIES = frozenset({"video", "container"})
+# Zero creation times (1904-01-01 in QuickTime, 1970-01-01 from Unix-epoch writers) mean "not set".
+_FIRST_REAL_VIDEO_YEAR = 1971
+
+
+# --- Fingerprints -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    sha256: str  # hex; the project's identity of a file's content
+    sha1: str  # hex; Immich's checksum (it shows it in base64)
+    size_bytes: int
+    mtime_ns: int
+
+
+class FileChangedError(OSError):
+    """The file's size or modification time changed while it was hashed, twice in a row."""
+
+
+def fingerprint_file(path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYTES) -> Fingerprint:
+    """SHA-256 and SHA-1 of a file in one read pass, with the size and mtime the hashes belong to.
+
+    A file that changes while it is read (a copy still arriving, an editor saving) is read once more; if it
+    changes again, FileChangedError. Other OSErrors (missing file, no permission) propagate unchanged.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, not {chunk_size}")
+    # One buffer for every chunk of every attempt: readinto() fills it in place, no bytes object per chunk.
+    view = memoryview(bytearray(chunk_size))
+    for attempt in (1, 2):
+        fingerprint = _hash_if_unchanged(path, view)
+        if fingerprint is not None:
+            return fingerprint
+        log.debug("%s changed while being hashed (attempt %d)", _display_name(path), attempt)
+    raise FileChangedError(errno.EAGAIN, "file changed while being read", path)
+
+
+def _hash_if_unchanged(path: str | bytes, view: memoryview) -> Fingerprint | None:
+    """Hashes the file once; None when its size or mtime moved during the read."""
+    sha256 = hashlib.sha256()
+    sha1 = hashlib.sha1()
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        before = os.fstat(f.fileno())
+        while n := f.readinto(view):
+            chunk = view[:n]
+            sha256.update(chunk)
+            sha1.update(chunk)
+            total += n
+    after = os.stat(path)
+    if total != before.st_size or after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns:
+        return None
+    return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, after.st_mtime_ns)
+
+
+# --- Metadata -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MediaMetadata:
+    """What could be read from one file. `date_taken` is aware when the offset is known, naive when EXIF gives
+    no offset, None when nothing was found; `info` is JSON-serialisable and holds only keys that were found."""
+
+    date_taken: datetime | None = None
+    date_source: str = "none"  # "exif" | "video" | "none"
+    info: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _warn(meta: MediaMetadata, path: str | bytes, reason: str) -> None:
+    meta.warnings.append(reason)
+    log.debug("%s: %s", _display_name(path), reason)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+def read_metadata(path: str | bytes, kind: str) -> MediaMetadata:
+    """Metadata of an "image" or a "video"; never raises for bad content (see the two readers)."""
+    if kind == "image":
+        return read_image_metadata(path)
+    if kind == "video":
+        return read_video_metadata(path)
+    raise ValueError(f"kind must be 'image' or 'video', not {kind!r}")
+
+
+def read_image_metadata(path: str | bytes) -> MediaMetadata:
+    """EXIF (ExifRead) and header fields (Pillow, without decoding pixels) of an image, from one open file.
+
+    Corrupt, truncated, empty or misnamed files give a MediaMetadata with `warnings` and whatever was read.
+    """
+    meta = MediaMetadata()
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                _warn(meta, path, "empty file")
+                return meta
+            tags = _read_exif_tags(f, path, meta)
+            has_exif_block = False
+            if _extension(path) not in _EXIF_ONLY_EXTENSIONS:
+                has_exif_block = _read_image_header(f, path, meta)
+    except OSError as exc:
+        _warn(meta, path, f"cannot read the file: {exc.strerror or exc}")
+        return meta
+    if has_exif_block and not tags:
+        # ExifRead gives up silently on a damaged block (bad offsets, garbage IFDs); Pillow saw it exists.
+        _warn(meta, path, "EXIF block present but unreadable (corrupt)")
+    _apply_exif(tags, path, meta)
+    return meta
+
+
+def read_video_metadata(path: str | bytes) -> MediaMetadata:
+    """Creation time (UTC for MP4/QuickTime, Matroska, ASF), duration and frame size of a video, via hachoir.
+
+    Unreadable or misnamed files give a MediaMetadata with `warnings` and whatever was read.
+    """
+    meta = MediaMetadata()
+    try:
+        # Opened by name as str: hachoir labels its stream with the file's name and fails on a bytes name;
+        # os.fsdecode's surrogate escapes reopen a non-UTF-8 name exactly.
+        with open(os.fsdecode(path), "rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                _warn(meta, path, "empty file")
+                return meta
+            parser = createParser(f)
+            if parser is None:
+                _warn(meta, path, "not a video container hachoir recognises")
+                return meta
+            with parser:
+                container = str(parser.PARSER_TAGS.get("id", ""))
+                if parser.PARSER_TAGS.get("category") not in _VIDEO_CATEGORIES:
+                    _warn(meta, path, f"not a video: the content looks like {container}")
+                    return meta
+                metadata = extractMetadata(parser)
+    except OSError as exc:
+        _warn(meta, path, f"cannot read the file: {exc.strerror or exc}")
+        return meta
+    # hachoir raises many exception types for malformed input; this is an extraction function, where a
+    # broad catch is right: bad content must become a warning, never stop a scan.
+    except Exception as exc:
+        _warn(meta, path, f"video container unreadable: {_reason(exc)}")
+        return meta
+    if not metadata:
+        _warn(meta, path, f"no metadata found in the {container} container")
+        return meta
+    meta.info["format"] = container
+    _apply_video_metadata(metadata, container, meta)
+    return meta
+
+
+def _read_exif_tags(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> dict[str, Any]:
+    # ExifRead fails in many ways on damaged EXIF (IndexError, struct.error, ValueError...). This is an
+    # extraction function, where a broad catch is right: bad content becomes a warning, never an exception.
+    try:
+        return exifread.process_file(f, details=False, extract_thumbnail=False)
+    except Exception as exc:
+        _warn(meta, path, f"EXIF unreadable: {_reason(exc)}")
+        return {}
+
+
+def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> bool:
+    """Size and format from the image header; True when the file has an EXIF block."""
+    f.seek(0)
+    # Broad catch for the same reason as in _read_exif_tags: Pillow's plugins raise many exception types.
+    try:
+        with _open_image(f) as image:
+            width, height = image.size
+            image_format = image.format
+            has_exif_block = bool(image.info.get("exif"))
+    except UnidentifiedImageError:
+        _warn(meta, path, "not an image format Pillow recognises")
+        return False
+    except Exception as exc:
+        _warn(meta, path, f"image header unreadable: {_reason(exc)}")
+        return False
+    if width > 0 and height > 0:
+        meta.info["width"], meta.info["height"] = width, height
+    if image_format:
+        meta.info["format"] = image_format
+        mime = Image.MIME.get(image_format)
+        if mime:
+            meta.info["mime"] = mime
+    return has_exif_block
+
+
+def _open_image(f: BinaryIO) -> ImageFile.ImageFile:
+    """Image.open (lazy: reads the header only). A huge image (a panorama) fails Pillow's decompression-bomb
+    check, which guards decoding; as nothing is decoded here, open it again with the plugin directly."""
+    try:
+        return Image.open(f)
+    except Image.DecompressionBombError:
+        f.seek(0)
+        prefix = f.read(16)
+        for image_format in Image.ID:
+            factory, accept = Image.OPEN[image_format]
+            accepted = accept is None or accept(prefix)
+            if accepted and not isinstance(accepted, str):  # a str is a reason for refusing
+                f.seek(0)
+                try:
+                    return factory(f, "")
+                except (SyntaxError, IndexError, TypeError, struct.error):
+                    continue
+        raise
+
+
+# --- EXIF interpretation ----------------------------------------------------------------------------------
+
+_EXIF_DATE = re.compile(r"\s*(\d{4})[:\-](\d\d)[:\-](\d\d)[ T](\d\d):(\d\d):(\d\d)")
+_EXIF_OFFSET = re.compile(r"\s*([+-])(\d\d):?(\d\d)\s*$")
+
+# Where the capture time may be, best first, each with the offset tags that belong to it.
+_EXIF_DATE_TAGS = (
+    ("EXIF DateTimeOriginal", ("EXIF OffsetTimeOriginal", "EXIF OffsetTime")),
+    ("EXIF DateTimeDigitized", ("EXIF OffsetTimeDigitized", "EXIF OffsetTime")),
+    ("Image DateTime", ("EXIF OffsetTime",)),
+)
+
+
+def _apply_exif(tags: dict[str, Any], path: str | bytes, meta: MediaMetadata) -> None:
+    if not tags:
+        return
+    for key, read in _EXIF_FIELDS:
+        # One damaged tag must not lose the others: each is read under its own broad catch, which is right
+        # here (an extraction function; ExifRead values can be of unexpected types in damaged files).
+        try:
+            values = read(tags)
+        except Exception as exc:
+            _warn(meta, path, f"EXIF {key} unreadable: {_reason(exc)}")
+            continue
+        for name, value in values.items():
+            if value is not None:
+                meta.info.setdefault(name, value)
+    taken = meta.info.get("date_taken")
+    if taken:
+        meta.date_taken = datetime.fromisoformat(taken)
+        meta.date_source = "exif"
+
+
+def _tag_values(tags: dict[str, Any], name: str) -> Any:
+    tag = tags.get(name)
+    return None if tag is None else getattr(tag, "values", tag)
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="replace")
+    if isinstance(value, list | tuple):
+        value = " ".join(str(v) for v in value)
+    if not isinstance(value, str):
+        return None
+    return value.replace("\x00", " ").strip() or None
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from an EXIF number: Ratio, int, float, or a one-item list/tuple of those."""
+    while isinstance(value, list | tuple):
+        if not value:
+            return None
+        value = value[0]
+    if not isinstance(value, int | float | Fraction):
+        return None
+    try:
+        number = float(value)
+    except (ZeroDivisionError, OverflowError, ValueError):  # Ratio x/0 from a damaged tag
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _positive(value: Any, digits: int = 2) -> float | None:
+    number = _number(value)
+    return round(number, digits) if number is not None and number > 0 else None
+
+
+def _read_camera(tags: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "camera_make": _text(_tag_values(tags, "Image Make")),
+        "camera_model": _text(_tag_values(tags, "Image Model")),
+        "lens_model": _text(_tag_values(tags, "EXIF LensModel")),
+        "software": _text(_tag_values(tags, "Image Software")),
+    }
+
+
+def _read_exposure(tags: dict[str, Any]) -> dict[str, Any]:
+    iso = _number(_tag_values(tags, "EXIF ISOSpeedRatings"))
+    seconds = _positive(_tag_values(tags, "EXIF ExposureTime"), digits=6)
+    return {
+        "f_number": _positive(_tag_values(tags, "EXIF FNumber")),
+        "exposure_time": None if seconds is None else _exposure_text(seconds),
+        "exposure_time_s": seconds,
+        "iso": int(iso) if iso is not None and iso > 0 else None,
+        "focal_length_mm": _positive(_tag_values(tags, "EXIF FocalLength")),
+    }
+
+
+def _exposure_text(seconds: float) -> str:
+    """How cameras show a shutter speed: "1/125" below a quarter second, else "0.5", "2", "30"."""
+    if seconds <= 0.25:
+        return f"1/{round(1 / seconds)}"
+    return f"{seconds:.1f}".removesuffix(".0")
+
+
+def _read_orientation_and_size(tags: dict[str, Any]) -> dict[str, Any]:
+    orientation = _number(_tag_values(tags, "Image Orientation"))
+    width = _number(_tag_values(tags, "EXIF ExifImageWidth"))
+    height = _number(_tag_values(tags, "EXIF ExifImageLength"))
+    size_known = width is not None and height is not None and width > 0 and height > 0
+    return {
+        "orientation": int(orientation) if orientation is not None and 1 <= orientation <= 8 else None,
+        # Only used when Pillow gave no size (HEIC, RAW): setdefault keeps Pillow's.
+        "width": int(width) if size_known else None,
+        "height": int(height) if size_known else None,
+    }
+
+
+def _read_gps(tags: dict[str, Any]) -> dict[str, Any]:
+    latitude = _gps_degrees(tags, "GPS GPSLatitude", "GPS GPSLatitudeRef", "S", 90)
+    longitude = _gps_degrees(tags, "GPS GPSLongitude", "GPS GPSLongitudeRef", "W", 180)
+    if latitude is None or longitude is None:
+        return {}
+    altitude = _number(_tag_values(tags, "GPS GPSAltitude"))
+    if altitude is not None:
+        below_sea = _tag_values(tags, "GPS GPSAltitudeRef")
+        if isinstance(below_sea, list | tuple) and below_sea:
+            below_sea = below_sea[0]
+        if below_sea in (1, "1", b"\x01"):
+            altitude = -altitude
+        altitude = round(altitude, 2)
+    return {
+        "gps_latitude": latitude,
+        "gps_longitude": longitude,
+        "gps_altitude": altitude,
+    }
+
+
+def _gps_degrees(
+    tags: dict[str, Any], name: str, ref_name: str, negative_ref: str, limit: float
+) -> float | None:
+    values = _tag_values(tags, name)
+    if not isinstance(values, list | tuple) or not values:
+        return None
+    parts = [_number(v) for v in values[:3]]
+    if any(p is None for p in parts):
+        return None
+    degrees = sum(p / 60**i for i, p in enumerate(parts))  # degrees, minutes, seconds
+    if (_text(_tag_values(tags, ref_name)) or "").upper().startswith(negative_ref):
+        degrees = -degrees
+    return round(degrees, 7) if abs(degrees) <= limit else None
+
+
+def _read_date(tags: dict[str, Any]) -> dict[str, Any]:
+    for date_name, offset_names in _EXIF_DATE_TAGS:
+        taken = _parse_exif_datetime(_text(_tag_values(tags, date_name)))
+        if taken is None:
+            continue
+        for offset_name in offset_names:
+            offset_text = _text(_tag_values(tags, offset_name))
+            offset = _parse_exif_offset(offset_text)
+            if offset is not None:
+                return {
+                    "date_taken": taken.replace(tzinfo=offset).isoformat(),
+                    "offset_time": offset_text,
+                }
+        return {"date_taken": taken.isoformat()}
+    return {}
+
+
+def _parse_exif_datetime(text: str | None) -> datetime | None:
+    """ "YYYY:MM:DD HH:MM:SS" with anything after it; None for blanks and "0000:00:00 00:00:00"."""
+    match = _EXIF_DATE.match(text or "")
+    if not match:
+        return None
+    try:
+        return datetime(*(int(part) for part in match.groups()))
+    except ValueError:
+        return None
+
+
+def _parse_exif_offset(text: str | None) -> timezone | None:
+    match = _EXIF_OFFSET.match(text or "")
+    if not match:
+        return None
+    sign, hours, minutes = match.groups()
+    delta = timedelta(hours=int(hours), minutes=int(minutes))
+    if delta > timedelta(hours=14) or int(minutes) >= 60:
+        return None
+    return timezone(-delta if sign == "-" else delta)
+
+
+_EXIF_FIELDS: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
+    ("date", _read_date),
+    ("camera", _read_camera),
+    ("exposure", _read_exposure),
+    ("orientation/size", _read_orientation_and_size),
+    ("GPS", _read_gps),
+)
+
+
+# --- Video interpretation ---------------------------------------------------------------------------------
+
+
+def _apply_video_metadata(metadata: Any, container: str, meta: MediaMetadata) -> None:
+    created = _hachoir_value(metadata, "creation_date")
+    if isinstance(created, datetime) and created.year >= _FIRST_REAL_VIDEO_YEAR:
+        if container in _UTC_CONTAINERS and created.tzinfo is None:
+            created = created.replace(tzinfo=timezone.utc)
+        meta.date_taken = created
+        meta.date_source = "video"
+        meta.info["date_taken"] = created.isoformat()
+    duration = _hachoir_value(metadata, "duration")
+    if isinstance(duration, timedelta) and duration.total_seconds() > 0:
+        meta.info["duration_s"] = round(duration.total_seconds(), 3)
+    width = _hachoir_value(metadata, "width")
+    height = _hachoir_value(metadata, "height")
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        meta.info["width"], meta.info["height"] = width, height
+    mime = _hachoir_value(metadata, "mime_type")
+    if isinstance(mime, str) and mime:
+        meta.info["mime"] = mime
+
+
+def _hachoir_value(metadata: Any, key: str) -> Any:
+    """First value of `key` in the metadata or, for multi-stream files (MKV, AVI), in a stream's group."""
+    groups = [metadata]
+    if isinstance(metadata, MultipleMetadata):
+        groups.extend(metadata.iterGroups())
+    for group in groups:
+        item = group.getItem(key, 0)
+        if item is not None:
+            return item.value
+    return None
+
+
+# --- Paths ------------------------------------------------------------------------------------------------
+
+# The database stores paths in text columns (utf8mb4), but a POSIX file name is any bytes, and names copied
+# from old Windows or camera cards are often Latin-1 or CP437. Such a name is stored as readable text (with
+# U+FFFD for the bad bytes) plus the exact bytes in base64, so the file can always be opened again.
+
+
+def path_to_text(raw: bytes) -> tuple[str, str | None]:
+    """(text, None) for a UTF-8 path; (text with U+FFFD replacements, base64 of the bytes) otherwise."""
+    try:
+        return raw.decode("utf-8"), None
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), base64.b64encode(raw).decode("ascii")
+
+
+def text_to_path(text: str, raw_b64: str | None) -> bytes:
+    """The exact path bytes stored by path_to_text."""
+    if raw_b64:
+        return base64.b64decode(raw_b64, validate=True)
+    return text.encode("utf-8")
+
+
+def _display_name(path: str | bytes) -> str:
+    """A path as printable text for log lines (surrogate escapes would break a UTF-8 log file)."""
+    return path_to_text(os.fsencode(path))[0]
+
+
+def _extension(path: str | bytes) -> str:
+    return os.fsdecode(os.path.splitext(path)[1]).lstrip(".").lower()
+
+
+# --- Formatting -------------------------------------------------------------------------------------------
+
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def format_bytes(n: float) -> str:
+    """Binary units, two decimals under 10, one under 100: "0 B", "1.5 KiB", "12.3 MiB", "1.02 GiB", "512 GiB"."""
+    value = float(n)
+    unit = 0
+    while abs(value) >= 1024 and unit < len(_BINARY_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    if unit == 0:
+        return f"{value:.0f} B"
+    decimals = 2 if abs(value) < 10 else 1 if abs(value) < 100 else 0
+    text = f"{value:.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return f"{text} {_BINARY_UNITS[unit]}"
+
+
+def format_duration(seconds: float) -> str:
+    """ "0.4s" under ten seconds, "12s" under a minute, "3m05s" under an hour, then "1h02m"."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if round(seconds, 1) < 10:
+        return f"{seconds:.1f}s"
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def to_utc_iso(dt: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds and "Z", as Immich wants; a naive time is taken as local time."""
+    utc = dt.astimezone(timezone.utc)  # astimezone() reads a naive datetime as the machine's local time
+    return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
