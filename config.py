@@ -209,9 +209,10 @@ def load_settings(
     from_flag: set[str] = set()
     for s in SETTINGS:
         value, source = s.default, "default"
-        if s.name in file_values:
+        # An empty value means the default (a copied .env.example stays valid when a line is blanked).
+        if file_values.get(s.name, "").strip():
             value, source = file_values[s.name], str(path)
-        if s.name in environ:
+        if environ.get(s.name, "").strip():
             value, source = environ[s.name], "environment"
         if flags and flags.get(s.name) is not None:
             value, source = str(flags[s.name]), "command line"

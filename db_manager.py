@@ -177,6 +177,10 @@ PENDING_COLUMNS = (
     "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
     "metadata_info, upload_attempts, upload_status"
 )
+REPORT_COLUMNS = (
+    "filepath", "upload_status", "last_error", "immich_asset_id", "file_size", "date_taken", "date_source",
+    "upload_attempts", "upload_date", "missing_since", "sha1",
+)  # fmt: skip
 SCANNED_FIELDS = (
     "filepath", "filepath_b64", "filename", "directory", "extension", "media_type", "file_size", "mtime_ns",
     "hash", "sha1", "date_taken", "date_source", "metadata_info", "upload_status", "last_error",
@@ -415,6 +419,27 @@ class Store:
                 "COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files GROUP BY s"
             )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+    def counts_by(self, grouping: str) -> list[tuple[str, int, int]]:
+        """(group, files, bytes) by 'year' taken or by 'extension', for the statistics screen."""
+        expression = {
+            "year": "COALESCE(SUBSTR(CAST(date_taken AS CHAR), 1, 4), 'unknown')",
+            "extension": "COALESCE(extension, '')",
+        }[grouping]
+        with self._lock:
+            rows = self._query(
+                f"SELECT {expression} AS g, COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files "
+                "GROUP BY g ORDER BY g"
+            )
+        return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
+
+    def report_rows(self) -> Iterator[tuple[Any, ...]]:
+        """One tuple per file for the CSV report: what happened to it and why, in REPORT_COLUMNS order."""
+        with self._lock:
+            rows = self._query(
+                f"SELECT {', '.join(REPORT_COLUMNS)} FROM media_files ORDER BY upload_status, filepath"
+            )
+        yield from rows
 
     def recent_errors(self, limit: int = 20) -> list[tuple[str, str, int]]:
         """(filepath, last error, upload attempts) of the latest failed rows."""

@@ -85,7 +85,13 @@ def run_sync(ctx: Context) -> ExitStatus:
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
-    ctx.progress.summary("Sync finished", scan_rows(scan)[:5] + upload_rows(upload))
+    rows = scan_rows(scan)[:5] + upload_rows(upload)
+    errors = scan.errors + upload.errors
+    rows = [
+        ("errors", f"{errors} (see the log file)" if errors else "0") if k == "errors" else (k, v)
+        for k, v in rows
+    ]
+    ctx.progress.summary("Sync finished", rows)
     return status
 
 

@@ -114,3 +114,17 @@ def test_show_config_masks_the_api_key(tmp_path: Path) -> None:
 def test_env_file_flag_pointing_nowhere_is_exit_2(tmp_path: Path) -> None:
     result = run_inprocess(scan_files.main, "--env-file", str(tmp_path / "missing.env"))
     assert result.status == 2 and "does not exist" in result.stderr
+
+
+def test_env_example_documents_every_setting_with_its_default() -> None:
+    from config import SETTINGS
+
+    example = (PROJECT_DIR / ".env.example").read_text()
+    for s in SETTINGS:
+        assert f"\n{s.name}={s.default}\n" in example, s.name
+        assert f"# {s.help}\n{s.name}=" in example, s.name
+
+
+def test_empty_value_means_the_default(tmp_path: Path) -> None:
+    s = load_settings(env_file=str(write_env(tmp_path, "DB_PORT=\nMAX_CONSECUTIVE_ERRORS=\n")), environ={})
+    assert s.db_port == 3306 and s.max_consecutive_errors == 5
