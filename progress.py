@@ -109,7 +109,7 @@ class Progress:
         return " ".join(parts)
 
     def eta_s(self, elapsed: float) -> float | None:
-        if self.total_bytes and self.done_bytes and self.show_bytes:
+        if self.total_bytes and self.done_bytes:
             return max(0.0, (self.total_bytes - self.done_bytes) * elapsed / self.done_bytes)
         if self.total_files and self.done_files:
             return max(0.0, (self.total_files - self.done_files) * elapsed / self.done_files)

@@ -177,6 +177,50 @@ def utc_column(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+class _SaveBatch:
+    """Rows waiting to be written: saved every SAVE_EVERY_FILES files or SAVE_EVERY_S seconds, one
+    transaction each; after each save the rows that need uploading are handed on."""
+
+    def __init__(self, store: Store, on_upload_ready: Callable[[list[str]], None] | None) -> None:
+        self.store = store
+        self.on_upload_ready = on_upload_ready
+        self.new: list[ScannedFile] = []
+        self.changed: list[tuple[int, ScannedFile]] = []
+        self.reappeared: list[int] = []
+        self.ready: list[str] = []
+        self.last_save = time.monotonic()
+
+    def unchanged(self, row: KnownFile, key: str) -> None:
+        if row.missing:
+            self.reappeared.append(row.id)
+        if row.upload_status in ("pending", "error"):
+            self.ready.append(key)
+        self.save_if_due()
+
+    def add(self, row: KnownFile | None, scanned: ScannedFile) -> None:
+        if row is None:
+            self.new.append(scanned)
+        else:
+            self.changed.append((row.id, scanned))
+        if scanned.upload_status == "pending":
+            self.ready.append(path_hash(scanned.raw_path))
+
+    def save_if_due(self) -> None:
+        waiting = len(self.new) + len(self.changed) + len(self.reappeared) + len(self.ready)
+        if waiting >= SAVE_EVERY_FILES or (waiting and time.monotonic() - self.last_save > SAVE_EVERY_S):
+            self.save()
+
+    def save(self) -> None:
+        if self.new or self.changed:
+            self.store.save_scanned(self.new, self.changed)
+        if self.reappeared:
+            self.store.set_missing(self.reappeared, missing=False)
+        if self.ready and self.on_upload_ready:
+            self.on_upload_ready(self.ready)
+        self.new, self.changed, self.reappeared, self.ready = [], [], [], []
+        self.last_save = time.monotonic()
+
+
 class Scanner:
     def __init__(self, settings: Settings, store: Store, progress: Progress, stop: threading.Event) -> None:
         self.settings = settings
@@ -193,110 +237,77 @@ class Scanner:
         self.progress.file_status("error", text, reason)
 
     def scan(self, on_upload_ready: Callable[[list[str]], None] | None = None) -> ScanSummary:
-        """Walk, compare, fingerprint, save. `on_upload_ready` gets path hashes of rows that need uploading
-        as soon as they are committed (the sync pipeline starts uploads while the scan goes on)."""
+        """Walk, compare, fingerprint, save, as one stream: files are compared and hashed while the walk goes
+        on. `on_upload_ready` gets the path hashes of rows that need uploading as soon as they are committed
+        (new, changed, or left pending by an earlier run), so the sync pipeline uploads during the scan."""
         started = time.monotonic()
         summary = self.summary
         known = self.store.known_files()
-        self.progress.start("walk")
-        found_files = list(walk_media(self.settings, self._problem))
-        summary.found = len(found_files)
-
         seen: set[str] = set()
-        to_hash: list[tuple[FoundFile, KnownFile | None]] = []
-        reappeared: list[int] = []
-        ready: list[str] = []
-        for f in found_files:
-            key = path_hash(f.raw_path)
-            if key in seen:
-                continue  # overlapping source folders
-            seen.add(key)
-            row = known.get(key)
-            # An unreadable file is tried again each scan; an empty one stays recorded as such.
-            settled = row is not None and (row.fingerprinted or f.size_bytes == 0)
-            if row and settled and row.file_size == f.size_bytes and row.mtime_ns == f.mtime_ns:
-                summary.unchanged += 1
-                if row.missing:
-                    reappeared.append(row.id)
-                if row.upload_status in ("pending", "error"):
-                    ready.append(key)
-            else:
-                to_hash.append((f, row))
-        if reappeared:
-            self.store.set_missing(reappeared, missing=False)
-        if ready and on_upload_ready:
-            on_upload_ready(ready)
-
-        self.progress.start("scan", len(to_hash), sum(f.size_bytes for f, _ in to_hash))
-        self._hash_all(to_hash, seen, on_upload_ready)
+        batch = _SaveBatch(self.store, on_upload_ready)
+        workers = self.settings.hash_workers
+        in_flight: deque[tuple[FoundFile, KnownFile | None, Future[ScannedFile]]] = deque()
+        bytes_to_hash = 0
+        self.progress.start("scan")
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+            for found in walk_media(self.settings, self._problem):
+                if self.stop.is_set():
+                    break
+                key = path_hash(found.raw_path)
+                if key in seen:
+                    continue  # overlapping source folders
+                seen.add(key)
+                summary.found += 1
+                row = known.get(key)
+                # An unreadable file is tried again each scan; an empty one stays recorded as such.
+                settled = row is not None and (row.fingerprinted or found.size_bytes == 0)
+                if row and settled and row.file_size == found.size_bytes and row.mtime_ns == found.mtime_ns:
+                    summary.unchanged += 1
+                    batch.unchanged(row, key)
+                    self.progress.advance(1, 0)
+                    continue
+                bytes_to_hash += found.size_bytes
+                submitted = pool.submit(describe_file, found, self.settings.hash_chunk_size)
+                in_flight.append((found, row, submitted))
+                # Bounded read-ahead keeps memory flat however many files are waiting.
+                while len(in_flight) > workers * 4:
+                    self._collect(*in_flight.popleft(), seen, batch)
+            self.progress.set_total(summary.found, bytes_to_hash)
+            while in_flight:
+                self._collect(*in_flight.popleft(), seen, batch)
+        batch.save()
         self.progress.finish()
-
         if not self.stop.is_set():
             self._mark_missing(known, seen)
         summary.elapsed_s = time.monotonic() - started
         return summary
 
-    def _hash_all(
+    def _collect(
         self,
-        to_hash: list[tuple[FoundFile, KnownFile | None]],
+        found: FoundFile,
+        row: KnownFile | None,
+        future: Future[ScannedFile],
         seen: set[str],
-        on_upload_ready: Callable[[list[str]], None] | None,
+        batch: _SaveBatch,
     ) -> None:
-        new: list[ScannedFile] = []
-        changed: list[tuple[int, ScannedFile]] = []
-        last_save = time.monotonic()
-
-        def save() -> None:
-            nonlocal new, changed, last_save
-            if new or changed:
-                self.store.save_scanned(new, changed)
-                if on_upload_ready:
-                    keys = [path_hash(f.raw_path) for f in new if f.upload_status == "pending"]
-                    keys += [path_hash(f.raw_path) for _, f in changed if f.upload_status == "pending"]
-                    if keys:
-                        on_upload_ready(keys)
-            new, changed, last_save = [], [], time.monotonic()
-
-        workers = self.settings.hash_workers
-        in_flight: deque[tuple[FoundFile, KnownFile | None, Future[ScannedFile]]] = deque()
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
-            items = iter(to_hash)
-            while True:
-                # Bounded read-ahead keeps memory flat however many files are waiting.
-                while len(in_flight) < workers * 4 and not self.stop.is_set():
-                    item = next(items, None)
-                    if item is None:
-                        break
-                    found, row = item
-                    in_flight.append(
-                        (found, row, pool.submit(describe_file, found, self.settings.hash_chunk_size))
-                    )
-                if not in_flight:
-                    break
-                found, row, future = in_flight.popleft()
-                scanned = self._result(found, future, seen)
-                if scanned is not None:
-                    if row is None:
-                        self.summary.new += 1
-                        new.append(scanned)
-                    else:
-                        self.summary.changed += 1
-                        changed.append((row.id, scanned))
-                    if scanned.upload_status == "error":
-                        self.summary.errors += 1
-                        self.summary.error_files.append(scanned.filepath)
-                        log.warning("%s: %s", scanned.filepath, scanned.last_error, extra=FILE_EVENT)
-                        self.progress.file_status("error", scanned.filepath, scanned.last_error or "")
-                    else:
-                        self.summary.bytes_hashed += scanned.file_size
-                        status = "new" if row is None else "changed"
-                        self.progress.file_status(
-                            status, scanned.filepath, media_detail(scanned.metadata_info)
-                        )
-                self.progress.advance(1, found.size_bytes)
-                if len(new) + len(changed) >= SAVE_EVERY_FILES or time.monotonic() - last_save > SAVE_EVERY_S:
-                    save()
-        save()
+        scanned = self._result(found, future, seen)
+        if scanned is not None:
+            if row is None:
+                self.summary.new += 1
+            else:
+                self.summary.changed += 1
+            batch.add(row, scanned)
+            if scanned.upload_status == "error":
+                self.summary.errors += 1
+                self.summary.error_files.append(scanned.filepath)
+                log.warning("%s: %s", scanned.filepath, scanned.last_error, extra=FILE_EVENT)
+                self.progress.file_status("error", scanned.filepath, scanned.last_error or "")
+            else:
+                self.summary.bytes_hashed += scanned.file_size
+                status = "new" if row is None else "changed"
+                self.progress.file_status(status, scanned.filepath, media_detail(scanned.metadata_info))
+        self.progress.advance(1, found.size_bytes)
+        batch.save_if_due()
 
     def _result(self, found: FoundFile, future: Future[ScannedFile], seen: set[str]) -> ScannedFile | None:
         """The described file, or an error row; None when the file vanished (it is then marked missing)."""
