@@ -24,7 +24,7 @@ from typing import TextIO
 
 from cli import Context, ExitStatus, StartError, base_parser, run_script
 from config import Settings
-from db_manager import PendingUpload, Store, UploadOutcome
+from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome
 from immich_client import (
     ApiKeyRefused,
     ImmichClient,
@@ -242,6 +242,12 @@ class Uploader:
             first = False
             try:
                 self._upload_one(row)
+            except DatabaseError as exc:
+                # The row could not be written: stop. If the server got the file, the next run's pre-check
+                # finds it and records it as a duplicate, so nothing is sent twice.
+                log.error("database failed while recording %s: %s", row.filepath, exc)
+                self._bugs.append(exc)
+                self.stop.set()
             except BaseException as exc:  # a bug: record it in the row, keep it loud, end the run
                 log.exception("internal error while uploading %s", row.filepath)
                 self._record(row, UploadOutcome("error", error=f"internal error: {exc!r}"))

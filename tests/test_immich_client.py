@@ -1,0 +1,162 @@
+"""The HTTP client against the loopback Immich stand-in: streaming, retries, redirects, error messages."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from config import load_settings
+from immich_client import ApiKeyRefused, ImmichClient, ImmichError, ServerUnreachable, UploadRequest
+from tests.conftest import API_KEY
+from tests.immich_server import ImmichTestServer
+
+
+def client_for(url: str, key: str = API_KEY, retries: int = 2) -> ImmichClient:
+    settings = load_settings(
+        environ={"IMMICH_URL": url, "IMMICH_API_KEY": key, "MAX_RETRIES": str(retries), "RETRY_BACKOFF": "0.01"},
+        env_file=None,
+    )
+    return ImmichClient(settings)
+
+
+@pytest.fixture
+def client(immich: ImmichTestServer) -> Iterator[ImmichClient]:
+    c = client_for(immich.url)
+    c.connect()
+    yield c
+    c.close()
+
+
+def request_for(path: Path, sha1: str | None = None) -> UploadRequest:
+    return UploadRequest(
+        path=bytes(path),
+        filename=path.name,
+        size_bytes=path.stat().st_size,
+        sha1=sha1,
+        created_at="2024-01-01T00:00:00.000Z",
+        modified_at="2024-01-01T00:00:00.000Z",
+        device_asset_id=f"{path.name}-1",
+    )
+
+
+def test_connect_reads_version_user_and_media_types(client: ImmichClient) -> None:
+    assert client.server is not None
+    assert client.server.version == (3, 1, 0) and not client.server.needs_device_fields
+    assert client.server.user_email == "test@example.com"
+    assert client.server.accepts("CR2") and client.server.accepts("mp4") and not client.server.accepts("txt")
+
+
+def test_wrong_key_is_refused_clearly(immich: ImmichTestServer) -> None:
+    c = client_for(immich.url, key="wrong-key-000")
+    with pytest.raises(ApiKeyRefused, match="refused the API key"):
+        c.connect()
+
+
+def test_unreachable_server_after_retries(immich: ImmichTestServer) -> None:
+    immich.down()
+    c = client_for(immich.url, retries=1)
+    with pytest.raises(ServerUnreachable, match="no answer from"):
+        c.connect()
+    assert len(immich.requests_log) == 0
+
+
+def test_upload_streams_from_disk_in_flat_memory(client: ImmichClient, tmp_path: Path) -> None:
+    big = tmp_path / "big.mp4"
+    with big.open("wb") as f:
+        for _ in range(64):
+            f.write(hashlib.sha256(f.tell().to_bytes(8, "big")).digest() * 32768)  # 1 MiB each
+    tracemalloc.start()
+    try:
+        result = client.upload(request_for(big))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.status == "created"
+    assert peak < 12 * 1024 * 1024  # a few 1 MiB buffers, not the 64 MiB file
+
+
+def test_server_message_is_kept_for_client_errors_and_they_are_not_retried(client: ImmichClient, immich: ImmichTestServer, tmp_path: Path) -> None:
+    odd = tmp_path / "notes.txt"
+    odd.write_bytes(b"x")
+    before = len(immich.requests_log)
+    with pytest.raises(ImmichError, match="400 Unsupported file type notes.txt") as caught:
+        client.upload(request_for(odd))
+    assert not caught.value.transient
+    assert len(immich.requests_log) == before + 1
+
+
+def test_retry_after_is_honoured(client: ImmichClient, immich: ImmichTestServer) -> None:
+    immich.faults.add(status=503, retry_after_s=1, path="/api/server/ping")
+    started = time.monotonic()
+    client._request("GET", "/server/ping")
+    assert time.monotonic() - started >= 0.9  # waited as told, not the 0.01 s backoff
+
+
+def test_reset_after_checksum_header_is_recovered_as_duplicate(client: ImmichClient, immich: ImmichTestServer, tmp_path: Path) -> None:
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"x" * 5000)
+    existing = immich.add_existing_asset(photo.read_bytes())
+    immich.faults.add(reset=True, count=5, path="/api/assets", method="POST")
+    result = client.upload(request_for(photo, sha1=hashlib.sha1(photo.read_bytes()).hexdigest()))
+    assert result.status == "duplicate" and result.asset_id == existing.id
+    assert immich.faults.pending() == 4  # recovered after the first reset, no blind retries
+
+
+def test_bulk_upload_check_goes_in_batches(client: ImmichClient, immich: ImmichTestServer) -> None:
+    known = immich.add_existing_asset(b"known bytes")
+    items = [(str(i), f"{i:040x}") for i in range(12_000)] + [("k", known.sha1_hex)]
+    answers = client.bulk_upload_check(items)
+    assert len(answers) == 12_001
+    assert not answers["k"].accepted and answers["k"].asset_id == known.id and answers["0"].accepted
+    assert sum(1 for _, p in immich.requests_log if p == "/api/assets/bulk-upload-check") == 3
+
+
+class _Redirect(http.server.BaseHTTPRequestHandler):
+    target = ""
+
+    def do_GET(self) -> None:
+        self.send_response(302)
+        self.send_header("Location", self.target + self.path)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_redirects_are_not_followed_with_the_key(immich: ImmichTestServer) -> None:
+    handler = type("Redirect", (_Redirect,), {"target": immich.url})
+    redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=redirector.serve_forever, daemon=True).start()
+    try:
+        c = client_for(f"http://127.0.0.1:{redirector.server_address[1]}")
+        with pytest.raises(ImmichError, match="redirects to"):
+            c.connect()
+        assert immich.requests_log == []  # the key never went to the other server
+    finally:
+        redirector.shutdown()
+
+
+def test_v2_error_bodies_with_message_lists_are_readable(immich: ImmichTestServer, tmp_path: Path) -> None:
+    with ImmichTestServer(api_key=API_KEY, version=(2, 5, 0)) as old:
+        c = client_for(old.url)
+        c.connect()
+        c.server = None  # pretend we did not know: the server's list of messages must come through
+        photo = tmp_path / "a.jpg"
+        photo.write_bytes(b"\xff\xd8data")
+        result = c.upload(request_for(photo))
+        assert result.status == "created"
+        from dataclasses import replace
+
+        c.connect()
+        c.server = replace(c.server, version=(3, 0, 0))  # wrongly omit the device fields
+        photo.write_bytes(b"\xff\xd8other")
+        with pytest.raises(ImmichError, match="deviceAssetId should not be empty"):
+            c.upload(request_for(photo))
