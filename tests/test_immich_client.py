@@ -20,7 +20,12 @@ from tests.immich_server import ImmichTestServer
 
 def client_for(url: str, key: str = API_KEY, retries: int = 2) -> ImmichClient:
     settings = load_settings(
-        environ={"IMMICH_URL": url, "IMMICH_API_KEY": key, "MAX_RETRIES": str(retries), "RETRY_BACKOFF": "0.01"},
+        environ={
+            "IMMICH_URL": url,
+            "IMMICH_API_KEY": key,
+            "MAX_RETRIES": str(retries),
+            "RETRY_BACKOFF": "0.01",
+        },
         env_file=None,
     )
     return ImmichClient(settings)
@@ -82,11 +87,13 @@ def test_upload_streams_from_disk_in_flat_memory(client: ImmichClient, tmp_path:
     assert peak < 12 * 1024 * 1024  # a few 1 MiB buffers, not the 64 MiB file
 
 
-def test_server_message_is_kept_for_client_errors_and_they_are_not_retried(client: ImmichClient, immich: ImmichTestServer, tmp_path: Path) -> None:
+def test_server_message_is_kept_for_client_errors_and_they_are_not_retried(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
     odd = tmp_path / "notes.txt"
     odd.write_bytes(b"x")
     before = len(immich.requests_log)
-    with pytest.raises(ImmichError, match="400 Unsupported file type notes.txt") as caught:
+    with pytest.raises(ImmichError, match=r"400 Unsupported file type notes\.txt") as caught:
         client.upload(request_for(odd))
     assert not caught.value.transient
     assert len(immich.requests_log) == before + 1
@@ -99,7 +106,9 @@ def test_retry_after_is_honoured(client: ImmichClient, immich: ImmichTestServer)
     assert time.monotonic() - started >= 0.9  # waited as told, not the 0.01 s backoff
 
 
-def test_reset_after_checksum_header_is_recovered_as_duplicate(client: ImmichClient, immich: ImmichTestServer, tmp_path: Path) -> None:
+def test_reset_after_checksum_header_is_recovered_as_duplicate(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"\xff\xd8" + b"x" * 5000)
     existing = immich.add_existing_asset(photo.read_bytes())
