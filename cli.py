@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from config import ConfigError, Settings, load_settings, settings_flags
 from db_manager import DatabaseError, Store, open_store
 from logger import console_handler, get_logger, setup_console, setup_file
-from progress import Progress, select_progress
+from progress import ProgressTracker, select_progress
 
 log = get_logger("cli")
 
@@ -45,7 +45,7 @@ class Context:
     settings: Settings
     args: argparse.Namespace
     store: Store
-    progress: Progress
+    progress: ProgressTracker
     stdout: TextIO
     stop: threading.Event
 

@@ -35,7 +35,7 @@ STATUS_STYLE = {
 }
 
 
-class Progress:
+class ProgressTracker:
     """The silent kind, and the interface the others share."""
 
     def __init__(self, stream: TextIO | None = None) -> None:
@@ -122,7 +122,7 @@ class Progress:
         pass
 
 
-class PlainProgress(Progress):
+class PlainProgress(ProgressTracker):
     """For cron and pipes: a plain status line every few seconds, error lines, no escape codes."""
 
     def __init__(self, stream: TextIO | None = None, interval_s: float = PLAIN_INTERVAL_S) -> None:
@@ -145,7 +145,7 @@ class PlainProgress(Progress):
         self.stream.flush()
 
 
-class TtyProgress(Progress):
+class TtyProgress(ProgressTracker):
     """A live bar redrawn in place, coloured per-file lines above it."""
 
     def __init__(self, stream: TextIO | None = None, color: bool = True) -> None:
@@ -211,6 +211,13 @@ def media_detail(metadata_json: str | None) -> str:
     return " · ".join(p for p in parts if p)
 
 
+def errors_row(count: int, log_file: object) -> tuple[str, str]:
+    """The summary's error line says where the failed files are listed."""
+    if not count:
+        return ("errors", "0")
+    return ("errors", f"{count}, listed in {log_file} and under python main.py > Recent errors")
+
+
 def _terminal_columns(stream: TextIO) -> int:
     try:
         return os.get_terminal_size(stream.fileno()).columns
@@ -218,11 +225,11 @@ def _terminal_columns(stream: TextIO) -> int:
         return 100
 
 
-def select_progress(stream: TextIO | None = None, enabled: bool = True) -> Progress:
+def select_progress(stream: TextIO | None = None, enabled: bool = True) -> ProgressTracker:
     """The right kind for this stream: live on a terminal, plain lines elsewhere, silent when disabled."""
     stream = stream or sys.stderr
     if not enabled:
-        return Progress(stream)
+        return ProgressTracker(stream)
     if stream.isatty() and os.environ.get("TERM") != "dumb":
         import colorama
 

@@ -27,7 +27,7 @@ from cli import Context, ExitStatus, base_parser, run_script
 from config import JUNK_NAMES, Settings
 from db_manager import KnownFile, ScannedFile, Store, path_hash
 from logger import FILE_EVENT, get_logger
-from progress import Progress, media_detail
+from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
     fingerprint_file,
@@ -222,7 +222,9 @@ class _SaveBatch:
 
 
 class Scanner:
-    def __init__(self, settings: Settings, store: Store, progress: Progress, stop: threading.Event) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, progress: ProgressTracker, stop: threading.Event
+    ) -> None:
         self.settings = settings
         self.store = store
         self.progress = progress
@@ -341,7 +343,7 @@ class Scanner:
         self.summary.missing = len(gone)
 
 
-def summary_rows(summary: ScanSummary) -> list[tuple[str, str]]:
+def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]]:
     rate = summary.bytes_hashed / summary.elapsed_s if summary.elapsed_s else 0.0
     return [
         ("found", str(summary.found)),
@@ -349,7 +351,7 @@ def summary_rows(summary: ScanSummary) -> list[tuple[str, str]]:
         ("changed", str(summary.changed)),
         ("unchanged", str(summary.unchanged)),
         ("missing", str(summary.missing)),
-        ("errors", str(summary.errors) + (" (see the log file)" if summary.errors else "")),
+        errors_row(summary.errors, log_file),
         ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),
     ]
@@ -370,7 +372,8 @@ def run_scan(ctx: Context) -> ExitStatus:
     if ctx.args.json:
         ctx.emit_json(summary.as_json())
     ctx.progress.summary(
-        "Scan finished" if status != ExitStatus.INTERRUPTED else "Scan interrupted", summary_rows(summary)
+        "Scan finished" if status != ExitStatus.INTERRUPTED else "Scan interrupted",
+        summary_rows(summary, ctx.settings.log_file),
     )
     return status
 

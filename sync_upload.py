@@ -17,6 +17,7 @@ from cli import Context, ExitStatus, base_parser, run_script
 from config import ConfigError
 from immich_client import ImmichClient
 from logger import get_logger
+from progress import errors_row
 from scan_files import Scanner, ScanSummary
 from scan_files import summary_rows as scan_rows
 from upload_files import Uploader, UploadSummary, connect, exit_status
@@ -48,7 +49,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
 def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
     """No server configured yet: still scan (so the next run only uploads), then say what is missing."""
     summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop).scan()
-    ctx.progress.summary("Scan finished (nothing uploaded)", scan_rows(summary))
+    ctx.progress.summary("Scan finished (nothing uploaded)", scan_rows(summary, ctx.settings.log_file))
     if ctx.args.json:
         ctx.emit_json(sync_summary(summary, UploadSummary(), summary.elapsed_s))
     raise reason
@@ -85,12 +86,9 @@ def run_sync(ctx: Context) -> ExitStatus:
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
-    rows = scan_rows(scan)[:5] + upload_rows(upload)
-    errors = scan.errors + upload.errors
-    rows = [
-        ("errors", f"{errors} (see the log file)" if errors else "0") if k == "errors" else (k, v)
-        for k, v in rows
-    ]
+    log_file = ctx.settings.log_file
+    rows = scan_rows(scan, log_file)[:5] + [r for r in upload_rows(upload, log_file) if r[0] != "errors"]
+    rows.insert(-2, errors_row(scan.errors + upload.errors, log_file))
     ctx.progress.summary("Sync finished", rows)
     return status
 

@@ -34,7 +34,7 @@ from immich_client import (
     UploadRequest,
 )
 from logger import FILE_EVENT, get_logger
-from progress import Progress, media_detail
+from progress import ProgressTracker, errors_row, media_detail
 from scan_files import FoundFile, describe_file
 from utils import format_bytes, format_duration, text_to_path
 
@@ -109,7 +109,7 @@ class Uploader:
         settings: Settings,
         store: Store,
         client: ImmichClient,
-        progress: Progress,
+        progress: ProgressTracker,
         stop: threading.Event,
     ) -> None:
         self.settings = settings
@@ -318,17 +318,15 @@ class Uploader:
             self.progress.advance(1, row.file_size if status == "success" else 0)
 
 
-def summary_rows(summary: UploadSummary) -> list[tuple[str, str]]:
+def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, str]]:
     rate = summary.bytes_uploaded / summary.elapsed_s if summary.elapsed_s else 0.0
+    processed = summary.uploaded + summary.duplicates + summary.skipped + summary.errors
     return [
+        ("processed", str(processed)),
         ("uploaded", str(summary.uploaded)),
         ("duplicates", str(summary.duplicates)),
         ("skipped", str(summary.skipped)),
-        (
-            "errors",
-            str(summary.errors)
-            + (" (python main.py > recent errors, or the log file)" if summary.errors else ""),
-        ),
+        errors_row(summary.errors, log_file),
         ("sent", f"{format_bytes(summary.bytes_uploaded)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),
     ]
@@ -376,7 +374,7 @@ def run_upload(ctx: Context) -> ExitStatus:
     ctx.store.record_run("upload", started, int(status), summary.as_json())
     if ctx.args.json:
         ctx.emit_json(summary.as_json())
-    ctx.progress.summary("Upload finished", summary_rows(summary))
+    ctx.progress.summary("Upload finished", summary_rows(summary, ctx.settings.log_file))
     return status
 
 

@@ -6,6 +6,7 @@ import csv
 import io
 import re
 import sys
+import time
 from pathlib import Path
 
 import pexpect
@@ -116,3 +117,24 @@ def test_scripts_write_no_escape_codes_when_not_on_a_terminal(
     for script_main in (scan_files.main, upload_files.main, sync_upload.main):
         result = run_inprocess(script_main, "--env-file", str(server_env.path), "--json")
         assert result.stdout.count("\n") == 1 and result.stdout.startswith("{")
+
+
+def test_ctrl_c_during_a_job_stops_it_cleanly_and_returns_to_the_menu(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(20)
+    server_env.set(UPLOAD_CONCURRENCY=1)
+    immich.faults.add(delay_s=0.3, count=20, path="/api/assets", method="POST")
+    child = spawn_menu(server_env)
+    child.sendline("3")
+    deadline = time.monotonic() + 20
+    while immich.upload_count() < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.sendintr()
+    child.expect("Stopped. Everything done so far is saved")
+    child.expect("Choose: ")
+    child.sendline("q")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert 0 < immich.upload_count() < 20
