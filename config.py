@@ -13,9 +13,11 @@ import difflib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import date, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
@@ -83,6 +85,20 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IMMICH_VERIFY_TLS", "true", "Verify the server's TLS certificate (leave true)"),
     Setting("LOG_LEVEL", "INFO", "Log file detail: DEBUG, INFO, WARNING or ERROR"),
     Setting("LOG_FILE", "logs/immich_uploader.log", "Log file (rotated at 5 MB, 5 kept)"),
+    Setting("TIME_ZONE", "", "Zone of cameras that store local time without an offset, e.g. Europe/Berlin; empty = this machine's"),
+    Setting("ALBUM", "", "Put every uploaded file into this album (--album NAME)"),
+    Setting("ALBUM_FROM", "", "Album per file from its folder: 'folder' (parent folder name) or 'path' (path below the source, joined with ' / ')"),
+    Setting("STACK_RAW_JPEG", "false", "Stack a RAW file and its JPEG (same name, same folder) in Immich"),
+    Setting("STACK_BURSTS", "false", "Stack burst photos (…BURST…, _COVER) in Immich"),
+    Setting("DELETE_UPLOADED", "false", "Delete local files once Immich confirmed them (off unless you are sure)"),
+    Setting("DELETE_DUPLICATES", "false", "With DELETE_UPLOADED, also delete files Immich already had"),
+    Setting("PAUSE_SERVER_JOBS", "false", "Pause Immich's background jobs during the run (admin key) and resume them after"),
+    Setting("SINCE", "", "Upload only files taken on or after this date (YYYY-MM-DD)"),
+    Setting("UNTIL", "", "Upload only files taken on or before this date (YYYY-MM-DD)"),
+    Setting("INCLUDE", "", "Upload only paths matching these globs, comma-separated, e.g. */2024/*"),
+    Setting("EXCLUDE", "", "Do not upload paths matching these globs, comma-separated"),
+    Setting("ONLY", "", "Upload only 'images' or only 'videos'; empty = both"),
+    Setting("WATCH_SETTLE", "10", "Watch mode: seconds a file must stay unchanged before it is uploaded"),
 )
 # fmt: on
 SETTING_NAMES = frozenset(s.name for s in SETTINGS)
@@ -117,6 +133,20 @@ class Settings:
     verify_tls: bool
     log_level: str
     log_file: Path
+    time_zone: tzinfo | None
+    album: str
+    album_from: str
+    stack_raw_jpeg: bool
+    stack_bursts: bool
+    delete_uploaded: bool
+    delete_duplicates: bool
+    pause_server_jobs: bool
+    since: date | None
+    until: date | None
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+    only: str
+    watch_settle_s: float
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     env_file: Path | None = None
@@ -253,6 +283,20 @@ def load_settings(
         verify_tls=_bool(raw, "IMMICH_VERIFY_TLS"),
         log_level=_choice(raw, "LOG_LEVEL", LOG_LEVELS),
         log_file=path_of("LOG_FILE"),
+        time_zone=_time_zone(raw["TIME_ZONE"]),
+        album=raw["ALBUM"],
+        album_from=_choice(raw, "ALBUM_FROM", ("", "FOLDER", "PATH")).lower(),
+        stack_raw_jpeg=_bool(raw, "STACK_RAW_JPEG"),
+        stack_bursts=_bool(raw, "STACK_BURSTS"),
+        delete_uploaded=_bool(raw, "DELETE_UPLOADED"),
+        delete_duplicates=_bool(raw, "DELETE_DUPLICATES"),
+        pause_server_jobs=_bool(raw, "PAUSE_SERVER_JOBS"),
+        since=_date(raw, "SINCE"),
+        until=_date(raw, "UNTIL"),
+        include=tuple(split("INCLUDE")),
+        exclude=tuple(split("EXCLUDE")),
+        only=_choice(raw, "ONLY", ("", "IMAGES", "VIDEOS")).lower(),
+        watch_settle_s=_float(raw, "WATCH_SETTLE", 0.0, 86400.0),
         sources=sources,
         raw=raw,
         env_file=path,
@@ -318,6 +362,26 @@ def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def _time_zone(name: str) -> tzinfo | None:
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"TIME_ZONE: {name!r} is not a time zone name (e.g. Europe/Berlin, America/New_York, UTC)"
+        ) from None
+
+
+def _date(raw: Mapping[str, str], name: str) -> date | None:
+    if not raw[name]:
+        return None
+    try:
+        return date.fromisoformat(raw[name])
+    except ValueError:
+        raise ConfigError(f"{name}: {raw[name]!r} is not a date (YYYY-MM-DD)") from None
+
+
 def _extensions(items: list[str]) -> frozenset[str]:
     return frozenset(item.lower().lstrip(".") for item in items)
 
@@ -329,10 +393,37 @@ def _db_name(name: str) -> str:
 
 
 def settings_flags(args: Any) -> dict[str, str | None]:
-    """Map the shared command-line flags (see cli.add_common_arguments) onto setting names."""
-    return {
-        "SOURCE_DIR": getattr(args, "source_dir", None),
-        "DB_PATH": getattr(args, "db_path", None),
-        "LOG_LEVEL": getattr(args, "log_level", None),
-        "UPLOAD_CONCURRENCY": getattr(args, "concurrency", None),
+    """Map the command-line flags (see cli.base_parser and the scripts) onto setting names."""
+
+    def flag(name: str) -> str | None:
+        value = getattr(args, name, None)
+        if value is None or value is False:
+            return None
+        return "true" if value is True else str(value)
+
+    flags = {
+        "SOURCE_DIR": flag("source_dir"),
+        "DB_PATH": flag("db_path"),
+        "LOG_LEVEL": flag("log_level"),
+        "UPLOAD_CONCURRENCY": flag("concurrency"),
+        "ALBUM": flag("album"),
+        "STACK_RAW_JPEG": flag("stack_raw_jpeg"),
+        "STACK_BURSTS": flag("stack_bursts"),
+        "DELETE_UPLOADED": flag("delete_uploaded"),
+        "DELETE_DUPLICATES": flag("delete_duplicates"),
+        "PAUSE_SERVER_JOBS": flag("pause_server_jobs"),
+        "SINCE": flag("since"),
+        "UNTIL": flag("until"),
+        "INCLUDE": flag("include"),
+        "EXCLUDE": flag("exclude"),
+        "TIME_ZONE": flag("time_zone"),
     }
+    if getattr(args, "album_from_folder", False):
+        flags["ALBUM_FROM"] = "folder"
+    if getattr(args, "album_from_path", False):
+        flags["ALBUM_FROM"] = "path"
+    if getattr(args, "only_images", False):
+        flags["ONLY"] = "images"
+    if getattr(args, "only_videos", False):
+        flags["ONLY"] = "videos"
+    return flags

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import TextIO
 
 from cli import Context, ExitStatus, base_parser, run_script
@@ -30,6 +30,7 @@ from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
+    date_from_filename,
     fingerprint_file,
     format_bytes,
     format_duration,
@@ -134,7 +135,7 @@ def is_ignored(relative: bytes, name: bytes, patterns: tuple[bytes, ...]) -> boo
     )
 
 
-def describe_file(found: FoundFile, chunk_size: int) -> ScannedFile:
+def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = None) -> ScannedFile:
     """Fingerprint and read metadata. OSErrors propagate; content problems end up in the row."""
     text, b64 = path_to_text(found.raw_path)
     directory, _, filename = text.rpartition("/")
@@ -157,10 +158,14 @@ def describe_file(found: FoundFile, chunk_size: int) -> ScannedFile:
     meta = read_metadata(found.raw_path, found.media_type)
     taken, source = meta.date_taken, meta.date_source
     if taken is None:
+        taken, source = date_from_filename(filename), "filename"
+    if taken is None:
         taken, source = datetime.fromtimestamp(fp.mtime_ns / 1e9, timezone.utc), "mtime"
-    row.date_taken = utc_column(taken)
+    taken = with_zone(taken, time_zone)
+    row.date_taken = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     row.date_source = source
     info = dict(meta.info)
+    info["date_used"] = taken.isoformat()
     info["date_source"] = source
     if meta.warnings:
         info["warnings"] = meta.warnings
@@ -169,12 +174,12 @@ def describe_file(found: FoundFile, chunk_size: int) -> ScannedFile:
     return row
 
 
-def utc_column(moment: datetime) -> str:
-    """The date_taken column: UTC wall time. A naive EXIF date is the camera's local time; without a
-    TIME_ZONE setting the machine's zone is the best guess."""
-    if moment.tzinfo is None:
-        moment = moment.astimezone()
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+def with_zone(moment: datetime, time_zone: tzinfo | None) -> datetime:
+    """A naive date (EXIF without an offset, a file name) is the camera's wall-clock time: in TIME_ZONE
+    when set, else in this machine's zone, the best guess left."""
+    if moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=time_zone) if time_zone is not None else moment.astimezone()
 
 
 class _SaveBatch:
@@ -269,7 +274,9 @@ class Scanner:
                     self.progress.advance(1, 0)
                     continue
                 bytes_to_hash += found.size_bytes
-                submitted = pool.submit(describe_file, found, self.settings.hash_chunk_size)
+                submitted = pool.submit(
+                    describe_file, found, self.settings.hash_chunk_size, self.settings.time_zone
+                )
                 in_flight.append((found, row, submitted))
                 # Bounded read-ahead keeps memory flat however many files are waiting.
                 while len(in_flight) > workers * 4:

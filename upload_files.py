@@ -36,7 +36,7 @@ from immich_client import (
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from scan_files import FoundFile, describe_file
-from utils import format_bytes, format_duration, text_to_path
+from utils import format_bytes, format_duration, text_to_path, to_utc_iso
 
 log = get_logger("upload")
 
@@ -78,20 +78,16 @@ def connect(client: ImmichClient) -> ServerInfo:
     return server
 
 
-def iso_utc(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
 def created_at(row: PendingUpload) -> str:
     """fileCreatedAt: the date taken (stored as UTC), else the file's mtime, always with Z (v3 needs a zone)."""
     if row.date_taken:
         moment = datetime.strptime(str(row.date_taken)[:19], "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
-        return iso_utc(moment)
+        return to_utc_iso(moment)
     return modified_at(row)
 
 
 def modified_at(row: PendingUpload) -> str:
-    return iso_utc(datetime.fromtimestamp((row.mtime_ns or 0) / 1e9, timezone.utc))
+    return to_utc_iso(datetime.fromtimestamp((row.mtime_ns or 0) / 1e9, timezone.utc))
 
 
 def sidecar_for(raw_path: bytes) -> bytes | None:
@@ -197,6 +193,7 @@ class Uploader:
             scanned = describe_file(
                 FoundFile(raw, st.st_size, st.st_mtime_ns, row.extension, row.media_type or "image"),
                 self.settings.hash_chunk_size,
+                self.settings.time_zone,
             )
         except OSError as exc:
             self._record(row, UploadOutcome("error", error=f"cannot read the file: {exc}"))

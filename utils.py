@@ -573,3 +573,26 @@ def to_utc_iso(dt: datetime) -> str:
     """ISO 8601 in UTC with milliseconds and "Z", as Immich wants; a naive time is taken as local time."""
     utc = dt.astimezone(timezone.utc)  # astimezone() reads a naive datetime as the machine's local time
     return utc.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+
+
+# Dates that phones and cameras write into file names: IMG_20190504_101500.jpg, VID_…, PXL_20190504_101500123,
+# Screenshot_20190504-101500.png, Screenshot_2019-05-04-10-15-00.png, "2019-05-04 10.15.00.jpg",
+# IMG-20190504-WA0001.jpg (WhatsApp: the date only). The year must be 19xx/20xx so counters don't match.
+_FILENAME_DATE = re.compile(
+    r"(?<!\d)(?P<y>(?:19|20)\d\d)[-_.]?(?P<m>0[1-9]|1[0-2])[-_.]?(?P<d>0[1-9]|[12]\d|3[01])"
+    r"(?:[ _T.-]{0,3}(?P<H>[01]\d|2[0-3])[-_.:h]?(?P<M>[0-5]\d)[-_.:m]?(?P<S>[0-5]\d)(?:\d{1,3})?)?(?!\d)"
+)
+
+
+def date_from_filename(name: str) -> datetime | None:
+    """The local date and time a file name carries, or None. Naive: the camera's wall-clock time."""
+    for match in _FILENAME_DATE.finditer(name):
+        parts = match.groupdict()
+        try:
+            return datetime(
+                int(parts["y"]), int(parts["m"]), int(parts["d"]),
+                int(parts["H"] or 0), int(parts["M"] or 0), int(parts["S"] or 0),
+            )  # fmt: skip
+        except ValueError:  # 2019-02-30 and the like
+            continue
+    return None

@@ -198,3 +198,21 @@ def test_a_run_holding_the_lock_makes_a_second_exit_0_at_once(env: Env, library:
         assert result.status == 0 and "another run is in progress" in result.stderr
     finally:
         holder.close()
+
+
+def test_date_from_the_file_name_in_the_configured_time_zone(env: Env, library: Library) -> None:
+    library.photo("phone/IMG_20190504_101500.jpg", taken=None)
+    library.photo("camera/DSC_0001.jpg", n=2, taken="2020:01:10 12:00:00")  # EXIF without an offset
+    env.set(TIME_ZONE="Europe/Berlin")
+    scan(env)
+    rows = rows_by_name(env)
+    phone, camera = rows["IMG_20190504_101500.jpg"], rows["DSC_0001.jpg"]
+    assert phone["date_source"] == "filename" and str(phone["date_taken"]).startswith("2019-05-04 08:15:00")
+    assert json.loads(str(phone["metadata_info"]))["date_used"] == "2019-05-04T10:15:00+02:00"
+    assert camera["date_source"] == "exif" and str(camera["date_taken"]).startswith("2020-01-10 11:00:00")
+
+
+def test_bad_time_zone_is_one_line_exit_2(env: Env) -> None:
+    env.set(TIME_ZONE="Mars/Olympus")
+    result = run_inprocess(scan_files.main, "--env-file", str(env.path))
+    assert result.status == 2 and "TIME_ZONE: 'Mars/Olympus' is not a time zone name" in result.stderr

@@ -23,6 +23,7 @@ from utils import (
     FileChangedError,
     Fingerprint,
     MediaMetadata,
+    date_from_filename,
     fingerprint_file,
     format_bytes,
     format_duration,
@@ -499,3 +500,23 @@ def berlin_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_to_utc_iso_reads_a_naive_time_as_local_time(berlin_time: None) -> None:
     assert to_utc_iso(datetime(2024, 7, 1, 12, 0)) == "2024-07-01T10:00:00.000Z"  # CEST, UTC+2
     assert to_utc_iso(datetime(2024, 1, 1, 12, 0)) == "2024-01-01T11:00:00.000Z"  # CET, UTC+1
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("IMG_20190504_101500.jpg", datetime(2019, 5, 4, 10, 15, 0)),
+        ("VID_20190504_101500.mp4", datetime(2019, 5, 4, 10, 15, 0)),
+        ("PXL_20190504_101500123.jpg", datetime(2019, 5, 4, 10, 15, 0)),
+        ("Screenshot_20190504-101500.png", datetime(2019, 5, 4, 10, 15, 0)),
+        ("Screenshot_2019-05-04-10-15-00.png", datetime(2019, 5, 4, 10, 15, 0)),
+        ("2019-05-04 10.15.00.jpg", datetime(2019, 5, 4, 10, 15, 0)),
+        ("IMG-20190504-WA0001.jpg", datetime(2019, 5, 4)),
+        ("IMG_0001.jpg", None),
+        ("DSC_1234.JPG", None),
+        ("20190230_101500.jpg", None),
+        ("photo_123456789.jpg", None),
+    ],
+)
+def test_date_from_filename_reads_phone_and_camera_names(name: str, expected: datetime | None) -> None:
+    assert date_from_filename(name) == expected
