@@ -62,6 +62,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser.add_argument("--source-dir", metavar="DIR", help="folder(s) to scan, comma-separated (SOURCE_DIR)")
     parser.add_argument("--db-path", metavar="FILE", help="SQLite database file (DB_PATH)")
     parser.add_argument("--log-level", metavar="LEVEL", help="log file detail (LOG_LEVEL)")
+    parser.add_argument("--time-zone", metavar="ZONE", help="zone of cameras without offsets (TIME_ZONE)")
     parser.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress output (errors still shown)")
     parser.add_argument("-v", "--verbose", action="store_true", help="show info messages on the console")
@@ -70,6 +71,44 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
         "--show-config", action="store_true", help="print every setting and its source, then exit"
     )
     return parser
+
+
+def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by upload_files.py and sync_upload.py; each is also a setting (see .env.example)."""
+    parser.add_argument("--concurrency", metavar="N", help="uploads in flight at once (UPLOAD_CONCURRENCY)")
+    group = parser.add_argument_group("what to upload")
+    group.add_argument("--since", metavar="DATE", help="only files taken on or after DATE (YYYY-MM-DD)")
+    group.add_argument("--until", metavar="DATE", help="only files taken on or before DATE (YYYY-MM-DD)")
+    group.add_argument("--include", metavar="GLOBS", help="only paths matching these globs, comma-separated")
+    group.add_argument("--exclude", metavar="GLOBS", help="not paths matching these globs, comma-separated")
+    only = group.add_mutually_exclusive_group()
+    only.add_argument("--only-images", action="store_true", help="photos only")
+    only.add_argument("--only-videos", action="store_true", help="videos only")
+    group = parser.add_argument_group("in Immich")
+    albums = group.add_mutually_exclusive_group()
+    albums.add_argument("--album", metavar="NAME", help="put every file into album NAME")
+    albums.add_argument(
+        "--album-from-folder", action="store_true", help="album named after each file's folder"
+    )
+    albums.add_argument(
+        "--album-from-path", action="store_true", help="album named after the folder path below the source"
+    )
+    group.add_argument("--stack-raw-jpeg", action="store_true", help="stack each RAW file with its JPEG")
+    group.add_argument("--stack-bursts", action="store_true", help="stack burst photos")
+    group.add_argument(
+        "--pause-server-jobs",
+        action="store_true",
+        help="pause Immich's background jobs during the run (admin)",
+    )
+    group = parser.add_argument_group("local files")
+    group.add_argument(
+        "--delete-uploaded", action="store_true", help="delete files once Immich confirmed them (careful)"
+    )
+    group.add_argument(
+        "--delete-duplicates",
+        action="store_true",
+        help="with --delete-uploaded: also files Immich already had",
+    )
 
 
 def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:

@@ -106,6 +106,22 @@ class PendingUpload:
 
 
 @dataclass(frozen=True)
+class DoneFile:
+    """A file Immich has (uploaded, or found there): what albums, stacks and deletion need."""
+
+    id: int
+    filepath: str
+    filepath_b64: str | None
+    upload_status: str
+    asset_id: str
+    file_size: int
+    mtime_ns: int | None
+    extension: str
+    album_name: str | None
+    stack_id: str | None
+
+
+@dataclass(frozen=True)
 class UploadOutcome:
     """The result of one upload attempt as it is recorded."""
 
@@ -170,6 +186,14 @@ TOOL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("upload_attempts", "INT NOT NULL DEFAULT 0", "INTEGER NOT NULL DEFAULT 0"),
     ("last_error", "TEXT NULL", "TEXT"),
     ("missing_since", "TIMESTAMP NULL", "TIMESTAMP"),
+)
+
+# Migration 0003: where each file went in Immich (album, stack) and whether its local copy was deleted.
+ORGANIZE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("album_name", "VARCHAR(512) NULL", "TEXT"),
+    ("album_id", "VARCHAR(64) NULL", "TEXT"),
+    ("stack_id", "VARCHAR(64) NULL", "TEXT"),
+    ("deleted_at", "TIMESTAMP NULL", "TIMESTAMP"),
 )
 
 KNOWN_COLUMNS = "id, filepath, filepath_b64, file_size, mtime_ns, upload_status, hash, missing_since"
@@ -289,7 +313,37 @@ class Store:
         return [
             ("0001_client_media_files", self._create_client_table),
             ("0002_tool_columns", self._migrate_tool_columns),
+            ("0003_album_stack_delete", lambda: self._add_columns(ORGANIZE_COLUMNS)),
+            ("0004_tool_state", self._create_state_table),
         ]
+
+    def _create_state_table(self) -> None:
+        self._execute(
+            "CREATE TABLE IF NOT EXISTS tool_state (name VARCHAR(100) PRIMARY KEY, value TEXT, "
+            "updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP)"
+        )
+
+    def get_state(self, name: str) -> str | None:
+        """A small named value that must outlive a run (e.g. the queues a killed run left paused)."""
+        with self._lock:
+            rows = self._query(self.sql("SELECT value FROM tool_state WHERE name = ?"), (name,))
+        return rows[0][0] if rows else None
+
+    def set_state(self, name: str, value: str | None) -> None:
+        def write() -> None:
+            self._execute(self.sql("DELETE FROM tool_state WHERE name = ?"), (name,))
+            if value is not None:
+                self._execute(self.sql("INSERT INTO tool_state (name, value) VALUES (?, ?)"), (name, value))
+
+        self._transaction(write)
+
+    def _add_columns(self, columns: Sequence[tuple[str, str, str]]) -> None:
+        """ADD COLUMN for each (name, MySQL type, SQLite type) the table lacks: re-runnable."""
+        existing = self._columns()
+        for name, mysql_type, sqlite_type in columns:
+            if name not in existing:
+                column_type = mysql_type if self.backend == "mysql" else sqlite_type
+                self._execute(f"ALTER TABLE media_files ADD COLUMN {name} {column_type}")
 
     def _create_client_table(self) -> None:
         self._execute(CLIENT_TABLE_MYSQL if self.backend == "mysql" else CLIENT_TABLE_SQLITE)
@@ -409,6 +463,37 @@ class Store:
     def update_fingerprint(self, row_id: int, file: ScannedFile) -> None:
         """A file changed between scan and upload: store its new fingerprint before it is sent."""
         self.save_scanned([], [(row_id, file)])
+
+    # -- after upload: albums, stacks, deletion
+    def done_files(self) -> list[DoneFile]:
+        """Rows Immich has (success or duplicate, with an asset id) whose file is still on disk."""
+        with self._lock:
+            rows = self._query(
+                "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
+                "extension, album_name, stack_id FROM media_files WHERE upload_status IN ('success', 'duplicate') "
+                "AND immich_asset_id IS NOT NULL AND missing_since IS NULL ORDER BY id"
+            )
+        return [DoneFile(*r) for r in rows]
+
+    def record_albums(self, added: Sequence[tuple[int, str, str]]) -> None:
+        """(row id, album name, album id) for files now in that album."""
+        sql = self.sql("UPDATE media_files SET album_name = ?, album_id = ?, updated_at = ? WHERE id = ?")
+        now = utc_now()
+        for chunk in _chunks(added, BATCH_ROWS):
+            self._write_many(sql, [(name, album_id, now, row_id) for row_id, name, album_id in chunk])
+
+    def record_stack(self, row_ids: Sequence[int], stack_id: str) -> None:
+        sql = self.sql("UPDATE media_files SET stack_id = ?, updated_at = ? WHERE id = ?")
+        now = utc_now()
+        self._write_many(sql, [(stack_id, now, row_id) for row_id in row_ids])
+
+    def record_deleted(self, row_id: int) -> None:
+        """The local copy was deleted after Immich confirmed it: the row stays, marked."""
+        now = utc_now()
+        self._write_one(
+            self.sql("UPDATE media_files SET deleted_at = ?, missing_since = ?, updated_at = ? WHERE id = ?"),
+            (now, now, now, row_id),
+        )
 
     # -- reports
     def status_counts(self) -> dict[str, tuple[int, int]]:
@@ -571,10 +656,7 @@ class SqliteStore(Store):
 
     def _migrate_tool_columns(self) -> None:
         with self.atomic():
-            existing = self._columns()
-            for name, _mysql_type, sqlite_type in TOOL_COLUMNS:
-                if name not in existing:
-                    self._execute(f"ALTER TABLE media_files ADD COLUMN {name} {sqlite_type}")
+            self._add_columns(TOOL_COLUMNS)
             self._execute("UPDATE media_files SET path_hash = sha256_hex(filepath) WHERE path_hash IS NULL")
             self._execute("DROP INDEX IF EXISTS uk_filepath")
             self._execute("CREATE UNIQUE INDEX IF NOT EXISTS uk_path_hash ON media_files (path_hash)")
@@ -755,10 +837,7 @@ class MysqlStore(Store):
 
     def _migrate_tool_columns(self) -> None:
         # MySQL DDL commits implicitly; every step checks first, so a run cut short re-runs cleanly.
-        existing = self._columns()
-        for name, mysql_type, _sqlite_type in TOOL_COLUMNS:
-            if name not in existing:
-                self._execute(f"ALTER TABLE media_files ADD COLUMN {name} {mysql_type}")
+        self._add_columns(TOOL_COLUMNS)
         statuses = ", ".join(f"'{s}'" for s in STATUSES)
         self._execute(
             "ALTER TABLE media_files CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci, "

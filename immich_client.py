@@ -34,6 +34,12 @@ UPLOAD_READ_BYTES = 1 << 20
 BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
 USER_AGENT = "immich-uploader/0.1"
+ALBUM_ADD_BATCH = 1000
+# The media-processing queues worth pausing during a big import (SDK QueueName); internal ones are left alone.
+MEDIA_QUEUES = (
+    "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
+    "smartSearch", "duplicateDetection", "ocr", "sidecar",
+)  # fmt: skip
 
 
 class ImmichError(Exception):
@@ -304,6 +310,67 @@ class ImmichClient:
                     raw=result,
                 )
         return results
+
+    # -- albums and stacks
+    def albums(self) -> dict[str, str]:
+        """Album name -> id; album names are not unique in Immich, the oldest listed wins."""
+        found: dict[str, str] = {}
+        for album in self._request("GET", "/albums").json():
+            found.setdefault(str(album.get("albumName", "")), str(album.get("id")))
+        return found
+
+    def create_album(self, name: str) -> str:
+        return str(self._request("POST", "/albums", json_body={"albumName": name}).json()["id"])
+
+    def add_to_album(self, album_id: str, asset_ids: Sequence[str]) -> dict[str, str | None]:
+        """asset id -> None when it is in the album now (added, or already there), else the server's error."""
+        outcome: dict[str, str | None] = {}
+        for start in range(0, len(asset_ids), ALBUM_ADD_BATCH):
+            batch = list(asset_ids[start : start + ALBUM_ADD_BATCH])
+            answer = self._request("PUT", f"/albums/{album_id}/assets", json_body={"ids": batch}).json()
+            for item in answer:
+                error = item.get("error")
+                outcome[str(item.get("id"))] = (
+                    None if item.get("success") or error == "duplicate" else str(error)
+                )
+        return outcome
+
+    def create_stack(self, asset_ids: Sequence[str]) -> str:
+        """A stack of two or more assets; the first becomes the cover."""
+        return str(self._request("POST", "/stacks", json_body={"assetIds": list(asset_ids)}).json()["id"])
+
+    # -- background jobs
+    def _has_queues_api(self) -> bool:
+        return self.server is None or self.server.version >= (2, 3, 0)
+
+    def paused_queues(self) -> set[str]:
+        """Queues already paused (by an admin, before this run); empty where the server cannot tell."""
+        if not self._has_queues_api():
+            return set()
+        answer = self._request("GET", "/queues", retries=1).json()
+        return {str(q.get("name")) for q in answer if isinstance(q, dict) and q.get("isPaused")}
+
+    def set_jobs_paused(self, paused: bool, names: Sequence[str] = MEDIA_QUEUES) -> list[str]:
+        """Pause or resume Immich's queues (admin key). Returns the queues changed. v2.3+ has /queues;
+        older servers the /jobs commands. A queue the server refuses is passed over."""
+        changed = []
+        modern = self._has_queues_api()
+        for name in names:
+            try:
+                if modern:
+                    self._request("PUT", f"/queues/{name}", json_body={"isPaused": paused}, retries=1)
+                else:
+                    command = "pause" if paused else "resume"
+                    self._request(
+                        "PUT", f"/jobs/{name}", json_body={"command": command, "force": False}, retries=1
+                    )
+            except ImmichError as exc:
+                if exc.status in (401, 403):
+                    raise
+                log.debug("queue %s not %s: %s", name, "paused" if paused else "resumed", exc)
+                continue
+            changed.append(name)
+        return changed
 
     # -- upload
     def upload(self, req: UploadRequest, on_bytes: Callable[[int], None] | None = None) -> UploadResult:

@@ -13,14 +13,15 @@ import sys
 import time
 from typing import TextIO
 
-from cli import Context, ExitStatus, base_parser, run_script
+from cli import Context, ExitStatus, add_upload_arguments, base_parser, run_script
 from config import ConfigError
 from immich_client import ImmichClient
 from logger import get_logger
+from organize import server_jobs_paused
 from progress import errors_row
 from scan_files import Scanner, ScanSummary
 from scan_files import summary_rows as scan_rows
-from upload_files import Uploader, UploadSummary, connect, exit_status
+from upload_files import Uploader, UploadSummary, connect, exit_status, finish_in_immich
 from upload_files import summary_rows as upload_rows
 
 log = get_logger("sync")
@@ -42,6 +43,9 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "bytes_uploaded": upload.bytes_uploaded,
         "elapsed_s": round(elapsed_s, 3),
         "stopped_after_errors": upload.stopped_after_errors,
+        "added_to_albums": upload.added_to_albums,
+        "stacks_created": upload.stacks_created,
+        "deleted": upload.deleted,
         "error_files": (scan.error_files + upload.error_files)[:100],
     }
 
@@ -67,20 +71,22 @@ def run_sync(ctx: Context) -> ExitStatus:
     try:
         connect(client)
         uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop)
-        uploader.counts_progress = False
-        uploader.start()
-        scanner = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
-        scan = scanner.scan(
-            on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
-        )
-        remaining = uploader.summary.queued - uploader.summary.uploaded - uploader.summary.errors
-        ctx.progress.start("upload", max(0, remaining))
-        uploader.counts_progress = True
-        upload = uploader.finish()
-        ctx.progress.finish()
+        with server_jobs_paused(client, ctx.store, ctx.settings):
+            uploader.counts_progress = False
+            uploader.start()
+            scanner = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
+            scan = scanner.scan(
+                on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
+            )
+            remaining = uploader.summary.queued - uploader.summary.uploaded - uploader.summary.errors
+            ctx.progress.start("upload", max(0, remaining))
+            uploader.counts_progress = True
+            upload = uploader.finish()
+            ctx.progress.finish()
+            upload.stopped_after_errors = uploader.aborted.is_set()
+            finish_in_immich(ctx, client, upload)
     finally:
         client.close()
-    upload.stopped_after_errors = uploader.aborted.is_set()
     status = exit_status(ctx.stop, uploader, scan.errors + upload.errors)
     summary = sync_summary(scan, upload, time.monotonic() - started)
     ctx.store.record_run("sync", started_at, int(status), summary)
@@ -97,7 +103,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     parser = base_parser(
         "sync_upload.py", "Scan the source folders and upload what Immich does not have yet."
     )
-    parser.add_argument("--concurrency", metavar="N", help="uploads in flight at once (UPLOAD_CONCURRENCY)")
+    add_upload_arguments(parser)
     return run_script(parser, run_sync, argv, stdout, stderr)
 
 

@@ -12,6 +12,7 @@ rows stay `pending` (or are found by the pre-check next time if the server got t
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import queue
@@ -19,10 +20,10 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import TextIO
 
-from cli import Context, ExitStatus, StartError, base_parser, run_script
+from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import Settings
 from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome
 from immich_client import (
@@ -34,6 +35,7 @@ from immich_client import (
     UploadRequest,
 )
 from logger import FILE_EVENT, get_logger
+from organize import organize, server_jobs_paused
 from progress import ProgressTracker, errors_row, media_detail
 from scan_files import FoundFile, describe_file
 from utils import format_bytes, format_duration, text_to_path, to_utc_iso
@@ -51,6 +53,9 @@ class UploadSummary:
     bytes_uploaded: int = 0
     elapsed_s: float = 0.0
     stopped_after_errors: bool = False
+    added_to_albums: int = 0
+    stacks_created: int = 0
+    deleted: int = 0
     error_files: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
@@ -88,6 +93,37 @@ def created_at(row: PendingUpload) -> str:
 
 def modified_at(row: PendingUpload) -> str:
     return to_utc_iso(datetime.fromtimestamp((row.mtime_ns or 0) / 1e9, timezone.utc))
+
+
+def taken_day(row: PendingUpload) -> date | None:
+    """The local calendar day the file was taken (the date as the camera or file name gave it)."""
+    if row.metadata_info:
+        used = json.loads(row.metadata_info).get("date_used")
+        if used:
+            return date.fromisoformat(str(used)[:10])
+    return date.fromisoformat(str(row.date_taken)[:10]) if row.date_taken else None
+
+
+def wanted(row: PendingUpload, settings: Settings) -> bool:
+    """The --since/--until/--include/--exclude/--only-* filters; rows left out stay pending."""
+    if settings.only and row.media_type != settings.only.rstrip("s"):
+        return False
+    if settings.since or settings.until:
+        day = taken_day(row)
+        if (
+            day is None
+            or (settings.since and day < settings.since)
+            or (settings.until and day > settings.until)
+        ):
+            return False
+    if settings.include and not any(fnmatch.fnmatch(row.filepath, p) for p in settings.include):
+        return False
+    return not any(fnmatch.fnmatch(row.filepath, p) for p in settings.exclude)
+
+
+def select(rows: list[PendingUpload], settings: Settings, limit: int | None = None) -> list[PendingUpload]:
+    chosen = [row for row in rows if wanted(row, settings)]
+    return chosen if limit is None else chosen[:limit]
 
 
 def sidecar_for(raw_path: bytes) -> bytes | None:
@@ -130,6 +166,7 @@ class Uploader:
     # -- feeding
     def feed(self, rows: list[PendingUpload]) -> None:
         """Pre-check `rows` and queue those that must be sent. Called from one thread (main)."""
+        rows = select(rows, self.settings)
         if self.halted or not rows:
             return
         server = self.client.server
@@ -318,7 +355,7 @@ class Uploader:
 def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, str]]:
     rate = summary.bytes_uploaded / summary.elapsed_s if summary.elapsed_s else 0.0
     processed = summary.uploaded + summary.duplicates + summary.skipped + summary.errors
-    return [
+    rows = [
         ("processed", str(processed)),
         ("uploaded", str(summary.uploaded)),
         ("duplicates", str(summary.duplicates)),
@@ -327,6 +364,13 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("sent", f"{format_bytes(summary.bytes_uploaded)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),
     ]
+    extras = [
+        ("added to albums", summary.added_to_albums),
+        ("stacks made", summary.stacks_created),
+        ("deleted locally", summary.deleted),
+    ]
+    rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
+    return rows
 
 
 def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> ExitStatus:
@@ -350,8 +394,26 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
     return ExitStatus.OK
 
 
+def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary) -> None:
+    """Albums, stacks and deletion once the uploads are recorded (skipped when the run was stopped)."""
+    if ctx.stop.is_set() or summary.stopped_after_errors:
+        return
+    try:
+        done = organize(client, ctx.store, ctx.settings, ctx.progress)
+    except ImmichError as exc:
+        log.error("albums/stacks not updated: %s", exc)
+        summary.errors += 1
+        return
+    summary.added_to_albums, summary.stacks_created, summary.deleted = (
+        done.added_to_albums,
+        done.stacks_created,
+        done.deleted,
+    )
+    summary.errors += done.errors
+
+
 def run_upload(ctx: Context) -> ExitStatus:
-    rows = ctx.store.pending_uploads(limit=ctx.args.limit)
+    rows = select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit)
     if ctx.args.dry_run:
         return dry_run(ctx, rows)
     ctx.settings.require_server()
@@ -360,11 +422,14 @@ def run_upload(ctx: Context) -> ExitStatus:
     try:
         connect(client)
         uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop)
-        ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows))
-        uploader.start()
-        uploader.feed(rows)
-        summary = uploader.finish()
-        ctx.progress.finish()
+        with server_jobs_paused(client, ctx.store, ctx.settings):
+            ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows))
+            uploader.start()
+            uploader.feed(rows)
+            summary = uploader.finish()
+            ctx.progress.finish()
+            summary.stopped_after_errors = uploader.aborted.is_set()
+            finish_in_immich(ctx, client, summary)
     finally:
         client.close()
     status = exit_status(ctx.stop, uploader, summary.errors)
@@ -381,7 +446,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     )
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; send nothing")
     parser.add_argument("--limit", type=int, metavar="N", help="upload at most N files")
-    parser.add_argument("--concurrency", metavar="N", help="uploads in flight at once (UPLOAD_CONCURRENCY)")
+    add_upload_arguments(parser)
     return run_script(parser, run_upload, argv, stdout, stderr)
 
 

@@ -579,6 +579,12 @@ def _abort_socket(sock: socket.socket) -> None:
         pass
 
 
+QUEUE_NAMES = (
+    "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
+    "smartSearch", "duplicateDetection", "backgroundTask", "sidecar", "ocr", "library", "notifications",
+)  # fmt: skip
+
+
 def _route(pattern: str) -> re.Pattern[str]:
     return re.compile(pattern.replace("{id}", "(?P<id>[^/]+)") + "/?")
 
@@ -601,6 +607,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("PUT", _route("/api/albums/{id}/assets"), "_add_album_assets", False),
     ("POST", _route("/api/stacks"), "_create_stack", False),
     ("POST", _route("/api/trash/restore/assets"), "_restore_trash", False),
+    ("GET", _route("/api/queues"), "_list_queues", False),
+    ("PUT", _route("/api/queues/{id}"), "_set_queue", False),
+    ("PUT", _route("/api/jobs/{id}"), "_job_command", False),
 ]
 
 
@@ -889,6 +898,47 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             )
         return 201, self.app._create_stack([str(i) for i in ids])
 
+    def _require_admin(self) -> None:
+        if not self.app.admin:
+            raise ApiError(403, "Forbidden")
+
+    def _list_queues(self, _: dict[str, str]) -> tuple[int, Any]:
+        self._require_admin()
+        return 200, [self.app._queue_json(name) for name in QUEUE_NAMES]
+
+    def _set_queue(self, params: dict[str, str]) -> tuple[int, Any]:
+        self._require_admin()
+        if self.app.version < (2, 3, 0):
+            raise ApiError(404, "Not Found")
+        name = params["id"]
+        payload = self._json_body()
+        if (
+            name not in QUEUE_NAMES
+            or not isinstance(payload, dict)
+            or not isinstance(payload.get("isPaused"), bool)
+        ):
+            raise ApiError(400, "Validation failed", [("isPaused", "Invalid input")])
+        with self.app._lock:
+            if payload["isPaused"]:
+                self.app.paused_queues.add(name)
+            else:
+                self.app.paused_queues.discard(name)
+        return 200, self.app._queue_json(name)
+
+    def _job_command(self, params: dict[str, str]) -> tuple[int, Any]:
+        self._require_admin()
+        name = params["id"]
+        payload = self._json_body()
+        command = payload.get("command") if isinstance(payload, dict) else None
+        if name not in QUEUE_NAMES or command not in ("pause", "resume", "start", "empty", "clear-failed"):
+            raise ApiError(400, "Validation failed", [("command", "Invalid input")])
+        with self.app._lock:
+            if command == "pause":
+                self.app.paused_queues.add(name)
+            elif command == "resume":
+                self.app.paused_queues.discard(name)
+        return 200, self.app._queue_json(name)
+
     def _restore_trash(self, _: dict[str, str]) -> tuple[int, Any]:
         payload = self._json_body()
         ids = payload.get("ids") if isinstance(payload, dict) else None
@@ -938,6 +988,7 @@ class ImmichTestServer:
         self.requests_log: list[tuple[str, str]] = []
         self.albums: dict[str, Album] = {}
         self.stacks: dict[str, list[str]] = {}
+        self.paused_queues: set[str] = set()
         self.errors: list[BaseException] = []  # unexpected exceptions inside the server (bugs), never printed
         self.faults = FaultQueue()
         self.user_id = str(uuid.uuid4())
@@ -1171,6 +1222,13 @@ class ImmichTestServer:
                     album.asset_ids.append(asset_id)
                     results.append({"id": asset_id, "success": True})
         return results
+
+    def _queue_json(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "isPaused": name in self.paused_queues,
+            "statistics": {"active": 0, "waiting": 0},
+        }
 
     def _create_stack(self, asset_ids: list[str]) -> dict[str, Any]:
         with self._lock:
