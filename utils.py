@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import logging
 import math
@@ -26,11 +27,6 @@ from fractions import Fraction
 from typing import Any, BinaryIO
 
 import exifread
-from hachoir.core import config as hachoir_config
-from hachoir.core.log import log as hachoir_log
-from hachoir.metadata import extractMetadata
-from hachoir.metadata.metadata import MultipleMetadata
-from hachoir.parser import createParser
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 log = logging.getLogger(__name__)
@@ -41,12 +37,26 @@ DEFAULT_HASH_CHUNK_BYTES = 1 << 20
 # without EXIF; those would flood the console. What matters to us comes back in MediaMetadata.warnings.
 logging.getLogger("exifread").setLevel(logging.ERROR)
 
-# hachoir writes "[warn]" and "[err!]" lines straight to stderr. `quiet` drops its warnings; errors (for
-# example "Error during metadata extraction") still print unless printing is off, so send them to a logger.
-hachoir_config.quiet = True
-hachoir_log.use_print = False
-_hachoir_logger = logging.getLogger("hachoir")
-hachoir_log.on_new_message = lambda level, prefix, text, ctxt: _hachoir_logger.debug("%s %s", prefix, text)
+
+@functools.cache
+def _hachoir() -> Any:
+    """hachoir, imported on first use (it costs 50 ms at start-up, and most runs read no video).
+
+    hachoir writes "[warn]" and "[err!]" lines straight to stderr. `quiet` drops its warnings; errors (for
+    example "Error during metadata extraction") still print unless printing is off, so send them to a logger.
+    """
+    import hachoir.metadata
+    import hachoir.metadata.metadata
+    import hachoir.parser
+    from hachoir.core import config as hachoir_config
+    from hachoir.core.log import log as hachoir_log
+
+    hachoir_config.quiet = True
+    hachoir_log.use_print = False
+    logger = logging.getLogger("hachoir")
+    hachoir_log.on_new_message = lambda level, prefix, text, ctxt: logger.debug("%s %s", prefix, text)
+    return hachoir
+
 
 # Only image headers are read here, never pixels, so a very large image is no danger; see _open_image().
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -194,7 +204,7 @@ def read_video_metadata(path: str | bytes) -> MediaMetadata:
             if os.fstat(f.fileno()).st_size == 0:
                 _warn(meta, path, "empty file")
                 return meta
-            parser = createParser(f)
+            parser = _hachoir().parser.createParser(f)
             if parser is None:
                 _warn(meta, path, "not a video container hachoir recognises")
                 return meta
@@ -203,7 +213,7 @@ def read_video_metadata(path: str | bytes) -> MediaMetadata:
                 if parser.PARSER_TAGS.get("category") not in _VIDEO_CATEGORIES:
                     _warn(meta, path, f"not a video: the content looks like {container}")
                     return meta
-                metadata = extractMetadata(parser)
+                metadata = _hachoir().metadata.extractMetadata(parser)
     except OSError as exc:
         _warn(meta, path, f"cannot read the file: {exc.strerror or exc}")
         return meta
@@ -493,7 +503,7 @@ def _apply_video_metadata(metadata: Any, container: str, meta: MediaMetadata) ->
 def _hachoir_value(metadata: Any, key: str) -> Any:
     """First value of `key` in the metadata or, for multi-stream files (MKV, AVI), in a stream's group."""
     groups = [metadata]
-    if isinstance(metadata, MultipleMetadata):
+    if isinstance(metadata, _hachoir().metadata.metadata.MultipleMetadata):
         groups.extend(metadata.iterGroups())
     for group in groups:
         item = group.getItem(key, 0)
