@@ -150,3 +150,35 @@ def test_server_version_2_gets_device_fields_in_sync(env: Env, library: Library)
         env.set(IMMICH_URL=old.url + "/api/", IMMICH_API_KEY=API_KEY)
         status, summary, _ = sync(env)
         assert status == 0 and summary["uploaded"] == 2
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_watch_uploads_new_files_once_they_settle_and_survives_the_server_going_away(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(1)
+    server_env.set(WATCH_SETTLE="0.5", MAX_RETRIES=0)
+    proc = start_process("sync_upload.py", "--env-file", str(server_env.path), "--watch", "--no-progress")
+    try:
+        assert wait_for(lambda: immich.upload_count() == 1)
+        library.photo("later/new.jpg", n=5)
+        assert wait_for(lambda: immich.upload_count() == 2)
+        immich.down()
+        library.photo("later/while_down.jpg", n=6)
+        time.sleep(2.0)  # a pass fails to connect and waits to retry
+        immich.up()
+        assert wait_for(lambda: immich.upload_count() == 3, timeout_s=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert max(created_per_checksum(immich).values()) == 1
