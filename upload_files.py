@@ -42,6 +42,8 @@ from utils import format_bytes, format_duration, text_to_path, to_utc_iso
 
 log = get_logger("upload")
 
+FEED_BATCH = 1000
+
 
 @dataclass
 class UploadSummary:
@@ -425,7 +427,9 @@ def run_upload(ctx: Context) -> ExitStatus:
         with server_jobs_paused(client, ctx.store, ctx.settings):
             ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows))
             uploader.start()
-            uploader.feed(rows)
+            # In slices, so uploads begin while the rest is still being checked with the server.
+            for start in range(0, len(rows), FEED_BATCH):
+                uploader.feed(rows[start : start + FEED_BATCH])
             summary = uploader.finish()
             ctx.progress.finish()
             summary.stopped_after_errors = uploader.aborted.is_set()
