@@ -14,6 +14,7 @@ import fnmatch
 import json
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -124,6 +125,9 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                     continue
                 except OSError as exc:
                     on_problem(entry.path, f"cannot read: {exc.strerror}")
+                    continue
+                if not stat.S_ISREG(st.st_mode):
+                    log.debug("not a regular file: %s", display(entry.path))  # a FIFO would block the read
                     continue
                 yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type)
 

@@ -216,3 +216,30 @@ def test_bad_time_zone_is_one_line_exit_2(env: Env) -> None:
     env.set(TIME_ZONE="Mars/Olympus")
     result = run_inprocess(scan_files.main, "--env-file", str(env.path))
     assert result.status == 2 and "TIME_ZONE: 'Mars/Olympus' is not a time zone name" in result.stderr
+
+
+def test_fifos_and_other_special_files_are_passed_over(env: Env, library: Library) -> None:
+    library.photo("ok.jpg", n=1)
+    os.mkfifo(library.root / "pipe.jpg")  # opening it for hashing would block forever
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["found"] == 1
+
+
+def test_unreadable_file_is_an_error_row_and_retried_next_scan(
+    env: Env, library: Library, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    library.photo("locked.jpg", n=1)
+    real = scan_files.fingerprint_file
+
+    def denied(*_args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(scan_files, "fingerprint_file", denied)  # root reads everything: simulate a denial
+    status, summary, _ = scan(env)
+    assert status == 1 and summary["errors"] == 1
+    row = rows_by_name(env)["locked.jpg"]
+    assert row["upload_status"] == "error" and "Permission denied" in str(row["last_error"])
+    monkeypatch.setattr(scan_files, "fingerprint_file", real)
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["changed"] == 1
+    assert rows_by_name(env)["locked.jpg"]["upload_status"] == "pending"
