@@ -300,6 +300,7 @@ class Uploader:
             created_at=created_at(row),
             modified_at=modified_at(row),
             device_asset_id=f"{os.path.basename(row.filepath)}-{row.file_size}".replace(" ", ""),
+            mtime_ns=row.mtime_ns,
             sidecar_path=sidecar_for(raw),
         )
         try:

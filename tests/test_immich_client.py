@@ -169,3 +169,30 @@ def test_v2_error_bodies_with_message_lists_are_readable(immich: ImmichTestServe
         photo.write_bytes(b"\xff\xd8other")
         with pytest.raises(ImmichError, match="deviceAssetId should not be empty"):
             c.upload(request_for(photo))
+
+
+def test_unusual_file_names_survive_the_multipart_body(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    photo = tmp_path / 'Café "Nord" 2019.jpg'
+    photo.write_bytes(b"\xff\xd8" + b"n" * 3000)
+    result = client.upload(request_for(photo))
+    assert result.status == "created"
+    # The part header escapes the quotes as browsers do; the `filename` field carries the real name.
+    assert immich.assets[result.asset_id].filename == photo.name
+    assert immich.uploads[-1].filename == "Café %22Nord%22 2019.jpg"
+    assert immich.assets[result.asset_id].sha1_hex == hashlib.sha1(photo.read_bytes()).hexdigest()
+
+
+def test_file_changed_after_hashing_is_not_sent_under_the_old_checksum(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    from utils import FileChangedError
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"a" * 3000)
+    request = request_for(photo, sha1="0" * 40)
+    photo.write_bytes(b"\xff\xd8" + b"b" * 4000)
+    with pytest.raises(FileChangedError):
+        client.upload(request)
+    assert not any(p == "/api/assets" for _, p in immich.requests_log)
