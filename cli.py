@@ -15,7 +15,7 @@ from enum import IntEnum
 from typing import Any, TextIO
 
 from config import ConfigError, Settings, load_settings, settings_flags
-from db_manager import DatabaseError, Store, open_store
+from db_manager import DatabaseError, Store, migrate_store, open_store
 from logger import console_handler, get_logger, setup_console, setup_file
 from progress import ProgressTracker, select_progress
 
@@ -165,11 +165,13 @@ def run_script(
         handler = console_handler()
         if handler is not None:
             handler.writer = progress.message
-        store = open_store(settings)
+        store = open_store(settings, migrate=False)
         stop = threading.Event()
         restore_signals = install_stop_handlers(stop)
+        # The lock comes before the migrations: two runs starting together must not both upgrade.
         if needs_lock and not store.acquire_run_lock():
             raise AlreadyRunning
+        migrate_store(store)
         return int(body(Context(settings, args, store, progress, stdout, stop)))
     except AlreadyRunning:
         stderr.write(f"{prog}: another run is in progress on this database; nothing to do\n")

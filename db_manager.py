@@ -190,7 +190,7 @@ TOOL_COLUMNS: tuple[tuple[str, str, str], ...] = (
 
 # Migration 0003: where each file went in Immich (album, stack) and whether its local copy was deleted.
 ORGANIZE_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("album_name", "VARCHAR(512) NULL", "TEXT"),
+    ("album_name", "TEXT NULL", "TEXT"),
     ("album_id", "VARCHAR(64) NULL", "TEXT"),
     ("stack_id", "VARCHAR(64) NULL", "TEXT"),
     ("deleted_at", "TIMESTAMP NULL", "TIMESTAMP"),
@@ -216,6 +216,7 @@ class Store:
 
     backend = "?"
     placeholder = "?"
+    backend_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -270,13 +271,18 @@ class Store:
             try:
                 with self.atomic():
                     return work()
-            except Exception as exc:
-                if self._in_transaction or not self._is_lost(exc):
+            except self.backend_errors as exc:
+                if self._in_transaction:
                     raise
+                if not self._is_lost(exc):
+                    raise DatabaseError(f"the {self.backend} database failed: {exc}") from exc
                 log.warning("database connection lost (%s); reconnecting and retrying once", exc)
                 self._reconnect()
-                with self.atomic():
-                    return work()
+                try:
+                    with self.atomic():
+                        return work()
+                except self.backend_errors as again:
+                    raise DatabaseError(f"the {self.backend} database failed: {again}") from again
 
     def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self._transaction(lambda: self._execute(sql, params)))
@@ -296,7 +302,7 @@ class Store:
                 "CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY "
                 + ("AUTO_INCREMENT" if self.backend == "mysql" else "AUTOINCREMENT")
                 + ", kind VARCHAR(20) NOT NULL, started_at TIMESTAMP NULL, finished_at TIMESTAMP NULL, "
-                "exit_status INT, summary TEXT)"
+                "exit_status INT, summary " + ("MEDIUMTEXT" if self.backend == "mysql" else "TEXT") + ")"
             )
             done = {row[0] for row in self._query("SELECT name FROM schema_migrations")}
             applied = []
@@ -373,8 +379,16 @@ class Store:
         now = utc_now()
         columns = ("path_hash", *SCANNED_FIELDS, "created_at", "updated_at")
         insert = f"INSERT INTO media_files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
-        assignments = ", ".join(f"{c} = ?" for c in SCANNED_FIELDS)
-        update = f"UPDATE media_files SET {assignments}, missing_since = NULL, updated_at = ? WHERE id = ?"
+        # Same content (a touched file, or a row of the client's own table without mtime): the upload state
+        # stays. These two come first: MySQL evaluates SET left to right on the new values.
+        same = "hash = ? AND upload_status IN ('success', 'duplicate')"
+        kept = [c for c in SCANNED_FIELDS if c not in ("upload_status", "last_error")]
+        update = (
+            f"UPDATE media_files SET last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
+            f"upload_status = CASE WHEN {same} THEN upload_status ELSE ? END, "
+            + ", ".join(f"{c} = ?" for c in kept)
+            + ", missing_since = NULL, updated_at = ? WHERE id = ?"
+        )
 
         def write() -> None:
             if new:
@@ -385,7 +399,18 @@ class Store:
             if changed:
                 self._executemany(
                     self.sql(update),
-                    [(*_scanned_values(f), now, row_id) for row_id, f in changed],
+                    [
+                        (
+                            f.hash,
+                            f.last_error,
+                            f.hash,
+                            f.upload_status,
+                            *(getattr(f, c) for c in kept),
+                            now,
+                            row_id,
+                        )
+                        for row_id, f in changed
+                    ],
                 )
 
         self._transaction(write)
@@ -636,7 +661,10 @@ class SqliteStore(Store):
         self.conn.executemany(sql, rows)
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return self.conn.execute(sql, params).fetchall()
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise DatabaseError(f"the SQLite database {self.path} failed: {exc}") from exc
 
     def _begin(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -713,6 +741,7 @@ class MysqlStore(Store):
         import pymysql  # only when MySQL is configured
 
         self._pymysql = pymysql
+        self.backend_errors = (pymysql.err.Error,)
         self.settings = settings
         self._lock_conn: Any = None
         self.conn = self._connect()
@@ -812,7 +841,10 @@ class MysqlStore(Store):
             cur.execute(sql, params or None)
             return list(cur.fetchall())
 
-        return self._retry_once(run)
+        try:
+            return self._retry_once(run)
+        except self._pymysql.err.Error as exc:
+            raise DatabaseError(f"the MySQL database failed: {exc}") from exc
 
     def _begin(self) -> None:
         self.conn.begin()
@@ -838,6 +870,10 @@ class MysqlStore(Store):
     def _migrate_tool_columns(self) -> None:
         # MySQL DDL commits implicitly; every step checks first, so a run cut short re-runs cleanly.
         self._add_columns(TOOL_COLUMNS)
+        # The prefix key goes first: paths equal under the new collation ('Straße', 'Strasse') are
+        # different files, and path_hash is the unique key from now on.
+        if "uk_filepath" in self._indexes():
+            self._execute("ALTER TABLE media_files DROP INDEX uk_filepath")
         statuses = ", ".join(f"'{s}'" for s in STATUSES)
         self._execute(
             "ALTER TABLE media_files CONVERT TO CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci, "
@@ -846,8 +882,6 @@ class MysqlStore(Store):
         )
         self._execute("UPDATE media_files SET path_hash = SHA2(filepath, 256) WHERE path_hash IS NULL")
         indexes = self._indexes()
-        if "uk_filepath" in indexes:
-            self._execute("ALTER TABLE media_files DROP INDEX uk_filepath")
         if "uk_path_hash" not in indexes:
             self._execute("ALTER TABLE media_files ADD UNIQUE KEY uk_path_hash (path_hash)")
         if "idx_pending" not in indexes:
@@ -857,6 +891,9 @@ class MysqlStore(Store):
         """GET_LOCK on a connection of its own: the server frees it when that connection dies."""
         self._lock_conn = self._connect()
         with self._lock_conn.cursor() as cur:
+            # An idle connection is dropped after wait_timeout (8 h by default), freeing the lock under a
+            # long first upload; this one must live as long as the run.
+            cur.execute("SET SESSION wait_timeout = 31536000")
             cur.execute("SELECT GET_LOCK(%s, 0)", (f"immich_uploader.{self.settings.db_name}",))
             got = cur.fetchone()[0] == 1
         if not got:
@@ -880,12 +917,18 @@ class MysqlStore(Store):
             pass
 
 
-def open_store(settings: Settings) -> Store:
-    """The configured backend, migrated and ready. Raises DatabaseError with a clear message."""
+def open_store(settings: Settings, migrate: bool = True) -> Store:
+    """The configured backend, migrated and ready (a run that takes the run lock migrates after taking
+    it: migrate=False). Raises DatabaseError with a clear message."""
     store: Store = MysqlStore(settings) if settings.db_host else SqliteStore(settings.db_path)
+    if migrate:
+        migrate_store(store)
+    return store
+
+
+def migrate_store(store: Store) -> None:
     try:
         store.migrate()
-    except sqlite3.Error as exc:
+    except store.backend_errors as exc:
         store.close()
-        raise DatabaseError(f"cannot use the SQLite database {settings.db_path}: {exc}") from None
-    return store
+        raise DatabaseError(f"cannot upgrade the {store.describe()} database: {exc}") from None

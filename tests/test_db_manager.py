@@ -138,39 +138,55 @@ def test_client_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
 
 
 def test_client_mysql_database_is_upgraded_in_place(tmp_path: Path) -> None:
+    """The client's own table: rows, statuses and answers survive the upgrade and the first scan, also for
+    paths that the new collation would call equal."""
     require_mysql()
+    import hashlib
+
     import pymysql
 
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = ["a.jpg", "Straße.jpg", "Strasse.jpg", "pending.jpg"]
+    for i, name in enumerate(names):
+        (photos / name).write_bytes(b"\xff\xd8" + bytes([i]) * 500)
     name = "iu_test_client_schema"
     drop_mysql_database(name)
     conn = pymysql.connect(**MYSQL, autocommit=True)
     with conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE `{name}`")
+        cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_general_ci")
         cur.execute(f"USE `{name}`")
-        cur.execute(CLIENT_TABLE_MYSQL)
         cur.execute(
-            "INSERT INTO media_files (filepath, filename, directory, file_size, hash, extension, upload_status, "
-            "api_response) VALUES ('/old/a.jpg', 'a.jpg', '/old', 5, %s, 'jpg', 'duplicate', '{}'), "
-            "('/old/b.jpg', 'b.jpg', '/old', 6, %s, 'jpg', 'pending', NULL)",
-            ("c" * 64, "d" * 64),
+            CLIENT_TABLE_MYSQL.replace(
+                "DEFAULT CHARSET=utf8mb4", "DEFAULT CHARSET=utf8mb4 COLLATE utf8mb4_bin"
+            )
         )
+        for file_name in names:
+            path = photos / file_name
+            status = "pending" if file_name == "pending.jpg" else "success"
+            cur.execute(
+                "INSERT INTO media_files (filepath, filename, directory, file_size, hash, extension, "
+                "upload_status, api_response) VALUES (%s, %s, %s, %s, %s, 'jpg', %s, %s)",
+                (str(path), file_name, str(photos), path.stat().st_size,
+                 hashlib.sha256(path.read_bytes()).hexdigest(), status, '{"id":"x"}'),
+            )  # fmt: skip
     conn.close()
     env = tmp_path / "mysql.env"
-    env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=root\nDB_NAME={name}\nSOURCE_DIR={tmp_path}\n")
+    env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=root\nDB_NAME={name}\nSOURCE_DIR={photos}\n")
     try:
+        result = run_inprocess(scan_files.main, "--env-file", str(env), "--no-progress")
+        assert result.status == 0, result.stderr
         store = open_store(load_settings(env_file=str(env), environ={}))
-        rows = store.rows()
-        assert [(r["filepath"], r["upload_status"]) for r in rows] == [
-            ("/old/a.jpg", "duplicate"),
-            ("/old/b.jpg", "pending"),
-        ]
-        assert path_hash(b"/old/a.jpg") in store.known_files()
+        rows = {r["filename"]: r for r in store.rows()}
+        assert len(rows) == 4
+        assert {n: rows[n]["upload_status"] for n in names} == {
+            "a.jpg": "success", "Straße.jpg": "success", "Strasse.jpg": "success", "pending.jpg": "pending",
+        }  # fmt: skip
+        assert rows["a.jpg"]["api_response"] == '{"id":"x"}' and rows["a.jpg"]["sha1"]
         long_path = "/" + "y" * 900
         store.save_scanned([scanned(long_path + "/1.jpg"), scanned(long_path + "/2.jpg")], [])
-        assert len(store.rows()) == 4
+        assert len(store.rows()) == 6
         store.close()
-        # and the scanner works on it: the old rows are not lost
-        assert run_inprocess(scan_files.main, "--env-file", str(env), "--no-progress").status == 0
     finally:
         drop_mysql_database(name)
 

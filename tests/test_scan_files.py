@@ -243,3 +243,21 @@ def test_unreadable_file_is_an_error_row_and_retried_next_scan(
     status, summary, _ = scan(env)
     assert status == 0 and summary["changed"] == 1
     assert rows_by_name(env)["locked.jpg"]["upload_status"] == "pending"
+
+
+def test_touched_file_keeps_its_upload_state(env: Env, library: Library) -> None:
+    (photo,) = library.photos(1)
+    scan(env)
+    store = open_store(env.settings())
+    try:
+        from db_manager import UploadOutcome
+
+        store.record_upload(store.pending_uploads()[0].id, UploadOutcome("success", asset_id="asset-1"))
+    finally:
+        store.close()
+    os.utime(photo, ns=(2_100_000_000_000_000_000, 2_100_000_000_000_000_000))  # same bytes, new mtime
+    _, summary, _ = scan(env)
+    assert summary["changed"] == 1
+    row = rows_by_name(env)[photo.name]
+    assert row["upload_status"] == "success" and row["immich_asset_id"] == "asset-1"
+    assert row["mtime_ns"] == 2_100_000_000_000_000_000
