@@ -64,6 +64,10 @@ class ServerUnreachable(ImmichError):
     """No answer from the server after the retries."""
 
 
+class StopRequested(ImmichError):
+    """The run was asked to stop while a request waited to be retried: nothing was decided."""
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     version: tuple[int, int, int]
@@ -231,6 +235,23 @@ def _message_of(response: requests.Response) -> str:
     return str(message) or json.dumps(body)[:300]
 
 
+def _parsed(response: requests.Response, shape: type, method: str, path: str) -> Any:
+    """The JSON body if it is a `shape`; a 2xx page that is not (an auth proxy's login page, say) becomes
+    an ImmichError that says what came instead, not a crash."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, shape):
+        text = " ".join(response.text.split())[:120]
+        raise ImmichError(
+            f"{method} {path} answered {response.status_code} with something that is not Immich's answer "
+            f"(a proxy or login page in front of it?): {text!r}",
+            response.status_code, method, response.url, response.text[:2000],
+        )  # fmt: skip
+    return body
+
+
 def _retry_after_s(response: requests.Response | None) -> float | None:
     value = response.headers.get("Retry-After") if response is not None else None
     if not value:
@@ -238,10 +259,12 @@ def _retry_after_s(response: requests.Response | None) -> float | None:
     try:
         return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        if parsed is None:
-            return None
-        return min(MAX_RETRY_AFTER_S, max(0.0, parsed.timestamp() - time.time()))
+    except (TypeError, ValueError):
+        return None  # neither seconds nor an HTTP date: back off as usual
+    return min(MAX_RETRY_AFTER_S, max(0.0, parsed.timestamp() - time.time()))
 
 
 class ImmichClient:
@@ -323,8 +346,12 @@ class ImmichClient:
             if wait is None:
                 wait = min(60.0, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
             if self.stop.wait(wait):
-                raise ServerUnreachable("stopped while waiting to retry", None, method, url, transient=True)
+                raise StopRequested("stopped while waiting to retry", None, method, url, transient=True)
         raise AssertionError("unreachable")
+
+    def _call(self, method: str, path: str, shape: type = dict, **kwargs: Any) -> Any:
+        """_request, then its JSON body, which must be a `shape` (dict or list)."""
+        return _parsed(self._request(method, path, **kwargs), shape, method, path)
 
     def _error(
         self, response: requests.Response, message: str, method: str, url: str, transient: bool
@@ -339,9 +366,9 @@ class ImmichClient:
     def connect(self) -> ServerInfo:
         """Ping, version, the key's user, the accepted media types. Raises ServerUnreachable or ApiKeyRefused."""
         self._request("GET", "/server/ping")
-        version = self._request("GET", "/server/version").json()
+        version = self._call("GET", "/server/version")
         try:
-            user = self._request("GET", "/users/me", retries=1).json()
+            user = self._call("GET", "/users/me", retries=1)
         except ApiKeyRefused as exc:
             raise ApiKeyRefused(
                 f"the server refused the API key ({exc}): check IMMICH_API_KEY",
@@ -349,7 +376,7 @@ class ImmichClient:
                 exc.method,
                 exc.url,
             ) from None
-        types = self._request("GET", "/server/media-types").json()
+        types = self._call("GET", "/server/media-types")
         self.server = ServerInfo(
             version=(
                 int(version.get("major", 0)),
@@ -372,7 +399,7 @@ class ImmichClient:
         for start in range(0, len(items), BULK_CHECK_BATCH):
             batch = items[start : start + BULK_CHECK_BATCH]
             payload = {"assets": [{"id": key, "checksum": sha1} for key, sha1 in batch]}
-            answer = self._request("POST", "/assets/bulk-upload-check", json_body=payload).json()
+            answer = self._call("POST", "/assets/bulk-upload-check", json_body=payload)
             for result in answer.get("results", []):
                 results[str(result.get("id"))] = CheckResult(
                     accepted=result.get("action") == "accept",
@@ -387,19 +414,19 @@ class ImmichClient:
     def albums(self) -> dict[str, str]:
         """Album name -> id; album names are not unique in Immich, the oldest listed wins."""
         found: dict[str, str] = {}
-        for album in self._request("GET", "/albums").json():
+        for album in self._call("GET", "/albums", list):
             found.setdefault(str(album.get("albumName", "")), str(album.get("id")))
         return found
 
     def create_album(self, name: str) -> str:
-        return str(self._request("POST", "/albums", json_body={"albumName": name}).json()["id"])
+        return str(self._call("POST", "/albums", json_body={"albumName": name}).get("id", ""))
 
     def add_to_album(self, album_id: str, asset_ids: Sequence[str]) -> dict[str, str | None]:
         """asset id -> None when it is in the album now (added, or already there), else the server's error."""
         outcome: dict[str, str | None] = {}
         for start in range(0, len(asset_ids), ALBUM_ADD_BATCH):
             batch = list(asset_ids[start : start + ALBUM_ADD_BATCH])
-            answer = self._request("PUT", f"/albums/{album_id}/assets", json_body={"ids": batch}).json()
+            answer = self._call("PUT", f"/albums/{album_id}/assets", list, json_body={"ids": batch})
             for item in answer:
                 error = item.get("error")
                 outcome[str(item.get("id"))] = (
@@ -409,7 +436,7 @@ class ImmichClient:
 
     def create_stack(self, asset_ids: Sequence[str]) -> str:
         """A stack of two or more assets; the first becomes the cover."""
-        return str(self._request("POST", "/stacks", json_body={"assetIds": list(asset_ids)}).json()["id"])
+        return str(self._call("POST", "/stacks", json_body={"assetIds": list(asset_ids)}).get("id", ""))
 
     # -- background jobs
     def _has_queues_api(self) -> bool:
@@ -419,7 +446,7 @@ class ImmichClient:
         """Queues already paused (by an admin, before this run); empty where the server cannot tell."""
         if not self._has_queues_api():
             return set()
-        answer = self._request("GET", "/queues", retries=1).json()
+        answer = self._call("GET", "/queues", list, retries=1)
         return {str(q.get("name")) for q in answer if isinstance(q, dict) and q.get("isPaused")}
 
     def set_jobs_paused(self, paused: bool, names: Sequence[str] = MEDIA_QUEUES) -> list[str]:
@@ -492,7 +519,7 @@ class ImmichClient:
                 body.close()
         if isinstance(answer, UploadResult):
             return answer
-        body = answer.json()
+        body = _parsed(answer, dict, "POST", "/assets")
         status = "duplicate" if answer.status_code == 200 and body.get("status") == "duplicate" else "created"
         return UploadResult(status, str(body.get("id", "")), answer.status_code, answer.text[:2000])
 

@@ -8,6 +8,7 @@ stderr; stdout is kept for results (`--json`). All methods are thread-safe: uplo
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
@@ -75,9 +76,16 @@ class ProgressTracker:
         """A line for the user that is not a log record (the console log handler also writes through here)."""
         with self._lock:
             self._clear()
-            self.stream.write(line + "\n")
-            self.stream.flush()
+            self._write(line + "\n")
             self._draw(force=True)
+
+    def _write(self, text: str) -> None:
+        """Output must never stop the work: a closed pipe (`| head`, a gone terminal) silences it."""
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.stream = io.StringIO()
 
     def finish(self) -> None:
         with self._lock:
@@ -88,8 +96,7 @@ class ProgressTracker:
             self._clear()
             width = max((len(k) for k, _ in rows), default=0)
             lines = [title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            self._write("\n".join(lines) + "\n")
 
     # -- shared arithmetic
     def status_line(self) -> str:
@@ -141,8 +148,7 @@ class PlainProgress(ProgressTracker):
         if force and not final:
             return
         self._last = now
-        self.stream.write(self.status_line() + "\n")
-        self.stream.flush()
+        self._write(self.status_line() + "\n")
 
 
 class TtyProgress(ProgressTracker):
@@ -181,13 +187,12 @@ class TtyProgress(ProgressTracker):
         self._last = now
         columns = _terminal_columns(self.stream)
         line = (self._bar() + self.status_line())[: columns - 1]
-        self.stream.write("\r\x1b[K" + self._paint(CYAN, line) + ("\n" if final else ""))
-        self.stream.flush()
+        self._write("\r\x1b[K" + self._paint(CYAN, line) + ("\n" if final else ""))
         self._bar_shown = not final
 
     def _clear(self) -> None:
         if self._bar_shown:
-            self.stream.write("\r\x1b[K")
+            self._write("\r\x1b[K")
             self._bar_shown = False
 
 

@@ -32,6 +32,7 @@ from immich_client import (
     ImmichError,
     ServerInfo,
     ServerUnreachable,
+    StopRequested,
     UploadRequest,
 )
 from logger import FILE_EVENT, get_logger
@@ -158,6 +159,8 @@ class Uploader:
         self._lock = threading.Lock()
         self._consecutive_errors = 0
         self._bugs: list[BaseException] = []
+        self._queued_sha1s: set[str] = set()
+        self._deferred: list[PendingUpload] = []
         self.started = time.monotonic()
         self.counts_progress = True  # sync counts scan progress until its walk is done
 
@@ -202,8 +205,15 @@ class Uploader:
                 and answer.asset_id
             ):
                 duplicates.append((row, answer))
+            elif row.sha1 and row.sha1 in self._queued_sha1s:
+                # Same content as a file already queued: sent after it, so the server's checksum check
+                # answers "duplicate" instead of two workers sending the same bytes at once.
+                self.summary.queued += 1
+                self._deferred.append(row)
             else:
                 self.summary.queued += 1
+                if row.sha1:
+                    self._queued_sha1s.add(row.sha1)
                 self._queue.put(row)
         if duplicates:
             self.store.record_duplicates(
@@ -253,7 +263,14 @@ class Uploader:
             self._workers.append(worker)
 
     def finish(self) -> UploadSummary:
-        """Wait for the queue to drain (or for a stop), then for the workers."""
+        """Wait for the queue to drain (or for a stop), send the deferred same-content files, then stop
+        the workers."""
+        if self._deferred:
+            while self._queue.unfinished_tasks and not self._bugs:
+                time.sleep(0.05)  # polling keeps the main thread free for signals
+            for row in self._deferred:
+                self._queue.put(row)
+            self._deferred = []
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
@@ -269,26 +286,33 @@ class Uploader:
         first = True
         while True:
             row = self._queue.get()
-            if row is None:
-                return
-            if self.halted:
-                continue  # leave it pending for the next run
-            if not first and self.settings.upload_delay_s:
-                time.sleep(self.settings.upload_delay_s)
-            first = False
             try:
-                self._upload_one(row)
-            except DatabaseError as exc:
-                # The row could not be written: stop. If the server got the file, the next run's pre-check
-                # finds it and records it as a duplicate, so nothing is sent twice.
-                log.error("database failed while recording %s: %s", row.filepath, exc)
-                self._bugs.append(exc)
-                self.stop.set()
-            except BaseException as exc:  # a bug: record it in the row, keep it loud, end the run
-                log.exception("internal error while uploading %s", row.filepath)
-                self._record(row, UploadOutcome("error", error=f"internal error: {exc!r}"))
-                self._bugs.append(exc)
-                self.stop.set()
+                if row is None:
+                    return
+                if self.halted:
+                    continue  # leave it pending for the next run
+                self._work_on(row, first)
+                first = False
+            finally:
+                self._queue.task_done()
+
+    def _work_on(self, row: PendingUpload, first: bool) -> None:
+        if not first and self.settings.upload_delay_s:
+            time.sleep(self.settings.upload_delay_s)
+        try:
+            self._upload_one(row)
+        except DatabaseError as exc:
+            # The row could not be written: stop. If the server got the file, the next run's pre-check
+            # finds it and records it as a duplicate, so nothing is sent twice.
+            log.error("database failed while recording %s: %s", row.filepath, exc)
+            self._bugs.append(exc)
+            self.stop.set()
+        except BaseException as exc:
+            # A bug: loud in the log, and the run ends. The row is not written again: it holds either its
+            # committed outcome or its earlier state, both true, and the next run goes on from it.
+            log.exception("internal error while uploading %s", row.filepath)
+            self._bugs.append(exc)
+            self.stop.set()
 
     def _upload_one(self, row: PendingUpload) -> None:
         raw = text_to_path(row.filepath, row.filepath_b64)
@@ -305,6 +329,8 @@ class Uploader:
         )
         try:
             result = self.client.upload(request)
+        except StopRequested:
+            return  # nothing was decided: the row stays as it was, no attempt counted
         except ImmichError as exc:
             self._failed(row, str(exc), exc.body)
             return

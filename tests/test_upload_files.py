@@ -85,12 +85,13 @@ def test_same_content_at_two_paths_is_stored_once(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     first = library.photo("a/one.jpg", n=1)
-    library.write("b/copy.jpg", first.read_bytes())
+    for n in range(2, 9):
+        library.write(f"copies/copy{n}.jpg", first.read_bytes())
     scan(server_env)
-    server_env.set(UPLOAD_CONCURRENCY=1)
-    status, _summary, _ = upload(server_env)
+    status, _summary, _ = upload(server_env)  # 4 workers: the copies must not be sent side by side
     assert status == 0 and immich.upload_count() == 1
-    assert sorted(statuses(server_env).values()) == ["duplicate", "success"]
+    assert [u.size_bytes > 0 for u in immich.uploads].count(True) == 1
+    assert sorted(statuses(server_env).values()) == ["duplicate"] * 7 + ["success"]
 
 
 def test_fields_follow_the_current_api(server_env: Env, library: Library, immich: ImmichTestServer) -> None:
