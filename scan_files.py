@@ -161,22 +161,55 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
     fp = fingerprint_file(found.raw_path, chunk_size)
     row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
     meta = read_metadata(found.raw_path, found.media_type)
-    taken, source = meta.date_taken, meta.date_source
-    if taken is None:
-        taken, source = date_from_filename(filename), "filename"
-    if taken is None:
-        taken, source = datetime.fromtimestamp(fp.mtime_ns / 1e9, timezone.utc), "mtime"
-    taken = with_zone(taken, time_zone)
-    row.date_taken = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-    row.date_source = source
     info = dict(meta.info)
-    info["date_used"] = taken.isoformat()
-    info["date_source"] = source
+    found_date = date_taken(
+        meta.date_taken, meta.date_source, filename, fp.mtime_ns, time_zone, meta.warnings
+    )
+    if found_date is not None:
+        taken, source = found_date
+        row.date_taken = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        row.date_source = source
+        info["date_used"] = taken.isoformat()
+        info["date_source"] = source
     if meta.warnings:
         info["warnings"] = meta.warnings
         log.warning("%s: metadata partly unreadable: %s", text, "; ".join(meta.warnings), extra=FILE_EVENT)
     row.metadata_info = json.dumps(info, default=str, ensure_ascii=False)
     return row
+
+
+PLAUSIBLE_YEARS = range(1826, 2201)  # from the first photograph; a camera clock can be set far ahead
+
+
+def date_taken(
+    exif_or_video: datetime | None,
+    source: str,
+    filename: str,
+    mtime_ns: int,
+    time_zone: tzinfo | None,
+    warnings: list[str],
+) -> tuple[datetime, str] | None:
+    """The first usable date: the file's own metadata, then its name, then its mtime. A date out of range
+    (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash."""
+    candidates: list[tuple[datetime | int | None, str]] = [
+        (exif_or_video, source),
+        (date_from_filename(filename), "filename"),
+        (mtime_ns, "mtime"),
+    ]
+    for value, origin in candidates:
+        if value is None:
+            continue
+        try:
+            if isinstance(value, datetime):
+                moment = with_zone(value, time_zone)
+            else:
+                moment = datetime.fromtimestamp(value / 1e9, timezone.utc)
+            if moment.astimezone(timezone.utc).year in PLAUSIBLE_YEARS:
+                return moment, origin
+        except (OverflowError, OSError, ValueError):
+            pass
+        warnings.append(f"{origin} date {value} is out of range; not used")
+    return None
 
 
 def with_zone(moment: datetime, time_zone: tzinfo | None) -> datetime:

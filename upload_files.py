@@ -95,7 +95,10 @@ def created_at(row: PendingUpload) -> str:
 
 
 def modified_at(row: PendingUpload) -> str:
-    return to_utc_iso(datetime.fromtimestamp((row.mtime_ns or 0) / 1e9, timezone.utc))
+    try:
+        return to_utc_iso(datetime.fromtimestamp((row.mtime_ns or 0) / 1e9, timezone.utc))
+    except (OverflowError, OSError, ValueError):  # an mtime far outside what datetime holds
+        return "1970-01-01T00:00:00.000Z"
 
 
 def taken_day(row: PendingUpload) -> date | None:

@@ -261,3 +261,13 @@ def test_touched_file_keeps_its_upload_state(env: Env, library: Library) -> None
     row = rows_by_name(env)[photo.name]
     assert row["upload_status"] == "success" and row["immich_asset_id"] == "asset-1"
     assert row["mtime_ns"] == 2_100_000_000_000_000_000
+
+
+def test_out_of_range_exif_date_falls_back_and_the_scan_goes_on(env: Env, library: Library) -> None:
+    library.photo("odd/far_future.jpg", n=1, taken="9999:12:31 23:00:00", offset="-05:00")
+    library.photo("odd/fine.jpg", n=2)
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["new"] == 2
+    row = rows_by_name(env)["far_future.jpg"]
+    assert row["date_source"] == "mtime" and row["upload_status"] == "pending"
+    assert "out of range" in json.loads(str(row["metadata_info"]))["warnings"][-1]
