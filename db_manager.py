@@ -119,6 +119,7 @@ class DoneFile:
     extension: str
     album_name: str | None
     stack_id: str | None
+    sha1: str | None
 
 
 @dataclass(frozen=True)
@@ -495,7 +496,7 @@ class Store:
         with self._lock:
             rows = self._query(
                 "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
-                "extension, album_name, stack_id FROM media_files WHERE upload_status IN ('success', 'duplicate') "
+                "extension, album_name, stack_id, sha1 FROM media_files WHERE upload_status IN ('success', 'duplicate') "
                 "AND immich_asset_id IS NOT NULL AND missing_since IS NULL ORDER BY id"
             )
         return [DoneFile(*r) for r in rows]

@@ -20,7 +20,7 @@ from db_manager import DoneFile, Store
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from utils import text_to_path
+from utils import sidecar_for, text_to_path
 
 log = get_logger("organize")
 
@@ -165,16 +165,49 @@ def update_stacks(
     return summary
 
 
+def confirmed_in_immich(client: ImmichClient, files: list[DoneFile]) -> set[int]:
+    """Row ids whose content Immich holds right now, outside the trash: a row's word, possibly months old,
+    is not enough to delete the only other copy."""
+    answers = client.bulk_upload_check([(str(f.id), f.sha1) for f in files if f.sha1])
+    return {
+        int(key)
+        for key, answer in answers.items()
+        if not answer.accepted and answer.asset_id and not answer.is_trashed
+    }
+
+
+def sidecar_shared(raw: bytes, sidecar: bytes) -> bool:
+    """`IMG_1.xmp` may also belong to IMG_1.CR2 beside IMG_1.jpg: then it stays."""
+    if sidecar.lower().endswith(os.path.basename(raw).lower() + b".xmp"):
+        return False  # photo.jpg.xmp names its one photo
+    stem = os.path.splitext(raw)[0]
+    folder = os.path.dirname(raw) or b"."
+    prefix = os.path.basename(stem) + b"."
+    return any(
+        name.startswith(prefix) and os.path.join(folder, name) not in (raw, sidecar)
+        for name in os.listdir(folder)
+    )
+
+
 def delete_uploaded(
-    store: Store, settings: Settings, files: list[DoneFile], progress: ProgressTracker
+    client: ImmichClient, store: Store, settings: Settings, files: list[DoneFile], progress: ProgressTracker
 ) -> OrganizeSummary:
-    """Delete local files Immich confirmed: uploads, and with DELETE_DUPLICATES files it already had."""
+    """Delete local files Immich confirmed: uploads, and with DELETE_DUPLICATES files it already had. Each
+    is checked with the server first (present, not in the trash) and on disk (unchanged since upload)."""
     summary = OrganizeSummary()
     allowed = {"success", "duplicate"} if settings.delete_duplicates else {"success"}
     doomed = [f for f in files if f.upload_status in allowed]
     if not doomed:
         return summary
-    progress.message(f"Deleting {len(doomed)} local files that Immich has confirmed (DELETE_UPLOADED)")
+    confirmed = confirmed_in_immich(client, doomed)
+    for file in doomed:
+        if file.id not in confirmed:
+            log.warning(
+                "%s: Immich does not hold it now (deleted or in the trash there): kept", file.filepath
+            )
+    doomed = [f for f in doomed if f.id in confirmed]
+    if doomed:
+        progress.message(f"Deleting {len(doomed)} local files that Immich has confirmed (DELETE_UPLOADED)")
     for file in doomed:
         raw = text_to_path(file.filepath, file.filepath_b64)
         try:
@@ -184,15 +217,16 @@ def delete_uploaded(
         if st.st_size != file.file_size or st.st_mtime_ns != file.mtime_ns:
             log.warning("%s changed since it was uploaded: not deleted", file.filepath)
             continue
+        sidecar = sidecar_for(raw)
         try:
             os.remove(raw)
+            if sidecar is not None and not sidecar_shared(raw, sidecar):
+                os.remove(sidecar)  # it was sent with the photo
         except OSError as exc:
             summary.errors += 1
             log.warning("%s: could not delete: %s", file.filepath, exc.strerror)
-            continue
-        for sidecar in (raw + b".xmp", os.path.splitext(raw)[0] + b".xmp"):
-            if os.path.isfile(sidecar):
-                os.remove(sidecar)
+            if os.path.exists(raw):
+                continue
         store.record_deleted(file.id)
         log.info("deleted %s (in Immich as %s)", file.filepath, file.asset_id)
         summary.deleted += 1
@@ -214,7 +248,7 @@ def organize(
     if settings.stack_raw_jpeg or settings.stack_bursts:
         steps.append(update_stacks(client, store, settings, files))
     if settings.delete_uploaded:
-        steps.append(delete_uploaded(store, settings, store.done_files(), progress))
+        steps.append(delete_uploaded(client, store, settings, store.done_files(), progress))
     for step in steps:
         total.added_to_albums += step.added_to_albums
         total.albums_created += step.albums_created

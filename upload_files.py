@@ -39,7 +39,7 @@ from logger import FILE_EVENT, get_logger
 from organize import organize, server_jobs_paused
 from progress import ProgressTracker, errors_row, media_detail
 from scan_files import FoundFile, describe_file
-from utils import format_bytes, format_duration, text_to_path, to_utc_iso
+from utils import format_bytes, format_duration, sidecar_for, text_to_path, to_utc_iso
 
 log = get_logger("upload")
 
@@ -130,15 +130,6 @@ def wanted(row: PendingUpload, settings: Settings) -> bool:
 def select(rows: list[PendingUpload], settings: Settings, limit: int | None = None) -> list[PendingUpload]:
     chosen = [row for row in rows if wanted(row, settings)]
     return chosen if limit is None else chosen[:limit]
-
-
-def sidecar_for(raw_path: bytes) -> bytes | None:
-    """`photo.jpg.xmp` or `photo.xmp` beside the file, as Immich's own CLI looks for them."""
-    stem = os.path.splitext(raw_path)[0]
-    for candidate in (raw_path + b".xmp", stem + b".xmp", raw_path + b".XMP", stem + b".XMP"):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
 
 
 class Uploader:

@@ -606,3 +606,13 @@ def date_from_filename(name: str) -> datetime | None:
         except ValueError:  # 2019-02-30 and the like
             continue
     return None
+
+
+def sidecar_for(raw_path: bytes) -> bytes | None:
+    """The XMP sidecar that travels with a photo: `photo.jpg.xmp`, else `photo.xmp`, as Immich's own CLI
+    looks for them. Upload and deletion both ask here, so they agree on which file it is."""
+    stem = os.path.splitext(raw_path)[0]
+    for candidate in (raw_path + b".xmp", raw_path + b".XMP", stem + b".xmp", stem + b".XMP"):
+        if os.path.isfile(candidate):
+            return candidate
+    return None

@@ -128,10 +128,12 @@ def test_file_changed_after_upload_is_not_deleted(
     library.photo("photos/IMG_0000.jpg", n=77)  # edited since: a new version Immich does not have
     store = open_store(server_env.settings())
     try:
+        from immich_client import ImmichClient
         from organize import delete_uploaded
         from progress import ProgressTracker
 
-        summary = delete_uploaded(store, server_env.settings(), store.done_files(), ProgressTracker())
+        client = ImmichClient(server_env.settings())
+        summary = delete_uploaded(client, store, server_env.settings(), store.done_files(), ProgressTracker())
     finally:
         store.close()
     assert summary.deleted == 0 and photo.exists()
@@ -225,3 +227,30 @@ def test_live_photo_pairs_are_both_uploaded(
     status, summary = sync(server_env)
     assert status == 0 and summary["uploaded"] == 2
     assert sorted(a.filename for a in immich.assets.values()) == ["IMG_1.MOV", "IMG_1.jpg"]
+
+
+def test_delete_keeps_files_immich_no_longer_holds_or_holds_in_the_trash(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    gone, trashed, fine = library.photos(3)
+    sync(server_env)
+    by_sha1 = {a.sha1_hex: a for a in immich.assets.values()}
+    import hashlib
+
+    del immich.assets[by_sha1[hashlib.sha1(gone.read_bytes()).hexdigest()].id]  # deleted in Immich since
+    by_sha1[hashlib.sha1(trashed.read_bytes()).hexdigest()].is_trashed = True
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1
+    assert gone.exists() and trashed.exists() and not fine.exists()
+
+
+def test_delete_leaves_a_sidecar_another_file_still_needs(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    jpeg = library.photo("s/IMG_1.jpg", n=1)
+    raw = library.write("s/IMG_1.CR2", b"raw" * 300)
+    shared = library.write("s/IMG_1.xmp", b"<x:xmpmeta/>")
+    sync(server_env, "--only-images", "--exclude", "*.CR2")
+    status, summary = sync(server_env, "--delete-uploaded", "--only-images", "--exclude", "*.CR2")
+    assert status == 0 and summary["deleted"] == 1 and not jpeg.exists()
+    assert raw.exists() and shared.exists()  # the RAW, not yet uploaded, keeps its edits
