@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from config import ConfigError, Settings, load_settings, settings_flags
 from db_manager import DatabaseError, Store, migrate_store, open_store
-from logger import console_handler, get_logger, setup_console, setup_file
+from logger import FILE_EVENT, console_handler, get_logger, setup_console, setup_file
 from progress import ProgressTracker, select_progress
 
 log = get_logger("cli")
@@ -27,6 +27,7 @@ class ExitStatus(IntEnum):
     FILES_FAILED = 1  # the run finished, some files could not be scanned or uploaded
     CANNOT_START = 2  # settings, database, server or API key
     TOO_MANY_ERRORS = 3  # MAX_CONSECUTIVE_ERRORS failures in a row: the server is likely down
+    INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug; please report it with the log file
     INTERRUPTED = 130  # 128 + SIGINT: what shells report for a job stopped by Ctrl-C
 
 
@@ -50,8 +51,11 @@ class Context:
     stop: threading.Event
 
     def emit_json(self, summary: dict[str, Any]) -> None:
-        self.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
-        self.stdout.flush()
+        try:
+            self.stdout.write(json.dumps(summary, sort_keys=True) + "\n")
+            self.stdout.flush()
+        except BrokenPipeError:
+            log.warning("stdout was closed before the JSON summary could be written")
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -148,9 +152,10 @@ def run_script(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     args = parser.parse_args(argv)
-    setup_console(stderr, verbose=args.verbose)
+    setup_console(stderr, verbose=args.verbose, debug=args.debug)
     prog = "immich-uploader"
     store: Store | None = None
+    settings: Settings | None = None
     restore_signals: Callable[[], None] = _nothing
     try:
         settings = load_settings(settings_flags(args), args.env_file, warn=log.warning)
@@ -183,6 +188,16 @@ def run_script(
     except KeyboardInterrupt:
         stderr.write(f"\n{prog}: interrupted\n")
         return ExitStatus.INTERRUPTED
+    except Exception as exc:
+        # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
+        log.exception("internal error", extra=FILE_EVENT)
+        if args.debug:
+            raise
+        where = settings.log_file if settings is not None else "the log file"
+        stderr.write(
+            f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)\n"
+        )
+        return ExitStatus.INTERNAL_ERROR
     finally:
         restore_signals()
         handler = console_handler()

@@ -108,12 +108,12 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 @dataclass(frozen=True)
 class Settings:
     immich_url: str
-    immich_api_key: str
+    immich_api_key: str = field(repr=False)
     source_dirs: tuple[Path, ...]
     db_host: str
     db_port: int
     db_user: str
-    db_password: str
+    db_password: str = field(repr=False)
     db_name: str
     db_path: Path
     image_extensions: frozenset[str]
@@ -150,6 +150,7 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
     raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     env_file: Path | None = None
+    server_problem: str | None = None
 
     @property
     def backend(self) -> str:
@@ -164,6 +165,8 @@ class Settings:
         return None
 
     def require_server(self) -> None:
+        if self.server_problem:
+            raise ConfigError(self.server_problem)
         missing = [
             n
             for n, v in (
@@ -256,12 +259,23 @@ def load_settings(
     def split(name: str) -> list[str]:
         return [part.strip() for part in raw[name].split(",") if part.strip()]
 
+    # Server settings are checked when a script needs the server (require_server), so scanning is never
+    # blocked by a URL typo.
+    server_problem = None
+    try:
+        url = normalize_url(raw["IMMICH_URL"])
+    except ConfigError as exc:
+        url, server_problem = "", str(exc)
+    ca_bundle = str(path_of("IMMICH_CA_BUNDLE")) if raw["IMMICH_CA_BUNDLE"] else ""
+    if ca_bundle and not Path(ca_bundle).is_file() and server_problem is None:
+        server_problem = f"IMMICH_CA_BUNDLE: file {ca_bundle} does not exist"
     settings = Settings(
-        immich_url=normalize_url(raw["IMMICH_URL"]),
+        immich_url=url,
         immich_api_key=raw["IMMICH_API_KEY"],
         source_dirs=tuple(_resolve_path(p, "SOURCE_DIR" in from_flag) for p in split("SOURCE_DIR")),
         db_host=raw["DB_HOST"],
-        db_port=_int(raw, "DB_PORT", 1, 65535),
+        # DB_PORT matters only with DB_HOST: a stray value must not stop a run on SQLite.
+        db_port=_int(raw, "DB_PORT", 1, 65535) if raw["DB_HOST"] else 3306,
         db_user=raw["DB_USER"],
         db_password=raw["DB_PASSWORD"],
         db_name=_db_name(raw["DB_NAME"]),
@@ -279,7 +293,7 @@ def load_settings(
         retry_backoff_s=_float(raw, "RETRY_BACKOFF", 0.0, 600.0),
         connect_timeout_s=_float(raw, "CONNECT_TIMEOUT", 0.1, 3600.0),
         read_timeout_s=_float(raw, "READ_TIMEOUT", 0.1, 86400.0),
-        ca_bundle=str(path_of("IMMICH_CA_BUNDLE")) if raw["IMMICH_CA_BUNDLE"] else "",
+        ca_bundle=ca_bundle,
         verify_tls=_bool(raw, "IMMICH_VERIFY_TLS"),
         log_level=_choice(raw, "LOG_LEVEL", LOG_LEVELS),
         log_file=path_of("LOG_FILE"),
@@ -300,9 +314,8 @@ def load_settings(
         sources=sources,
         raw=raw,
         env_file=path,
+        server_problem=server_problem,
     )
-    if settings.ca_bundle and not Path(settings.ca_bundle).is_file():
-        raise ConfigError(f"IMMICH_CA_BUNDLE: file {settings.ca_bundle} does not exist")
     return settings
 
 

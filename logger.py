@@ -63,6 +63,7 @@ class ConsoleHandler(logging.Handler):
         super().__init__()
         self.stream = stream
         self.writer: Callable[[str], None] = self._write
+        self.debug = False  # tracebacks on the console only with --debug; the log file always has them
 
     def _write(self, line: str) -> None:
         self.stream.write(line + "\n")
@@ -73,7 +74,7 @@ class ConsoleHandler(logging.Handler):
             return
         try:
             text = record.getMessage()
-            if record.exc_info and logging.getLogger(ROOT_NAME).isEnabledFor(logging.DEBUG):
+            if record.exc_info and self.debug:
                 text += "\n" + (record.exc_text or logging.Formatter().formatException(record.exc_info))
             self.writer(f"immich-uploader: {record.levelname.lower()}: {text}")
         except Exception:  # logging must never raise into the caller
@@ -88,7 +89,7 @@ def get_logger(name: str) -> logging.Logger:
     return logging.getLogger(f"{ROOT_NAME}.{name}")
 
 
-def setup_console(stream: TextIO | None = None, verbose: bool = False) -> ConsoleHandler:
+def setup_console(stream: TextIO | None = None, verbose: bool = False, debug: bool = False) -> ConsoleHandler:
     global _console
     root = logging.getLogger(ROOT_NAME)
     root.setLevel(logging.DEBUG)
@@ -96,7 +97,8 @@ def setup_console(stream: TextIO | None = None, verbose: bool = False) -> Consol
     if _console is not None:
         root.removeHandler(_console)
     _console = ConsoleHandler(stream or sys.stderr)
-    _console.setLevel(logging.INFO if verbose else logging.WARNING)
+    _console.setLevel(logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING)
+    _console.debug = debug
     _console.addFilter(SECRETS)
     root.addHandler(_console)
     return _console

@@ -58,7 +58,6 @@ def test_immich_url_accepted_with_or_without_api_suffix(pasted: str) -> None:
     [
         ("MAX_CONSECUTIVE_ERRORS=five", "MAX_CONSECUTIVE_ERRORS: 'five' is not a whole number"),
         ("UPLOAD_DELAY=soon", "UPLOAD_DELAY: 'soon' is not a number"),
-        ("IMMICH_URL=nas:2283", "IMMICH_URL"),
         ("LOG_LEVEL=LOUD", "LOG_LEVEL"),
         ("INCLUDE_HIDDEN=maybe", "INCLUDE_HIDDEN"),
         ("UPLOAD_CONCURRENCY=0", "UPLOAD_CONCURRENCY: 0 is out of range"),
@@ -128,3 +127,23 @@ def test_env_example_documents_every_setting_with_its_default() -> None:
 def test_empty_value_means_the_default(tmp_path: Path) -> None:
     s = load_settings(env_file=str(write_env(tmp_path, "DB_PORT=\nMAX_CONSECUTIVE_ERRORS=\n")), environ={})
     assert s.db_port == 3306 and s.max_consecutive_errors == 5
+
+
+def test_a_bad_server_setting_blocks_only_what_needs_the_server(tmp_path: Path) -> None:
+    import upload_files
+
+    (tmp_path / "pics").mkdir()
+    env = write_env(
+        tmp_path, f"SOURCE_DIR={tmp_path}/pics\nDB_PATH={tmp_path}/s.db\nIMMICH_URL=nas:2283\nDB_PORT=x\n"
+    )
+    assert run_inprocess(scan_files.main, "--env-file", str(env), "--no-progress").status == 0
+    result = run_inprocess(upload_files.main, "--env-file", str(env), "--no-progress")
+    assert result.status == 2
+    assert "IMMICH_URL: 'nas:2283' is not an http:// or https:// address" in result.stderr
+
+
+def test_settings_repr_hides_the_secrets(tmp_path: Path) -> None:
+    s = load_settings(
+        env_file=str(write_env(tmp_path, "IMMICH_API_KEY=k-123456789\nDB_PASSWORD=pw-98765\n")), environ={}
+    )
+    assert "k-123456789" not in repr(s) and "pw-98765" not in repr(s)
