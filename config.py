@@ -23,12 +23,18 @@ from dotenv import dotenv_values
 
 PROJECT_DIR = Path(__file__).resolve().parent
 
-# The client's lists plus what Immich accepts (../shared/immich-api.md §5): RAW formats and more video.
-DEFAULT_IMAGE_EXTENSIONS = (
-    "jpg,jpeg,png,webp,tiff,tif,bmp,heic,heif,"
-    "avif,gif,hif,jpe,jxl,jp2,insp,"
-    "3fr,ari,arw,cap,cin,cr2,cr3,crw,dcr,dng,erf,fff,iiq,k25,kdc,mrw,nef,nrw,orf,ori,pef,psd,"
-    "raf,raw,rw2,rwl,sr2,srf,srw,x3f"
+# Camera RAW formats Immich accepts (../shared/immich-api.md §5); also used for RAW+JPEG stacks.
+RAW_EXTENSIONS = (
+    "3fr", "ari", "arw", "cap", "cin", "cr2", "cr3", "crw", "dcr", "dng", "erf", "fff", "iiq", "k25", "kdc",
+    "mrw", "nef", "nrw", "orf", "ori", "pef", "raf", "raw", "rw2", "rwl", "sr2", "srf", "srw", "x3f",
+)  # fmt: skip
+# The client's lists plus what Immich accepts: RAW formats and more video.
+DEFAULT_IMAGE_EXTENSIONS = ",".join(
+    (
+        *("jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "heic", "heif"),
+        *("avif", "gif", "hif", "jpe", "jxl", "jp2", "insp", "psd"),
+        *RAW_EXTENSIONS,
+    )
 )
 DEFAULT_VIDEO_EXTENSIONS = "mp4,mov,avi,mkv,wmv,flv,webm,m4v,3gp,3gpp,insv,m2ts,m2t,mts,mpe,mpeg,mpg,vob"
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from config import Settings
+from config import RAW_EXTENSIONS, Settings
 from db_manager import DoneFile, Store
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError
 from logger import FILE_EVENT, get_logger
@@ -24,39 +24,6 @@ from utils import sidecar_for, text_to_path
 
 log = get_logger("organize")
 
-RAW_EXTENSIONS = frozenset(
-    [
-        "3fr",
-        "ari",
-        "arw",
-        "cap",
-        "cin",
-        "cr2",
-        "cr3",
-        "crw",
-        "dcr",
-        "dng",
-        "erf",
-        "fff",
-        "iiq",
-        "k25",
-        "kdc",
-        "mrw",
-        "nef",
-        "nrw",
-        "orf",
-        "ori",
-        "pef",
-        "raf",
-        "raw",
-        "rw2",
-        "rwl",
-        "sr2",
-        "srf",
-        "srw",
-        "x3f",
-    ]
-)
 COVER_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "heic", "heif", "hif"})
 # Google/Pixel "…BURST20190504101500123_COVER.jpg", Samsung "…_BURST001_COVER"; the burst id groups them.
 BURST = re.compile(r"^(?P<prefix>.*?)_?BURST(?P<id>\d+)", re.IGNORECASE)

@@ -29,6 +29,8 @@ from typing import Any, BinaryIO
 import exifread
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from config import RAW_EXTENSIONS
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HASH_CHUNK_BYTES = 1 << 20
@@ -67,13 +69,7 @@ warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # Pillow cannot open HEIF or JPEG XL without plugins, and opens TIFF-based RAW files (NEF, CR2, ARW, DNG...)
 # as TIFF but reports the small preview in IFD0, not the sensor size. For these, width and height come from
 # EXIF (when present) and Pillow's failure is expected, so it is not a warning.
-# fmt: off
-_EXIF_ONLY_EXTENSIONS = frozenset({
-    "heic", "heif", "hif", "jxl",
-    "3fr", "ari", "arw", "cap", "cin", "cr2", "cr3", "crw", "dcr", "dng", "erf", "fff", "iiq", "k25", "kdc",
-    "mrw", "nef", "nrw", "orf", "ori", "pef", "raf", "raw", "rw2", "rwl", "sr2", "srf", "srw", "x3f",
-})
-# fmt: on
+_EXIF_ONLY_EXTENSIONS = frozenset({"heic", "heif", "hif", "jxl", *RAW_EXTENSIONS})
 
 # hachoir containers whose creation time is defined as UTC: QuickTime/MP4 mvhd, Matroska DateUTC, ASF
 # FILETIME. Others (AVI's IDIT/ICRD text) hold local wall-clock time and stay naive.
