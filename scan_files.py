@@ -27,7 +27,7 @@ from typing import TextIO
 
 from cli import Context, ExitStatus, base_parser, run_script
 from config import JUNK_NAMES, Settings
-from db_manager import KnownFile, ScannedFile, Store, path_hash
+from db_manager import KnownFile, ScannedFile, Store, path_hash, utc_now
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
@@ -404,7 +404,7 @@ def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]
 
 def run_scan(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    started = utc_now()
     summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop).scan()
     status = (
         ExitStatus.INTERRUPTED

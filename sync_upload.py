@@ -9,13 +9,15 @@ taken by cli.run_script); a second run exits at once with status 0.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import ConfigError
+from db_manager import utc_now
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
@@ -66,7 +68,7 @@ def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
 
 def sync_once(ctx: Context) -> ExitStatus:
     """One scan-and-upload pass; raises StartError when the server cannot be used."""
-    started_at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    started_at = utc_now()
     started = time.monotonic()
     client = ImmichClient(ctx.settings, ctx.stop)
     try:
@@ -111,27 +113,47 @@ def run_sync(ctx: Context) -> ExitStatus:
     return sync_once(ctx)
 
 
+def start_observer(ctx: Context, handler: Any) -> Any:
+    """inotify where it can; when the system's watch limit is reached, polling (slower, but it works)."""
+    from watchdog.observers import Observer
+    from watchdog.observers.polling import PollingObserver
+
+    for kind in (Observer, PollingObserver):
+        observer = kind()
+        try:
+            for folder in ctx.settings.source_dirs:
+                observer.schedule(handler, str(folder), recursive=True)
+            observer.start()
+            return observer
+        except OSError as exc:
+            log.warning("cannot watch the folders with %s (%s); polling instead", kind.__name__, exc)
+    raise StartError("cannot watch the source folders")
+
+
 def watch(ctx: Context) -> ExitStatus:
     """Sync, then sync again whenever files under the source folders changed and have been quiet for
     WATCH_SETTLE seconds (a camera still copying is waited for). Each pass is the same incremental sync,
     so nothing is missed between events. A server that is away is retried with growing pauses."""
     from watchdog.events import FileSystemEvent, FileSystemEventHandler
-    from watchdog.observers import Observer
 
     last_change = [time.monotonic()]
     dirty = threading.Event()
     dirty.set()  # the first pass runs at once
 
+    media = ctx.settings.image_extensions | ctx.settings.video_extensions | {"xmp"}
+
     class Changed(FileSystemEventHandler):
         def on_any_event(self, event: FileSystemEvent) -> None:
-            if event.event_type != "opened" and event.event_type != "closed_no_write":
+            if event.event_type in ("opened", "closed_no_write"):
+                return
+            paths = [os.fsdecode(p) for p in (event.src_path, getattr(event, "dest_path", "")) if p]
+            # Only media, sidecars and folders count: a database or log file kept inside the source
+            # folder would otherwise wake the watcher after every pass it makes.
+            if event.is_directory or any(p.rsplit(".", 1)[-1].lower() in media for p in paths):
                 last_change[0] = time.monotonic()
                 dirty.set()
 
-    observer = Observer()
-    for folder in ctx.settings.source_dirs:
-        observer.schedule(Changed(), str(folder), recursive=True)
-    observer.start()
+    observer = start_observer(ctx, Changed())
     first_retry_s = max(1.0, ctx.settings.watch_settle_s)
     retry_s = first_retry_s
     status = ExitStatus.OK

@@ -25,7 +25,7 @@ from typing import TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import Settings
-from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome
+from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome, utc_now
 from immich_client import (
     ApiKeyRefused,
     ImmichClient,
@@ -440,7 +440,7 @@ def run_upload(ctx: Context) -> ExitStatus:
     if ctx.args.dry_run:
         return dry_run(ctx, rows)
     ctx.settings.require_server()
-    started = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+    started = utc_now()
     client = ImmichClient(ctx.settings, ctx.stop)
     try:
         connect(client)

@@ -255,3 +255,31 @@ def test_api_key_never_reaches_the_log_file(
     log_text = (tmp_path / "logs" / "uploader.log").read_text()
     assert "uploaded" in log_text or "success" in log_text
     assert API_KEY not in log_text
+
+
+def test_stop_while_waiting_to_retry_leaves_the_row_untouched(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    import signal
+    import time
+
+    from tests.conftest import start_process
+
+    library.photos(1)
+    scan(server_env)
+    server_env.set(MAX_RETRIES=5, UPLOAD_CONCURRENCY=1)
+    immich.faults.add(status=503, retry_after_s=60, count=10, path="/api/assets", method="POST")
+    proc = start_process("upload_files.py", "--env-file", str(server_env.path), "--no-progress")
+    deadline = time.monotonic() + 20
+    while asset_posts(immich) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # now waiting out the Retry-After
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    store = open_store(server_env.settings())
+    try:
+        (row,) = store.rows()
+    finally:
+        store.close()
+    assert row["upload_status"] == "pending" and row["upload_attempts"] == 0
