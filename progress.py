@@ -138,6 +138,7 @@ class PlainProgress(ProgressTracker):
         self._last = 0.0
 
     def file_status(self, status: str, path: str, detail: str = "") -> None:
+        path, detail = printable(path), printable(detail)
         if status == "error":
             self.message(f"error: {path}{': ' + detail if detail else ''}")
 
@@ -164,6 +165,7 @@ class TtyProgress(ProgressTracker):
         return f"{style}{text}{RESET}" if self.color else text
 
     def file_status(self, status: str, path: str, detail: str = "") -> None:
+        path, detail = printable(path), printable(detail)
         style, mark = STATUS_STYLE.get(status, ("", "·"))
         line = f"{self._paint(style, mark + ' ' + status.ljust(9))} {path}"
         if detail:
@@ -214,6 +216,14 @@ def media_detail(metadata_json: str | None) -> str:
     ]
     parts.append(" ".join(e for e in exposure if e))
     return " · ".join(p for p in parts if p)
+
+
+_CONTROL = dict.fromkeys(range(32), "?") | {127: "?"}
+
+
+def printable(text: str) -> str:
+    """A file name may hold ESC or a newline: never let it move the cursor or forge a line."""
+    return text.translate(_CONTROL)
 
 
 def errors_row(count: int, log_file: object) -> tuple[str, str]:

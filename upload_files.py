@@ -234,7 +234,13 @@ class Uploader:
         log.info("%s changed since it was scanned; hashing it again", row.filepath)
         try:
             scanned = describe_file(
-                FoundFile(raw, st.st_size, st.st_mtime_ns, row.extension, row.media_type or "image"),
+                FoundFile(
+                    raw,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    row.extension,
+                    row.media_type or self.settings.media_kind(row.extension) or "image",
+                ),
                 self.settings.hash_chunk_size,
                 self.settings.time_zone,
             )
@@ -465,12 +471,19 @@ def run_upload(ctx: Context) -> ExitStatus:
     return status
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     parser = base_parser(
         "upload_files.py", "Upload pending and failed files to Immich (run scan_files.py first)."
     )
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; send nothing")
-    parser.add_argument("--limit", type=int, metavar="N", help="upload at most N files")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="upload at most N files")
     add_upload_arguments(parser)
     return run_script(parser, run_upload, argv, stdout, stderr)
 

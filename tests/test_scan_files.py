@@ -137,6 +137,10 @@ def test_broken_inputs_are_recorded_and_the_scan_goes_on(env: Env, library: Libr
     assert rows["empty.jpg"]["upload_status"] == "error" and "empty" in str(rows["empty.jpg"]["last_error"])
     for name in ("truncated.jpg", "random.jpg", "corrupt_exif.jpg", "good.jpg"):
         assert rows[name]["upload_status"] == "pending" and len(str(rows[name]["hash"])) == 64
+    corrupt = json.loads(str(rows["corrupt_exif.jpg"]["metadata_info"]))
+    assert corrupt["width"] == 66 and "EXIF block present but unreadable (corrupt)" in corrupt["warnings"]
+    log_text = env.settings().log_file.read_text()
+    assert "corrupt_exif.jpg: metadata partly unreadable" in log_text and "empty.jpg: empty file" in log_text
     assert "Traceback" not in stderr
 
 
@@ -167,9 +171,10 @@ def test_symlinked_files_followed_folders_not_dangling_links_passed_over(env: En
     os.symlink(target, library.root / "link_to_a.jpg")
     os.symlink(library.root / "real", library.root / "loop")
     os.symlink(library.root / "nowhere.jpg", library.root / "dangling.jpg")
-    _status, summary, _ = scan(env)
+    status, summary, _ = scan(env)
     assert set(rows_by_name(env)) == {"a.jpg", "link_to_a.jpg"}
-    assert summary["found"] == 2
+    assert summary["found"] == 2 and summary["errors"] == 1 and status == 1  # the dangling link, counted
+    assert "dangling.jpg: dangling symlink" in env.settings().log_file.read_text()
 
 
 def test_several_roots_and_ignore_patterns(env: Env, library: Library, tmp_path: Path) -> None:
