@@ -759,6 +759,7 @@ class MysqlStore(Store):
                 host=s.db_host, port=s.db_port, user=s.db_user, password=s.db_password,
                 database=s.db_name if database else None, charset="utf8mb4", autocommit=True,
                 connect_timeout=10, read_timeout=300, write_timeout=300,
+                init_command="SET time_zone = '+00:00'",  # every TIMESTAMP in UTC, as utc_now() writes
             )  # fmt: skip
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
