@@ -140,11 +140,11 @@ def is_ignored(relative: bytes, name: bytes, patterns: tuple[bytes, ...]) -> boo
     )
 
 
-def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = None) -> ScannedFile:
-    """Fingerprint and read metadata. OSErrors propagate; content problems end up in the row."""
+def bare_row(found: FoundFile) -> ScannedFile:
+    """The row of a found file before anything is read from it."""
     text, b64 = path_to_text(found.raw_path)
     directory, _, filename = text.rpartition("/")
-    row = ScannedFile(
+    return ScannedFile(
         raw_path=found.raw_path,
         filepath=text,
         filepath_b64=b64,
@@ -155,6 +155,12 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
         file_size=found.size_bytes,
         mtime_ns=found.mtime_ns,
     )
+
+
+def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = None) -> ScannedFile:
+    """Fingerprint and read metadata. OSErrors propagate; content problems end up in the row."""
+    row = bare_row(found)
+    text, filename = row.filepath, row.filename
     if found.size_bytes == 0:
         row.upload_status, row.last_error = "error", "empty file (0 bytes)"
         return row
@@ -365,14 +371,12 @@ class Scanner:
             self._problem(found.raw_path, "vanished during the scan")
             return None
         except (OSError, FileChangedError) as exc:
-            text, b64 = path_to_text(found.raw_path)
-            directory, _, filename = text.rpartition("/")
-            reason = str(exc) if isinstance(exc, FileChangedError) else f"cannot read: {exc.strerror or exc}"
-            return ScannedFile(
-                raw_path=found.raw_path, filepath=text, filepath_b64=b64, filename=filename,
-                directory=directory, extension=found.extension, media_type=found.media_type,
-                file_size=found.size_bytes, mtime_ns=found.mtime_ns, upload_status="error", last_error=reason,
-            )  # fmt: skip
+            row = bare_row(found)
+            row.upload_status = "error"
+            row.last_error = (
+                str(exc) if isinstance(exc, FileChangedError) else f"cannot read: {exc.strerror or exc}"
+            )
+            return row
 
     def _mark_missing(self, known: dict[str, KnownFile], seen: set[str]) -> None:
         roots = tuple(os.fsencode(root).rstrip(b"/") + b"/" for root in self.settings.source_dirs)
