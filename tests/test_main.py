@@ -29,6 +29,8 @@ def spawn_menu(env: Env) -> pexpect.spawn:
         cwd="/",
         env={**script_environment(), "TERM": "xterm", "COLUMNS": "120"},
         encoding="utf-8",
+        # On Ctrl+C the terminal driver discards output not yet read, which can cut a character in two.
+        codec_errors="replace",
         timeout=30,
         dimensions=(40, 120),
     )
