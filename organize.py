@@ -215,7 +215,7 @@ def organize(
     if settings.stack_raw_jpeg or settings.stack_bursts:
         steps.append(update_stacks(client, store, settings, files))
     if settings.delete_uploaded:
-        steps.append(delete_uploaded(client, store, settings, store.done_files(), progress))
+        steps.append(delete_uploaded(client, store, settings, files, progress))
     for step in steps:
         total.added_to_albums += step.added_to_albums
         total.albums_created += step.albums_created

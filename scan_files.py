@@ -33,6 +33,7 @@ from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
     date_from_filename,
+    display_path,
     fingerprint_file,
     format_bytes,
     format_duration,
@@ -77,10 +78,6 @@ class ScanSummary:
         return data
 
 
-def display(raw_path: bytes) -> str:
-    return path_to_text(raw_path)[0]
-
-
 def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> Iterator[FoundFile]:
     """Every media file under the source folders. Symlinked files are followed, symlinked folders are not
     (no loops, no double counting); unreadable folders and dangling links are reported and passed over."""
@@ -108,7 +105,7 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                         stack.append(entry.path)
                         continue
                     if entry.is_symlink() and entry.is_dir(follow_symlinks=True):
-                        log.debug("not following symlinked folder %s", display(entry.path))
+                        log.debug("not following symlinked folder %s", display_path(entry.path))
                         continue
                     dot = name.rfind(b".")
                     if dot <= 0:
@@ -127,7 +124,9 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                     on_problem(entry.path, f"cannot read: {exc.strerror}")
                     continue
                 if not stat.S_ISREG(st.st_mode):
-                    log.debug("not a regular file: %s", display(entry.path))  # a FIFO would block the read
+                    log.debug(
+                        "not a regular file: %s", display_path(entry.path)
+                    )  # a FIFO would block the read
                     continue
                 yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type)
 
@@ -281,7 +280,7 @@ class Scanner:
         self.summary = ScanSummary()
 
     def _problem(self, raw_path: bytes, reason: str) -> None:
-        text = display(raw_path)
+        text = display_path(raw_path)
         self.summary.errors += 1
         self.summary.error_files.append(text)
         log.warning("%s: %s", text, reason, extra=FILE_EVENT)

@@ -108,7 +108,7 @@ def fingerprint_file(path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYT
         fingerprint = _hash_if_unchanged(path, view)
         if fingerprint is not None:
             return fingerprint
-        log.debug("%s changed while being hashed (attempt %d)", _display_name(path), attempt)
+        log.debug("%s changed while being hashed (attempt %d)", display_path(path), attempt)
     raise FileChangedError(errno.EAGAIN, "file changed while being read", path)
 
 
@@ -146,7 +146,7 @@ class MediaMetadata:
 
 def _warn(meta: MediaMetadata, path: str | bytes, reason: str) -> None:
     meta.warnings.append(reason)
-    log.debug("%s: %s", _display_name(path), reason)
+    log.debug("%s: %s", display_path(path), reason)
 
 
 def _reason(exc: BaseException) -> str:
@@ -530,7 +530,7 @@ def text_to_path(text: str, raw_b64: str | None) -> bytes:
     return text.encode("utf-8")
 
 
-def _display_name(path: str | bytes) -> str:
+def display_path(path: str | bytes) -> str:
     """A path as printable text for log lines (surrogate escapes would break a UTF-8 log file)."""
     return path_to_text(os.fsencode(path))[0]
 
