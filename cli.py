@@ -123,7 +123,10 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        log.warning("stopping: finishing the files in progress (press Ctrl+C again to quit at once)")
+        if signum == signal.SIGTERM:
+            log.warning("stopping as asked (SIGTERM): finishing the files in progress")
+        else:
+            log.warning("stopping: finishing the files in progress (press Ctrl+C again to quit at once)")
 
     if threading.current_thread() is not threading.main_thread():
         return _nothing

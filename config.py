@@ -54,6 +54,10 @@ class ConfigError(Exception):
     """A setting is missing or invalid; the message names it and says how to fix it."""
 
 
+class ServerNotConfigured(ConfigError):
+    """IMMICH_URL or IMMICH_API_KEY is not set yet: a first run may still scan."""
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -81,10 +85,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("HASH_CHUNK_SIZE", "1048576", "Bytes read per hashing step (1 MiB: see README, measured)"),
     Setting("HASH_WORKERS", "0", "Files hashed in parallel; 0 = one per CPU core"),
     Setting("UPLOAD_CONCURRENCY", "4", "Uploads in flight at once"),
-    Setting("UPLOAD_DELAY", "0.1", "Seconds each upload worker waits between two uploads"),
+    Setting("UPLOAD_DELAY", "0", "Seconds each upload worker rests between two uploads; 0 = none (a busy server's 429/503 pause every worker)"),
     Setting("MAX_CONSECUTIVE_ERRORS", "5", "Stop the run (exit 3) after this many failed uploads in a row"),
     Setting("MAX_RETRIES", "4", "Retries of a request that failed for a transient reason (network, 429, 5xx)"),
     Setting("RETRY_BACKOFF", "1.0", "Seconds before the first retry; doubles each time, with jitter"),
+    Setting("SERVER_WAIT", "300", "Seconds to wait for a server that went away mid-run before stopping with exit 3"),
     Setting("CONNECT_TIMEOUT", "30", "Seconds to connect to the server (also each socket write)"),
     Setting("READ_TIMEOUT", "600", "Seconds to wait for the server's answer after the last byte"),
     Setting("IMMICH_CA_BUNDLE", "", "CA certificate file for a server with a private certificate"),
@@ -133,6 +138,7 @@ class Settings:
     max_consecutive_errors: int
     max_retries: int
     retry_backoff_s: float
+    server_wait_s: float
     connect_timeout_s: float
     read_timeout_s: float
     ca_bundle: str
@@ -182,17 +188,19 @@ class Settings:
             if not v
         ]
         if missing:
-            raise ConfigError(
+            raise ServerNotConfigured(
                 f"{' and '.join(missing)} not set: add {'them' if len(missing) > 1 else 'it'} to "
                 f"{self.env_file or PROJECT_DIR / '.env'} (see .env.example) to upload"
             )
 
     def require_sources(self) -> None:
+        """Set, and no file where a folder should be. A folder that is missing is the scanner's call: a
+        share that is not mounted tonight is not a typo (scan_files.Scanner.available_roots)."""
         if not self.source_dirs:
             raise ConfigError("SOURCE_DIR is not set: give --source-dir FOLDER or set SOURCE_DIR in .env")
         for folder in self.source_dirs:
-            if not folder.is_dir():
-                raise ConfigError(f"SOURCE_DIR: folder {folder} does not exist")
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"SOURCE_DIR: {folder} is a file, not a folder")
 
     def display_rows(self) -> list[tuple[str, str, str]]:
         """(name, value, source) for every setting, secrets masked: for --show-config and the menu."""
@@ -297,6 +305,7 @@ def load_settings(
         max_consecutive_errors=_int(raw, "MAX_CONSECUTIVE_ERRORS", 1, 1_000_000),
         max_retries=_int(raw, "MAX_RETRIES", 0, 100),
         retry_backoff_s=_float(raw, "RETRY_BACKOFF", 0.0, 600.0),
+        server_wait_s=_float(raw, "SERVER_WAIT", 0.0, 7 * 86400.0),
         connect_timeout_s=_float(raw, "CONNECT_TIMEOUT", 0.1, 3600.0),
         read_timeout_s=_float(raw, "READ_TIMEOUT", 0.1, 86400.0),
         ca_bundle=ca_bundle,
@@ -333,15 +342,30 @@ def _resolve_path(text: str, relative_to_cwd: bool) -> Path:
 
 
 def normalize_url(url: str) -> str:
-    """Base URL without a trailing '/' or '/api': users paste both forms."""
+    """Base URL without a trailing '/' or '/api': users paste both forms. A malformed address is refused
+    here, before any scan starts, naming what is wrong with it."""
     url = url.strip().rstrip("/")
     if url.endswith("/api"):
         url = url[: -len("/api")]
     if not url:
         return ""
+    example = "(e.g. http://nas:2283)"
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"IMMICH_URL: {url!r} is not an http:// or https:// address (e.g. http://nas:2283)")
+        hint = f": did you mean http://{url.split('://')[-1]}?" if "." in url or ":" in url else ""
+        raise ConfigError(f"IMMICH_URL: {url!r} is not an http:// or https:// address {example}{hint}")
+    if any(c.isspace() for c in url):
+        raise ConfigError(f"IMMICH_URL: {url!r} contains a space {example}")
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        raise ConfigError(f"IMMICH_URL: {url!r} has no valid port number {example}") from None
+    if not parts.hostname:
+        raise ConfigError(f"IMMICH_URL: {url!r} names no host {example}")
+    if parts.query or parts.fragment:
+        raise ConfigError(
+            f"IMMICH_URL: {url!r} should be the server's address only, without ?… or #… {example}"
+        )
     return url
 
 

@@ -107,7 +107,7 @@ class PendingUpload:
 
 @dataclass(frozen=True)
 class DoneFile:
-    """A file Immich has (uploaded, or found there): what albums, stacks and deletion need."""
+    """A file Immich has (uploaded, or found there): what albums, stacks, deletion and --verify need."""
 
     id: int
     filepath: str
@@ -120,6 +120,24 @@ class DoneFile:
     album_name: str | None
     stack_id: str | None
     sha1: str | None
+    target_id: int | None
+    media_type: str | None
+    date_taken: str | None
+    metadata_info: str | None
+    sidecar_path: str | None  # the sidecar that went up with the file (its path and SHA-1 then)
+    sidecar_sha1: str | None
+    deleted: bool  # the local copy was deleted after Immich confirmed it
+
+
+@dataclass(frozen=True)
+class UploadedRow:
+    """A row some Immich holds, as a server move or --verify re-checks it."""
+
+    id: int
+    sha1: str
+    upload_status: str
+    target_id: int | None
+    asset_id: str | None
 
 
 @dataclass(frozen=True)
@@ -130,6 +148,11 @@ class UploadOutcome:
     asset_id: str | None = None
     api_response: str | None = None
     error: str | None = None
+    error_kind: str | None = None  # for errors: what failed (see upload_files.FAILURE_ADVICE)
+    retry_at: str | None = None  # for errors: not tried again before this UTC time
+    target_id: int | None = None  # the Immich server and user the status refers to
+    sidecar_path: str | None = None  # for success: the sidecar sent with the file
+    sidecar_sha1: str | None = None
 
 
 # --- schema -------------------------------------------------------------------------------------------
@@ -195,6 +218,16 @@ ORGANIZE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("album_id", "VARCHAR(64) NULL", "TEXT"),
     ("stack_id", "VARCHAR(64) NULL", "TEXT"),
     ("deleted_at", "TIMESTAMP NULL", "TIMESTAMP"),
+)
+
+# Migration 0005: which Immich (server and user) a row's status refers to, when a failed row is tried
+# again and why it failed, and the sidecar that went up with the file (deletion removes only that one).
+TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("target_id", "INT NULL", "INTEGER"),
+    ("error_kind", "VARCHAR(16) NULL", "TEXT"),
+    ("next_attempt_at", "TIMESTAMP NULL", "TIMESTAMP"),
+    ("sidecar_path", "TEXT NULL", "TEXT"),
+    ("sidecar_sha1", "CHAR(40) NULL", "TEXT"),
 )
 
 KNOWN_COLUMNS = "id, filepath, filepath_b64, file_size, mtime_ns, upload_status, hash, missing_since"
@@ -322,7 +355,18 @@ class Store:
             ("0002_tool_columns", self._migrate_tool_columns),
             ("0003_album_stack_delete", lambda: self._add_columns(ORGANIZE_COLUMNS)),
             ("0004_tool_state", self._create_state_table),
+            ("0005_targets_retries_sidecars", self._migrate_targets),
         ]
+
+    def _migrate_targets(self) -> None:
+        auto = "AUTO_INCREMENT" if self.backend == "mysql" else "AUTOINCREMENT"
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS immich_targets (id INTEGER PRIMARY KEY {auto}, "
+            "identity VARCHAR(100) NOT NULL UNIQUE, server_url TEXT, user_email TEXT, "
+            "first_seen_at TIMESTAMP NULL, last_seen_at TIMESTAMP NULL)"
+        )
+        self._add_columns(TARGET_COLUMNS)
+        self._add_index("idx_sha1", "sha1")
 
     def _create_state_table(self) -> None:
         self._execute(
@@ -351,6 +395,13 @@ class Store:
             if name not in existing:
                 column_type = mysql_type if self.backend == "mysql" else sqlite_type
                 self._execute(f"ALTER TABLE media_files ADD COLUMN {name} {column_type}")
+
+    def _add_index(self, name: str, columns: str) -> None:
+        if self.backend == "mysql":
+            if name not in {r[2] for r in self._query("SHOW INDEX FROM media_files")}:
+                self._execute(f"ALTER TABLE media_files ADD INDEX {name} ({columns})")
+        else:
+            self._execute(f"CREATE INDEX IF NOT EXISTS {name} ON media_files ({columns})")
 
     def _create_client_table(self) -> None:
         self._execute(CLIENT_TABLE_MYSQL if self.backend == "mysql" else CLIENT_TABLE_SQLITE)
@@ -382,10 +433,13 @@ class Store:
         insert = f"INSERT INTO media_files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         # Same content (a touched file, or a row of the client's own table without mtime): the upload state
         # stays. These two come first: MySQL evaluates SET left to right on the new values.
+        # A file with new content is tried at once, whatever waits an earlier failure had earned.
         same = "hash = ? AND upload_status IN ('success', 'duplicate')"
         kept = [c for c in SCANNED_FIELDS if c not in ("upload_status", "last_error")]
         update = (
-            f"UPDATE media_files SET last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
+            f"UPDATE media_files SET next_attempt_at = CASE WHEN hash = ? THEN next_attempt_at ELSE NULL END, "
+            f"error_kind = CASE WHEN hash = ? THEN error_kind ELSE NULL END, "
+            f"last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
             f"upload_status = CASE WHEN {same} THEN upload_status ELSE ? END, "
             + ", ".join(f"{c} = ?" for c in kept)
             + ", missing_since = NULL, updated_at = ? WHERE id = ?"
@@ -402,6 +456,8 @@ class Store:
                     self.sql(update),
                     [
                         (
+                            f.hash,
+                            f.hash,
                             f.hash,
                             f.last_error,
                             f.hash,
@@ -430,10 +486,14 @@ class Store:
         ids: Sequence[int] | None = None,
         path_hashes: Sequence[str] | None = None,
     ) -> list[PendingUpload]:
-        """Rows to upload: pending or error, fingerprinted, present on disk; newest first (date taken, else
-        mtime). With `ids` or `path_hashes`, only those rows (the sync pipeline asks for what it just scanned)."""
-        where = "upload_status IN ('pending', 'error') AND hash <> '' AND missing_since IS NULL"
-        params: list[Any] = []
+        """Rows to upload, fingerprinted and present on disk: pending ones newest first (date taken, else
+        mtime), then failed ones whose wait is over, so a file that keeps failing never crowds out new
+        ones. With `ids` or `path_hashes`, only those rows (the sync pipeline asks for what it just scanned)."""
+        where = (
+            "(upload_status = 'pending' OR (upload_status = 'error' AND "
+            "(next_attempt_at IS NULL OR next_attempt_at <= ?))) AND hash <> '' AND missing_since IS NULL"
+        )
+        params: list[Any] = [utc_now()]
         for column, values in (("id", ids), ("path_hash", path_hashes)):
             if values is None:
                 continue
@@ -442,7 +502,10 @@ class Store:
             where += f" AND {column} IN ({', '.join('?' * len(values))})"
             params.extend(values)
         # date_taken is NULL only for rows of older versions; they sort by mtime.
-        order = "CASE WHEN date_taken IS NULL THEN 1 ELSE 0 END, date_taken DESC, mtime_ns DESC, id"
+        order = (
+            "CASE WHEN upload_status = 'error' THEN 1 ELSE 0 END, "
+            "CASE WHEN date_taken IS NULL THEN 1 ELSE 0 END, date_taken DESC, mtime_ns DESC, id"
+        )
         sql = f"SELECT {PENDING_COLUMNS} FROM media_files WHERE {where} ORDER BY {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
@@ -450,14 +513,33 @@ class Store:
             rows = self._query(self.sql(sql), params)
         return [PendingUpload(*_date_to_text(r)) for r in rows]
 
+    def waiting_errors(self) -> tuple[int, str | None]:
+        """Failed rows still waiting before their next attempt, and the earliest time one is due."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT COUNT(*), MIN(next_attempt_at) FROM media_files WHERE upload_status = 'error' "
+                    "AND next_attempt_at > ? AND missing_since IS NULL"
+                ),
+                (utc_now(),),
+            )
+        count, due = rows[0]
+        return int(count or 0), None if due is None else str(due)[:19]
+
     def record_upload(self, row_id: int, outcome: UploadOutcome, count_attempt: bool = True) -> None:
-        """Record one upload's result and commit at once."""
+        """Record one upload's result and commit at once. A file Immich has now carries the target it is
+        on and the sidecar that went up with it (none for a duplicate: the server kept its own)."""
         now = utc_now()
+        done = outcome.status in DONE_STATUSES
         self._write_one(
             self.sql(
                 "UPDATE media_files SET upload_status = ?, immich_asset_id = COALESCE(?, immich_asset_id), "
-                "api_response = ?, last_error = ?, upload_attempts = upload_attempts + ?, "
-                "upload_date = CASE WHEN ? IN ('success', 'duplicate') THEN ? ELSE upload_date END, "
+                "api_response = ?, last_error = ?, error_kind = ?, next_attempt_at = ?, "
+                "upload_attempts = upload_attempts + ?, "
+                "upload_date = CASE WHEN ? = 1 THEN ? ELSE upload_date END, "
+                "target_id = CASE WHEN ? = 1 THEN ? ELSE target_id END, "
+                "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
+                "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
                 "updated_at = ? WHERE id = ?"
             ),
             (
@@ -465,26 +547,146 @@ class Store:
                 outcome.asset_id,
                 _clip(outcome.api_response),
                 _clip(outcome.error),
+                outcome.error_kind,
+                outcome.retry_at,
                 1 if count_attempt else 0,
-                outcome.status,
+                int(done),
                 now,
+                int(done),
+                outcome.target_id,
+                int(done),
+                outcome.sidecar_path,
+                int(done),
+                outcome.sidecar_sha1,
                 now,
                 row_id,
             ),
         )
 
-    def record_duplicates(self, found: Sequence[tuple[int, str, str]]) -> None:
-        """(row id, asset id, server answer) for files the server already has: one transaction per batch."""
+    def record_duplicates(self, found: Sequence[tuple[int, str, str]], target_id: int | None = None) -> None:
+        """(row id, asset id, why) for files the server already has: one transaction per batch."""
         now = utc_now()
         sql = self.sql(
             "UPDATE media_files SET upload_status = 'duplicate', immich_asset_id = ?, "
-            "api_response = ?, last_error = NULL, upload_date = ?, updated_at = ? WHERE id = ?"
+            "api_response = ?, last_error = NULL, error_kind = NULL, next_attempt_at = NULL, "
+            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, updated_at = ? "
+            "WHERE id = ?"
         )
         for chunk in _chunks(found, BATCH_ROWS):
             self._write_many(
                 sql,
-                [(asset_id, _clip(answer), now, now, row_id) for row_id, asset_id, answer in chunk],
+                [
+                    (asset_id, _clip(answer), now, target_id, now, row_id)
+                    for row_id, asset_id, answer in chunk
+                ],
             )
+
+    def assets_for_contents(self, sha1s: Sequence[str], target_id: int) -> dict[str, str]:
+        """SHA-1 -> asset id for content some row already has on this target: the same photo under another
+        name (or on another machine) is recorded as a duplicate without asking the server."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(list(dict.fromkeys(sha1s)), BATCH_ROWS):
+            sql = (
+                "SELECT sha1, immich_asset_id FROM media_files WHERE sha1 IN "
+                f"({', '.join('?' * len(chunk))}) AND upload_status IN ('success', 'duplicate') "
+                "AND target_id = ? AND immich_asset_id IS NOT NULL"
+            )
+            with self._lock:
+                rows = self._query(self.sql(sql), [*chunk, target_id])
+            found.update({str(r[0]): str(r[1]) for r in rows})
+        return found
+
+    # -- which Immich the rows refer to
+    def target_id(self, identity: str, server_url: str, user_email: str) -> int:
+        """The id of an Immich target (a server's user, by the user's id there), recorded on first sight."""
+        now = utc_now()
+
+        def upsert() -> int:
+            rows = self._query(self.sql("SELECT id FROM immich_targets WHERE identity = ?"), (identity,))
+            if rows:
+                self._execute(
+                    self.sql(
+                        "UPDATE immich_targets SET server_url = ?, user_email = ?, last_seen_at = ? WHERE id = ?"
+                    ),
+                    (server_url, user_email, now, rows[0][0]),
+                )
+                return int(rows[0][0])
+            self._execute(
+                self.sql(
+                    "INSERT INTO immich_targets (identity, server_url, user_email, first_seen_at, last_seen_at) "
+                    "VALUES (?, ?, ?, ?, ?)"
+                ),
+                (identity, server_url, user_email, now, now),
+            )
+            return int(
+                self._query(self.sql("SELECT id FROM immich_targets WHERE identity = ?"), (identity,))[0][0]
+            )
+
+        return int(self._transaction(upsert))
+
+    def find_target(self, identity: str) -> int | None:
+        """The id of a known target, without recording anything (dry runs change nothing)."""
+        with self._lock:
+            rows = self._query(self.sql("SELECT id FROM immich_targets WHERE identity = ?"), (identity,))
+        return int(rows[0][0]) if rows else None
+
+    def target_description(self, target_id: int) -> str:
+        with self._lock:
+            rows = self._query(
+                self.sql("SELECT server_url, user_email FROM immich_targets WHERE id = ?"), (target_id,)
+            )
+        return f"{rows[0][1]} on {rows[0][0]}" if rows else f"target {target_id}"
+
+    def uploaded_rows(
+        self, after_id: int, limit: int, *, on_target: int | None = None, not_on_target: int | None = None
+    ) -> list[UploadedRow]:
+        """Rows some Immich holds (success or duplicate, with a SHA-1), by id after `after_id`: those recorded
+        on `on_target`, or those not recorded on `not_on_target` (rows of earlier versions have none)."""
+        where = "id > ? AND upload_status IN ('success', 'duplicate') AND sha1 IS NOT NULL"
+        params: list[Any] = [after_id]
+        if on_target is not None:
+            where += " AND target_id = ?"
+            params.append(on_target)
+        if not_on_target is not None:
+            where += " AND (target_id IS NULL OR target_id <> ?)"
+            params.append(not_on_target)
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT id, sha1, upload_status, target_id, immich_asset_id FROM media_files "
+                    f"WHERE {where} ORDER BY id LIMIT {int(limit)}"
+                ),
+                params,
+            )
+        return [UploadedRow(int(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows]
+
+    def move_to_target(
+        self, target_id: int, held: Sequence[tuple[int, str, str]], not_held: Sequence[int]
+    ) -> None:
+        """After a server move: `held` (row id, status, asset id) are on `target_id` already; `not_held`
+        rows are not, and go back to pending so they are sent there. One transaction per call."""
+        now = utc_now()
+
+        def write() -> None:
+            if held:
+                self._executemany(
+                    self.sql(
+                        "UPDATE media_files SET upload_status = ?, immich_asset_id = ?, target_id = ?, "
+                        "updated_at = ? WHERE id = ?"
+                    ),
+                    [(status, asset_id, target_id, now, row_id) for row_id, status, asset_id in held],
+                )
+            if not_held:
+                self._executemany(
+                    self.sql(
+                        "UPDATE media_files SET upload_status = 'pending', target_id = ?, last_error = NULL, "
+                        "error_kind = NULL, next_attempt_at = NULL, sidecar_path = NULL, sidecar_sha1 = NULL, "
+                        "album_name = NULL, album_id = NULL, stack_id = NULL, updated_at = ? WHERE id = ?"
+                    ),
+                    [(target_id, now, row_id) for row_id in not_held],
+                )
+
+        self._transaction(write)
 
     def update_fingerprint(self, row_id: int, file: ScannedFile) -> None:
         """A file changed between scan and upload: store its new fingerprint before it is sent."""
@@ -492,14 +694,17 @@ class Store:
 
     # -- after upload: albums, stacks, deletion
     def done_files(self) -> list[DoneFile]:
-        """Rows Immich has (success or duplicate, with an asset id) whose file is still on disk."""
+        """Rows Immich has (success or duplicate, with an asset id) whose file is on disk or was deleted
+        after Immich confirmed it (albums and stacks still count those)."""
         with self._lock:
             rows = self._query(
                 "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
-                "extension, album_name, stack_id, sha1 FROM media_files WHERE upload_status IN ('success', 'duplicate') "
-                "AND immich_asset_id IS NOT NULL AND missing_since IS NULL ORDER BY id"
+                "extension, album_name, stack_id, sha1, target_id, media_type, date_taken, metadata_info, "
+                "sidecar_path, sidecar_sha1, deleted_at FROM media_files "
+                "WHERE upload_status IN ('success', 'duplicate') AND immich_asset_id IS NOT NULL "
+                "AND (missing_since IS NULL OR deleted_at IS NOT NULL) ORDER BY id"
             )
-        return [DoneFile(*r) for r in rows]
+        return [DoneFile(*_date_to_text(r, 13)[:17], r[17] is not None) for r in rows]
 
     def record_albums(self, added: Sequence[tuple[int, str, str]]) -> None:
         """(row id, album name, album id) for files now in that album."""
@@ -565,9 +770,10 @@ class Store:
         return [(r[0], r[1], int(r[2])) for r in rows]
 
     def retry_errors(self) -> int:
-        """Put failed uploads back to pending; returns how many."""
+        """Put failed uploads back to pending, their waits cleared; returns how many."""
         return self._write_one(
-            "UPDATE media_files SET upload_status = 'pending' WHERE upload_status = 'error' AND hash <> ''"
+            "UPDATE media_files SET upload_status = 'pending', next_attempt_at = NULL "
+            "WHERE upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
         )
 
     def row(self, row_id: int) -> dict[str, Any]:
@@ -612,11 +818,11 @@ def _scanned_values(f: ScannedFile) -> tuple[Any, ...]:
     return tuple(getattr(f, name) for name in SCANNED_FIELDS)
 
 
-def _date_to_text(row: tuple[Any, ...]) -> tuple[Any, ...]:
+def _date_to_text(row: tuple[Any, ...], index: int = 9) -> tuple[Any, ...]:
     # MySQL returns DATETIME as datetime, SQLite as text: callers get text either way.
     values = list(row)
-    if isinstance(values[9], datetime):
-        values[9] = values[9].strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(values[index], datetime):
+        values[index] = values[index].strftime("%Y-%m-%d %H:%M:%S")
     return tuple(values)
 
 

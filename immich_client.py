@@ -1,19 +1,27 @@
 """Everything that talks HTTP to Immich: one session, one request function, streamed uploads.
 
 `ImmichClient._request` is the only place a request is sent: it sets timeouts, never follows a redirect
-(the `x-api-key` header would go along to wherever it points), and retries transient failures (connection
-errors, timeouts, 429, 500, 502, 503, 504) with exponential backoff and jitter, honouring Retry-After.
-Other 4xx answers fail at once with the server's message. Uploads stream the file from disk through a
-multipart encoder in 1 MiB reads, so memory does not grow with the file. Which fields are sent depends on
-the server's version (../shared/immich-api.md §3): before v3, deviceAssetId and deviceId are required.
+(the `x-api-key` header would go along to wherever it points), and tells three kinds of failure apart.
+A server that is away (connection refused or reset, timeouts, 502/503/504 from a proxy while Immich
+restarts, 429) is waited for through one `ServerGate` shared by every worker: one line per retry, growing
+pauses or the server's Retry-After, and after SERVER_WAIT seconds of absence `ServerUnreachable`. A 500 is
+retried MAX_RETRIES times. Anything else (400, 413, 401...) fails at once with the server's message and a
+`kind` that says whether one file or the whole server is the problem. TLS failures are never retried.
+Uploads stream the file from disk through a multipart body in 1 MiB reads, so memory does not grow with the
+file. Which fields are sent depends on the server's version (../shared/immich-api.md §3): before v3,
+deviceAssetId and deviceId are required.
 """
 
 from __future__ import annotations
 
 import email.utils
+import errno
+import hashlib
+import http.client
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -21,19 +29,23 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import requests
 
 from config import Settings
 from logger import get_logger
-from utils import FileChangedError
+from utils import FileChangedError, format_duration
 
 log = get_logger("immich")
 
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Answers that mean "the server is away or busy right now": waited for, never held against a file.
+AWAY_STATUSES = frozenset({429, 502, 503, 504})
 UPLOAD_READ_BYTES = 1 << 20
 BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
+MAX_AWAY_PAUSE_S = 30.0
+START_CONNECT_TIMEOUT_S = 4.0  # at start-up a server that does not answer is reported within seconds
 USER_AGENT = "immich-uploader/0.1"
 ALBUM_ADD_BATCH = 1000
 # The media-processing queues worth pausing during a big import (SDK QueueName); internal ones are left alone.
@@ -42,18 +54,46 @@ MEDIA_QUEUES = (
     "smartSearch", "duplicateDetection", "ocr", "sidecar",
 )  # fmt: skip
 
+# What an error says about the file that caused it. Kinds in FILE_KINDS are that file's own problem and
+# never count toward MAX_CONSECUTIVE_ERRORS; the others say the server (or the account) is in trouble.
+FILE_KINDS = frozenset({"too_large", "unsupported", "empty", "rejected", "unreadable"})
+
+
+def error_kind(status: int | None, message: str) -> str:
+    """The kind of a failed answer: see FILE_KINDS."""
+    lowered = message.lower()
+    if status == 413:
+        return "too_large"
+    if status in (400, 415, 422):
+        if "unsupported file type" in lowered:
+            return "unsupported"
+        if "file is empty" in lowered:
+            return "empty"
+        if "quota" in lowered:
+            return "quota"
+        return "rejected"
+    if status in (401, 403):
+        return "auth"
+    return "server"
+
 
 class ImmichError(Exception):
     """A request failed; carries what a user and a log need to tell why."""
 
     def __init__(self, message: str, status: int | None = None, method: str = "", url: str = "",
-                 body: str = "", transient: bool = False) -> None:  # fmt: skip
+                 body: str = "", transient: bool = False, kind: str = "server") -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
         self.method = method
         self.url = url
         self.body = body
         self.transient = transient
+        self.kind = kind
+
+    @property
+    def per_file(self) -> bool:
+        """True when the failure is this file's own (too large for a proxy, a type the server refuses...)."""
+        return self.kind in FILE_KINDS
 
 
 class ApiKeyRefused(ImmichError):
@@ -61,19 +101,169 @@ class ApiKeyRefused(ImmichError):
 
 
 class ServerUnreachable(ImmichError):
-    """No answer from the server after the retries."""
+    """The server did not answer (at the start), or stayed away longer than SERVER_WAIT (mid-run)."""
+
+
+class TlsProblem(ImmichError):
+    """The TLS handshake failed (untrusted certificate, plain http behind https://): never retried."""
+
+
+class NotImmich(ImmichError):
+    """Something answers at IMMICH_URL, but not like Immich (a web page, another service)."""
 
 
 class StopRequested(ImmichError):
     """The run was asked to stop while a request waited to be retried: nothing was decided."""
 
 
+def host_port(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (requests wraps urllib3, which wraps the socket error)."""
+    found: list[BaseException] = []
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if current in found:
+            continue
+        found.append(current)
+        for nested in (
+            current.__cause__,
+            current.__context__,
+            getattr(current, "reason", None),
+            *current.args,
+        ):
+            if isinstance(nested, BaseException):
+                stack.append(nested)
+    return found
+
+
+def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
+    """What went wrong on the wire, in plain words, never the HTTP library's internals."""
+    causes = _causes(exc)
+    if any(isinstance(c, socket.gaierror) for c in causes):
+        return "the host name could not be resolved"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused (nothing listens on that port)"
+    if any(isinstance(c, requests.ConnectTimeout) for c in causes):
+        return f"no connection within {timeout[0]:g} s"
+    if any(isinstance(c, requests.Timeout | TimeoutError | socket.timeout) for c in causes):
+        return f"no answer within {timeout[1]:g} s"
+    if any(isinstance(c, ConnectionResetError | BrokenPipeError) for c in causes):
+        return "the connection was reset"
+    if any(isinstance(c, http.client.RemoteDisconnected) for c in causes):
+        return "the server closed the connection without answering"
+    for c in causes:
+        if isinstance(c, OSError) and c.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return "no route to the host (network down?)"
+    # Last resort: the innermost message, without "HTTPConnectionPool(...): Max retries exceeded" noise.
+    text = str(causes[-1]) or type(causes[-1]).__name__
+    text = re.sub(r"\b\w+ConnectionPool\(.*?\):\s*|Max retries exceeded with url: \S+\s*", "", text)
+    return text[:160]
+
+
+def tls_reason(exc: BaseException, url: str) -> str:
+    text = " ".join(str(c) for c in _causes(exc))
+    if "WRONG_VERSION_NUMBER" in text or "record layer failure" in text or "http request" in text.lower():
+        plain = "http://" + url.split("://", 1)[-1]
+        return f"the server does not speak TLS on that port: try IMMICH_URL={plain}"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        if "expired" in text:
+            return "the server's TLS certificate has expired"
+        if "mismatch" in text or "match" in text:
+            return "the server's TLS certificate is for another host name"
+        return (
+            "the server's TLS certificate is not trusted (self-signed, or a private CA): set IMMICH_CA_BUNDLE "
+            "to the CA's certificate file"
+        )
+    return f"the TLS handshake failed ({text[:120]})"
+
+
+class ServerGate:
+    """Shared by every worker of one client: while the server is away (or asks to slow down), all wait
+    for the same retry time, one line is logged per retry, and after `budget_s` seconds of unbroken
+    absence every waiting request raises ServerUnreachable. Any answer from the server closes the gap."""
+
+    def __init__(self, url: str, budget_s: float, backoff_s: float) -> None:
+        self.url = url
+        self.budget_s = budget_s
+        self.backoff_s = backoff_s
+        self._lock = threading.Lock()
+        self._away_since: float | None = None
+        self._retry_at = 0.0
+        self._rounds = 0
+        self._reason = ""
+
+    def failed(self, reason: str, retry_after_s: float | None = None) -> float:
+        """Seconds this request should wait before trying again; raises ServerUnreachable past the budget."""
+        with self._lock:
+            now = time.monotonic()
+            if self._away_since is None:
+                self._away_since, self._rounds = now, 0
+            if now >= self._retry_at:  # a new round: this thread decides the next retry time for all
+                self._rounds += 1
+                self._reason = reason
+                if retry_after_s is not None:
+                    wait = retry_after_s
+                else:
+                    wait = min(MAX_AWAY_PAUSE_S, self.backoff_s * 2 ** (self._rounds - 1))
+                    wait *= random.uniform(0.8, 1.2)
+                away_s = now - self._away_since
+                if away_s + wait > self.budget_s:
+                    self._retry_at = now  # every waiting request gives up with this one
+                    if retry_after_s is not None and wait > away_s:
+                        self._reason += f", asked to wait {format_duration(wait)}"
+                    raise self._gone(away_s)
+                self._retry_at = now + wait
+                log.warning(
+                    "%s: %s; retrying in %s (waiting up to %s, SERVER_WAIT)",
+                    self.url, reason, format_duration(wait), format_duration(self.budget_s),
+                )  # fmt: skip
+            elif now - self._away_since > self.budget_s:
+                raise self._gone(now - self._away_since)
+            return max(0.0, self._retry_at - now)
+
+    def _gone(self, away_s: float) -> ServerUnreachable:
+        return ServerUnreachable(
+            f"{self.url} has been away or busy for {format_duration(away_s)} ({self._reason}; SERVER_WAIT is "
+            f"{format_duration(self.budget_s)}): stopping; no file was marked failed, the next run goes on",
+            transient=True,
+        )
+
+    def ok(self) -> None:
+        if self._away_since is None:
+            return
+        with self._lock:
+            if self._away_since is not None:
+                log.warning(
+                    "%s answers again after %s",
+                    self.url,
+                    format_duration(time.monotonic() - self._away_since),
+                )
+            self._away_since, self._retry_at, self._rounds = None, 0.0, 0
+
+    def pause_left_s(self) -> float:
+        """Seconds until the next retry round when the server is away (others then wait too), else 0."""
+        return max(0.0, self._retry_at - time.monotonic()) if self._away_since is not None else 0.0
+
+
+@dataclass(frozen=True)
+class ServerUser:
+    """Who the API key belongs to: `identity` tells Immich servers (and their users) apart."""
+
+    identity: str
+    email: str
+    name: str
+    is_admin: bool
+
+
 @dataclass(frozen=True)
 class ServerInfo:
     version: tuple[int, int, int]
-    user_email: str
-    user_name: str
-    is_admin: bool
     image_extensions: frozenset[str]
     video_extensions: frozenset[str]
     sidecar_extensions: frozenset[str]
@@ -111,6 +301,7 @@ class UploadResult:
     asset_id: str
     http_status: int
     body: str
+    sidecar_sha1: str | None = None  # SHA-1 of the sidecar bytes as they were sent
 
 
 @dataclass(frozen=True)
@@ -121,14 +312,28 @@ class CheckResult:
     is_trashed: bool = False
     raw: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def held(self) -> bool:
+        """The server holds this content (in the trash or not)."""
+        return not self.accepted and self.reason == "duplicate" and bool(self.asset_id)
+
 
 def _quote_header(value: str) -> str:
     """A form-data name or filename: UTF-8 as browsers send it, quotes and line breaks escaped."""
     return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
+@dataclass(frozen=True)
+class FilePart:
+    field_name: str
+    filename: str
+    path: bytes
+    content_type: str
+    hashed: bool = False  # SHA-1 the bytes as they are sent (sidecars: deletion later checks them)
+
+
 class MultipartBody:
-    """A multipart/form-data body streamed from disk: text parts first, then the file (and sidecar) parts.
+    """A multipart/form-data body streamed from disk: text fields, the file parts, then trailing fields.
 
     Written here rather than with requests-toolbelt's encoder: that one copies every chunk twice into fresh
     objects, which measured 2x curl's CPU and 270k page faults per GiB (bench/bench_upload.py); this one
@@ -139,35 +344,41 @@ class MultipartBody:
     def __init__(
         self,
         fields: Sequence[tuple[str, str]],
-        files: Sequence[tuple[str, str, bytes, str]],
+        files: Sequence[FilePart],
         on_bytes: Callable[[int], None] | None = None,
+        trailing_fields: Sequence[tuple[str, str]] = (),
     ) -> None:
         self.boundary = uuid.uuid4().hex
         self.on_bytes = on_bytes
-        self._segments: list[bytes | tuple[bytes, int]] = []
+        self._segments: list[bytes | FilePart] = [self._text(fields)]
+        self._sizes: dict[int, int] = {}
+        self.sha1s: dict[str, str] = {}  # field name -> SHA-1 of what was sent, for hashed parts
         dash = f"--{self.boundary}\r\n".encode()
-        text = b"".join(
-            dash
+        for part in files:
+            head = (
+                f'Content-Disposition: form-data; name="{_quote_header(part.field_name)}"; '
+                f'filename="{_quote_header(part.filename)}"\r\nContent-Type: {part.content_type}\r\n\r\n'
+            )
+            self._segments.append(dash + head.encode())
+            self._segments.append(part)
+            self._sizes[id(part)] = os.stat(part.path).st_size
+            self._segments.append(b"\r\n")
+        self._segments.append(self._text(trailing_fields) + f"--{self.boundary}--\r\n".encode())
+        self.len = sum(len(s) if isinstance(s, bytes) else self._sizes[id(s)] for s in self._segments)
+        self._buffer = bytearray(UPLOAD_READ_BYTES)
+        self._index = 0
+        self._handle: BinaryIO | None = None
+        self._hasher: Any = None
+        self._left = 0
+
+    def _text(self, fields: Sequence[tuple[str, str]]) -> bytes:
+        return b"".join(
+            f"--{self.boundary}\r\n".encode()
             + f'Content-Disposition: form-data; name="{_quote_header(name)}"\r\n\r\n'.encode()
             + value.encode()
             + b"\r\n"
             for name, value in fields
         )
-        self._segments.append(text)
-        for field_name, filename, path, content_type in files:
-            head = (
-                f'Content-Disposition: form-data; name="{_quote_header(field_name)}"; '
-                f'filename="{_quote_header(filename)}"\r\nContent-Type: {content_type}\r\n\r\n'
-            )
-            self._segments.append(dash + head.encode())
-            self._segments.append((path, os.stat(path).st_size))
-            self._segments.append(b"\r\n")
-        self._segments.append(f"--{self.boundary}--\r\n".encode())
-        self.len = sum(len(s) if isinstance(s, bytes) else s[1] for s in self._segments)
-        self._buffer = bytearray(UPLOAD_READ_BYTES)
-        self._index = 0
-        self._handle: BinaryIO | None = None
-        self._left = 0
 
     @property
     def content_type(self) -> str:
@@ -186,16 +397,21 @@ class MultipartBody:
                     return self._sent(segment)
                 continue
             if self._handle is None:
-                self._handle = open(segment[0], "rb", buffering=0)  # noqa: SIM115 - closed below
-                self._left = segment[1]
+                self._handle = open(segment.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+                self._left = self._sizes[id(segment)]
+                self._hasher = hashlib.sha1() if segment.hashed else None
             if self._left > 0:
                 view = memoryview(self._buffer)[: min(self._left, len(self._buffer))]
                 count = self._handle.readinto(view)
                 if not count:
                     self.close()
-                    raise OSError(f"{os.fsdecode(segment[0])} shrank while it was being uploaded")
+                    raise OSError(f"{os.fsdecode(segment.path)} shrank while it was being uploaded")
                 self._left -= count
+                if self._hasher is not None:
+                    self._hasher.update(view[:count])
                 return self._sent(view[:count])
+            if self._hasher is not None:
+                self.sha1s[segment.field_name] = self._hasher.hexdigest()
             self.close()
             self._index += 1
         return b""
@@ -235,18 +451,28 @@ def _message_of(response: requests.Response) -> str:
     return str(message) or json.dumps(body)[:300]
 
 
+def describe_body(response: requests.Response) -> str:
+    """A few words on what came back: "an HTML page (title: 404 Not Found)", never the page itself."""
+    text = response.text.strip()
+    if not text:
+        return "an empty answer"
+    if "html" in response.headers.get("Content-Type", "").lower() or text.startswith("<"):
+        title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+        return f"an HTML page (title: {' '.join(title[1].split())[:60]})" if title else "an HTML page"
+    return f"{' '.join(text.split())[:60]!r}"
+
+
 def _parsed(response: requests.Response, shape: type, method: str, path: str) -> Any:
     """The JSON body if it is a `shape`; a 2xx page that is not (an auth proxy's login page, say) becomes
-    an ImmichError that says what came instead, not a crash."""
+    NotImmich, which says in a few words what came instead, not a crash."""
     try:
         body = response.json()
     except ValueError:
         body = None
     if not isinstance(body, shape):
-        text = " ".join(response.text.split())[:120]
-        raise ImmichError(
-            f"{method} {path} answered {response.status_code} with something that is not Immich's answer "
-            f"(a proxy or login page in front of it?): {text!r}",
+        raise NotImmich(
+            f"{method} /api{path} answered {response.status_code} with {describe_body(response)}, not Immich's "
+            "answer (a proxy or login page in front of it?)",
             response.status_code, method, response.url, response.text[:2000],
         )  # fmt: skip
     return body
@@ -277,13 +503,16 @@ class ImmichClient:
         self.backoff_s = settings.retry_backoff_s if backoff_s is None else backoff_s
         self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self.stop = stop or threading.Event()
+        self.gate = ServerGate(self.base_url, settings.server_wait_s, self.backoff_s)
         self.session = requests.Session()
         self.session.headers.update(
             {"x-api-key": settings.immich_api_key, "User-Agent": USER_AGENT, "Accept": "application/json"}
         )
         self.session.verify = settings.ca_bundle or settings.verify_tls
         self.session.trust_env = True
-        self.server: ServerInfo | None = None
+        self.user: ServerUser | None = None
+        self._server: ServerInfo | None = None
+        self._server_lock = threading.Lock()
         self.device_id = f"immich-uploader-{socket.gethostname()}"
 
     def close(self) -> None:
@@ -299,34 +528,39 @@ class ImmichClient:
         body_factory: Callable[[], tuple[Any, dict[str, str]]] | None = None,
         retries: int | None = None,
         recover: Callable[[], Any] | None = None,
+        patient: bool = True,
+        timeout: tuple[float, float] | None = None,
     ) -> requests.Response:
-        """Send with retries. `body_factory` builds a fresh streamed body (and its headers) per attempt.
-        `recover`, after a transport failure, may return a value that makes a retry unnecessary; it is
-        then returned as is (used to learn whether an interrupted upload arrived after all)."""
+        """Send with retries. A server that is away is waited for through the gate (`patient`), or, at
+        the start of a run (patient=False), tried `retries` more times at once. A 500 is tried MAX_RETRIES
+        (or `retries`) more times. `body_factory` builds a fresh streamed body (and its headers) per
+        attempt. `recover`, after a transport failure, may return a value that makes a retry unnecessary;
+        it is then returned as is (used to learn whether an interrupted upload arrived after all)."""
         url = self.api_url + path
-        attempts = 1 + (self.max_retries if retries is None else retries)
-        for attempt in range(1, attempts + 1):
-            wait: float | None = None
+        timeout = timeout or self.timeout
+        retries_left = self.max_retries if retries is None else retries
+        while True:
+            if patient:
+                self._wait(self.gate.pause_left_s(), method, url)
             headers: dict[str, str] = {}
             data = None
             if body_factory is not None:
                 data, headers = body_factory()
+            retry_after: float | None = None
             try:
                 response = self.session.request(
                     method, url, json=json_body, data=data, headers=headers,
-                    timeout=self.timeout, allow_redirects=False,
+                    timeout=timeout, allow_redirects=False,
                 )  # fmt: skip
+            except requests.exceptions.SSLError as exc:
+                raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
             except (requests.ConnectionError, requests.Timeout) as exc:
-                reason = f"{type(exc).__name__}: {_short(exc)}"
+                reason = transport_reason(exc, timeout)
                 if recover is not None:
                     recovered = recover()
                     if recovered is not None:
                         return recovered
-                if attempt == attempts:
-                    raise ServerUnreachable(
-                        f"no answer from {self.base_url} ({reason})", None, method, url, transient=True
-                    ) from None
-                log.info("%s %s failed: %s; retrying (%d/%d)", method, path, reason, attempt, attempts - 1)
+                log.info("%s %s failed: %s", method, path, reason)
             else:
                 if response.is_redirect:
                     target = response.headers.get("Location", "?")
@@ -335,71 +569,119 @@ class ImmichClient:
                         "(the API key is not sent on to a redirect)", response.status_code, method, url
                     )  # fmt: skip
                 if response.status_code < 400:
+                    self.gate.ok()
                     return response
                 message = _message_of(response)
-                transient = response.status_code in TRANSIENT_STATUSES
-                if not transient or attempt == attempts:
-                    raise self._error(response, message, method, url, transient)
-                wait = _retry_after_s(response)
-                log.info("%s %s answered %d %s; retrying (%d/%d)", method, path, response.status_code,
-                         message, attempt, attempts - 1)  # fmt: skip
-            if wait is None:
-                wait = min(60.0, self.backoff_s * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-            if self.stop.wait(wait):
-                raise StopRequested("stopped while waiting to retry", None, method, url, transient=True)
-        raise AssertionError("unreachable")
+                if response.status_code not in AWAY_STATUSES:
+                    self.gate.ok()  # it answered: whatever is wrong, it is not away
+                    if response.status_code < 500 or retries_left <= 0:
+                        raise self._error(response, message, method, url)
+                    retries_left -= 1
+                    log.info("%s %s answered %d %s; retrying", method, path, response.status_code, message)
+                    self._wait(self._backoff(), method, url)
+                    continue
+                reason = f"{response.status_code} {message}"
+                retry_after = _retry_after_s(response)
+                log.info("%s %s answered %s", method, path, reason)
+            # The server is away, or asks everyone to slow down.
+            if patient:
+                self._wait(self.gate.failed(reason, retry_after), method, url)
+                continue
+            if retries_left <= 0:
+                raise ServerUnreachable(reason, None, method, url, transient=True)
+            retries_left -= 1
+            self._wait(retry_after if retry_after is not None else self._backoff(), method, url)
+
+    def _backoff(self) -> float:
+        return min(MAX_AWAY_PAUSE_S, self.backoff_s) * random.uniform(0.5, 1.5)
+
+    def _wait(self, seconds: float, method: str, url: str) -> None:
+        if seconds > 0 and self.stop.wait(seconds):
+            raise StopRequested("stopped while waiting to retry", None, method, url, transient=True)
 
     def _call(self, method: str, path: str, shape: type = dict, **kwargs: Any) -> Any:
         """_request, then its JSON body, which must be a `shape` (dict or list)."""
         return _parsed(self._request(method, path, **kwargs), shape, method, path)
 
-    def _error(
-        self, response: requests.Response, message: str, method: str, url: str, transient: bool
-    ) -> ImmichError:
+    def _error(self, response: requests.Response, message: str, method: str, url: str) -> ImmichError:
         status = response.status_code
+        kind = error_kind(status, message)
         if status == 413:
-            message = "file too large for the web server in front of Immich (raise its body size limit)"
+            message = "Request Entity Too Large from the web server in front of Immich"
         error_type = ApiKeyRefused if status in (401, 403) else ImmichError
-        return error_type(f"{status} {message}", status, method, url, response.text[:2000], transient)
+        return error_type(f"{status} {message}", status, method, url, response.text[:2000], kind=kind)
 
     # -- start of a run
-    def connect(self) -> ServerInfo:
-        """Ping, version, the key's user, the accepted media types. Raises ServerUnreachable or ApiKeyRefused."""
-        self._request("GET", "/server/ping")
-        version = self._call("GET", "/server/version")
+    def connect(self) -> ServerUser:
+        """Who the key belongs to, in one request that also proves the server is there and is Immich.
+        Quick: a server that does not answer is reported within seconds (ServerUnreachable), as are a
+        refused key (ApiKeyRefused), TLS trouble (TlsProblem) and something that is not Immich (NotImmich)."""
+        quick: dict[str, Any] = {
+            "patient": False,
+            "retries": 1,
+            "timeout": (min(self.timeout[0], START_CONNECT_TIMEOUT_S), min(self.timeout[1], 30.0)),
+        }
         try:
-            user = self._call("GET", "/users/me", retries=1)
+            me = self._call("GET", "/users/me", **quick)
         except ApiKeyRefused as exc:
-            raise ApiKeyRefused(
-                f"the server refused the API key ({exc}): check IMMICH_API_KEY",
-                exc.status,
-                exc.method,
-                exc.url,
-            ) from None
-        types = self._call("GET", "/server/media-types")
-        self.server = ServerInfo(
-            version=(
-                int(version.get("major", 0)),
-                int(version.get("minor", 0)),
-                int(version.get("patch", 0)),
-            ),
-            user_email=str(user.get("email", "")),
-            user_name=str(user.get("name", "")),
-            is_admin=bool(user.get("isAdmin", False)),
-            image_extensions=frozenset(e.lower() for e in types.get("image", [])),
-            video_extensions=frozenset(e.lower() for e in types.get("video", [])),
-            sidecar_extensions=frozenset(e.lower() for e in types.get("sidecar", [])),
+            if exc.status != 403:
+                raise ApiKeyRefused(
+                    f"the server refused the API key ({exc}): check IMMICH_API_KEY",
+                    exc.status,
+                    exc.method,
+                    exc.url,
+                ) from None
+            # A key without user.read still says who it is through /api-keys/me, which needs no permission.
+            key = self._call("GET", "/api-keys/me", **quick)
+            me = {"id": f"key:{key.get('id', '')}", "email": "", "name": str(key.get("name", ""))}
+        except ImmichError as exc:
+            if exc.status == 404 or isinstance(exc, NotImmich):
+                raise NotImmich(str(exc), exc.status, exc.method, exc.url) from None
+            raise
+        if not me.get("id"):
+            raise NotImmich("GET /api/users/me answered without a user id", 200, "GET", self.api_url)
+        self.user = ServerUser(
+            identity=str(me["id"]),
+            email=str(me.get("email", "")),
+            name=str(me.get("name", "")),
+            is_admin=bool(me.get("isAdmin", False)),
         )
-        return self.server
+        return self.user
+
+    @property
+    def server(self) -> ServerInfo:
+        """Version and accepted media types, asked once, when first needed: a run with nothing to send
+        never asks (one request per run is enough to know the server is there and is the same)."""
+        with self._server_lock:
+            if self._server is None:
+                version = self._call("GET", "/server/version")
+                types = self._call("GET", "/server/media-types")
+                self._server = ServerInfo(
+                    version=(
+                        int(version.get("major", 0)),
+                        int(version.get("minor", 0)),
+                        int(version.get("patch", 0)),
+                    ),
+                    image_extensions=frozenset(e.lower() for e in types.get("image", [])),
+                    video_extensions=frozenset(e.lower() for e in types.get("video", [])),
+                    sidecar_extensions=frozenset(e.lower() for e in types.get("sidecar", [])),
+                )
+            return self._server
 
     # -- ask before sending
-    def bulk_upload_check(self, items: Sequence[tuple[str, str]]) -> dict[str, CheckResult]:
-        """(your id, sha1 hex) -> what the server says, in batches of 5000."""
+    def bulk_upload_check(
+        self, items: Sequence[tuple[str, str]], patient: bool = True
+    ) -> dict[str, CheckResult]:
+        """(your id, sha1 hex) -> what the server says, in batches of 5000 (never an empty one: the
+        server answers 500 to that)."""
         results: dict[str, CheckResult] = {}
         for start in range(0, len(items), BULK_CHECK_BATCH):
             batch = items[start : start + BULK_CHECK_BATCH]
             payload = {"assets": [{"id": key, "checksum": sha1} for key, sha1 in batch]}
-            answer = self._call("POST", "/assets/bulk-upload-check", json_body=payload)
+            answer = self._call(
+                "POST", "/assets/bulk-upload-check", json_body=payload, patient=patient,
+                **({} if patient else {"retries": 0}),
+            )  # fmt: skip
             for result in answer.get("results", []):
                 results[str(result.get("id"))] = CheckResult(
                     accepted=result.get("action") == "accept",
@@ -440,7 +722,7 @@ class ImmichClient:
 
     # -- background jobs
     def _has_queues_api(self) -> bool:
-        return self.server is None or self.server.version >= (2, 3, 0)
+        return self.server.version >= (2, 3, 0)
 
     def paused_queues(self) -> set[str]:
         """Queues already paused (by an admin, before this run); empty where the server cannot tell."""
@@ -473,21 +755,25 @@ class ImmichClient:
 
     # -- upload
     def upload(self, req: UploadRequest, on_bytes: Callable[[int], None] | None = None) -> UploadResult:
-        """Stream one file. 201 → created, 200 → duplicate. Raises ImmichError (with .transient)."""
+        """Stream one file. 201 → created, 200 → duplicate. Raises ImmichError (with .kind)."""
         fields: list[tuple[str, str]] = [
-            # Text fields first: the server checks the type from `filename` only if it arrives before the file.
-            ("filename", req.filename),
             ("fileCreatedAt", req.created_at),
             ("fileModifiedAt", req.modified_at),
             ("isFavorite", "true" if req.is_favorite else "false"),
         ]
-        if self.server is None or self.server.needs_device_fields:
+        if self.server.needs_device_fields:
             fields += [("deviceAssetId", req.device_asset_id), ("deviceId", self.device_id)]
         headers = {"x-immich-checksum": req.sha1} if req.sha1 else {}
-        files = [("assetData", req.filename, req.path, "application/octet-stream")]
+        files = [FilePart("assetData", req.filename, req.path, "application/octet-stream")]
         if req.sidecar_path is not None:
             sidecar_name = os.fsdecode(os.path.basename(req.sidecar_path))
-            files.append(("sidecarData", sidecar_name, req.sidecar_path, "application/xml"))
+            files.append(
+                FilePart("sidecarData", sidecar_name, req.sidecar_path, "application/xml", hashed=True)
+            )
+        # `filename` (the name Immich keeps, exact in UTF-8) goes last: Immich checks each file part's
+        # type by this field when it arrived before that part, and refuses a sidecar checked as a .jpg
+        # (observed on v3.1.0, ../shared/immich-api.md §7b); after the parts, each is checked by its own name.
+        trailing = [("filename", req.filename)]
         bodies: list[MultipartBody] = []
 
         def body_factory() -> tuple[Any, dict[str, str]]:
@@ -496,7 +782,7 @@ class ImmichClient:
                 raise FileChangedError(
                     f"{req.filename} changed since it was hashed; it is checked again next run"
                 )
-            body = MultipartBody(fields, files, on_bytes)
+            body = MultipartBody(fields, files, on_bytes, trailing)
             bodies.append(body)
             return body, {**headers, "Content-Type": body.content_type}
 
@@ -505,11 +791,11 @@ class ImmichClient:
             if not req.sha1:
                 return None
             try:
-                check = self.bulk_upload_check([("probe", req.sha1)]).get("probe")
+                check = self.bulk_upload_check([("probe", req.sha1)], patient=False).get("probe")
             except ImmichError:
                 return None
-            if check is not None and not check.accepted and check.asset_id:
-                return UploadResult("duplicate", check.asset_id, 200, json.dumps(check.raw))
+            if check is not None and check.held:
+                return UploadResult("duplicate", check.asset_id or "", 200, json.dumps(check.raw))
             return None
 
         try:
@@ -521,9 +807,7 @@ class ImmichClient:
             return answer
         body = _parsed(answer, dict, "POST", "/assets")
         status = "duplicate" if answer.status_code == 200 and body.get("status") == "duplicate" else "created"
-        return UploadResult(status, str(body.get("id", "")), answer.status_code, answer.text[:2000])
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc)
-    return text if len(text) < 160 else text[:157] + "..."
+        sidecar_sha1 = bodies[-1].sha1s.get("sidecarData") if bodies and status == "created" else None
+        return UploadResult(
+            status, str(body.get("id", "")), answer.status_code, answer.text[:2000], sidecar_sha1
+        )

@@ -22,6 +22,23 @@ FILE_EVENT = {"file_event": True}
 FILE_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+# A file name may hold a newline (legal on Linux): escaped, it cannot forge a second log line.
+_CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def one_line(text: str) -> str:
+    """Control characters as escapes: `a\nb.jpg` is logged as `a\\nb.jpg`, on one line."""
+    return text.translate(_CONTROL_ESCAPES)
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log file lines: the message on one line whatever it holds; a traceback keeps its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 class SecretFilter(logging.Filter):
     """Redacts known secrets from a record before any handler formats it."""
 
@@ -130,7 +147,7 @@ def setup_file(log_file: Path, level: str, secrets: Iterable[str] = ()) -> Path 
         )
         return None
     handler.setLevel(getattr(logging, level))
-    handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    handler.setFormatter(OneLineFormatter(FILE_FORMAT))
     handler.addFilter(SECRETS)
     root.addHandler(handler)
     return log_file

@@ -2,25 +2,33 @@
 
 Everything here works from the state database, so it is exact and resumable: each file's album and stack
 are recorded in its row once the server confirmed them, and a rerun makes no calls for files already done.
-Deletion touches only files whose row says Immich has them (and, unless asked, only those this tool
-uploaded), whose size and mtime still match what was uploaded, after that row was committed.
+
+Deletion (`delete_uploaded`) is the last step for a file and follows one rule: a local file is deleted
+only when, at that moment, its bytes, hashed again just before, are the bytes of an asset the server holds
+now (present, not in the trash, on the server and user this database is tied to); it belongs to this
+run's sources and filters; its album and stack steps are done; and no stop was asked. A sidecar goes only
+if it is the very file that went up with its photo (path and SHA-1 recorded at upload), unchanged, and no
+other file on disk would take it as its own. Each deletion is logged before and after; the row keeps the
+asset id, so a kill at any instant leaves either the file or a row that says where its content is.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections import defaultdict
+import threading
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from config import RAW_EXTENSIONS, Settings
 from db_manager import DoneFile, Store
+from filters import in_sources, wanted
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from utils import sidecar_for, text_to_path
+from utils import fingerprint_file, format_bytes, text_to_path
 
 log = get_logger("organize")
 
@@ -29,12 +37,21 @@ COVER_EXTENSIONS = frozenset({"jpg", "jpeg", "jpe", "heic", "heif", "hif"})
 BURST = re.compile(r"^(?P<prefix>.*?)_?BURST(?P<id>\d+)", re.IGNORECASE)
 
 
+# Deletion confirms with the server again after re-hashing each slice of files: at most this many files
+# (or bytes) pass between a file's hash, the server's word on those bytes, and the unlink.
+DELETE_SLICE_FILES = 100
+DELETE_SLICE_BYTES = 1 << 30
+
+
 @dataclass
 class OrganizeSummary:
     added_to_albums: int = 0
     albums_created: int = 0
     stacks_created: int = 0
     deleted: int = 0
+    deleted_bytes: int = 0
+    kept: Counter[str] = field(default_factory=Counter)  # why files that could have gone were kept
+    would_delete: list[tuple[str, int]] = field(default_factory=list)  # --dry-run: (path, size)
     errors: int = 0
 
 
@@ -132,95 +149,279 @@ def update_stacks(
     return summary
 
 
-def confirmed_in_immich(client: ImmichClient, files: list[DoneFile]) -> set[int]:
-    """Row ids whose content Immich holds right now, outside the trash: a row's word, possibly months old,
-    is not enough to delete the only other copy."""
-    answers = client.bulk_upload_check([(str(f.id), f.sha1) for f in files if f.sha1])
+def sidecar_claimants(sidecar: bytes, leaving: bytes) -> list[bytes]:
+    """Files other than `leaving` that would take `sidecar` as their own: `NAME` for NAME.xmp (the
+    photo.jpg.xmp form) and any `NAME.ext` (the photo.xmp form, e.g. a RAW beside its JPEG, or a live
+    photo's clip). Compared without case, so a doubt keeps the sidecar."""
+    folder = os.path.dirname(sidecar) or b"."
+    owner = os.path.splitext(os.path.basename(sidecar))[0].lower()
+    claimants = []
+    for name in os.listdir(folder):
+        lowered = name.lower()
+        if lowered.endswith(b".xmp") or os.path.join(folder, name) == leaving:
+            continue
+        if lowered == owner or os.path.splitext(lowered)[0] == owner:
+            claimants.append(os.path.join(folder, name))
+    return claimants
+
+
+def deletable_sidecar(file: DoneFile, raw: bytes) -> bytes | None:
+    """The sidecar that went up with this file, if it is still that very file and nothing else claims it."""
+    if not file.sidecar_path or not file.sidecar_sha1:
+        return None  # none was sent (a duplicate, or written after the upload): it stays
+    sidecar = file.sidecar_path.encode("utf-8")
+    if os.path.dirname(sidecar) != os.path.dirname(raw):
+        return None
+    try:
+        if fingerprint_file(sidecar).sha1 != file.sidecar_sha1:
+            log.info("%s changed since it went up with its photo: kept", file.sidecar_path)
+            return None
+        claimants = sidecar_claimants(sidecar, raw)
+    except OSError:
+        return None
+    if claimants:
+        log.info("%s: kept, %s still takes it as its sidecar", file.sidecar_path, os.fsdecode(claimants[0]))
+        return None
+    return sidecar
+
+
+class StackPartners:
+    """Files on disk that would be stacked with a given file (its RAW or JPEG, its burst): deletion
+    waits until they are all in Immich and stacked with it."""
+
+    def __init__(self, settings: Settings, done: list[DoneFile]) -> None:
+        self.settings = settings
+        self.by_path = {f.filepath: f for f in done}
+        self._listings: dict[str, list[str]] = {}
+
+    def _names(self, folder: str) -> list[str]:
+        if folder not in self._listings:
+            try:
+                self._listings[folder] = os.listdir(folder or ".")
+            except OSError:
+                self._listings[folder] = []
+        return self._listings[folder]
+
+    def partners(self, file: DoneFile) -> list[str]:
+        folder, name = os.path.split(file.filepath)
+        stem, dot_ext = os.path.splitext(name)
+        ext = dot_ext.lstrip(".").lower()
+        found = []
+        for other in self._names(folder):
+            if other == name:
+                continue
+            other_stem, other_ext = os.path.splitext(other)
+            other_ext = other_ext.lstrip(".").lower()
+            pair = {ext, other_ext}
+            if (
+                self.settings.stack_raw_jpeg
+                and other_stem.lower() == stem.lower()
+                and pair & COVER_EXTENSIONS
+                and pair & set(RAW_EXTENSIONS)
+            ):
+                found.append(os.path.join(folder, other))
+            if self.settings.stack_bursts:
+                mine, theirs = BURST.match(name), BURST.match(other)
+                if mine and theirs and mine["id"] == theirs["id"]:
+                    found.append(os.path.join(folder, other))
+        return found
+
+    def stacked(self, file: DoneFile) -> bool:
+        if not (self.settings.stack_raw_jpeg or self.settings.stack_bursts):
+            return True
+        for path in self.partners(file):
+            partner = self.by_path.get(path)
+            if partner is None or not file.stack_id or partner.stack_id != file.stack_id:
+                return False
+        return True
+
+
+def deletion_candidates(
+    files: list[DoneFile], settings: Settings, target_id: int, steps_done: bool
+) -> tuple[list[DoneFile], Counter[str]]:
+    """Files this run may delete, and why others were kept. Outside the run's sources or filters a file
+    is simply not this run's business; inside, each reason to keep it is counted (and logged)."""
+    allowed = {"success", "duplicate"} if settings.delete_duplicates else {"success"}
+    partners = StackPartners(settings, files)
+    candidates: list[DoneFile] = []
+    kept: Counter[str] = Counter()
+
+    def keep(file: DoneFile, reason: str) -> None:
+        kept[reason] += 1
+        log.info("%s: kept: %s", file.filepath, reason)
+
+    for file in files:
+        if file.deleted or file.upload_status not in allowed:
+            continue
+        raw = text_to_path(file.filepath, file.filepath_b64)
+        if not in_sources(raw, settings) or not wanted(file, settings):
+            continue
+        if file.target_id != target_id or not file.sha1:
+            keep(file, "recorded on another Immich server or user")
+        elif not steps_done and (name := album_for(file, settings)) and file.album_name != name:
+            keep(file, "not in its album yet")
+        elif not steps_done and not partners.stacked(file):
+            keep(file, "not stacked with its RAW/JPEG or burst yet")
+        else:
+            candidates.append(file)
+    return candidates, kept
+
+
+def held_now(client: ImmichClient, items: list[tuple[DoneFile, str]]) -> set[int]:
+    """Row ids whose given SHA-1 is an asset the server holds right now, outside the trash."""
+    answers = client.bulk_upload_check([(str(f.id), sha1) for f, sha1 in items])
     return {
-        int(key)
-        for key, answer in answers.items()
-        if not answer.accepted and answer.asset_id and not answer.is_trashed
+        f.id
+        for f, _sha1 in items
+        if (answer := answers.get(str(f.id))) is not None and answer.held and not answer.is_trashed
     }
 
 
-def sidecar_shared(raw: bytes, sidecar: bytes) -> bool:
-    """`IMG_1.xmp` may also belong to IMG_1.CR2 beside IMG_1.jpg: then it stays."""
-    if sidecar.lower().endswith(os.path.basename(raw).lower() + b".xmp"):
-        return False  # photo.jpg.xmp names its one photo
-    stem = os.path.splitext(raw)[0]
-    folder = os.path.dirname(raw) or b"."
-    prefix = os.path.basename(stem) + b"."
-    return any(
-        name.startswith(prefix) and os.path.join(folder, name) not in (raw, sidecar)
-        for name in os.listdir(folder)
-    )
+def _slices(files: list[DoneFile]) -> Iterator[list[DoneFile]]:
+    chunk: list[DoneFile] = []
+    size = 0
+    for file in files:
+        chunk.append(file)
+        size += file.file_size
+        if len(chunk) >= DELETE_SLICE_FILES or size >= DELETE_SLICE_BYTES:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
 
 
 def delete_uploaded(
-    client: ImmichClient, store: Store, settings: Settings, files: list[DoneFile], progress: ProgressTracker
+    client: ImmichClient,
+    store: Store,
+    settings: Settings,
+    files: list[DoneFile],
+    progress: ProgressTracker,
+    stop: threading.Event,
+    target_id: int,
+    dry_run: bool = False,
 ) -> OrganizeSummary:
-    """Delete local files Immich confirmed: uploads, and with DELETE_DUPLICATES files it already had. Each
-    is checked with the server first (present, not in the trash) and on disk (unchanged since upload)."""
+    """Delete local files under the rule in this module's docstring: uploads, and with DELETE_DUPLICATES
+    files Immich already had. With `dry_run`, everything is checked and nothing deleted."""
     summary = OrganizeSummary()
-    allowed = {"success", "duplicate"} if settings.delete_duplicates else {"success"}
-    doomed = [f for f in files if f.upload_status in allowed]
-    if not doomed:
+    candidates, summary.kept = deletion_candidates(files, settings, target_id, steps_done=dry_run)
+    if not candidates:
         return summary
-    confirmed = confirmed_in_immich(client, doomed)
-    for file in doomed:
+    # A first word from the server, so the run can say how much it is about to delete.
+    confirmed = held_now(client, [(f, f.sha1 or "") for f in candidates])
+    for file in candidates:
         if file.id not in confirmed:
+            summary.kept["not in Immich now (deleted or in the trash there)"] += 1
             log.warning(
                 "%s: Immich does not hold it now (deleted or in the trash there): kept", file.filepath
             )
-    doomed = [f for f in doomed if f.id in confirmed]
-    if doomed:
-        progress.message(f"Deleting {len(doomed)} local files that Immich has confirmed (DELETE_UPLOADED)")
-    for file in doomed:
-        raw = text_to_path(file.filepath, file.filepath_b64)
-        try:
-            st = os.stat(raw)
-        except FileNotFoundError:
-            continue
-        if st.st_size != file.file_size or st.st_mtime_ns != file.mtime_ns:
-            log.warning("%s changed since it was uploaded: not deleted", file.filepath)
-            continue
-        sidecar = sidecar_for(raw)
-        try:
-            os.remove(raw)
-            if sidecar is not None and not sidecar_shared(raw, sidecar):
-                os.remove(sidecar)  # it was sent with the photo
-        except OSError as exc:
-            summary.errors += 1
-            log.warning("%s: could not delete: %s", file.filepath, exc.strerror)
-            if os.path.exists(raw):
+    doomed = [f for f in candidates if f.id in confirmed]
+    if not doomed:
+        return summary
+    total = sum(f.file_size for f in doomed)
+    verb = "Would delete" if dry_run else "Deleting"
+    progress.message(
+        f"{verb} up to {len(doomed)} local file{'s' if len(doomed) != 1 else ''} ({format_bytes(total)}) that "
+        "Immich holds, each hashed again and confirmed first (DELETE_UPLOADED)"
+    )
+    for chunk in _slices(doomed):
+        if stop.is_set():
+            break
+        hashed: list[tuple[DoneFile, bytes, tuple[int, int], str]] = []
+        for file in chunk:
+            if stop.is_set():
+                break
+            raw = text_to_path(file.filepath, file.filepath_b64)
+            try:
+                fp = fingerprint_file(raw, settings.hash_chunk_size)
+            except FileNotFoundError:
+                continue  # gone already; the next scan marks it missing
+            except OSError as exc:
+                summary.kept["could not be read again"] += 1
+                log.warning("%s: could not be read again (%s): kept", file.filepath, exc)
                 continue
-        store.record_deleted(file.id)
-        log.info("deleted %s (in Immich as %s)", file.filepath, file.asset_id)
-        summary.deleted += 1
+            if fp.sha1 != file.sha1:
+                summary.kept["changed since it was uploaded"] += 1
+                log.warning("%s: its bytes changed since they went to Immich: kept", file.filepath)
+                continue
+            hashed.append((file, raw, (fp.size_bytes, fp.mtime_ns), fp.sha1))
+        if not hashed:
+            continue
+        # The server's word on exactly the bytes just read, moments before they go.
+        held = held_now(client, [(f, sha1) for f, _raw, _st, sha1 in hashed])
+        for file, raw, (size, mtime_ns), sha1 in hashed:
+            if stop.is_set():
+                break
+            if file.id not in held:
+                summary.kept["not in Immich now (deleted or in the trash there)"] += 1
+                log.warning("%s: Immich does not hold it now: kept", file.filepath)
+                continue
+            try:
+                st = os.stat(raw)
+            except FileNotFoundError:
+                continue
+            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+                summary.kept["changed while it was checked"] += 1
+                log.warning("%s: changed while it was checked: kept", file.filepath)
+                continue
+            if dry_run:
+                summary.would_delete.append((file.filepath, file.file_size))
+                continue
+            sidecar = deletable_sidecar(file, raw)
+            log.info("deleting %s (in Immich as asset %s, SHA-1 %s)", file.filepath, file.asset_id, sha1)
+            try:
+                os.remove(raw)
+            except OSError as exc:
+                summary.errors += 1
+                log.warning("%s: could not delete: %s", file.filepath, exc.strerror, extra=FILE_EVENT)
+                continue
+            store.record_deleted(file.id)
+            log.info("deleted %s", file.filepath)
+            summary.deleted += 1
+            summary.deleted_bytes += file.file_size
+            if sidecar is not None:
+                try:
+                    os.remove(sidecar)
+                    log.info("deleted %s, the sidecar that went up with it", file.sidecar_path)
+                except OSError as exc:
+                    log.warning("%s: could not delete: %s", file.sidecar_path, exc.strerror)
+    if stop.is_set():
+        log.warning("deletion stopped as asked; the files not yet deleted stay")
     return summary
 
 
 def organize(
-    client: ImmichClient, store: Store, settings: Settings, progress: ProgressTracker
+    client: ImmichClient,
+    store: Store,
+    settings: Settings,
+    progress: ProgressTracker,
+    stop: threading.Event,
+    target_id: int,
+    dry_run: bool = False,
 ) -> OrganizeSummary:
-    """Albums, then stacks, then deletion (last: a file leaves the disk only once all else is recorded)."""
+    """Albums, then stacks, then deletion (last: a file leaves the disk only once all else is recorded).
+    A dry run changes nothing in Immich or on disk; it reports what deletion would remove."""
     total = OrganizeSummary()
     wants_any = settings.album or settings.album_from or settings.stack_raw_jpeg or settings.stack_bursts
     if not wants_any and not settings.delete_uploaded:
         return total
     files = store.done_files()
     steps = []
-    if settings.album or settings.album_from:
+    if not dry_run and (settings.album or settings.album_from):
         steps.append(update_albums(client, store, settings, files))
-    if settings.stack_raw_jpeg or settings.stack_bursts:
+    if not dry_run and (settings.stack_raw_jpeg or settings.stack_bursts):
         steps.append(update_stacks(client, store, settings, files))
-    if settings.delete_uploaded:
-        steps.append(delete_uploaded(client, store, settings, files, progress))
+    if settings.delete_uploaded and not stop.is_set():
+        if steps:
+            files = store.done_files()  # with the albums and stacks just recorded
+        steps.append(delete_uploaded(client, store, settings, files, progress, stop, target_id, dry_run))
     for step in steps:
         total.added_to_albums += step.added_to_albums
         total.albums_created += step.albums_created
         total.stacks_created += step.stacks_created
         total.deleted += step.deleted
+        total.deleted_bytes += step.deleted_bytes
+        total.kept += step.kept
+        total.would_delete += step.would_delete
         total.errors += step.errors
     return total
 
@@ -241,7 +442,7 @@ def server_jobs_paused(client: ImmichClient, store: Store, settings: Settings) -
     if not settings.pause_server_jobs:
         yield
         return
-    if client.server is not None and not client.server.is_admin:
+    if client.user is not None and not client.user.is_admin:
         log.warning("PAUSE_SERVER_JOBS needs an admin's API key; the server's jobs keep running")
         yield
         return

@@ -10,24 +10,25 @@ becomes a row with its error and a log line; it never stops the scan.
 
 from __future__ import annotations
 
-import fnmatch
+import argparse
 import json
 import os
-import re
 import stat
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone, tzinfo
+from pathlib import Path
 from typing import TextIO
 
 from cli import Context, ExitStatus, base_parser, run_script
-from config import JUNK_NAMES, Settings
+from config import Settings
 from db_manager import KnownFile, ScannedFile, Store, path_hash, utc_now
+from filters import JUNK, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
@@ -44,8 +45,6 @@ from utils import (
 
 log = get_logger("scan")
 
-# One compiled pattern: an fnmatch call per junk name per file cost 13% of a rescan.
-JUNK = re.compile("|".join(fnmatch.translate(name) for name in JUNK_NAMES).encode())
 SAVE_EVERY_FILES = 500
 SAVE_EVERY_S = 2.0
 
@@ -66,7 +65,9 @@ class ScanSummary:
     changed: int = 0
     unchanged: int = 0
     missing: int = 0
+    skipped: int = 0
     errors: int = 0
+    unavailable: list[str] = field(default_factory=list)  # source folders missing or empty (not mounted?)
     bytes_hashed: int = 0
     elapsed_s: float = 0.0
     error_files: list[str] = field(default_factory=list)
@@ -78,12 +79,15 @@ class ScanSummary:
         return data
 
 
-def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> Iterator[FoundFile]:
-    """Every media file under the source folders. Symlinked files are followed, symlinked folders are not
-    (no loops, no double counting); unreadable folders and dangling links are reported and passed over."""
+def walk_media(
+    settings: Settings, on_problem: Callable[[bytes, str], None], roots: Sequence[Path] | None = None
+) -> Iterator[FoundFile]:
+    """Every media file under the source folders (or `roots`). Symlinked files are followed, symlinked
+    folders are not (no loops, no double counting); unreadable folders and dangling links are reported and
+    passed over."""
     junk = JUNK
     ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
-    for root in settings.source_dirs:
+    for root in settings.source_dirs if roots is None else roots:
         stack = [os.fsencode(root)]
         root_len = len(stack[0].rstrip(b"/"))
         while stack:
@@ -131,14 +135,6 @@ def walk_media(settings: Settings, on_problem: Callable[[bytes, str], None]) -> 
                 yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type)
 
 
-def is_ignored(relative: bytes, name: bytes, patterns: tuple[bytes, ...]) -> bool:
-    """IGNORE_PATTERNS globs match the path below the source folder ('/2019/tmp/a.jpg', so '*/tmp/*'
-    works) or, without a '/', any file or folder name ('*.part', 'Backup')."""
-    return any(
-        fnmatch.fnmatchcase(relative, p) or (b"/" not in p and fnmatch.fnmatchcase(name, p)) for p in patterns
-    )
-
-
 def bare_row(found: FoundFile) -> ScannedFile:
     """The row of a found file before anything is read from it."""
     text, b64 = path_to_text(found.raw_path)
@@ -161,7 +157,8 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
     row = bare_row(found)
     text, filename = row.filepath, row.filename
     if found.size_bytes == 0:
-        row.upload_status, row.last_error = "error", "empty file (0 bytes)"
+        # Nothing to send (Immich refuses it) and nothing to retry: recorded as passed over, with why.
+        row.upload_status, row.last_error = "skipped", "empty file (0 bytes): nothing to upload"
         return row
     fp = fingerprint_file(found.raw_path, chunk_size)
     row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
@@ -271,13 +268,62 @@ class _SaveBatch:
 
 class Scanner:
     def __init__(
-        self, settings: Settings, store: Store, progress: ProgressTracker, stop: threading.Event
+        self,
+        settings: Settings,
+        store: Store,
+        progress: ProgressTracker,
+        stop: threading.Event,
+        confirm_empty: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.progress = progress
         self.stop = stop
+        self.confirm_empty = confirm_empty  # the user says an empty source folder really is empty now
         self.summary = ScanSummary()
+
+    def available_roots(self, known: dict[str, KnownFile]) -> list[Path]:
+        """The source folders that can be scanned. A folder that is missing or empty while the database
+        knows files in it is taken for a share that is not mounted tonight: it is reported, and none of
+        its rows is marked missing (unless `confirm_empty`). A missing folder the database knows nothing
+        of is a mistyped SOURCE_DIR."""
+        roots = []
+        for root in self.settings.source_dirs:
+            try:
+                with os.scandir(root) as entries:
+                    empty = next(entries, None) is None
+                missing = False
+            except (FileNotFoundError, NotADirectoryError):
+                empty, missing = True, True
+            except OSError as exc:
+                self._unavailable(root, f"{root} cannot be read ({exc.strerror}): nothing in it was scanned")
+                continue
+            if not empty:
+                roots.append(root)
+                continue
+            prefix = os.fsencode(root).rstrip(b"/") + b"/"
+            recorded = sum(
+                1
+                for row in known.values()
+                if not row.missing and text_to_path(row.filepath, row.filepath_b64).startswith(prefix)
+            )
+            if recorded and not self.confirm_empty:
+                state = "does not exist" if missing else "is empty"
+                self._unavailable(
+                    root,
+                    f"{root} {state}, but {recorded} file{'s were' if recorded != 1 else ' was'} recorded there: "
+                    "is it mounted? Nothing was marked missing; if it really is empty now, run again with "
+                    "--confirm-empty",
+                )
+            elif missing:
+                self._unavailable(root, f"SOURCE_DIR: folder {root} does not exist")
+            else:
+                roots.append(root)
+        return roots
+
+    def _unavailable(self, root: Path, message: str) -> None:
+        self.summary.unavailable.append(str(root))
+        log.error("%s", message)
 
     def _problem(self, raw_path: bytes, reason: str) -> None:
         text = display_path(raw_path)
@@ -293,6 +339,7 @@ class Scanner:
         started = time.monotonic()
         summary = self.summary
         known = self.store.known_files()
+        roots = self.available_roots(known)
         seen: set[str] = set()
         batch = _SaveBatch(self.store, on_upload_ready)
         workers = self.settings.hash_workers
@@ -300,7 +347,7 @@ class Scanner:
         bytes_to_hash = 0
         self.progress.start("scan")
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
-            for found in walk_media(self.settings, self._problem):
+            for found in walk_media(self.settings, self._problem, roots):
                 if self.stop.is_set():
                     break
                 key = path_hash(found.raw_path)
@@ -330,7 +377,7 @@ class Scanner:
         batch.save()
         self.progress.finish()
         if not self.stop.is_set():
-            self._mark_missing(known, seen)
+            self._mark_missing(known, seen, roots)
         summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -354,6 +401,10 @@ class Scanner:
                 self.summary.error_files.append(scanned.filepath)
                 log.warning("%s: %s", scanned.filepath, scanned.last_error, extra=FILE_EVENT)
                 self.progress.file_status("error", scanned.filepath, scanned.last_error or "")
+            elif scanned.upload_status == "skipped":
+                self.summary.skipped += 1
+                log.info("%s: skipped: %s", scanned.filepath, scanned.last_error)
+                self.progress.file_status("skipped", scanned.filepath, scanned.last_error or "")
             else:
                 self.summary.bytes_hashed += scanned.file_size
                 status = "new" if row is None else "changed"
@@ -377,8 +428,10 @@ class Scanner:
             )
             return row
 
-    def _mark_missing(self, known: dict[str, KnownFile], seen: set[str]) -> None:
-        roots = tuple(os.fsencode(root).rstrip(b"/") + b"/" for root in self.settings.source_dirs)
+    def _mark_missing(self, known: dict[str, KnownFile], seen: set[str], scanned: list[Path]) -> None:
+        roots = tuple(os.fsencode(root).rstrip(b"/") + b"/" for root in scanned)
+        if not roots:
+            return
         gone = [
             row.id
             for key, row in known.items()
@@ -399,23 +452,27 @@ def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]
         ("changed", str(summary.changed)),
         ("unchanged", str(summary.unchanged)),
         ("missing", str(summary.missing)),
+        *([("skipped", str(summary.skipped))] if summary.skipped else []),
         errors_row(summary.errors, log_file),
         ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),
+        *[("not scanned", f"{root} (missing or empty: not mounted?)") for root in summary.unavailable],
     ]
+
+
+def scan_status(stop: threading.Event, summary: ScanSummary) -> ExitStatus:
+    if stop.is_set():
+        return ExitStatus.INTERRUPTED
+    if summary.unavailable:
+        return ExitStatus.CANNOT_START  # a source folder is not there (not mounted?): worth a look
+    return ExitStatus.FILES_FAILED if summary.errors else ExitStatus.OK
 
 
 def run_scan(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
     started = utc_now()
-    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop).scan()
-    status = (
-        ExitStatus.INTERRUPTED
-        if ctx.stop.is_set()
-        else ExitStatus.FILES_FAILED
-        if summary.errors
-        else ExitStatus.OK
-    )
+    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty).scan()
+    status = scan_status(ctx.stop, summary)
     ctx.store.record_run("scan", started, int(status), summary.as_json())
     if ctx.args.json:
         ctx.emit_json(summary.as_json())
@@ -426,8 +483,17 @@ def run_scan(ctx: Context) -> ExitStatus:
     return status
 
 
+def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--confirm-empty",
+        action="store_true",
+        help="a source folder that is empty now really is (not an unmounted share): mark its files missing",
+    )
+
+
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     parser = base_parser("scan_files.py", "Find, fingerprint and describe every photo and video (no upload).")
+    add_scan_arguments(parser)
     return run_script(parser, run_scan, argv, stdout, stderr)
 
 

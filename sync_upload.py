@@ -16,15 +16,15 @@ import time
 from typing import Any, TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
-from config import ConfigError
+from config import ConfigError, ServerNotConfigured
 from db_manager import utc_now
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
 from progress import errors_row
-from scan_files import Scanner, ScanSummary
+from scan_files import Scanner, ScanSummary, add_scan_arguments, scan_status
 from scan_files import summary_rows as scan_rows
-from upload_files import Uploader, UploadSummary, connect, exit_status, finish_in_immich
+from upload_files import Uploader, UploadSummary, adopt_target, connect, exit_status, finish_in_immich
 from upload_files import summary_rows as upload_rows
 from utils import format_duration
 
@@ -41,15 +41,18 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "changed": scan.changed,
         "unchanged": scan.unchanged,
         "missing": scan.missing,
+        "unavailable_sources": scan.unavailable,
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
-        "skipped": upload.skipped,
+        "skipped": scan.skipped + upload.skipped,
         "errors": scan.errors + upload.errors,
         "scan_errors": scan.errors,
         "upload_errors": upload.errors,
         "bytes_uploaded": upload.bytes_uploaded,
         "elapsed_s": round(elapsed_s, 3),
         "stopped_after_errors": upload.stopped_after_errors,
+        "server_problem": upload.server_problem,
+        "error_kinds": upload.error_kinds,
         "added_to_albums": upload.added_to_albums,
         "stacks_created": upload.stacks_created,
         "deleted": upload.deleted,
@@ -59,7 +62,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
 
 def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
     """No server configured yet: still scan (so the next run only uploads), then say what is missing."""
-    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop).scan()
+    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty).scan()
     ctx.progress.summary("Scan finished (nothing uploaded)", scan_rows(summary, ctx.settings.log_file))
     if ctx.args.json:
         ctx.emit_json(sync_summary(summary, UploadSummary(), summary.elapsed_s))
@@ -72,12 +75,12 @@ def sync_once(ctx: Context) -> ExitStatus:
     started = time.monotonic()
     client = ImmichClient(ctx.settings, ctx.stop)
     try:
-        connect(client)
-        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop)
+        target_id = adopt_target(client, ctx.store, connect(client))
+        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
         with server_jobs_paused(client, ctx.store, ctx.settings):
             uploader.counts_progress = False
             uploader.start()
-            scanner = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
+            scanner = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty)
             scan = scanner.scan(
                 on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
             )
@@ -87,17 +90,23 @@ def sync_once(ctx: Context) -> ExitStatus:
             upload = uploader.finish()
             ctx.progress.finish()
             upload.stopped_after_errors = uploader.aborted.is_set()
-            finish_in_immich(ctx, client, upload)
+            finish_in_immich(ctx, client, upload, target_id)
     finally:
         client.close()
     status = exit_status(ctx.stop, uploader, scan.errors + upload.errors)
+    if status in (ExitStatus.OK, ExitStatus.FILES_FAILED) and scan.unavailable:
+        status = scan_status(ctx.stop, scan)
     summary = sync_summary(scan, upload, time.monotonic() - started)
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
     log_file = ctx.settings.log_file
-    rows = scan_rows(scan, log_file)[:5] + [r for r in upload_rows(upload, log_file) if r[0] != "errors"]
-    rows.insert(-2, errors_row(scan.errors + upload.errors, log_file))
+    errors = errors_row(scan.errors + upload.errors, log_file)
+    rows = scan_rows(scan, log_file)[:5] + [
+        errors if label == "errors" else (label, value) for label, value in upload_rows(upload, log_file)
+    ]
+    if scan.unavailable:
+        rows.append(("not scanned", ", ".join(scan.unavailable) + " (missing or empty: not mounted?)"))
     ctx.progress.summary("Sync finished", rows)
     return status
 
@@ -106,7 +115,7 @@ def run_sync(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
     try:
         ctx.settings.require_server()
-    except ConfigError as missing:
+    except ServerNotConfigured as missing:
         return scan_only(ctx, missing)
     if ctx.args.watch:
         return watch(ctx)
@@ -192,6 +201,7 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         "sync_upload.py", "Scan the source folders and upload what Immich does not have yet."
     )
     add_upload_arguments(parser)
+    add_scan_arguments(parser)
     parser.add_argument(
         "--watch", action="store_true", help="keep running: sync again whenever files change (WATCH_SETTLE)"
     )

@@ -2,17 +2,20 @@
 """Upload: send every pending row to Immich exactly once, concurrently, newest first.
 
 `Uploader.feed()` takes rows, re-checks each file on disk (a file changed since its scan is re-hashed
-first, a vanished one is marked missing), skips what the server would refuse, and asks the server which
-SHA-1s it already has: those rows become `duplicate` without a byte sent. The rest go to a queue served by
-UPLOAD_CONCURRENCY worker threads; each result is committed the moment it arrives. After
-MAX_CONSECUTIVE_ERRORS failed uploads in a row the run stops (exit 3), so an outage cannot turn a whole
-library into `error`. Workers are daemon threads: a second Ctrl+C abandons transfers in flight, and their
-rows stay `pending` (or are found by the pre-check next time if the server got them after all).
+first, a vanished one is marked missing), skips what the server would refuse, and settles what needs no
+upload: content this database already knows on this Immich (a copy under another name, or sent by another
+machine), content a worker is sending right now (recorded once that upload lands), and content the server
+already has (bulk-upload-check). The rest go to a queue served by UPLOAD_CONCURRENCY worker threads; each
+result is committed the moment it arrives. Failed rows wait longer after each failure (recorded in the row)
+and are tried after the pending ones, so they never crowd out new files. Only failures of the server (5xx,
+a refused key, a full quota) count toward MAX_CONSECUTIVE_ERRORS; a file a proxy finds too large or a type
+Immich refuses is that file's own problem. A server that goes away mid-run is waited for (SERVER_WAIT);
+then the run stops with exit 3 and no row is marked failed. Workers are daemon threads: a second Ctrl+C
+abandons transfers in flight, and their rows stay `pending`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import queue
@@ -20,30 +23,67 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import Settings
 from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome, utc_now
+from filters import wanted
 from immich_client import (
+    BULK_CHECK_BATCH,
     ApiKeyRefused,
     ImmichClient,
     ImmichError,
-    ServerInfo,
+    NotImmich,
     ServerUnreachable,
+    ServerUser,
     StopRequested,
+    TlsProblem,
     UploadRequest,
+    host_port,
 )
 from logger import FILE_EVENT, get_logger
 from organize import organize, server_jobs_paused
 from progress import ProgressTracker, errors_row, media_detail
 from scan_files import FoundFile, describe_file
-from utils import format_bytes, format_duration, sidecar_for, text_to_path, to_utc_iso
+from utils import (
+    FileChangedError,
+    format_bytes,
+    format_duration,
+    path_to_text,
+    sidecar_for,
+    text_to_path,
+    to_utc_iso,
+)
 
 log = get_logger("upload")
 
 FEED_BATCH = 1000
+TARGET_STATE = "current_target"
+FIRST_RETRY_WAIT = timedelta(hours=1)
+MAX_RETRY_WAIT = timedelta(days=7)
+
+# What to do about each kind of failure (immich_client.error_kind, plus the local ones).
+FAILURE_ADVICE = {
+    "too_large": "a proxy in front of Immich refused the size (413): raise its body limit "
+    "(nginx: client_max_body_size 50000M; Cloudflare's free plan stops at 100 MB)",
+    "unsupported": "Immich does not accept this file type",
+    "empty": "Immich refused an empty file",
+    "rejected": "Immich refused the upload; its answer is in the row and the log",
+    "quota": "your Immich storage quota is full: free space there or ask the admin to raise it",
+    "server": "the server failed (5xx); tried again on a later run",
+    "auth": "the API key was refused: check IMMICH_API_KEY and that it may upload (asset.upload)",
+    "unreadable": "the file could not be read here (permissions, a disk error)",
+    "changed": "the file changed while it was being sent; it is sent again after the next scan",
+}
+
+
+def retry_time(attempts: int) -> str:
+    """When a row that failed `attempts` times may be tried again: 1 h, 4 h, 16 h, ... at most a week.
+    A nightly job retries a file that failed once on the next night, one that always fails about weekly."""
+    wait = min(MAX_RETRY_WAIT, FIRST_RETRY_WAIT * 4 ** max(0, attempts - 1))
+    return (datetime.now(timezone.utc) + wait).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @dataclass
@@ -59,6 +99,9 @@ class UploadSummary:
     added_to_albums: int = 0
     stacks_created: int = 0
     deleted: int = 0
+    server_problem: str = ""  # why the run stopped early (the server went away, too many errors)
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
@@ -68,22 +111,71 @@ class UploadSummary:
         return data
 
 
-def connect(client: ImmichClient) -> ServerInfo:
-    """Check server, version and key before anything is sent; failures become one StartError line."""
+def connect(client: ImmichClient) -> ServerUser:
+    """Check the server and the key before anything is sent; failures become one StartError line."""
+    where = host_port(client.base_url)
     try:
-        server = client.connect()
+        user = client.connect()
     except ApiKeyRefused as exc:
         raise StartError(str(exc)) from None
     except ServerUnreachable as exc:
         raise StartError(
-            f"cannot reach Immich: {exc} (check IMMICH_URL, and that the server is running)"
+            f"cannot reach Immich at {where}: {exc} (tried GET {client.api_url}/users/me twice; check "
+            "IMMICH_URL, and that the server is running)"
         ) from None
-    except (ImmichError, ValueError) as exc:
+    except TlsProblem as exc:
+        raise StartError(f"cannot connect to Immich at {client.base_url}: {exc}") from None
+    except NotImmich as exc:
         raise StartError(
-            f"{client.base_url} does not answer like an Immich server ({exc}): check IMMICH_URL"
+            f"{client.base_url} answers, but not like Immich ({exc}): check IMMICH_URL"
         ) from None
-    log.info("connected to Immich %s as %s", server.version_text, server.user_email)
-    return server
+    except StopRequested:
+        raise KeyboardInterrupt from None
+    except ImmichError as exc:
+        raise StartError(f"Immich at {client.base_url} failed at the start: {exc}") from None
+    log.info("connected to Immich at %s as %s", client.base_url, user.email or user.name)
+    return user
+
+
+def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
+    """The target (this server's user) rows are recorded against. When the database last uploaded
+    somewhere else (a moved or reinstalled server, a second one) or was written by an earlier version, the
+    rows Immich should hold are re-checked here: what this server has is kept (by its asset ids), the rest
+    goes back to pending and is sent. Going back to an earlier server re-checks the same way and sends
+    only what it lacks."""
+    target = store.target_id(user.identity, client.base_url, user.email)
+    if store.get_state(TARGET_STATE) == str(target):
+        return target
+    held_total, sent_again = 0, 0
+    after = 0
+    try:
+        while rows := store.uploaded_rows(after, BULK_CHECK_BATCH, not_on_target=target):
+            after = rows[-1].id
+            answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows])
+            held, not_held = [], []
+            for r in rows:
+                answer = answers.get(str(r.id))
+                if answer is not None and answer.held:
+                    # Rows of earlier versions keep their status; rows of another server were not sent here.
+                    status = r.upload_status if r.target_id is None else "duplicate"
+                    held.append((r.id, status, answer.asset_id or ""))
+                else:
+                    not_held.append(r.id)
+            store.move_to_target(target, held, not_held)
+            held_total += len(held)
+            sent_again += len(not_held)
+    except (ServerUnreachable, StopRequested) as exc:
+        raise StartError(f"could not check what {client.base_url} already has: {exc}") from None
+    if sent_again:
+        log.warning(
+            "this database had uploaded to another Immich (or before this version): %d files are on %s "
+            "already, %d are not and will be sent there",
+            held_total, client.base_url, sent_again,
+        )  # fmt: skip
+    elif held_total:
+        log.info("%d files re-checked on %s: all there", held_total, client.base_url)
+    store.set_state(TARGET_STATE, str(target))
+    return target
 
 
 def created_at(row: PendingUpload) -> str:
@@ -101,32 +193,6 @@ def modified_at(row: PendingUpload) -> str:
         return "1970-01-01T00:00:00.000Z"
 
 
-def taken_day(row: PendingUpload) -> date | None:
-    """The local calendar day the file was taken (the date as the camera or file name gave it)."""
-    if row.metadata_info:
-        used = json.loads(row.metadata_info).get("date_used")
-        if used:
-            return date.fromisoformat(str(used)[:10])
-    return date.fromisoformat(str(row.date_taken)[:10]) if row.date_taken else None
-
-
-def wanted(row: PendingUpload, settings: Settings) -> bool:
-    """The --since/--until/--include/--exclude/--only-* filters; rows left out stay pending."""
-    if settings.only and row.media_type != settings.only.rstrip("s"):
-        return False
-    if settings.since or settings.until:
-        day = taken_day(row)
-        if (
-            day is None
-            or (settings.since and day < settings.since)
-            or (settings.until and day > settings.until)
-        ):
-            return False
-    if settings.include and not any(fnmatch.fnmatch(row.filepath, p) for p in settings.include):
-        return False
-    return not any(fnmatch.fnmatch(row.filepath, p) for p in settings.exclude)
-
-
 def select(rows: list[PendingUpload], settings: Settings, limit: int | None = None) -> list[PendingUpload]:
     chosen = [row for row in rows if wanted(row, settings)]
     return chosen if limit is None else chosen[:limit]
@@ -140,21 +206,25 @@ class Uploader:
         client: ImmichClient,
         progress: ProgressTracker,
         stop: threading.Event,
+        target_id: int,
     ) -> None:
         self.settings = settings
         self.store = store
         self.client = client
         self.progress = progress
         self.stop = stop
+        self.target_id = target_id
         self.summary = UploadSummary()
-        self.aborted = threading.Event()  # too many consecutive errors
+        self.aborted = threading.Event()  # too many server failures in a row, or the server went away
         self._queue: queue.Queue[PendingUpload | None] = queue.Queue()
         self._workers: list[threading.Thread] = []
         self._lock = threading.Lock()
         self._consecutive_errors = 0
         self._bugs: list[BaseException] = []
-        self._queued_sha1s: set[str] = set()
-        self._deferred: list[PendingUpload] = []
+        # SHA-1 -> rows with that content waiting for the one upload in flight: recorded as its
+        # duplicates once it lands, so the same bytes are never sent twice in a run.
+        self._in_flight: dict[str, list[PendingUpload]] = {}
+        self._retries: list[PendingUpload] = []  # failed rows whose wait is over: after everything else
         self.started = time.monotonic()
         self.counts_progress = True  # sync counts scan progress until its walk is done
 
@@ -162,60 +232,109 @@ class Uploader:
     def halted(self) -> bool:
         return self.stop.is_set() or self.aborted.is_set()
 
+    def _server_gone(self, exc: ImmichError) -> None:
+        """The server stayed away longer than SERVER_WAIT: stop, leaving every row as it is."""
+        if isinstance(exc, StopRequested):
+            return
+        with self._lock:
+            if not self.aborted.is_set():
+                self.summary.server_problem = str(exc)
+                self.aborted.set()
+                log.error("%s", exc)
+
     # -- feeding
     def feed(self, rows: list[PendingUpload]) -> None:
-        """Pre-check `rows` and queue those that must be sent. Called from one thread (main)."""
+        """Re-check `rows` and settle or queue each. Called from one thread (main)."""
         rows = select(rows, self.settings)
         if self.halted or not rows:
             return
-        server = self.client.server
-        to_check: list[PendingUpload] = []
+        try:
+            server = self.client.server
+        except (ServerUnreachable, StopRequested) as exc:
+            self._server_gone(exc)
+            return
+        fresh: list[PendingUpload] = []
         for row in rows:
             if self.halted:
                 return
-            if server is not None and not server.accepts(row.extension):
+            if not server.accepts(row.extension):
                 self._record(
-                    row, UploadOutcome("skipped", error=f"the server does not accept .{row.extension} files")
+                    row,
+                    UploadOutcome(
+                        "skipped",
+                        error=f"the server does not accept .{row.extension} files",
+                        error_kind="unsupported",
+                    ),
                 )
                 continue
             current = self._recheck(row)
-            if current is not None:
-                to_check.append(current)
-        if not to_check:
+            if current is None:
+                continue
+            (self._retries if current.upload_status == "error" else fresh).append(current)
+        self._dispatch(fresh)
+
+    def _dispatch(self, rows: list[PendingUpload]) -> None:
+        """Settle rows whose content is known (in this database on this Immich, in flight, or on the
+        server), queue the rest for the workers."""
+        if not rows or self.halted:
             return
-        try:
-            answers = self.client.bulk_upload_check([(str(r.id), r.sha1 or "") for r in to_check])
-        except ImmichError as exc:
-            # Not fatal: each upload's checksum header still lets the server spot duplicates.
-            log.warning("could not ask the server which files it has (%s); uploading with checksums", exc)
-            answers = {}
-        duplicates = []
+        known = self.store.assets_for_contents([r.sha1 for r in rows if r.sha1], self.target_id)
+        settled: list[tuple[PendingUpload, str, str]] = []
+        to_check: list[PendingUpload] = []
+        for row in rows:
+            if row.sha1 in known:
+                settled.append((row, known[row.sha1], "same content as a file already in Immich"))
+            else:
+                to_check.append(row)
+        answers = {}
+        if to_check:
+            try:
+                answers = self.client.bulk_upload_check([(str(r.id), r.sha1 or "") for r in to_check])
+            except (ServerUnreachable, StopRequested) as exc:
+                self._server_gone(exc)
+                return
+            except ImmichError as exc:
+                # Not fatal: each upload's checksum header still lets the server spot duplicates.
+                log.warning("could not ask the server which files it has (%s); uploading with checksums", exc)
         for row in to_check:
             answer = answers.get(str(row.id))
-            if (
-                answer is not None
-                and not answer.accepted
-                and answer.reason == "duplicate"
-                and answer.asset_id
-            ):
-                duplicates.append((row, answer))
-            elif row.sha1 and row.sha1 in self._queued_sha1s:
-                # Same content as a file already queued: sent after it, so the server's checksum check
-                # answers "duplicate" instead of two workers sending the same bytes at once.
-                self.summary.queued += 1
-                self._deferred.append(row)
-            else:
-                self.summary.queued += 1
-                if row.sha1:
-                    self._queued_sha1s.add(row.sha1)
-                self._queue.put(row)
-        if duplicates:
-            self.store.record_duplicates(
-                [(r.id, a.asset_id or "", json.dumps({"precheck": a.raw})) for r, a in duplicates]
-            )
-            for row, answer in duplicates:
+            if answer is not None and answer.held:
                 trashed = " (in Immich's trash)" if answer.is_trashed else ""
-                self._note("duplicate", row, f"already in Immich{trashed}")
+                settled.append((row, answer.asset_id or "", f"already in Immich{trashed}"))
+                continue
+            self.summary.queued += 1
+            with self._lock:
+                waiting = self._in_flight.get(row.sha1 or "") if row.sha1 else None
+                if waiting is not None:
+                    waiting.append(row)
+                    continue
+                if row.sha1:
+                    self._in_flight[row.sha1] = []
+            self._queue.put(row)
+        if settled:
+            self.store.record_duplicates(
+                [(r.id, asset_id, json.dumps({"duplicate": why})) for r, asset_id, why in settled],
+                self.target_id,
+            )
+            for row, _asset_id, why in settled:
+                self._note("duplicate", row, why)
+
+    def _landed(self, row: PendingUpload, asset_id: str | None) -> None:
+        """The upload of `row` ended: rows with the same content become its duplicates (without a byte
+        sent), or, when it failed, the next of them is tried."""
+        if not row.sha1:
+            return
+        with self._lock:
+            waiting = self._in_flight.pop(row.sha1, [])
+            if not asset_id and waiting and not self.halted:
+                self._in_flight[row.sha1] = waiting[1:]
+                self._queue.put(waiting[0])
+                return
+        if asset_id and waiting:
+            why = json.dumps({"duplicate": f"same content as {row.filepath}, sent once"})
+            self.store.record_duplicates([(r.id, asset_id, why) for r in waiting], self.target_id)
+            for other in waiting:
+                self._note("duplicate", other, f"same content as {os.path.basename(row.filepath)}")
 
     def _recheck(self, row: PendingUpload) -> PendingUpload | None:
         """The row as it is on disk now: re-hashed if the file changed since its scan, None if it vanished."""
@@ -227,7 +346,7 @@ class Uploader:
             self._note("skipped", row, "file no longer exists")
             return None
         except OSError as exc:
-            self._record(row, UploadOutcome("error", error=f"cannot read the file: {exc.strerror}"))
+            self._local_failure(row, f"cannot read the file: {exc.strerror}", "unreadable")
             return None
         if st.st_size == row.file_size and st.st_mtime_ns == row.mtime_ns:
             return row
@@ -245,11 +364,11 @@ class Uploader:
                 self.settings.time_zone,
             )
         except OSError as exc:
-            self._record(row, UploadOutcome("error", error=f"cannot read the file: {exc}"))
+            self._local_failure(row, f"cannot read the file: {exc}", "unreadable")
             return None
         self.store.update_fingerprint(row.id, scanned)
         if scanned.upload_status != "pending":
-            self._note("error", row, scanned.last_error or "unreadable")
+            self._note(scanned.upload_status, row, scanned.last_error or "unreadable")
             return None
         refreshed = self.store.pending_uploads(ids=[row.id])
         return refreshed[0] if refreshed else None
@@ -262,15 +381,18 @@ class Uploader:
             worker.start()
             self._workers.append(worker)
 
+    def _drain(self) -> None:
+        while self._queue.unfinished_tasks and not self._bugs:
+            time.sleep(0.02)  # polling keeps the main thread free for signals
+
     def finish(self) -> UploadSummary:
-        """Wait for the queue to drain (or for a stop), send the deferred same-content files, then stop
-        the workers."""
-        if self._deferred:
-            while self._queue.unfinished_tasks and not self._bugs:
-                time.sleep(0.05)  # polling keeps the main thread free for signals
-            for row in self._deferred:
-                self._queue.put(row)
-            self._deferred = []
+        """Wait for the queue to drain (or for a stop), then try the failed rows whose wait is over, then
+        stop the workers."""
+        self._drain()
+        retries, self._retries = self._retries, []
+        for start in range(0, len(retries), FEED_BATCH):
+            self._dispatch(retries[start : start + FEED_BATCH])
+        self._drain()
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
@@ -278,6 +400,7 @@ class Uploader:
             while worker.is_alive():
                 worker.join(0.2)
         self.summary.elapsed_s = time.monotonic() - self.started
+        self.summary.waiting_errors = self.store.waiting_errors()[0]
         if self._bugs:
             raise self._bugs[0]
         return self.summary
@@ -316,6 +439,10 @@ class Uploader:
 
     def _upload_one(self, row: PendingUpload) -> None:
         raw = text_to_path(row.filepath, row.filepath_b64)
+        sidecar = sidecar_for(raw)
+        if sidecar is not None and os.path.getsize(sidecar) == 0:
+            log.info("%s: its sidecar is empty; sent without it", row.filepath)  # Immich refuses empty parts
+            sidecar = None
         request = UploadRequest(
             path=raw,
             filename=os.path.basename(row.filepath),
@@ -325,40 +452,81 @@ class Uploader:
             modified_at=modified_at(row),
             device_asset_id=f"{os.path.basename(row.filepath)}-{row.file_size}".replace(" ", ""),
             mtime_ns=row.mtime_ns,
-            sidecar_path=sidecar_for(raw),
+            sidecar_path=sidecar,
         )
         try:
             result = self.client.upload(request)
-        except StopRequested:
-            return  # nothing was decided: the row stays as it was, no attempt counted
+        except (ServerUnreachable, StopRequested) as exc:
+            self._server_gone(exc)  # nothing was decided: the row stays as it was, no attempt counted
+            return
         except ImmichError as exc:
-            self._failed(row, str(exc), exc.body)
+            self._failed(row, exc)
+            return
+        except FileChangedError as exc:
+            self._local_failure(row, str(exc), "changed")
             return
         except OSError as exc:
-            self._record(row, UploadOutcome("error", error=f"cannot read the file: {exc.strerror or exc}"))
+            self._local_failure(row, f"cannot read the file: {exc.strerror or exc}", "unreadable")
             return
         with self._lock:
             self._consecutive_errors = 0
         status = "success" if result.status == "created" else "duplicate"
-        self._record(row, UploadOutcome(status, asset_id=result.asset_id, api_response=result.body))
+        sidecar_text = path_to_text(sidecar)[0] if sidecar is not None and result.sidecar_sha1 else None
+        self._record(
+            row,
+            UploadOutcome(
+                status,
+                asset_id=result.asset_id,
+                api_response=result.body,
+                target_id=self.target_id,
+                # Only a name stored exactly can be found again for deletion; any other is never deleted.
+                sidecar_path=sidecar_text if sidecar_text and "\ufffd" not in sidecar_text else None,
+                sidecar_sha1=result.sidecar_sha1 if sidecar_text else None,
+            ),
+        )
         if status == "success":
             self.summary.bytes_uploaded += row.file_size
+        self._landed(row, result.asset_id)
 
-    def _failed(self, row: PendingUpload, message: str, body: str) -> None:
-        self._record(row, UploadOutcome("error", api_response=body or None, error=message))
+    def _local_failure(self, row: PendingUpload, message: str, kind: str) -> None:
+        """A file that could not be read or changed under us: its own problem, never the server's."""
+        retry_at = None if kind == "changed" else retry_time(row.upload_attempts + 1)
+        self._record(row, UploadOutcome("error", error=message, error_kind=kind, retry_at=retry_at))
+        self._landed(row, None)
+
+    def _failed(self, row: PendingUpload, exc: ImmichError) -> None:
+        message = str(exc)
+        self._record(
+            row,
+            UploadOutcome(
+                "error",
+                api_response=exc.body or None,
+                error=message,
+                error_kind=exc.kind,
+                retry_at=retry_time(row.upload_attempts + 1),
+            ),
+        )
+        self._landed(row, None)
+        if exc.per_file:
+            return  # one file's problem (too large for a proxy, a type Immich refuses): the run goes on
         with self._lock:
             self._consecutive_errors += 1
             if self._consecutive_errors >= self.settings.max_consecutive_errors and not self.aborted.is_set():
-                self.aborted.set()
-                log.error(
-                    "stopping: %d uploads failed in a row (MAX_CONSECUTIVE_ERRORS); last: %s",
-                    self._consecutive_errors,
-                    message,
+                self.summary.server_problem = (
+                    f"{self._consecutive_errors} uploads in a row failed on the server's side "
+                    f"(MAX_CONSECUTIVE_ERRORS); last: {message}"
                 )
+                self.aborted.set()
+                log.error("stopping: %s", self.summary.server_problem)
 
     def _record(self, row: PendingUpload, outcome: UploadOutcome) -> None:
         self.store.record_upload(row.id, outcome, count_attempt=outcome.status != "skipped")
         detail = outcome.error or (media_detail(row.metadata_info) if outcome.status == "success" else "")
+        if outcome.status == "error" and outcome.error_kind:
+            with self._lock:
+                self.summary.error_kinds[outcome.error_kind] = (
+                    self.summary.error_kinds.get(outcome.error_kind, 0) + 1
+                )
         self._note(outcome.status, row, detail)
 
     def _note(self, status: str, row: PendingUpload, detail: str) -> None:
@@ -390,6 +558,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("duplicates", str(summary.duplicates)),
         ("skipped", str(summary.skipped)),
         errors_row(summary.errors, log_file),
+        *failure_rows(summary),
         ("sent", f"{format_bytes(summary.bytes_uploaded)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),
     ]
@@ -399,6 +568,25 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("deleted locally", summary.deleted),
     ]
     rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
+    if summary.server_problem:
+        rows.append(("stopped", summary.server_problem))
+    return rows
+
+
+def failure_rows(summary: UploadSummary) -> list[tuple[str, str]]:
+    """One line per kind of failure with what to do about it, and the failed files still waiting."""
+    rows = [
+        (f"  {count} ×", FAILURE_ADVICE.get(kind, kind))
+        for kind, count in sorted(summary.error_kinds.items())
+    ]
+    if summary.waiting_errors:
+        rows.append(
+            (
+                "waiting",
+                f"{summary.waiting_errors} failed file{'s' if summary.waiting_errors != 1 else ''} are tried again "
+                "on a later run (python main.py > Retry errors tries them now)",
+            )
+        )
     return rows
 
 
@@ -411,26 +599,79 @@ def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> 
 
 
 def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
-    total = sum(r.file_size for r in rows)
+    """What a run would do, changing nothing: which files would be sent (the server is asked which it
+    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted."""
+    client = None
+    if ctx.settings.immich_url and ctx.settings.immich_api_key:
+        ctx.settings.require_server()
+        client = ImmichClient(ctx.settings, ctx.stop)
+    try:
+        held: dict[str, str] = {}
+        deletions: list[tuple[str, int]] = []
+        if client is not None:
+            user = connect(client)
+            answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows if r.sha1])
+            held = {key: a.asset_id or "" for key, a in answers.items() if a.held}
+            target_id = ctx.store.find_target(user.identity)
+            if ctx.settings.delete_uploaded and target_id is not None:
+                done = organize(
+                    client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id, dry_run=True
+                )
+                deletions = done.would_delete
+    except (ServerUnreachable, StopRequested) as exc:
+        raise StartError(f"could not ask {ctx.settings.immich_url} what it has: {exc}") from None
+    finally:
+        if client is not None:
+            client.close()
+    to_send = [r for r in rows if str(r.id) not in held]
+    have = [r for r in rows if str(r.id) in held]
+    send_bytes = sum(r.file_size for r in to_send)
+    delete_bytes = sum(size for _path, size in deletions)
     if ctx.args.json:
-        ctx.emit_json({"would_upload": len(rows), "bytes": total, "dry_run": True})
+        ctx.emit_json(
+            {
+                "dry_run": True,
+                "would_upload": len(to_send),
+                "bytes": send_bytes,
+                "already_in_immich": len(have),
+                "would_delete": len(deletions),
+                "delete_bytes": delete_bytes,
+                "asked_server": client is not None,
+            }
+        )
     else:
-        for row in rows:
+        for row in to_send:
             ctx.stdout.write(f"would upload {row.filepath} ({format_bytes(row.file_size)})\n")
-    ctx.progress.summary(
-        "Dry run: nothing was sent", [("files", str(len(rows))), ("size", format_bytes(total))]
-    )
+        for row in have:
+            ctx.stdout.write(f"already in Immich {row.filepath}\n")
+        for path, size in deletions:
+            ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
+    rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
+    if client is not None:
+        rows_out.append(("already in Immich", plural(len(have), "file")))
+    else:
+        rows_out.append(("server", "not asked (IMMICH_URL or IMMICH_API_KEY not set)"))
+    if ctx.settings.delete_uploaded:
+        rows_out.append(("would delete", f"{plural(len(deletions), 'file')}, {format_bytes(delete_bytes)}"))
+    ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
 
 
-def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary) -> None:
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int) -> None:
     """Albums, stacks and deletion once the uploads are recorded (skipped when the run was stopped)."""
     if ctx.stop.is_set() or summary.stopped_after_errors:
         return
     try:
-        done = organize(client, ctx.store, ctx.settings, ctx.progress)
+        done = organize(client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id)
+    except (ServerUnreachable, StopRequested) as exc:
+        log.error("albums, stacks and deletion not done: %s", exc)
+        return
     except ImmichError as exc:
-        log.error("albums/stacks not updated: %s", exc)
+        log.error("albums/stacks not updated (nothing was deleted): %s", exc)
         summary.errors += 1
         return
     summary.added_to_albums, summary.stacks_created, summary.deleted = (
@@ -442,15 +683,15 @@ def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary)
 
 
 def run_upload(ctx: Context) -> ExitStatus:
-    rows = select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit)
     if ctx.args.dry_run:
-        return dry_run(ctx, rows)
+        return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit))
     ctx.settings.require_server()
     started = utc_now()
     client = ImmichClient(ctx.settings, ctx.stop)
     try:
-        connect(client)
-        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop)
+        target_id = adopt_target(client, ctx.store, connect(client))
+        rows = select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit)
+        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
         with server_jobs_paused(client, ctx.store, ctx.settings):
             ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows))
             uploader.start()
@@ -460,7 +701,7 @@ def run_upload(ctx: Context) -> ExitStatus:
             summary = uploader.finish()
             ctx.progress.finish()
             summary.stopped_after_errors = uploader.aborted.is_set()
-            finish_in_immich(ctx, client, summary)
+            finish_in_immich(ctx, client, summary, target_id)
     finally:
         client.close()
     status = exit_status(ctx.stop, uploader, summary.errors)

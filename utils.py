@@ -606,9 +606,15 @@ def date_from_filename(name: str) -> datetime | None:
 
 def sidecar_for(raw_path: bytes) -> bytes | None:
     """The XMP sidecar that travels with a photo: `photo.jpg.xmp`, else `photo.xmp`, as Immich's own CLI
-    looks for them. Upload and deletion both ask here, so they agree on which file it is."""
+    looks for them. `IMG_9.HEIC.xmp` beside `IMG_9.HEIC.jpg` is the sidecar of `IMG_9.HEIC` when that file
+    exists, not of the converted copy."""
+    for candidate in (raw_path + b".xmp", raw_path + b".XMP"):
+        if os.path.isfile(candidate):
+            return candidate
     stem = os.path.splitext(raw_path)[0]
-    for candidate in (raw_path + b".xmp", raw_path + b".XMP", stem + b".xmp", stem + b".XMP"):
+    if os.path.exists(stem):
+        return None
+    for candidate in (stem + b".xmp", stem + b".XMP"):
         if os.path.isfile(candidate):
             return candidate
     return None

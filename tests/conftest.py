@@ -147,6 +147,7 @@ def env(tmp_path: Path, backend: str, library: Library) -> Iterator[Env]:
         "UPLOAD_DELAY": "0",
         "RETRY_BACKOFF": "0.01",
         "MAX_RETRIES": "2",
+        "SERVER_WAIT": "5",  # a test that sends the server away waits seconds, not minutes
     }
     database = None
     if backend == "mysql":

@@ -15,10 +15,12 @@ def write_env(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_defaults_match_the_client_spec(tmp_path: Path) -> None:
+def test_defaults_match_the_client_spec_except_the_fixed_upload_delay(tmp_path: Path) -> None:
     s = load_settings(env_file=str(write_env(tmp_path, "")), environ={})
     assert s.max_consecutive_errors == 5
-    assert s.upload_delay_s == 0.1
+    # Issue 16: no fixed rest between uploads by default; the server's own answers pause the workers.
+    assert s.upload_delay_s == 0.0
+    assert s.server_wait_s == 300.0
     assert s.log_level == "INFO"
     assert s.log_file == PROJECT_DIR / "logs" / "immich_uploader.log"
     assert s.backend == "sqlite"

@@ -35,6 +35,7 @@ def client_for(url: str, key: str = API_KEY, retries: int = 2) -> ImmichClient:
 def client(immich: ImmichTestServer) -> Iterator[ImmichClient]:
     c = client_for(immich.url)
     c.connect()
+    c.server  # noqa: B018 - fetched now, so tests count only their own requests
     yield c
     c.close()
 
@@ -51,11 +52,16 @@ def request_for(path: Path, sha1: str | None = None) -> UploadRequest:
     )
 
 
-def test_connect_reads_version_user_and_media_types(client: ImmichClient) -> None:
-    assert client.server is not None
-    assert client.server.version == (3, 1, 0) and not client.server.needs_device_fields
-    assert client.server.user_email == "test@example.com"
-    assert client.server.accepts("CR2") and client.server.accepts("mp4") and not client.server.accepts("txt")
+def test_connect_is_one_request_and_server_details_come_when_first_needed(immich: ImmichTestServer) -> None:
+    c = client_for(immich.url)
+    user = c.connect()
+    assert user.identity == immich.user_id and user.email == "test@example.com"
+    assert immich.requests_log == [("GET", "/api/users/me")]  # a run with nothing to send stops here
+    assert c.server.version == (3, 1, 0) and not c.server.needs_device_fields
+    assert c.server.accepts("CR2") and c.server.accepts("mp4") and not c.server.accepts("txt")
+    assert c.server.accepts("mpo") and c.server.accepts("ts") and c.server.accepts("mxf")
+    c.server  # noqa: B018 - asked once, kept
+    assert len(immich.requests_log) == 3
 
 
 def test_wrong_key_is_refused_clearly(immich: ImmichTestServer) -> None:
@@ -64,12 +70,16 @@ def test_wrong_key_is_refused_clearly(immich: ImmichTestServer) -> None:
         c.connect()
 
 
-def test_unreachable_server_after_retries(immich: ImmichTestServer) -> None:
+def test_unreachable_server_at_the_start_is_told_in_plain_words(immich: ImmichTestServer) -> None:
     immich.down()
     c = client_for(immich.url, retries=1)
-    with pytest.raises(ServerUnreachable, match="no answer from"):
+    with pytest.raises(ServerUnreachable) as caught:
         c.connect()
+    assert str(caught.value) == "the connection was reset"
     assert len(immich.requests_log) == 0
+    c = client_for("http://127.0.0.1:9")
+    with pytest.raises(ServerUnreachable, match=r"^connection refused \(nothing listens on that port\)$"):
+        c.connect()
 
 
 def test_upload_streams_from_disk_in_flat_memory(client: ImmichClient, tmp_path: Path) -> None:
@@ -157,15 +167,15 @@ def test_v2_error_bodies_with_message_lists_are_readable(immich: ImmichTestServe
     with ImmichTestServer(api_key=API_KEY, version=(2, 5, 0)) as old:
         c = client_for(old.url)
         c.connect()
-        c.server = None  # pretend we did not know: the server's list of messages must come through
         photo = tmp_path / "a.jpg"
         photo.write_bytes(b"\xff\xd8data")
         result = c.upload(request_for(photo))
         assert result.status == "created"
         from dataclasses import replace
 
-        c.connect()
-        c.server = replace(c.server, version=(3, 0, 0))  # wrongly omit the device fields
+        c._server = replace(
+            c.server, version=(3, 0, 0)
+        )  # wrongly omit the device fields: the list comes through
         photo.write_bytes(b"\xff\xd8other")
         with pytest.raises(ImmichError, match="deviceAssetId should not be empty"):
             c.upload(request_for(photo))

@@ -91,7 +91,7 @@ def test_report_lists_every_file_with_status_and_reason(
     result = run_process("main.py", "--env-file", str(server_env.path), "--report", str(report))
     assert result.status == 0 and "Wrote 3 rows" in result.stdout
     rows = {Path(r["path"]).name: r for r in csv.DictReader(report.open())}
-    assert rows["empty.jpg"]["status"] == "error" and "empty" in rows["empty.jpg"]["reason"]
+    assert rows["empty.jpg"]["status"] == "skipped" and "empty" in rows["empty.jpg"]["reason"]
     assert rows[have.name]["status"] == "duplicate" and rows[have.name]["reason"] == "already in Immich"
     assert rows["IMG_0001.jpg"]["status"] == "success"
 

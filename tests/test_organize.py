@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
+import pytest
 import requests
 
 import sync_upload
 import upload_files
 from db_manager import open_store
 from organize import PAUSED_STATE
-from tests.conftest import API_KEY, Env, Library, run_inprocess
+from tests.conftest import API_KEY, Env, Library, make_jpeg, run_inprocess, start_process
 from tests.immich_server import ImmichTestServer
 
 
@@ -120,25 +125,6 @@ def test_delete_uploaded_removes_only_confirmed_uploads(
     assert len(rows(server_env)) == 2  # rows stay, marked
 
 
-def test_file_changed_after_upload_is_not_deleted(
-    server_env: Env, library: Library, immich: ImmichTestServer
-) -> None:
-    (photo,) = library.photos(1)
-    sync(server_env)
-    library.photo("photos/IMG_0000.jpg", n=77)  # edited since: a new version Immich does not have
-    store = open_store(server_env.settings())
-    try:
-        from immich_client import ImmichClient
-        from organize import delete_uploaded
-        from progress import ProgressTracker
-
-        client = ImmichClient(server_env.settings())
-        summary = delete_uploaded(client, store, server_env.settings(), store.done_files(), ProgressTracker())
-    finally:
-        store.close()
-    assert summary.deleted == 0 and photo.exists()
-
-
 def test_server_jobs_are_paused_for_the_run_and_resumed_after(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
@@ -152,7 +138,7 @@ def test_server_jobs_are_paused_for_the_run_and_resumed_after(
     status, _ = sync(server_env, "--pause-server-jobs")
     assert status == 0
     log = immich.requests_log
-    run_start, first_upload = log.index(("GET", "/api/server/ping")), log.index(("POST", "/api/assets"))
+    run_start, first_upload = log.index(("GET", "/api/users/me")), log.index(("POST", "/api/assets"))
     paused = [p for m, p in log[run_start:first_upload] if m == "PUT" and p.startswith("/api/queues/")]
     assert "/api/queues/thumbnailGeneration" in paused and "/api/queues/smartSearch" not in paused
     assert immich.paused_queues == {"smartSearch"}  # the admin's own pause is kept
@@ -235,8 +221,6 @@ def test_delete_keeps_files_immich_no_longer_holds_or_holds_in_the_trash(
     gone, trashed, fine = library.photos(3)
     sync(server_env)
     by_sha1 = {a.sha1_hex: a for a in immich.assets.values()}
-    import hashlib
-
     del immich.assets[by_sha1[hashlib.sha1(gone.read_bytes()).hexdigest()].id]  # deleted in Immich since
     by_sha1[hashlib.sha1(trashed.read_bytes()).hexdigest()].is_trashed = True
     status, summary = sync(server_env, "--delete-uploaded")
@@ -254,3 +238,229 @@ def test_delete_leaves_a_sidecar_another_file_still_needs(
     status, summary = sync(server_env, "--delete-uploaded", "--only-images", "--exclude", "*.CR2")
     assert status == 0 and summary["deleted"] == 1 and not jpeg.exists()
     assert raw.exists() and shared.exists()  # the RAW, not yet uploaded, keeps its edits
+
+
+# --- deletion (issue 15): each way a careful user's worst day deleted what was not safe on the server ------
+
+
+def sha1_of(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def edit_in_place_keeping_size_and_mtime(path: Path) -> None:
+    """What `exiftool -P` or a lossless rotation with "keep timestamps" does: new bytes, same size and mtime."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_file_edited_in_place_with_same_size_and_mtime_is_not_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    edited, untouched = library.photos(2)
+    sync(server_env)
+    edit_in_place_keeping_size_and_mtime(edited)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1
+    assert edited.exists() and not untouched.exists()  # the server holds only the old bytes of `edited`
+    assert immich.asset_by_sha1(sha1_of(edited)) is None
+
+
+def test_sidecar_of_a_file_immich_already_had_is_never_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (have,) = library.photos(1)
+    sidecar = library.write("photos/IMG_0000.jpg.xmp", b"<x:xmpmeta>my edits</x:xmpmeta>")
+    immich.add_existing_asset(have.read_bytes())
+    status, summary = sync(server_env, "--delete-uploaded", "--delete-duplicates")
+    assert status == 0 and summary["duplicates"] == 1 and summary["deleted"] == 1
+    assert not have.exists() and sidecar.exists()  # no bytes were sent, so the sidecar never went up
+
+
+def test_sidecar_written_after_the_upload_is_not_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    sync(server_env)
+    late = library.write("photos/IMG_0000.jpg.xmp", b"<x:xmpmeta>edited later</x:xmpmeta>")
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1
+    assert not photo.exists() and late.exists()
+
+
+def test_sidecar_changed_after_the_upload_is_not_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    sidecar = library.write("photos/IMG_0000.xmp", b"<x:xmpmeta>v1</x:xmpmeta>")
+    sync(server_env)
+    assert immich.uploads[-1].sidecar_filename == "IMG_0000.xmp"
+    sidecar.write_bytes(b"<x:xmpmeta>v2, never sent</x:xmpmeta>")
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1 and not photo.exists() and sidecar.exists()
+
+
+def test_sidecar_that_went_up_with_its_photo_goes_with_it(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    sidecar = library.write("photos/IMG_0000.jpg.xmp", b"<x:xmpmeta>sent</x:xmpmeta>")
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1
+    assert not photo.exists() and not sidecar.exists()
+    row = rows(server_env)["IMG_0000.jpg"]
+    assert (
+        row["sidecar_path"] == str(sidecar)
+        and row["sidecar_sha1"] == hashlib.sha1(b"<x:xmpmeta>sent</x:xmpmeta>").hexdigest()
+    )
+
+
+def test_sidecar_of_the_original_stays_when_its_converted_copy_is_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    original = library.write("c/IMG_9.HEIC", b"heic bytes" * 100)
+    converted = library.photo("c/IMG_9.HEIC.jpg", n=9)
+    sidecar = library.write("c/IMG_9.HEIC.xmp", b"<x:xmpmeta>edits of the HEIC</x:xmpmeta>")
+    status, summary = sync(server_env, "--delete-uploaded", "--exclude", "*.HEIC")
+    assert status == 0 and summary["uploaded"] == 1 and summary["deleted"] == 1
+    assert not converted.exists() and original.exists() and sidecar.exists()
+    assert immich.uploads[-1].sidecar_filename is None  # never sent with the copy either
+
+
+def test_filters_and_sources_limit_what_is_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    kept = library.photo("keep/a.jpg", n=1)
+    photo = library.photo("trip/b.jpg", n=2)
+    clip = library.write("trip/c.mp4", b"\x00\x00\x00\x18ftypmp42" + b"v" * 500)
+    other_source = tmp_path / "old"
+    old_file = make_jpeg(other_source / "d.jpg", color=(1, 2, 3))
+    server_env.set(SOURCE_DIR=f"{library.root},{other_source}")
+    assert sync(server_env)[1]["uploaded"] == 4
+    status, summary = sync(server_env, "--exclude", "*/keep/*", "--only-videos", "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1
+    assert not clip.exists() and kept.exists() and photo.exists() and old_file.exists()
+    status, summary = sync(server_env, "--source-dir", str(library.root), "--delete-uploaded")
+    assert summary["deleted"] == 2 and not kept.exists() and not photo.exists()
+    assert old_file.exists()  # the files of a source folder this run did not name are not its business
+
+
+def test_sigterm_stops_deletion_at_once(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = library.photos(30)
+    sync(server_env)
+    deleted: list[str] = []
+    real_remove = os.remove
+
+    def remove_then_signal(path: object) -> None:
+        real_remove(path)  # type: ignore[arg-type]
+        deleted.append(str(path))
+        if len(deleted) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from another terminal would
+
+    monkeypatch.setattr(os, "remove", remove_then_signal)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 130 and summary["deleted"] == 3
+    assert sum(p.exists() for p in photos) == 27
+
+
+def test_failed_album_or_stack_step_holds_deletion_back(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photo = library.photo("a/IMG_1.jpg", n=1)
+    raw = library.write("a/IMG_1.CR2", b"raw data" * 200)
+    alone = library.photo("b/IMG_2.jpg", n=2)
+    immich.faults.add(status=400, path="/api/stacks", method="POST")
+    status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
+    assert summary["stacks_created"] == 0 and summary["deleted"] == 1
+    assert photo.exists() and raw.exists() and not alone.exists()  # the stack can still be made
+    status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
+    assert summary["stacks_created"] == 1 and summary["deleted"] == 2 and not photo.exists()
+
+    other = library.photo("c/IMG_3.jpg", n=3)
+    immich.faults.add(status=500, count=10, path="/api/albums*")
+    status, summary = sync(server_env, "--album", "Trip", "--delete-uploaded")
+    assert status == 1 and other.exists() and summary["deleted"] == 0  # not in its album: kept to try again
+
+
+def test_raw_waiting_to_be_uploaded_keeps_its_jpeg_when_stacking(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photo = library.photo("a/IMG_1.jpg", n=1)
+    raw = library.write("a/IMG_1.NEF", b"raw data" * 200)
+    status, summary = sync(
+        server_env, "--stack-raw-jpeg", "--delete-uploaded", "--only-images", "--exclude", "*.NEF"
+    )
+    assert status == 0 and summary["deleted"] == 0 and photo.exists() and raw.exists()
+
+
+def test_deletion_says_how_much_before_and_dry_run_lists_it(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photos = library.photos(3)
+    sync(server_env)
+    result = run_inprocess(
+        upload_files.main, "--env-file", str(server_env.path), "--dry-run", "--delete-uploaded"
+    )
+    assert result.status == 0
+    assert sorted(
+        line.split(" (")[0] for line in result.stdout.splitlines() if line.startswith("would delete")
+    ) == [f"would delete {p}" for p in sorted(photos)]
+    assert all(p.exists() for p in photos)
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--delete-uploaded")
+    assert result.status == 0 and not any(p.exists() for p in photos)
+    assert "Deleting up to 3 local files (" in result.stderr
+
+
+def test_a_newline_in_a_file_name_stays_one_log_line(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    odd = library.photo("evil\nINFO forged line.jpg", n=4)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 1 and not odd.exists()
+    lines = (tmp_path / "logs" / "uploader.log").read_text().splitlines()
+    assert not any(line.startswith("INFO forged line") for line in lines)
+    assert any("deleting" in line and "evil\\nINFO forged line.jpg" in line for line in lines)
+    assert any(
+        line.endswith("deleted " + str(library.root) + "/evil\\nINFO forged line.jpg") for line in lines
+    )
+
+
+def test_kill_9_during_deletion_leaves_each_file_or_a_row_that_says_where_it_is(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    photos = library.photos(60)
+    contents = {p: sha1_of(p) for p in photos}
+    sync(server_env)
+    log_file = tmp_path / "logs" / "uploader.log"
+    proc = start_process(
+        "sync_upload.py", "--env-file", str(server_env.path), "--no-progress", "--delete-uploaded"
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and log_file.read_text().count("deleted ") < 5:
+        time.sleep(0.005)
+    proc.kill()
+    proc.communicate(timeout=20)
+    by_path = {str(r["filepath"]): r for r in rows_list(server_env)}
+    for path, sha1 in contents.items():
+        row = by_path[str(path)]
+        assert path.exists() or (
+            row["upload_status"] == "success"
+            and row["immich_asset_id"]
+            and immich.asset_by_sha1(sha1) is not None
+        )
+    status, _summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and not any(p.exists() for p in photos)
+    assert all(immich.asset_by_sha1(sha1) is not None for sha1 in contents.values())
+
+
+def rows_list(env: Env) -> list[dict[str, object]]:
+    store = open_store(env.settings())
+    try:
+        return store.rows()
+    finally:
+        store.close()

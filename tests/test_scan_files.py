@@ -131,16 +131,19 @@ def test_broken_inputs_are_recorded_and_the_scan_goes_on(env: Env, library: Libr
     corrupt[30:60] = b"\xff" * 30  # inside the APP1/EXIF segment
     (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(corrupt))
     status, summary, stderr = scan(env)
-    assert status == 1  # some files errored
-    assert summary["found"] == 5 and summary["errors"] == 1  # only the empty file is an error
+    assert status == 0  # damaged metadata is a warning; an empty file is passed over, not an error
+    assert summary["found"] == 5 and summary["errors"] == 0 and summary["skipped"] == 1
     rows = rows_by_name(env)
-    assert rows["empty.jpg"]["upload_status"] == "error" and "empty" in str(rows["empty.jpg"]["last_error"])
+    assert rows["empty.jpg"]["upload_status"] == "skipped" and "empty" in str(rows["empty.jpg"]["last_error"])
     for name in ("truncated.jpg", "random.jpg", "corrupt_exif.jpg", "good.jpg"):
         assert rows[name]["upload_status"] == "pending" and len(str(rows[name]["hash"])) == 64
     corrupt = json.loads(str(rows["corrupt_exif.jpg"]["metadata_info"]))
     assert corrupt["width"] == 66 and "EXIF block present but unreadable (corrupt)" in corrupt["warnings"]
     log_text = env.settings().log_file.read_text()
-    assert "corrupt_exif.jpg: metadata partly unreadable" in log_text and "empty.jpg: empty file" in log_text
+    assert (
+        "corrupt_exif.jpg: metadata partly unreadable" in log_text
+        and "empty.jpg: skipped: empty file" in log_text
+    )
     assert "Traceback" not in stderr
 
 

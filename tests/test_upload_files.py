@@ -131,28 +131,54 @@ def test_transient_failures_are_retried(server_env: Env, library: Library, immic
     assert immich.faults.pending() == 0
 
 
-def test_client_errors_are_not_retried_and_keep_the_servers_message(
+def test_a_file_the_proxy_refuses_waits_and_never_crowds_out_new_files(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    library.photos(1)
+    (big,) = library.photos(1)
     scan(server_env)
     immich.faults.add(status=413, html=True, path="/api/assets", method="POST")
-    status, summary, _ = upload(server_env)
-    assert status == 1 and summary["errors"] == 1
+    status, summary, stderr = upload(server_env)
+    assert status == 1 and summary["errors"] == 1 and summary["error_kinds"] == {"too_large": 1}
+    assert "raise its body limit" in stderr  # the summary says what to do
     store = open_store(server_env.settings())
     try:
         (row,) = store.rows()
+        assert (
+            row["upload_status"] == "error"
+            and "413" in str(row["last_error"])
+            and row["upload_attempts"] == 1
+        )
+        assert row["error_kind"] == "too_large" and row["next_attempt_at"] is not None
     finally:
         store.close()
-    assert row["upload_status"] == "error" and "413" in str(row["last_error"]) and row["upload_attempts"] == 1
-    # a later run retries the error row and counts the attempt
-    status, summary, _ = upload(server_env)
-    assert status == 0 and summary["uploaded"] == 1
+    # The next night: the new file goes, the refused one waits its turn.
+    library.photos(1, start=1)
+    scan(server_env)
+    status, summary, stderr = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1 and summary["waiting_errors"] == 1
+    assert "python main.py > Retry errors" in stderr
+    # Retry errors tries it at once.
     store = open_store(server_env.settings())
     try:
-        assert store.rows()[0]["upload_attempts"] == 2
+        assert store.retry_errors() == 1
     finally:
         store.close()
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1
+    assert immich.asset_by_sha1(hashlib.sha1(big.read_bytes()).hexdigest()) is not None
+
+
+def test_failed_rows_wait_longer_after_each_failure() -> None:
+    from datetime import datetime, timezone
+
+    from upload_files import retry_time
+
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    hours = [
+        (datetime.strptime(retry_time(n), "%Y-%m-%d %H:%M:%S") - now).total_seconds() / 3600
+        for n in (1, 2, 3, 4, 9)
+    ]
+    assert [round(h) for h in hours] == [1, 4, 16, 64, 168]  # then a week at most
 
 
 def test_consecutive_failures_stop_the_run_with_exit_3(
@@ -207,14 +233,16 @@ def test_unsupported_types_are_skipped_with_the_reason(
     assert row["upload_status"] == "skipped" and "does not accept .xyz" in str(row["last_error"])
 
 
-def test_dry_run_and_limit_send_nothing_or_n(
+def test_dry_run_asks_the_server_and_sends_nothing_and_limit_sends_n(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    library.photos(5)
+    have, *_ = library.photos(5)
+    immich.add_existing_asset(have.read_bytes())
     scan(server_env)
     result = run_inprocess(upload_files.main, "--env-file", str(server_env.path), "--dry-run")
-    assert result.status == 0 and result.stdout.count("would upload") == 5
-    assert immich.requests_log == []
+    assert result.status == 0 and result.stdout.count("would upload") == 4
+    assert f"already in Immich {have}" in result.stdout
+    assert asset_posts(immich) == 0 and set(statuses(server_env).values()) == {"pending"}
     _status, summary, _ = upload(server_env, "--limit", "2")
     assert summary["uploaded"] == 2 and immich.upload_count() == 2
 
@@ -267,7 +295,7 @@ def test_stop_while_waiting_to_retry_leaves_the_row_untouched(
 
     library.photos(1)
     scan(server_env)
-    server_env.set(MAX_RETRIES=5, UPLOAD_CONCURRENCY=1)
+    server_env.set(MAX_RETRIES=5, UPLOAD_CONCURRENCY=1, SERVER_WAIT=600)
     immich.faults.add(status=503, retry_after_s=60, count=10, path="/api/assets", method="POST")
     proc = start_process("upload_files.py", "--env-file", str(server_env.path), "--no-progress")
     deadline = time.monotonic() + 20

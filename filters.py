@@ -1,0 +1,90 @@
+"""Which files a run works on: under its source folders, not hidden or NAS junk (unless INCLUDE_HIDDEN), not
+matched by IGNORE_PATTERNS, and passing the upload filters (--since/--until, --include/--exclude,
+--only-images/--only-videos). The scanner, the uploader and deletion all ask here, so a file a run would
+not scan or upload is never deleted by it either.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from datetime import date
+from typing import Protocol
+
+from config import JUNK_NAMES, Settings
+
+# One compiled pattern: an fnmatch call per junk name per file cost 13% of a rescan.
+JUNK = re.compile("|".join(fnmatch.translate(name) for name in JUNK_NAMES).encode())
+
+
+class DatedRow(Protocol):
+    """What the upload filters read of a row (pending or done): its path, kind and date."""
+
+    @property
+    def filepath(self) -> str: ...
+    @property
+    def media_type(self) -> str | None: ...
+    @property
+    def date_taken(self) -> str | None: ...
+    @property
+    def metadata_info(self) -> str | None: ...
+
+
+def is_ignored(relative: bytes, name: bytes, patterns: tuple[bytes, ...]) -> bool:
+    """IGNORE_PATTERNS globs match the path below the source folder ('/2019/tmp/a.jpg', so '*/tmp/*'
+    works) or, without a '/', any file or folder name ('*.part', 'Backup')."""
+    return any(
+        fnmatch.fnmatchcase(relative, p) or (b"/" not in p and fnmatch.fnmatchcase(name, p)) for p in patterns
+    )
+
+
+def hidden_or_junk(name: bytes) -> bool:
+    return name.startswith(b".") or JUNK.match(name) is not None
+
+
+def in_sources(raw_path: bytes, settings: Settings) -> bool:
+    """The file lies under one of this run's source folders and the walk would not pass it over."""
+    ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
+    for root in settings.source_dirs:
+        prefix = os.fsencode(root).rstrip(b"/")
+        if not raw_path.startswith(prefix + b"/"):
+            continue
+        relative = raw_path[len(prefix) :]
+        names = relative.strip(b"/").split(b"/")
+        if not settings.include_hidden and any(hidden_or_junk(n) for n in names):
+            return False
+        # Each folder on the way counts, as in the walk: an ignored folder hides everything below it.
+        for depth in range(1, len(names) + 1):
+            if ignore and is_ignored(b"/" + b"/".join(names[:depth]), names[depth - 1], ignore):
+                return False
+        return True
+    return False
+
+
+def taken_day(row: DatedRow) -> date | None:
+    """The local calendar day the file was taken (the date as the camera or file name gave it)."""
+    if row.metadata_info:
+        used = json.loads(row.metadata_info).get("date_used")
+        if used:
+            return date.fromisoformat(str(used)[:10])
+    return date.fromisoformat(str(row.date_taken)[:10]) if row.date_taken else None
+
+
+def wanted(row: DatedRow, settings: Settings) -> bool:
+    """The --since/--until/--include/--exclude/--only-* filters; rows left out stay pending (and are
+    never deleted by this run)."""
+    if settings.only and row.media_type != settings.only.rstrip("s"):
+        return False
+    if settings.since or settings.until:
+        day = taken_day(row)
+        if (
+            day is None
+            or (settings.since and day < settings.since)
+            or (settings.until and day > settings.until)
+        ):
+            return False
+    if settings.include and not any(fnmatch.fnmatch(row.filepath, p) for p in settings.include):
+        return False
+    return not any(fnmatch.fnmatch(row.filepath, p) for p in settings.exclude)
