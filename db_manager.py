@@ -138,6 +138,8 @@ class UploadedRow:
     upload_status: str
     target_id: int | None
     asset_id: str | None
+    filepath: str
+    deleted: bool  # the local copy was deleted after Immich confirmed it
 
 
 @dataclass(frozen=True)
@@ -653,12 +655,15 @@ class Store:
         with self._lock:
             rows = self._query(
                 self.sql(
-                    "SELECT id, sha1, upload_status, target_id, immich_asset_id FROM media_files "
-                    f"WHERE {where} ORDER BY id LIMIT {int(limit)}"
+                    "SELECT id, sha1, upload_status, target_id, immich_asset_id, filepath, deleted_at "
+                    f"FROM media_files WHERE {where} ORDER BY id LIMIT {int(limit)}"
                 ),
                 params,
             )
-        return [UploadedRow(int(r[0]), str(r[1]), str(r[2]), r[3], r[4]) for r in rows]
+        return [
+            UploadedRow(int(r[0]), str(r[1]), str(r[2]), r[3], r[4], str(r[5]), r[6] is not None)
+            for r in rows
+        ]
 
     def move_to_target(
         self, target_id: int, held: Sequence[tuple[int, str, str]], not_held: Sequence[int]

@@ -219,9 +219,12 @@ class ServerGate:
                         self._reason += f", asked to wait {format_duration(wait)}"
                     raise self._gone(away_s)
                 self._retry_at = now + wait
+                # A status means something answered (a proxy while Immich restarts, or Immich asking to
+                # slow down); no status, that nothing did.
+                state = "busy or restarting" if reason[:3].isdigit() else "unreachable"
                 log.warning(
-                    "%s: %s; retrying in %s (waiting up to %s, SERVER_WAIT)",
-                    self.url, reason, format_duration(wait), format_duration(self.budget_s),
+                    "server %s (%s), retrying in %s; waiting up to %s (SERVER_WAIT)",
+                    state, reason, format_duration(wait), format_duration(self.budget_s),
                 )  # fmt: skip
             elif now - self._away_since > self.budget_s:
                 raise self._gone(now - self._away_since)

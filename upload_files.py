@@ -549,6 +549,84 @@ class Uploader:
             self.progress.advance(1, row.file_size if status == "success" else 0)
 
 
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    gone: list[str] = field(default_factory=list)  # no longer in Immich; the local file is still here
+    trashed: list[str] = field(default_factory=list)  # in Immich's trash
+    lost: list[str] = field(default_factory=list)  # gone from Immich and deleted here after it confirmed
+    requeued: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not (self.gone or self.trashed or self.lost)
+
+
+def verify_uploads(client: ImmichClient, store: Store, target_id: int, reupload: bool) -> VerifyReport:
+    """Check every row marked uploaded to this Immich against what it holds now. Assets deleted there
+    (or in its trash) are reported; with `reupload`, files still here that Immich lost go back to pending.
+    An asset the server now knows under another id (re-uploaded elsewhere) is simply recorded anew."""
+    report = VerifyReport()
+    after = 0
+    while rows := store.uploaded_rows(after, BULK_CHECK_BATCH, on_target=target_id):
+        after = rows[-1].id
+        answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows])
+        renamed, lost_here = [], []
+        for r in rows:
+            report.checked += 1
+            answer = answers.get(str(r.id))
+            if answer is not None and answer.held:
+                if answer.is_trashed:
+                    report.trashed.append(r.filepath)
+                elif answer.asset_id != r.asset_id:
+                    renamed.append((r.id, r.upload_status, answer.asset_id or ""))
+            elif r.deleted:
+                report.lost.append(r.filepath)
+            else:
+                report.gone.append(r.filepath)
+                lost_here.append(r.id)
+        store.move_to_target(target_id, renamed, lost_here if reupload else [])
+        report.requeued += len(lost_here) if reupload else 0
+    for path in report.lost:
+        log.error("%s: deleted here after Immich confirmed it, and no longer in Immich", path)
+    return report
+
+
+def report_verify(ctx: Context, report: VerifyReport) -> None:
+    for label, paths in (
+        ("gone from Immich", report.gone),
+        ("in Immich's trash", report.trashed),
+        ("lost (gone from Immich, deleted here)", report.lost),
+    ):
+        for path in paths:
+            ctx.stdout.write(f"{label}: {path}\n")
+    rows = [
+        ("checked", plural(report.checked, "file")),
+        (
+            "gone from Immich",
+            f"{len(report.gone)}"
+            + (
+                f", {report.requeued} queued to be sent again"
+                if report.requeued
+                else (" (--reupload sends them again)" if report.gone else "")
+            ),
+        ),
+        (
+            "in Immich's trash",
+            f"{len(report.trashed)}"
+            + (" (restore them in Immich, or empty the trash there)" if report.trashed else ""),
+        ),
+    ]
+    if report.lost:
+        rows.append(
+            (
+                "lost",
+                f"{len(report.lost)}: deleted here after Immich confirmed them, and gone from Immich since",
+            )
+        )
+    ctx.progress.summary("Verify: rows marked uploaded, checked with Immich", rows)
+
+
 def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, str]]:
     rate = summary.bytes_uploaded / summary.elapsed_s if summary.elapsed_s else 0.0
     processed = summary.uploaded + summary.duplicates + summary.skipped + summary.errors
@@ -683,13 +761,22 @@ def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary,
 
 
 def run_upload(ctx: Context) -> ExitStatus:
+    ctx.args.verify = ctx.args.verify or ctx.args.reupload
     if ctx.args.dry_run:
         return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit))
     ctx.settings.require_server()
     started = utc_now()
     client = ImmichClient(ctx.settings, ctx.stop)
+    verify_status = ExitStatus.OK
     try:
         target_id = adopt_target(client, ctx.store, connect(client))
+        if ctx.args.verify:
+            report = verify_uploads(client, ctx.store, target_id, ctx.args.reupload)
+            report_verify(ctx, report)
+            if not ctx.args.reupload:
+                return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
+            if report.trashed or report.lost:
+                verify_status = ExitStatus.FILES_FAILED
         rows = select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit)
         uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
         with server_jobs_paused(client, ctx.store, ctx.settings):
@@ -705,6 +792,8 @@ def run_upload(ctx: Context) -> ExitStatus:
     finally:
         client.close()
     status = exit_status(ctx.stop, uploader, summary.errors)
+    if status == ExitStatus.OK:
+        status = verify_status
     ctx.store.record_run("upload", started, int(status), summary.as_json())
     if ctx.args.json:
         ctx.emit_json(summary.as_json())
@@ -725,6 +814,14 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     )
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; send nothing")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="upload at most N files")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="check that files marked uploaded are still in Immich; report those deleted or in the trash there",
+    )
+    parser.add_argument(
+        "--reupload", action="store_true", help="with --verify: send again the files Immich no longer has"
+    )
     add_upload_arguments(parser)
     return run_script(parser, run_upload, argv, stdout, stderr)
 

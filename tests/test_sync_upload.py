@@ -185,3 +185,42 @@ def test_watch_uploads_new_files_once_they_settle_and_survives_the_server_going_
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert max(bodies_per_checksum(immich).values()) == 1
+
+
+def test_a_malformed_immich_url_is_reported_before_the_scan(env: Env, library: Library) -> None:
+    library.photos(2)
+    env.set(IMMICH_URL="nas:2283", IMMICH_API_KEY=API_KEY)
+    result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--no-progress")
+    assert result.status == 2
+    assert result.stderr.strip() == (
+        "immich-uploader: error: IMMICH_URL: 'nas:2283' is not an http:// or https:// address "
+        "(e.g. http://nas:2283): did you mean http://nas:2283?"
+    )
+    assert row_statuses(env) == []  # nothing was scanned first
+
+
+def test_an_unmounted_source_is_one_line_exit_2_and_marks_nothing_missing(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path
+) -> None:
+    library.photos(3)
+    assert sync(server_env)[0] == 0
+    parked = tmp_path / "parked"
+    library.root.rename(parked)  # the NAS is not mounted tonight: an empty mount point is left
+    library.root.mkdir()
+    status, summary, stderr = sync(server_env)
+    assert status == 2 and summary["missing"] == 0 and summary["unavailable_sources"] == [str(library.root)]
+    assert (
+        f"immich-uploader: error: {library.root} is empty, but 3 files were recorded there: is it mounted? "
+        "Nothing was marked missing; if it really is empty now, run again with --confirm-empty"
+    ) in stderr.splitlines()
+    store = open_store(server_env.settings())
+    try:
+        assert all(r["missing_since"] is None for r in store.rows())
+    finally:
+        store.close()
+    library.root.rmdir()  # not even the mount point: same words, same care
+    status, summary, stderr = sync(server_env)
+    assert status == 2 and "does not exist, but 3 files were recorded there" in stderr
+    library.root.mkdir()
+    status, summary, _ = sync(server_env, "--confirm-empty")
+    assert status == 0 and summary["missing"] == 3

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 
 import scan_files
@@ -311,3 +312,241 @@ def test_stop_while_waiting_to_retry_leaves_the_row_untouched(
     finally:
         store.close()
     assert row["upload_status"] == "pending" and row["upload_attempts"] == 0
+
+
+# --- issue 10: what real servers, proxies and machines do --------------------------------------------------
+
+
+def rows_by_name(env: Env) -> dict[str, dict[str, object]]:
+    store = open_store(env.settings())
+    try:
+        return {str(r["filename"]): r for r in store.rows()}
+    finally:
+        store.close()
+
+
+def test_files_a_proxy_refuses_never_stop_the_run(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(9)
+    scan(server_env)
+    server_env.set(MAX_CONSECUTIVE_ERRORS=5, UPLOAD_CONCURRENCY=1)
+    immich.faults.add(status=413, html=True, count=6, path="/api/assets", method="POST")
+    status, summary, _ = upload(server_env)
+    assert status == 1  # not 3: six refused files are six files' problems, not the server's
+    assert summary["errors"] == 6 and summary["uploaded"] == 3 and not summary["stopped_after_errors"]
+
+
+def test_server_failures_do_count_toward_consecutive_errors(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(8)
+    scan(server_env)
+    server_env.set(MAX_CONSECUTIVE_ERRORS=3, UPLOAD_CONCURRENCY=1, MAX_RETRIES=0)
+    immich.faults.add(status=500, count=100, path="/api/assets", method="POST")
+    status, summary, stderr = upload(server_env)
+    assert status == 3 and summary["errors"] == 3 and "MAX_CONSECUTIVE_ERRORS" in stderr
+
+
+def test_a_server_restart_mid_run_is_waited_for_and_no_file_is_marked_failed(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    import threading
+
+    library.photos(6)
+    scan(server_env)
+    server_env.set(UPLOAD_CONCURRENCY=2, RETRY_BACKOFF=0.2, SERVER_WAIT=30)
+    immich.faults.add(delay_s=0.3, path="/api/assets", method="POST")
+
+    def restart() -> None:
+        while ("POST", "/api/assets") not in immich.requests_log:
+            time.sleep(0.01)
+        immich.down()  # the upload in flight is reset, every new connection too
+        time.sleep(1.5)
+        immich.up()
+
+    restarter = threading.Thread(target=restart)
+    restarter.start()
+    status, summary, stderr = upload(server_env)
+    restarter.join()
+    assert status == 0, stderr
+    # The upload cut by the restart may have landed: then it is found there (duplicate), never sent twice.
+    assert (
+        summary["uploaded"] + summary["duplicates"] == 6
+        and summary["errors"] == 0
+        and len(immich.assets) == 6
+    )
+    assert "retrying in" in stderr and "answers again" in stderr
+    assert set(statuses(server_env).values()) <= {"success", "duplicate"}
+
+
+def test_a_server_away_longer_than_server_wait_stops_with_exit_3_and_rows_stay_pending(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(5)
+    scan(server_env)
+    server_env.set(UPLOAD_CONCURRENCY=1, RETRY_BACKOFF=0.1, SERVER_WAIT=1)
+    immich.faults.add(delay_s=0.2, path="/api/assets", method="POST")
+
+    def go_away() -> None:
+        while ("POST", "/api/assets") not in immich.requests_log:
+            time.sleep(0.01)
+        immich.down()
+
+    import threading
+
+    threading.Thread(target=go_away).start()
+    status, summary, stderr = upload(server_env)
+    assert status == 3 and summary["errors"] == 0
+    assert "no file was marked failed" in stderr
+    assert set(statuses(server_env).values()) == {"pending"}
+    immich.up()
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] + summary["duplicates"] == 5 and len(immich.assets) == 5
+
+
+def test_a_server_that_does_not_answer_at_the_start_is_one_plain_line_within_seconds(
+    env: Env, library: Library
+) -> None:
+    library.photos(1)
+    scan(env)
+    env.set(IMMICH_URL="http://127.0.0.1:9", IMMICH_API_KEY=API_KEY)
+    started = time.monotonic()
+    status, _, stderr = upload(env)
+    assert status == 2 and time.monotonic() - started < 5
+    (line,) = [line for line in stderr.splitlines() if "error" in line]
+    assert line == (
+        "immich-uploader: error: cannot reach Immich at 127.0.0.1:9: connection refused (nothing listens on "
+        "that port) (tried GET http://127.0.0.1:9/api/users/me twice; check IMMICH_URL, and that the server is running)"
+    )
+    for internal in ("HTTPConnectionPool", "Max retries", "NewConnectionError", "Traceback"):
+        assert internal not in stderr
+
+
+def test_https_to_a_plain_http_server_is_one_line_and_not_retried(
+    env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(1)
+    scan(env)
+    env.set(IMMICH_URL=immich.url.replace("http://", "https://"), IMMICH_API_KEY=API_KEY, MAX_RETRIES=5)
+    status, _, stderr = upload(env)
+    assert status == 2
+    assert f"does not speak TLS on that port: try IMMICH_URL={immich.url}" in stderr
+    assert "SSLError" not in stderr and "Traceback" not in stderr
+
+
+def test_a_server_that_is_not_immich_gets_one_short_line(env: Env, library: Library) -> None:
+    import http.server
+    import threading
+
+    class Nginx(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            page = (
+                b"<html><head><title>Welcome to nginx!</title></head><body>" + b"x" * 5000 + b"</body></html>"
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Nginx)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        library.photos(1)
+        scan(env)
+        url = f"http://127.0.0.1:{web.server_address[1]}"
+        env.set(IMMICH_URL=url, IMMICH_API_KEY=API_KEY)
+        status, _, stderr = upload(env)
+    finally:
+        web.shutdown()
+    assert status == 2
+    (line,) = [line for line in stderr.splitlines() if "error" in line]
+    assert line.startswith(f"immich-uploader: error: {url} answers, but not like Immich")
+    assert "an HTML page (title: Welcome to nginx!)" in line and "<html" not in stderr and len(line) < 300
+
+
+def test_copies_of_one_photo_are_sent_once_within_a_run_and_across_runs(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    first = library.photo("a/one.jpg", n=1)
+    for n in range(3):
+        library.write(f"copies/copy{n}.jpg", first.read_bytes())
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1 and summary["duplicates"] == 3
+    assert asset_posts(immich) == 1  # the copies waited for the one upload, then took its asset id
+    asset_id = next(iter(immich.assets))
+    assert {r["immich_asset_id"] for r in rows_by_name(server_env).values()} == {asset_id}
+    library.write("later/copy-again.jpg", first.read_bytes())
+    before = list(immich.requests_log)
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["duplicates"] == 1
+    new_requests = immich.requests_log[len(before) :]
+    assert not [p for _, p in new_requests if p.startswith("/api/assets")]  # the database knew: nothing asked
+    assert rows_by_name(server_env)["copy-again.jpg"]["immich_asset_id"] == asset_id
+
+
+def test_a_moved_or_new_server_gets_what_it_lacks_and_going_back_sends_nothing(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    paths = library.photos(3)
+    scan(server_env)
+    assert upload(server_env)[0] == 0 and immich.upload_count() == 3
+    with ImmichTestServer(api_key=API_KEY) as second:
+        second.add_existing_asset(paths[0].read_bytes())  # it already has one of them
+        server_env.set(IMMICH_URL=second.url)
+        status, summary, stderr = upload(server_env)
+        assert status == 0 and summary["uploaded"] == 2 and second.upload_count() == 2
+        assert "will be sent there" in stderr
+        rows = rows_by_name(server_env)
+        assert rows[paths[0].name]["upload_status"] == "duplicate"
+        assert {r["target_id"] for r in rows.values()} == {rows[paths[1].name]["target_id"]}
+    server_env.set(IMMICH_URL=immich.url)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 0 and immich.upload_count() == 3  # nothing sent again
+
+
+def test_rows_of_an_earlier_version_are_checked_once_against_the_server(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    paths = library.photos(2)
+    scan(server_env)
+    upload(server_env)
+    store = open_store(server_env.settings())
+    try:
+        # What a database written before this version looks like: no target, no record of the last one.
+        store._write_one("UPDATE media_files SET target_id = NULL")
+        store.set_state("current_target", None)
+    finally:
+        store.close()
+    lost = immich.asset_by_sha1(hashlib.sha1(paths[1].read_bytes()).hexdigest())
+    assert lost is not None
+    del immich.assets[lost.id]  # a server that lost one since (restored from an older backup)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1
+    assert set(statuses(server_env).values()) == {"success"}
+
+
+def test_verify_reports_assets_gone_or_trashed_and_reupload_sends_them_again(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    gone, trashed, fine = library.photos(3)
+    scan(server_env)
+    upload(server_env)
+    by_sha1 = {a.sha1_hex: a for a in immich.assets.values()}
+    del immich.assets[by_sha1[hashlib.sha1(gone.read_bytes()).hexdigest()].id]
+    by_sha1[hashlib.sha1(trashed.read_bytes()).hexdigest()].is_trashed = True
+    posts = asset_posts(immich)
+    result = run_inprocess(upload_files.main, "--env-file", str(server_env.path), "--verify")
+    assert result.status == 1
+    assert f"gone from Immich: {gone}" in result.stdout and f"in Immich's trash: {trashed}" in result.stdout
+    assert str(fine) not in result.stdout and asset_posts(immich) == posts  # reported, nothing sent
+    result = run_inprocess(upload_files.main, "--env-file", str(server_env.path), "--verify", "--reupload")
+    assert result.status == 1  # the trashed one still wants the user's decision
+    assert asset_posts(immich) == posts + 1
+    assert immich.asset_by_sha1(hashlib.sha1(gone.read_bytes()).hexdigest()) is not None
