@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TextIO
 
-from config import ConfigError, Settings, load_settings, settings_flags
+from config import VERSION, ConfigError, Settings, load_settings, mask_secret, settings_flags
 from db_manager import DatabaseError, Store, migrate_store, open_store
 from logger import FILE_EVENT, console_handler, get_logger, setup_console, setup_file
 from progress import ProgressTracker, select_progress
@@ -58,12 +58,31 @@ class Context:
             log.warning("stdout was closed before the JSON summary could be written")
 
 
-def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def base_parser(prog: str, description: str, paths_help: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--version", action="version", version=f"immich-uploader {VERSION}")
+    if paths_help:
+        parser.add_argument("paths", nargs="*", metavar="DIR", help=paths_help)
     parser.add_argument(
         "--env-file", metavar="PATH", help="settings file (default: ./.env, else .env beside the scripts)"
     )
     parser.add_argument("--source-dir", metavar="DIR", help="folder(s) to scan, comma-separated (SOURCE_DIR)")
+    parser.add_argument("--url", metavar="URL", help="Immich server address (IMMICH_URL)")
+    parser.add_argument(
+        "--key",
+        metavar="KEY",
+        help="API key (IMMICH_API_KEY); other users of this machine can see a command line, so the "
+        "environment or .env is safer",
+    )
+    parser.add_argument(
+        "--ignore",
+        metavar="GLOB",
+        action="append",
+        help="skip paths matching GLOB; repeatable (IGNORE_PATTERNS)",
+    )
+    parser.add_argument(
+        "--include-hidden", action="store_true", help="also scan hidden files and NAS junk (INCLUDE_HIDDEN)"
+    )
     parser.add_argument("--db-path", metavar="FILE", help="SQLite database file (DB_PATH)")
     parser.add_argument("--log-level", metavar="LEVEL", help="log file detail (LOG_LEVEL)")
     parser.add_argument("--time-zone", metavar="ZONE", help="zone of cameras without offsets (TIME_ZONE)")
@@ -106,13 +125,28 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_argument_group("local files")
     group.add_argument(
-        "--delete-uploaded", action="store_true", help="delete files once Immich confirmed them (careful)"
+        "--delete-uploaded",
+        "--delete",
+        action="store_true",
+        help="delete local files Immich holds, each hashed again and confirmed first (see README)",
     )
     group.add_argument(
         "--delete-duplicates",
         action="store_true",
         help="with --delete-uploaded: also files Immich already had",
     )
+
+
+def hide_key_from_process_list(key: str) -> None:
+    """`ps` shows a command line to every user of the machine: once started, the process title shows the
+    key masked (setproctitle rewrites it; until then, and without it, the key is visible, which is why
+    the README recommends the environment or .env)."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    title = " ".join(mask_secret(a) if a == key else a.replace(key, mask_secret(key)) for a in sys.argv)
+    setproctitle.setproctitle(title)
 
 
 def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
@@ -155,6 +189,8 @@ def run_script(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     args = parser.parse_args(argv)
+    if getattr(args, "key", None):
+        hide_key_from_process_list(args.key)
     setup_console(stderr, verbose=args.verbose, debug=args.debug)
     prog = "immich-uploader"
     store: Store | None = None

@@ -21,7 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
+VERSION = "0.3.0"  # the one place the tool's version is written (pyproject.toml reads it from here)
 PROJECT_DIR = Path(__file__).resolve().parent
+# The official CLI's names, read when ours are not set (people arrive with them in their environment).
+ALIASES = {"IMMICH_INSTANCE_URL": "IMMICH_URL"}
 
 # Camera RAW formats Immich accepts (../shared/immich-api.md §5); also used for RAW+JPEG stacks.
 RAW_EXTENSIONS = (
@@ -32,11 +35,14 @@ RAW_EXTENSIONS = (
 DEFAULT_IMAGE_EXTENSIONS = ",".join(
     (
         *("jpg", "jpeg", "png", "webp", "tiff", "tif", "bmp", "heic", "heif"),
-        *("avif", "gif", "hif", "jpe", "jxl", "jp2", "insp", "psd"),
+        *("avif", "gif", "hif", "jpe", "jxl", "jp2", "insp", "psd", "mpo", "svg"),
         *RAW_EXTENSIONS,
     )
 )
-DEFAULT_VIDEO_EXTENSIONS = "mp4,mov,avi,mkv,wmv,flv,webm,m4v,3gp,3gpp,insv,m2ts,m2t,mts,mpe,mpeg,mpg,vob"
+# .ts is also TypeScript's extension: the scanner passes over a .ts file that is no MPEG transport stream.
+DEFAULT_VIDEO_EXTENSIONS = (
+    "mp4,mov,avi,mkv,wmv,flv,webm,m4v,3gp,3gpp,insv,m2ts,m2t,mts,mpe,mpeg,mpg,vob,mxf,ts"
+)
 
 # NAS boxes and desktops leave these; hidden names (dot-files) are skipped separately.
 JUNK_NAMES = (
@@ -221,9 +227,11 @@ def mask_secret(value: str) -> str:
 def find_env_file(explicit: str | None) -> Path | None:
     if explicit:
         path = Path(explicit).expanduser()
-        if not path.is_file():
+        if path.is_dir():
+            raise ConfigError(f"--env-file: {path} is a folder, not a settings file")
+        if not path.exists():
             raise ConfigError(f"--env-file: {path} does not exist")
-        return path
+        return path  # a file, or /dev/null for "no settings file at all"
     for candidate in (Path.cwd() / ".env", PROJECT_DIR / ".env"):
         if candidate.is_file():
             return candidate
@@ -246,7 +254,7 @@ def load_settings(
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from None
         for key in file_values:
-            if key not in SETTING_NAMES and warn is not None:
+            if key not in SETTING_NAMES and key not in ALIASES and warn is not None:
                 close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 warn(f"{path}: unknown setting {key}{hint}; it is ignored")
@@ -264,6 +272,11 @@ def load_settings(
         if flags and flags.get(s.name) is not None:
             value, source = str(flags[s.name]), "command line"
             from_flag.add(s.name)
+        if source == "default":
+            for alias in (a for a, name in ALIASES.items() if name == s.name):
+                for where, values in ((str(path), file_values), ("environment", environ)):
+                    if values.get(alias, "").strip():
+                        value, source = values[alias], f"{where} ({alias})"
         raw[s.name] = value.strip()
         sources[s.name] = source
 
@@ -310,11 +323,11 @@ def load_settings(
         read_timeout_s=_float(raw, "READ_TIMEOUT", 0.1, 86400.0),
         ca_bundle=ca_bundle,
         verify_tls=_bool(raw, "IMMICH_VERIFY_TLS"),
-        log_level=_choice(raw, "LOG_LEVEL", LOG_LEVELS),
+        log_level=_choice(raw, "LOG_LEVEL", LOG_LEVELS).upper(),
         log_file=path_of("LOG_FILE"),
         time_zone=_time_zone(raw["TIME_ZONE"]),
         album=raw["ALBUM"],
-        album_from=_choice(raw, "ALBUM_FROM", ("", "FOLDER", "PATH")).lower(),
+        album_from=_choice(raw, "ALBUM_FROM", ("folder", "path")),
         stack_raw_jpeg=_bool(raw, "STACK_RAW_JPEG"),
         stack_bursts=_bool(raw, "STACK_BURSTS"),
         delete_uploaded=_bool(raw, "DELETE_UPLOADED"),
@@ -324,13 +337,17 @@ def load_settings(
         until=_date(raw, "UNTIL"),
         include=tuple(split("INCLUDE")),
         exclude=tuple(split("EXCLUDE")),
-        only=_choice(raw, "ONLY", ("", "IMAGES", "VIDEOS")).lower(),
+        only=_choice(raw, "ONLY", ("images", "videos")),
         watch_settle_s=_float(raw, "WATCH_SETTLE", 0.0, 86400.0),
         sources=sources,
         raw=raw,
         env_file=path,
         server_problem=server_problem,
     )
+    if settings.since and settings.until and settings.since > settings.until:
+        raise ConfigError(
+            f"SINCE ({settings.since}) is after UNTIL ({settings.until}): no file could match; swap them"
+        )
     return settings
 
 
@@ -399,10 +416,15 @@ def _bool(raw: Mapping[str, str], name: str) -> bool:
 
 
 def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
-    value = raw[name].upper()
-    if value not in choices:
-        raise ConfigError(f"{name}: {raw[name]!r} is not one of {', '.join(choices)}")
-    return value
+    """One of `choices` (written as the docs write them), whatever the case typed; empty is allowed and
+    means "not set"."""
+    value = raw[name]
+    if not value:
+        return ""
+    for choice in choices:
+        if value.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
 def _time_zone(name: str) -> tzinfo | None:
@@ -444,8 +466,14 @@ def settings_flags(args: Any) -> dict[str, str | None]:
             return None
         return "true" if value is True else str(value)
 
+    paths = getattr(args, "paths", None)
+    ignore = getattr(args, "ignore", None)
     flags = {
-        "SOURCE_DIR": flag("source_dir"),
+        "SOURCE_DIR": ",".join(paths) if paths else flag("source_dir"),
+        "IMMICH_URL": flag("url"),
+        "IMMICH_API_KEY": flag("key"),
+        "IGNORE_PATTERNS": ",".join(ignore) if ignore else None,
+        "INCLUDE_HIDDEN": flag("include_hidden"),
         "DB_PATH": flag("db_path"),
         "LOG_LEVEL": flag("log_level"),
         "UPLOAD_CONCURRENCY": flag("concurrency"),

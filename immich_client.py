@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from config import Settings
+from config import VERSION, Settings
 from logger import get_logger
 from utils import FileChangedError, format_duration
 
@@ -46,7 +46,7 @@ BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
 MAX_AWAY_PAUSE_S = 30.0
 START_CONNECT_TIMEOUT_S = 4.0  # at start-up a server that does not answer is reported within seconds
-USER_AGENT = "immich-uploader/0.1"
+USER_AGENT = f"immich-uploader/{VERSION}"
 ALBUM_ADD_BATCH = 1000
 # The media-processing queues worth pausing during a big import (SDK QueueName); internal ones are left alone.
 MEDIA_QUEUES = (

@@ -19,7 +19,7 @@ import scan_files
 import sync_upload
 import upload_files
 from cli import ExitStatus, StartError
-from config import ConfigError, Settings, load_settings
+from config import VERSION, ConfigError, Settings, load_settings
 from db_manager import REPORT_COLUMNS, DatabaseError, Store, open_store
 from immich_client import ImmichClient
 from logger import get_logger, setup_console
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         epilog=HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"immich-uploader {VERSION}")
     parser.add_argument(
         "--env-file", metavar="PATH", help="settings file (default: ./.env, else beside the scripts)"
     )

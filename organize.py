@@ -326,12 +326,13 @@ def delete_uploaded(
     for chunk in _slices(doomed):
         if stop.is_set():
             break
-        hashed: list[tuple[DoneFile, bytes, tuple[int, int], str]] = []
+        hashed: list[tuple[DoneFile, bytes, tuple[int, int, int, int], str]] = []
         for file in chunk:
             if stop.is_set():
                 break
             raw = text_to_path(file.filepath, file.filepath_b64)
             try:
+                before = os.stat(raw)
                 fp = fingerprint_file(raw, settings.hash_chunk_size)
             except FileNotFoundError:
                 continue  # gone already; the next scan marks it missing
@@ -343,12 +344,13 @@ def delete_uploaded(
                 summary.kept["changed since it was uploaded"] += 1
                 log.warning("%s: its bytes changed since they went to Immich: kept", file.filepath)
                 continue
-            hashed.append((file, raw, (fp.size_bytes, fp.mtime_ns), fp.sha1))
+            # The identity of what was hashed: another file renamed into its place is not these bytes.
+            hashed.append((file, raw, (before.st_dev, before.st_ino, fp.size_bytes, fp.mtime_ns), fp.sha1))
         if not hashed:
             continue
         # The server's word on exactly the bytes just read, moments before they go.
         held = held_now(client, [(f, sha1) for f, _raw, _st, sha1 in hashed])
-        for file, raw, (size, mtime_ns), sha1 in hashed:
+        for file, raw, identity, sha1 in hashed:
             if stop.is_set():
                 break
             if file.id not in held:
@@ -359,7 +361,7 @@ def delete_uploaded(
                 st = os.stat(raw)
             except FileNotFoundError:
                 continue
-            if (st.st_size, st.st_mtime_ns) != (size, mtime_ns):
+            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != identity:
                 summary.kept["changed while it was checked"] += 1
                 log.warning("%s: changed while it was checked: kept", file.filepath)
                 continue

@@ -38,6 +38,7 @@ from utils import (
     fingerprint_file,
     format_bytes,
     format_duration,
+    is_transport_stream,
     path_to_text,
     read_metadata,
     text_to_path,
@@ -159,6 +160,12 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
     if found.size_bytes == 0:
         # Nothing to send (Immich refuses it) and nothing to retry: recorded as passed over, with why.
         row.upload_status, row.last_error = "skipped", "empty file (0 bytes): nothing to upload"
+        return row
+    if found.extension == "ts" and not is_transport_stream(found.raw_path):
+        row.upload_status, row.last_error = (
+            "skipped",
+            "not a video (no MPEG transport stream: a TypeScript file?)",
+        )
         return row
     fp = fingerprint_file(found.raw_path, chunk_size)
     row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
@@ -492,7 +499,11 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    parser = base_parser("scan_files.py", "Find, fingerprint and describe every photo and video (no upload).")
+    parser = base_parser(
+        "scan_files.py",
+        "Find, fingerprint and describe every photo and video (no upload).",
+        paths_help="folders to scan instead of SOURCE_DIR",
+    )
     add_scan_arguments(parser)
     return run_script(parser, run_scan, argv, stdout, stderr)
 

@@ -24,7 +24,16 @@ from organize import server_jobs_paused
 from progress import errors_row
 from scan_files import Scanner, ScanSummary, add_scan_arguments, scan_status
 from scan_files import summary_rows as scan_rows
-from upload_files import Uploader, UploadSummary, adopt_target, connect, exit_status, finish_in_immich
+from upload_files import (
+    Uploader,
+    UploadSummary,
+    adopt_target,
+    connect,
+    dry_run,
+    exit_status,
+    finish_in_immich,
+    select,
+)
 from upload_files import summary_rows as upload_rows
 from utils import format_duration
 
@@ -113,6 +122,12 @@ def sync_once(ctx: Context) -> ExitStatus:
 
 def run_sync(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
+    if ctx.args.dry_run:
+        # The scan records what it finds (so the real run only uploads); nothing is sent or marked uploaded.
+        scan = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty).scan()
+        if ctx.stop.is_set() or scan.unavailable:
+            return scan_status(ctx.stop, scan)
+        return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings))
     try:
         ctx.settings.require_server()
     except ServerNotConfigured as missing:
@@ -198,7 +213,14 @@ def watch(ctx: Context) -> ExitStatus:
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     parser = base_parser(
-        "sync_upload.py", "Scan the source folders and upload what Immich does not have yet."
+        "sync_upload.py",
+        "Scan the source folders and upload what Immich does not have yet.",
+        paths_help="folders to sync instead of SOURCE_DIR",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="scan, ask the server what it has, and list what would be sent (and deleted); send nothing",
     )
     add_upload_arguments(parser)
     add_scan_arguments(parser)

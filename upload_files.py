@@ -29,7 +29,7 @@ from typing import TextIO
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import Settings
 from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome, utc_now
-from filters import wanted
+from filters import in_sources, wanted
 from immich_client import (
     BULK_CHECK_BATCH,
     ApiKeyRefused,
@@ -194,7 +194,11 @@ def modified_at(row: PendingUpload) -> str:
 
 
 def select(rows: list[PendingUpload], settings: Settings, limit: int | None = None) -> list[PendingUpload]:
+    """The rows this run uploads: the filters, and the folders named on the command line (upload_files.py
+    DIR… or --source-dir: without them every pending row goes, wherever it was scanned)."""
     chosen = [row for row in rows if wanted(row, settings)]
+    if settings.sources.get("SOURCE_DIR") == "command line":
+        chosen = [r for r in chosen if in_sources(text_to_path(r.filepath, r.filepath_b64), settings)]
     return chosen if limit is None else chosen[:limit]
 
 
@@ -810,7 +814,9 @@ def positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     parser = base_parser(
-        "upload_files.py", "Upload pending and failed files to Immich (run scan_files.py first)."
+        "upload_files.py",
+        "Upload pending and failed files to Immich (run scan_files.py first).",
+        paths_help="only upload files under these folders (as --source-dir does here)",
     )
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded; send nothing")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="upload at most N files")

@@ -508,6 +508,18 @@ def _hachoir_value(metadata: Any, key: str) -> Any:
     return None
 
 
+def is_transport_stream(path: str | bytes) -> bool:
+    """An MPEG transport stream starts with the sync byte 0x47 every 188 bytes (after a 4-byte timecode
+    in 192-byte M2TS packets); a TypeScript source file named .ts does not."""
+    with open(path, "rb") as f:
+        head = f.read(192 * 3)
+    for packet, offset in ((188, 0), (192, 4)):
+        marks = [head[offset + packet * i] for i in range(3) if offset + packet * i < len(head)]
+        if marks and all(b == 0x47 for b in marks):
+            return True
+    return False
+
+
 # --- Paths ------------------------------------------------------------------------------------------------
 
 # The database stores paths in text columns (utf8mb4), but a POSIX file name is any bytes, and names copied

@@ -149,3 +149,39 @@ def test_settings_repr_hides_the_secrets(tmp_path: Path) -> None:
         env_file=str(write_env(tmp_path, "IMMICH_API_KEY=k-123456789\nDB_PASSWORD=pw-98765\n")), environ={}
     )
     assert "k-123456789" not in repr(s) and "pw-98765" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("ONLY=photos", "ONLY: 'photos' is not one of images, videos"),
+        ("ALBUM_FROM=year", "ALBUM_FROM: 'year' is not one of folder, path"),
+        ("LOG_LEVEL=loud", "LOG_LEVEL: 'loud' is not one of DEBUG, INFO, WARNING, ERROR"),
+        ("SINCE=2024-05-01\nUNTIL=2024-01-01", "SINCE (2024-05-01) is after UNTIL (2024-01-01)"),
+    ],
+)
+def test_setting_errors_use_the_words_of_the_docs(tmp_path: Path, line: str, message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=str(write_env(tmp_path, line + "\n")), environ={})
+    assert str(caught.value).startswith(message)
+
+
+def test_choices_are_taken_in_any_case(tmp_path: Path) -> None:
+    s = load_settings(env_file=str(write_env(tmp_path, "ONLY=Videos\nLOG_LEVEL=debug\n")), environ={})
+    assert s.only == "videos" and s.log_level == "DEBUG"
+
+
+def test_env_file_dev_null_means_no_settings_file_and_a_folder_is_named_as_such(tmp_path: Path) -> None:
+    assert load_settings(env_file="/dev/null", environ={}).immich_url == ""
+    with pytest.raises(ConfigError, match="is a folder, not a settings file"):
+        load_settings(env_file=str(tmp_path), environ={})
+
+
+def test_a_source_dir_that_is_a_file_gets_the_right_words(tmp_path: Path) -> None:
+    photo = tmp_path / "IMG_1.jpg"
+    photo.write_bytes(b"x")
+    env = write_env(tmp_path, f"SOURCE_DIR={photo}\nDB_PATH={tmp_path}/s.db\n")
+    result = run_inprocess(scan_files.main, "--env-file", str(env))
+    assert result.status == 2 and result.stderr.strip() == (
+        f"immich-uploader: error: SOURCE_DIR: {photo} is a file, not a folder"
+    )
