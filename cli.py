@@ -191,7 +191,10 @@ def run_script(
     args = parser.parse_args(argv)
     if getattr(args, "key", None):
         hide_key_from_process_list(args.key)
-    setup_console(stderr, verbose=args.verbose, debug=args.debug)
+    # Every console line goes through the progress display: it clears a live bar first, and outside a
+    # terminal it puts a timestamp on the line.
+    progress = select_progress(stderr, enabled=not args.no_progress)
+    setup_console(stderr, verbose=args.verbose, debug=args.debug).writer = progress.message
     prog = "immich-uploader"
     store: Store | None = None
     settings: Settings | None = None
@@ -205,10 +208,6 @@ def run_script(
         setup_file(
             settings.log_file, settings.log_level, secrets=(settings.immich_api_key, settings.db_password)
         )
-        progress = select_progress(stderr, enabled=not args.no_progress)
-        handler = console_handler()
-        if handler is not None:
-            handler.writer = progress.message
         store = open_store(settings, migrate=False)
         stop = threading.Event()
         restore_signals = install_stop_handlers(stop)
@@ -218,14 +217,14 @@ def run_script(
         migrate_store(store)
         return int(body(Context(settings, args, store, progress, stdout, stop)))
     except AlreadyRunning:
-        stderr.write(f"{prog}: another run is in progress on this database; nothing to do\n")
+        progress.message(f"{prog}: another run is in progress on this database; nothing to do")
         return ExitStatus.OK
     except (ConfigError, DatabaseError, StartError) as exc:
         log.debug("cannot start", exc_info=True)
-        stderr.write(f"{prog}: error: {exc}\n")
+        progress.message(f"{prog}: error: {exc}")
         return ExitStatus.CANNOT_START
     except KeyboardInterrupt:
-        stderr.write(f"\n{prog}: interrupted\n")
+        progress.message(f"{prog}: interrupted")
         return ExitStatus.INTERRUPTED
     except Exception as exc:
         # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
@@ -233,9 +232,7 @@ def run_script(
         if args.debug:
             raise
         where = settings.log_file if settings is not None else "the log file"
-        stderr.write(
-            f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)\n"
-        )
+        progress.message(f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)")
         return ExitStatus.INTERNAL_ERROR
     finally:
         restore_signals()

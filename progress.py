@@ -37,36 +37,49 @@ STATUS_STYLE = {
 
 
 class ProgressTracker:
-    """The silent kind, and the interface the others share."""
+    """The silent kind, and the interface the others share.
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    A phase counts one thing for its bar, percentage and ETA: files for the scan (`unit="files"`), bytes of
+    the backlog for uploads (`unit="bytes"`: a file settled without sending, a duplicate, still completes
+    its share), so all three reach 100 % together and the last counter equals the summary. `sent_bytes`
+    is what really went over the wire, for the MB/s figure."""
+
+    def __init__(self, stream: TextIO | None = None, stamped: bool = False) -> None:
         self.stream = stream or sys.stderr
+        self.stamped = stamped  # a timestamp on every line (cron and pipes)
         self._lock = threading.RLock()
         self.phase = ""
+        self.unit = "files"
         self.total_files: int | None = None
         self.total_bytes: int | None = None
         self.done_files = 0
         self.done_bytes = 0
+        self.sent_bytes = 0
         self.started = time.monotonic()
-        self.show_bytes = False
 
-    def start(self, phase: str, total_files: int | None = None, total_bytes: int | None = None) -> None:
+    def start(
+        self, phase: str, total_files: int | None = None, total_bytes: int | None = None, unit: str = "files"
+    ) -> None:
         with self._lock:
-            self.phase = phase
+            self.phase, self.unit = phase, unit
             self.total_files, self.total_bytes = total_files, total_bytes
-            self.done_files = self.done_bytes = 0
+            self.done_files = self.done_bytes = self.sent_bytes = 0
             self.started = time.monotonic()
-            self.show_bytes = phase in ("upload", "sync")
+            self._started_phase()
+
+    def _started_phase(self) -> None:
+        pass
 
     def set_total(self, total_files: int | None, total_bytes: int | None = None) -> None:
         with self._lock:
             self.total_files, self.total_bytes = total_files, total_bytes
             self._draw(force=False)
 
-    def advance(self, files: int = 1, size_bytes: int = 0) -> None:
+    def advance(self, files: int = 1, size_bytes: int = 0, sent_bytes: int = 0) -> None:
         with self._lock:
             self.done_files += files
             self.done_bytes += size_bytes
+            self.sent_bytes += sent_bytes
             self._draw(force=False)
 
     def file_status(self, status: str, path: str, detail: str = "") -> None:
@@ -76,8 +89,11 @@ class ProgressTracker:
         """A line for the user that is not a log record (the console log handler also writes through here)."""
         with self._lock:
             self._clear()
-            self._write(line + "\n")
+            self._write(self._stamp(line) + "\n")
             self._draw(force=True)
+
+    def _stamp(self, line: str) -> str:
+        return f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}" if self.stamped else line
 
     def _write(self, text: str) -> None:
         """Output must never stop the work: a closed pipe (`| head`, a gone terminal) silences it."""
@@ -89,38 +105,50 @@ class ProgressTracker:
 
     def finish(self) -> None:
         with self._lock:
+            if self.idle:
+                self.phase = ""  # a stage with nothing to do leaves no line
+                return
             self._draw(force=True, final=True)
+            self.phase = ""
+
+    @property
+    def idle(self) -> bool:
+        return not self.done_files and not self.total_files
 
     def summary(self, title: str, rows: Sequence[tuple[str, str]]) -> None:
         with self._lock:
             self._clear()
             width = max((len(k) for k, _ in rows), default=0)
             lines = [title] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
-            self._write("\n".join(lines) + "\n")
+            self._write("".join(self._stamp(line) + "\n" for line in lines))
 
     # -- shared arithmetic
+    def fraction(self) -> float | None:
+        """How far the phase is, in its one unit; None while the total is not known."""
+        if self.unit == "bytes" and self.total_bytes:
+            return min(1.0, self.done_bytes / self.total_bytes)
+        if self.total_files is None:
+            return None
+        return min(1.0, self.done_files / self.total_files) if self.total_files else 1.0
+
     def status_line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
+        fraction = self.fraction()
         parts = [self.phase]
-        if self.total_files:
-            pct = 100.0 * self.done_files / self.total_files
-            parts.append(f"[{self.done_files}/{self.total_files}] ({pct:.0f}%)")
-        else:
-            parts.append(f"[{self.done_files}]")
+        if fraction is not None:
+            parts.append(f"{100 * fraction:.0f}%")
+        files = f"{self.done_files}/{self.total_files}" if self.total_files is not None else str(self.done_files)
+        counter = f"{files} file{'s' if (self.total_files or self.done_files) != 1 else ''}"
+        if self.unit == "bytes" and self.total_bytes:
+            counter += f", {format_bytes(self.done_bytes)}/{format_bytes(self.total_bytes)}"
+        parts.append(f"[{counter}]")
         parts.append(f"{self.done_files / elapsed:.1f} files/s")
-        if self.done_bytes:
-            parts.append(f"{format_bytes(self.done_bytes / elapsed)}/s")
-        eta = self.eta_s(elapsed)
-        if eta is not None:
-            parts.append(f"ETA {format_duration(eta)}")
+        rate_bytes = self.sent_bytes if self.unit == "bytes" else self.done_bytes
+        if rate_bytes:
+            parts.append(f"{format_bytes(rate_bytes / elapsed)}/s")
+        if fraction is not None and 0 < fraction < 1:
+            parts.append(f"ETA {format_duration(elapsed * (1 - fraction) / fraction)}")
         return " ".join(parts)
-
-    def eta_s(self, elapsed: float) -> float | None:
-        if self.total_bytes and self.done_bytes:
-            return max(0.0, (self.total_bytes - self.done_bytes) * elapsed / self.done_bytes)
-        if self.total_files and self.done_files:
-            return max(0.0, (self.total_files - self.done_files) * elapsed / self.done_files)
-        return None
 
     def _draw(self, force: bool, final: bool = False) -> None:
         pass
@@ -130,12 +158,16 @@ class ProgressTracker:
 
 
 class PlainProgress(ProgressTracker):
-    """For cron and pipes: a plain status line every few seconds, error lines, no escape codes."""
+    """For cron and pipes: a status line every few seconds, error lines, no escape codes, and a timestamp
+    on every line so that nights appended to one log file can be told apart."""
 
     def __init__(self, stream: TextIO | None = None, interval_s: float = PLAIN_INTERVAL_S) -> None:
-        super().__init__(stream)
+        super().__init__(stream, stamped=True)
         self.interval_s = interval_s
-        self._last = 0.0
+        self._last = time.monotonic()
+
+    def _started_phase(self) -> None:
+        self._last = self.started  # the first line comes after an interval, not at once
 
     def file_status(self, status: str, path: str, detail: str = "") -> None:
         path, detail = printable(path), printable(detail)
@@ -149,7 +181,7 @@ class PlainProgress(ProgressTracker):
         if force and not final:
             return
         self._last = now
-        self._write(self.status_line() + "\n")
+        self._write(self._stamp(self.status_line()) + "\n")
 
 
 class TtyProgress(ProgressTracker):
@@ -173,14 +205,12 @@ class TtyProgress(ProgressTracker):
         self.message(line)
 
     def _bar(self) -> str:
+        fraction = self.fraction()
+        if fraction is None:
+            return ""
         width = 24
-        if self.total_files:
-            fraction = min(1.0, self.done_files / self.total_files)
-            if self.show_bytes and self.total_bytes:
-                fraction = min(1.0, self.done_bytes / self.total_bytes)
-            filled = int(fraction * width)
-            return "[" + "#" * filled + "-" * (width - filled) + "] "
-        return ""
+        filled = int(fraction * width)
+        return "[" + "#" * filled + "-" * (width - filled) + "] "
 
     def _draw(self, force: bool, final: bool = False) -> None:
         now = time.monotonic()
@@ -244,7 +274,7 @@ def select_progress(stream: TextIO | None = None, enabled: bool = True) -> Progr
     """The right kind for this stream: live on a terminal, plain lines elsewhere, silent when disabled."""
     stream = stream or sys.stderr
     if not enabled:
-        return ProgressTracker(stream)
+        return ProgressTracker(stream, stamped=not stream.isatty())
     if stream.isatty() and os.environ.get("TERM") != "dumb":
         import colorama
 

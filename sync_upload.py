@@ -93,9 +93,7 @@ def sync_once(ctx: Context) -> ExitStatus:
             scan = scanner.scan(
                 on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
             )
-            remaining = uploader.summary.queued - uploader.summary.uploaded - uploader.summary.errors
-            ctx.progress.start("upload", max(0, remaining))
-            uploader.counts_progress = True
+            uploader.start_progress()
             upload = uploader.finish()
             ctx.progress.finish()
             upload.stopped_after_errors = uploader.aborted.is_set()

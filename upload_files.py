@@ -231,6 +231,10 @@ class Uploader:
         self._retries: list[PendingUpload] = []  # failed rows whose wait is over: after everything else
         self.started = time.monotonic()
         self.counts_progress = True  # sync counts scan progress until its walk is done
+        # What this run took on and what of it is settled (files, bytes of the backlog, bytes sent), so the
+        # upload phase of a sync can start its counter where the uploads during the scan left it.
+        self.fed = [0, 0]
+        self.settled = [0, 0, 0]
 
     @property
     def halted(self) -> bool:
@@ -252,6 +256,8 @@ class Uploader:
         rows = select(rows, self.settings)
         if self.halted or not rows:
             return
+        self.fed[0] += len(rows)
+        self.fed[1] += sum(r.file_size for r in rows)
         try:
             server = self.client.server
         except (ServerUnreachable, StopRequested) as exc:
@@ -549,8 +555,20 @@ class Uploader:
         else:
             log.info("%s: %s", row.filepath, status)
         self.progress.file_status(status, row.filepath, detail)
+        sent = row.file_size if status == "success" else 0
+        with self._lock:
+            self.settled[0] += 1
+            self.settled[1] += row.file_size
+            self.settled[2] += sent
         if self.counts_progress:
-            self.progress.advance(1, row.file_size if status == "success" else 0)
+            self.progress.advance(1, row.file_size, sent)
+
+    def start_progress(self) -> None:
+        """The upload phase's counter: everything fed to this run, and what of it is already settled."""
+        with self._lock:
+            self.progress.start("upload", self.fed[0], self.fed[1], unit="bytes")
+            self.progress.advance(*self.settled)
+            self.counts_progress = True
 
 
 @dataclass
@@ -784,7 +802,7 @@ def run_upload(ctx: Context) -> ExitStatus:
         rows = select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit)
         uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
         with server_jobs_paused(client, ctx.store, ctx.settings):
-            ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows))
+            ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows), unit="bytes")
             uploader.start()
             # In slices, so uploads begin while the rest is still being checked with the server.
             for start in range(0, len(rows), FEED_BATCH):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -190,6 +191,18 @@ class Result:
     status: int
     stdout: str
     stderr: str
+
+    @property
+    def lines(self) -> list[str]:
+        """stderr's lines without the timestamp plain output puts in front of each."""
+        return [unstamped(line) for line in self.stderr.splitlines()]
+
+
+STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ")
+
+
+def unstamped(line: str) -> str:
+    return STAMP.sub("", line)
 
 
 def run_inprocess(main: Callable[..., int], *argv: str) -> Result:

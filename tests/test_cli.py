@@ -29,7 +29,7 @@ def test_a_bug_is_one_line_exit_70_with_the_traceback_in_the_log(
     monkeypatch.setattr(scan_files.Scanner, "scan", broken)
     result = run_inprocess(scan_files.main, "--env-file", str(env.path))
     assert result.status == 70
-    assert result.stderr.strip().startswith(
+    assert result.lines[-1].startswith(
         "immich-uploader: error: internal error RuntimeError('a bug in the scanner')"
     )
     assert "Traceback" not in result.stderr

@@ -76,9 +76,7 @@ def test_bad_setting_gives_one_line_and_exit_2_without_traceback(tmp_path: Path)
     )
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
-    assert result.stderr.strip() == (
-        "immich-uploader: error: MAX_CONSECUTIVE_ERRORS: 'five' is not a whole number"
-    )
+    assert result.lines == ["immich-uploader: error: MAX_CONSECUTIVE_ERRORS: 'five' is not a whole number"]
 
 
 def test_missing_source_folder_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -182,6 +180,6 @@ def test_a_source_dir_that_is_a_file_gets_the_right_words(tmp_path: Path) -> Non
     photo.write_bytes(b"x")
     env = write_env(tmp_path, f"SOURCE_DIR={photo}\nDB_PATH={tmp_path}/s.db\n")
     result = run_inprocess(scan_files.main, "--env-file", str(env))
-    assert result.status == 2 and result.stderr.strip() == (
+    assert result.status == 2 and result.lines == [
         f"immich-uploader: error: SOURCE_DIR: {photo} is a file, not a folder"
-    )
+    ]

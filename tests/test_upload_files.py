@@ -11,7 +11,7 @@ from pathlib import Path
 import scan_files
 import upload_files
 from db_manager import open_store
-from tests.conftest import API_KEY, Env, Library, run_inprocess
+from tests.conftest import API_KEY, Env, Library, run_inprocess, unstamped
 from tests.immich_server import ImmichTestServer
 
 
@@ -203,8 +203,8 @@ def test_wrong_api_key_is_one_line_exit_2_and_nothing_sent(
     server_env.set(IMMICH_API_KEY="not-the-key-123")
     status, _, stderr = upload(server_env)
     assert status == 2
-    assert (
-        stderr.strip().splitlines()[-1].startswith("immich-uploader: error: the server refused the API key")
+    assert unstamped(stderr.strip().splitlines()[-1]).startswith(
+        "immich-uploader: error: the server refused the API key"
     )
     assert "not-the-key-123" not in stderr and asset_posts(immich) == 0
 
@@ -414,7 +414,7 @@ def test_a_server_that_does_not_answer_at_the_start_is_one_plain_line_within_sec
     started = time.monotonic()
     status, _, stderr = upload(env)
     assert status == 2 and time.monotonic() - started < 5
-    (line,) = [line for line in stderr.splitlines() if "error" in line]
+    (line,) = [unstamped(line) for line in stderr.splitlines() if "error" in line]
     assert line == (
         "immich-uploader: error: cannot reach Immich at 127.0.0.1:9: connection refused (nothing listens on "
         "that port) (tried GET http://127.0.0.1:9/api/users/me twice; check IMMICH_URL, and that the server is running)"
@@ -464,7 +464,7 @@ def test_a_server_that_is_not_immich_gets_one_short_line(env: Env, library: Libr
     finally:
         web.shutdown()
     assert status == 2
-    (line,) = [line for line in stderr.splitlines() if "error" in line]
+    (line,) = [unstamped(line) for line in stderr.splitlines() if "error" in line]
     assert line.startswith(f"immich-uploader: error: {url} answers, but not like Immich")
     assert "an HTML page (title: Welcome to nginx!)" in line and "<html" not in stderr and len(line) < 300
 
