@@ -61,6 +61,8 @@ class Context:
 def base_parser(prog: str, description: str, paths_help: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"immich-uploader {VERSION}")
+    # The menu runs the scripts with this: their hints then name menu entries, not flags.
+    parser.add_argument("--from-menu", action="store_true", help=argparse.SUPPRESS)
     if paths_help:
         parser.add_argument("paths", nargs="*", metavar="DIR", help=paths_help)
     parser.add_argument(
@@ -232,7 +234,9 @@ def run_script(
         if args.debug:
             raise
         where = settings.log_file if settings is not None else "the log file"
-        progress.message(f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)")
+        progress.message(
+            f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)"
+        )
         return ExitStatus.INTERNAL_ERROR
     finally:
         restore_signals()

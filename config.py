@@ -220,6 +220,25 @@ class Settings:
         return rows
 
 
+def settings_file_for(env_file: Path | None) -> Path:
+    """The file settings are saved to: the one read, else .env beside the scripts."""
+    return env_file if env_file is not None and env_file.is_file() else PROJECT_DIR / ".env"
+
+
+def save_settings(path: Path, values: Mapping[str, str]) -> None:
+    """Write settings into a .env file, keeping its other lines; it holds the API key, so only its owner
+    may read it (0600)."""
+    from dotenv import set_key
+
+    unknown = set(values) - SETTING_NAMES
+    if unknown:
+        raise ValueError(f"not settings: {', '.join(sorted(unknown))}")
+    path.touch(mode=0o600, exist_ok=True)
+    os.chmod(path, 0o600)
+    for name, value in values.items():
+        set_key(str(path), name, value, quote_mode="auto")
+
+
 def mask_secret(value: str) -> str:
     return "****" if len(value) < 12 else f"{value[:2]}****{value[-2:]}"
 

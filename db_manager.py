@@ -143,6 +143,24 @@ class UploadedRow:
 
 
 @dataclass(frozen=True)
+class YearProgress:
+    year: str
+    done_files: int
+    done_bytes: int
+    waiting_files: int
+    waiting_bytes: int
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    filepath: str
+    last_error: str
+    attempts: int
+    error_kind: str | None
+    next_attempt_at: str | None  # UTC, minutes
+
+
+@dataclass(frozen=True)
 class UploadOutcome:
     """The result of one upload attempt as it is recorded."""
 
@@ -487,15 +505,21 @@ class Store:
         limit: int | None = None,
         ids: Sequence[int] | None = None,
         path_hashes: Sequence[str] | None = None,
+        failed_only: bool = False,
     ) -> list[PendingUpload]:
         """Rows to upload, fingerprinted and present on disk: pending ones newest first (date taken, else
         mtime), then failed ones whose wait is over, so a file that keeps failing never crowds out new
-        ones. With `ids` or `path_hashes`, only those rows (the sync pipeline asks for what it just scanned)."""
-        where = (
-            "(upload_status = 'pending' OR (upload_status = 'error' AND "
-            "(next_attempt_at IS NULL OR next_attempt_at <= ?))) AND hash <> '' AND missing_since IS NULL"
-        )
-        params: list[Any] = [utc_now()]
+        ones. With `ids` or `path_hashes`, only those rows (the sync pipeline asks for what it just scanned);
+        with `failed_only`, every failed row, waiting or not (Retry errors)."""
+        if failed_only:
+            where = "upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
+            params: list[Any] = []
+        else:
+            where = (
+                "(upload_status = 'pending' OR (upload_status = 'error' AND "
+                "(next_attempt_at IS NULL OR next_attempt_at <= ?))) AND hash <> '' AND missing_since IS NULL"
+            )
+            params = [utc_now()]
         for column, values in (("id", ids), ("path_hash", path_hashes)):
             if values is None:
                 continue
@@ -741,6 +765,19 @@ class Store:
             )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
+    def year_progress(self) -> list[YearProgress]:
+        """Per year taken: files and bytes Immich has, and waiting (pending or failed), on disk."""
+        with self._lock:
+            rows = self._query(
+                "SELECT COALESCE(SUBSTR(CAST(date_taken AS CHAR), 1, 4), 'unknown') AS y, "
+                "SUM(CASE WHEN upload_status IN ('success', 'duplicate') THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN upload_status IN ('success', 'duplicate') THEN file_size ELSE 0 END), "
+                "SUM(CASE WHEN upload_status IN ('pending', 'error') THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN upload_status IN ('pending', 'error') THEN file_size ELSE 0 END) "
+                "FROM media_files WHERE missing_since IS NULL OR deleted_at IS NOT NULL GROUP BY y ORDER BY y"
+            )
+        return [YearProgress(str(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
+
     def counts_by(self, grouping: str) -> list[tuple[str, int, int]]:
         """(group, files, bytes) by 'year' taken or by 'extension', for the statistics screen."""
         expression = {
@@ -762,17 +799,20 @@ class Store:
             )
         yield from rows
 
-    def recent_errors(self, limit: int = 20) -> list[tuple[str, str, int]]:
-        """(filepath, last error, upload attempts) of the latest failed rows."""
+    def recent_errors(self, limit: int = 20) -> list[FailedFile]:
+        """The latest failed rows: why, how often, and when they are tried again."""
         with self._lock:
             rows = self._query(
                 self.sql(
-                    "SELECT filepath, COALESCE(last_error, ''), upload_attempts FROM media_files "
-                    "WHERE upload_status = 'error' ORDER BY updated_at DESC, id DESC LIMIT ?"
+                    "SELECT filepath, COALESCE(last_error, ''), upload_attempts, error_kind, next_attempt_at "
+                    "FROM media_files WHERE upload_status = 'error' AND missing_since IS NULL "
+                    "ORDER BY updated_at DESC, id DESC LIMIT ?"
                 ),
                 (limit,),
             )
-        return [(r[0], r[1], int(r[2])) for r in rows]
+        return [
+            FailedFile(r[0], r[1], int(r[2]), r[3], None if r[4] is None else str(r[4])[:16]) for r in rows
+        ]
 
     def retry_errors(self) -> int:
         """Put failed uploads back to pending, their waits cleared; returns how many."""

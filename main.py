@@ -2,48 +2,66 @@
 """The interactive menu: the recommended entry point for people at a terminal.
 
 Each job choice runs the same `main()` the scripts run (scan_files, upload_files, sync_upload), so no logic
-lives twice; the other choices read the state database (statistics, errors, the per-file report) or ask the
-server (test connection). Ctrl+C during a job stops it cleanly and returns here; Ctrl+C or end of input at
-the prompt leaves with status 0. `--report FILE.csv` writes the per-file report without the menu.
+lives twice; the other choices read the state database (statistics, errors, the per-file report), ask the
+server (verify, test connection) or change the main settings in `.env`. The menu talks about its own
+entries, never about command-line flags. A screen longer than the terminal is shown a page at a time, and
+one that would push the menu off the screen waits for Enter. Ctrl+C during a job stops it cleanly and
+returns here; Ctrl+C or end of input at the prompt leaves with status 0. `--report FILE.csv` writes the
+per-file report without the menu.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import getpass
+import os
+import shutil
 import sys
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import TextIO
 
 import scan_files
 import sync_upload
 import upload_files
 from cli import ExitStatus, StartError
-from config import VERSION, ConfigError, Settings, load_settings
+from config import (
+    PROJECT_DIR,
+    VERSION,
+    ConfigError,
+    Settings,
+    load_settings,
+    normalize_url,
+    save_settings,
+    settings_file_for,
+)
 from db_manager import REPORT_COLUMNS, DatabaseError, Store, open_store
-from immich_client import ImmichClient
+from immich_client import ImmichClient, ImmichError
 from logger import get_logger, setup_console
-from upload_files import connect
-from utils import format_bytes, format_duration
+from upload_files import FAILURE_ADVICE, connect
+from utils import format_bytes, format_duration, plural
 
 log = get_logger("menu")
 
 HELP = """\
 Interactive menu (run without options):
   1  Scan            find, fingerprint and describe new or changed files (scan_files.py)
-  2  Upload          send pending and failed files to Immich (upload_files.py)
+  2  Upload          send pending files to Immich (upload_files.py)
   3  Sync            scan and upload in one go, the recommended job (sync_upload.py)
-  4  Statistics      files and bytes per status, year taken and type; what is left and how long it takes
-  5  Recent errors   the latest files that failed, with the reason
-  6  Retry errors    put failed uploads back in the queue
-  7  Test connection server address and version, user, accepted formats, database and row counts
-  8  Show settings   every setting and where it came from (the API key masked)
-  9  Export report   one CSV row per file: status and reason
+  4  Statistics      files and bytes per status and year taken; what is left and how long it takes
+  5  Recent errors   the latest files that failed, why, and what to do about it
+  6  Retry errors    try every failed file now
+  7  Verify          check that the files marked uploaded are still in Immich
+  8  Test connection server address and version, user, accepted formats, database and row counts
+  9  Settings        the server address, API key and folders (saved in .env), and every other setting
+  10 Export report   one CSV row per file: status and reason (saved under reports/)
   q  Quit
 
 The scripts run the same jobs without the menu, e.g. from cron:
   python sync_upload.py [--json] [--no-progress]      exit 0 done, 1 some files failed, 2 could not start,
-  python scan_files.py | upload_files.py [--dry-run]       3 stopped after consecutive errors, 130 interrupted
+  python scan_files.py | upload_files.py [--dry-run]       3 stopped (server away or failing), 130 interrupted
 """
 
 MENU = [
@@ -52,12 +70,22 @@ MENU = [
     ("3", "Sync (scan + upload)"),
     ("4", "Statistics"),
     ("5", "Recent errors"),
-    ("6", "Retry errors"),
-    ("7", "Test connection"),
-    ("8", "Show settings"),
-    ("9", "Export report (CSV)"),
+    ("6", "Retry errors now"),
+    ("7", "Verify with Immich"),
+    ("8", "Test connection"),
+    ("9", "Settings"),
+    ("10", "Export report (CSV)"),
     ("q", "Quit"),
 ]
+MENU_LINES = len(MENU) + 3  # the title, the entries, the prompt and a blank line above
+BAR_WIDTH = 24
+DONE_BLOCK, WAITING_BLOCK = "█", "░"
+# The settings the Settings screen can change; everything else is edited in .env.
+EDITABLE = (
+    ("u", "IMMICH_URL", "server address"),
+    ("k", "IMMICH_API_KEY", "API key"),
+    ("s", "SOURCE_DIR", "folders"),
+)
 
 
 class Menu:
@@ -65,6 +93,7 @@ class Menu:
         self.env_file = env_file
         self.stdin = stdin
         self.out = stdout
+        self.interactive = stdin.isatty() and stdout.isatty()
 
     def say(self, text: str = "") -> None:
         self.out.write(text + "\n")
@@ -77,30 +106,56 @@ class Menu:
         line = self.stdin.readline()
         return None if line == "" else line.strip()
 
+    def yes(self, question: str) -> bool:
+        answer = self.ask(f"{question} [y/N] ")
+        return bool(answer) and answer.lower() in ("y", "yes")
+
+    def screen_height(self) -> int:
+        return shutil.get_terminal_size((80, 24)).lines
+
+    def show(self, lines: list[str]) -> None:
+        """A screen of text: a page at a time when it is longer than the terminal, and if the menu that
+        follows would push it off the screen, wait for Enter first."""
+        height = self.screen_height()
+        page = max(5, height - 2)
+        for start in range(0, len(lines), page):
+            for line in lines[start : start + page]:
+                self.say(line)
+            more = start + page < len(lines)
+            if more and self.interactive:
+                answer = self.ask(f"-- {len(lines) - start - page} more lines: Enter shows them, q stops -- ")
+                if answer is None or answer.lower() == "q":
+                    return
+        if self.interactive and len(lines) + MENU_LINES > height:
+            self.ask("Press Enter for the menu ")
+
     def script_args(self) -> list[str]:
-        return ["--env-file", self.env_file] if self.env_file else []
+        return (["--env-file", self.env_file] if self.env_file else []) + ["--from-menu"]
 
     def run(self) -> int:
         actions: dict[str, Callable[[], None]] = {
-            "1": lambda: self.job(scan_files.main),
-            "2": lambda: self.job(upload_files.main),
+            "1": lambda: self.job(scan_files.main, needs_server=False),
+            "2": lambda: self.job(upload_files.main, needs_sources=False),
             "3": lambda: self.job(sync_upload.main),
             "4": lambda: self.with_store(self.statistics),
             "5": lambda: self.with_store(self.recent_errors),
             "6": lambda: self.with_store(self.retry_errors),
-            "7": self.test_connection,
-            "8": self.show_settings,
-            "9": self.export_report,
+            "7": self.verify,
+            "8": self.test_connection,
+            "9": self.settings_screen,
+            "10": self.export_report,
         }
         try:
             while True:
-                self.say("\nimmich-uploader")
+                self.say(f"\nimmich-uploader {VERSION}")
                 for key, label in MENU:
-                    self.say(f"  {key}) {label}")
+                    self.say(f"  {key:>2}) {label}")
                 choice = self.ask("Choose: ")
                 if choice is None or choice.lower() in ("q", "quit", "exit"):
                     self.say()
                     return ExitStatus.OK
+                if not choice:
+                    continue  # Enter alone shows the menu again
                 action = actions.get(choice)
                 if action is None:
                     self.say(f"'{choice}' is not a choice: type a number from the list, or q to quit.")
@@ -111,11 +166,56 @@ class Menu:
             return ExitStatus.OK
 
     # -- jobs
-    def job(self, script_main: Callable[[list[str]], int]) -> None:
-        status = script_main(self.script_args())
+    def ready(self, needs_server: bool, needs_sources: bool) -> bool:
+        """Say in the menu's words what is missing before a job would stop on it."""
+        try:
+            settings = self.settings()
+        except ConfigError as exc:
+            self.say(f"A setting is not right: {exc}. Choose 9 > Settings to see them.")
+            return False
+        if needs_sources and not settings.source_dirs:
+            self.say("No folder to scan yet: choose 9 > Settings and give the source folders.")
+            return False
+        if needs_server and not (settings.immich_url and settings.immich_api_key):
+            self.say("No Immich server yet: choose 9 > Settings and give its address and API key.")
+            return False
+        return True
+
+    def job(
+        self, script_main: Callable[[list[str]], int], needs_server: bool = True, needs_sources: bool = True
+    ) -> int | None:
+        if not self.ready(needs_server, needs_sources):
+            return None
+        status = self.run_job(script_main, [])
+        if status == ExitStatus.CANNOT_START and script_main is not upload_files.main:
+            self.offer_confirm_empty(script_main)
+        return status
+
+    def run_job(self, script_main: Callable[[list[str]], int], extra: list[str]) -> int:
+        status = script_main([*self.script_args(), *extra])
         if status == ExitStatus.INTERRUPTED:
             self.say("Stopped. Everything done so far is saved; the next run continues.")
         self.say(f"(finished with status {status})")
+        return status
+
+    def offer_confirm_empty(self, script_main: Callable[[list[str]], int]) -> None:
+        """A source folder was empty or missing while files are recorded there: ask whether it really is
+        empty now (files deleted or moved on purpose) rather than a drive that is not mounted."""
+        try:
+            store = open_store(self.settings())
+        except (ConfigError, DatabaseError):
+            return
+        try:
+            last = store.last_run()
+        finally:
+            store.close()
+        summary = (last or {}).get("summary", {})
+        folders = summary.get("unavailable_sources") or summary.get("unavailable") or []
+        if folders and self.yes(
+            f"Is {', '.join(folders)} really empty now (not a drive or share that is not mounted)? Then its "
+            "files are marked missing."
+        ):
+            self.run_job(script_main, ["--confirm-empty"])
 
     # -- database screens
     def settings(self) -> Settings:
@@ -135,28 +235,33 @@ class Menu:
 
     def statistics(self, store: Store, _settings: Settings) -> None:
         counts = store.status_counts()
-        self.say("\nBy status")
+        if not counts:
+            self.say("Nothing recorded yet: choose 1 > Scan or 3 > Sync to look at your folders.")
+            return
+        total_files = sum(files for files, _ in counts.values())
+        total_bytes = sum(size for _, size in counts.values())
+        lines = [f"\n{plural(total_files, 'file')} recorded, {format_bytes(total_bytes)}", "By status"]
         for status, (files, size) in sorted(counts.items()):
-            self.say(f"  {status:<10} {files:>9} files {format_bytes(size):>12}")
-        for grouping, title in (("year", "By year taken"), ("extension", "By type")):
-            self.say(f"\n{title}")
-            for group, files, size in store.counts_by(grouping):
-                self.say(f"  {group:<10} {files:>9} files {format_bytes(size):>12}")
+            lines.append(f"  {status:<10} {plural(files, 'file'):>14} {format_bytes(size):>11}")
+        lines += year_bars(store)
+        types = ", ".join(f"{group or '?'} {files:,}" for group, files, _ in store.counts_by("extension"))
+        lines.append(f"Types: {types}")
+        left_files = sum(counts.get(k, (0, 0))[0] for k in ("pending", "error"))
+        left_bytes = sum(counts.get(k, (0, 0))[1] for k in ("pending", "error"))
+        if left_files:
+            line = f"Left to upload: {plural(left_files, 'file')}, {format_bytes(left_bytes)}"
+            speed = self.last_upload_speed(store)
+            if speed:
+                line += f", about {format_duration(left_bytes / speed)} at the last measured {format_bytes(speed)}/s"
+            lines.append(line)
+        else:
+            lines.append("Nothing left to upload.")
         last = store.last_run()
         if last:
-            s = last["summary"]
-            self.say(f"\nLast run: {last['kind']} at {last['finished_at']} UTC, status {last['exit_status']}")
-            self.say("  " + ", ".join(f"{k} {v}" for k, v in s.items() if isinstance(v, int | float)))
-        left_files, left_bytes = (
-            sum(counts.get(k, (0, 0))[0] for k in ("pending", "error")),
-            sum(counts.get(k, (0, 0))[1] for k in ("pending", "error")),
-        )
-        self.say(f"\nLeft to upload: {left_files} files, {format_bytes(left_bytes)}")
-        speed = self.last_upload_speed(store)
-        if left_bytes and speed:
-            self.say(
-                f"  about {format_duration(left_bytes / speed)} at the last measured {format_bytes(speed)}/s"
+            lines.append(
+                f"Last run: {last['kind']}, finished {last['finished_at'][:16]} UTC with status {last['exit_status']}"
             )
+        self.show(lines)
 
     @staticmethod
     def last_upload_speed(store: Store) -> float | None:
@@ -174,48 +279,146 @@ class Menu:
         if not errors:
             self.say("No failed files.")
             return
-        for path, reason, attempts in errors:
-            self.say(f"  {path}\n      {reason} (attempts: {attempts})")
+        lines = []
+        for failed in errors:
+            lines.append(f"  {failed.filepath}")
+            lines.append(f"      {failed.last_error} ({plural(failed.attempts, 'attempt')})")
+            advice = FAILURE_ADVICE.get(failed.error_kind or "")
+            if advice:
+                lines.append(f"      what to do: {advice}")
+            if failed.next_attempt_at:
+                lines.append(
+                    f"      tried again after {failed.next_attempt_at} UTC, or now with 6 > Retry errors"
+                )
+        self.show(lines)
 
     def retry_errors(self, store: Store, _settings: Settings) -> None:
-        self.say(f"{store.retry_errors()} failed files will be tried again on the next upload or sync.")
+        failed = len(store.pending_uploads(failed_only=True))
+        if not failed:
+            self.say("No failed files to try again.")
+            return
+        self.say(f"Trying {plural(failed, 'failed file')} again now.")
+        if self.ready(needs_server=True, needs_sources=False):
+            self.run_job(upload_files.main, ["--retry-errors"])
 
     # -- server and settings
+    def verify(self) -> None:
+        if not self.ready(needs_server=True, needs_sources=False):
+            return
+        status = self.run_job(upload_files.main, ["--verify"])
+        if status == ExitStatus.FILES_FAILED and self.yes(
+            "Send again the files Immich no longer has (still on this disk)?"
+        ):
+            self.run_job(upload_files.main, ["--verify", "--reupload"])
+
     def test_connection(self) -> None:
+        if not self.ready(needs_server=True, needs_sources=False):
+            return
         try:
             settings = self.settings()
-            settings.require_server()
             client = ImmichClient(settings)
             try:
-                server = connect(client)
+                user = connect(client)
+                server = client.server
             finally:
                 client.close()
-        except (ConfigError, StartError) as exc:
+        except (ConfigError, StartError, ImmichError) as exc:
             self.say(f"immich-uploader: error: {exc}")
             return
         self.say(f"Server    {settings.immich_url}  Immich {server.version_text}")
-        self.say(f"User      {server.user_name} <{server.user_email}>{' (admin)' if server.is_admin else ''}")
+        self.say(f"User      {user.name} <{user.email}>{' (admin)' if user.is_admin else ''}")
         self.say(f"Images    {' '.join(sorted(server.image_extensions))}")
         self.say(f"Videos    {' '.join(sorted(server.video_extensions))}")
         self.with_store(self._database_line)
 
     def _database_line(self, store: Store, _settings: Settings) -> None:
         total = sum(files for files, _ in store.status_counts().values())
-        self.say(f"Database  {store.describe()}, {total} files recorded")
+        self.say(f"Database  {store.describe()}, {plural(total, 'file')} recorded")
 
-    def show_settings(self) -> None:
+    def settings_screen(self) -> None:
         try:
             settings = self.settings()
         except ConfigError as exc:
-            self.say(f"immich-uploader: error: {exc}")
+            self.say(f"A setting is not right: {exc}")
+            settings = None
+        target = settings_file_for(settings.env_file if settings else None)
+        if settings is not None:
+            rows = {name: (value, source) for name, value, source in settings.display_rows()}
+            for key, name, label in EDITABLE:
+                value, source = rows[name]
+                self.say(f"  {key}) {label:<15} {value or '(not set)'}  ({source})")
+        self.say(f"  a) all settings (edit {target} for the others)")
+        choice = (self.ask("Change which (Enter: back)? ") or "").lower()
+        if choice == "a" and settings is not None:
+            self.show(
+                [f"  {name:<24} {value:<40} ({source})" for name, value, source in settings.display_rows()]
+            )
             return
-        for name, value, source in settings.display_rows():
-            self.say(f"  {name:<24} {value:<40} ({source})")
+        for key, name, label in EDITABLE:
+            if choice == key:
+                self.change_setting(target, name, label)
+                return
+
+    def change_setting(self, target: Path, name: str, label: str) -> None:
+        if name == "IMMICH_API_KEY":
+            self.say("Create one in Immich: Account Settings > API Keys (it needs at least asset.upload).")
+            value = (
+                getpass.getpass("API key (not shown): ", stream=self.out)
+                if self.interactive
+                else self.ask("API key: ")
+            )
+        else:
+            example = "http://nas:2283" if name == "IMMICH_URL" else "/home/me/Pictures, /mnt/phone"
+            value = self.ask(f"New {label} (e.g. {example}; Enter: keep): ")
+        if not value:
+            return
+        value = value.strip()
+        try:
+            if name == "IMMICH_URL":
+                normalize_url(value)
+            if name == "SOURCE_DIR":
+                missing = [
+                    p
+                    for p in (part.strip() for part in value.split(","))
+                    if not os.path.isdir(os.path.expanduser(p))
+                ]
+                if missing and not self.yes(f"{', '.join(missing)} is not a folder here. Save it anyway?"):
+                    return
+        except ConfigError as exc:
+            self.say(f"Not saved: {exc}")
+            return
+        save_settings(target, {name: value})
+        self.say(f"Saved {label} in {target}.")
 
     def export_report(self) -> None:
-        path = self.ask("Write the report to (e.g. report.csv): ")
-        if path:
-            self.with_store(lambda store, _s: self.say(write_report(store, path)))
+        default = PROJECT_DIR / "reports" / f"immich-report-{datetime.now():%Y-%m-%d-%H%M}.csv"
+        answer = self.ask(f"Write the report to [{default}]: ")
+        if answer is None:
+            return
+        path = Path(answer).expanduser() if answer else default
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.with_store(lambda store, _s: self.say(write_report(store, str(path.resolve()))))
+
+
+def year_bars(store: Store) -> list[str]:
+    """A bar per year taken, its length the year's bytes: the part in Immich filled, the waiting part light."""
+    years = store.year_progress()
+    if not years:
+        return []
+    largest = max(y.done_bytes + y.waiting_bytes for y in years) or 1
+    lines = [f"By year taken ({DONE_BLOCK} in Immich, {WAITING_BLOCK} waiting)"]
+    for y in years:
+        done = round(BAR_WIDTH * y.done_bytes / largest)
+        waiting = round(BAR_WIDTH * y.waiting_bytes / largest)
+        if y.waiting_bytes and not waiting:
+            waiting = 1  # a year with anything waiting never looks finished
+        bar = (DONE_BLOCK * done + WAITING_BLOCK * waiting).ljust(BAR_WIDTH)
+        files = plural(y.done_files + y.waiting_files, "file")
+        detail = f"{y.waiting_files:,} waiting" if y.waiting_files else "all in Immich"
+        lines.append(
+            f"  {y.year:<7} {bar} {files:>12} {format_bytes(y.done_bytes + y.waiting_bytes):>10}  {detail}"
+        )
+    return lines
 
 
 def write_report(store: Store, path: str) -> str:
@@ -228,7 +431,7 @@ def write_report(store: Store, path: str) -> str:
             filepath, status, reason, *rest = row
             writer.writerow([filepath, status, reason or _reason(status), *rest])
             count += 1
-    return f"Wrote {count} rows to {path}"
+    return f"Wrote {plural(count, 'row')} to {path}"
 
 
 def _reason(status: str) -> str:

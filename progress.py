@@ -137,7 +137,9 @@ class ProgressTracker:
         parts = [self.phase]
         if fraction is not None:
             parts.append(f"{100 * fraction:.0f}%")
-        files = f"{self.done_files}/{self.total_files}" if self.total_files is not None else str(self.done_files)
+        files = (
+            f"{self.done_files}/{self.total_files}" if self.total_files is not None else str(self.done_files)
+        )
         counter = f"{files} file{'s' if (self.total_files or self.done_files) != 1 else ''}"
         if self.unit == "bytes" and self.total_bytes:
             counter += f", {format_bytes(self.done_bytes)}/{format_bytes(self.total_bytes)}"

@@ -281,12 +281,16 @@ class Scanner:
         progress: ProgressTracker,
         stop: threading.Event,
         confirm_empty: bool = False,
+        from_menu: bool = False,
     ) -> None:
         self.settings = settings
         self.store = store
         self.progress = progress
         self.stop = stop
         self.confirm_empty = confirm_empty  # the user says an empty source folder really is empty now
+        self.confirm_hint = (
+            "" if from_menu else "; if it really is empty now, run again with --confirm-empty"
+        )  # the menu asks instead
         self.summary = ScanSummary()
 
     def available_roots(self, known: dict[str, KnownFile]) -> list[Path]:
@@ -319,8 +323,7 @@ class Scanner:
                 self._unavailable(
                     root,
                     f"{root} {state}, but {recorded} file{'s were' if recorded != 1 else ' was'} recorded there: "
-                    "is it mounted? Nothing was marked missing; if it really is empty now, run again with "
-                    "--confirm-empty",
+                    f"is it mounted? Nothing was marked missing{self.confirm_hint}",
                 )
             elif missing:
                 self._unavailable(root, f"SOURCE_DIR: folder {root} does not exist")
@@ -475,10 +478,16 @@ def scan_status(stop: threading.Event, summary: ScanSummary) -> ExitStatus:
     return ExitStatus.FILES_FAILED if summary.errors else ExitStatus.OK
 
 
+def scanner_for(ctx: Context) -> Scanner:
+    return Scanner(
+        ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty, ctx.args.from_menu
+    )
+
+
 def run_scan(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
     started = utc_now()
-    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty).scan()
+    summary = scanner_for(ctx).scan()
     status = scan_status(ctx.stop, summary)
     ctx.store.record_run("scan", started, int(status), summary.as_json())
     if ctx.args.json:

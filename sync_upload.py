@@ -22,7 +22,7 @@ from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
 from progress import errors_row
-from scan_files import Scanner, ScanSummary, add_scan_arguments, scan_status
+from scan_files import ScanSummary, add_scan_arguments, scan_status, scanner_for
 from scan_files import summary_rows as scan_rows
 from upload_files import (
     Uploader,
@@ -71,7 +71,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
 
 def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
     """No server configured yet: still scan (so the next run only uploads), then say what is missing."""
-    summary = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty).scan()
+    summary = scanner_for(ctx).scan()
     ctx.progress.summary("Scan finished (nothing uploaded)", scan_rows(summary, ctx.settings.log_file))
     if ctx.args.json:
         ctx.emit_json(sync_summary(summary, UploadSummary(), summary.elapsed_s))
@@ -89,7 +89,7 @@ def sync_once(ctx: Context) -> ExitStatus:
         with server_jobs_paused(client, ctx.store, ctx.settings):
             uploader.counts_progress = False
             uploader.start()
-            scanner = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty)
+            scanner = scanner_for(ctx)
             scan = scanner.scan(
                 on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
             )
@@ -122,7 +122,7 @@ def run_sync(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
     if ctx.args.dry_run:
         # The scan records what it finds (so the real run only uploads); nothing is sent or marked uploaded.
-        scan = Scanner(ctx.settings, ctx.store, ctx.progress, ctx.stop, ctx.args.confirm_empty).scan()
+        scan = scanner_for(ctx).scan()
         if ctx.stop.is_set() or scan.unavailable:
             return scan_status(ctx.stop, scan)
         return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings))

@@ -52,6 +52,7 @@ from utils import (
     format_bytes,
     format_duration,
     path_to_text,
+    plural,
     sidecar_for,
     text_to_path,
     to_utc_iso,
@@ -757,10 +758,6 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
     return ExitStatus.OK
 
 
-def plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'' if count == 1 else 's'}"
-
-
 def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int) -> None:
     """Albums, stacks and deletion once the uploads are recorded (skipped when the run was stopped)."""
     if ctx.stop.is_set() or summary.stopped_after_errors:
@@ -799,7 +796,9 @@ def run_upload(ctx: Context) -> ExitStatus:
                 return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
             if report.trashed or report.lost:
                 verify_status = ExitStatus.FILES_FAILED
-        rows = select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit)
+        rows = select(
+            ctx.store.pending_uploads(failed_only=ctx.args.retry_errors), ctx.settings, ctx.args.limit
+        )
         uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
         with server_jobs_paused(client, ctx.store, ctx.settings):
             ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows), unit="bytes")
@@ -845,6 +844,11 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
     )
     parser.add_argument(
         "--reupload", action="store_true", help="with --verify: send again the files Immich no longer has"
+    )
+    parser.add_argument(
+        "--retry-errors",
+        action="store_true",
+        help="try every failed file now (and nothing else), waits ignored",
     )
     add_upload_arguments(parser)
     return run_script(parser, run_upload, argv, stdout, stderr)

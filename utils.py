@@ -572,6 +572,11 @@ def format_bytes(n: float) -> str:
     return f"{text} {_BINARY_UNITS[unit]}"
 
 
+def plural(count: int, noun: str) -> str:
+    """ "1 file", "2 files", "1,234 files"."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
 def format_duration(seconds: float) -> str:
     """ "0.4s" under ten seconds, "12s" under a minute, "3m05s" under an hour, then "1h02m"."""
     if seconds < 0:

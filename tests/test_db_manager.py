@@ -197,7 +197,7 @@ def test_wrong_mysql_password_is_one_line_exit_2(tmp_path: Path) -> None:
     env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=nobody_here\nDB_PASSWORD=s3cr3t-pw\nSOURCE_DIR={tmp_path}\n")
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
-    assert result.stderr.startswith(
+    assert result.lines[0].startswith(
         "immich-uploader: error: MySQL at 127.0.0.1:3306 refused user 'nobody_here'"
     )
     assert "Traceback" not in result.stderr and "s3cr3t-pw" not in result.stderr
