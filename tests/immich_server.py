@@ -1,21 +1,25 @@
 """A small Immich-compatible HTTP server for the tests and benchmarks, standard library only.
 
 It owns the stand-in for a real Immich server (v3.1.0 by default, or v2 behaviour when `version` < 3, as observed
-in ../shared/immich-api.md §7b): API-key auth, the public server routes, streaming multipart uploads that hash the
-file with SHA-1 while discarding its bytes, duplicate detection (checksum header, bulk-upload-check, after the
-body), albums, stacks, one-shot fault injection (error statuses, proxy HTML pages, Retry-After, connection resets,
-delays) and whole-server outages. It runs in-process (`ImmichTestServer().start()`) or as a process
-(`python tests/immich_server.py --port 0 --api-key KEY` prints `READY http://127.0.0.1:PORT`).
+in ../shared/immich-api.md §7b): API-key auth, the server routes (ping, version, media types, features, about,
+statistics), streaming multipart uploads that hash the file with SHA-1 while discarding its bytes, v3's zod
+validation of the upload fields (JavaScript number coercion for `duration`, UUID v4, metadata items) and the
+database's refusal of year 0000, duplicate detection (checksum header, bulk-upload-check, after the body;
+checksums decoded as Node's Buffer does), locked assets hidden from API keys, albums, stacks, one-shot fault
+injection (error statuses, proxy HTML pages, Retry-After, connection resets, delays) and whole-server outages. It
+runs in-process (`ImmichTestServer().start()`) or as a process (`python tests/immich_server.py --port 0 --api-key
+KEY` prints `READY http://127.0.0.1:PORT`). Every response carries the correlation-id header (`X-Correlation-ID`
+on v3, `x-immich-cid` on v2).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import binascii
 import hashlib
 import http.server
 import json
+import math
 import posixpath
 import re
 import signal
@@ -29,9 +33,9 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import datetime, timedelta
 from http import HTTPStatus
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 CHUNK_SIZE = 1 << 20  # recv size; large reads keep 1 GiB benchmark uploads cheap to parse
 JSON_BODY_LIMIT = 10 * 1024 * 1024  # Immich's express json() limit
@@ -40,7 +44,8 @@ FIELD_VALUE_LIMIT = 1024 * 1024  # multer's default fieldSize
 CHUNK_LINE_LIMIT = 4096
 SOCKET_TIMEOUT_S = 300.0  # a stalled client must not pin a thread forever, a slow benchmark must not be cut
 
-# ../shared/immich-api.md §5, plus .jp2 and .m2t that the docs list for newer versions.
+# ../shared/immich-api.md §5, plus .jp2 and .m2t that the docs list for newer versions, and .mpo, .mxf and .ts that
+# a v3.1.0 server accepted (§7b). The other extensions the doc marks unconfirmed (.vob) stay out.
 # fmt: off
 RAW_EXTENSIONS = (
     ".3fr", ".ari", ".arw", ".cap", ".cin", ".cr2", ".cr3", ".crw", ".dcr", ".dng", ".erf", ".fff",
@@ -49,12 +54,12 @@ RAW_EXTENSIONS = (
 )
 OTHER_IMAGE_EXTENSIONS = (
     ".avif", ".bmp", ".gif", ".heic", ".heif", ".hif", ".insp", ".jp2", ".jpe", ".jpeg", ".jpg", ".jxl",
-    ".png", ".svg", ".tif", ".tiff", ".webp",
+    ".mpo", ".png", ".svg", ".tif", ".tiff", ".webp",
 )
 IMAGE_EXTENSIONS = OTHER_IMAGE_EXTENSIONS + RAW_EXTENSIONS
 VIDEO_EXTENSIONS = (
     ".3gp", ".3gpp", ".avi", ".flv", ".insv", ".m2t", ".m2ts", ".m4v", ".mkv", ".mov", ".mp4", ".mpe",
-    ".mpeg", ".mpg", ".mts", ".webm", ".wmv",
+    ".mpeg", ".mpg", ".mts", ".mxf", ".ts", ".webm", ".wmv",
 )
 # fmt: on
 SIDECAR_EXTENSIONS = (".xmp",)
@@ -62,11 +67,28 @@ UPLOAD_EXTENSIONS = frozenset(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)
 
 VISIBILITIES = ("archive", "timeline", "hidden", "locked")
 _UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+# zod's uuidv4(): version digit 4 and RFC variant (8, 9, a, b); other versions are "Invalid UUID" on v3.1.0.
+_UUID_V4_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-4[0-9a-fA-F]{3}-[89abAB][0-9a-fA-F]{3}-[0-9a-fA-F]{12}"
+)
 # zod's iso.datetime({offset: true}) as observed on v3.1.0: seconds optional, any fraction, `Z` or `±HH:MM` only.
 _V3_DATETIME_RE = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-](?:[01]\d|2[0-3]):[0-5]\d)"
+    r"(?P<y>[0-9]{4})-(?P<mo>[0-9]{2})-(?P<d>[0-9]{2})"
+    r"T(?P<h>[01][0-9]|2[0-3]):(?P<mi>[0-5][0-9])(?::(?P<s>[0-5][0-9])(?:\.(?P<f>[0-9]+))?)?"
+    r"(?:Z|(?P<sign>[+-])(?P<oh>[01][0-9]|2[0-3]):(?P<om>[0-5][0-9]))"
 )
-_INT_RE = re.compile(r"-?\d+")
+# What JavaScript's Number(string) takes besides the empty string; [0-9], not \d, which matches other scripts' digits.
+_JS_DECIMAL_RE = re.compile(r"[+-]?(?:Infinity|(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)")
+_JS_RADIX_RE = re.compile(r"0(?:[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+)")
+_JS_WHITESPACE = (
+    "\t\n\v\f\r \u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+_MAX_SAFE_INTEGER = 2**53 - 1  # zod 4's int() bound
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# Node's base64 decoder reads the standard and the url-safe alphabet alike.
+_B64_VALUES = {c: i for i, c in enumerate(_B64_ALPHABET)} | {"-": 62, "_": 63}
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _PARAM_RE = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
@@ -176,14 +198,25 @@ class MultipartError(Exception):
     """The multipart body is malformed; the HTTP framing is still intact."""
 
 
-class ApiError(Exception):
-    """An Immich error answer; `issues` makes it a validation failure ((field, message) pairs)."""
+class Issue(NamedTuple):
+    """One zod issue of a v3 "Validation failed" answer; the path is [field, *subpath]."""
 
-    def __init__(self, status: int, message: str, issues: list[tuple[str, str]] | None = None) -> None:
+    field: str
+    message: str
+    code: str = "custom"
+    subpath: tuple[str | int, ...] = ()
+
+
+class ApiError(Exception):
+    """An Immich error answer; `issues` ((field, message) pairs or Issues) makes it a validation failure."""
+
+    def __init__(
+        self, status: int, message: str, issues: list[Issue] | list[tuple[str, str]] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
-        self.issues = issues or []
+        self.issues = [Issue(*issue) for issue in issues or []]
 
 
 class BodyReader:
@@ -411,6 +444,14 @@ def has_upload_extension(name: str) -> bool:
     return posixpath.splitext(name)[1].lower() in UPLOAD_EXTENSIONS
 
 
+def has_sidecar_extension(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in SIDECAR_EXTENSIONS
+
+
+def is_video(name: str) -> bool:
+    return posixpath.splitext(name)[1].lower() in VIDEO_EXTENSIONS
+
+
 class UploadParts(PartSink):
     """Collects one upload's text fields and hashes its file parts as they stream past (bytes are dropped)."""
 
@@ -422,6 +463,7 @@ class UploadParts(PartSink):
         self.size = 0
         self.sidecar_filename: str | None = None
         self.sidecar_sha1: Any = None
+        self.sidecar_size = 0
         self._target: str | None = None
         self._field_name = ""
         self._text = bytearray()
@@ -434,16 +476,19 @@ class UploadParts(PartSink):
             return  # busboy skips parts without a name
         if filename is None:
             self._target, self._field_name, self._text = "field", name, bytearray()
-        elif name == "assetData" and self.asset_filename is None:
-            # Immich checks the `filename` field only if it arrived before the file part.
-            checked = self.fields.get("filename") or filename
+            return
+        # Immich's canUploadFile checks `body.filename || file.originalName` while multer parses, so a `filename`
+        # field counts only if it arrived before this file part, and it counts for the sidecar part too:
+        # `filename=photo.jpg` then a `photo.jpg.xmp` sidecar is "Unsupported file type photo.jpg".
+        checked = self.fields.get("filename") or filename
+        if name == "assetData" and self.asset_filename is None:
             if not has_upload_extension(checked):
                 self.error = f"Unsupported file type {checked}"
                 return
             self._target, self.asset_filename = "asset", filename
         elif name == "sidecarData" and self.sidecar_filename is None:
-            if posixpath.splitext(filename)[1].lower() not in SIDECAR_EXTENSIONS:
-                self.error = f"Unsupported file type {filename}"
+            if not has_sidecar_extension(checked):
+                self.error = f"Unsupported file type {checked}"
                 return
             self._target, self.sidecar_filename, self.sidecar_sha1 = "sidecar", filename, hashlib.sha1()
         else:
@@ -455,6 +500,7 @@ class UploadParts(PartSink):
             self.size += len(chunk)
         elif self._target == "sidecar":
             self.sidecar_sha1.update(chunk)
+            self.sidecar_size += len(chunk)
         elif self._target == "field":
             if len(self._text) + len(chunk) > FIELD_VALUE_LIMIT:
                 self.error = "Field value too long"
@@ -483,55 +529,173 @@ class UploadParts(PartSink):
 
 
 def checksum_to_hex(value: str) -> str | None:
-    """Immich's fromChecksum: 28 characters are base64, anything else hex; undecodable → None (never matches)."""
-    value = value.strip()
-    try:
-        if len(value) == 28:
-            return base64.b64decode(value, validate=True).hex()
-        return bytes.fromhex(value).hex()
-    except (ValueError, binascii.Error):
-        return None
+    """Immich's fromChecksum, `Buffer.from(value, length 28 ? 'base64' : 'hex')`, as Node decodes: None when
+    nothing decodes (never matches). A wrong or malformed value just never matches; it is no error."""
+    raw = node_base64(value) if len(value) == 28 else node_hex(value)
+    return raw.hex() if raw else None
+
+
+def node_base64(value: str) -> bytes:
+    """Node's lenient base64: both alphabets (so url-safe `-`/`_` work), other characters skipped, stops at '='."""
+    out = bytearray()
+    bits = nbits = 0
+    for char in value:
+        if char == "=":
+            break
+        digit = _B64_VALUES.get(char)
+        if digit is None:
+            continue
+        bits, nbits = (bits << 6) | digit, nbits + 6
+        if nbits >= 8:
+            nbits -= 8
+            out.append((bits >> nbits) & 0xFF)
+    return bytes(out)
+
+
+def node_hex(value: str) -> bytes:
+    """Node's hex: pairs of hex digits up to the first pair that is not; an odd last digit is dropped."""
+    out = bytearray()
+    for i in range(0, len(value) - 1, 2):
+        pair = value[i : i + 2]
+        if not set(pair) <= _HEX_DIGITS:
+            break
+        out.append(int(pair, 16))
+    return bytes(out)
+
+
+def _days_in_month(year: int, month: int) -> int:
+    # Proleptic Gregorian, year 0 included (a leap year): zod's date regex lets 0000-02-29 through.
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return 30 if month in (4, 6, 9, 11) else 31
 
 
 def is_v3_datetime(value: str) -> bool:
     match = _V3_DATETIME_RE.fullmatch(value)
     if not match:
         return False
+    month, day = int(match["mo"]), int(match["d"])
+    # The regex lets 2024-02-30 through, zod does not; year 0000 passes zod (only the database refuses it).
+    return 1 <= month <= 12 and 1 <= day <= _days_in_month(int(match["y"]), month)
+
+
+def v3_datetime_utc(value: str) -> tuple[int, str]:
+    """(UTC year, the instant as JavaScript's toISOString) of a value is_v3_datetime accepted. Immich stores the
+    instant, so an offset is converted and the fraction cut to milliseconds on the way back out."""
+    m = _V3_DATETIME_RE.fullmatch(value)
+    assert m is not None
+    year = int(m["y"])
+    shift = 400 if year < 400 else 0  # Python has no year 0; the calendar repeats every 400 years
+    offset = 0 if m["sign"] is None else int(f"{m['sign']}1") * (int(m["oh"]) * 60 + int(m["om"]))
+    micro = int((m["f"] or "")[:6].ljust(6, "0"))
     try:
-        date(int(match[1]), int(match[2]), int(match[3]))  # the regex lets 2024-02-30 through, zod does not
+        local = datetime(
+            year + shift, int(m["mo"]), int(m["d"]), int(m["h"]), int(m["mi"]), int(m["s"] or 0), micro
+        )
+        utc = local - timedelta(minutes=offset)
+    except OverflowError:
+        return 10000, value  # past 9999-12-31 in UTC: fine for the database, too rare to format
+    utc_year = utc.year - shift
+    return utc_year, f"{utc_year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+
+
+def js_number(text: str) -> float:
+    """JavaScript's Number(string), which zod's coerce.number() calls: trims, "" is 0, hex/octal/binary literals
+    and exponents count, anything else is NaN."""
+    text = text.strip(_JS_WHITESPACE)
+    if not text:
+        return 0.0
+    if _JS_RADIX_RE.fullmatch(text):
+        try:
+            return float(int(text, 0))
+        except OverflowError:
+            return math.inf
+    if _JS_DECIMAL_RE.fullmatch(text):
+        return float(text.replace("Infinity", "inf"))
+    return math.nan
+
+
+def duration_issue(text: str) -> Issue | None:
+    """zod's coerce.number().int().min(0) on the `duration` field (milliseconds on v3)."""
+    value = js_number(text)
+    if math.isnan(value) or math.isinf(value):
+        received = "NaN" if math.isnan(value) else "Infinity"
+        return Issue("duration", f"Invalid input: expected number, received {received}", "invalid_type")
+    if not value.is_integer():
+        return Issue("duration", "Invalid input: expected int, received number", "invalid_type")
+    if value > _MAX_SAFE_INTEGER:
+        return Issue("duration", f"Too big: expected int to be <={_MAX_SAFE_INTEGER}", "too_big")
+    if value < 0:
+        return Issue("duration", "Too small: expected number to be >=0", "too_small")
+    return None
+
+
+def coerced_duration(fields: dict[str, str]) -> int | None:
+    """The duration a validated v3 upload stores (None when the field was not sent)."""
+    return int(js_number(fields["duration"])) if "duration" in fields else None
+
+
+def _js_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "unknown")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python reads NaN/Infinity, JSON.parse does not
+
+
+def metadata_issues(text: str) -> list[Issue]:
+    """JsonParsed.pipe(z.array({key: z.string(), value: z.record(...)})): JSON of a list of {key, value: object}."""
+    try:
+        items = json.loads(text, parse_constant=_reject_constant)
     except ValueError:
-        return False
-    return True
+        return [Issue("metadata", "Invalid JSON", "custom")]
+    if not isinstance(items, list):
+        return [
+            Issue("metadata", f"Invalid input: expected array, received {_js_type(items)}", "invalid_type")
+        ]
+    issues: list[Issue] = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            message = f"Invalid input: expected object, received {_js_type(item)}"
+            issues.append(Issue("metadata", message, "invalid_type", (i,)))
+            continue
+        key, value = item.get("key"), item.get("value")
+        if not isinstance(key, str):
+            received = "undefined" if "key" not in item else _js_type(key)
+            message = f"Invalid input: expected string, received {received}"
+            issues.append(Issue("metadata", message, "invalid_type", (i, "key")))
+        if not isinstance(value, dict):  # a record: arrays and null are refused too
+            received = "undefined" if "value" not in item else _js_type(value)
+            message = f"Invalid input: expected record, received {received}"
+            issues.append(Issue("metadata", message, "invalid_type", (i, "value")))
+    return issues
 
 
-def validate_v3(fields: dict[str, str]) -> list[tuple[str, str]]:
-    issues: list[tuple[str, str]] = []
+def validate_v3(fields: dict[str, str]) -> list[Issue]:
+    issues: list[Issue] = []
     for name in ("fileCreatedAt", "fileModifiedAt"):
         value = fields.get(name)
         if value is None:
-            issues.append((name, "Invalid input: expected string, received undefined"))
+            issues.append(Issue(name, "Invalid input: expected string, received undefined", "invalid_type"))
         elif not is_v3_datetime(value):
-            issues.append((name, "Invalid ISO datetime"))
+            issues.append(Issue(name, "Invalid ISO datetime", "invalid_format"))
+    if "duration" in fields and (issue := duration_issue(fields["duration"])) is not None:
+        issues.append(issue)
     if fields.get("isFavorite", "true") not in ("true", "false"):
-        issues.append(("isFavorite", 'Invalid option: expected one of "true"|"false"'))
-    duration = fields.get("duration", "").strip()
-    if duration and not _INT_RE.fullmatch(duration):
-        try:
-            float(duration)
-            issues.append(("duration", "Invalid input: expected int, received number"))
-        except ValueError:
-            issues.append(("duration", "Invalid input: expected number, received NaN"))
+        issues.append(Issue("isFavorite", 'Invalid option: expected one of "true"|"false"', "invalid_value"))
     if fields.get("visibility", "timeline") not in VISIBILITIES:
-        issues.append(
-            ("visibility", 'Invalid option: expected one of "archive"|"timeline"|"hidden"|"locked"')
-        )
-    if "livePhotoVideoId" in fields and not _UUID_RE.fullmatch(fields["livePhotoVideoId"]):
-        issues.append(("livePhotoVideoId", "Invalid UUID"))
+        message = 'Invalid option: expected one of "archive"|"timeline"|"hidden"|"locked"'
+        issues.append(Issue("visibility", message, "invalid_value"))
+    if "livePhotoVideoId" in fields and not _UUID_V4_RE.fullmatch(fields["livePhotoVideoId"]):
+        issues.append(Issue("livePhotoVideoId", "Invalid UUID", "invalid_format"))
     if "metadata" in fields:
-        try:
-            json.loads(fields["metadata"])
-        except ValueError:
-            issues.append(("metadata", "Invalid JSON"))
+        issues += metadata_issues(fields["metadata"])
     return issues
 
 
@@ -595,6 +759,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("GET", _route("/api/server/ping"), "_ping", True),
     ("GET", _route("/api/server/version"), "_version", True),
     ("GET", _route("/api/server/media-types"), "_media_types", True),
+    ("GET", _route("/api/server/features"), "_features", True),
+    ("GET", _route("/api/server/about"), "_about", False),
+    ("GET", _route("/api/server/statistics"), "_statistics", False),
     ("GET", _route("/api/users/me"), "_users_me", False),
     ("GET", _route("/api/api-keys/me"), "_api_key_me", False),
     ("POST", _route("/api/assets/bulk-upload-check"), "_bulk_upload_check", False),
@@ -735,10 +902,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _error_payload(self, exc: ApiError) -> dict[str, Any]:
         if self.app.v3:
             if exc.issues:
-                errors = [{"code": "custom", "path": [f], "message": m} for f, m in exc.issues]
+                errors = [
+                    {"code": i.code, "path": [i.field, *i.subpath], "message": i.message} for i in exc.issues
+                ]
                 return {"message": "Validation failed", "errors": errors}
             return {"message": exc.message}
-        message: str | list[str] = [m for _, m in exc.issues] if exc.issues else exc.message
+        message: str | list[str] = [i.message for i in exc.issues] if exc.issues else exc.message
         return {
             "message": message,
             "error": _phrase(exc.status),
@@ -809,6 +978,46 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "sidecar": list(SIDECAR_EXTENSIONS),
         }
 
+    def _features(self, _: dict[str, str]) -> tuple[int, Any]:
+        return 200, {
+            "smartSearch": True,
+            "facialRecognition": True,
+            "duplicateDetection": True,
+            "map": True,
+            "reverseGeocoding": True,
+            "importFaces": False,
+            "sidecar": True,
+            "search": True,
+            "trash": True,
+            "oauth": False,
+            "oauthAutoLaunch": False,
+            "passwordLogin": True,
+            "configFile": False,
+            "email": False,
+            "ocr": True,
+        }
+
+    def _about(self, _: dict[str, str]) -> tuple[int, Any]:
+        version = "v{}.{}.{}".format(*self.app.version)
+        return 200, {
+            "version": version,
+            "versionUrl": f"https://github.com/immich-app/immich/releases/tag/{version}",
+            "licensed": False,
+            "repository": "immich-app/immich",
+            "repositoryUrl": "https://github.com/immich-app/immich",
+            "sourceRef": version,
+            "sourceUrl": f"https://github.com/immich-app/immich/tree/{version}",
+            "nodejs": "v22.18.0",
+            "ffmpeg": "7.1.1-7",
+            "imagemagick": "7.1.2-0",
+            "libvips": "8.17.1",
+            "exiftool": "13.30",
+        }
+
+    def _statistics(self, _: dict[str, str]) -> tuple[int, Any]:
+        self._require_admin()  # an admin route in Immich
+        return 200, self.app._statistics_json()
+
     def _users_me(self, _: dict[str, str]) -> tuple[int, Any]:
         return 200, self.app._user_json()
 
@@ -825,6 +1034,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise ApiError(
                 400, "Validation failed", [("assets", "Invalid input: expected array of {id, checksum}")]
             )
+        if not items and self.app.v3:
+            # v3.1.0's checksum query fails on an empty list and the service wraps that in a 500.
+            raise ApiError(500, "Failed to check bulk upload")
         return 200, {"results": [self.app._check_one(i["id"], i["checksum"]) for i in items]}
 
     def _upload(self, _: dict[str, str]) -> tuple[int, Any]:
@@ -1120,26 +1332,47 @@ class ImmichTestServer:
         }
 
     def _store_upload(self, parts: UploadParts) -> tuple[int, dict[str, str]]:
-        # Order as in Immich: multer's type check, then the file pipe, then the body's validation.
+        # Order as in Immich: multer's type check, then the file pipe, then the body's validation, then the
+        # service (live photo link, then the insert whose unique constraint turns a duplicate into a 200).
         if parts.error:
             raise ApiError(400, parts.error)
         if parts.asset_filename is None:
             raise ApiError(400, "File is required" if self.v3 else "Field(s) assetData should not be empty")
-        if parts.size == 0:
+        if parts.size == 0 or (parts.sidecar_filename is not None and parts.sidecar_size == 0):
             raise ApiError(400, "File is empty")
-        issues = validate_v3(parts.fields) if self.v3 else validate_v2(parts.fields)
+        fields = dict(parts.fields)
+        issues = validate_v3(fields) if self.v3 else validate_v2(fields)
         if issues:
             raise ApiError(400, "Validation failed", issues)
         sha1_hex = parts.sha1_hex
         with self._lock:
+            if self.v3 and "livePhotoVideoId" in fields:
+                self._link_live_photo(fields["livePhotoVideoId"])
+            if self.v3 and any(
+                v3_datetime_utc(fields[n])[0] < 1 for n in ("fileCreatedAt", "fileModifiedAt")
+            ):
+                # zod passes year 0000, Postgres refuses it; the insert fails before any duplicate check.
+                raise ApiError(500, "Internal server error")
             existing = self.asset_by_sha1(sha1_hex)
             if existing is not None:
                 return 200, {"id": existing.id, "status": "duplicate"}
             sidecar = parts.sidecar_sha1.hexdigest() if parts.sidecar_sha1 is not None else None
-            name = parts.fields.get("filename") or parts.asset_filename
-            asset = Asset(str(uuid.uuid4()), sha1_hex, parts.size, name, dict(parts.fields), sidecar)
+            # The DTO is read after multer, so a `filename` field names the asset even when it came after the file
+            # (too late for the type check).
+            name = fields.get("filename") or parts.asset_filename
+            asset = Asset(str(uuid.uuid4()), sha1_hex, parts.size, name, fields, sidecar)
             self._add_asset(asset)
         return 201, {"id": asset.id, "status": "created"}
+
+    def _link_live_photo(self, video_id: str) -> None:
+        """Immich's onBeforeLink: the video must exist, be a video of this user; a timeline video gets hidden."""
+        video = self.assets.get(video_id)
+        if video is None:
+            raise ApiError(400, "Live photo video not found")
+        if not is_video(video.filename):
+            raise ApiError(400, "Live photo video must be a video")
+        if video.fields.get("visibility", "timeline") == "timeline":
+            video.fields["visibility"] = "hidden"
 
     def _user_json(self) -> dict[str, Any]:
         return {
@@ -1157,30 +1390,53 @@ class ImmichTestServer:
             raise ApiError(400, "Validation failed", [("id", "Invalid UUID")])
         with self._lock:
             asset = self.assets.get(asset_id)
-        if asset is None:
+        # Locked assets need a session elevated by the PIN code; an API key never has one (checkOwnerAccess).
+        if asset is None or (self.v3 and asset.fields.get("visibility") == "locked"):
             raise ApiError(400, f"Not found or no {permission} access")
         return asset
 
     def _asset_json(self, asset: Asset) -> dict[str, Any]:
-        ext = posixpath.splitext(asset.filename)[1].lower()
-        duration = asset.fields.get("duration", "").strip()
         if self.v3:
-            duration_out: Any = int(duration) if _INT_RE.fullmatch(duration) else None
+            duration_out: Any = coerced_duration(asset.fields)
         else:
-            duration_out = duration or "0:00:00.00000"
+            duration_out = asset.fields.get("duration", "").strip() or "0:00:00.00000"
         return {
             "id": asset.id,
             "ownerId": self.user_id,
-            "type": "VIDEO" if ext in VIDEO_EXTENSIONS else "IMAGE",
+            "type": "VIDEO" if is_video(asset.filename) else "IMAGE",
             "checksum": base64.b64encode(bytes.fromhex(asset.sha1_hex)).decode(),
             "originalFileName": asset.filename,
-            "fileCreatedAt": asset.fields.get("fileCreatedAt"),
-            "fileModifiedAt": asset.fields.get("fileModifiedAt"),
+            "fileCreatedAt": self._date_json(asset.fields.get("fileCreatedAt")),
+            "fileModifiedAt": self._date_json(asset.fields.get("fileModifiedAt")),
             "isFavorite": asset.fields.get("isFavorite") == "true",
             "visibility": asset.fields.get("visibility", "timeline"),
             "isTrashed": asset.is_trashed,
             "duration": duration_out,
+            "livePhotoVideoId": asset.fields.get("livePhotoVideoId"),
         }
+
+    def _date_json(self, value: str | None) -> str | None:
+        # v3 stores the instant and answers it in UTC, ms precision; v2 mode keeps the text it was sent.
+        if value is None or not self.v3 or not is_v3_datetime(value):
+            return value
+        return v3_datetime_utc(value)[1]
+
+    def _statistics_json(self) -> dict[str, Any]:
+        with self._lock:
+            live = [a for a in self.assets.values() if not a.is_trashed]
+        videos = [a for a in live if is_video(a.filename)]
+        photos = [a for a in live if not is_video(a.filename)]
+        usage_photos = sum(a.size_bytes for a in photos)
+        usage_videos = sum(a.size_bytes for a in videos)
+        counts = {
+            "photos": len(photos),
+            "videos": len(videos),
+            "usage": usage_photos + usage_videos,
+            "usagePhotos": usage_photos,
+            "usageVideos": usage_videos,
+        }
+        user = {"userId": self.user_id, "userName": "Test", "quotaSizeInBytes": None, **counts}
+        return {**counts, "usageByUser": [user]}
 
     def _album_or_error(self, album_id: str, permission: str) -> Album:
         with self._lock:

@@ -1,5 +1,6 @@
-"""Tests of the Immich stand-in server (tests/immich_server.py) over real sockets: auth, uploads and their
-validation, streaming multipart parsing, duplicates, albums, fault injection and the standalone process mode."""
+"""Tests of the Immich stand-in server (tests/immich_server.py) over real sockets: auth, the server routes, uploads
+and their validation as a real v3.1.0 answered (../shared/immich-api.md §7b), streaming multipart parsing,
+duplicates, albums, fault injection, correlation ids and the standalone process mode."""
 
 from __future__ import annotations
 
@@ -68,6 +69,29 @@ def post_form(srv: ImmichTestServer, body: bytes) -> requests.Response:
     )
 
 
+def date_parts() -> list[bytes]:
+    return [form_part(k, v.encode()) for k, v in DATES.items()]
+
+
+def get_asset(srv: ImmichTestServer, asset_id: str) -> requests.Response:
+    return requests.get(f"{srv.url}/api/assets/{asset_id}", headers=AUTH, timeout=10)
+
+
+def bulk_check(srv: ImmichTestServer, assets: list[dict[str, str]]) -> requests.Response:
+    return requests.post(
+        f"{srv.url}/api/assets/bulk-upload-check", headers=AUTH, json={"assets": assets}, timeout=10
+    )
+
+
+def urlsafe_digest_data() -> bytes:
+    """Bytes whose SHA-1 in base64 has a '+' or '/', i.e. a '-' or '_' in the url-safe alphabet."""
+    for i in range(1000):
+        data = b"urlsafe %d" % i
+        if set(base64.b64encode(hashlib.sha1(data).digest()).decode()) & {"+", "/"}:
+            return data
+    raise AssertionError("no such data")
+
+
 class StreamedUpload:
     """A large multipart body produced on the fly. requests streams it with Content-Length (it has a len());
     a bare generator from iter() has none, so requests sends it with Transfer-Encoding: chunked."""
@@ -115,8 +139,9 @@ def test_public_routes_need_no_auth(server: ImmichTestServer) -> None:
         "prerelease": None,
     }
     types = requests.get(f"{server.url}/api/server/media-types").json()
-    assert {".jpg", ".heic", ".dng", ".cr3", ".nef", ".arw"} <= set(types["image"])
-    assert {".mp4", ".mov", ".mts", ".m2ts", ".3gp"} <= set(types["video"])
+    assert {".jpg", ".heic", ".dng", ".cr3", ".nef", ".arw", ".mpo"} <= set(types["image"])
+    assert {".mp4", ".mov", ".mts", ".m2ts", ".3gp", ".mxf", ".ts"} <= set(types["video"])
+    assert ".vob" not in types["video"]  # reported, unconfirmed (§5)
     assert types["sidecar"] == [".xmp"]
     assert requests.get(f"{server.url}/.well-known/immich").json() == {"api": {"endpoint": "/api"}}
 
@@ -142,6 +167,39 @@ def test_me_routes_and_query_key(server: ImmichTestServer) -> None:
     assert requests.get(f"{server.url}/api/api-keys/me", headers=AUTH).json()["permissions"] == ["all"]
     assert requests.get(f"{server.url}/api/users/me?apiKey={KEY}").status_code == 200
     assert server.requests_log[-1] == ("GET", "/api/users/me")
+
+
+def test_server_about_needs_a_key(server: ImmichTestServer) -> None:
+    refused = requests.get(f"{server.url}/api/server/about", timeout=10)
+    assert refused.status_code == 401 and refused.json() == {"message": "Authentication required"}
+    about = requests.get(f"{server.url}/api/server/about", headers=AUTH, timeout=10)
+    assert about.status_code == 200 and about.json()["version"] == "v3.1.0"
+    assert about.json()["versionUrl"].endswith("/v3.1.0")
+
+
+def test_server_features_are_public(server: ImmichTestServer) -> None:
+    for headers in ({}, AUTH):
+        response = requests.get(f"{server.url}/api/server/features", headers=headers, timeout=10)
+        assert response.status_code == 200
+        assert response.json()["trash"] is True and response.json()["sidecar"] is True
+
+
+def test_server_statistics(server: ImmichTestServer) -> None:
+    upload(server, b"12345", filename="a.jpg")
+    upload(server, b"1234567890", filename="b.mp4")
+    assert requests.get(f"{server.url}/api/server/statistics", timeout=10).status_code == 401
+    response = requests.get(f"{server.url}/api/server/statistics", headers=AUTH, timeout=10)
+    assert response.status_code == 200
+    stats = response.json()
+    assert (stats["photos"], stats["videos"], stats["usage"]) == (1, 1, 15)
+    assert (stats["usagePhotos"], stats["usageVideos"]) == (5, 10)
+    assert stats["usageByUser"][0]["photos"] == 1 and stats["usageByUser"][0]["usage"] == 15
+
+
+def test_server_statistics_is_an_admin_route() -> None:
+    with ImmichTestServer(api_key=KEY, admin=False) as srv:
+        response = requests.get(f"{srv.url}/api/server/statistics", headers=AUTH, timeout=10)
+        assert response.status_code == 403 and response.json() == {"message": "Forbidden"}
 
 
 def test_unknown_route_is_404(server: ImmichTestServer) -> None:
@@ -180,15 +238,33 @@ def test_get_asset_returns_base64_checksum(server: ImmichTestServer) -> None:
     assert body["originalFileName"] == "photo.jpg" and body["isTrashed"] is False and body["duration"] == 1500
 
 
-@pytest.mark.parametrize("encode", [lambda d: d.hex(), lambda d: base64.b64encode(d).decode()])
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda d: d.hex(),
+        lambda d: d.hex().upper(),
+        lambda d: base64.b64encode(d).decode(),
+        lambda d: base64.urlsafe_b64encode(d).decode(),
+    ],
+    ids=["hex", "HEX", "base64", "urlsafe-base64"],
+)
 def test_checksum_header_answers_duplicate_early(server: ImmichTestServer, encode) -> None:
-    existing = server.add_existing_asset(b"already there")
-    header = {"x-immich-checksum": encode(hashlib.sha1(b"already there").digest())}
+    data = urlsafe_digest_data()  # its base64 differs between the two alphabets
+    existing = server.add_existing_asset(data)
+    header = {"x-immich-checksum": encode(hashlib.sha1(data).digest())}
     response = upload(server, b"whatever body", headers=header)
     assert response.status_code == 200 and response.json() == {"id": existing.id, "status": "duplicate"}
     assert server.uploads[-1].status == 200 and server.upload_count() == 0
-    # A wrong checksum on a new file is not checked.
-    assert upload(server, b"new", headers={"x-immich-checksum": "0" * 40}).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["0" * 40, "not a checksum", "zz" * 20, "=" * 28, hashlib.sha256(b"new").hexdigest(), ""],
+)
+def test_wrong_or_malformed_checksum_header_is_not_checked(server: ImmichTestServer, header: str) -> None:
+    server.add_existing_asset(b"already there")
+    response = upload(server, b"new", headers={"x-immich-checksum": header})
+    assert response.status_code == 201 and response.json()["status"] == "created"
 
 
 @pytest.mark.parametrize(
@@ -217,14 +293,11 @@ def test_v3_date_validation(server: ImmichTestServer, value: str, status: int) -
 @pytest.mark.parametrize(
     ("extra", "status"),
     [
-        ({"duration": "0:00:00.000000"}, 400),
-        ({"duration": "1500.5"}, 400),
-        ({"duration": "0"}, 201),
-        ({"duration": ""}, 201),
         ({"isFavorite": "True"}, 400),
         ({"isFavorite": "1"}, 400),
         ({"isFavorite": "false"}, 201),
         ({"visibility": "public"}, 400),
+        ({"visibility": "locked"}, 201),
         ({"deviceAssetId": "a-1", "deviceId": "dev", "unknown": "x"}, 201),
     ],
 )
@@ -286,6 +359,193 @@ def test_sidecar_part(server: ImmichTestServer) -> None:
     files = {"assetData": ("b.jpg", b"jpeg2"), "sidecarData": ("b.txt", b"x")}
     bad = requests.post(f"{server.url}/api/assets", headers=AUTH, data=DATES, files=files)
     assert bad.status_code == 400 and bad.json()["message"] == "Unsupported file type b.txt"
+
+
+def test_filename_field_before_the_sidecar_part_checks_the_sidecar(server: ImmichTestServer) -> None:
+    # Immich checks a file part's type by the `filename` field when that field came first, the sidecar too.
+    asset = form_part("assetData", b"jpeg 1", filename="photo.jpg")
+    sidecar = form_part("sidecarData", b"<xmp/>", filename="photo.jpg.xmp")
+    name = form_part("filename", b"photo.jpg")
+    before = post_form(server, form_body(*date_parts(), name, asset, sidecar))
+    assert before.status_code == 400 and before.json() == {"message": "Unsupported file type photo.jpg"}
+    assert server.assets == {} and server.uploads[-1].status == 400
+    without = post_form(server, form_body(*date_parts(), asset, sidecar))
+    assert without.status_code == 201
+    asset2 = form_part("assetData", b"jpeg 2", filename="photo.jpg")
+    after = post_form(
+        server, form_body(*date_parts(), asset2, sidecar, form_part("filename", b"renamed.jpg"))
+    )
+    assert after.status_code == 201
+    # The DTO is read after multer: a late `filename` does not count for the type check but names the asset.
+    assert server.assets[after.json()["id"]].filename == "renamed.jpg"
+    assert get_asset(server, after.json()["id"]).json()["originalFileName"] == "renamed.jpg"
+
+
+def test_late_filename_field_names_the_asset_whatever_its_extension(server: ImmichTestServer) -> None:
+    file_part = form_part("assetData", b"jpeg", filename="a.jpg")
+    response = post_form(server, form_body(*date_parts(), file_part, form_part("filename", b"notes.txt")))
+    assert response.status_code == 201
+    assert server.assets[response.json()["id"]].filename == "notes.txt"
+
+
+def test_empty_sidecar_part(server: ImmichTestServer) -> None:
+    files = {"assetData": ("a.jpg", b"jpeg"), "sidecarData": ("a.jpg.xmp", b"")}
+    response = requests.post(f"{server.url}/api/assets", headers=AUTH, data=DATES, files=files, timeout=10)
+    assert response.status_code == 400 and response.json() == {"message": "File is empty"}
+    assert server.assets == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "stored"),
+    [("0", 0), ("", 0), ("1500", 1500), ("1e3", 1000), ("0x10", 16), ("1.0", 1), (" 7 ", 7), ("-0", 0)],
+)
+def test_v3_duration_coerced_like_a_javascript_number(
+    server: ImmichTestServer, value: str, stored: int
+) -> None:
+    response = upload(server, value.encode() + b"-dur", fields={**DATES, "duration": value})
+    assert response.status_code == 201, response.text
+    assert get_asset(server, response.json()["id"]).json()["duration"] == stored
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["0:00:00.000000", "1500.5", "-1", str(2**63), str(2**64), "1e19", "abc", "Infinity", "1_000", "-0x10"],
+)
+def test_v3_duration_refused(server: ImmichTestServer, value: str) -> None:
+    response = upload(server, value.encode() + b"-dur", fields={**DATES, "duration": value})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["message"] == "Validation failed" and [e["path"] for e in body["errors"]] == [["duration"]]
+    assert server.assets == {}
+
+
+def test_v3_duration_not_sent_is_null(server: ImmichTestServer) -> None:
+    asset_id = upload(server, b"no duration").json()["id"]
+    assert get_asset(server, asset_id).json()["duration"] is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "not-a-uuid",
+        "6f1c2d3e-4b5a-1c7d-8e9f-0a1b2c3d4e5f",  # version 1
+        "6f1c2d3e-4b5a-7c7d-8e9f-0a1b2c3d4e5f",  # version 7
+        "00000000-0000-0000-0000-000000000000",  # nil
+        "6f1c2d3e-4b5a-4c7d-0e9f-0a1b2c3d4e5f",  # version 4, but not the RFC variant
+    ],
+)
+def test_v3_live_photo_video_id_must_be_a_uuid_v4(server: ImmichTestServer, value: str) -> None:
+    response = upload(server, b"still", fields={**DATES, "livePhotoVideoId": value})
+    assert response.status_code == 400
+    assert response.json()["message"] == "Validation failed"
+    assert response.json()["errors"] == [
+        {"code": "invalid_format", "path": ["livePhotoVideoId"], "message": "Invalid UUID"}
+    ]
+
+
+def test_v3_live_photo_video_must_exist_and_be_a_video(server: ImmichTestServer) -> None:
+    unknown = "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
+    response = upload(server, b"still", fields={**DATES, "livePhotoVideoId": unknown})
+    assert response.status_code == 400 and response.json() == {"message": "Live photo video not found"}
+    image_id = upload(server, b"an image", filename="a.jpg").json()["id"]
+    response = upload(server, b"still", fields={**DATES, "livePhotoVideoId": image_id})
+    assert response.status_code == 400 and response.json() == {"message": "Live photo video must be a video"}
+    video_id = upload(server, b"a video", filename="a.mov").json()["id"]
+    linked = upload(server, b"still", fields={**DATES, "livePhotoVideoId": video_id})
+    assert linked.status_code == 201
+    assert get_asset(server, linked.json()["id"]).json()["livePhotoVideoId"] == video_id
+    assert (
+        get_asset(server, video_id).json()["visibility"] == "hidden"
+    )  # Immich hides a linked timeline video
+
+
+def test_v3_live_photo_check_comes_before_the_duplicate(server: ImmichTestServer) -> None:
+    upload(server, b"still")
+    unknown = "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
+    again = upload(server, b"still", fields={**DATES, "livePhotoVideoId": unknown})
+    assert again.status_code == 400 and again.json() == {"message": "Live photo video not found"}
+
+
+@pytest.mark.parametrize(
+    ("value", "path"),
+    [
+        ("not json", ["metadata"]),
+        ("NaN", ["metadata"]),
+        ("{}", ["metadata"]),
+        ('{"key":"x","value":{}}', ["metadata"]),
+        ("[1]", ["metadata", 0]),
+        ("[{}]", ["metadata", 0, "key"]),
+        ('[{"key":"x","value":1}]', ["metadata", 0, "value"]),
+        ('[{"key":"x","value":[]}]', ["metadata", 0, "value"]),
+        ('[{"key":"x","value":null}]', ["metadata", 0, "value"]),
+        ('[{"key":1,"value":{}}]', ["metadata", 0, "key"]),
+    ],
+)
+def test_v3_metadata_refused(server: ImmichTestServer, value: str, path: list) -> None:
+    response = upload(server, b"meta", fields={**DATES, "metadata": value})
+    assert response.status_code == 400
+    body = response.json()
+    assert body["message"] == "Validation failed" and body["errors"][0]["path"] == path
+
+
+@pytest.mark.parametrize("value", ["[]", '[{"key":"mobile-app","value":{"iCloudId":"x"}}]'])
+def test_v3_metadata_accepted(server: ImmichTestServer, value: str) -> None:
+    assert upload(server, b"meta", fields={**DATES, "metadata": value}).status_code == 201
+
+
+def test_v3_validation_issues_are_zod_shaped(server: ImmichTestServer) -> None:
+    fields = {"fileModifiedAt": "2024-01-02T03:04:05", "isFavorite": "yes", "duration": "x"}
+    body = upload(server, b"bad", fields=fields).json()
+    assert body["message"] == "Validation failed"
+    assert [(e["path"], e["code"]) for e in body["errors"]] == [
+        (["fileCreatedAt"], "invalid_type"),
+        (["fileModifiedAt"], "invalid_format"),
+        (["duration"], "invalid_type"),
+        (["isFavorite"], "invalid_value"),
+    ]
+    assert all(isinstance(e["message"], str) and e["message"] for e in body["errors"])
+
+
+@pytest.mark.parametrize("name", ["fileCreatedAt", "fileModifiedAt"])
+def test_v3_year_0000_is_refused_by_the_database(server: ImmichTestServer, name: str) -> None:
+    fields = {**DATES, name: "0000-06-01T00:00:00Z"}
+    response = upload(server, b"ancient", fields=fields)
+    assert response.status_code == 500 and response.json() == {"message": "Internal server error"}
+    assert server.assets == {} and server.uploads[-1].status == 500
+    # Not a validation failure: a leap day of year 0000 passes zod as well and fails the same way.
+    assert upload(server, b"ancient", fields={**DATES, name: "0000-02-29T00:00Z"}).status_code == 500
+    assert upload(server, b"ancient", fields={**DATES, name: "0001-01-01T00:00:00Z"}).status_code == 201
+
+
+def test_v3_dates_come_back_as_utc_instants(server: ImmichTestServer) -> None:
+    fields = {"fileCreatedAt": "2024-01-02T03:04+02:00", "fileModifiedAt": "2024-01-02T03:04:05.123456789Z"}
+    asset = get_asset(server, upload(server, b"dated", fields=fields).json()["id"]).json()
+    assert asset["fileCreatedAt"] == "2024-01-02T01:04:00.000Z"
+    assert asset["fileModifiedAt"] == "2024-01-02T03:04:05.123Z"
+
+
+@pytest.mark.parametrize(("filename", "kind"), [("a.mpo", "IMAGE"), ("a.MXF", "VIDEO"), ("a.ts", "VIDEO")])
+def test_newer_media_types_accepted(server: ImmichTestServer, filename: str, kind: str) -> None:
+    response = upload(server, filename.encode(), filename=filename)
+    assert response.status_code == 201
+    assert get_asset(server, response.json()["id"]).json()["type"] == kind
+
+
+def test_unconfirmed_media_type_still_refused(server: ImmichTestServer) -> None:
+    response = upload(server, b"vob", filename="a.vob")
+    assert response.status_code == 400 and response.json() == {"message": "Unsupported file type a.vob"}
+
+
+def test_v3_locked_asset_is_not_readable_by_api_key(server: ImmichTestServer) -> None:
+    locked = upload(server, b"secret", fields={**DATES, "visibility": "locked"})
+    assert locked.status_code == 201
+    response = get_asset(server, locked.json()["id"])
+    assert response.status_code == 400 and response.json() == {"message": "Not found or no asset.read access"}
+    assert get_asset(server, upload(server, b"open").json()["id"]).status_code == 200
+    # Its checksum is still the user's: the upload and bulk-upload-check both find it.
+    assert upload(server, b"secret").json() == {"id": locked.json()["id"], "status": "duplicate"}
+    result = bulk_check(server, [{"id": "x", "checksum": hashlib.sha1(b"secret").hexdigest()}]).json()
+    assert result["results"][0]["assetId"] == locked.json()["id"]
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
@@ -433,6 +693,43 @@ def test_fault_reset_and_delay(server: ImmichTestServer) -> None:
     assert server.uploads == []
 
 
+def _raw_request(srv: ImmichTestServer, head: str) -> tuple[int, dict[str, str]]:
+    host, port = srv.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}
+
+
+def test_every_v3_response_carries_a_correlation_id(server: ImmichTestServer) -> None:
+    answers: list[requests.Response] = [
+        requests.get(f"{server.url}/api/server/ping", timeout=10),
+        requests.get(f"{server.url}/.well-known/immich", timeout=10),
+        requests.get(f"{server.url}/api/nope", headers=AUTH, timeout=10),  # 404
+        requests.get(f"{server.url}/api/users/me", timeout=10),  # 401
+        upload(server, b"cid"),  # 201
+        upload(server, b"cid"),  # 200 duplicate
+        upload(server, b"cid", fields={}),  # 400 validation
+        upload(server, b"x", filename="x.txt"),  # 400 type
+        upload(server, b"cid", fields={**DATES, "fileCreatedAt": "0000-01-01T00:00:00Z"}),  # 500
+        bulk_check(server, []),  # 500
+    ]
+    server.faults.add(status=503, retry_after_s=1)
+    answers.append(requests.get(f"{server.url}/api/server/ping", timeout=10))
+    server.faults.add(status=502, html=True)
+    answers.append(requests.get(f"{server.url}/api/server/ping", timeout=10))
+    ids = [r.headers.get("X-Correlation-ID") for r in answers]
+    assert all(ids), [(r.status_code, i) for r, i in zip(answers, ids, strict=True)]
+    assert len(set(ids)) == len(ids)  # one per request
+    assert all("x-immich-cid" not in r.headers for r in answers)
+    # Broken framing is answered too.
+    status, headers = _raw_request(
+        server, "POST /api/assets HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"
+    )
+    assert status == 400 and headers.get("x-correlation-id")
+
+
 def test_down_and_up(server: ImmichTestServer) -> None:
     session = requests.Session()
     assert session.get(f"{server.url}/api/server/ping").status_code == 200
@@ -466,6 +763,29 @@ def test_bulk_upload_check(server: ImmichTestServer) -> None:
         {"id": "b64", **reject},
         {"id": "junk", "action": "accept"},
     ]
+
+
+def test_bulk_upload_check_url_safe_base64(server: ImmichTestServer) -> None:
+    data = urlsafe_digest_data()
+    existing = server.add_existing_asset(data)
+    checksum = base64.urlsafe_b64encode(hashlib.sha1(data).digest()).decode()
+    assert "-" in checksum or "_" in checksum
+    results = bulk_check(server, [{"id": "u", "checksum": checksum}]).json()["results"]
+    assert results == [
+        {"id": "u", "action": "reject", "reason": "duplicate", "assetId": existing.id, "isTrashed": False}
+    ]
+
+
+def test_v3_bulk_upload_check_with_no_assets_is_a_500(server: ImmichTestServer) -> None:
+    response = bulk_check(server, [])
+    assert response.status_code == 500 and response.json() == {"message": "Failed to check bulk upload"}
+    assert response.headers["X-Correlation-ID"]
+
+
+def test_v2_bulk_upload_check_with_no_assets_is_unchanged() -> None:
+    with ImmichTestServer(api_key=KEY, version=(2, 7, 5)) as srv:
+        response = bulk_check(srv, [])
+        assert response.status_code == 200 and response.json() == {"results": []}
 
 
 def test_albums_and_stacks(server: ImmichTestServer) -> None:
