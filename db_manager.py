@@ -22,10 +22,10 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from config import Settings
 from logger import get_logger
@@ -36,6 +36,7 @@ STATUSES = ("pending", "success", "duplicate", "error", "skipped")
 DONE_STATUSES = ("success", "duplicate")
 API_RESPONSE_MAX_CHARS = 4000
 BATCH_ROWS = 1000
+STREAM_ROWS = 5000
 
 
 class DatabaseError(Exception):
@@ -50,13 +51,10 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-@dataclass(frozen=True)
-class KnownFile:
+class KnownFile(NamedTuple):
     """What the scanner needs of a row to decide whether a file changed."""
 
     id: int
-    filepath: str
-    filepath_b64: str | None
     file_size: int | None
     mtime_ns: int | None
     upload_status: str
@@ -84,10 +82,10 @@ class ScannedFile:
     metadata_info: str | None = None  # JSON text
     upload_status: str = "pending"
     last_error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # metadata problems, for the log (not a column)
 
 
-@dataclass(frozen=True)
-class PendingUpload:
+class PendingUpload(NamedTuple):
     """A row ready to upload, with what the uploader needs to send and re-check it."""
 
     id: int
@@ -105,8 +103,7 @@ class PendingUpload:
     upload_status: str
 
 
-@dataclass(frozen=True)
-class DoneFile:
+class DoneFile(NamedTuple):
     """A file Immich has (uploaded, or found there): what albums, stacks, deletion and --verify need."""
 
     id: int
@@ -129,8 +126,7 @@ class DoneFile:
     deleted: bool  # the local copy was deleted after Immich confirmed it
 
 
-@dataclass(frozen=True)
-class UploadedRow:
+class UploadedRow(NamedTuple):
     """A row some Immich holds, as a server move or --verify re-checks it."""
 
     id: int
@@ -142,8 +138,7 @@ class UploadedRow:
     deleted: bool  # the local copy was deleted after Immich confirmed it
 
 
-@dataclass(frozen=True)
-class YearProgress:
+class YearProgress(NamedTuple):
     year: str
     done_files: int
     done_bytes: int
@@ -151,8 +146,7 @@ class YearProgress:
     waiting_bytes: int
 
 
-@dataclass(frozen=True)
-class FailedFile:
+class FailedFile(NamedTuple):
     filepath: str
     last_error: str
     attempts: int
@@ -160,8 +154,7 @@ class FailedFile:
     next_attempt_at: str | None  # UTC, minutes
 
 
-@dataclass(frozen=True)
-class UploadOutcome:
+class UploadOutcome(NamedTuple):
     """The result of one upload attempt as it is recorded."""
 
     status: str  # success | duplicate | error | skipped
@@ -174,6 +167,9 @@ class UploadOutcome:
     sidecar_path: str | None = None  # for success: the sidecar sent with the file
     sidecar_sha1: str | None = None
 
+
+# Records read from the database are NamedTuples: cheap to define at start-up and small in memory (a
+# rescan of a million files holds a million KnownFiles).
 
 # --- schema -------------------------------------------------------------------------------------------
 
@@ -250,7 +246,7 @@ TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("sidecar_sha1", "CHAR(40) NULL", "TEXT"),
 )
 
-KNOWN_COLUMNS = "id, filepath, filepath_b64, file_size, mtime_ns, upload_status, hash, missing_since"
+KNOWN_COLUMNS = "path_hash, id, file_size, mtime_ns, upload_status, hash <> '', missing_since IS NOT NULL"
 PENDING_COLUMNS = (
     "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
     "metadata_info, upload_attempts, upload_status"
@@ -280,6 +276,7 @@ class Store:
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
     def _executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]: ...
     def _begin(self) -> None: ...
     def _commit(self) -> None: ...
     def _rollback(self) -> None: ...
@@ -427,23 +424,33 @@ class Store:
         self._execute(CLIENT_TABLE_MYSQL if self.backend == "mysql" else CLIENT_TABLE_SQLITE)
 
     # -- scanning
-    def known_files(self) -> dict[str, KnownFile]:
-        """Every row by path_hash, in one query: a rescan compares against this without per-file lookups."""
+    def iter_known_files(self) -> Iterator[tuple[str, KnownFile]]:
+        """Every row as (path_hash, what a rescan compares), in path_hash order and streamed, so a rescan of
+        a million files builds its compact index without a million-row list in between."""
         with self._lock:
-            rows = self._query(f"SELECT path_hash, {KNOWN_COLUMNS} FROM media_files")
-        return {
-            r[0]: KnownFile(
-                id=r[1],
-                filepath=r[2],
-                filepath_b64=r[3],
-                file_size=r[4],
-                mtime_ns=r[5],
-                upload_status=r[6],
-                fingerprinted=bool(r[7]),
-                missing=r[8] is not None,
+            for r in self._stream(f"SELECT {KNOWN_COLUMNS} FROM media_files ORDER BY path_hash"):
+                yield r[0], KnownFile(r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
+
+    def count_under(self, folder: str) -> int:
+        """Rows present on disk (as last scanned) whose path lies under `folder`."""
+        prefix = folder.rstrip("/") + "/"
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT COUNT(*) FROM media_files WHERE missing_since IS NULL AND SUBSTR(filepath, 1, ?) = ?"
+                ),
+                (len(prefix), prefix),
             )
-            for r in rows
-        }
+        return int(rows[0][0])
+
+    def paths_of(self, ids: Sequence[int]) -> list[tuple[int, str, str | None]]:
+        """(id, filepath, filepath_b64) of these rows."""
+        found: list[tuple[int, str, str | None]] = []
+        for chunk in _chunks(list(ids), BATCH_ROWS):
+            sql = f"SELECT id, filepath, filepath_b64 FROM media_files WHERE id IN ({', '.join('?' * len(chunk))})"
+            with self._lock:
+                found += [(int(r[0]), r[1], r[2]) for r in self._query(self.sql(sql), chunk)]
+        return found
 
     def save_scanned(self, new: Sequence[ScannedFile], changed: Sequence[tuple[int, ScannedFile]]) -> None:
         """Insert new rows and update changed ones, in one transaction. A changed file goes back to its
@@ -511,6 +518,28 @@ class Store:
         mtime), then failed ones whose wait is over, so a file that keeps failing never crowds out new
         ones. With `ids` or `path_hashes`, only those rows (the sync pipeline asks for what it just scanned);
         with `failed_only`, every failed row, waiting or not (Retry errors)."""
+        sql, params = self._pending_query(limit, ids, path_hashes, failed_only)
+        if sql is None:
+            return []
+        with self._lock:
+            rows = self._query(self.sql(sql), params)
+        return [PendingUpload(*_date_to_text(r)) for r in rows]
+
+    def iter_pending_uploads(self, failed_only: bool = False) -> Iterator[PendingUpload]:
+        """pending_uploads() streamed, in the same order, for a library too big to hold in memory."""
+        sql, params = self._pending_query(None, None, None, failed_only)
+        assert sql is not None
+        with self._lock:
+            for r in self._stream(self.sql(sql), params):
+                yield PendingUpload(*_date_to_text(r))
+
+    def _pending_query(
+        self,
+        limit: int | None,
+        ids: Sequence[int] | None,
+        path_hashes: Sequence[str] | None,
+        failed_only: bool,
+    ) -> tuple[str | None, list[Any]]:
         if failed_only:
             where = "upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
             params: list[Any] = []
@@ -524,7 +553,7 @@ class Store:
             if values is None:
                 continue
             if not values:
-                return []
+                return None, []
             where += f" AND {column} IN ({', '.join('?' * len(values))})"
             params.extend(values)
         # date_taken is NULL only for rows of older versions; they sort by mtime.
@@ -535,9 +564,7 @@ class Store:
         sql = f"SELECT {PENDING_COLUMNS} FROM media_files WHERE {where} ORDER BY {order}"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        with self._lock:
-            rows = self._query(self.sql(sql), params)
-        return [PendingUpload(*_date_to_text(r)) for r in rows]
+        return sql, params
 
     def waiting_errors(self) -> tuple[int, str | None]:
         """Failed rows still waiting before their next attempt, and the earliest time one is due."""
@@ -918,6 +945,11 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise DatabaseError(f"the SQLite database {self.path} failed: {exc}") from exc
 
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        cursor = self.conn.execute(sql, params)
+        while rows := cursor.fetchmany(STREAM_ROWS):
+            yield from rows
+
     def _begin(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
 
@@ -1098,6 +1130,18 @@ class MysqlStore(Store):
             return self._retry_once(run)
         except self._pymysql.err.Error as exc:
             raise DatabaseError(f"the MySQL database failed: {exc}") from exc
+
+    def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        # An unbuffered cursor on a connection of its own: rows arrive as they are read, and the main
+        # connection stays free for the writes made meanwhile.
+        conn = self._connect()
+        try:
+            with conn.cursor(self._pymysql.cursors.SSCursor) as cur:
+                cur.execute(sql, params or None)
+                while rows := cur.fetchmany(STREAM_ROWS):
+                    yield from rows
+        finally:
+            conn.close()
 
     def _begin(self) -> None:
         self.conn.begin()

@@ -27,17 +27,18 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 from urllib.parse import urlsplit
-
-import requests
 
 from config import VERSION, Settings
 from logger import get_logger
 from utils import FileChangedError, format_duration
 
+if TYPE_CHECKING:
+    import requests
+
 log = get_logger("immich")
+PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
 
 # Answers that mean "the server is away or busy right now": waited for, never held against a file.
 AWAY_STATUSES = frozenset({429, 502, 503, 504})
@@ -142,16 +143,23 @@ def _causes(exc: BaseException) -> list[BaseException]:
     return found
 
 
+class WireError(Exception):
+    """Nothing usable came back: no connection, a reset, a timeout. The message says which, plainly."""
+
+
 def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
     """What went wrong on the wire, in plain words, never the HTTP library's internals."""
     causes = _causes(exc)
+    names = {type(c).__name__ for c in causes}
     if any(isinstance(c, socket.gaierror) for c in causes):
         return "the host name could not be resolved"
     if any(isinstance(c, ConnectionRefusedError) for c in causes):
         return "connection refused (nothing listens on that port)"
-    if any(isinstance(c, requests.ConnectTimeout) for c in causes):
+    if names & {"ConnectTimeout", "ConnectTimeoutError"}:
         return f"no connection within {timeout[0]:g} s"
-    if any(isinstance(c, requests.Timeout | TimeoutError | socket.timeout) for c in causes):
+    if names & {"ReadTimeout", "ReadTimeoutError", "Timeout"} or any(
+        isinstance(c, TimeoutError) for c in causes
+    ):
         return f"no answer within {timeout[1]:g} s"
     if any(isinstance(c, ConnectionResetError | BrokenPipeError) for c in causes):
         return "the connection was reset"
@@ -254,8 +262,7 @@ class ServerGate:
         return max(0.0, self._retry_at - time.monotonic()) if self._away_since is not None else 0.0
 
 
-@dataclass(frozen=True)
-class ServerUser:
+class ServerUser(NamedTuple):
     """Who the API key belongs to: `identity` tells Immich servers (and their users) apart."""
 
     identity: str
@@ -264,8 +271,7 @@ class ServerUser:
     is_admin: bool
 
 
-@dataclass(frozen=True)
-class ServerInfo:
+class ServerInfo(NamedTuple):
     version: tuple[int, int, int]
     image_extensions: frozenset[str]
     video_extensions: frozenset[str]
@@ -284,8 +290,7 @@ class ServerInfo:
         return dotted in self.image_extensions or dotted in self.video_extensions
 
 
-@dataclass(frozen=True)
-class UploadRequest:
+class UploadRequest(NamedTuple):
     path: bytes
     filename: str
     size_bytes: int
@@ -298,8 +303,7 @@ class UploadRequest:
     is_favorite: bool = False
 
 
-@dataclass(frozen=True)
-class UploadResult:
+class UploadResult(NamedTuple):
     status: str  # "created" | "duplicate"
     asset_id: str
     http_status: int
@@ -307,13 +311,12 @@ class UploadResult:
     sidecar_sha1: str | None = None  # SHA-1 of the sidecar bytes as they were sent
 
 
-@dataclass(frozen=True)
-class CheckResult:
+class CheckResult(NamedTuple):
     accepted: bool
     asset_id: str | None = None
     reason: str | None = None
     is_trashed: bool = False
-    raw: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = {}  # noqa: RUF012 - read only
 
     @property
     def held(self) -> bool:
@@ -326,8 +329,7 @@ def _quote_header(value: str) -> str:
     return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
-@dataclass(frozen=True)
-class FilePart:
+class FilePart(NamedTuple):
     field_name: str
     filename: str
     path: bytes
@@ -430,6 +432,27 @@ class MultipartBody:
             self._handle = None
 
 
+class LightResponse:
+    """An answer read with http.client, with the few parts of requests.Response the client uses."""
+
+    def __init__(self, status: int, headers: Any, body: bytes, url: str) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.content = body
+        self.url = url
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+    @property
+    def is_redirect(self) -> bool:
+        return self.status_code in (301, 302, 303, 307, 308) and "Location" in self.headers
+
+
 def _message_of(response: requests.Response) -> str:
     """The server's message, parsed loosely: v1/v2 bodies carry a string or a list, v3 a string plus
     zod issues; a non-JSON body comes from a proxy in front of Immich."""
@@ -507,19 +530,21 @@ class ImmichClient:
         self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self.stop = stop or threading.Event()
         self.gate = ServerGate(self.base_url, settings.server_wait_s, self.backoff_s)
-        self.session = requests.Session()
-        self.session.headers.update(
-            {"x-api-key": settings.immich_api_key, "User-Agent": USER_AGENT, "Accept": "application/json"}
-        )
-        self.session.verify = settings.ca_bundle or settings.verify_tls
-        self.session.trust_env = True
+        self.headers = {
+            "x-api-key": settings.immich_api_key,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+        }
+        self.verify: str | bool = settings.ca_bundle or settings.verify_tls
+        self._session: requests.Session | None = None
         self.user: ServerUser | None = None
         self._server: ServerInfo | None = None
         self._server_lock = threading.Lock()
         self.device_id = f"immich-uploader-{socket.gethostname()}"
 
     def close(self) -> None:
-        self.session.close()
+        if self._session is not None:
+            self._session.close()
 
     # -- the one request function
     def _request(
@@ -533,12 +558,14 @@ class ImmichClient:
         recover: Callable[[], Any] | None = None,
         patient: bool = True,
         timeout: tuple[float, float] | None = None,
+        light: bool = False,
     ) -> requests.Response:
         """Send with retries. A server that is away is waited for through the gate (`patient`), or, at
         the start of a run (patient=False), tried `retries` more times at once. A 500 is tried MAX_RETRIES
         (or `retries`) more times. `body_factory` builds a fresh streamed body (and its headers) per
         attempt. `recover`, after a transport failure, may return a value that makes a retry unnecessary;
-        it is then returned as is (used to learn whether an interrupted upload arrived after all)."""
+        it is then returned as is (used to learn whether an interrupted upload arrived after all). `light`
+        asks for the small transport (see _send_light) where it can serve."""
         url = self.api_url + path
         timeout = timeout or self.timeout
         retries_left = self.max_retries if retries is None else retries
@@ -551,14 +578,12 @@ class ImmichClient:
                 data, headers = body_factory()
             retry_after: float | None = None
             try:
-                response = self.session.request(
-                    method, url, json=json_body, data=data, headers=headers,
-                    timeout=timeout, allow_redirects=False,
-                )  # fmt: skip
-            except requests.exceptions.SSLError as exc:
-                raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                reason = transport_reason(exc, timeout)
+                if light and self._light_ok:
+                    response = self._send_light(method, url, json_body, timeout)
+                else:
+                    response = self._send(method, url, json_body, data, headers, timeout)
+            except WireError as exc:
+                reason = str(exc)
                 if recover is not None:
                     recovered = recover()
                     if recovered is not None:
@@ -595,6 +620,74 @@ class ImmichClient:
             retries_left -= 1
             self._wait(retry_after if retry_after is not None else self._backoff(), method, url)
 
+    @property
+    def session(self) -> requests.Session:
+        """requests, imported on first use: a run with nothing to send never loads it (about 40 ms)."""
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers.update(self.headers)
+            self._session.verify = self.verify
+            self._session.trust_env = True
+        return self._session
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        data: Any,
+        headers: dict[str, str],
+        timeout: tuple[float, float],
+    ) -> requests.Response:
+        import requests
+
+        try:
+            return self.session.request(
+                method,
+                url,
+                json=json_body,
+                data=data,
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise WireError(transport_reason(exc, timeout)) from None
+
+    @property
+    def _light_ok(self) -> bool:
+        """The small transport serves plain http without a proxy: https (certificates as requests checks
+        them) and proxies go through requests, so both transports always agree."""
+        return self.base_url.startswith("http://") and not any(os.environ.get(v) for v in PROXY_VARIABLES)
+
+    def _send_light(
+        self, method: str, url: str, json_body: Any, timeout: tuple[float, float]
+    ) -> LightResponse:
+        """One small request with http.client: the start-up GET that is all an unchanged nightly run sends."""
+        parts = urlsplit(url)
+        body = None if json_body is None else json.dumps(json_body).encode()
+        headers = {**self.headers, **({"Content-Type": "application/json"} if body is not None else {})}
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout[0])
+        try:
+            conn.connect()
+            conn.sock.settimeout(timeout[1])
+            conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body, headers)
+            answer = conn.getresponse()
+            return LightResponse(answer.status, answer.headers, answer.read(), url)
+        except TimeoutError as exc:
+            connected = conn.sock is not None
+            raise WireError(
+                f"no {'answer' if connected else 'connection'} within {timeout[1 if connected else 0]:g} s"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise WireError(transport_reason(exc, timeout)) from None
+        finally:
+            conn.close()
+
     def _backoff(self) -> float:
         return min(MAX_AWAY_PAUSE_S, self.backoff_s) * random.uniform(0.5, 1.5)
 
@@ -621,6 +714,7 @@ class ImmichClient:
         refused key (ApiKeyRefused), TLS trouble (TlsProblem) and something that is not Immich (NotImmich)."""
         quick: dict[str, Any] = {
             "patient": False,
+            "light": True,
             "retries": 1,
             "timeout": (min(self.timeout[0], START_CONNECT_TIMEOUT_S), min(self.timeout[1], 30.0)),
         }

@@ -11,23 +11,25 @@ becomes a row with its error and a log line; it never stops the scan.
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
+import signal
 import stat
 import sys
 import threading
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone, tzinfo
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, TextIO
 
 from cli import Context, ExitStatus, base_parser, run_script
 from config import Settings
-from db_manager import KnownFile, ScannedFile, Store, path_hash, utc_now
+from db_manager import STATUSES, KnownFile, ScannedFile, Store, path_hash, utc_now
 from filters import JUNK, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
@@ -44,14 +46,16 @@ from utils import (
     text_to_path,
 )
 
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
+
 log = get_logger("scan")
 
 SAVE_EVERY_FILES = 500
 SAVE_EVERY_S = 2.0
 
 
-@dataclass(frozen=True)
-class FoundFile:
+class FoundFile(NamedTuple):
     raw_path: bytes
     size_bytes: int
     mtime_ns: int
@@ -156,7 +160,7 @@ def bare_row(found: FoundFile) -> ScannedFile:
 def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = None) -> ScannedFile:
     """Fingerprint and read metadata. OSErrors propagate; content problems end up in the row."""
     row = bare_row(found)
-    text, filename = row.filepath, row.filename
+    filename = row.filename
     if found.size_bytes == 0:
         # Nothing to send (Immich refuses it) and nothing to retry: recorded as passed over, with why.
         row.upload_status, row.last_error = "skipped", "empty file (0 bytes): nothing to upload"
@@ -167,9 +171,9 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
             "not a video (no MPEG transport stream: a TypeScript file?)",
         )
         return row
-    fp = fingerprint_file(found.raw_path, chunk_size)
+    fp = fingerprint_file(found.raw_path, chunk_size, keep_head=True)
     row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
-    meta = read_metadata(found.raw_path, found.media_type)
+    meta = read_metadata(found.raw_path, found.media_type, fp.head, fp.size_bytes)
     info = dict(meta.info)
     found_date = date_taken(
         meta.date_taken, meta.date_source, filename, fp.mtime_ns, time_zone, meta.warnings
@@ -181,8 +185,7 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
         info["date_used"] = taken.isoformat()
         info["date_source"] = source
     if meta.warnings:
-        info["warnings"] = meta.warnings
-        log.warning("%s: metadata partly unreadable: %s", text, "; ".join(meta.warnings), extra=FILE_EVENT)
+        info["warnings"] = row.warnings = meta.warnings  # logged by the scanner (this may run in a worker)
     row.metadata_info = json.dumps(info, default=str, ensure_ascii=False)
     return row
 
@@ -273,6 +276,185 @@ class _SaveBatch:
         self.last_save = time.monotonic()
 
 
+class KnownIndex:
+    """Every row of the database in compact form, for a rescan to compare against: the first 64 bits of
+    each path's SHA-256 in one sorted array, ids, sizes and mtimes in parallel arrays, status and flags in
+    bytes. A million rows take about 35 MB (a dict of row objects took over 400 MB); a lookup is a binary
+    search in C. Rows whose 64-bit keys collide (about one library in 10^7) are looked up by full hash."""
+
+    FINGERPRINTED, MISSING = 0x10, 0x20
+    STATUS_CODES: ClassVar[dict[str, int]] = {status: code for code, status in enumerate(STATUSES)}
+
+    def __init__(self, rows: Iterable[tuple[str, KnownFile]]) -> None:
+        self.keys, self.ids, self.sizes, self.mtimes = array("Q"), array("q"), array("q"), array("q")
+        self.flags = bytearray()
+        self.colliding: dict[str, int] = {}  # full path hash -> index, for keys shared by two rows
+        self.colliding_keys: set[int] = set()
+        previous = ("", -1)
+        for full, row in rows:
+            key = int(full[:16], 16)
+            if key == previous[1]:
+                self.colliding[previous[0]] = len(self.keys) - 1
+                self.colliding[full] = len(self.keys)
+                self.colliding_keys.add(key)
+            previous = (full, key)
+            self.keys.append(key)
+            self.ids.append(row.id)
+            self.sizes.append(-1 if row.file_size is None else row.file_size)
+            self.mtimes.append(-1 if row.mtime_ns is None else row.mtime_ns)
+            code = self.STATUS_CODES.get(row.upload_status, 0)
+            self.flags.append(code | self.FINGERPRINTED * row.fingerprinted | self.MISSING * row.missing)
+        self.seen = bytearray(len(self.keys))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def find(self, full: str) -> int | None:
+        """The index of the row with this path hash, or None."""
+        key = int(full[:16], 16)
+        i = bisect.bisect_left(self.keys, key)
+        if i == len(self.keys) or self.keys[i] != key:
+            return None
+        return self.colliding.get(full) if key in self.colliding_keys else i
+
+    def row(self, i: int) -> KnownFile:
+        flags = self.flags[i]
+        return KnownFile(
+            self.ids[i],
+            None if self.sizes[i] < 0 else self.sizes[i],
+            None if self.mtimes[i] < 0 else self.mtimes[i],
+            STATUSES[flags & 0x0F],
+            bool(flags & self.FINGERPRINTED),
+            bool(flags & self.MISSING),
+        )
+
+    def unchanged(self, i: int, size_bytes: int, mtime_ns: int) -> bool:
+        """Same size and mtime as recorded, and fingerprinted (or empty: an empty file stays as recorded;
+        an unreadable one is tried again each scan)."""
+        return (
+            self.sizes[i] == size_bytes
+            and self.mtimes[i] == mtime_ns
+            and (bool(self.flags[i] & self.FINGERPRINTED) or size_bytes == 0)
+        )
+
+    def unseen_ids(self) -> list[int]:
+        """Rows not seen in this scan and not already marked missing."""
+        seen, flags, ids, missing = self.seen, self.flags, self.ids, self.MISSING
+        return [ids[i] for i in range(len(ids)) if not seen[i] and not flags[i] & missing]
+
+
+Job = tuple[list[tuple[FoundFile, "int | None"]], "Future[list[ScannedFile | OSError]]"]
+
+
+def describe_many(
+    found: list[FoundFile], chunk_size: int, time_zone: tzinfo | None
+) -> list[ScannedFile | OSError]:
+    """describe_file for a batch (one round trip to a worker process for many small files); a file that
+    cannot be read comes back as its OSError, in its place."""
+    described: list[ScannedFile | OSError] = []
+    for item in found:
+        try:
+            described.append(describe_file(item, chunk_size, time_zone))
+        except OSError as exc:
+            described.append(exc)
+    return described
+
+
+class Describer:
+    """Fingerprints and reads metadata off the main thread. The first files go one by one to a thread pool
+    (hashing releases the GIL, a handful of files is not worth starting processes, and the first uploads of
+    a sync start at once); past PROCESS_AFTER files a process pool of HASH_WORKERS takes over, fed batches,
+    because parsing metadata in pure Python holds one core per process. Processes come from a fork server,
+    never by forking this process: upload threads may be running beside the scan, and a fork could copy a
+    lock one of them holds."""
+
+    PROCESS_AFTER = 64
+    BATCH_FILES = 32
+    BATCH_BYTES = 32 << 20
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers = settings.hash_workers
+        self.submitted = 0
+        self._threads: Executor | None = None
+        self._processes: Executor | None = None
+        self._processes_failed = False
+        self._batch: list[tuple[FoundFile, int | None]] = []
+        self._batch_bytes = 0
+
+    def add(self, found: FoundFile, index: int | None) -> Job | None:
+        """Queue a file; returns a job when a batch was sent off."""
+        self._batch.append((found, index))
+        self._batch_bytes += found.size_bytes
+        self.submitted += 1
+        pool = self._pool()
+        full = len(self._batch) >= self.BATCH_FILES or self._batch_bytes >= self.BATCH_BYTES
+        return self.flush() if pool is not self._processes or full else None
+
+    def flush(self) -> Job | None:
+        if not self._batch:
+            return None
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        settings = self.settings
+        future = self._pool().submit(
+            describe_many, [found for found, _ in batch], settings.hash_chunk_size, settings.time_zone
+        )
+        return batch, future
+
+    def _pool(self) -> Executor:
+        if self._processes is not None:
+            return self._processes
+        if self.submitted > self.PROCESS_AFTER and self.workers > 1 and not self._processes_failed:
+            try:
+                self._processes = start_process_pool(self.workers)
+                return self._processes
+            except (OSError, ValueError, ImportError) as exc:
+                self._processes_failed = True
+                log.info("scanning on threads only: cannot start worker processes (%s)", exc)
+        if self._threads is None:
+            from concurrent.futures import ThreadPoolExecutor  # an unchanged rescan never needs it
+
+            self._threads = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="hash")
+        return self._threads
+
+    def close(self) -> None:
+        for pool in (self._threads, self._processes):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def start_process_pool(workers: int) -> Executor:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        context.set_forkserver_preload(["scan_files"])
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start)
+
+
+def _worker_start() -> None:
+    # Ctrl+C reaches the whole process group: the main process decides, workers must not print tracebacks.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def distinct_roots(roots: Sequence[Path]) -> list[Path]:
+    """The source folders without those inside another (one path is then never walked twice)."""
+    real = [(root, os.path.realpath(root)) for root in roots]
+    kept: list[Path] = []
+    for root, resolved in real:
+        inside = any(
+            other_resolved != resolved and (resolved + "/").startswith(other_resolved.rstrip("/") + "/")
+            for other, other_resolved in real
+        ) or any(os.path.realpath(k) == resolved for k in kept)
+        if inside:
+            log.info("%s lies inside another source folder: walked once, from there", root)
+            continue
+        kept.append(root)
+    return kept
+
+
 class Scanner:
     def __init__(
         self,
@@ -293,13 +475,13 @@ class Scanner:
         )  # the menu asks instead
         self.summary = ScanSummary()
 
-    def available_roots(self, known: dict[str, KnownFile]) -> list[Path]:
+    def available_roots(self) -> list[Path]:
         """The source folders that can be scanned. A folder that is missing or empty while the database
         knows files in it is taken for a share that is not mounted tonight: it is reported, and none of
         its rows is marked missing (unless `confirm_empty`). A missing folder the database knows nothing
         of is a mistyped SOURCE_DIR."""
         roots = []
-        for root in self.settings.source_dirs:
+        for root in distinct_roots(self.settings.source_dirs):
             try:
                 with os.scandir(root) as entries:
                     empty = next(entries, None) is None
@@ -312,12 +494,7 @@ class Scanner:
             if not empty:
                 roots.append(root)
                 continue
-            prefix = os.fsencode(root).rstrip(b"/") + b"/"
-            recorded = sum(
-                1
-                for row in known.values()
-                if not row.missing and text_to_path(row.filepath, row.filepath_b64).startswith(prefix)
-            )
+            recorded = self.store.count_under(str(root))
             if recorded and not self.confirm_empty:
                 state = "does not exist" if missing else "is empty"
                 self._unavailable(
@@ -348,64 +525,87 @@ class Scanner:
         (new, changed, or left pending by an earlier run), so the sync pipeline uploads during the scan."""
         started = time.monotonic()
         summary = self.summary
-        known = self.store.known_files()
-        roots = self.available_roots(known)
-        seen: set[str] = set()
+        roots = self.available_roots()
+        known = KnownIndex(self.store.iter_known_files())
         batch = _SaveBatch(self.store, on_upload_ready)
-        workers = self.settings.hash_workers
-        in_flight: deque[tuple[FoundFile, KnownFile | None, Future[ScannedFile]]] = deque()
+        describer = Describer(self.settings)
+        in_flight: deque[Job] = deque()
+        waiting = 0  # files in flight
+        read_ahead = max(64, describer.workers * 2 * Describer.BATCH_FILES)
         bytes_to_hash = 0
+        unchanged_since_shown = 0
         self.progress.start("scan")
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hash") as pool:
+        try:
             for found in walk_media(self.settings, self._problem, roots):
                 if self.stop.is_set():
                     break
                 key = path_hash(found.raw_path)
-                if key in seen:
-                    continue  # overlapping source folders
-                seen.add(key)
                 summary.found += 1
-                row = known.get(key)
-                # An unreadable file is tried again each scan; an empty one stays recorded as such.
-                settled = row is not None and (row.fingerprinted or found.size_bytes == 0)
-                if row and settled and row.file_size == found.size_bytes and row.mtime_ns == found.mtime_ns:
-                    summary.unchanged += 1
-                    batch.unchanged(row, key)
-                    self.progress.advance(1, 0)
-                    continue
+                index = known.find(key)
+                if index is not None:
+                    known.seen[index] = 1
+                    if known.unchanged(index, found.size_bytes, found.mtime_ns):
+                        summary.unchanged += 1
+                        batch.unchanged(known.row(index), key)
+                        unchanged_since_shown += 1
+                        if unchanged_since_shown >= 256:  # the counter, not a lock and a clock per file
+                            self.progress.advance(unchanged_since_shown, 0)
+                            unchanged_since_shown = 0
+                        continue
                 bytes_to_hash += found.size_bytes
-                submitted = pool.submit(
-                    describe_file, found, self.settings.hash_chunk_size, self.settings.time_zone
-                )
-                in_flight.append((found, row, submitted))
+                waiting += 1
+                job = describer.add(found, index)
+                if job is not None:
+                    in_flight.append(job)
                 # Bounded read-ahead keeps memory flat however many files are waiting.
-                while len(in_flight) > workers * 4:
-                    self._collect(*in_flight.popleft(), seen, batch)
+                while waiting > read_ahead and in_flight:
+                    waiting -= self._collect_job(in_flight.popleft(), known, batch)
+            self.progress.advance(unchanged_since_shown, 0)
             self.progress.set_total(summary.found, bytes_to_hash)
+            job = describer.flush()
+            if job is not None:
+                in_flight.append(job)
             while in_flight:
-                self._collect(*in_flight.popleft(), seen, batch)
+                self._collect_job(in_flight.popleft(), known, batch)
+        finally:
+            describer.close()
         batch.save()
         self.progress.finish()
         if not self.stop.is_set():
-            self._mark_missing(known, seen, roots)
+            self._mark_missing(known, roots)
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+    def _collect_job(self, job: Job, known: KnownIndex, batch: _SaveBatch) -> int:
+        """Record a described batch in walk order; returns how many files it held."""
+        items, future = job
+        for (found, index), result in zip(items, future.result(), strict=True):
+            self._collect(found, index, result, known, batch)
+        return len(items)
 
     def _collect(
         self,
         found: FoundFile,
-        row: KnownFile | None,
-        future: Future[ScannedFile],
-        seen: set[str],
+        index: int | None,
+        result: ScannedFile | OSError,
+        known: KnownIndex,
         batch: _SaveBatch,
     ) -> None:
-        scanned = self._result(found, future, seen)
+        scanned = self._result(found, index, result, known)
+        row = None if index is None else known.row(index)
         if scanned is not None:
             if row is None:
                 self.summary.new += 1
             else:
                 self.summary.changed += 1
             batch.add(row, scanned)
+            if scanned.warnings:
+                log.warning(
+                    "%s: metadata partly unreadable: %s",
+                    scanned.filepath,
+                    "; ".join(scanned.warnings),
+                    extra=FILE_EVENT,
+                )
             if scanned.upload_status == "error":
                 self.summary.errors += 1
                 self.summary.error_files.append(scanned.filepath)
@@ -422,32 +622,34 @@ class Scanner:
         self.progress.advance(1, found.size_bytes)
         batch.save_if_due()
 
-    def _result(self, found: FoundFile, future: Future[ScannedFile], seen: set[str]) -> ScannedFile | None:
+    def _result(
+        self, found: FoundFile, index: int | None, result: ScannedFile | OSError, known: KnownIndex
+    ) -> ScannedFile | None:
         """The described file, or an error row; None when the file vanished (it is then marked missing)."""
-        try:
-            return future.result()
-        except FileNotFoundError:
-            seen.discard(path_hash(found.raw_path))
+        if isinstance(result, ScannedFile):
+            return result
+        if isinstance(result, FileNotFoundError):
+            if index is not None:
+                known.seen[index] = 0
             self._problem(found.raw_path, "vanished during the scan")
             return None
-        except (OSError, FileChangedError) as exc:
-            row = bare_row(found)
-            row.upload_status = "error"
-            row.last_error = (
-                str(exc) if isinstance(exc, FileChangedError) else f"cannot read: {exc.strerror or exc}"
-            )
-            return row
+        row = bare_row(found)
+        row.upload_status = "error"
+        row.last_error = (
+            str(result)
+            if isinstance(result, FileChangedError)
+            else f"cannot read: {result.strerror or result}"
+        )
+        return row
 
-    def _mark_missing(self, known: dict[str, KnownFile], seen: set[str], scanned: list[Path]) -> None:
+    def _mark_missing(self, known: KnownIndex, scanned: list[Path]) -> None:
+        """Rows under the scanned folders whose file was not found: marked missing, never deleted."""
         roots = tuple(os.fsencode(root).rstrip(b"/") + b"/" for root in scanned)
-        if not roots:
-            return
+        unseen = known.unseen_ids() if roots else []
         gone = [
-            row.id
-            for key, row in known.items()
-            if key not in seen
-            and not row.missing
-            and text_to_path(row.filepath, row.filepath_b64).startswith(roots)
+            row_id
+            for row_id, filepath, filepath_b64 in self.store.paths_of(unseen)
+            if text_to_path(filepath, filepath_b64).startswith(roots)
         ]
         if gone:
             self.store.set_missing(gone, missing=True)

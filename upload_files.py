@@ -22,6 +22,7 @@ import queue
 import sys
 import threading
 import time
+from array import array
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TextIO
@@ -192,6 +193,22 @@ def modified_at(row: PendingUpload) -> str:
         return to_utc_iso(datetime.fromtimestamp((row.mtime_ns or 0) / 1e9, timezone.utc))
     except (OverflowError, OSError, ValueError):  # an mtime far outside what datetime holds
         return "1970-01-01T00:00:00.000Z"
+
+
+def chosen_rows(
+    store: Store, settings: Settings, limit: int | None, failed_only: bool
+) -> tuple[array[int], int]:
+    """The ids (in upload order) and total size of the rows this run uploads, streamed from the database:
+    a million pending files cost an array of ids here, not a million row objects."""
+    ids: array[int] = array("q")
+    total = 0
+    for row in store.iter_pending_uploads(failed_only):
+        if select([row], settings):
+            ids.append(row.id)
+            total += row.file_size
+            if limit is not None and len(ids) >= limit:
+                break
+    return ids, total
 
 
 def select(rows: list[PendingUpload], settings: Settings, limit: int | None = None) -> list[PendingUpload]:
@@ -796,16 +813,17 @@ def run_upload(ctx: Context) -> ExitStatus:
                 return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
             if report.trashed or report.lost:
                 verify_status = ExitStatus.FILES_FAILED
-        rows = select(
-            ctx.store.pending_uploads(failed_only=ctx.args.retry_errors), ctx.settings, ctx.args.limit
-        )
+        ids, total_bytes = chosen_rows(ctx.store, ctx.settings, ctx.args.limit, ctx.args.retry_errors)
         uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
         with server_jobs_paused(client, ctx.store, ctx.settings):
-            ctx.progress.start("upload", len(rows), sum(r.file_size for r in rows), unit="bytes")
+            ctx.progress.start("upload", len(ids), total_bytes, unit="bytes")
             uploader.start()
             # In slices, so uploads begin while the rest is still being checked with the server.
-            for start in range(0, len(rows), FEED_BATCH):
-                uploader.feed(rows[start : start + FEED_BATCH])
+            for start in range(0, len(ids), FEED_BATCH):
+                if ctx.stop.is_set():
+                    break
+                chunk = ids[start : start + FEED_BATCH]
+                uploader.feed(ctx.store.pending_uploads(ids=chunk, failed_only=ctx.args.retry_errors))
             summary = uploader.finish()
             ctx.progress.finish()
             summary.stopped_after_errors = uploader.aborted.is_set()

@@ -24,12 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from fractions import Fraction
-from typing import Any, BinaryIO
-
-import exifread
-from PIL import Image, ImageFile, UnidentifiedImageError
+from io import BytesIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from config import RAW_EXTENSIONS
+
+if TYPE_CHECKING:
+    from PIL import ImageFile
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,26 @@ def _hachoir() -> Any:
     return hachoir
 
 
-# Only image headers are read here, never pixels, so a very large image is no danger; see _open_image().
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-# Pillow reports damaged content (e.g. "Corrupt EXIF data" while reading a JPEG's DPI) through `warnings`,
-# which would print on stderr from worker threads; such damage is reported in MediaMetadata.warnings instead.
-warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+@functools.cache
+def _pil() -> Any:
+    """Pillow, imported on first use: a run that reads no new image (the nightly unchanged one) never
+    pays its import."""
+    from PIL import Image
+
+    # Only image headers are read here, never pixels, so a very large image is no danger; see _open_image().
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    # Pillow reports damaged content (e.g. "Corrupt EXIF data" while reading a JPEG's DPI) through
+    # `warnings`, which would print on stderr from worker threads; MediaMetadata.warnings reports it instead.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+    return Image
+
+
+@functools.cache
+def _exifread() -> Any:
+    import exifread
+
+    return exifread
+
 
 # Pillow cannot open HEIF or JPEG XL without plugins, and opens TIFF-based RAW files (NEF, CR2, ARW, DNG...)
 # as TIFF but reports the small preview in IFD0, not the sensor size. For these, width and height come from
@@ -82,19 +98,25 @@ _FIRST_REAL_VIDEO_YEAR = 1971
 # --- Fingerprints -----------------------------------------------------------------------------------------
 
 
+HEAD_BYTES = 256 << 10  # the start of a file kept from the hashing read: a JPEG's header lies within it
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     sha256: str  # hex; the project's identity of a file's content
     sha1: str  # hex; Immich's checksum (it shows it in base64)
     size_bytes: int
     mtime_ns: int
+    head: bytes = b""  # with keep_head: the file's first bytes, so its metadata needs no second read
 
 
 class FileChangedError(OSError):
     """The file's size or modification time changed while it was hashed, twice in a row."""
 
 
-def fingerprint_file(path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYTES) -> Fingerprint:
+def fingerprint_file(
+    path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYTES, keep_head: bool = False
+) -> Fingerprint:
     """SHA-256 and SHA-1 of a file in one read pass, with the size and mtime the hashes belong to.
 
     A file that changes while it is read (a copy still arriving, an editor saving) is read once more; if it
@@ -105,29 +127,32 @@ def fingerprint_file(path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYT
     # One buffer for every chunk of every attempt: readinto() fills it in place, no bytes object per chunk.
     view = memoryview(bytearray(chunk_size))
     for attempt in (1, 2):
-        fingerprint = _hash_if_unchanged(path, view)
+        fingerprint = _hash_if_unchanged(path, view, keep_head)
         if fingerprint is not None:
             return fingerprint
         log.debug("%s changed while being hashed (attempt %d)", display_path(path), attempt)
     raise FileChangedError(errno.EAGAIN, "file changed while being read", path)
 
 
-def _hash_if_unchanged(path: str | bytes, view: memoryview) -> Fingerprint | None:
+def _hash_if_unchanged(path: str | bytes, view: memoryview, keep_head: bool) -> Fingerprint | None:
     """Hashes the file once; None when its size or mtime moved during the read."""
     sha256 = hashlib.sha256()
     sha1 = hashlib.sha1()
     total = 0
+    head = b""
     with open(path, "rb", buffering=0) as f:
         before = os.fstat(f.fileno())
         while n := f.readinto(view):
             chunk = view[:n]
+            if keep_head and not total:
+                head = bytes(chunk[:HEAD_BYTES])
             sha256.update(chunk)
             sha1.update(chunk)
             total += n
-    after = os.stat(path)
+        after = os.fstat(f.fileno())
     if total != before.st_size or after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns:
         return None
-    return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, after.st_mtime_ns)
+    return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, after.st_mtime_ns, head)
 
 
 # --- Metadata -------------------------------------------------------------------------------------------------
@@ -153,38 +178,122 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def read_metadata(path: str | bytes, kind: str) -> MediaMetadata:
-    """Metadata of an "image" or a "video"; never raises for bad content (see the two readers)."""
+def read_metadata(path: str | bytes, kind: str, head: bytes = b"", size_bytes: int = 0) -> MediaMetadata:
+    """Metadata of an "image" or a "video"; never raises for bad content (see the two readers). `head`, the
+    file's first bytes already read (and `size_bytes`, its size), spares a JPEG a second read."""
     if kind == "image":
-        return read_image_metadata(path)
+        return read_image_metadata(path, head=head, size_bytes=size_bytes)
     if kind == "video":
         return read_video_metadata(path)
     raise ValueError(f"kind must be 'image' or 'video', not {kind!r}")
 
 
-def read_image_metadata(path: str | bytes) -> MediaMetadata:
-    """EXIF (ExifRead) and header fields (Pillow, without decoding pixels) of an image, from one open file.
-
-    Corrupt, truncated, empty or misnamed files give a MediaMetadata with `warnings` and whatever was read.
+def read_image_metadata(
+    path: str | bytes, fast_jpeg: bool = True, head: bytes = b"", size_bytes: int = 0
+) -> MediaMetadata:
+    """EXIF (ExifRead) and header fields of an image, from one open file, never decoding pixels. A JPEG is
+    read only up to its image data: the EXIF block goes to ExifRead alone and the size comes from the frame
+    header, so neither Pillow nor most of the file is touched (`fast_jpeg=False` reads it the general way:
+    Pillow for the header, ExifRead over the file; both give the same fields). Corrupt, truncated, empty or
+    misnamed files give a MediaMetadata with `warnings` and whatever was read. With `head` (the file's
+    first bytes) a JPEG whose header lies within them is not opened again.
     """
     meta = MediaMetadata()
+    if fast_jpeg and head.startswith(b"\xff\xd8") and _extension(path) not in _EXIF_ONLY_EXTENSIONS:
+        header = _read_jpeg_header(BytesIO(head))
+        if header is not None and (header.complete or len(head) >= size_bytes):
+            tags = _read_tiff_tags(header.exif, path, meta) if header.exif else {}
+            _apply_jpeg_header(header, path, meta)
+            if header.exif is not None and not tags:
+                _warn(meta, path, "EXIF block present but unreadable (corrupt)")
+            _apply_exif(tags, path, meta)
+            return meta
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size == 0:
                 _warn(meta, path, "empty file")
                 return meta
-            tags = _read_exif_tags(f, path, meta)
-            has_exif_block = False
-            if _extension(path) not in _EXIF_ONLY_EXTENSIONS:
-                has_exif_block = _read_image_header(f, path, meta)
+            exif_only = _extension(path) in _EXIF_ONLY_EXTENSIONS
+            header = _read_jpeg_header(f) if fast_jpeg and not exif_only else None
+            if header is not None:
+                tags = _read_tiff_tags(header.exif, path, meta) if header.exif else {}
+                has_exif_block = header.exif is not None
+                _apply_jpeg_header(header, path, meta)
+            else:
+                f.seek(0)
+                tags = _read_exif_tags(f, path, meta)
+                has_exif_block = False if exif_only else _read_image_header(f, path, meta)
     except OSError as exc:
         _warn(meta, path, f"cannot read the file: {exc.strerror or exc}")
         return meta
     if has_exif_block and not tags:
-        # ExifRead gives up silently on a damaged block (bad offsets, garbage IFDs); Pillow saw it exists.
+        # ExifRead gives up silently on a damaged block (bad offsets, garbage IFDs); the header showed it.
         _warn(meta, path, "EXIF block present but unreadable (corrupt)")
     _apply_exif(tags, path, meta)
     return meta
+
+
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image size.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM, RST0-7: no length field
+
+
+@dataclass
+class JpegHeader:
+    exif: bytes | None = None  # the TIFF block of the first APP1 "Exif" segment
+    width: int = 0
+    height: int = 0
+    complete: bool = False  # the image data (SOS) was reached: nothing was cut off in the header
+
+
+def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
+    """The marker segments of a JPEG up to its image data; None when the file does not start like one."""
+    if f.read(2) != b"\xff\xd8":
+        return None
+    header = JpegHeader()
+    while True:
+        byte = f.read(1)
+        if not byte:
+            return header
+        if byte != b"\xff":
+            return header  # not a marker where one must be: damaged; what was read stands
+        marker = f.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = f.read(1)
+        if not marker:
+            return header
+        code = marker[0]
+        if code in _JPEG_STANDALONE:
+            continue
+        if code in (0xD9, 0xDA):  # end of image, start of scan: the header is over
+            header.complete = True
+            return header
+        length_bytes = f.read(2)
+        if len(length_bytes) < 2:
+            return header
+        length = int.from_bytes(length_bytes, "big") - 2
+        if length < 0:
+            return header
+        if code == 0xE1 and header.exif is None:
+            segment = f.read(length)
+            if segment.startswith(b"Exif\x00\x00"):
+                header.exif = segment[6:]
+        elif code in _JPEG_SOF and not header.width:
+            segment = f.read(length)
+            if len(segment) >= 5:
+                header.height = int.from_bytes(segment[1:3], "big")
+                header.width = int.from_bytes(segment[3:5], "big")
+        else:
+            f.seek(length, os.SEEK_CUR)
+
+
+def _apply_jpeg_header(header: JpegHeader, path: str | bytes, meta: MediaMetadata) -> None:
+    if header.width > 0 and header.height > 0:
+        meta.info["width"], meta.info["height"] = header.width, header.height
+    elif not header.complete:
+        _warn(meta, path, "image header unreadable: the file ends inside it (truncated)")
+    meta.info["format"] = "JPEG"
+    meta.info["mime"] = "image/jpeg"
 
 
 def read_video_metadata(path: str | bytes) -> MediaMetadata:
@@ -230,10 +339,92 @@ def _read_exif_tags(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> dict
     # ExifRead fails in many ways on damaged EXIF (IndexError, struct.error, ValueError...). This is an
     # extraction function, where a broad catch is right: bad content becomes a warning, never an exception.
     try:
-        return exifread.process_file(f, details=False, extract_thumbnail=False)
+        return _exifread().process_file(f, details=False, extract_thumbnail=False)
     except Exception as exc:
         _warn(meta, path, f"EXIF unreadable: {_reason(exc)}")
         return {}
+
+
+def _read_tiff_tags(tiff: bytes, path: str | bytes, meta: MediaMetadata) -> dict[str, Any]:
+    # A damaged block fails in many ways (struct.error, KeyError, ValueError...); like ExifRead, give up
+    # on it quietly: the caller reports "EXIF block present but unreadable (corrupt)".
+    try:
+        return tiff_tags(tiff)
+    except Exception as exc:
+        log.debug("%s: EXIF block unreadable: %s", display_path(path), _reason(exc))
+        return {}
+
+
+# The EXIF tags this tool stores, by IFD, named as ExifRead names them (so one interpretation serves both):
+# a JPEG's block is read for exactly these, at a tenth of ExifRead's cost, which walks every tag.
+_TIFF_WANTED = {
+    "Image": {0x010F: "Make", 0x0110: "Model", 0x0112: "Orientation", 0x0131: "Software", 0x0132: "DateTime"},
+    "EXIF": {
+        0x829A: "ExposureTime", 0x829D: "FNumber", 0x8827: "ISOSpeedRatings", 0x9003: "DateTimeOriginal",
+        0x9004: "DateTimeDigitized", 0x9010: "OffsetTime", 0x9011: "OffsetTimeOriginal",
+        0x9012: "OffsetTimeDigitized", 0x920A: "FocalLength", 0xA002: "ExifImageWidth",
+        0xA003: "ExifImageLength", 0xA434: "LensModel",
+    },
+    "GPS": {1: "GPSLatitudeRef", 2: "GPSLatitude", 3: "GPSLongitudeRef", 4: "GPSLongitude",
+            5: "GPSAltitudeRef", 6: "GPSAltitude"},
+}  # fmt: skip
+_EXIF_IFD_POINTER, _GPS_IFD_POINTER = 0x8769, 0x8825
+# TIFF field types: (struct code, bytes per value); 2 is ASCII, 5 and 10 are (signed) rationals.
+_TIFF_TYPES = {1: ("B", 1), 2: ("s", 1), 3: ("H", 2), 4: ("I", 4), 5: ("II", 8), 6: ("b", 1), 7: ("B", 1),
+               8: ("h", 2), 9: ("i", 4), 10: ("ii", 8), 11: ("f", 4), 12: ("d", 8)}  # fmt: skip
+_MAX_IFD_ENTRIES = 1000
+
+
+def tiff_tags(tiff: bytes) -> dict[str, Any]:
+    """The wanted tags of a TIFF/EXIF block as {"EXIF FNumber": [Fraction(14, 5)], "Image Make": "Canon"}:
+    ASCII as text cut at its first NUL (bytes when not UTF-8), numbers as lists, rationals as Fractions
+    (None for a zero denominator), the values ExifRead gives. Raises on a damaged block."""
+    order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+    if struct.unpack_from(order + "H", tiff, 2)[0] != 42:
+        raise ValueError("not a TIFF header")
+    tags: dict[str, Any] = {}
+    pointers = _read_ifd(tiff, order, struct.unpack_from(order + "I", tiff, 4)[0], "Image", tags)
+    for pointer, prefix in ((_EXIF_IFD_POINTER, "EXIF"), (_GPS_IFD_POINTER, "GPS")):
+        if pointer in pointers:
+            _read_ifd(tiff, order, pointers[pointer], prefix, tags)
+    return tags
+
+
+def _read_ifd(tiff: bytes, order: str, offset: int, prefix: str, tags: dict[str, Any]) -> dict[int, int]:
+    """Reads one IFD's wanted tags into `tags`; returns the sub-IFD pointers it holds."""
+    wanted = _TIFF_WANTED[prefix]
+    (count,) = struct.unpack_from(order + "H", tiff, offset)
+    if count > _MAX_IFD_ENTRIES or offset + 2 + 12 * count > len(tiff):
+        raise ValueError(f"{prefix} IFD runs past the block")
+    pointers = {}
+    entries = struct.iter_unpack(order + "HHII", tiff[offset + 2 : offset + 2 + 12 * count])
+    for number, (tag, kind, n, pointer) in enumerate(entries):
+        if prefix == "Image" and tag in (_EXIF_IFD_POINTER, _GPS_IFD_POINTER):
+            pointers[tag] = pointer
+            continue
+        if tag not in wanted or kind not in _TIFF_TYPES:
+            continue
+        code, size = _TIFF_TYPES[kind]
+        length = size * n
+        where = offset + 2 + 12 * number + 8 if length <= 4 else pointer
+        if where + length > len(tiff):
+            raise ValueError(f"{prefix} {wanted[tag]} points past the block")
+        if kind == 2:
+            raw = tiff[where : where + length].split(b"\x00", 1)[0]
+            try:
+                value: Any = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                value = raw
+        else:
+            numbers = struct.unpack_from(f"{order}{n * len(code)}{code[0]}", tiff, where)
+            if len(code) == 2:  # rationals: numerator, denominator pairs
+                value = [
+                    Fraction(a, b) if b else None for a, b in zip(numbers[::2], numbers[1::2], strict=True)
+                ]
+            else:
+                value = list(numbers)
+        tags[f"{prefix} {wanted[tag]}"] = value
+    return pointers
 
 
 def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> bool:
@@ -245,7 +436,7 @@ def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> b
             width, height = image.size
             image_format = image.format
             has_exif_block = bool(image.info.get("exif"))
-    except UnidentifiedImageError:
+    except _pil().UnidentifiedImageError:
         _warn(meta, path, "not an image format Pillow recognises")
         return False
     except Exception as exc:
@@ -255,7 +446,7 @@ def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> b
         meta.info["width"], meta.info["height"] = width, height
     if image_format:
         meta.info["format"] = image_format
-        mime = Image.MIME.get(image_format)
+        mime = _pil().MIME.get(image_format)
         if mime:
             meta.info["mime"] = mime
     return has_exif_block
@@ -264,6 +455,7 @@ def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> b
 def _open_image(f: BinaryIO) -> ImageFile.ImageFile:
     """Image.open (lazy: reads the header only). A huge image (a panorama) fails Pillow's decompression-bomb
     check, which guards decoding; as nothing is decoded here, open it again with the plugin directly."""
+    Image = _pil()
     try:
         return Image.open(f)
     except Image.DecompressionBombError:

@@ -10,6 +10,9 @@ injection (error statuses, proxy HTML pages, Retry-After, connection resets, del
 runs in-process (`ImmichTestServer().start()`) or as a process (`python tests/immich_server.py --port 0 --api-key
 KEY` prints `READY http://127.0.0.1:PORT`). Every response carries the correlation-id header (`X-Correlation-ID`
 on v3, `x-immich-cid` on v2).
+
+For benchmarks: `request_delay_s` (`--delay-ms N`) makes every answer wait, like a slower or farther server, and
+`GET /__stand-in__/uploads` (test-only, no key, outside /api) lists every upload received as {sha1, status, size}.
 """
 
 from __future__ import annotations
@@ -743,6 +746,8 @@ def _abort_socket(sock: socket.socket) -> None:
         pass
 
 
+STAND_IN_UPLOADS_PATH = "/__stand-in__/uploads"
+
 QUEUE_NAMES = (
     "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
     "smartSearch", "duplicateDetection", "backgroundTask", "sidecar", "ocr", "library", "notifications",
@@ -777,6 +782,9 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("GET", _route("/api/queues"), "_list_queues", False),
     ("PUT", _route("/api/queues/{id}"), "_set_queue", False),
     ("PUT", _route("/api/jobs/{id}"), "_job_command", False),
+    # Test-only, outside /api so it cannot collide with an Immich route: what the server received, for benchmarks
+    # that run it as a process.
+    ("GET", _route(STAND_IN_UPLOADS_PATH), "_stand_in_uploads", True),
 ]
 
 
@@ -937,6 +945,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     ) -> None:
         if drain:
             self.body.drain()  # the next request on this connection starts after this body
+        if self.app.request_delay_s > 0:
+            # Every answer waits, once the request (and its body) arrived.
+            time.sleep(self.app.request_delay_s)
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -1151,6 +1162,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.app.paused_queues.discard(name)
         return 200, self.app._queue_json(name)
 
+    def _stand_in_uploads(self, _: dict[str, str]) -> tuple[int, Any]:
+        with self.app._lock:
+            uploads = list(self.app.uploads)
+        return 200, [{"sha1": u.sha1_hex, "status": u.status, "size": u.size_bytes} for u in uploads]
+
     def _restore_trash(self, _: dict[str, str]) -> tuple[int, Any]:
         payload = self._json_body()
         ids = payload.get("ids") if isinstance(payload, dict) else None
@@ -1190,8 +1206,10 @@ class ImmichTestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         store_nothing: bool = True,  # accepted for symmetry with --sink; file bytes are never stored anyway
+        request_delay_s: float = 0.0,  # every request waits this long before its answer (a slower server)
     ) -> None:
         self.api_key = api_key
+        self.request_delay_s = request_delay_s
         self.version = tuple(version)
         self.admin = admin
         self.url = ""
@@ -1523,12 +1541,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sink", action="store_true", help="accepted for compatibility; content is never stored"
     )
+    parser.add_argument(
+        "--delay-ms",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="answer every request N ms after it arrived (uploads: after their body), like a slower server",
+    )
     args = parser.parse_args(argv)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.delay_ms < 0:
+        parser.error("--delay-ms must be >= 0")
     with ImmichTestServer(
-        args.api_key, args.version, not args.non_admin, host=args.host, port=args.port
+        args.api_key,
+        args.version,
+        not args.non_admin,
+        host=args.host,
+        port=args.port,
+        request_delay_s=args.delay_ms / 1000,
     ) as server:
         print(f"READY {server.url}", flush=True)
         while not stop.wait(0.5):

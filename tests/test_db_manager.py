@@ -33,14 +33,17 @@ def scanned(path: str | bytes, size: int = 10, mtime_ns: int = 1, **kw: object) 
 
 
 def test_new_database_is_created_and_migrated(store: Store) -> None:
-    assert store.known_files() == {}
+    assert list(store.iter_known_files()) == []
     assert store.migrate() == []  # applying twice does nothing
 
 
-def test_saved_rows_are_found_by_path_hash_in_one_query(store: Store) -> None:
-    store.save_scanned([scanned("/p/a.jpg"), scanned("/p/b.jpg", size=20)], [])
-    known = store.known_files()
-    assert set(known) == {path_hash(b"/p/a.jpg"), path_hash(b"/p/b.jpg")}
+def test_known_rows_stream_in_path_hash_order_in_one_query(store: Store) -> None:
+    store.save_scanned([scanned("/p/a.jpg"), scanned("/p/b.jpg", size=20), scanned("/p/c.jpg")], [])
+    streamed = list(store.iter_known_files())
+    assert [key for key, _ in streamed] == sorted(
+        path_hash(p) for p in (b"/p/a.jpg", b"/p/b.jpg", b"/p/c.jpg")
+    )
+    known = dict(streamed)
     row = known[path_hash(b"/p/b.jpg")]
     assert row.file_size == 20 and row.upload_status == "pending" and row.fingerprinted and not row.missing
 
@@ -132,7 +135,7 @@ def test_client_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
     try:
         rows = store.rows()
         assert rows[0]["upload_status"] == "success" and rows[0]["hash"] == "c" * 64
-        assert path_hash(b"/old/a.jpg") in store.known_files()
+        assert path_hash(b"/old/a.jpg") in dict(store.iter_known_files())
     finally:
         store.close()
 

@@ -171,10 +171,8 @@ def test_v2_error_bodies_with_message_lists_are_readable(immich: ImmichTestServe
         photo.write_bytes(b"\xff\xd8data")
         result = c.upload(request_for(photo))
         assert result.status == "created"
-        from dataclasses import replace
-
-        c._server = replace(
-            c.server, version=(3, 0, 0)
+        c._server = c.server._replace(
+            version=(3, 0, 0)
         )  # wrongly omit the device fields: the list comes through
         photo.write_bytes(b"\xff\xd8other")
         with pytest.raises(ImmichError, match="deviceAssetId should not be empty"):

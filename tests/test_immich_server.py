@@ -693,6 +693,39 @@ def test_fault_reset_and_delay(server: ImmichTestServer) -> None:
     assert server.uploads == []
 
 
+def test_request_delay_holds_every_answer() -> None:
+    with ImmichTestServer(api_key=KEY, request_delay_s=0.2) as srv:
+        for call in (
+            lambda: requests.get(f"{srv.url}/api/server/ping", timeout=10),
+            lambda: requests.get(f"{srv.url}/api/users/me", timeout=10),  # refused (no key): delayed as well
+            lambda: upload(srv, b"delayed"),
+        ):
+            started = time.monotonic()
+            call()
+            assert time.monotonic() - started >= 0.2
+        assert srv.upload_count() == 1
+    assert srv.errors == []
+
+
+def test_stand_in_uploads_route_lists_what_was_received(server: ImmichTestServer) -> None:
+    assert upload(server, b"first").status_code == 201
+    assert upload(server, b"first").status_code == 200  # the whole body again, a duplicate after it
+    assert upload(server, b"", "empty.jpg").status_code == 400
+    response = requests.get(f"{server.url}/__stand-in__/uploads", timeout=10)  # no key needed
+    assert response.status_code == 200
+    sha1 = hashlib.sha1(b"first").hexdigest()
+    assert response.json() == [
+        {"sha1": sha1, "status": 201, "size": 5},
+        {"sha1": sha1, "status": 200, "size": 5},
+        {"sha1": hashlib.sha1(b"").hexdigest(), "status": 400, "size": 0},
+    ]
+    assert response.json() == [
+        {"sha1": u.sha1_hex, "status": u.status, "size": u.size_bytes} for u in server.uploads
+    ]
+    # Outside /api: the Immich routes are untouched, and nothing under /api answers it.
+    assert requests.get(f"{server.url}/api/__stand-in__/uploads", headers=AUTH, timeout=10).status_code == 404
+
+
 def _raw_request(srv: ImmichTestServer, head: str) -> tuple[int, dict[str, str]]:
     host, port = srv.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
@@ -833,6 +866,36 @@ def test_standalone_process_prints_ready_and_serves() -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
         assert proc.stderr is not None and proc.stderr.read() == ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_standalone_process_delay_ms_and_uploads_route() -> None:
+    command = [sys.executable, str(SERVER_SCRIPT), "--port", "0", "--api-key", KEY, "--delay-ms", "150"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 10)
+        assert ready, "server did not print READY"
+        url = proc.stdout.readline().split()[1]
+        started = time.monotonic()
+        assert requests.get(f"{url}/api/server/ping", timeout=5).status_code == 200
+        assert time.monotonic() - started >= 0.15
+        response = requests.post(
+            f"{url}/api/assets",
+            headers=AUTH,
+            data=DATES,
+            files={"assetData": ("photo.jpg", b"bytes", "application/octet-stream")},
+            timeout=10,
+        )
+        assert response.status_code == 201
+        sha1 = hashlib.sha1(b"bytes").hexdigest()
+        uploads = requests.get(f"{url}/__stand-in__/uploads", timeout=5).json()
+        assert uploads == [{"sha1": sha1, "status": 201, "size": 5}]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

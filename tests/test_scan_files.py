@@ -239,7 +239,7 @@ def test_unreadable_file_is_an_error_row_and_retried_next_scan(
     library.photo("locked.jpg", n=1)
     real = scan_files.fingerprint_file
 
-    def denied(*_args: object) -> None:
+    def denied(*_args: object, **_kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(scan_files, "fingerprint_file", denied)  # root reads everything: simulate a denial
@@ -279,3 +279,46 @@ def test_out_of_range_exif_date_falls_back_and_the_scan_goes_on(env: Env, librar
     row = rows_by_name(env)["far_future.jpg"]
     assert row["date_source"] == "mtime" and row["upload_status"] == "pending"
     assert "out of range" in json.loads(str(row["metadata_info"]))["warnings"][-1]
+
+
+def test_known_index_finds_rows_whose_short_keys_collide() -> None:
+    from db_manager import KnownFile
+    from scan_files import KnownIndex
+
+    same_start = "ab" * 8
+    rows = [
+        ("00" * 32, KnownFile(1, 10, 100, "pending", True, False)),
+        (same_start + "01" * 24, KnownFile(2, 20, 200, "success", True, False)),
+        (same_start + "02" * 24, KnownFile(3, 30, 300, "error", False, True)),
+        ("ff" * 32, KnownFile(4, 40, 400, "duplicate", True, False)),
+    ]
+    index = KnownIndex(rows)
+    for full, row in rows:
+        found = index.find(full)
+        assert found is not None and index.row(found) == row
+    assert index.find(same_start + "03" * 24) is None and index.find("12" * 32) is None
+    index.seen[index.find("00" * 32)] = 1  # type: ignore[index]
+    assert index.unseen_ids() == [2, 4]  # 3 is missing already
+
+
+def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(env: Env, library: Library) -> None:
+    import scan_files as module
+
+    library.photos(90)
+    damaged = bytearray(library.photo("bad/corrupt_exif.jpg", n=200).read_bytes())
+    damaged[30:60] = b"\xff" * 30
+    (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(damaged))
+    env.set(HASH_WORKERS=2)
+    started: list[int] = []
+    real = module.start_process_pool
+    module.start_process_pool = lambda workers: started.append(workers) or real(workers)  # type: ignore[assignment]
+    try:
+        status, summary, _ = scan(env)
+    finally:
+        module.start_process_pool = real  # type: ignore[assignment]
+    assert started == [2] and status == 0 and summary["new"] == 91
+    rows = rows_by_name(env)
+    assert all(len(str(r["hash"])) == 64 and r["sha1"] for r in rows.values())
+    assert json.loads(str(rows["IMG_0042.jpg"]["metadata_info"]))["camera_make"] == "Canon"
+    log_text = env.settings().log_file.read_text()
+    assert "corrupt_exif.jpg: metadata partly unreadable" in log_text  # told by the worker, logged here

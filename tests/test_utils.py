@@ -520,3 +520,75 @@ def test_to_utc_iso_reads_a_naive_time_as_local_time(berlin_time: None) -> None:
 )
 def test_date_from_filename_reads_phone_and_camera_names(name: str, expected: datetime | None) -> None:
     assert date_from_filename(name) == expected
+
+
+# --- the JPEG fast path gives exactly what the general path gives (issue 13) ------------------------------
+
+
+def jpeg_variants(tmp_path: Path) -> list[Path]:
+    """JPEGs as cameras and editors write them: full EXIF, none, progressive, an XMP segment before the EXIF,
+    an embedded thumbnail, odd sizes, a damaged block, a cut file, one with fill bytes between markers."""
+    paths = [write_jpeg(tmp_path / "full.jpg"), write_jpeg(tmp_path / "big.jpg", size=(1201, 799))]
+    plain = tmp_path / "plain.jpg"
+    Image.new("RGB", (33, 17), (1, 2, 3)).save(plain, "JPEG")
+    progressive = tmp_path / "progressive.jpg"
+    Image.open(paths[0]).save(progressive, "JPEG", progressive=True, exif=Image.open(paths[0]).info["exif"])
+    data = paths[0].read_bytes()
+    xmp = b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta/>"
+    with_xmp = tmp_path / "xmp_first.jpg"
+    with_xmp.write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(xmp) + 2) + xmp + data[2:])
+    filled = tmp_path / "fill_bytes.jpg"
+    filled.write_bytes(data[:2] + b"\xff\xff\xff" + data[3:])
+    thumb = tmp_path / "thumbnail.jpg"
+    exif = Image.open(paths[0]).getexif()
+    Image.new("RGB", (400, 300), (9, 9, 9)).save(thumb, "JPEG", exif=exif.tobytes())
+    corrupt = tmp_path / "corrupt.jpg"
+    damaged = bytearray(data)
+    damaged[30:60] = b"\xff" * 30
+    corrupt.write_bytes(bytes(damaged))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(write_jpeg(tmp_path / "cut-source.jpg", size=(600, 400)).read_bytes()[:3000])
+    return [*paths, plain, progressive, with_xmp, filled, thumb, corrupt, cut]
+
+
+def test_jpeg_fast_path_gives_the_same_fields_as_the_general_path(tmp_path: Path) -> None:
+    for path in jpeg_variants(tmp_path):
+        fast = read_image_metadata(path)
+        general = read_image_metadata(path, fast_jpeg=False)
+        if path.name == "fill_bytes.jpg":
+            # Fill bytes before a marker are valid JPEG; ExifRead over the whole file misses the EXIF
+            # behind them, the marker walk does not: more, never less.
+            assert general.info.items() <= fast.info.items() and fast.info["camera_make"] == "Canon"
+            continue
+        assert fast.info == general.info, path.name
+        assert (fast.date_taken, fast.date_source) == (general.date_taken, general.date_source), path.name
+        assert bool(fast.warnings) == bool(general.warnings), path.name
+
+
+def test_jpeg_fast_path_reads_only_the_header(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write_jpeg(tmp_path / "a.jpg", size=(3000, 2000))
+    read_bytes = []
+    real_open = open
+
+    class Counting:
+        def __init__(self, handle: object) -> None:
+            self.handle = handle
+
+        def read(self, n: int = -1) -> bytes:
+            data = self.handle.read(n)  # type: ignore[attr-defined]
+            read_bytes.append(len(data))
+            return data
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.handle, name)
+
+        def __enter__(self) -> Counting:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.handle.close()  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(utils, "open", lambda p, mode="r": Counting(real_open(p, mode)), raising=False)
+    meta = read_image_metadata(path)
+    assert meta.info["width"] == 3000 and meta.info["camera_make"] == "Canon"
+    assert sum(read_bytes) < 2000 < path.stat().st_size  # the header, not the picture
