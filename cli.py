@@ -9,7 +9,8 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any, TextIO
@@ -86,6 +87,14 @@ def base_parser(prog: str, description: str, paths_help: str | None = None) -> a
         "--include-hidden", action="store_true", help="also scan hidden files and NAS junk (INCLUDE_HIDDEN)"
     )
     parser.add_argument("--db-path", metavar="FILE", help="SQLite database file (DB_PATH)")
+    parser.add_argument(
+        "--machine", metavar="NAME", help="this machine's name in a shared database (MACHINE_NAME)"
+    )
+    parser.add_argument(
+        "--shared-library",
+        metavar="NAME",
+        help="the folder is the mount point of shared library NAME (SHARED_LIBRARY)",
+    )
     parser.add_argument("--log-level", metavar="LEVEL", help="log file detail (LOG_LEVEL)")
     parser.add_argument("--time-zone", metavar="ZONE", help="zone of cameras without offsets (TIME_ZONE)")
     parser.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
@@ -149,6 +158,35 @@ def hide_key_from_process_list(key: str) -> None:
         return
     title = " ".join(mask_secret(a) if a == key else a.replace(key, mask_secret(key)) for a in sys.argv)
     setproctitle.setproctitle(title)
+
+
+@contextmanager
+def claims_kept(store: Store, settings: Settings) -> Iterator[None]:
+    """In a shared library, this machine's claims are renewed while it runs (a long upload keeps its
+    file), and what it held and did not finish is released at the end; a killed machine's run out."""
+    if not settings.shared_library:
+        yield
+        return
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(settings.claim_lease_s / 4):
+            try:
+                store.renew_claims(settings.claim_lease_s)
+            except DatabaseError as exc:
+                log.warning("could not renew this machine's claims (%s); trying again", exc)
+
+    keeper = threading.Thread(target=renew, name="claims", daemon=True)
+    keeper.start()
+    try:
+        yield
+    finally:
+        done.set()
+        keeper.join(5)
+        try:
+            store.release_claims()
+        except DatabaseError as exc:
+            log.warning("claims not released (%s): they run out after CLAIM_LEASE", exc)
 
 
 def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
@@ -217,9 +255,12 @@ def run_script(
         if needs_lock and not store.acquire_run_lock():
             raise AlreadyRunning
         migrate_store(store)
-        return int(body(Context(settings, args, store, progress, stdout, stop)))
+        with claims_kept(store, settings):
+            return int(body(Context(settings, args, store, progress, stdout, stop)))
     except AlreadyRunning:
-        progress.message(f"{prog}: another run is in progress on this database; nothing to do")
+        progress.message(
+            f"{prog}: another run is in progress for this machine and these folders; nothing to do"
+        )
         return ExitStatus.OK
     except (ConfigError, DatabaseError, StartError) as exc:
         log.debug("cannot start", exc_info=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
@@ -84,6 +85,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("DB_PASSWORD", "", "MySQL/MariaDB password", secret=True),
     Setting("DB_NAME", "immich_uploader", "MySQL/MariaDB database (created if missing)"),
     Setting("DB_PATH", "immich_uploader.db", "SQLite database file (used when DB_HOST is empty)"),
+    Setting("MACHINE_NAME", "", "This machine's name in a database several machines share; empty = the host name (with SQLite: 'local')"),
+    Setting("SHARED_LIBRARY", "", "Name of the shared library SOURCE_DIR is the mount point of (a NAS share): the same name on every machine"),
+    Setting("CLAIM_LEASE", "600", "Seconds a machine's claim on a shared library's file lasts unless renewed (a dead machine's claims expire)"),
     Setting("IMAGE_EXTENSIONS", DEFAULT_IMAGE_EXTENSIONS, "Image extensions to scan, comma-separated"),
     Setting("VIDEO_EXTENSIONS", DEFAULT_VIDEO_EXTENSIONS, "Video extensions to scan, comma-separated"),
     Setting("INCLUDE_HIDDEN", "false", "Also scan hidden files/folders and NAS junk (@eaDir, #recycle...)"),
@@ -133,6 +137,9 @@ class Settings:
     db_password: str = field(repr=False)
     db_name: str
     db_path: Path
+    machine_name: str
+    shared_library: str
+    claim_lease_s: float
     image_extensions: frozenset[str]
     video_extensions: frozenset[str]
     include_hidden: bool
@@ -173,6 +180,12 @@ class Settings:
     @property
     def backend(self) -> str:
         return "mysql" if self.db_host else "sqlite"
+
+    @property
+    def scope(self) -> str:
+        """Whose rows a run works on: a shared library's ("l:NAME", the same on every machine) or this
+        machine's own ("m:NAME")."""
+        return f"l:{self.shared_library}" if self.shared_library else f"m:{self.machine_name}"
 
     def media_kind(self, extension: str) -> str | None:
         """'image', 'video' or None for a lower-case extension without the dot."""
@@ -326,6 +339,9 @@ def load_settings(
         db_password=raw["DB_PASSWORD"],
         db_name=_db_name(raw["DB_NAME"]),
         db_path=path_of("DB_PATH"),
+        machine_name=_name(raw, "MACHINE_NAME") or (socket.gethostname() if raw["DB_HOST"] else "local"),
+        shared_library=_name(raw, "SHARED_LIBRARY"),
+        claim_lease_s=_float(raw, "CLAIM_LEASE", 5.0, 7 * 86400.0),
         image_extensions=_extensions(split("IMAGE_EXTENSIONS")),
         video_extensions=_extensions(split("VIDEO_EXTENSIONS")),
         include_hidden=_bool(raw, "INCLUDE_HIDDEN"),
@@ -363,6 +379,11 @@ def load_settings(
         env_file=path,
         server_problem=server_problem,
     )
+    if settings.shared_library and len(settings.source_dirs) > 1:
+        raise ConfigError(
+            f"SHARED_LIBRARY: a shared library is one folder (its mount point here), but SOURCE_DIR names "
+            f"{len(settings.source_dirs)}: sync each folder in a run of its own"
+        )
     if settings.since and settings.until and settings.since > settings.until:
         raise ConfigError(
             f"SINCE ({settings.since}) is after UNTIL ({settings.until}): no file could match; swap them"
@@ -470,6 +491,14 @@ def _extensions(items: list[str]) -> frozenset[str]:
     return frozenset(item.lower().lstrip(".") for item in items)
 
 
+def _name(raw: Mapping[str, str], name: str) -> str:
+    """A machine or library name: printable, no separators that could clash in the database's keys."""
+    value = raw[name]
+    if len(value) > 64 or any(not c.isprintable() or c in ":/\\" for c in value):
+        raise ConfigError(f"{name}: {value!r} must be at most 64 printable characters without : / or \\")
+    return value
+
+
 def _db_name(name: str) -> str:
     if not name or not all(c.isalnum() or c in "_$" for c in name):
         raise ConfigError(f"DB_NAME: {name!r} may hold only letters, digits, _ and $")
@@ -494,6 +523,8 @@ def settings_flags(args: Any) -> dict[str, str | None]:
         "IGNORE_PATTERNS": ",".join(ignore) if ignore else None,
         "INCLUDE_HIDDEN": flag("include_hidden"),
         "DB_PATH": flag("db_path"),
+        "MACHINE_NAME": flag("machine"),
+        "SHARED_LIBRARY": flag("shared_library"),
         "LOG_LEVEL": flag("log_level"),
         "UPLOAD_CONCURRENCY": flag("concurrency"),
         "ALBUM": flag("album"),

@@ -7,8 +7,13 @@ backend. Scan writes go in batches, one transaction each; an upload's result com
 because exactly-once depends on it. The schema evolves by named migrations recorded in `schema_migrations`;
 the first is the client's original CREATE TABLE, so a database made by it is upgraded in place.
 
-Rows are keyed by `path_hash`, the SHA-256 of the path's raw bytes: unique however long the path (the
-client's key covered only 768 characters) and whatever its encoding. A path that is not valid UTF-8 is
+Rows belong to a `scope`: a machine's own files ("m:NAME", absolute paths) or a shared library's ("l:NAME",
+paths below its mount point), so several machines share one MariaDB without touching each other's rows;
+each run sees only its scope, except where content is shared knowledge (`assets_for_contents`) and in the
+reports. Within a scope, rows are keyed by `path_hash`, the SHA-256 of the stored path's raw bytes: unique
+however long the path (the client's key covered only 768 characters) and whatever its encoding. Files of a
+shared library are claimed (`claim_rows`, `claim_new_paths`) before a machine hashes or uploads them, with a
+lease on the database server's clock that a dead machine stops renewing. A path that is not valid UTF-8 is
 stored readable in `filepath` (invalid bytes replaced) and exactly, base64-encoded, in `filepath_b64`, so the
 file can be opened again (utils.path_to_text / text_to_path).
 """
@@ -246,6 +251,13 @@ TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("sidecar_sha1", "CHAR(40) NULL", "TEXT"),
 )
 
+# Migration 0006: whose row it is (a machine's, or a shared library's) and which machine holds it now.
+SCOPE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("scope", "VARCHAR(120) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
+    ("claimed_by", "VARCHAR(100) NULL", "TEXT"),
+    ("claim_until", "DATETIME NULL", "TEXT"),
+)
+
 KNOWN_COLUMNS = "path_hash, id, file_size, mtime_ns, upload_status, hash <> '', missing_since IS NOT NULL"
 PENDING_COLUMNS = (
     "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
@@ -267,10 +279,14 @@ class Store:
     backend = "?"
     placeholder = "?"
     backend_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+    now_sql = ""  # the database server's current UTC time: leases run on one clock for every machine
+    ignore_duplicate_sql = ""  # the INSERT suffix that leaves an existing row alone
 
-    def __init__(self) -> None:
+    def __init__(self, scope: str = "m:local", machine: str = "local") -> None:
         self._lock = threading.RLock()
         self._in_transaction = False
+        self.scope = scope  # whose rows this run works on (config.Settings.scope)
+        self.machine = machine
 
     # -- backend hooks
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> Any: ...
@@ -284,6 +300,11 @@ class Store:
     def _migrate_tool_columns(self) -> None: ...
     def acquire_run_lock(self) -> bool: ...
     def release_run_lock(self) -> None: ...
+
+    @contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        yield  # SQLite: the run lock is already the database's one lock
+
     def close(self) -> None: ...
 
     def describe(self) -> str:
@@ -373,6 +394,7 @@ class Store:
             ("0003_album_stack_delete", lambda: self._add_columns(ORGANIZE_COLUMNS)),
             ("0004_tool_state", self._create_state_table),
             ("0005_targets_retries_sidecars", self._migrate_targets),
+            ("0006_machines_and_shared_libraries", self._migrate_scopes),
         ]
 
     def _migrate_targets(self) -> None:
@@ -405,6 +427,22 @@ class Store:
 
         self._transaction(write)
 
+    def _migrate_scopes(self) -> None:
+        """Rows of earlier versions belong to the machine that runs this migration; the unique key becomes
+        (scope, path_hash), so the same path on two machines is two files."""
+        self._add_columns(SCOPE_COLUMNS)
+        self._execute(self.sql("UPDATE media_files SET scope = ? WHERE scope = ''"), (f"m:{self.machine}",))
+        self._execute(
+            self.sql("UPDATE tool_state SET name = ? WHERE name = 'current_target'"),
+            (f"current_target:m:{self.machine}",),
+        )
+        if "scope" not in set(self._column_names("runs")):
+            self._execute("ALTER TABLE runs ADD COLUMN scope VARCHAR(120) NULL")
+        self._execute(self.sql("UPDATE runs SET scope = ? WHERE scope IS NULL"), (f"m:{self.machine}",))
+        self._rekey_by_scope()
+
+    def _rekey_by_scope(self) -> None: ...
+
     def _add_columns(self, columns: Sequence[tuple[str, str, str]]) -> None:
         """ADD COLUMN for each (name, MySQL type, SQLite type) the table lacks: re-runnable."""
         existing = self._columns()
@@ -428,19 +466,21 @@ class Store:
         """Every row as (path_hash, what a rescan compares), in path_hash order and streamed, so a rescan of
         a million files builds its compact index without a million-row list in between."""
         with self._lock:
-            for r in self._stream(f"SELECT {KNOWN_COLUMNS} FROM media_files ORDER BY path_hash"):
+            sql = self.sql(f"SELECT {KNOWN_COLUMNS} FROM media_files WHERE scope = ? ORDER BY path_hash")
+            for r in self._stream(sql, (self.scope,)):
                 yield r[0], KnownFile(r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
 
-    def count_under(self, folder: str) -> int:
-        """Rows present on disk (as last scanned) whose path lies under `folder`."""
-        prefix = folder.rstrip("/") + "/"
+    def count_under(self, folder: str | None) -> int:
+        """Rows of this scope present on disk (as last scanned) whose path lies under `folder` (None: all;
+        a shared library's rows lie under its mount point wherever that is)."""
+        sql = "SELECT COUNT(*) FROM media_files WHERE scope = ? AND missing_since IS NULL"
+        params: list[Any] = [self.scope]
+        if folder is not None:
+            prefix = folder.rstrip("/") + "/"
+            sql += " AND SUBSTR(filepath, 1, ?) = ?"
+            params += [len(prefix), prefix]
         with self._lock:
-            rows = self._query(
-                self.sql(
-                    "SELECT COUNT(*) FROM media_files WHERE missing_since IS NULL AND SUBSTR(filepath, 1, ?) = ?"
-                ),
-                (len(prefix), prefix),
-            )
+            rows = self._query(self.sql(sql), params)
         return int(rows[0][0])
 
     def paths_of(self, ids: Sequence[int]) -> list[tuple[int, str, str | None]]:
@@ -456,7 +496,7 @@ class Store:
         """Insert new rows and update changed ones, in one transaction. A changed file goes back to its
         new status (pending, or error when it could not be read) and keeps its earlier asset id."""
         now = utc_now()
-        columns = ("path_hash", *SCANNED_FIELDS, "created_at", "updated_at")
+        columns = ("scope", "path_hash", *SCANNED_FIELDS, "created_at", "updated_at")
         insert = f"INSERT INTO media_files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         # Same content (a touched file, or a row of the client's own table without mtime): the upload state
         # stays. These two come first: MySQL evaluates SET left to right on the new values.
@@ -469,14 +509,14 @@ class Store:
             f"last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
             f"upload_status = CASE WHEN {same} THEN upload_status ELSE ? END, "
             + ", ".join(f"{c} = ?" for c in kept)
-            + ", missing_since = NULL, updated_at = ? WHERE id = ?"
+            + ", missing_since = NULL, claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
         )
 
         def write() -> None:
             if new:
                 self._executemany(
                     self.sql(insert),
-                    [(path_hash(f.raw_path), *_scanned_values(f), now, now) for f in new],
+                    [(self.scope, path_hash(f.raw_path), *_scanned_values(f), now, now) for f in new],
                 )
             if changed:
                 self._executemany(
@@ -498,6 +538,89 @@ class Store:
                 )
 
         self._transaction(write)
+
+    # -- claims on a shared library's files
+    def _lease_until(self, lease_s: float) -> tuple[str, list[Any]]: ...
+
+    def claim_rows(self, ids: Sequence[int], lease_s: float, waiting_only: bool = True) -> set[int]:
+        """Claim these rows for this machine where no other machine holds a live claim (and, with
+        `waiting_only`, the row still waits for upload); returns the ids won. Nobody else uploads or
+        re-hashes a row while it is held."""
+        won: set[int] = set()
+        until, until_params = self._lease_until(lease_s)
+        for chunk in _chunks(list(ids), BATCH_ROWS):
+            marks = ", ".join("?" * len(chunk))
+            update = self.sql(
+                f"UPDATE media_files SET claimed_by = ?, claim_until = {until} WHERE id IN ({marks}) AND scope = ? "
+                + ("AND upload_status IN ('pending', 'error') " if waiting_only else "")
+                + f"AND (claimed_by IS NULL OR claimed_by = ? OR claim_until < {self.now_sql})"
+            )
+            self._write_one(update, [self.machine, *until_params, *chunk, self.scope, self.machine])
+            with self._lock:
+                rows = self._query(
+                    self.sql(f"SELECT id FROM media_files WHERE id IN ({marks}) AND claimed_by = ?"),
+                    [*chunk, self.machine],
+                )
+            won.update(int(r[0]) for r in rows)
+        return won
+
+    def claim_new_paths(self, files: Sequence[ScannedFile], lease_s: float) -> dict[str, int]:
+        """For files a scan of a shared library found that must be hashed: a claimed placeholder row each
+        (no hash yet) or the expired placeholder of a machine that died. Returns path_hash -> row id of the
+        files this machine won; a file another machine holds is that machine's to hash."""
+        if not files:
+            return {}
+        now = utc_now()
+        until, until_params = self._lease_until(lease_s)
+        keys = [path_hash(f.raw_path) for f in files]
+        columns = ("scope", "path_hash", *SCANNED_FIELDS, "created_at", "updated_at", "claimed_by")
+        insert = self.sql(
+            f"INSERT INTO media_files ({', '.join(columns)}, claim_until) VALUES ({', '.join('?' * len(columns))}, "
+            f"{until}) {self.ignore_duplicate_sql}"
+        )
+        marks = ", ".join("?" * len(keys))
+        take_over = self.sql(
+            f"UPDATE media_files SET claimed_by = ?, claim_until = {until} WHERE scope = ? AND path_hash IN ({marks}) "
+            f"AND hash = '' AND (claimed_by IS NULL OR claimed_by = ? OR claim_until < {self.now_sql})"
+        )
+
+        def write() -> None:
+            self._executemany(
+                insert,
+                [
+                    (self.scope, key, *_scanned_values(f), now, now, self.machine, *until_params)
+                    for key, f in zip(keys, files, strict=True)
+                ],
+            )
+            self._execute(take_over, [self.machine, *until_params, self.scope, *keys, self.machine])
+
+        self._transaction(write)
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    f"SELECT path_hash, id FROM media_files WHERE scope = ? AND path_hash IN ({marks}) "
+                    "AND claimed_by = ? AND hash = ''"
+                ),
+                [self.scope, *keys, self.machine],
+            )
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def renew_claims(self, lease_s: float) -> int:
+        """Extend this machine's claims (a long upload keeps its file); a dead machine's just run out."""
+        until, until_params = self._lease_until(lease_s)
+        return self._write_one(
+            self.sql(f"UPDATE media_files SET claim_until = {until} WHERE claimed_by = ? AND scope = ?"),
+            [*until_params, self.machine, self.scope],
+        )
+
+    def release_claims(self) -> int:
+        """At the end of a run: what this machine claimed and did not finish is free for others at once."""
+        return self._write_one(
+            self.sql(
+                "UPDATE media_files SET claimed_by = NULL, claim_until = NULL WHERE claimed_by = ? AND scope = ?"
+            ),
+            [self.machine, self.scope],
+        )
 
     def set_missing(self, ids: Sequence[int], missing: bool) -> None:
         """Mark rows whose file disappeared (never delete them), or clear the mark when it came back."""
@@ -541,14 +664,14 @@ class Store:
         failed_only: bool,
     ) -> tuple[str | None, list[Any]]:
         if failed_only:
-            where = "upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
-            params: list[Any] = []
+            where = "scope = ? AND upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
+            params: list[Any] = [self.scope]
         else:
             where = (
-                "(upload_status = 'pending' OR (upload_status = 'error' AND "
+                "scope = ? AND (upload_status = 'pending' OR (upload_status = 'error' AND "
                 "(next_attempt_at IS NULL OR next_attempt_at <= ?))) AND hash <> '' AND missing_since IS NULL"
             )
-            params = [utc_now()]
+            params = [self.scope, utc_now()]
         for column, values in (("id", ids), ("path_hash", path_hashes)):
             if values is None:
                 continue
@@ -571,10 +694,10 @@ class Store:
         with self._lock:
             rows = self._query(
                 self.sql(
-                    "SELECT COUNT(*), MIN(next_attempt_at) FROM media_files WHERE upload_status = 'error' "
-                    "AND next_attempt_at > ? AND missing_since IS NULL"
+                    "SELECT COUNT(*), MIN(next_attempt_at) FROM media_files WHERE scope = ? AND "
+                    "upload_status = 'error' AND next_attempt_at > ? AND missing_since IS NULL"
                 ),
-                (utc_now(),),
+                (self.scope, utc_now()),
             )
         count, due = rows[0]
         return int(count or 0), None if due is None else str(due)[:19]
@@ -593,7 +716,7 @@ class Store:
                 "target_id = CASE WHEN ? = 1 THEN ? ELSE target_id END, "
                 "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
                 "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
-                "updated_at = ? WHERE id = ?"
+                "claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
             ),
             (
                 outcome.status,
@@ -622,8 +745,8 @@ class Store:
         sql = self.sql(
             "UPDATE media_files SET upload_status = 'duplicate', immich_asset_id = ?, "
             "api_response = ?, last_error = NULL, error_kind = NULL, next_attempt_at = NULL, "
-            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, updated_at = ? "
-            "WHERE id = ?"
+            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, claimed_by = NULL, "
+            "claim_until = NULL, updated_at = ? WHERE id = ?"
         )
         for chunk in _chunks(found, BATCH_ROWS):
             self._write_many(
@@ -695,8 +818,8 @@ class Store:
     ) -> list[UploadedRow]:
         """Rows some Immich holds (success or duplicate, with a SHA-1), by id after `after_id`: those recorded
         on `on_target`, or those not recorded on `not_on_target` (rows of earlier versions have none)."""
-        where = "id > ? AND upload_status IN ('success', 'duplicate') AND sha1 IS NOT NULL"
-        params: list[Any] = [after_id]
+        where = "id > ? AND scope = ? AND upload_status IN ('success', 'duplicate') AND sha1 IS NOT NULL"
+        params: list[Any] = [after_id, self.scope]
         if on_target is not None:
             where += " AND target_id = ?"
             params.append(on_target)
@@ -750,15 +873,18 @@ class Store:
 
     # -- after upload: albums, stacks, deletion
     def done_files(self) -> list[DoneFile]:
-        """Rows Immich has (success or duplicate, with an asset id) whose file is on disk or was deleted
-        after Immich confirmed it (albums and stacks still count those)."""
+        """Rows of this scope Immich has (success or duplicate, with an asset id) whose file is on disk or
+        was deleted after Immich confirmed it (albums and stacks still count those)."""
         with self._lock:
             rows = self._query(
-                "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
-                "extension, album_name, stack_id, sha1, target_id, media_type, date_taken, metadata_info, "
-                "sidecar_path, sidecar_sha1, deleted_at FROM media_files "
-                "WHERE upload_status IN ('success', 'duplicate') AND immich_asset_id IS NOT NULL "
-                "AND (missing_since IS NULL OR deleted_at IS NOT NULL) ORDER BY id"
+                self.sql(
+                    "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
+                    "extension, album_name, stack_id, sha1, target_id, media_type, date_taken, metadata_info, "
+                    "sidecar_path, sidecar_sha1, deleted_at FROM media_files WHERE scope = ? "
+                    "AND upload_status IN ('success', 'duplicate') AND immich_asset_id IS NOT NULL "
+                    "AND (missing_since IS NULL OR deleted_at IS NOT NULL) ORDER BY id"
+                ),
+                (self.scope,),
             )
         return [DoneFile(*_date_to_text(r, 13)[:17], r[17] is not None) for r in rows]
 
@@ -832,20 +958,23 @@ class Store:
             rows = self._query(
                 self.sql(
                     "SELECT filepath, COALESCE(last_error, ''), upload_attempts, error_kind, next_attempt_at "
-                    "FROM media_files WHERE upload_status = 'error' AND missing_since IS NULL "
+                    "FROM media_files WHERE scope = ? AND upload_status = 'error' AND missing_since IS NULL "
                     "ORDER BY updated_at DESC, id DESC LIMIT ?"
                 ),
-                (limit,),
+                (self.scope, limit),
             )
         return [
             FailedFile(r[0], r[1], int(r[2]), r[3], None if r[4] is None else str(r[4])[:16]) for r in rows
         ]
 
     def retry_errors(self) -> int:
-        """Put failed uploads back to pending, their waits cleared; returns how many."""
+        """Put this scope's failed uploads back to pending, their waits cleared; returns how many."""
         return self._write_one(
-            "UPDATE media_files SET upload_status = 'pending', next_attempt_at = NULL "
-            "WHERE upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
+            self.sql(
+                "UPDATE media_files SET upload_status = 'pending', next_attempt_at = NULL "
+                "WHERE scope = ? AND upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
+            ),
+            (self.scope,),
         )
 
     def row(self, row_id: int) -> dict[str, Any]:
@@ -866,17 +995,19 @@ class Store:
     def record_run(self, kind: str, started_at: str, exit_status: int, summary: dict[str, Any]) -> None:
         self._write_one(
             self.sql(
-                "INSERT INTO runs (kind, started_at, finished_at, exit_status, summary) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO runs (kind, started_at, finished_at, exit_status, summary, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?)"
             ),
-            (kind, started_at, utc_now(), exit_status, json.dumps(summary)),
+            (kind, started_at, utc_now(), exit_status, json.dumps(summary), self.scope),
         )
 
     def last_run(self, kind: str | None = None) -> dict[str, Any] | None:
-        sql = "SELECT kind, started_at, finished_at, exit_status, summary FROM runs"
-        params: tuple[Any, ...] = ()
+        """This scope's last run (of `kind`)."""
+        sql = "SELECT kind, started_at, finished_at, exit_status, summary FROM runs WHERE scope = ?"
+        params: tuple[Any, ...] = (self.scope,)
         if kind:
-            sql += " WHERE kind = ?"
-            params = (kind,)
+            sql += " AND kind = ?"
+            params = (self.scope, kind)
         with self._lock:
             rows = self._query(self.sql(sql + " ORDER BY id DESC LIMIT 1"), params)
         if not rows:
@@ -915,9 +1046,11 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 class SqliteStore(Store):
     backend = "sqlite"
     placeholder = "?"
+    now_sql = "datetime('now')"
+    ignore_duplicate_sql = "ON CONFLICT DO NOTHING"
 
-    def __init__(self, path: Path) -> None:
-        super().__init__()
+    def __init__(self, path: Path, scope: str = "m:local", machine: str = "local") -> None:
+        super().__init__(scope, machine)
         self.path = path
         self._lock_file: Any = None
         try:
@@ -976,9 +1109,21 @@ class SqliteStore(Store):
             self._execute("CREATE INDEX IF NOT EXISTS idx_hash ON media_files (hash)")
             self._execute("CREATE INDEX IF NOT EXISTS idx_status ON media_files (upload_status, date_taken)")
 
+    def _lease_until(self, lease_s: float) -> tuple[str, list[Any]]:
+        return "datetime('now', ?)", [f"+{lease_s:g} seconds"]
+
+    def _rekey_by_scope(self) -> None:
+        self._execute("DROP INDEX IF EXISTS uk_path_hash")
+        self._execute("CREATE UNIQUE INDEX IF NOT EXISTS uk_scope_path ON media_files (scope, path_hash)")
+        self._execute("DROP INDEX IF EXISTS idx_status")
+        self._execute(
+            "CREATE INDEX IF NOT EXISTS idx_scope_status ON media_files (scope, upload_status, date_taken)"
+        )
+        self._execute("CREATE INDEX IF NOT EXISTS idx_claims ON media_files (claimed_by)")
+
     def acquire_run_lock(self) -> bool:
-        """An exclusive flock on a file beside the database: the kernel drops it when the process dies,
-        so a run killed with -9 never blocks the next one."""
+        """An exclusive flock on a file beside the database (SQLite serves one machine, one run at a time):
+        the kernel drops it when the process dies, so a run killed with -9 never blocks the next one."""
         import fcntl
 
         handle = open(f"{self.path}.lock", "a+")  # noqa: SIM115 - held open for the run's lifetime
@@ -1019,9 +1164,11 @@ MYSQL_UNKNOWN_DATABASE = 1049
 class MysqlStore(Store):
     backend = "mysql"
     placeholder = "%s"
+    now_sql = "UTC_TIMESTAMP()"
+    ignore_duplicate_sql = "ON DUPLICATE KEY UPDATE id = id"  # a no-op: INSERT IGNORE would hide other errors
 
     def __init__(self, settings: Settings) -> None:
-        super().__init__()
+        super().__init__(settings.scope, settings.machine_name)
         import pymysql  # only when MySQL is configured
 
         self._pymysql = pymysql
@@ -1185,18 +1332,55 @@ class MysqlStore(Store):
             self._execute("ALTER TABLE media_files ADD INDEX idx_pending (upload_status, date_taken)")
 
     def acquire_run_lock(self) -> bool:
-        """GET_LOCK on a connection of its own: the server frees it when that connection dies."""
+        """GET_LOCK on a connection of its own: the server frees it when that connection dies. One run per
+        machine and scope: other machines, and this machine's other folders, run beside it."""
         self._lock_conn = self._connect()
         with self._lock_conn.cursor() as cur:
             # An idle connection is dropped after wait_timeout (8 h by default), freeing the lock under a
             # long first upload; this one must live as long as the run.
             cur.execute("SET SESSION wait_timeout = 31536000")
-            cur.execute("SELECT GET_LOCK(%s, 0)", (f"immich_uploader.{self.settings.db_name}",))
+            cur.execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(f"run {self.scope} {self.machine}"),))
             got = cur.fetchone()[0] == 1
         if not got:
             self._lock_conn.close()
             self._lock_conn = None
         return got
+
+    def _lock_name(self, what: str) -> str:
+        # Lock names are limited to 64 characters: a digest of the database and what is locked.
+        return "immich_uploader." + hashlib.sha1(f"{self.settings.db_name} {what}".encode()).hexdigest()
+
+    @contextmanager
+    def migration_lock(self) -> Iterator[None]:
+        """Machines upgrading the same database at once take turns."""
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT GET_LOCK(%s, 300)", (self._lock_name("migrate"),))
+                if cur.fetchone()[0] != 1:
+                    raise DatabaseError("another machine has been upgrading the database for 5 minutes")
+            yield
+        finally:
+            conn.close()
+
+    def _lease_until(self, lease_s: float) -> tuple[str, list[Any]]:
+        return "UTC_TIMESTAMP() + INTERVAL ? SECOND", [int(lease_s)]
+
+    def _rekey_by_scope(self) -> None:
+        # DDL commits implicitly; each step checks first, so a run cut short re-runs cleanly.
+        indexes = self._indexes()
+        if "uk_scope_path" not in indexes:
+            self._execute("ALTER TABLE media_files ADD UNIQUE KEY uk_scope_path (scope, path_hash)")
+        if "uk_path_hash" in indexes:
+            self._execute("ALTER TABLE media_files DROP INDEX uk_path_hash")
+        if "idx_scope_pending" not in indexes:
+            self._execute(
+                "ALTER TABLE media_files ADD INDEX idx_scope_pending (scope, upload_status, date_taken)"
+            )
+        if "idx_pending" in indexes:
+            self._execute("ALTER TABLE media_files DROP INDEX idx_pending")
+        if "idx_claims" not in indexes:
+            self._execute("ALTER TABLE media_files ADD INDEX idx_claims (claimed_by)")
 
     def release_run_lock(self) -> None:
         if self._lock_conn is not None:

@@ -11,12 +11,51 @@ import json
 import os
 import re
 from datetime import date
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from config import JUNK_NAMES, Settings
+from config import JUNK_NAMES, ConfigError, Settings
+from utils import text_to_path
 
 # One compiled pattern: an fnmatch call per junk name per file cost 13% of a rescan.
 JUNK = re.compile("|".join(fnmatch.translate(name) for name in JUNK_NAMES).encode())
+
+
+class RunScope(NamedTuple):
+    """Whose rows a run works on, and where their files are on this machine. This machine's own rows
+    (`m:NAME`) store absolute paths. A shared library's rows (`l:NAME`, the same on every machine that
+    mounts the share) store the path below its mount point, so each machine finds them under its own
+    mount point, and a mount point that moves is no new library."""
+
+    key: str
+    machine: str
+    root: bytes | None  # a shared library's mount point here, without a trailing /
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunScope:
+        if not settings.shared_library:
+            return cls(settings.scope, settings.machine_name, None)
+        if not settings.source_dirs:
+            raise ConfigError("SHARED_LIBRARY needs SOURCE_DIR: the library's mount point on this machine")
+        return cls(settings.scope, settings.machine_name, os.fsencode(settings.source_dirs[0]).rstrip(b"/"))
+
+    @property
+    def shared(self) -> bool:
+        return self.root is not None
+
+    def stored(self, raw: bytes) -> bytes:
+        """A file's path as its row stores it."""
+        if self.root is None:
+            return raw
+        if not raw.startswith(self.root + b"/"):
+            raise ValueError(f"{os.fsdecode(raw)} is not in the shared library at {os.fsdecode(self.root)}")
+        return raw[len(self.root) + 1 :]
+
+    def local(self, stored: bytes) -> bytes:
+        """The file a stored path names, on this machine."""
+        return stored if self.root is None else self.root + b"/" + stored
+
+    def path_of(self, filepath: str, filepath_b64: str | None) -> bytes:
+        return self.local(text_to_path(filepath, filepath_b64))
 
 
 class DatedRow(Protocol):
@@ -72,9 +111,9 @@ def taken_day(row: DatedRow) -> date | None:
     return date.fromisoformat(str(row.date_taken)[:10]) if row.date_taken else None
 
 
-def wanted(row: DatedRow, settings: Settings) -> bool:
+def wanted(row: DatedRow, settings: Settings, path: str | None = None) -> bool:
     """The --since/--until/--include/--exclude/--only-* filters; rows left out stay pending (and are
-    never deleted by this run)."""
+    never deleted by this run). Globs match `path` (the file's path here), else the stored one."""
     if settings.only and row.media_type != settings.only.rstrip("s"):
         return False
     if settings.since or settings.until:
@@ -85,6 +124,7 @@ def wanted(row: DatedRow, settings: Settings) -> bool:
             or (settings.until and day > settings.until)
         ):
             return False
-    if settings.include and not any(fnmatch.fnmatch(row.filepath, p) for p in settings.include):
+    path = row.filepath if path is None else path
+    if settings.include and not any(fnmatch.fnmatch(path, p) for p in settings.include):
         return False
-    return not any(fnmatch.fnmatch(row.filepath, p) for p in settings.exclude)
+    return not any(fnmatch.fnmatch(path, p) for p in settings.exclude)

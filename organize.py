@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 
 from config import RAW_EXTENSIONS, Settings
 from db_manager import DoneFile, Store
-from filters import in_sources, wanted
+from filters import RunScope, in_sources, wanted
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from utils import fingerprint_file, format_bytes, text_to_path
+from utils import fingerprint_file, format_bytes
 
 log = get_logger("organize")
 
@@ -63,7 +63,9 @@ def album_for(file: DoneFile, settings: Settings) -> str | None:
         return None
     folder = os.path.dirname(file.filepath)
     if settings.album_from == "folder":
-        return os.path.basename(folder) or None
+        return os.path.basename(folder) or settings.shared_library or None
+    if settings.shared_library:  # its rows hold the path below the mount point already
+        return " / ".join(folder.split("/")) if folder else settings.shared_library
     for root in settings.source_dirs:
         root_text = str(root).rstrip("/")
         if folder == root_text:
@@ -165,11 +167,11 @@ def sidecar_claimants(sidecar: bytes, leaving: bytes) -> list[bytes]:
     return claimants
 
 
-def deletable_sidecar(file: DoneFile, raw: bytes) -> bytes | None:
+def deletable_sidecar(file: DoneFile, raw: bytes, scope: RunScope) -> bytes | None:
     """The sidecar that went up with this file, if it is still that very file and nothing else claims it."""
     if not file.sidecar_path or not file.sidecar_sha1:
         return None  # none was sent (a duplicate, or written after the upload): it stays
-    sidecar = file.sidecar_path.encode("utf-8")
+    sidecar = scope.local(file.sidecar_path.encode("utf-8"))
     if os.path.dirname(sidecar) != os.path.dirname(raw):
         return None
     try:
@@ -189,15 +191,18 @@ class StackPartners:
     """Files on disk that would be stacked with a given file (its RAW or JPEG, its burst): deletion
     waits until they are all in Immich and stacked with it."""
 
-    def __init__(self, settings: Settings, done: list[DoneFile]) -> None:
+    def __init__(self, settings: Settings, done: list[DoneFile], scope: RunScope) -> None:
         self.settings = settings
+        self.scope = scope
         self.by_path = {f.filepath: f for f in done}
         self._listings: dict[str, list[str]] = {}
 
     def _names(self, folder: str) -> list[str]:
+        """The names in a folder (given as its rows store it), read once."""
         if folder not in self._listings:
             try:
-                self._listings[folder] = os.listdir(folder or ".")
+                where = self.scope.local(os.fsencode(folder)) if folder else self.scope.root or b"."
+                self._listings[folder] = [os.fsdecode(name) for name in os.listdir(where)]
             except OSError:
                 self._listings[folder] = []
         return self._listings[folder]
@@ -237,12 +242,12 @@ class StackPartners:
 
 
 def deletion_candidates(
-    files: list[DoneFile], settings: Settings, target_id: int, steps_done: bool
+    files: list[DoneFile], settings: Settings, target_id: int, steps_done: bool, scope: RunScope
 ) -> tuple[list[DoneFile], Counter[str]]:
     """Files this run may delete, and why others were kept. Outside the run's sources or filters a file
     is simply not this run's business; inside, each reason to keep it is counted (and logged)."""
     allowed = {"success", "duplicate"} if settings.delete_duplicates else {"success"}
-    partners = StackPartners(settings, files)
+    partners = StackPartners(settings, files, scope)
     candidates: list[DoneFile] = []
     kept: Counter[str] = Counter()
 
@@ -253,8 +258,8 @@ def deletion_candidates(
     for file in files:
         if file.deleted or file.upload_status not in allowed:
             continue
-        raw = text_to_path(file.filepath, file.filepath_b64)
-        if not in_sources(raw, settings) or not wanted(file, settings):
+        raw = scope.path_of(file.filepath, file.filepath_b64)
+        if not in_sources(raw, settings) or not wanted(file, settings, os.fsdecode(raw)):
             continue
         if file.target_id != target_id or not file.sha1:
             keep(file, "recorded on another Immich server or user")
@@ -303,7 +308,8 @@ def delete_uploaded(
     """Delete local files under the rule in this module's docstring: uploads, and with DELETE_DUPLICATES
     files Immich already had. With `dry_run`, everything is checked and nothing deleted."""
     summary = OrganizeSummary()
-    candidates, summary.kept = deletion_candidates(files, settings, target_id, steps_done=dry_run)
+    scope = RunScope.of(settings)
+    candidates, summary.kept = deletion_candidates(files, settings, target_id, dry_run, scope)
     if not candidates:
         return summary
     # A first word from the server, so the run can say how much it is about to delete.
@@ -330,7 +336,7 @@ def delete_uploaded(
         for file in chunk:
             if stop.is_set():
                 break
-            raw = text_to_path(file.filepath, file.filepath_b64)
+            raw = scope.path_of(file.filepath, file.filepath_b64)
             try:
                 before = os.stat(raw)
                 fp = fingerprint_file(raw, settings.hash_chunk_size)
@@ -368,7 +374,7 @@ def delete_uploaded(
             if dry_run:
                 summary.would_delete.append((file.filepath, file.file_size))
                 continue
-            sidecar = deletable_sidecar(file, raw)
+            sidecar = deletable_sidecar(file, raw, scope)
             log.info("deleting %s (in Immich as asset %s, SHA-1 %s)", file.filepath, file.asset_id, sha1)
             try:
                 os.remove(raw)

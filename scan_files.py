@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, ClassVar, NamedTuple, TextIO
 from cli import Context, ExitStatus, base_parser, run_script
 from config import Settings
 from db_manager import STATUSES, KnownFile, ScannedFile, Store, path_hash, utc_now
-from filters import JUNK, is_ignored
+from filters import JUNK, RunScope, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
@@ -43,7 +43,6 @@ from utils import (
     is_transport_stream,
     path_to_text,
     read_metadata,
-    text_to_path,
 )
 
 if TYPE_CHECKING:
@@ -52,15 +51,21 @@ if TYPE_CHECKING:
 log = get_logger("scan")
 
 SAVE_EVERY_FILES = 500
+CLAIM_BATCH = 64
 SAVE_EVERY_S = 2.0
 
 
 class FoundFile(NamedTuple):
-    raw_path: bytes
+    raw_path: bytes  # where the file is on this machine
     size_bytes: int
     mtime_ns: int
     extension: str
     media_type: str
+    stored_path: bytes = b""  # its path as its row stores it, when that differs (filters.RunScope)
+
+    @property
+    def key_path(self) -> bytes:
+        return self.stored_path or self.raw_path
 
 
 @dataclass
@@ -71,6 +76,7 @@ class ScanSummary:
     unchanged: int = 0
     missing: int = 0
     skipped: int = 0
+    elsewhere: int = 0  # a shared library's files another machine was hashing
     errors: int = 0
     unavailable: list[str] = field(default_factory=list)  # source folders missing or empty (not mounted?)
     bytes_hashed: int = 0
@@ -85,11 +91,15 @@ class ScanSummary:
 
 
 def walk_media(
-    settings: Settings, on_problem: Callable[[bytes, str], None], roots: Sequence[Path] | None = None
+    settings: Settings,
+    on_problem: Callable[[bytes, str], None],
+    roots: Sequence[Path] | None = None,
+    scope: RunScope | None = None,
 ) -> Iterator[FoundFile]:
     """Every media file under the source folders (or `roots`). Symlinked files are followed, symlinked
     folders are not (no loops, no double counting); unreadable folders and dangling links are reported and
-    passed over."""
+    passed over. In a shared library each file carries its path below the mount point too."""
+    shared = scope is not None and scope.shared
     junk = JUNK
     ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
     for root in settings.source_dirs if roots is None else roots:
@@ -137,15 +147,16 @@ def walk_media(
                         "not a regular file: %s", display_path(entry.path)
                     )  # a FIFO would block the read
                     continue
-                yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type)
+                stored = scope.stored(entry.path) if shared else b""  # type: ignore[union-attr]
+                yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type, stored)
 
 
 def bare_row(found: FoundFile) -> ScannedFile:
-    """The row of a found file before anything is read from it."""
-    text, b64 = path_to_text(found.raw_path)
+    """The row of a found file before anything is read from it (its path as the row stores it)."""
+    text, b64 = path_to_text(found.key_path)
     directory, _, filename = text.rpartition("/")
     return ScannedFile(
-        raw_path=found.raw_path,
+        raw_path=found.key_path,
         filepath=text,
         filepath_b64=b64,
         filename=filename,
@@ -252,11 +263,11 @@ class _SaveBatch:
             self.ready.append(key)
         self.save_if_due()
 
-    def add(self, row: KnownFile | None, scanned: ScannedFile) -> None:
-        if row is None:
+    def add(self, row_id: int | None, scanned: ScannedFile) -> None:
+        if row_id is None:
             self.new.append(scanned)
         else:
-            self.changed.append((row.id, scanned))
+            self.changed.append((row_id, scanned))
         if scanned.upload_status == "pending":
             self.ready.append(path_hash(scanned.raw_path))
 
@@ -343,7 +354,15 @@ class KnownIndex:
         return [ids[i] for i in range(len(ids)) if not seen[i] and not flags[i] & missing]
 
 
-Job = tuple[list[tuple[FoundFile, "int | None"]], "Future[list[ScannedFile | OSError]]"]
+class Work(NamedTuple):
+    """Where a described file goes: its place in the KnownIndex (None: not known before this scan) and
+    the row it is written to (None: a new row; a shared library's new file already has its claimed one)."""
+
+    index: int | None
+    row_id: int | None
+
+
+Job = tuple[list[tuple[FoundFile, Work]], "Future[list[ScannedFile | OSError]]"]
 
 
 def describe_many(
@@ -379,12 +398,12 @@ class Describer:
         self._threads: Executor | None = None
         self._processes: Executor | None = None
         self._processes_failed = False
-        self._batch: list[tuple[FoundFile, int | None]] = []
+        self._batch: list[tuple[FoundFile, Work]] = []
         self._batch_bytes = 0
 
-    def add(self, found: FoundFile, index: int | None) -> Job | None:
+    def add(self, found: FoundFile, work: Work) -> Job | None:
         """Queue a file; returns a job when a batch was sent off."""
-        self._batch.append((found, index))
+        self._batch.append((found, work))
         self._batch_bytes += found.size_bytes
         self.submitted += 1
         pool = self._pool()
@@ -464,8 +483,10 @@ class Scanner:
         stop: threading.Event,
         confirm_empty: bool = False,
         from_menu: bool = False,
+        scope: RunScope | None = None,
     ) -> None:
         self.settings = settings
+        self.scope = scope or RunScope.of(settings)
         self.store = store
         self.progress = progress
         self.stop = stop
@@ -494,7 +515,7 @@ class Scanner:
             if not empty:
                 roots.append(root)
                 continue
-            recorded = self.store.count_under(str(root))
+            recorded = self.store.count_under(None if self.scope.shared else str(root))
             if recorded and not self.confirm_empty:
                 state = "does not exist" if missing else "is empty"
                 self._unavailable(
@@ -534,12 +555,21 @@ class Scanner:
         read_ahead = max(64, describer.workers * 2 * Describer.BATCH_FILES)
         bytes_to_hash = 0
         unchanged_since_shown = 0
+        to_claim: list[tuple[FoundFile, int | None]] = []  # a shared library's files, claimed in batches
+
+        def submit(found: FoundFile, work: Work) -> None:
+            nonlocal waiting
+            waiting += 1
+            job = describer.add(found, work)
+            if job is not None:
+                in_flight.append(job)
+
         self.progress.start("scan")
         try:
-            for found in walk_media(self.settings, self._problem, roots):
+            for found in walk_media(self.settings, self._problem, roots, self.scope):
                 if self.stop.is_set():
                     break
-                key = path_hash(found.raw_path)
+                key = path_hash(found.key_path)
                 summary.found += 1
                 index = known.find(key)
                 if index is not None:
@@ -553,13 +583,19 @@ class Scanner:
                             unchanged_since_shown = 0
                         continue
                 bytes_to_hash += found.size_bytes
-                waiting += 1
-                job = describer.add(found, index)
-                if job is not None:
-                    in_flight.append(job)
+                if self.scope.shared:
+                    to_claim.append((found, index))
+                    if len(to_claim) >= CLAIM_BATCH:
+                        for claimed in self._claim(to_claim, known):
+                            submit(*claimed)
+                        to_claim = []
+                else:
+                    submit(found, Work(index, None if index is None else known.ids[index]))
                 # Bounded read-ahead keeps memory flat however many files are waiting.
                 while waiting > read_ahead and in_flight:
                     waiting -= self._collect_job(in_flight.popleft(), known, batch)
+            for claimed in self._claim(to_claim, known):
+                submit(*claimed)
             self.progress.advance(unchanged_since_shown, 0)
             self.progress.set_total(summary.found, bytes_to_hash)
             job = describer.flush()
@@ -576,29 +612,49 @@ class Scanner:
         summary.elapsed_s = time.monotonic() - started
         return summary
 
+    def _claim(
+        self, files: list[tuple[FoundFile, int | None]], known: KnownIndex
+    ) -> list[tuple[FoundFile, Work]]:
+        """In a shared library, the files this machine may hash: new files get a claimed placeholder row,
+        changed ones a claim on theirs. A file another machine holds is passed over (it hashes it)."""
+        lease = self.settings.claim_lease_s
+        new = [found for found, index in files if index is None]
+        won_new = self.store.claim_new_paths([bare_row(found) for found in new], lease)
+        won_ids = self.store.claim_rows(
+            [known.ids[index] for _, index in files if index is not None], lease, waiting_only=False
+        )
+        mine: list[tuple[FoundFile, Work]] = []
+        for found, index in files:
+            row_id = won_new.get(path_hash(found.key_path)) if index is None else known.ids[index]
+            if row_id is None or (index is not None and row_id not in won_ids):
+                self.summary.elsewhere += 1
+                self.progress.advance(1, found.size_bytes)
+                continue
+            mine.append((found, Work(index, row_id)))
+        return mine
+
     def _collect_job(self, job: Job, known: KnownIndex, batch: _SaveBatch) -> int:
         """Record a described batch in walk order; returns how many files it held."""
         items, future = job
-        for (found, index), result in zip(items, future.result(), strict=True):
-            self._collect(found, index, result, known, batch)
+        for (found, work), result in zip(items, future.result(), strict=True):
+            self._collect(found, work, result, known, batch)
         return len(items)
 
     def _collect(
         self,
         found: FoundFile,
-        index: int | None,
+        work: Work,
         result: ScannedFile | OSError,
         known: KnownIndex,
         batch: _SaveBatch,
     ) -> None:
-        scanned = self._result(found, index, result, known)
-        row = None if index is None else known.row(index)
+        scanned = self._result(found, work.index, result, known)
         if scanned is not None:
-            if row is None:
+            if work.index is None:
                 self.summary.new += 1
             else:
                 self.summary.changed += 1
-            batch.add(row, scanned)
+            batch.add(work.row_id, scanned)
             if scanned.warnings:
                 log.warning(
                     "%s: metadata partly unreadable: %s",
@@ -617,7 +673,7 @@ class Scanner:
                 self.progress.file_status("skipped", scanned.filepath, scanned.last_error or "")
             else:
                 self.summary.bytes_hashed += scanned.file_size
-                status = "new" if row is None else "changed"
+                status = "new" if work.index is None else "changed"
                 self.progress.file_status(status, scanned.filepath, media_detail(scanned.metadata_info))
         self.progress.advance(1, found.size_bytes)
         batch.save_if_due()
@@ -649,7 +705,7 @@ class Scanner:
         gone = [
             row_id
             for row_id, filepath, filepath_b64 in self.store.paths_of(unseen)
-            if text_to_path(filepath, filepath_b64).startswith(roots)
+            if self.scope.path_of(filepath, filepath_b64).startswith(roots)
         ]
         if gone:
             self.store.set_missing(gone, missing=True)
@@ -665,6 +721,7 @@ def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]
         ("unchanged", str(summary.unchanged)),
         ("missing", str(summary.missing)),
         *([("skipped", str(summary.skipped))] if summary.skipped else []),
+        *([("hashed elsewhere", f"{summary.elsewhere} (by another machine)")] if summary.elsewhere else []),
         errors_row(summary.errors, log_file),
         ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),

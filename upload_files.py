@@ -30,7 +30,7 @@ from typing import TextIO
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import Settings
 from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome, utc_now
-from filters import in_sources, wanted
+from filters import RunScope, in_sources, wanted
 from immich_client import (
     BULK_CHECK_BATCH,
     ApiKeyRefused,
@@ -55,7 +55,6 @@ from utils import (
     path_to_text,
     plural,
     sidecar_for,
-    text_to_path,
     to_utc_iso,
 )
 
@@ -102,6 +101,7 @@ class UploadSummary:
     stacks_created: int = 0
     deleted: int = 0
     server_problem: str = ""  # why the run stopped early (the server went away, too many errors)
+    elsewhere: int = 0  # a shared library's files another machine holds
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
@@ -146,7 +146,8 @@ def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
     goes back to pending and is sent. Going back to an earlier server re-checks the same way and sends
     only what it lacks."""
     target = store.target_id(user.identity, client.base_url, user.email)
-    if store.get_state(TARGET_STATE) == str(target):
+    state = f"{TARGET_STATE}:{store.scope}"  # each machine (and shared library) moves on its own
+    if store.get_state(state) == str(target):
         return target
     held_total, sent_again = 0, 0
     after = 0
@@ -176,7 +177,7 @@ def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
         )  # fmt: skip
     elif held_total:
         log.info("%d files re-checked on %s: all there", held_total, client.base_url)
-    store.set_state(TARGET_STATE, str(target))
+    store.set_state(state, str(target))
     return target
 
 
@@ -196,14 +197,14 @@ def modified_at(row: PendingUpload) -> str:
 
 
 def chosen_rows(
-    store: Store, settings: Settings, limit: int | None, failed_only: bool
+    store: Store, settings: Settings, limit: int | None, failed_only: bool, scope: RunScope
 ) -> tuple[array[int], int]:
     """The ids (in upload order) and total size of the rows this run uploads, streamed from the database:
     a million pending files cost an array of ids here, not a million row objects."""
     ids: array[int] = array("q")
     total = 0
     for row in store.iter_pending_uploads(failed_only):
-        if select([row], settings):
+        if select([row], settings, scope=scope):
             ids.append(row.id)
             total += row.file_size
             if limit is not None and len(ids) >= limit:
@@ -211,12 +212,18 @@ def chosen_rows(
     return ids, total
 
 
-def select(rows: list[PendingUpload], settings: Settings, limit: int | None = None) -> list[PendingUpload]:
+def select(
+    rows: list[PendingUpload], settings: Settings, limit: int | None = None, scope: RunScope | None = None
+) -> list[PendingUpload]:
     """The rows this run uploads: the filters, and the folders named on the command line (upload_files.py
     DIR… or --source-dir: without them every pending row goes, wherever it was scanned)."""
-    chosen = [row for row in rows if wanted(row, settings)]
-    if settings.sources.get("SOURCE_DIR") == "command line":
-        chosen = [r for r in chosen if in_sources(text_to_path(r.filepath, r.filepath_b64), settings)]
+    scope = scope or RunScope.of(settings)
+    by_folder = settings.sources.get("SOURCE_DIR") == "command line" and not scope.shared
+    chosen = []
+    for row in rows:
+        path = scope.path_of(row.filepath, row.filepath_b64)
+        if wanted(row, settings, os.fsdecode(path)) and (not by_folder or in_sources(path, settings)):
+            chosen.append(row)
     return chosen if limit is None else chosen[:limit]
 
 
@@ -229,8 +236,10 @@ class Uploader:
         progress: ProgressTracker,
         stop: threading.Event,
         target_id: int,
+        scope: RunScope | None = None,
     ) -> None:
         self.settings = settings
+        self.scope = scope or RunScope.of(settings)
         self.store = store
         self.client = client
         self.progress = progress
@@ -271,9 +280,14 @@ class Uploader:
     # -- feeding
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
-        rows = select(rows, self.settings)
+        rows = select(rows, self.settings, scope=self.scope)
         if self.halted or not rows:
             return
+        if self.scope.shared:
+            # Several machines sync this library: each file is sent by the one that claimed it.
+            won = self.store.claim_rows([r.id for r in rows], self.settings.claim_lease_s)
+            self.summary.elsewhere += len(rows) - len(won)
+            rows = [r for r in rows if r.id in won]
         self.fed[0] += len(rows)
         self.fed[1] += sum(r.file_size for r in rows)
         try:
@@ -366,7 +380,7 @@ class Uploader:
 
     def _recheck(self, row: PendingUpload) -> PendingUpload | None:
         """The row as it is on disk now: re-hashed if the file changed since its scan, None if it vanished."""
-        raw = text_to_path(row.filepath, row.filepath_b64)
+        raw = self.scope.path_of(row.filepath, row.filepath_b64)
         try:
             st = os.stat(raw)
         except FileNotFoundError:
@@ -387,6 +401,7 @@ class Uploader:
                     st.st_mtime_ns,
                     row.extension,
                     row.media_type or self.settings.media_kind(row.extension) or "image",
+                    self.scope.stored(raw) if self.scope.shared else b"",
                 ),
                 self.settings.hash_chunk_size,
                 self.settings.time_zone,
@@ -466,7 +481,7 @@ class Uploader:
             self.stop.set()
 
     def _upload_one(self, row: PendingUpload) -> None:
-        raw = text_to_path(row.filepath, row.filepath_b64)
+        raw = self.scope.path_of(row.filepath, row.filepath_b64)
         sidecar = sidecar_for(raw)
         if sidecar is not None and os.path.getsize(sidecar) == 0:
             log.info("%s: its sidecar is empty; sent without it", row.filepath)  # Immich refuses empty parts
@@ -499,7 +514,11 @@ class Uploader:
         with self._lock:
             self._consecutive_errors = 0
         status = "success" if result.status == "created" else "duplicate"
-        sidecar_text = path_to_text(sidecar)[0] if sidecar is not None and result.sidecar_sha1 else None
+        sidecar_text = (
+            path_to_text(self.scope.stored(sidecar))[0]
+            if sidecar is not None and result.sidecar_sha1
+            else None
+        )
         self._record(
             row,
             UploadOutcome(
@@ -813,8 +832,9 @@ def run_upload(ctx: Context) -> ExitStatus:
                 return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
             if report.trashed or report.lost:
                 verify_status = ExitStatus.FILES_FAILED
-        ids, total_bytes = chosen_rows(ctx.store, ctx.settings, ctx.args.limit, ctx.args.retry_errors)
-        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
+        scope = RunScope.of(ctx.settings)
+        ids, total_bytes = chosen_rows(ctx.store, ctx.settings, ctx.args.limit, ctx.args.retry_errors, scope)
+        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, scope)
         with server_jobs_paused(client, ctx.store, ctx.settings):
             ctx.progress.start("upload", len(ids), total_bytes, unit="bytes")
             uploader.start()

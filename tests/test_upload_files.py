@@ -521,7 +521,7 @@ def test_rows_of_an_earlier_version_are_checked_once_against_the_server(
     try:
         # What a database written before this version looks like: no target, no record of the last one.
         store._write_one("UPDATE media_files SET target_id = NULL")
-        store.set_state("current_target", None)
+        store.set_state(f"current_target:{store.scope}", None)
     finally:
         store.close()
     lost = immich.asset_by_sha1(hashlib.sha1(paths[1].read_bytes()).hexdigest())
