@@ -23,8 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +43,7 @@ STATUSES = ("pending", "success", "duplicate", "error", "skipped")
 DONE_STATUSES = ("success", "duplicate")
 API_RESPONSE_MAX_CHARS = 4000
 BATCH_ROWS = 1000
+CONFLICT_RETRIES = 5
 STREAM_ROWS = 5000
 
 
@@ -337,24 +340,36 @@ class Store:
     def _reconnect(self) -> None: ...
 
     def _transaction(self, work: Callable[[], Any]) -> Any:
-        """Run `work` in one transaction; one lost to a dropped connection is replayed once on a new one
-        (the server rolled it back, so replaying cannot write anything twice)."""
+        """Run `work` in one transaction. One lost to a dropped connection is replayed once on a new one,
+        one that lost a deadlock to another machine a few times after a short random wait (the server
+        rolled it back either way, so replaying cannot write anything twice)."""
         with self._lock:
-            try:
-                with self.atomic():
-                    return work()
-            except self.backend_errors as exc:
-                if self._in_transaction:
-                    raise
-                if not self._is_lost(exc):
-                    raise DatabaseError(f"the {self.backend} database failed: {exc}") from exc
-                log.warning("database connection lost (%s); reconnecting and retrying once", exc)
-                self._reconnect()
+            conflicts = 0
+            while True:
                 try:
                     with self.atomic():
                         return work()
-                except self.backend_errors as again:
-                    raise DatabaseError(f"the {self.backend} database failed: {again}") from again
+                except self.backend_errors as exc:
+                    if self._in_transaction:
+                        raise
+                    if self._is_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                        conflicts += 1
+                        log.debug("transaction lost to another machine's (%s); again (%d)", exc, conflicts)
+                        time.sleep(random.uniform(0.01, 0.05) * conflicts)
+                        continue
+                    if not self._is_lost(exc):
+                        raise DatabaseError(f"the {self.backend} database failed: {exc}") from exc
+                    log.warning("database connection lost (%s); reconnecting and retrying once", exc)
+                    self._reconnect()
+                    try:
+                        with self.atomic():
+                            return work()
+                    except self.backend_errors as again:
+                        raise DatabaseError(f"the {self.backend} database failed: {again}") from again
+
+    def _is_conflict(self, exc: Exception) -> bool:
+        """A deadlock or lock wait lost to another writer: worth trying again."""
+        return False
 
     def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
         return int(self._transaction(lambda: self._execute(sql, params)))
@@ -572,6 +587,7 @@ class Store:
             return {}
         now = utc_now()
         until, until_params = self._lease_until(lease_s)
+        files = sorted(files, key=lambda f: path_hash(f.raw_path))  # one lock order for every machine
         keys = [path_hash(f.raw_path) for f in files]
         columns = ("scope", "path_hash", *SCANNED_FIELDS, "created_at", "updated_at", "claimed_by")
         insert = self.sql(
@@ -740,19 +756,22 @@ class Store:
         )
 
     def record_duplicates(self, found: Sequence[tuple[int, str, str]], target_id: int | None = None) -> None:
-        """(row id, asset id, why) for files the server already has: one transaction per batch."""
+        """(row id, asset id, why) for files the server already has: one transaction per batch. Only rows
+        still waiting are written, and none another machine holds: in a shared library the machine that
+        sent a file has recorded it already."""
         now = utc_now()
         sql = self.sql(
             "UPDATE media_files SET upload_status = 'duplicate', immich_asset_id = ?, "
             "api_response = ?, last_error = NULL, error_kind = NULL, next_attempt_at = NULL, "
             "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, claimed_by = NULL, "
-            "claim_until = NULL, updated_at = ? WHERE id = ?"
+            "claim_until = NULL, updated_at = ? WHERE id = ? AND upload_status IN ('pending', 'error') "
+            f"AND (claimed_by IS NULL OR claimed_by = ? OR claim_until < {self.now_sql})"
         )
         for chunk in _chunks(found, BATCH_ROWS):
             self._write_many(
                 sql,
                 [
-                    (asset_id, _clip(answer), now, target_id, now, row_id)
+                    (asset_id, _clip(answer), now, target_id, now, row_id, self.machine)
                     for row_id, asset_id, answer in chunk
                 ],
             )
@@ -774,25 +793,23 @@ class Store:
 
     # -- which Immich the rows refer to
     def target_id(self, identity: str, server_url: str, user_email: str) -> int:
-        """The id of an Immich target (a server's user, by the user's id there), recorded on first sight."""
+        """The id of an Immich target (a server's user, by the user's id there), recorded on first sight;
+        machines meeting a new server at the same moment insert it once and the others find it."""
         now = utc_now()
 
         def upsert() -> int:
-            rows = self._query(self.sql("SELECT id FROM immich_targets WHERE identity = ?"), (identity,))
-            if rows:
-                self._execute(
-                    self.sql(
-                        "UPDATE immich_targets SET server_url = ?, user_email = ?, last_seen_at = ? WHERE id = ?"
-                    ),
-                    (server_url, user_email, now, rows[0][0]),
-                )
-                return int(rows[0][0])
             self._execute(
                 self.sql(
                     "INSERT INTO immich_targets (identity, server_url, user_email, first_seen_at, last_seen_at) "
-                    "VALUES (?, ?, ?, ?, ?)"
+                    f"VALUES (?, ?, ?, ?, ?) {self.ignore_duplicate_sql}"
                 ),
                 (identity, server_url, user_email, now, now),
+            )
+            self._execute(
+                self.sql(
+                    "UPDATE immich_targets SET server_url = ?, user_email = ?, last_seen_at = ? WHERE identity = ?"
+                ),
+                (server_url, user_email, now, identity),
             )
             return int(
                 self._query(self.sql("SELECT id FROM immich_targets WHERE identity = ?"), (identity,))[0][0]
@@ -1158,6 +1175,7 @@ def _sha256_text(text: str | None) -> str | None:
 # PyMySQL error codes for a connection that went away mid-statement: retried once after a reconnect.
 MYSQL_LOST_CONNECTION = {2006, 2013, 2055, 0}
 MYSQL_ACCESS_DENIED = {1044, 1045, 1698}
+MYSQL_CONFLICT = {1205, 1213}  # lock wait timeout, deadlock
 MYSQL_UNKNOWN_DATABASE = 1049
 
 
@@ -1215,6 +1233,9 @@ class MysqlStore(Store):
                 )
         finally:
             conn.close()
+
+    def _is_conflict(self, exc: Exception) -> bool:
+        return bool(exc.args) and exc.args[0] in MYSQL_CONFLICT
 
     def _is_lost(self, exc: Exception) -> bool:
         err = self._pymysql.err
@@ -1401,7 +1422,10 @@ class MysqlStore(Store):
 def open_store(settings: Settings, migrate: bool = True) -> Store:
     """The configured backend, migrated and ready (a run that takes the run lock migrates after taking
     it: migrate=False). Raises DatabaseError with a clear message."""
-    store: Store = MysqlStore(settings) if settings.db_host else SqliteStore(settings.db_path)
+    if settings.db_host:
+        store: Store = MysqlStore(settings)
+    else:
+        store = SqliteStore(settings.db_path, settings.scope, settings.machine_name)
     if migrate:
         migrate_store(store)
     return store
@@ -1409,7 +1433,8 @@ def open_store(settings: Settings, migrate: bool = True) -> Store:
 
 def migrate_store(store: Store) -> None:
     try:
-        store.migrate()
+        with store.migration_lock():
+            store.migrate()
     except store.backend_errors as exc:
         store.close()
         raise DatabaseError(f"cannot upgrade the {store.describe()} database: {exc}") from None

@@ -25,9 +25,11 @@ from progress import errors_row
 from scan_files import ScanSummary, add_scan_arguments, scan_status, scanner_for
 from scan_files import summary_rows as scan_rows
 from upload_files import (
+    FEED_BATCH,
     Uploader,
     UploadSummary,
     adopt_target,
+    chosen_rows,
     connect,
     dry_run,
     exit_status,
@@ -54,6 +56,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
         "skipped": scan.skipped + upload.skipped,
+        "elsewhere": scan.elsewhere + upload.elsewhere,
         "errors": scan.errors + upload.errors,
         "scan_errors": scan.errors,
         "upload_errors": upload.errors,
@@ -93,6 +96,12 @@ def sync_once(ctx: Context) -> ExitStatus:
             scan = scanner.scan(
                 on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
             )
+            if scanner.scope.shared:
+                # Files other machines hashed during this scan wait for upload too: the workers claim
+                # each right before sending, so every machine takes its share.
+                ids, _ = chosen_rows(ctx.store, ctx.settings, None, False, scanner.scope)
+                for start in range(0, len(ids), FEED_BATCH):
+                    uploader.feed(ctx.store.pending_uploads(ids=ids[start : start + FEED_BATCH]))
             uploader.start_progress()
             upload = uploader.finish()
             ctx.progress.finish()

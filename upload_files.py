@@ -262,6 +262,7 @@ class Uploader:
         # upload phase of a sync can start its counter where the uploads during the scan left it.
         self.fed = [0, 0]
         self.settled = [0, 0, 0]
+        self._fed_ids: set[int] = set()  # a row is fed once, however many ways it comes
 
     @property
     def halted(self) -> bool:
@@ -280,14 +281,10 @@ class Uploader:
     # -- feeding
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
-        rows = select(rows, self.settings, scope=self.scope)
+        rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self._fed_ids]
         if self.halted or not rows:
             return
-        if self.scope.shared:
-            # Several machines sync this library: each file is sent by the one that claimed it.
-            won = self.store.claim_rows([r.id for r in rows], self.settings.claim_lease_s)
-            self.summary.elsewhere += len(rows) - len(won)
-            rows = [r for r in rows if r.id in won]
+        self._fed_ids.update(r.id for r in rows)
         self.fed[0] += len(rows)
         self.fed[1] += sum(r.file_size for r in rows)
         try:
@@ -466,6 +463,11 @@ class Uploader:
         if not first and self.settings.upload_delay_s:
             time.sleep(self.settings.upload_delay_s)
         try:
+            if self.scope.shared and not self.store.claim_rows([row.id], self.settings.claim_lease_s):
+                # Several machines sync this library: a file is sent by the one that claims it, right
+                # before sending, so the work splits as fast as each machine goes.
+                self._elsewhere(row)
+                return
             self._upload_one(row)
         except DatabaseError as exc:
             # The row could not be written: stop. If the server got the file, the next run's pre-check
@@ -534,6 +536,16 @@ class Uploader:
         if status == "success":
             self.summary.bytes_uploaded += row.file_size
         self._landed(row, result.asset_id)
+
+    def _elsewhere(self, row: PendingUpload) -> None:
+        """Another machine holds this file: it is its to send; this run only counts it."""
+        with self._lock:
+            self.summary.elsewhere += 1
+            self.settled[0] += 1
+            self.settled[1] += row.file_size
+        if self.counts_progress:
+            self.progress.advance(1, row.file_size)
+        self._landed(row, None)
 
     def _local_failure(self, row: PendingUpload, message: str, kind: str) -> None:
         """A file that could not be read or changed under us: its own problem, never the server's."""
@@ -700,6 +712,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("time", format_duration(summary.elapsed_s)),
     ]
     extras = [
+        ("sent by another machine", summary.elsewhere),
         ("added to albums", summary.added_to_albums),
         ("stacks made", summary.stacks_created),
         ("deleted locally", summary.deleted),

@@ -175,7 +175,9 @@ def test_client_mysql_database_is_upgraded_in_place(tmp_path: Path) -> None:
             )  # fmt: skip
     conn.close()
     env = tmp_path / "mysql.env"
-    env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=root\nDB_NAME={name}\nSOURCE_DIR={photos}\n")
+    env.write_text(
+        f"DB_HOST=127.0.0.1\nDB_USER=root\nDB_NAME={name}\nSOURCE_DIR={photos}\nMACHINE_NAME=studio\n"
+    )
     try:
         result = run_inprocess(scan_files.main, "--env-file", str(env), "--no-progress")
         assert result.status == 0, result.stderr
@@ -186,6 +188,7 @@ def test_client_mysql_database_is_upgraded_in_place(tmp_path: Path) -> None:
             "a.jpg": "success", "Straße.jpg": "success", "Strasse.jpg": "success", "pending.jpg": "pending",
         }  # fmt: skip
         assert rows["a.jpg"]["api_response"] == '{"id":"x"}' and rows["a.jpg"]["sha1"]
+        assert {r["scope"] for r in rows.values()} == {"m:studio"}  # the machine that ran the migration
         long_path = "/" + "y" * 900
         store.save_scanned([scanned(long_path + "/1.jpg"), scanned(long_path + "/2.jpg")], [])
         assert len(store.rows()) == 6

@@ -1,0 +1,191 @@
+"""Several machines on one MariaDB (issue 12): each machine's own rows, and shared libraries whose files are
+split between the machines syncing them, each hashed and sent once, with leases a dead machine gives up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import sync_upload
+from config import load_settings
+from db_manager import open_store
+from tests.conftest import (
+    API_KEY,
+    MYSQL,
+    Library,
+    drop_mysql_database,
+    require_mysql,
+    run_inprocess,
+    start_process,
+)
+from tests.immich_server import ImmichTestServer
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    require_mysql()
+    name = f"iu_machines_{uuid.uuid4().hex[:10]}"
+    yield name
+    drop_mysql_database(name)
+
+
+def machine_env(
+    tmp_path: Path, database: str, machine: str, server: ImmichTestServer, **extra: object
+) -> Path:
+    path = tmp_path / f"{machine}.env"
+    values = {
+        "DB_HOST": MYSQL["host"], "DB_PORT": MYSQL["port"], "DB_USER": MYSQL["user"], "DB_NAME": database,
+        "MACHINE_NAME": machine, "IMMICH_URL": server.url, "IMMICH_API_KEY": API_KEY,
+        "LOG_FILE": tmp_path / "logs" / f"{machine}.log", "RETRY_BACKOFF": "0.01", "SERVER_WAIT": "20",
+        **extra,
+    }  # fmt: skip
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    return path
+
+
+def rows_of(env: Path) -> list[dict[str, object]]:
+    store = open_store(load_settings(env_file=str(env), environ={}))
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+def bodies_per_checksum(server: ImmichTestServer) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for record in server.uploads:
+        if record.size_bytes > 0:
+            counts[record.sha1_hex] = counts.get(record.sha1_hex, 0) + 1
+    return counts
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, dict[str, object], str]:
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    return proc.returncode, json.loads(lines[-1]) if lines else {}, err
+
+
+def test_two_machines_at_the_same_path_keep_their_own_rows_and_run_at_once(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    photos = library.photos(4)
+    laptop = machine_env(tmp_path, database, "laptop", immich, SOURCE_DIR=library.root)
+    desktop = machine_env(tmp_path, database, "desktop", immich, SOURCE_DIR=library.root)
+    immich.faults.add(delay_s=0.5, count=2, path="/api/assets", method="POST")
+    first = start_process("sync_upload.py", "--env-file", str(laptop), "--json", "--no-progress")
+    time.sleep(0.3)
+    second = start_process("sync_upload.py", "--env-file", str(desktop), "--json", "--no-progress")
+    (status_a, summary_a, err_a), (status_b, summary_b, err_b) = finish(first), finish(second)
+    assert status_a == 0 and status_b == 0, err_a + err_b
+    assert "another run is in progress" not in err_a + err_b  # one lock per machine, not per database
+    assert summary_a["found"] == summary_b["found"] == 4
+    assert summary_a["uploaded"] + summary_b["uploaded"] == 4 and len(immich.assets) == 4
+    rows = rows_of(laptop)
+    assert sorted(str(r["scope"]) for r in rows) == ["m:desktop"] * 4 + ["m:laptop"] * 4
+    # A file gone from the desktop's copy is the desktop's business only.
+    photos[0].unlink()
+    status, summary, _ = finish(start_process("sync_upload.py", "--env-file", str(desktop), "--json"))
+    assert status == 0 and summary["missing"] == 1
+    missing = {str(r["scope"]) for r in rows_of(laptop) if r["missing_since"] is not None}
+    assert missing == {"m:desktop"}
+
+
+def test_content_a_machine_uploaded_is_a_duplicate_on_another_without_asking_the_server(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    library.photos(3)
+    laptop = machine_env(tmp_path, database, "laptop", immich, SOURCE_DIR=library.root)
+    assert run_inprocess(sync_upload.main, "--env-file", str(laptop)).status == 0
+    copy = tmp_path / "phone-backup"
+    subprocess.run(["cp", "-r", str(library.root), str(copy)], check=True)
+    desktop = machine_env(tmp_path, database, "desktop", immich, SOURCE_DIR=copy)
+    before = len(immich.requests_log)
+    result = run_inprocess(sync_upload.main, "--env-file", str(desktop), "--json")
+    summary = json.loads(result.stdout)
+    assert result.status == 0 and summary["duplicates"] == 3 and summary["uploaded"] == 0
+    asked = [p for _, p in immich.requests_log[before:] if p.startswith("/api/assets")]
+    assert asked == []  # neither a bulk check nor an upload: the database knew
+
+
+def test_a_shared_library_is_split_between_three_machines_each_file_hashed_and_sent_once(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    library.photos(60)
+    for _ in range(60):
+        immich.faults.add(delay_s=0.2, path="/api/assets", method="POST")
+    procs = []
+    for machine in ("m1", "m2", "m3"):
+        mount = tmp_path / f"mnt-{machine}"
+        mount.symlink_to(library.root)  # the share is mounted at a different path on each machine
+        env = machine_env(tmp_path, database, machine, immich, SOURCE_DIR=mount, SHARED_LIBRARY="family")
+        procs.append(start_process("sync_upload.py", "--env-file", str(env), "--json", "--no-progress"))
+    results = [finish(proc) for proc in procs]
+    assert all(status == 0 for status, _, _ in results), [err for _, _, err in results]
+    summaries = [summary for _, summary, _ in results]
+    assert sum(int(s["new"]) for s in summaries) == 60  # each file hashed by one machine
+    assert sum(int(s["uploaded"]) for s in summaries) == 60
+    assert max(bodies_per_checksum(immich).values()) == 1 and immich.upload_count() == 60
+    assert sum(1 for s in summaries if int(s["uploaded"]) > 0) >= 2, [
+        {k: s[k] for k in ("found", "new", "unchanged", "uploaded", "duplicates", "elsewhere", "elapsed_s")}
+        for s in summaries
+    ]  # the work was shared
+    rows = rows_of(tmp_path / "m1.env")
+    assert len(rows) == 60 and {r["scope"] for r in rows} == {"l:family"}
+    assert all(not str(r["filepath"]).startswith("/") for r in rows)  # stored below the mount point
+    assert {r["upload_status"] for r in rows} == {"success"} and {r["claimed_by"] for r in rows} == {None}
+
+
+def test_a_moved_mount_point_is_no_new_library(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    library.photos(5)
+    old = tmp_path / "mnt-old"
+    old.symlink_to(library.root)
+    env = machine_env(tmp_path, database, "nas-client", immich, SOURCE_DIR=old, SHARED_LIBRARY="archive")
+    assert run_inprocess(sync_upload.main, "--env-file", str(env)).status == 0
+    new = tmp_path / "media" / "archive"
+    new.parent.mkdir()
+    new.symlink_to(library.root)
+    env = machine_env(tmp_path, database, "nas-client", immich, SOURCE_DIR=new, SHARED_LIBRARY="archive")
+    result = run_inprocess(sync_upload.main, "--env-file", str(env), "--json")
+    summary = json.loads(result.stdout)
+    assert (
+        result.status == 0 and summary["unchanged"] == 5 and summary["new"] == 0 and summary["missing"] == 0
+    )
+
+
+def test_a_claim_of_a_killed_machine_is_taken_over_after_its_lease(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    library.photos(6)
+    for _ in range(6):
+        immich.faults.add(delay_s=5.0, path="/api/assets", method="POST")
+    lease = {"SHARED_LIBRARY": "family", "CLAIM_LEASE": "5", "UPLOAD_CONCURRENCY": "1"}
+    env_a = machine_env(tmp_path, database, "dies", immich, SOURCE_DIR=library.root, **lease)
+    proc = start_process("sync_upload.py", "--env-file", str(env_a), "--no-progress")
+    deadline = time.monotonic() + 30
+    while ("POST", "/api/assets") not in immich.requests_log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # kill -9: no chance to release its claims
+    proc.wait(10)
+    immich.faults.clear()
+    claimed = [r for r in rows_of(env_a) if r["claimed_by"] == "dies"]
+    assert claimed  # it held files when it died
+    env_b = machine_env(tmp_path, database, "lives", immich, SOURCE_DIR=library.root, **lease)
+    result = run_inprocess(sync_upload.main, "--env-file", str(env_b), "--json")
+    early = json.loads(result.stdout)
+    assert result.status == 0 and int(early["elsewhere"]) >= 1  # within the lease: not taken
+    time.sleep(5.5)
+    result = run_inprocess(sync_upload.main, "--env-file", str(env_b), "--json")
+    assert result.status == 0
+    rows = rows_of(env_b)
+    assert {r["upload_status"] for r in rows} <= {"success", "duplicate"} and len(rows) == 6
+    assert max(bodies_per_checksum(immich).values()) == 1
+    assert os.path.exists(library.root)
