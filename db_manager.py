@@ -154,6 +154,15 @@ class YearProgress(NamedTuple):
     waiting_bytes: int
 
 
+class ScopeCounts(NamedTuple):
+    scope: str
+    files: int
+    size_bytes: int
+    in_immich: int
+    pending: int
+    failed: int
+
+
 class FailedFile(NamedTuple):
     filepath: str
     last_error: str
@@ -267,7 +276,7 @@ PENDING_COLUMNS = (
     "metadata_info, upload_attempts, upload_status"
 )
 REPORT_COLUMNS = (
-    "filepath", "upload_status", "last_error", "immich_asset_id", "file_size", "date_taken", "date_source",
+    "scope", "filepath", "upload_status", "last_error", "immich_asset_id", "file_size", "date_taken", "date_source",
     "upload_attempts", "upload_date", "missing_since", "sha1",
 )  # fmt: skip
 SCANNED_FIELDS = (
@@ -926,46 +935,72 @@ class Store:
         )
 
     # -- reports
-    def status_counts(self) -> dict[str, tuple[int, int]]:
-        """upload_status -> (files, bytes), missing files counted under 'missing'."""
+    def status_counts(self, scope: str | None = None) -> dict[str, tuple[int, int]]:
+        """upload_status -> (files, bytes), missing files counted under 'missing'; every machine's rows, or
+        one scope's."""
+        where, params = _scope_filter(scope)
         with self._lock:
             rows = self._query(
-                "SELECT CASE WHEN missing_since IS NOT NULL THEN 'missing' ELSE upload_status END AS s, "
-                "COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files GROUP BY s"
+                self.sql(
+                    "SELECT CASE WHEN missing_since IS NOT NULL THEN 'missing' ELSE upload_status END AS s, "
+                    f"COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files {where} GROUP BY s"
+                ),
+                params,
             )
         return {r[0]: (int(r[1]), int(r[2])) for r in rows}
 
-    def year_progress(self) -> list[YearProgress]:
-        """Per year taken: files and bytes Immich has, and waiting (pending or failed), on disk."""
+    def scope_counts(self) -> list[ScopeCounts]:
+        """Per machine and shared library: files, bytes, in Immich, waiting, failed."""
         with self._lock:
             rows = self._query(
-                "SELECT COALESCE(SUBSTR(CAST(date_taken AS CHAR), 1, 4), 'unknown') AS y, "
+                "SELECT scope, COUNT(*), COALESCE(SUM(file_size), 0), "
                 "SUM(CASE WHEN upload_status IN ('success', 'duplicate') THEN 1 ELSE 0 END), "
-                "SUM(CASE WHEN upload_status IN ('success', 'duplicate') THEN file_size ELSE 0 END), "
-                "SUM(CASE WHEN upload_status IN ('pending', 'error') THEN 1 ELSE 0 END), "
-                "SUM(CASE WHEN upload_status IN ('pending', 'error') THEN file_size ELSE 0 END) "
-                "FROM media_files WHERE missing_since IS NULL OR deleted_at IS NOT NULL GROUP BY y ORDER BY y"
+                "SUM(CASE WHEN upload_status = 'pending' THEN 1 ELSE 0 END), "
+                "SUM(CASE WHEN upload_status = 'error' THEN 1 ELSE 0 END) "
+                "FROM media_files WHERE missing_since IS NULL GROUP BY scope ORDER BY scope"
+            )
+        return [ScopeCounts(str(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
+
+    def year_progress(self, scope: str | None = None) -> list[YearProgress]:
+        """Per year taken: files and bytes Immich has, and waiting (pending or failed), on disk."""
+        where, params = _scope_filter(scope, "(missing_since IS NULL OR deleted_at IS NOT NULL)")
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT COALESCE(SUBSTR(CAST(date_taken AS CHAR), 1, 4), 'unknown') AS y, "
+                    "SUM(CASE WHEN upload_status IN ('success', 'duplicate') THEN 1 ELSE 0 END), "
+                    "SUM(CASE WHEN upload_status IN ('success', 'duplicate') THEN file_size ELSE 0 END), "
+                    "SUM(CASE WHEN upload_status IN ('pending', 'error') THEN 1 ELSE 0 END), "
+                    "SUM(CASE WHEN upload_status IN ('pending', 'error') THEN file_size ELSE 0 END) "
+                    f"FROM media_files {where} GROUP BY y ORDER BY y"
+                ),
+                params,
             )
         return [YearProgress(str(r[0]), *(int(v or 0) for v in r[1:])) for r in rows]
 
-    def counts_by(self, grouping: str) -> list[tuple[str, int, int]]:
+    def counts_by(self, grouping: str, scope: str | None = None) -> list[tuple[str, int, int]]:
         """(group, files, bytes) by 'year' taken or by 'extension', for the statistics screen."""
         expression = {
             "year": "COALESCE(SUBSTR(CAST(date_taken AS CHAR), 1, 4), 'unknown')",
             "extension": "COALESCE(extension, '')",
         }[grouping]
+        where, params = _scope_filter(scope)
         with self._lock:
             rows = self._query(
-                f"SELECT {expression} AS g, COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files "
-                "GROUP BY g ORDER BY g"
+                self.sql(
+                    f"SELECT {expression} AS g, COUNT(*), COALESCE(SUM(file_size), 0) FROM media_files {where} "
+                    "GROUP BY g ORDER BY g"
+                ),
+                params,
             )
         return [(str(r[0]), int(r[1]), int(r[2])) for r in rows]
 
     def report_rows(self) -> Iterator[tuple[Any, ...]]:
-        """One tuple per file for the CSV report: what happened to it and why, in REPORT_COLUMNS order."""
+        """One tuple per file of every machine for the CSV report: what happened to it and why, in
+        REPORT_COLUMNS order."""
         with self._lock:
             rows = self._query(
-                f"SELECT {', '.join(REPORT_COLUMNS)} FROM media_files ORDER BY upload_status, filepath"
+                f"SELECT {', '.join(REPORT_COLUMNS)} FROM media_files ORDER BY scope, upload_status, filepath"
             )
         yield from rows
 
@@ -1032,6 +1067,18 @@ class Store:
         r = rows[0]
         return {"kind": r[0], "started_at": str(r[1]), "finished_at": str(r[2]), "exit_status": r[3],
                 "summary": json.loads(r[4] or "{}")}  # fmt: skip
+
+
+def _scope_filter(scope: str | None, condition: str = "") -> tuple[str, list[Any]]:
+    """A WHERE clause for one scope's rows (None: every machine's), with `condition` too."""
+    parts = ([condition] if condition else []) + (["scope = ?"] if scope is not None else [])
+    return ("WHERE " + " AND ".join(parts) if parts else ""), ([] if scope is None else [scope])
+
+
+def scope_label(scope: str) -> str:
+    """How a scope reads: "laptop", "family (shared library)"."""
+    kind, _, name = scope.partition(":")
+    return f"{name} (shared library)" if kind == "l" else name
 
 
 def _scanned_values(f: ScannedFile) -> tuple[Any, ...]:

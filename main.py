@@ -37,7 +37,7 @@ from config import (
     save_settings,
     settings_file_for,
 )
-from db_manager import REPORT_COLUMNS, DatabaseError, Store, open_store
+from db_manager import REPORT_COLUMNS, DatabaseError, ScopeCounts, Store, open_store, scope_label
 from immich_client import ImmichClient, ImmichError
 from logger import get_logger, setup_console
 from upload_files import FAILURE_ADVICE, connect
@@ -234,17 +234,26 @@ class Menu:
             store.close()
 
     def statistics(self, store: Store, _settings: Settings) -> None:
-        counts = store.status_counts()
+        scopes = store.scope_counts()
+        scope = self.pick_scope(scopes) if len(scopes) > 1 else None
+        counts = store.status_counts(scope)
         if not counts:
             self.say("Nothing recorded yet: choose 1 > Scan or 3 > Sync to look at your folders.")
             return
+        lines = machine_table(scopes) if len(scopes) > 1 and scope is None else []
         total_files = sum(files for files, _ in counts.values())
         total_bytes = sum(size for _, size in counts.values())
-        lines = [f"\n{plural(total_files, 'file')} recorded, {format_bytes(total_bytes)}", "By status"]
+        whose = f" ({scope_label(scope)})" if scope else ""
+        lines += [
+            f"\n{plural(total_files, 'file')} recorded{whose}, {format_bytes(total_bytes)}",
+            "By status",
+        ]
         for status, (files, size) in sorted(counts.items()):
             lines.append(f"  {status:<10} {plural(files, 'file'):>14} {format_bytes(size):>11}")
-        lines += year_bars(store)
-        types = ", ".join(f"{group or '?'} {files:,}" for group, files, _ in store.counts_by("extension"))
+        lines += year_bars(store, scope)
+        types = ", ".join(
+            f"{group or '?'} {files:,}" for group, files, _ in store.counts_by("extension", scope)
+        )
         lines.append(f"Types: {types}")
         left_files = sum(counts.get(k, (0, 0))[0] for k in ("pending", "error"))
         left_bytes = sum(counts.get(k, (0, 0))[1] for k in ("pending", "error"))
@@ -259,9 +268,18 @@ class Menu:
         last = store.last_run()
         if last:
             lines.append(
-                f"Last run: {last['kind']}, finished {last['finished_at'][:16]} UTC with status {last['exit_status']}"
+                f"Last run here: {last['kind']}, finished {last['finished_at'][:16]} UTC with status {last['exit_status']}"
             )
         self.show(lines)
+
+    def pick_scope(self, scopes: list[ScopeCounts]) -> str | None:
+        """Several machines share this database: all of them (Enter), or one."""
+        for number, counts in enumerate(scopes, 1):
+            self.say(f"  {number}) {scope_label(counts.scope)}")
+        answer = self.ask("Statistics of which machine (Enter: all)? ")
+        if answer and answer.isdigit() and 1 <= int(answer) <= len(scopes):
+            return scopes[int(answer) - 1].scope
+        return None
 
     @staticmethod
     def last_upload_speed(store: Store) -> float | None:
@@ -400,9 +418,21 @@ class Menu:
         self.with_store(lambda store, _s: self.say(write_report(store, str(path.resolve()))))
 
 
-def year_bars(store: Store) -> list[str]:
+def machine_table(scopes: list[ScopeCounts]) -> list[str]:
+    """One line per machine and shared library sharing this database."""
+    width = max(len(scope_label(s.scope)) for s in scopes)
+    lines = ["\nBy machine"]
+    for s in scopes:
+        lines.append(
+            f"  {scope_label(s.scope):<{width}} {plural(s.files, 'file'):>14} {format_bytes(s.size_bytes):>10}  "
+            f"{s.in_immich:,} in Immich, {s.pending:,} waiting, {s.failed:,} failed"
+        )
+    return lines
+
+
+def year_bars(store: Store, scope: str | None = None) -> list[str]:
     """A bar per year taken, its length the year's bytes: the part in Immich filled, the waiting part light."""
-    years = store.year_progress()
+    years = store.year_progress(scope)
     if not years:
         return []
     largest = max(y.done_bytes + y.waiting_bytes for y in years) or 1
@@ -422,14 +452,15 @@ def year_bars(store: Store) -> list[str]:
 
 
 def write_report(store: Store, path: str) -> str:
-    """One CSV row per file with its status and the reason; returns a line saying what was written."""
+    """One CSV row per file of every machine with its status and the reason; returns a line saying what
+    was written."""
     count = 0
     with open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "status", "reason", *REPORT_COLUMNS[3:]])
+        writer.writerow(["machine", "path", "status", "reason", *REPORT_COLUMNS[4:]])
         for row in store.report_rows():
-            filepath, status, reason, *rest = row
-            writer.writerow([filepath, status, reason or _reason(status), *rest])
+            scope, filepath, status, reason, *rest = row
+            writer.writerow([scope_label(scope), filepath, status, reason or _reason(status), *rest])
             count += 1
     return f"Wrote {plural(count, 'row')} to {path}"
 

@@ -189,3 +189,33 @@ def test_a_claim_of_a_killed_machine_is_taken_over_after_its_lease(
     assert {r["upload_status"] for r in rows} <= {"success", "duplicate"} and len(rows) == 6
     assert max(bodies_per_checksum(immich).values()) == 1
     assert os.path.exists(library.root)
+
+
+def test_statistics_and_the_report_show_every_machine_and_the_menu_can_show_one(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    import csv
+    import io
+
+    import main
+
+    library.photos(3)
+    laptop = machine_env(tmp_path, database, "laptop", immich, SOURCE_DIR=library.root)
+    assert run_inprocess(sync_upload.main, "--env-file", str(laptop)).status == 0
+    other = tmp_path / "attic"
+    library_b = Library(other)
+    library_b.photos(2, start=10)
+    attic = machine_env(tmp_path, database, "attic", immich, SOURCE_DIR=other)
+    assert run_inprocess(sync_upload.main, "--env-file", str(attic)).status == 0
+    out = io.StringIO()
+    main.main(["--env-file", str(laptop)], stdin=io.StringIO("4\n\n4\n1\nq\n"), stdout=out)
+    text = out.getvalue()
+    assert "By machine" in text
+    assert "laptop" in text and "3 files" in text and "attic" in text and "2 files" in text
+    assert "5 files recorded," in text  # all machines
+    chosen = text.split("Statistics of which machine")[2]
+    assert "2 files recorded (attic)," in chosen  # one machine (the list is sorted: attic first)
+    report = tmp_path / "report.csv"
+    main.main(["--env-file", str(laptop), "--report", str(report)], stdout=io.StringIO())
+    rows = list(csv.DictReader(report.open()))
+    assert sorted({r["machine"] for r in rows}) == ["attic", "laptop"] and len(rows) == 5
