@@ -176,6 +176,8 @@ class Settings:
     raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     env_file: Path | None = None
     server_problem: str | None = None
+    takeout_paths: tuple[Path, ...] = ()  # --takeout: Google Photos Takeout zips or folders to sync
+    takeout_trashed: bool = False  # --takeout-trashed: send what Google had in its trash too
 
     @property
     def backend(self) -> str:
@@ -185,6 +187,8 @@ class Settings:
     def scope(self) -> str:
         """Whose rows a run works on: a shared library's ("l:NAME", the same on every machine) or this
         machine's own ("m:NAME")."""
+        if self.takeout_paths:
+            return "t:takeout"
         return f"l:{self.shared_library}" if self.shared_library else f"m:{self.machine_name}"
 
     def media_kind(self, extension: str) -> str | None:
@@ -271,12 +275,13 @@ def find_env_file(explicit: str | None) -> Path | None:
 
 
 def load_settings(
-    flags: Mapping[str, str | None] | None = None,
+    flags: Mapping[str, Any] | None = None,
     env_file: str | None = None,
     environ: Mapping[str, str] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Settings:
-    """Resolve every setting; `flags` maps setting names to command-line values (None = not given)."""
+    """Resolve every setting; `flags` maps setting names to command-line values (None = not given), and
+    TAKEOUT to the --takeout paths."""
     environ = os.environ if environ is None else environ
     path = find_env_file(env_file)
     file_values: dict[str, str] = {}
@@ -378,6 +383,10 @@ def load_settings(
         raw=raw,
         env_file=path,
         server_problem=server_problem,
+        takeout_paths=tuple(
+            _resolve_path(p, relative_to_cwd=True) for p in (flags or {}).get("TAKEOUT", None) or () if p
+        ),
+        takeout_trashed=bool((flags or {}).get("TAKEOUT_TRASHED")),
     )
     if settings.shared_library and len(settings.source_dirs) > 1:
         raise ConfigError(
@@ -505,7 +514,7 @@ def _db_name(name: str) -> str:
     return name
 
 
-def settings_flags(args: Any) -> dict[str, str | None]:
+def settings_flags(args: Any) -> dict[str, Any]:
     """Map the command-line flags (see cli.base_parser and the scripts) onto setting names."""
 
     def flag(name: str) -> str | None:
@@ -539,6 +548,10 @@ def settings_flags(args: Any) -> dict[str, str | None]:
         "EXCLUDE": flag("exclude"),
         "TIME_ZONE": flag("time_zone"),
     }
+    takeout = getattr(args, "takeout", None)
+    if takeout:
+        flags["TAKEOUT"] = takeout  # the paths, not one value
+        flags["TAKEOUT_TRASHED"] = flag("takeout_trashed")
     if getattr(args, "album_from_folder", False):
         flags["ALBUM_FROM"] = "folder"
     if getattr(args, "album_from_path", False):

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from io import BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 from urllib.parse import urlsplit
 
@@ -301,6 +302,10 @@ class UploadRequest(NamedTuple):
     mtime_ns: int | None = None  # as fingerprinted: a file changed since is not sent under the old checksum
     sidecar_path: bytes | None = None
     is_favorite: bool = False
+    # A file that is no plain file (a member of a zip): opened by this instead of `path`, checked by its owner.
+    opener: Callable[[], BinaryIO] | None = None
+    sidecar_xmp: bytes | None = None  # a sidecar made for the file rather than read from disk
+    visibility: str | None = None  # "archive" for what Google Photos had archived
 
 
 class UploadResult(NamedTuple):
@@ -332,9 +337,19 @@ def _quote_header(value: str) -> str:
 class FilePart(NamedTuple):
     field_name: str
     filename: str
-    path: bytes
+    path: bytes | None
     content_type: str
     hashed: bool = False  # SHA-1 the bytes as they are sent (sidecars: deletion later checks them)
+    opener: Callable[[], BinaryIO] | None = None  # instead of `path`: a stream of `size` bytes
+    size: int = -1
+
+    def open(self) -> BinaryIO:
+        if self.opener is not None:
+            return self.opener()
+        return open(self.path or b"", "rb", buffering=0)
+
+    def length(self) -> int:
+        return self.size if self.opener is not None else os.stat(self.path or b"").st_size
 
 
 class MultipartBody:
@@ -366,7 +381,7 @@ class MultipartBody:
             )
             self._segments.append(dash + head.encode())
             self._segments.append(part)
-            self._sizes[id(part)] = os.stat(part.path).st_size
+            self._sizes[id(part)] = part.length()
             self._segments.append(b"\r\n")
         self._segments.append(self._text(trailing_fields) + f"--{self.boundary}--\r\n".encode())
         self.len = sum(len(s) if isinstance(s, bytes) else self._sizes[id(s)] for s in self._segments)
@@ -402,7 +417,7 @@ class MultipartBody:
                     return self._sent(segment)
                 continue
             if self._handle is None:
-                self._handle = open(segment.path, "rb", buffering=0)  # noqa: SIM115 - closed below
+                self._handle = segment.open()
                 self._left = self._sizes[id(segment)]
                 self._hasher = hashlib.sha1() if segment.hashed else None
             if self._left > 0:
@@ -410,7 +425,7 @@ class MultipartBody:
                 count = self._handle.readinto(view)
                 if not count:
                     self.close()
-                    raise OSError(f"{os.fsdecode(segment.path)} shrank while it was being uploaded")
+                    raise OSError(f"{segment.filename} shrank while it was being uploaded")
                 self._left -= count
                 if self._hasher is not None:
                     self._hasher.update(view[:count])
@@ -858,11 +873,36 @@ class ImmichClient:
             ("fileModifiedAt", req.modified_at),
             ("isFavorite", "true" if req.is_favorite else "false"),
         ]
+        if req.visibility:
+            fields.append(("visibility", req.visibility))
         if self.server.needs_device_fields:
             fields += [("deviceAssetId", req.device_asset_id), ("deviceId", self.device_id)]
         headers = {"x-immich-checksum": req.sha1} if req.sha1 else {}
-        files = [FilePart("assetData", req.filename, req.path, "application/octet-stream")]
-        if req.sidecar_path is not None:
+        files = [
+            FilePart(
+                "assetData",
+                req.filename,
+                req.path,
+                "application/octet-stream",
+                False,
+                req.opener,
+                req.size_bytes,
+            )
+        ]
+        if req.sidecar_xmp is not None:
+            made = req.sidecar_xmp
+            files.append(
+                FilePart(
+                    "sidecarData",
+                    req.filename + ".xmp",
+                    None,
+                    "application/xml",
+                    True,
+                    lambda: BytesIO(made),
+                    len(made),
+                )
+            )
+        elif req.sidecar_path is not None:
             sidecar_name = os.fsdecode(os.path.basename(req.sidecar_path))
             files.append(
                 FilePart("sidecarData", sidecar_name, req.sidecar_path, "application/xml", hashed=True)
@@ -874,8 +914,10 @@ class ImmichClient:
         bodies: list[MultipartBody] = []
 
         def body_factory() -> tuple[Any, dict[str, str]]:
-            st = os.stat(req.path)
-            if st.st_size != req.size_bytes or (req.mtime_ns is not None and st.st_mtime_ns != req.mtime_ns):
+            st = os.stat(req.path) if req.opener is None else None
+            if st is not None and (
+                st.st_size != req.size_bytes or (req.mtime_ns is not None and st.st_mtime_ns != req.mtime_ns)
+            ):
                 raise FileChangedError(
                     f"{req.filename} changed since it was hashed; it is checked again next run"
                 )

@@ -14,6 +14,7 @@ asset id, so a kill at any instant leaves either the file or a row that says whe
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -59,6 +60,8 @@ def album_for(file: DoneFile, settings: Settings) -> str | None:
     """The album a file belongs in under the settings, or None."""
     if settings.album:
         return settings.album
+    if settings.takeout_paths:  # the album folder's title from its metadata.json
+        return json.loads(file.metadata_info or "{}").get("takeout", {}).get("album")
     if not settings.album_from:
         return None
     folder = os.path.dirname(file.filepath)
@@ -409,16 +412,19 @@ def organize(
     """Albums, then stacks, then deletion (last: a file leaves the disk only once all else is recorded).
     A dry run changes nothing in Immich or on disk; it reports what deletion would remove."""
     total = OrganizeSummary()
-    wants_any = settings.album or settings.album_from or settings.stack_raw_jpeg or settings.stack_bursts
+    albums = settings.album or settings.album_from or settings.takeout_paths
+    wants_any = albums or settings.stack_raw_jpeg or settings.stack_bursts
     if not wants_any and not settings.delete_uploaded:
         return total
     files = store.done_files()
     steps = []
-    if not dry_run and (settings.album or settings.album_from):
+    if not dry_run and albums:
         steps.append(update_albums(client, store, settings, files))
     if not dry_run and (settings.stack_raw_jpeg or settings.stack_bursts):
         steps.append(update_stacks(client, store, settings, files))
-    if settings.delete_uploaded and not stop.is_set():
+    if settings.delete_uploaded and settings.takeout_paths:
+        log.warning("a Takeout's zips are never changed: --delete-uploaded does nothing to them")
+    elif settings.delete_uploaded and not stop.is_set():
         if steps:
             files = store.done_files()  # with the albums and stacks just recorded
         steps.append(delete_uploaded(client, store, settings, files, progress, stop, target_id, dry_run))

@@ -340,13 +340,13 @@ class KnownIndex:
         )
 
     def unchanged(self, i: int, size_bytes: int, mtime_ns: int) -> bool:
-        """Same size and mtime as recorded, and fingerprinted (or empty: an empty file stays as recorded;
-        an unreadable one is tried again each scan)."""
-        return (
-            self.sizes[i] == size_bytes
-            and self.mtimes[i] == mtime_ns
-            and (bool(self.flags[i] & self.FINGERPRINTED) or size_bytes == 0)
+        """Same size and mtime as recorded, and settled: fingerprinted, or passed over for good (an empty
+        file, a .ts that is no video). An unreadable one is tried again each scan."""
+        flags = self.flags[i]
+        settled = (
+            flags & self.FINGERPRINTED or size_bytes == 0 or flags & 0x0F == self.STATUS_CODES["skipped"]
         )
+        return self.sizes[i] == size_bytes and self.mtimes[i] == mtime_ns and bool(settled)
 
     def unseen_ids(self) -> list[int]:
         """Rows not seen in this scan and not already marked missing."""

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import ConfigError, ServerNotConfigured
 from db_manager import utc_now
+from filters import RunScope
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
@@ -82,24 +83,34 @@ def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
 
 
 def sync_once(ctx: Context) -> ExitStatus:
-    """One scan-and-upload pass; raises StartError when the server cannot be used."""
+    """One scan-and-upload pass (of the source folders, or of a Google Photos Takeout); raises StartError
+    when the server cannot be used."""
     started_at = utc_now()
     started = time.monotonic()
+    scope = RunScope.of(ctx.settings)
+    takeout_scanner, takeout_files = None, None
+    if ctx.settings.takeout_paths:
+        from takeout import TakeoutFiles, TakeoutScanner
+
+        takeout_scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
+        takeout_files = TakeoutFiles(takeout_scanner.archives)
     client = ImmichClient(ctx.settings, ctx.stop)
     try:
         target_id = adopt_target(client, ctx.store, connect(client))
-        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id)
+        uploader = Uploader(
+            ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, scope, takeout_files
+        )
         with server_jobs_paused(client, ctx.store, ctx.settings):
             uploader.counts_progress = False
             uploader.start()
-            scanner = scanner_for(ctx)
+            scanner = takeout_scanner or scanner_for(ctx)
             scan = scanner.scan(
                 on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
             )
-            if scanner.scope.shared:
+            if scope.shared:
                 # Files other machines hashed during this scan wait for upload too: the workers claim
                 # each right before sending, so every machine takes its share.
-                ids, _ = chosen_rows(ctx.store, ctx.settings, None, False, scanner.scope)
+                ids, _ = chosen_rows(ctx.store, ctx.settings, None, False, scope)
                 for start in range(0, len(ids), FEED_BATCH):
                     uploader.feed(ctx.store.pending_uploads(ids=ids[start : start + FEED_BATCH]))
             uploader.start_progress()
@@ -109,10 +120,15 @@ def sync_once(ctx: Context) -> ExitStatus:
             finish_in_immich(ctx, client, upload, target_id)
     finally:
         client.close()
+        if takeout_files is not None:
+            takeout_files.close()
     status = exit_status(ctx.stop, uploader, scan.errors + upload.errors)
     if status in (ExitStatus.OK, ExitStatus.FILES_FAILED) and scan.unavailable:
         status = scan_status(ctx.stop, scan)
     summary = sync_summary(scan, upload, time.monotonic() - started)
+    if takeout_scanner is not None:
+        report = takeout_scanner.report
+        summary["takeout"] = {"matched": dict(report.counts), "unmatched": report.unmatched[:100]}
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
@@ -123,11 +139,17 @@ def sync_once(ctx: Context) -> ExitStatus:
     ]
     if scan.unavailable:
         rows.append(("not scanned", ", ".join(scan.unavailable) + " (missing or empty: not mounted?)"))
+    if takeout_scanner is not None:
+        rows += [("Google JSON", "matched to the media files:"), *takeout_scanner.report.rows()]
+        rows += [("no JSON", path) for path in takeout_scanner.report.unmatched[:10]]
     ctx.progress.summary("Sync finished", rows)
     return status
 
 
 def run_sync(ctx: Context) -> ExitStatus:
+    if ctx.settings.takeout_paths:
+        ctx.settings.require_server()
+        return sync_once(ctx)
     ctx.settings.require_sources()
     if ctx.args.dry_run:
         # The scan records what it finds (so the real run only uploads); nothing is sent or marked uploaded.
@@ -223,6 +245,16 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
         "sync_upload.py",
         "Scan the source folders and upload what Immich does not have yet.",
         paths_help="folders to sync instead of SOURCE_DIR",
+    )
+    group = parser.add_argument_group("leaving Google Photos")
+    group.add_argument(
+        "--takeout",
+        nargs="+",
+        metavar="PATH",
+        help="sync a Google Photos Takeout: its zips (read in place) or a folder it was extracted to",
+    )
+    group.add_argument(
+        "--takeout-trashed", action="store_true", help="also send what Google Photos had in its trash"
     )
     parser.add_argument(
         "--dry-run",

@@ -25,7 +25,7 @@ import time
 from array import array
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
 from config import Settings
@@ -57,6 +57,9 @@ from utils import (
     sidecar_for,
     to_utc_iso,
 )
+
+if TYPE_CHECKING:
+    from takeout import TakeoutFiles
 
 log = get_logger("upload")
 
@@ -237,9 +240,11 @@ class Uploader:
         stop: threading.Event,
         target_id: int,
         scope: RunScope | None = None,
+        takeout: TakeoutFiles | None = None,
     ) -> None:
         self.settings = settings
         self.scope = scope or RunScope.of(settings)
+        self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
         self.store = store
         self.client = client
         self.progress = progress
@@ -282,6 +287,8 @@ class Uploader:
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
         rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self._fed_ids]
+        if self.takeout is not None:
+            rows = [r for r in rows if self.takeout.here(r.filepath)]  # zips not named this time wait
         if self.halted or not rows:
             return
         self._fed_ids.update(r.id for r in rows)
@@ -377,6 +384,8 @@ class Uploader:
 
     def _recheck(self, row: PendingUpload) -> PendingUpload | None:
         """The row as it is on disk now: re-hashed if the file changed since its scan, None if it vanished."""
+        if self.takeout is not None:
+            return self._recheck_member(row, self.takeout)
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
         try:
             st = os.stat(raw)
@@ -412,6 +421,20 @@ class Uploader:
             return None
         refreshed = self.store.pending_uploads(ids=[row.id])
         return refreshed[0] if refreshed else None
+
+    def _recheck_member(self, row: PendingUpload, takeout: TakeoutFiles) -> PendingUpload | None:
+        """A zip member as it is now (zips do not change in place; a replaced one is scanned again)."""
+        now = takeout.stat(row.filepath)
+        if now is None:
+            self.store.set_missing([row.id], missing=True)
+            self._note("skipped", row, "no longer in its zip")
+            return None
+        if now != (row.file_size, row.mtime_ns):
+            self._local_failure(
+                row, "its zip changed since the scan; it is scanned again next run", "changed"
+            )
+            return None
+        return row
 
     # -- workers
     def start(self) -> None:
@@ -484,7 +507,7 @@ class Uploader:
 
     def _upload_one(self, row: PendingUpload) -> None:
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
-        sidecar = sidecar_for(raw)
+        sidecar = sidecar_for(raw) if self.takeout is None else None
         if sidecar is not None and os.path.getsize(sidecar) == 0:
             log.info("%s: its sidecar is empty; sent without it", row.filepath)  # Immich refuses empty parts
             sidecar = None
@@ -499,6 +522,8 @@ class Uploader:
             mtime_ns=row.mtime_ns,
             sidecar_path=sidecar,
         )
+        if self.takeout is not None:
+            request = takeout_request(request, row, self.takeout)
         try:
             result = self.client.upload(request)
         except (ServerUnreachable, StopRequested) as exc:
@@ -696,6 +721,24 @@ def report_verify(ctx: Context, report: VerifyReport) -> None:
             )
         )
     ctx.progress.summary("Verify: rows marked uploaded, checked with Immich", rows)
+
+
+def takeout_request(request: UploadRequest, row: PendingUpload, takeout: TakeoutFiles) -> UploadRequest:
+    """A zip member's upload: streamed from its zip, named as Immich takes it, favorite and archived as in
+    Google Photos, and with a made sidecar for the place, description and date Google knew."""
+    from takeout import sidecar_for, upload_name  # only a Takeout run pays for zipfile
+
+    info = json.loads(row.metadata_info or "{}")
+    google = info.get("takeout", {})
+    has_gps = info.get("gps_latitude") is not None
+    has_date = info.get("date_source") in ("exif", "video")
+    return request._replace(
+        filename=upload_name(os.path.basename(row.filepath)),
+        opener=takeout.opener(row.filepath),
+        is_favorite=bool(google.get("favorited")),
+        visibility="archive" if google.get("archived") else None,
+        sidecar_xmp=sidecar_for(google, has_gps, has_date),
+    )
 
 
 def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, str]]:

@@ -134,6 +134,20 @@ def fingerprint_file(
     raise FileChangedError(errno.EAGAIN, "file changed while being read", path)
 
 
+def fingerprint_stream(handle: BinaryIO, chunk_size: int = DEFAULT_HASH_CHUNK_BYTES) -> Fingerprint:
+    """SHA-256 and SHA-1 of a stream (a zip member) in one pass, with its first bytes kept for metadata."""
+    sha256, sha1 = hashlib.sha256(), hashlib.sha1()
+    total = 0
+    head = b""
+    while chunk := handle.read(chunk_size):
+        if not total:
+            head = chunk[:HEAD_BYTES]
+        sha256.update(chunk)
+        sha1.update(chunk)
+        total += len(chunk)
+    return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, 0, head)
+
+
 def _hash_if_unchanged(path: str | bytes, view: memoryview, keep_head: bool) -> Fingerprint | None:
     """Hashes the file once; None when its size or mtime moved during the read."""
     sha256 = hashlib.sha256()
@@ -189,14 +203,19 @@ def read_metadata(path: str | bytes, kind: str, head: bytes = b"", size_bytes: i
 
 
 def read_image_metadata(
-    path: str | bytes, fast_jpeg: bool = True, head: bytes = b"", size_bytes: int = 0
+    path: str | bytes,
+    fast_jpeg: bool = True,
+    head: bytes = b"",
+    size_bytes: int = 0,
+    opener: Callable[[], BinaryIO] | None = None,
 ) -> MediaMetadata:
     """EXIF (ExifRead) and header fields of an image, from one open file, never decoding pixels. A JPEG is
     read only up to its image data: the EXIF block goes to ExifRead alone and the size comes from the frame
     header, so neither Pillow nor most of the file is touched (`fast_jpeg=False` reads it the general way:
     Pillow for the header, ExifRead over the file; both give the same fields). Corrupt, truncated, empty or
     misnamed files give a MediaMetadata with `warnings` and whatever was read. With `head` (the file's
-    first bytes) a JPEG whose header lies within them is not opened again.
+    first bytes) a JPEG whose header lies within them is not opened again; `opener` opens what is no plain
+    file (a zip member), `path` then only names it.
     """
     meta = MediaMetadata()
     if fast_jpeg and head.startswith(b"\xff\xd8") and _extension(path) not in _EXIF_ONLY_EXTENSIONS:
@@ -209,8 +228,8 @@ def read_image_metadata(
             _apply_exif(tags, path, meta)
             return meta
     try:
-        with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size == 0:
+        with opener() if opener is not None else open(path, "rb") as f:
+            if (size_bytes if opener is not None else os.fstat(f.fileno()).st_size) == 0:
                 _warn(meta, path, "empty file")
                 return meta
             exif_only = _extension(path) in _EXIF_ONLY_EXTENSIONS

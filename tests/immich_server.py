@@ -45,6 +45,7 @@ JSON_BODY_LIMIT = 10 * 1024 * 1024  # Immich's express json() limit
 PART_HEADER_LIMIT = 64 * 1024
 FIELD_VALUE_LIMIT = 1024 * 1024  # multer's default fieldSize
 CHUNK_LINE_LIMIT = 4096
+SIDECAR_HEAD_BYTES = 16 * 1024
 SOCKET_TIMEOUT_S = 300.0  # a stalled client must not pin a thread forever, a slow benchmark must not be cut
 
 # ../shared/immich-api.md §5, plus .jp2 and .m2t that the docs list for newer versions, and .mpo, .mxf and .ts that
@@ -115,6 +116,7 @@ class UploadRecord:
     status: int
     headers: dict[str, str]  # request headers, lower-cased names
     sidecar_filename: str | None
+    sidecar_head: bytes = b""  # the sidecar's first bytes (made sidecars are checked by the tests)
 
 
 @dataclass
@@ -466,6 +468,7 @@ class UploadParts(PartSink):
         self.size = 0
         self.sidecar_filename: str | None = None
         self.sidecar_sha1: Any = None
+        self.sidecar_head = b""
         self.sidecar_size = 0
         self._target: str | None = None
         self._field_name = ""
@@ -503,6 +506,8 @@ class UploadParts(PartSink):
             self.size += len(chunk)
         elif self._target == "sidecar":
             self.sidecar_sha1.update(chunk)
+            if len(self.sidecar_head) < SIDECAR_HEAD_BYTES:
+                self.sidecar_head += bytes(chunk[: SIDECAR_HEAD_BYTES - len(self.sidecar_head)])
             self.sidecar_size += len(chunk)
         elif self._target == "field":
             if len(self._text) + len(chunk) > FIELD_VALUE_LIMIT:
@@ -528,6 +533,7 @@ class UploadParts(PartSink):
             status=status,
             headers=headers,
             sidecar_filename=self.sidecar_filename,
+            sidecar_head=self.sidecar_head,
         )
 
 
