@@ -401,10 +401,11 @@ def load_settings(
 
 
 def _resolve_path(text: str, relative_to_cwd: bool) -> Path:
+    """Absolute and without `..` or `.`, so one folder is always written one way (its rows' paths)."""
     path = Path(text).expanduser()
     if not path.is_absolute():
         path = (Path.cwd() if relative_to_cwd else PROJECT_DIR) / path
-    return path
+    return Path(os.path.normpath(path))
 
 
 def normalize_url(url: str) -> str:
