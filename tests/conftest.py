@@ -162,6 +162,19 @@ def env(tmp_path: Path, backend: str, library: Library) -> Iterator[Env]:
         drop_mysql_database(database)
 
 
+def db_rows(env: Env) -> list[dict[str, object]]:
+    """Every row of the test's database, as the scripts left it."""
+    store = open_store(env.settings())
+    try:
+        return store.rows()
+    finally:
+        store.close()
+
+
+def rows_by_name(env: Env) -> dict[str, dict[str, object]]:
+    return {str(r["filename"]): r for r in db_rows(env)}
+
+
 @pytest.fixture
 def store(env: Env) -> Iterator[Store]:
     s = open_store(env.settings())

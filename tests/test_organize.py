@@ -16,7 +16,7 @@ import sync_upload
 import upload_files
 from db_manager import open_store
 from organize import PAUSED_STATE
-from tests.conftest import API_KEY, Env, Library, make_jpeg, run_inprocess, start_process
+from tests.conftest import API_KEY, Env, Library, db_rows, make_jpeg, run_inprocess, start_process
 from tests.immich_server import ImmichTestServer
 
 
@@ -445,7 +445,7 @@ def test_kill_9_during_deletion_leaves_each_file_or_a_row_that_says_where_it_is(
         time.sleep(0.005)
     proc.kill()
     proc.communicate(timeout=20)
-    by_path = {str(r["filepath"]): r for r in rows_list(server_env)}
+    by_path = {str(r["filepath"]): r for r in db_rows(server_env)}
     for path, sha1 in contents.items():
         row = by_path[str(path)]
         assert path.exists() or (
@@ -456,11 +456,3 @@ def test_kill_9_during_deletion_leaves_each_file_or_a_row_that_says_where_it_is(
     status, _summary = sync(server_env, "--delete-uploaded")
     assert status == 0 and not any(p.exists() for p in photos)
     assert all(immich.asset_by_sha1(sha1) is not None for sha1 in contents.values())
-
-
-def rows_list(env: Env) -> list[dict[str, object]]:
-    store = open_store(env.settings())
-    try:
-        return store.rows()
-    finally:
-        store.close()

@@ -8,21 +8,13 @@ from pathlib import Path
 
 import scan_files
 from db_manager import open_store
-from tests.conftest import Env, Library, run_inprocess
+from tests.conftest import Env, Library, rows_by_name, run_inprocess
 from utils import text_to_path
 
 
 def scan(env: Env, *extra: str) -> tuple[int, dict[str, object], str]:
     result = run_inprocess(scan_files.main, "--env-file", str(env.path), "--json", *extra)
     return result.status, json.loads(result.stdout), result.stderr
-
-
-def rows_by_name(env: Env) -> dict[str, dict[str, object]]:
-    store = open_store(env.settings())
-    try:
-        return {str(r["filename"]): r for r in store.rows()}
-    finally:
-        store.close()
 
 
 def test_finds_photos_videos_and_raw_case_insensitively_and_skips_junk(env: Env, library: Library) -> None:

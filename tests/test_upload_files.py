@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
 import scan_files
 import upload_files
 from db_manager import open_store
-from tests.conftest import API_KEY, Env, Library, run_inprocess, unstamped
+from tests.conftest import API_KEY, Env, Library, rows_by_name, run_inprocess, unstamped
 from tests.immich_server import ImmichTestServer
 
 
@@ -317,14 +318,6 @@ def test_stop_while_waiting_to_retry_leaves_the_row_untouched(
 # --- issue 10: what real servers, proxies and machines do --------------------------------------------------
 
 
-def rows_by_name(env: Env) -> dict[str, dict[str, object]]:
-    store = open_store(env.settings())
-    try:
-        return {str(r["filename"]): r for r in store.rows()}
-    finally:
-        store.close()
-
-
 def test_files_a_proxy_refuses_never_stop_the_run(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
@@ -348,25 +341,31 @@ def test_server_failures_do_count_toward_consecutive_errors(
     assert status == 3 and summary["errors"] == 3 and "MAX_CONSECUTIVE_ERRORS" in stderr
 
 
+def down_at_first_upload(immich: ImmichTestServer, back_after_s: float | None) -> threading.Thread:
+    """The server goes away while the first upload is in flight (an update restarts it), and comes back
+    after `back_after_s` (None: not during the run)."""
+
+    def outage() -> None:
+        while ("POST", "/api/assets") not in immich.requests_log:
+            time.sleep(0.01)
+        immich.down()  # the upload in flight is reset, every new connection too
+        if back_after_s is not None:
+            time.sleep(back_after_s)
+            immich.up()
+
+    thread = threading.Thread(target=outage, daemon=True)
+    thread.start()
+    return thread
+
+
 def test_a_server_restart_mid_run_is_waited_for_and_no_file_is_marked_failed(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    import threading
-
     library.photos(6)
     scan(server_env)
     server_env.set(UPLOAD_CONCURRENCY=2, RETRY_BACKOFF=0.2, SERVER_WAIT=30)
     immich.faults.add(delay_s=0.3, path="/api/assets", method="POST")
-
-    def restart() -> None:
-        while ("POST", "/api/assets") not in immich.requests_log:
-            time.sleep(0.01)
-        immich.down()  # the upload in flight is reset, every new connection too
-        time.sleep(1.5)
-        immich.up()
-
-    restarter = threading.Thread(target=restart)
-    restarter.start()
+    restarter = down_at_first_upload(immich, back_after_s=1.5)
     status, summary, stderr = upload(server_env)
     restarter.join()
     assert status == 0, stderr
@@ -387,15 +386,7 @@ def test_a_server_away_longer_than_server_wait_stops_with_exit_3_and_rows_stay_p
     scan(server_env)
     server_env.set(UPLOAD_CONCURRENCY=1, RETRY_BACKOFF=0.1, SERVER_WAIT=1)
     immich.faults.add(delay_s=0.2, path="/api/assets", method="POST")
-
-    def go_away() -> None:
-        while ("POST", "/api/assets") not in immich.requests_log:
-            time.sleep(0.01)
-        immich.down()
-
-    import threading
-
-    threading.Thread(target=go_away).start()
+    down_at_first_upload(immich, back_after_s=None)
     status, summary, stderr = upload(server_env)
     assert status == 3 and summary["errors"] == 0
     assert "no file was marked failed" in stderr
