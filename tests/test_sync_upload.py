@@ -114,8 +114,10 @@ def test_sigterm_stops_cleanly_with_exit_130_and_true_rows(
     while immich.upload_count() < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    proc.wait(30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
+    assert "stopping as asked (SIGTERM): finishing the files in progress" in err
+    assert "Ctrl+C" not in err  # it was no keyboard
     statuses = row_statuses(server_env)
     uploaded = immich.upload_count()
     assert statuses.count("success") == uploaded and statuses.count("pending") == 10 - uploaded
