@@ -17,6 +17,7 @@ from typing import Any, TextIO
 
 from config import VERSION, ConfigError, Settings, load_settings, mask_secret, settings_flags
 from db_manager import DatabaseError, Store, migrate_store, open_store
+from immich_client import ImmichError
 from logger import FILE_EVENT, console_handler, get_logger, setup_console, setup_file
 from progress import ProgressTracker, select_progress
 
@@ -269,6 +270,12 @@ def run_script(
     except KeyboardInterrupt:
         progress.message(f"{prog}: interrupted")
         return ExitStatus.INTERRUPTED
+    except ImmichError as exc:
+        # The server failed a request the run could not do without (its formats, a bulk check, albums):
+        # what was recorded stands, the next run goes on.
+        log.debug("server failed", exc_info=True)
+        progress.message(f"{prog}: error: the server failed: {exc}")
+        return ExitStatus.TOO_MANY_ERRORS
     except Exception as exc:
         # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
         log.exception("internal error", extra=FILE_EVENT)

@@ -523,17 +523,23 @@ class Store:
         columns = ("scope", "path_hash", *SCANNED_FIELDS, "created_at", "updated_at")
         insert = f"INSERT INTO media_files ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
         # Same content (a touched file, or a row of the client's own table without mtime): the upload state
-        # stays. These two come first: MySQL evaluates SET left to right on the new values.
-        # A file with new content is tried at once, whatever waits an earlier failure had earned.
+        # stays. New content is a new asset: tried at once whatever wait an earlier failure had earned, and
+        # its album, stack and sidecar are still to be done. The CASEs come first: MySQL evaluates SET left
+        # to right on the new values, and `hash` is set below. A file seen on disk was not deleted, whatever
+        # a row says; only this machine's own claim on the row is let go.
         same = "hash = ? AND upload_status IN ('success', 'duplicate')"
         kept = [c for c in SCANNED_FIELDS if c not in ("upload_status", "last_error")]
+        reset_on_new_content = ("next_attempt_at", "error_kind", "album_name", "album_id", "stack_id",
+                                "sidecar_path", "sidecar_sha1")  # fmt: skip
         update = (
-            f"UPDATE media_files SET next_attempt_at = CASE WHEN hash = ? THEN next_attempt_at ELSE NULL END, "
-            f"error_kind = CASE WHEN hash = ? THEN error_kind ELSE NULL END, "
-            f"last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
+            "UPDATE media_files SET "
+            + ", ".join(f"{c} = CASE WHEN hash = ? THEN {c} ELSE NULL END" for c in reset_on_new_content)
+            + f", last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
             f"upload_status = CASE WHEN {same} THEN upload_status ELSE ? END, "
             + ", ".join(f"{c} = ?" for c in kept)
-            + ", missing_since = NULL, claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
+            + ", missing_since = NULL, deleted_at = NULL, "
+            "claim_until = CASE WHEN claimed_by = ? THEN NULL ELSE claim_until END, "
+            "claimed_by = CASE WHEN claimed_by = ? THEN NULL ELSE claimed_by END, updated_at = ? WHERE id = ?"
         )
 
         def write() -> None:
@@ -547,13 +553,14 @@ class Store:
                     self.sql(update),
                     [
                         (
-                            f.hash,
-                            f.hash,
+                            *(f.hash for _ in reset_on_new_content),
                             f.hash,
                             f.last_error,
                             f.hash,
                             f.upload_status,
                             *(getattr(f, c) for c in kept),
+                            self.machine,
+                            self.machine,
                             now,
                             row_id,
                         )
@@ -648,9 +655,15 @@ class Store:
         )
 
     def set_missing(self, ids: Sequence[int], missing: bool) -> None:
-        """Mark rows whose file disappeared (never delete them), or clear the mark when it came back."""
+        """Mark rows whose file disappeared (never delete them), or clear the mark when it came back (a file
+        deleted after upload and put back is then a file on disk again)."""
         now = utc_now()
-        sql = self.sql("UPDATE media_files SET missing_since = ?, updated_at = ? WHERE id = ?")
+        if missing:
+            sql = self.sql("UPDATE media_files SET missing_since = ?, updated_at = ? WHERE id = ?")
+        else:
+            sql = self.sql(
+                "UPDATE media_files SET missing_since = ?, deleted_at = NULL, updated_at = ? WHERE id = ?"
+            )
         for chunk in _chunks(ids, BATCH_ROWS):
             self._write_many(sql, [(now if missing else None, now, i) for i in chunk])
 
@@ -866,10 +879,11 @@ class Store:
         ]
 
     def move_to_target(
-        self, target_id: int, held: Sequence[tuple[int, str, str]], not_held: Sequence[int]
+        self, target_id: int, held: Sequence[tuple[int, str, str, bool]], not_held: Sequence[int]
     ) -> None:
-        """After a server move: `held` (row id, status, asset id) are on `target_id` already; `not_held`
-        rows are not, and go back to pending so they are sent there. One transaction per call."""
+        """After a server move: `held` (row id, status, asset id, another asset) are on `target_id` already;
+        where that is another asset than the row knew, its album, stack and sidecar are not done there.
+        `not_held` rows are not there, and go back to pending so they are sent. One transaction per call."""
         now = utc_now()
 
         def write() -> None:
@@ -877,9 +891,17 @@ class Store:
                 self._executemany(
                     self.sql(
                         "UPDATE media_files SET upload_status = ?, immich_asset_id = ?, target_id = ?, "
+                        "album_name = CASE WHEN ? = 1 THEN NULL ELSE album_name END, "
+                        "album_id = CASE WHEN ? = 1 THEN NULL ELSE album_id END, "
+                        "stack_id = CASE WHEN ? = 1 THEN NULL ELSE stack_id END, "
+                        "sidecar_path = CASE WHEN ? = 1 THEN NULL ELSE sidecar_path END, "
+                        "sidecar_sha1 = CASE WHEN ? = 1 THEN NULL ELSE sidecar_sha1 END, "
                         "updated_at = ? WHERE id = ?"
                     ),
-                    [(status, asset_id, target_id, now, row_id) for row_id, status, asset_id in held],
+                    [
+                        (status, asset_id, target_id, *([int(other)] * 5), now, row_id)
+                        for row_id, status, asset_id, other in held
+                    ],
                 )
             if not_held:
                 self._executemany(

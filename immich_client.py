@@ -390,6 +390,7 @@ class MultipartBody:
         self._handle: BinaryIO | None = None
         self._hasher: Any = None
         self._left = 0
+        self.local_error: OSError | None = None
 
     def _text(self, fields: Sequence[tuple[str, str]]) -> bytes:
         return b"".join(
@@ -416,25 +417,38 @@ class MultipartBody:
                 if segment:
                     return self._sent(segment)
                 continue
-            if self._handle is None:
-                self._handle = segment.open()
-                self._left = self._sizes[id(segment)]
-                self._hasher = hashlib.sha1() if segment.hashed else None
-            if self._left > 0:
-                view = memoryview(self._buffer)[: min(self._left, len(self._buffer))]
-                count = self._handle.readinto(view)
-                if not count:
-                    self.close()
-                    raise OSError(f"{segment.filename} shrank while it was being uploaded")
-                self._left -= count
-                if self._hasher is not None:
-                    self._hasher.update(view[:count])
-                return self._sent(view[:count])
+            try:
+                chunk = self._next_chunk(segment)
+            except OSError as exc:
+                # The HTTP library reports this as a broken connection: it is kept, so the caller can tell
+                # a disk that failed (or a file that shrank) from a server that went away.
+                self.local_error = exc
+                self.close()
+                raise
+            if chunk is not None:
+                return self._sent(chunk)
             if self._hasher is not None:
                 self.sha1s[segment.field_name] = self._hasher.hexdigest()
             self.close()
             self._index += 1
         return b""
+
+    def _next_chunk(self, part: FilePart) -> memoryview | None:
+        """The next chunk of a file part; None at its end."""
+        if self._handle is None:
+            self._handle = part.open()
+            self._left = self._sizes[id(part)]
+            self._hasher = hashlib.sha1() if part.hashed else None
+        if self._left <= 0:
+            return None
+        view = memoryview(self._buffer)[: min(self._left, len(self._buffer))]
+        count = self._handle.readinto(view)
+        if not count:
+            raise FileChangedError(errno.EAGAIN, f"{part.filename} shrank while it was being uploaded")
+        self._left -= count
+        if self._hasher is not None:
+            self._hasher.update(view[:count])
+        return view[:count]
 
     def _sent(self, chunk: bytes | memoryview) -> bytes | memoryview:
         if self.on_bytes is not None:
@@ -670,7 +684,11 @@ class ImmichClient:
             )
         except requests.exceptions.SSLError as exc:
             raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.RequestException as exc:
+            local = getattr(data, "local_error", None)
+            if local is not None:
+                raise local from None  # the file, not the server
+            # Refused, reset, timed out, or an answer cut off mid-way (a restart): the server is away.
             raise WireError(transport_reason(exc, timeout)) from None
 
     @property

@@ -148,6 +148,15 @@ def sync_once(ctx: Context) -> ExitStatus:
 
 def run_sync(ctx: Context) -> ExitStatus:
     if ctx.settings.takeout_paths:
+        if ctx.args.dry_run:
+            from takeout import TakeoutFiles, TakeoutScanner
+
+            scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
+            scanner.scan()
+            here = TakeoutFiles(scanner.archives)
+            rows = [r for r in select(ctx.store.pending_uploads(), ctx.settings) if here.here(r.filepath)]
+            here.close()
+            return dry_run(ctx, rows)
         ctx.settings.require_server()
         return sync_once(ctx)
     ctx.settings.require_sources()

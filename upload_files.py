@@ -152,7 +152,7 @@ def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
     state = f"{TARGET_STATE}:{store.scope}"  # each machine (and shared library) moves on its own
     if store.get_state(state) == str(target):
         return target
-    held_total, sent_again = 0, 0
+    held_total, sent_again, lost_elsewhere = 0, 0, 0
     after = 0
     try:
         while rows := store.uploaded_rows(after, BULK_CHECK_BATCH, not_on_target=target):
@@ -162,9 +162,14 @@ def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
             for r in rows:
                 answer = answers.get(str(r.id))
                 if answer is not None and answer.held:
-                    # Rows of earlier versions keep their status; rows of another server were not sent here.
+                    # Rows of earlier versions keep their status (and album, stack and sidecar: this is
+                    # where they went); rows of another server were not sent here, nor placed.
                     status = r.upload_status if r.target_id is None else "duplicate"
-                    held.append((r.id, status, answer.asset_id or ""))
+                    held.append((r.id, status, answer.asset_id or "", r.target_id is not None))
+                elif r.deleted:
+                    # Deleted here after the other server confirmed it: its only copy is there. The row
+                    # keeps saying so; sending is impossible.
+                    lost_elsewhere += 1
                 else:
                     not_held.append(r.id)
             store.move_to_target(target, held, not_held)
@@ -172,6 +177,12 @@ def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
             sent_again += len(not_held)
     except (ServerUnreachable, StopRequested) as exc:
         raise StartError(f"could not check what {client.base_url} already has: {exc}") from None
+    if lost_elsewhere:
+        log.warning(
+            "%d files were deleted here after another Immich confirmed them and are not on %s: their only "
+            "copy is on the other server (their rows keep its asset ids)",
+            lost_elsewhere, client.base_url,
+        )  # fmt: skip
     if sent_again:
         log.warning(
             "this database had uploaded to another Immich (or before this version): %d files are on %s "
@@ -259,7 +270,7 @@ class Uploader:
         self._bugs: list[BaseException] = []
         # SHA-1 -> rows with that content waiting for the one upload in flight: recorded as its
         # duplicates once it lands, so the same bytes are never sent twice in a run.
-        self._in_flight: dict[str, list[PendingUpload]] = {}
+        self._in_flight: dict[str, tuple[int, list[PendingUpload]]] = {}  # sha1 -> (the row sent, waiting)
         self._retries: list[PendingUpload] = []  # failed rows whose wait is over: after everything else
         self.started = time.monotonic()
         self.counts_progress = True  # sync counts scan progress until its walk is done
@@ -296,8 +307,8 @@ class Uploader:
         self.fed[1] += sum(r.file_size for r in rows)
         try:
             server = self.client.server
-        except (ServerUnreachable, StopRequested) as exc:
-            self._server_gone(exc)
+        except ImmichError as exc:
+            self._server_gone(exc)  # without its version and formats nothing can be sent
             return
         fresh: list[PendingUpload] = []
         for row in rows:
@@ -350,12 +361,12 @@ class Uploader:
                 continue
             self.summary.queued += 1
             with self._lock:
-                waiting = self._in_flight.get(row.sha1 or "") if row.sha1 else None
-                if waiting is not None:
-                    waiting.append(row)
+                lead = self._in_flight.get(row.sha1 or "") if row.sha1 else None
+                if lead is not None:
+                    lead[1].append(row)
                     continue
                 if row.sha1:
-                    self._in_flight[row.sha1] = []
+                    self._in_flight[row.sha1] = (row.id, [])
             self._queue.put(row)
         if settled:
             self.store.record_duplicates(
@@ -367,13 +378,18 @@ class Uploader:
 
     def _landed(self, row: PendingUpload, asset_id: str | None) -> None:
         """The upload of `row` ended: rows with the same content become its duplicates (without a byte
-        sent), or, when it failed, the next of them is tried."""
+        sent), or, when it failed, the next of them is tried. Only the row being sent decides: another
+        row of that content failing on its own (unreadable, say) changes nothing for the others."""
         if not row.sha1:
             return
         with self._lock:
-            waiting = self._in_flight.pop(row.sha1, [])
+            lead = self._in_flight.get(row.sha1)
+            if lead is None or lead[0] != row.id:
+                return
+            del self._in_flight[row.sha1]
+            waiting = lead[1]
             if not asset_id and waiting and not self.halted:
-                self._in_flight[row.sha1] = waiting[1:]
+                self._in_flight[row.sha1] = (waiting[0].id, waiting[1:])
                 self._queue.put(waiting[0])
                 return
         if asset_id and waiting:
@@ -390,6 +406,13 @@ class Uploader:
         try:
             st = os.stat(raw)
         except FileNotFoundError:
+            if not os.path.isdir(os.path.dirname(raw)):
+                # Its whole folder is gone: a share that is not mounted, or moved. The next scan decides
+                # (it knows the source folders); a row is never marked missing on such a guess.
+                self._note(
+                    "skipped", row, "its folder is not there now (not mounted?); left for the next scan"
+                )
+                return None
             self.store.set_missing([row.id], missing=True)
             self._note("skipped", row, "file no longer exists")
             return None
@@ -508,9 +531,14 @@ class Uploader:
     def _upload_one(self, row: PendingUpload) -> None:
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
         sidecar = sidecar_for(raw) if self.takeout is None else None
-        if sidecar is not None and os.path.getsize(sidecar) == 0:
-            log.info("%s: its sidecar is empty; sent without it", row.filepath)  # Immich refuses empty parts
-            sidecar = None
+        try:
+            if sidecar is not None and os.path.getsize(sidecar) == 0:
+                log.info(
+                    "%s: its sidecar is empty; sent without it", row.filepath
+                )  # Immich refuses empty parts
+                sidecar = None
+        except OSError:
+            sidecar = None  # gone since it was found: sent without it
         request = UploadRequest(
             path=raw,
             filename=os.path.basename(row.filepath),
@@ -559,7 +587,8 @@ class Uploader:
             ),
         )
         if status == "success":
-            self.summary.bytes_uploaded += row.file_size
+            with self._lock:
+                self.summary.bytes_uploaded += row.file_size
         self._landed(row, result.asset_id)
 
     def _elsewhere(self, row: PendingUpload) -> None:
@@ -675,7 +704,7 @@ def verify_uploads(client: ImmichClient, store: Store, target_id: int, reupload:
                 if answer.is_trashed:
                     report.trashed.append(r.filepath)
                 elif answer.asset_id != r.asset_id:
-                    renamed.append((r.id, r.upload_status, answer.asset_id or ""))
+                    renamed.append((r.id, r.upload_status, answer.asset_id or "", True))
             elif r.deleted:
                 report.lost.append(r.filepath)
             else:

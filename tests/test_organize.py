@@ -456,3 +456,30 @@ def test_kill_9_during_deletion_leaves_each_file_or_a_row_that_says_where_it_is(
     status, _summary = sync(server_env, "--delete-uploaded")
     assert status == 0 and not any(p.exists() for p in photos)
     assert all(immich.asset_by_sha1(sha1) is not None for sha1 in contents.values())
+
+
+def test_after_a_server_move_album_stack_and_sidecar_are_done_again_before_deletion(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photo = library.photo("trip/IMG_1.jpg", n=1)
+    sidecar = library.write("trip/IMG_1.jpg.xmp", b"<x:xmpmeta>edits</x:xmpmeta>")
+    assert sync(server_env, "--album-from-folder")[0] == 0
+    with ImmichTestServer(api_key=API_KEY) as second:
+        second.add_existing_asset(photo.read_bytes())  # it has the photo, not the sidecar, in no album
+        server_env.set(IMMICH_URL=second.url)
+        status, summary = sync(server_env, "--album-from-folder", "--delete-uploaded", "--delete-duplicates")
+        assert status == 0 and summary["deleted"] == 1
+        assert {a.albumName: len(a.asset_ids) for a in second.albums.values()} == {"trip": 1}
+        assert not photo.exists() and sidecar.exists()  # the second server never got this sidecar
+
+
+def test_a_file_edited_after_upload_goes_into_its_album_again(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photo = library.photo("trip/IMG_1.jpg", n=1)
+    assert sync(server_env, "--album-from-folder")[0] == 0
+    library.photo("trip/IMG_1.jpg", n=2, taken="2022:01:01 10:00:00")  # new content, new asset
+    status, summary = sync(server_env, "--album-from-folder", "--delete-uploaded")
+    assert status == 0 and summary["uploaded"] == 1 and summary["deleted"] == 1 and not photo.exists()
+    (album,) = immich.albums.values()
+    assert len(album.asset_ids) == 2  # the new version joined it before its file was deleted

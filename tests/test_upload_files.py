@@ -9,6 +9,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import scan_files
 import upload_files
 from db_manager import open_store
@@ -541,3 +543,19 @@ def test_verify_reports_assets_gone_or_trashed_and_reupload_sends_them_again(
     assert result.status == 1  # the trashed one still wants the user's decision
     assert asset_posts(immich) == posts + 1
     assert immich.asset_by_sha1(hashlib.sha1(gone.read_bytes()).hexdigest()) is not None
+
+
+def test_a_copy_that_fails_on_its_own_does_not_release_the_others_waiting_for_the_upload(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = library.photo("a/one.jpg", n=1)
+    broken = library.write("b/one-copy.jpg", first.read_bytes())
+    library.write("c/one-copy.jpg", first.read_bytes())
+    scan(server_env)
+    broken.unlink()
+    broken.mkdir()  # it changed into something that cannot be read as a file
+    monkeypatch.setattr(upload_files, "FEED_BATCH", 1)  # one row at a time: the first is in flight
+    immich.faults.add(delay_s=0.5, path="/api/assets", method="POST")
+    status, summary, _ = upload(server_env)
+    assert summary["uploaded"] == 1 and summary["duplicates"] == 1 and summary["errors"] == 1
+    assert asset_posts(immich) == 1  # the third copy waited for the first; it was not sent again
