@@ -557,5 +557,6 @@ def test_a_copy_that_fails_on_its_own_does_not_release_the_others_waiting_for_th
     monkeypatch.setattr(upload_files, "FEED_BATCH", 1)  # one row at a time: the first is in flight
     immich.faults.add(delay_s=0.5, path="/api/assets", method="POST")
     status, summary, _ = upload(server_env)
+    assert status == 1  # one file could not be sent: the run says so in its status
     assert summary["uploaded"] == 1 and summary["duplicates"] == 1 and summary["errors"] == 1
     assert asset_posts(immich) == 1  # the third copy waited for the first; it was not sent again
