@@ -845,13 +845,6 @@ class Store:
             rows = self._query(self.sql("SELECT id FROM immich_targets WHERE identity = ?"), (identity,))
         return int(rows[0][0]) if rows else None
 
-    def target_description(self, target_id: int) -> str:
-        with self._lock:
-            rows = self._query(
-                self.sql("SELECT server_url, user_email FROM immich_targets WHERE id = ?"), (target_id,)
-            )
-        return f"{rows[0][1]} on {rows[0][0]}" if rows else f"target {target_id}"
-
     def uploaded_rows(
         self, after_id: int, limit: int, *, on_target: int | None = None, not_on_target: int | None = None
     ) -> list[UploadedRow]:
@@ -1040,16 +1033,6 @@ class Store:
         return [
             FailedFile(r[0], r[1], int(r[2]), r[3], None if r[4] is None else str(r[4])[:16]) for r in rows
         ]
-
-    def retry_errors(self) -> int:
-        """Put this scope's failed uploads back to pending, their waits cleared; returns how many."""
-        return self._write_one(
-            self.sql(
-                "UPDATE media_files SET upload_status = 'pending', next_attempt_at = NULL "
-                "WHERE scope = ? AND upload_status = 'error' AND hash <> '' AND missing_since IS NULL"
-            ),
-            (self.scope,),
-        )
 
     def row(self, row_id: int) -> dict[str, Any]:
         """One row as a dict (tests and the report)."""

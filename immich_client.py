@@ -83,13 +83,12 @@ class ImmichError(Exception):
     """A request failed; carries what a user and a log need to tell why."""
 
     def __init__(self, message: str, status: int | None = None, method: str = "", url: str = "",
-                 body: str = "", transient: bool = False, kind: str = "server") -> None:  # fmt: skip
+                 body: str = "", kind: str = "server") -> None:  # fmt: skip
         super().__init__(message)
         self.status = status
         self.method = method
         self.url = url
         self.body = body
-        self.transient = transient
         self.kind = kind
 
     @property
@@ -242,8 +241,7 @@ class ServerGate:
     def _gone(self, away_s: float) -> ServerUnreachable:
         return ServerUnreachable(
             f"{self.url} has been away or busy for {format_duration(away_s)} ({self._reason}; SERVER_WAIT is "
-            f"{format_duration(self.budget_s)}): stopping; no file was marked failed, the next run goes on",
-            transient=True,
+            f"{format_duration(self.budget_s)}): stopping; no file was marked failed, the next run goes on"
         )
 
     def ok(self) -> None:
@@ -276,7 +274,6 @@ class ServerInfo(NamedTuple):
     version: tuple[int, int, int]
     image_extensions: frozenset[str]
     video_extensions: frozenset[str]
-    sidecar_extensions: frozenset[str]
 
     @property
     def version_text(self) -> str:
@@ -645,7 +642,7 @@ class ImmichClient:
                 self._wait(self.gate.failed(reason, retry_after), method, url)
                 continue
             if retries_left <= 0:
-                raise ServerUnreachable(reason, None, method, url, transient=True)
+                raise ServerUnreachable(reason, None, method, url)
             retries_left -= 1
             self._wait(retry_after if retry_after is not None else self._backoff(), method, url)
 
@@ -726,7 +723,7 @@ class ImmichClient:
 
     def _wait(self, seconds: float, method: str, url: str) -> None:
         if seconds > 0 and self.stop.wait(seconds):
-            raise StopRequested("stopped while waiting to retry", None, method, url, transient=True)
+            raise StopRequested("stopped while waiting to retry", None, method, url)
 
     def _call(self, method: str, path: str, shape: type = dict, **kwargs: Any) -> Any:
         """_request, then its JSON body, which must be a `shape` (dict or list)."""
@@ -794,7 +791,6 @@ class ImmichClient:
                     ),
                     image_extensions=frozenset(e.lower() for e in types.get("image", [])),
                     video_extensions=frozenset(e.lower() for e in types.get("video", [])),
-                    sidecar_extensions=frozenset(e.lower() for e in types.get("sidecar", [])),
                 )
             return self._server
 
