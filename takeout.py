@@ -84,8 +84,7 @@ class Archive:
         if self._zip is not None:
             for info in self._zip.infolist():
                 if not info.is_dir():
-                    mtime = int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
-                    yield self._member(info.filename, info.file_size, mtime)
+                    yield self._member(info.filename, info.file_size, zip_mtime_ns(info))
             return
         for folder, _dirs, names in os.walk(self.path):
             for name in names:
@@ -118,11 +117,16 @@ class Archive:
             info = self._zip.getinfo(inner)
         except KeyError:
             return None
-        return info.file_size, int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
+        return info.file_size, zip_mtime_ns(info)
 
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+
+
+def zip_mtime_ns(info: zipfile.ZipInfo) -> int:
+    """A member's time as the zip keeps it (to the second, no zone): only ever compared with itself."""
+    return int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
 
 
 def photos_folder(folder: str) -> str:
@@ -253,6 +257,7 @@ class TakeoutIndex:
 
     by_key: dict[tuple[str, str, str], GoogleInfo] = field(default_factory=dict)
     by_title: dict[tuple[str, str], GoogleInfo] = field(default_factory=dict)
+    by_stem: dict[tuple[str, str, str], GoogleInfo] = field(default_factory=dict)  # for live photos' clips
     albums: dict[str, str] = field(default_factory=dict)  # folder -> album title
 
     def add(self, member: Member, data: Any) -> None:
@@ -262,6 +267,7 @@ class TakeoutIndex:
             info = GoogleInfo.parse(member.name, data)
             clipped, counter = json_key(member.name)
             self.by_key.setdefault((member.folder, clipped, counter), info)
+            self.by_stem.setdefault((member.folder, os.path.splitext(clipped)[0], counter), info)
             if info.title:
                 self.by_title.setdefault((member.folder, normalize(info.title)), info)
         elif isinstance(data.get("title"), str) and data["title"]:
@@ -281,13 +287,9 @@ class TakeoutIndex:
             if found is not None:
                 return Match(found, "edited")
         if ext.lower().lstrip(".") in ("mp", "mp4", "mov"):
-            for (where, key, key_counter), info in self.by_key.items():
-                if (
-                    where == folder
-                    and key_counter == counter
-                    and os.path.splitext(key)[0] == stem[:CLIPPED_NAME]
-                ):
-                    return Match(info, "motion")
+            found = self.by_stem.get((folder, stem[:CLIPPED_NAME], counter))
+            if found is not None:
+                return Match(found, "motion")
         found = self.by_title.get((folder, normalize(name)))
         if found is not None:
             return Match(found, "title")
@@ -303,12 +305,15 @@ def edited_original(stem: str) -> str | None:
     return None
 
 
-def build_index(archives: list[Archive], on_problem: Callable[[str, str], None]) -> TakeoutIndex:
-    """Read every JSON of every part (they are small) into one index."""
+def build_index(
+    archives: list[Archive], folders: set[str], on_problem: Callable[[str, str], None]
+) -> TakeoutIndex:
+    """Read the JSONs of these folders, from every part (a file's JSON may sit in another part), into one
+    index; a rerun with nothing new reads none."""
     index = TakeoutIndex()
     for archive in archives:
         for member in archive.members():
-            if not member.name.lower().endswith(".json"):
+            if member.folder not in folders or not member.name.lower().endswith(".json"):
                 continue
             try:
                 with archive.open(member.stored) as handle:
@@ -479,40 +484,46 @@ class TakeoutScanner:
 
         started = time.monotonic()
         summary = self.summary
-        index = build_index(self.archives, self._problem)
         known = KnownIndex(self.store.iter_known_files())
         batch = _SaveBatch(self.store, on_upload_ready)
         self.progress.start("scan")
+        # First the central directories alone: what is new or changed, and so which folders' JSONs to read.
+        to_describe: list[tuple[Member, tuple[str, str], int | None]] = []
+        for archive in self.archives:
+            for member in archive.members():
+                if self.stop.is_set():
+                    break
+                kind = None if member.name.lower().endswith(".json") else self.media_kind(member.name)
+                if kind is None:
+                    continue
+                summary.found += 1
+                key = path_hash(member.stored.encode())
+                i = known.find(key)
+                if i is not None:
+                    known.seen[i] = 1
+                    # What was passed over as trashed is looked at again when the trash is asked for.
+                    again = self.settings.takeout_trashed and known.row(i).upload_status == "skipped"
+                    if known.unchanged(i, member.size_bytes, member.mtime_ns) and not again:
+                        summary.unchanged += 1
+                        batch.unchanged(known.row(i), key)
+                        self.progress.advance(1, 0)
+                        continue
+                to_describe.append((member, kind, None if i is None else known.ids[i]))
+        index = build_index(self.archives, {m.folder for m, _, _ in to_describe}, self._problem)
         with ThreadPoolExecutor(self.settings.hash_workers, thread_name_prefix="takeout") as pool:
             waiting: list[tuple[Member, int | None, Any]] = []
-            for archive in self.archives:
-                for member in archive.members():
-                    if self.stop.is_set():
-                        break
-                    kind = None if member.name.lower().endswith(".json") else self.media_kind(member.name)
-                    if kind is None:
-                        continue
-                    summary.found += 1
-                    match = index.match(member)
-                    self.report.note(member, match)
-                    if match.info is not None and match.info.trashed and not self.settings.takeout_trashed:
-                        self.report.trashed += 1
-                    key = path_hash(member.stored.encode())
-                    i = known.find(key)
-                    if i is not None:
-                        known.seen[i] = 1
-                        # What was passed over as trashed is looked at again when the trash is asked for.
-                        again = self.settings.takeout_trashed and known.row(i).upload_status == "skipped"
-                        if known.unchanged(i, member.size_bytes, member.mtime_ns) and not again:
-                            summary.unchanged += 1
-                            batch.unchanged(known.row(i), key)
-                            self.progress.advance(1, 0)
-                            continue
-                    album = index.albums.get(member.folder)
-                    work = pool.submit(describe_member, member, match, self.settings, album, *kind)
-                    waiting.append((member, None if i is None else known.ids[i], work))
-                    while len(waiting) > self.settings.hash_workers * 4:
-                        self._collect(*waiting.pop(0), batch)
+            for member, kind, row_id in to_describe:
+                if self.stop.is_set():
+                    break
+                match = index.match(member)
+                self.report.note(member, match)
+                if match.info is not None and match.info.trashed and not self.settings.takeout_trashed:
+                    self.report.trashed += 1
+                album = index.albums.get(member.folder)
+                work = pool.submit(describe_member, member, match, self.settings, album, *kind)
+                waiting.append((member, row_id, work))
+                while len(waiting) > self.settings.hash_workers * 4:
+                    self._collect(*waiting.pop(0), batch)
             for item in waiting:
                 self._collect(*item, batch)
         batch.save()

@@ -205,23 +205,29 @@ def test_a_takeout_is_uploaded_once_with_googles_dates_places_and_albums_and_the
 def test_a_rerun_reads_nothing_it_has_seen_and_more_parts_are_added_later(
     server_env: Env, immich: ImmichTestServer, takeout: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import takeout as module
+
     first, second = takeout
     status, summary, _ = sync(server_env, first)
     assert status == 0 and summary["new"] == 15
     sent = immich.upload_count()
-    status, summary, _ = sync(server_env, first, second)  # the second part arrived
-    assert status == 0 and summary["new"] == 1 and summary["unchanged"] == 15 and summary["uploaded"] == 1
-    assert immich.upload_count() == sent + 1
-    import takeout as module
-
     opened: list[str] = []
     real = module.Archive.open
     monkeypatch.setattr(
         module.Archive, "open", lambda self, stored: opened.append(stored) or real(self, stored)
     )
+    status, summary, _ = sync(server_env, first, second)  # the second part arrived
+    assert status == 0 and summary["new"] == 1 and summary["unchanged"] == 15 and summary["uploaded"] == 1
+    assert immich.upload_count() == sent + 1
+    # Its JSON sits in the first part: read, with its folder's others, and no other folder's.
+    new_folder = f"{ROOT}/Photos from 2021/"
+    assert any(name.endswith(f"{new_folder}IMG_0011.jpg.json") for name in opened)
+    assert opened and all(new_folder in name for name in opened)
+    assert created(immich, part_two()[f"{new_folder}IMG_0011.jpg"]) == "2021-02-02T03:04:05.000Z"
+    opened.clear()
     status, summary, _ = sync(server_env, first, second)
     assert status == 0 and summary["unchanged"] == 16 and summary["uploaded"] == 0
-    assert all(name.endswith(".json") for name in opened)  # no photo read again, only Google's small JSONs
+    assert opened == []  # nothing new: not a photo, not a JSON was read
     assert immich.upload_count() == sent + 1
 
 
