@@ -44,6 +44,7 @@ DONE_STATUSES = ("success", "duplicate")
 API_RESPONSE_MAX_CHARS = 4000
 BATCH_ROWS = 1000
 CONFLICT_RETRIES = 5
+IDLE_PING_S = 10.0  # a MySQL connection unused this long is pinged before a transaction
 STREAM_ROWS = 5000
 
 
@@ -489,10 +490,9 @@ class Store:
     def iter_known_files(self) -> Iterator[tuple[str, KnownFile]]:
         """Every row as (path_hash, what a rescan compares), in path_hash order and streamed, so a rescan of
         a million files builds its compact index without a million-row list in between."""
-        with self._lock:
-            sql = self.sql(f"SELECT {KNOWN_COLUMNS} FROM media_files WHERE scope = ? ORDER BY path_hash")
-            for r in self._stream(sql, (self.scope,)):
-                yield r[0], KnownFile(r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
+        sql = self.sql(f"SELECT {KNOWN_COLUMNS} FROM media_files WHERE scope = ? ORDER BY path_hash")
+        for r in self._stream(sql, (self.scope,)):
+            yield r[0], KnownFile(r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]))
 
     def count_under(self, folder: str | None) -> int:
         """Rows of this scope present on disk (as last scanned) whose path lies under `folder` (None: all;
@@ -690,9 +690,8 @@ class Store:
         """pending_uploads() streamed, in the same order, for a library too big to hold in memory."""
         sql, params = self._pending_query(None, None, None, failed_only)
         assert sql is not None
-        with self._lock:
-            for r in self._stream(self.sql(sql), params):
-                yield PendingUpload(*_date_to_text(r))
+        for r in self._stream(self.sql(sql), params):
+            yield PendingUpload(*_date_to_text(r))
 
     def _pending_query(
         self,
@@ -1148,9 +1147,11 @@ class SqliteStore(Store):
             raise DatabaseError(f"the SQLite database {self.path} failed: {exc}") from exc
 
     def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
-        cursor = self.conn.execute(sql, params)
-        while rows := cursor.fetchmany(STREAM_ROWS):
-            yield from rows
+        # The one connection is shared: it is held until the last row is read.
+        with self._lock:
+            cursor = self.conn.execute(sql, params)
+            while rows := cursor.fetchmany(STREAM_ROWS):
+                yield from rows
 
     def _begin(self) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
@@ -1246,6 +1247,7 @@ class MysqlStore(Store):
         self.settings = settings
         self._lock_conn: Any = None
         self.conn = self._connect()
+        self._used_at = time.monotonic()
 
     def describe(self) -> str:
         s = self.settings
@@ -1324,9 +1326,11 @@ class MysqlStore(Store):
     @contextmanager
     def atomic(self) -> Iterator[None]:
         # A transaction interrupted by a dropped connection was rolled back by the server; atomic() cannot
-        # replay the caller's block, so it reconnects for the next caller and lets the error surface.
+        # replay the caller's block, so it reconnects for the next caller and lets the error surface. A
+        # connection idle for a while is pinged first (servers close idle ones); a busy one is not, as
+        # _transaction() replays a block lost to a dropped connection.
         with self._lock:
-            if not self._in_transaction:
+            if not self._in_transaction and time.monotonic() - self._used_at > IDLE_PING_S:
                 try:
                     self.conn.ping(reconnect=False)
                 except self._pymysql.err.Error:
@@ -1334,6 +1338,26 @@ class MysqlStore(Store):
                     self._reconnect()
             with super().atomic():
                 yield
+            self._used_at = time.monotonic()
+
+    def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
+        # One statement needs no BEGIN and COMMIT: the connection autocommits. A third of the round trips
+        # of each recorded upload.
+        if self._in_transaction:
+            return self._execute(sql, params)
+        with self._lock:
+            conflicts = 0
+            while True:
+                try:
+                    count = self._execute(sql, params)
+                    self._used_at = time.monotonic()
+                    return count
+                except self.backend_errors as exc:
+                    if self._is_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                        conflicts += 1
+                        time.sleep(random.uniform(0.01, 0.05) * conflicts)
+                        continue
+                    raise DatabaseError(f"the {self.backend} database failed: {exc}") from exc
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._retry_once(lambda cur: cur.execute(sql, params))
@@ -1353,7 +1377,7 @@ class MysqlStore(Store):
 
     def _stream(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
         # An unbuffered cursor on a connection of its own: rows arrive as they are read, and the main
-        # connection stays free for the writes made meanwhile.
+        # connection (and the store's lock) stays free for the writes made meanwhile.
         conn = self._connect()
         try:
             with conn.cursor(self._pymysql.cursors.SSCursor) as cur:

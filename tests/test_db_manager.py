@@ -244,3 +244,27 @@ def test_mysql_transaction_lost_to_a_dropped_connection_is_replayed_once(env: En
         assert [p.filepath for p in store.pending_uploads()] == ["/p/after-kill.jpg"]
     finally:
         store.close()
+
+
+def test_mysql_single_write_lost_to_a_dropped_connection_is_made_on_a_new_one(env: Env, backend: str) -> None:
+    if backend != "mysql":
+        pytest.skip("connection loss is a MySQL matter")
+    store = open_store(env.settings())
+    try:
+        import pymysql
+
+        store.save_scanned([scanned("/p/sent.jpg")], [])
+        row_id = store.pending_uploads()[0].id
+        killer = pymysql.connect(**MYSQL, autocommit=True)
+        with killer.cursor() as cur:
+            cur.execute("KILL %s", (store.conn.thread_id(),))  # type: ignore[attr-defined]
+        killer.close()
+        store.record_upload(
+            row_id, UploadOutcome("success", asset_id="asset-1")
+        )  # one autocommitted statement
+        assert (
+            store.row(row_id)["upload_status"] == "success"
+            and store.row(row_id)["immich_asset_id"] == "asset-1"
+        )
+    finally:
+        store.close()
