@@ -19,7 +19,7 @@ import os
 import re
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -111,29 +111,47 @@ def update_albums(
     return summary
 
 
-def stack_groups(files: list[DoneFile], raw_jpeg: bool, bursts: bool) -> list[list[DoneFile]]:
-    """Groups to stack, cover first: a JPEG/HEIC with its RAW (same folder and name), and bursts."""
-    groups: list[list[DoneFile]] = []
+def stack_name_groups(names: Iterable[str], raw_jpeg: bool, bursts: bool) -> list[list[str]]:
+    """The stacks among the names of one folder, cover first: a JPEG/HEIC with its RAWs (same name), and a
+    burst's pictures. What is stacked and what deletion waits for are both read from here, so they agree."""
+    groups: list[list[str]] = []
+    ordered = sorted(names)
     if raw_jpeg:
-        by_stem: dict[str, list[DoneFile]] = defaultdict(list)
-        for file in files:
-            by_stem[os.path.splitext(file.filepath)[0].lower()].append(file)
+        by_stem: dict[str, list[str]] = defaultdict(list)
+        for name in ordered:
+            by_stem[os.path.splitext(name)[0].lower()].append(name)
         for members in by_stem.values():
-            covers = [f for f in members if f.extension in COVER_EXTENSIONS]
-            raws = [f for f in members if f.extension in RAW_EXTENSIONS]
+            covers = [n for n in members if _extension(n) in COVER_EXTENSIONS]
+            raws = [n for n in members if _extension(n) in RAW_EXTENSIONS]
             if covers and raws:
                 groups.append(covers[:1] + raws)
     if bursts:
-        by_burst: dict[tuple[str, str], list[DoneFile]] = defaultdict(list)
-        for file in files:
-            match = BURST.match(os.path.basename(file.filepath))
-            if match:
-                by_burst[(os.path.dirname(file.filepath), match["id"])].append(file)
+        by_burst: dict[str, list[str]] = defaultdict(list)
+        for name in ordered:
+            if match := BURST.match(name):
+                by_burst[match["id"]].append(name)
         for members in by_burst.values():
             if len(members) > 1:
-                members.sort(key=lambda f: ("COVER" not in os.path.basename(f.filepath).upper(), f.filepath))
+                members.sort(key=lambda n: ("COVER" not in n.upper(), n))
                 groups.append(members)
     return groups
+
+
+def _extension(name: str) -> str:
+    return os.path.splitext(name)[1].lstrip(".").lower()
+
+
+def stack_groups(files: list[DoneFile], raw_jpeg: bool, bursts: bool) -> list[list[DoneFile]]:
+    """Groups of these files to stack, cover first (see stack_name_groups)."""
+    by_folder: dict[str, dict[str, DoneFile]] = defaultdict(dict)
+    for file in files:
+        folder, name = os.path.split(file.filepath)
+        by_folder[folder][name] = file
+    return [
+        [by_name[name] for name in names]
+        for by_name in by_folder.values()
+        for names in stack_name_groups(by_name, raw_jpeg, bursts)
+    ]
 
 
 def update_stacks(
@@ -198,41 +216,28 @@ class StackPartners:
         self.settings = settings
         self.scope = scope
         self.by_path = {f.filepath: f for f in done}
-        self._listings: dict[str, list[str]] = {}
+        self._partners: dict[str, dict[str, list[str]]] = {}
 
-    def _names(self, folder: str) -> list[str]:
-        """The names in a folder (given as its rows store it), read once."""
-        if folder not in self._listings:
+    def _partners_in(self, folder: str) -> dict[str, list[str]]:
+        """For each photo or video on disk in a folder (given as its rows store it; read once), the paths
+        it would be stacked with."""
+        if folder not in self._partners:
             try:
                 where = self.scope.local(os.fsencode(folder)) if folder else self.scope.root or b"."
-                self._listings[folder] = [os.fsdecode(name) for name in os.listdir(where)]
+                names = [os.fsdecode(name) for name in os.listdir(where)]
             except OSError:
-                self._listings[folder] = []
-        return self._listings[folder]
+                names = []
+            media = [n for n in names if self.settings.media_kind(_extension(n)) is not None]
+            partners: dict[str, list[str]] = defaultdict(list)
+            for group in stack_name_groups(media, self.settings.stack_raw_jpeg, self.settings.stack_bursts):
+                for name in group:
+                    partners[name] += [os.path.join(folder, other) for other in group if other != name]
+            self._partners[folder] = partners
+        return self._partners[folder]
 
     def partners(self, file: DoneFile) -> list[str]:
         folder, name = os.path.split(file.filepath)
-        stem, dot_ext = os.path.splitext(name)
-        ext = dot_ext.lstrip(".").lower()
-        found = []
-        for other in self._names(folder):
-            if other == name:
-                continue
-            other_stem, other_ext = os.path.splitext(other)
-            other_ext = other_ext.lstrip(".").lower()
-            pair = {ext, other_ext}
-            if (
-                self.settings.stack_raw_jpeg
-                and other_stem.lower() == stem.lower()
-                and pair & COVER_EXTENSIONS
-                and pair & set(RAW_EXTENSIONS)
-            ):
-                found.append(os.path.join(folder, other))
-            if self.settings.stack_bursts:
-                mine, theirs = BURST.match(name), BURST.match(other)
-                if mine and theirs and mine["id"] == theirs["id"]:
-                    found.append(os.path.join(folder, other))
-        return found
+        return self._partners_in(folder).get(name, [])
 
     def stacked(self, file: DoneFile) -> bool:
         if not (self.settings.stack_raw_jpeg or self.settings.stack_bursts):

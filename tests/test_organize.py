@@ -483,3 +483,28 @@ def test_a_file_edited_after_upload_goes_into_its_album_again(
     assert status == 0 and summary["uploaded"] == 1 and summary["deleted"] == 1 and not photo.exists()
     (album,) = immich.albums.values()
     assert len(album.asset_ids) == 2  # the new version joined it before its file was deleted
+
+
+def test_a_burst_with_a_sidecar_is_deleted_once_stacked(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    one = library.photo("b/PXL_20240101_120000000.PORTRAIT_BURST20240101120000123.jpg", n=1)
+    cover = library.photo("b/PXL_20240101_120000001.PORTRAIT_BURST20240101120000123_COVER.jpg", n=2)
+    library.write(f"b/{cover.name}.xmp", b"<x:xmpmeta/>")  # matches the burst's name; not a photo
+    status, summary = sync(server_env, "--stack-bursts", "--delete-uploaded")
+    assert status == 0 and summary["stacks_created"] == 1
+    assert not one.exists() and not cover.exists() and summary["deleted"] == 2
+
+
+def test_a_second_cover_beside_a_raw_is_not_waited_for_and_does_not_hold_the_raw(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    jpeg = library.photo("a/IMG_1.jpg", n=1)
+    heic = library.photo("a/IMG_1.heic", n=2)  # one cover is stacked with the RAW, the other stays alone
+    raw = library.write("a/IMG_1.DNG", b"raw data" * 200)
+    status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
+    assert status == 0 and summary["stacks_created"] == 1
+    (stack,) = immich.stacks.values()
+    names = [immich.assets[a].filename for a in stack]
+    assert len(names) == 2 and names[0] in (jpeg.name, heic.name) and names[1] == raw.name
+    assert not jpeg.exists() and not heic.exists() and not raw.exists() and summary["deleted"] == 3
