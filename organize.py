@@ -363,7 +363,12 @@ def delete_uploaded(
         if not hashed:
             continue
         # The server's word on exactly the bytes just read, moments before they go.
-        held = held_now(client, [(f, sha1) for f, _raw, _st, sha1 in hashed])
+        try:
+            held = held_now(client, [(f, sha1) for f, _raw, _st, sha1 in hashed])
+        except ImmichError as exc:
+            summary.errors += 1
+            log.error("deletion stopped: Immich could not confirm the next files (%s); the rest kept", exc)
+            break
         for file, raw, identity, sha1 in hashed:
             if stop.is_set():
                 break

@@ -508,3 +508,28 @@ def test_a_second_cover_beside_a_raw_is_not_waited_for_and_does_not_hold_the_raw
     names = [immich.assets[a].filename for a in stack]
     assert len(names) == 2 and names[0] in (jpeg.name, heic.name) and names[1] == raw.name
     assert not jpeg.exists() and not heic.exists() and not raw.exists() and summary["deleted"] == 3
+
+
+def test_a_server_refusal_between_slices_stops_deletion_and_counts_what_went(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import organize
+
+    photos = library.photos(4)
+    monkeypatch.setattr(organize, "DELETE_SLICE_FILES", 2)
+    checks = 0
+    real_held_now = organize.held_now
+
+    def refused_after_the_first_slice(client, items):  # type: ignore[no-untyped-def]
+        nonlocal checks
+        checks += 1
+        if checks == 3:  # the first word on all four, then the first slice's: the server now refuses
+            immich.faults.add(status=400, path="/api/assets/bulk-upload-check", method="POST")
+        return real_held_now(client, items)
+
+    monkeypatch.setattr(organize, "held_now", refused_after_the_first_slice)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 1 and summary["deleted"] == 2 and summary["errors"] == 1
+    assert sum(p.exists() for p in photos) == 2
+    deleted = [r for r in db_rows(server_env) if r["deleted_at"] is not None]
+    assert len(deleted) == 2
