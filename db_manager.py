@@ -1257,12 +1257,18 @@ class MysqlStore(Store):
         s = self.settings
         pymysql = self._pymysql
         try:
-            return pymysql.connect(
+            conn = pymysql.connect(
                 host=s.db_host, port=s.db_port, user=s.db_user, password=s.db_password,
                 database=s.db_name if database else None, charset="utf8mb4", autocommit=True,
                 connect_timeout=10, read_timeout=300, write_timeout=300,
                 init_command="SET time_zone = '+00:00'",  # every TIMESTAMP in UTC, as utc_now() writes
             )  # fmt: skip
+            # Machines sharing the database write the same rows. Under READ COMMITTED an UPDATE that has to
+            # scan keeps no lock on the rows it passes over, so it does not deadlock with another
+            # machine's inserts; every claim is a conditional UPDATE, safe without repeatable reads.
+            with conn.cursor() as cur:
+                cur.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            return conn
         except pymysql.err.OperationalError as exc:
             code = exc.args[0] if exc.args else 0
             where = f"MySQL at {s.db_host}:{s.db_port}"
@@ -1343,9 +1349,9 @@ class MysqlStore(Store):
     def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
         # One statement needs no BEGIN and COMMIT: the connection autocommits. A third of the round trips
         # of each recorded upload.
-        if self._in_transaction:
-            return self._execute(sql, params)
-        with self._lock:
+        with self._lock:  # first: another thread's transaction holds the connection until it ends
+            if self._in_transaction:  # this thread's own, then
+                return self._execute(sql, params)
             conflicts = 0
             while True:
                 try:

@@ -26,7 +26,6 @@ from progress import errors_row
 from scan_files import ScanSummary, add_scan_arguments, scan_status, scanner_for
 from scan_files import summary_rows as scan_rows
 from upload_files import (
-    FEED_BATCH,
     Uploader,
     UploadSummary,
     adopt_target,
@@ -105,14 +104,16 @@ def sync_once(ctx: Context) -> ExitStatus:
             uploader.start()
             scanner = takeout_scanner or scanner_for(ctx)
             scan = scanner.scan(
-                on_upload_ready=lambda keys: uploader.feed(ctx.store.pending_uploads(path_hashes=keys))
+                on_upload_ready=lambda keys: uploader.feed_if_room(
+                    lambda: ctx.store.pending_uploads(path_hashes=keys)
+                )
             )
-            if scope.shared:
-                # Files other machines hashed during this scan wait for upload too: the workers claim
-                # each right before sending, so every machine takes its share.
+            if scope.shared or uploader.overflowed:
+                # What the queue had no room for during the scan waits in the database; in a shared
+                # library, so do files other machines hashed meanwhile (the workers claim each right
+                # before sending, so every machine takes its share).
                 ids, _ = chosen_rows(ctx.store, ctx.settings, None, False, scope)
-                for start in range(0, len(ids), FEED_BATCH):
-                    uploader.feed(ctx.store.pending_uploads(ids=ids[start : start + FEED_BATCH]))
+                uploader.feed_backlog(ids)
             uploader.start_progress()
             upload = uploader.finish()
             ctx.progress.finish()

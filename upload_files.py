@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from array import array
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, TextIO
@@ -241,6 +242,24 @@ def select(
     return chosen if limit is None else chosen[:limit]
 
 
+class IdSet:
+    """A set of row ids as a bitmap: a million rows fed in one run take 125 KB, not the 60 MB of a set."""
+
+    def __init__(self) -> None:
+        self._bits = bytearray()
+
+    def __contains__(self, row_id: int) -> bool:
+        byte = row_id >> 3
+        return byte < len(self._bits) and bool(self._bits[byte] & (1 << (row_id & 7)))
+
+    def update(self, row_ids: Iterable[int]) -> None:
+        for row_id in row_ids:
+            byte = row_id >> 3
+            if byte >= len(self._bits):
+                self._bits.extend(bytes(max(byte + 1 - len(self._bits), len(self._bits))))
+            self._bits[byte] |= 1 << (row_id & 7)
+
+
 class Uploader:
     def __init__(
         self,
@@ -278,7 +297,8 @@ class Uploader:
         # upload phase of a sync can start its counter where the uploads during the scan left it.
         self.fed = [0, 0]
         self.settled = [0, 0, 0]
-        self._fed_ids: set[int] = set()  # a row is fed once, however many ways it comes
+        self._fed_ids = IdSet()  # a row is fed once, however many ways it comes
+        self.overflowed = False  # feed_if_room() found no room: rows wait in the database
 
     @property
     def halted(self) -> bool:
@@ -295,6 +315,34 @@ class Uploader:
                 log.error("%s", exc)
 
     # -- feeding
+    def has_room(self) -> bool:
+        """Whether the queue wants more rows: it holds about one batch ahead of the workers, so memory stays
+        flat however large the backlog."""
+        return self._queue.qsize() < FEED_BATCH
+
+    def wait_for_room(self) -> None:
+        """Block until the queue wants more rows (or the run ends). Main thread: it polls, so signals land."""
+        while not self.has_room() and not self.halted and not self._bugs:
+            time.sleep(0.02)
+
+    def feed_if_room(self, load: Callable[[], list[PendingUpload]]) -> None:
+        """Feed what `load` reads when the queue has room; else note it (`overflowed`), and the caller feeds
+        the backlog later from the database. The scanner calls this: it never waits for the uploads."""
+        if self.has_room():
+            self.feed(load())
+        else:
+            self.overflowed = True
+
+    def feed_backlog(self, ids: Sequence[int], failed_only: bool = False) -> None:
+        """Feed these rows a batch at a time, as the queue drains."""
+        for start in range(0, len(ids), FEED_BATCH):
+            if self.halted:
+                break
+            self.wait_for_room()
+            self.feed(
+                self.store.pending_uploads(ids=ids[start : start + FEED_BATCH], failed_only=failed_only)
+            )
+
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
         rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self._fed_ids]
@@ -924,11 +972,7 @@ def run_upload(ctx: Context) -> ExitStatus:
             ctx.progress.start("upload", len(ids), total_bytes, unit="bytes")
             uploader.start()
             # In slices, so uploads begin while the rest is still being checked with the server.
-            for start in range(0, len(ids), FEED_BATCH):
-                if ctx.stop.is_set():
-                    break
-                chunk = ids[start : start + FEED_BATCH]
-                uploader.feed(ctx.store.pending_uploads(ids=chunk, failed_only=ctx.args.retry_errors))
+            uploader.feed_backlog(ids, failed_only=ctx.args.retry_errors)
             summary = uploader.finish()
             ctx.progress.finish()
             summary.stopped_after_errors = uploader.aborted.is_set()

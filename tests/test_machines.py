@@ -117,14 +117,19 @@ def test_a_shared_library_is_split_between_three_machines_each_file_hashed_and_s
     tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
 ) -> None:
     library.photos(60)
-    for _ in range(60):
-        immich.faults.add(delay_s=0.2, path="/api/assets", method="POST")
+    immich.faults.add(delay_s=0.5, count=60, path="/api/assets", method="POST")  # m1 alone: 7.5 s
     procs = []
     for machine in ("m1", "m2", "m3"):
         mount = tmp_path / f"mnt-{machine}"
         mount.symlink_to(library.root)  # the share is mounted at a different path on each machine
         env = machine_env(tmp_path, database, machine, immich, SOURCE_DIR=mount, SHARED_LIBRARY="family")
         procs.append(start_process("sync_upload.py", "--env-file", str(env), "--json", "--no-progress"))
+        if machine == "m1":
+            # m2 and m3 join (together) once m1 is uploading: a library this small is otherwise all
+            # claimed by whichever machine walks it first, and the others rightly find nothing to do.
+            deadline = time.monotonic() + 30
+            while ("POST", "/api/assets") not in immich.requests_log and time.monotonic() < deadline:
+                time.sleep(0.02)
     results = [finish(proc) for proc in procs]
     assert all(status == 0 for status, _, _ in results), [err for _, _, err in results]
     summaries = [summary for _, summary, _ in results]
@@ -139,6 +144,22 @@ def test_a_shared_library_is_split_between_three_machines_each_file_hashed_and_s
     assert len(rows) == 60 and {r["scope"] for r in rows} == {"l:family"}
     assert all(not str(r["filepath"]).startswith("/") for r in rows)  # stored below the mount point
     assert {r["upload_status"] for r in rows} == {"success"} and {r["claimed_by"] for r in rows} == {None}
+
+
+def test_four_machines_starting_together_on_a_fresh_database_all_finish(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    for folder in range(9):  # enough files for the machines' claims to overlap
+        library.photos(100, folder=f"f{folder}", start=folder * 100)
+    procs = []
+    for machine in ("m1", "m2", "m3", "m4"):
+        mount = tmp_path / f"mnt-{machine}"
+        mount.symlink_to(library.root)
+        env = machine_env(tmp_path, database, machine, immich, SOURCE_DIR=mount, SHARED_LIBRARY="family")
+        procs.append(start_process("sync_upload.py", "--env-file", str(env), "--json", "--no-progress"))
+    results = [finish(proc) for proc in procs]
+    assert all(status == 0 for status, _, _ in results), [err for _, _, err in results]  # no deadlock lost
+    assert immich.upload_count() == 900 and max(bodies_per_checksum(immich).values()) == 1
 
 
 def test_a_moved_mount_point_is_no_new_library(

@@ -6,6 +6,8 @@ import json
 import signal
 import time
 
+import pytest
+
 import sync_upload
 from db_manager import open_store
 from tests.conftest import API_KEY, Env, Library, run_inprocess, run_process, start_process, unstamped
@@ -222,3 +224,25 @@ def test_an_unmounted_source_is_one_line_exit_2_and_marks_nothing_missing(
     library.root.mkdir()
     status, summary, _ = sync(server_env, "--confirm-empty")
     assert status == 0 and summary["missing"] == 3
+
+
+def test_files_the_upload_queue_had_no_room_for_during_the_scan_are_sent_after_it(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scan_files
+    import upload_files
+
+    library.photos(12)
+    monkeypatch.setattr(upload_files, "FEED_BATCH", 2)
+    monkeypatch.setattr(scan_files, "SAVE_EVERY_FILES", 2)  # the scan hands over two files at a time
+    server_env.set(UPLOAD_CONCURRENCY=1)
+    immich.faults.add(delay_s=0.05, count=12, path="/api/assets", method="POST")
+    overflowed = []
+    real_finish = upload_files.Uploader.finish
+    monkeypatch.setattr(
+        upload_files.Uploader, "finish", lambda self: overflowed.append(self.overflowed) or real_finish(self)
+    )
+    status, summary, _ = sync(server_env)
+    assert overflowed == [True]  # the scan outran the uploads: the rest waited in the database
+    assert status == 0 and summary["uploaded"] == 12
+    assert max(bodies_per_checksum(immich).values()) == 1 and len(bodies_per_checksum(immich)) == 12

@@ -555,3 +555,31 @@ def test_a_copy_that_fails_on_its_own_does_not_release_the_others_waiting_for_th
     assert status == 1  # one file could not be sent: the run says so in its status
     assert summary["uploaded"] == 1 and summary["duplicates"] == 1 and summary["errors"] == 1
     assert asset_posts(immich) == 1  # the third copy waited for the first; it was not sent again
+
+
+def test_a_backlog_larger_than_the_queue_is_fed_as_it_drains_and_each_file_sent_once(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library.photos(12)
+    scan(server_env)
+    monkeypatch.setattr(upload_files, "FEED_BATCH", 2)
+    server_env.set(UPLOAD_CONCURRENCY=1)
+    immich.faults.add(delay_s=0.05, count=12, path="/api/assets", method="POST")
+    most_queued = 0
+    real_feed = upload_files.Uploader.feed
+
+    def watched_feed(self, rows):  # type: ignore[no-untyped-def]
+        nonlocal most_queued
+        real_feed(self, rows)
+        most_queued = max(most_queued, self._queue.qsize())
+
+    monkeypatch.setattr(upload_files.Uploader, "feed", watched_feed)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 12 and immich.upload_count() == 12
+    assert most_queued <= 2 * 2  # about one batch ahead of the worker, never the whole backlog
+
+
+def test_id_set_holds_exactly_the_ids_given() -> None:
+    ids = upload_files.IdSet()
+    ids.update([0, 7, 8, 1_000_003])
+    assert [i for i in (0, 1, 7, 8, 9, 1_000_002, 1_000_003, 5_000_000) if i in ids] == [0, 7, 8, 1_000_003]
