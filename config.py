@@ -94,7 +94,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("IGNORE_PATTERNS", "", "Globs of paths to skip, comma-separated, e.g. */tmp/*,*.part"),
     Setting("HASH_CHUNK_SIZE", "1048576", "Bytes read per hashing step (1 MiB: see README, measured)"),
     Setting("HASH_WORKERS", "0", "Files hashed in parallel; 0 = one per CPU core"),
-    Setting("UPLOAD_CONCURRENCY", "4", "Uploads in flight at once"),
+    Setting("UPLOAD_CONCURRENCY", "8", "Uploads in flight at once (8: measured, see README)"),
     Setting("UPLOAD_DELAY", "0", "Seconds each upload worker rests between two uploads; 0 = none (a busy server's 429/503 pause every worker)"),
     Setting("MAX_CONSECUTIVE_ERRORS", "5", "Stop the run (exit 3) after this many failed uploads in a row"),
     Setting("MAX_RETRIES", "4", "Retries of a request that failed for a transient reason (network, 429, 5xx)"),

@@ -14,7 +14,6 @@ deviceAssetId and deviceId are required.
 
 from __future__ import annotations
 
-import email.utils
 import errno
 import hashlib
 import http.client
@@ -25,7 +24,6 @@ import re
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
@@ -365,7 +363,7 @@ class MultipartBody:
         on_bytes: Callable[[int], None] | None = None,
         trailing_fields: Sequence[tuple[str, str]] = (),
     ) -> None:
-        self.boundary = uuid.uuid4().hex
+        self.boundary = os.urandom(16).hex()
         self.on_bytes = on_bytes
         self._segments: list[bytes | FilePart] = [self._text(fields)]
         self._sizes: dict[int, int] = {}
@@ -539,6 +537,8 @@ def _retry_after_s(response: requests.Response | None) -> float | None:
     except ValueError:
         pass
     try:
+        import email.utils  # rare: most servers send seconds
+
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None  # neither seconds nor an HTTP date: back off as usual

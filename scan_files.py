@@ -24,12 +24,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone, tzinfo
+from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, TextIO
 
 from cli import Context, ExitStatus, base_parser, run_script
 from config import Settings
-from db_manager import STATUSES, KnownFile, ScannedFile, Store, path_hash, utc_now
+from db_manager import STATUSES, KnownFile, KnownRow, ScannedFile, Store, path_hash, utc_now
 from filters import JUNK, RunScope, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
@@ -296,26 +297,35 @@ class KnownIndex:
     FINGERPRINTED, MISSING = 0x10, 0x20
     STATUS_CODES: ClassVar[dict[str, int]] = {status: code for code, status in enumerate(STATUSES)}
 
-    def __init__(self, rows: Iterable[tuple[str, KnownFile]]) -> None:
+    def __init__(self, rows: Iterable[KnownRow]) -> None:
         self.keys, self.ids, self.sizes, self.mtimes = array("Q"), array("q"), array("q"), array("q")
         self.flags = bytearray()
         self.colliding: dict[str, int] = {}  # full path hash -> index, for keys shared by two rows
         self.colliding_keys: set[int] = set()
+        codes, fingerprinted_flag, missing_flag = self.STATUS_CODES, self.FINGERPRINTED, self.MISSING
+        keys, ids, sizes, mtimes, flags = self.keys, self.ids, self.sizes, self.mtimes, self.flags
         previous = ("", -1)
-        for full, row in rows:
+        for full, row_id, size, mtime, status, fingerprinted, missing in rows:
             key = int(full[:16], 16)
             if key == previous[1]:
-                self.colliding[previous[0]] = len(self.keys) - 1
-                self.colliding[full] = len(self.keys)
+                self.colliding[previous[0]] = len(keys) - 1
+                self.colliding[full] = len(keys)
                 self.colliding_keys.add(key)
             previous = (full, key)
-            self.keys.append(key)
-            self.ids.append(row.id)
-            self.sizes.append(-1 if row.file_size is None else row.file_size)
-            self.mtimes.append(-1 if row.mtime_ns is None else row.mtime_ns)
-            code = self.STATUS_CODES.get(row.upload_status, 0)
-            self.flags.append(code | self.FINGERPRINTED * row.fingerprinted | self.MISSING * row.missing)
-        self.seen = bytearray(len(self.keys))
+            keys.append(key)
+            ids.append(row_id)
+            sizes.append(-1 if size is None else size)
+            mtimes.append(-1 if mtime is None else mtime)
+            flags.append(
+                codes.get(status, 0)
+                | (fingerprinted_flag if fingerprinted else 0)
+                | (missing_flag if missing else 0)
+            )
+        self.seen = bytearray(len(keys))
+        # By flags byte: whether an unchanged file still wants something of the scan (its row is missing,
+        # or waits for upload), so the common case costs one table lookup.
+        waiting = {codes["pending"], codes["error"]}
+        self.wants_attention = bytes(1 if f & missing_flag or f & 0x0F in waiting else 0 for f in range(256))
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -327,6 +337,14 @@ class KnownIndex:
         if i == len(self.keys) or self.keys[i] != key:
             return None
         return self.colliding.get(full) if key in self.colliding_keys else i
+
+    def find_digest(self, digest: bytes) -> int | None:
+        """find() for a path hash as its SHA-256 digest (no hex text made for the common case)."""
+        key = int.from_bytes(digest[:8], "big")
+        i = bisect.bisect_left(self.keys, key)
+        if i == len(self.keys) or self.keys[i] != key:
+            return None
+        return self.colliding.get(digest.hex()) if key in self.colliding_keys else i
 
     def row(self, i: int) -> KnownFile:
         flags = self.flags[i]
@@ -569,14 +587,15 @@ class Scanner:
             for found in walk_media(self.settings, self._problem, roots, self.scope):
                 if self.stop.is_set():
                     break
-                key = path_hash(found.key_path)
+                digest = sha256(found.key_path).digest()
                 summary.found += 1
-                index = known.find(key)
+                index = known.find_digest(digest)
                 if index is not None:
                     known.seen[index] = 1
                     if known.unchanged(index, found.size_bytes, found.mtime_ns):
                         summary.unchanged += 1
-                        batch.unchanged(known.row(index), key)
+                        if known.wants_attention[known.flags[index]]:
+                            batch.unchanged(known.row(index), digest.hex())
                         unchanged_since_shown += 1
                         if unchanged_since_shown >= 256:  # the counter, not a lock and a clock per file
                             self.progress.advance(unchanged_since_shown, 0)

@@ -24,7 +24,7 @@ def test_defaults_match_the_client_spec_except_the_fixed_upload_delay(tmp_path: 
     assert s.log_level == "INFO"
     assert s.log_file == PROJECT_DIR / "logs" / "immich_uploader.log"
     assert s.backend == "sqlite"
-    assert s.upload_concurrency == 4
+    assert s.upload_concurrency == 8
     assert {"jpg", "heic", "cr2", "nef", "dng", "arw"} <= s.image_extensions
     assert {"mp4", "mov", "3gp", "mts", "m2ts"} <= s.video_extensions
 

@@ -12,6 +12,7 @@ from config import load_settings
 from db_manager import (
     CLIENT_TABLE_MYSQL,
     DatabaseError,
+    KnownFile,
     ScannedFile,
     Store,
     UploadOutcome,
@@ -40,10 +41,10 @@ def test_new_database_is_created_and_migrated(store: Store) -> None:
 def test_known_rows_stream_in_path_hash_order_in_one_query(store: Store) -> None:
     store.save_scanned([scanned("/p/a.jpg"), scanned("/p/b.jpg", size=20), scanned("/p/c.jpg")], [])
     streamed = list(store.iter_known_files())
-    assert [key for key, _ in streamed] == sorted(
+    assert [row[0] for row in streamed] == sorted(
         path_hash(p) for p in (b"/p/a.jpg", b"/p/b.jpg", b"/p/c.jpg")
     )
-    known = dict(streamed)
+    known = {row[0]: KnownFile(*row[1:]) for row in streamed}
     row = known[path_hash(b"/p/b.jpg")]
     assert row.file_size == 20 and row.upload_status == "pending" and row.fingerprinted and not row.missing
 
@@ -135,7 +136,7 @@ def test_client_sqlite_database_is_upgraded_in_place(tmp_path: Path) -> None:
     try:
         rows = store.rows()
         assert rows[0]["upload_status"] == "success" and rows[0]["hash"] == "c" * 64
-        assert path_hash(b"/old/a.jpg") in dict(store.iter_known_files())
+        assert path_hash(b"/old/a.jpg") in {row[0] for row in store.iter_known_files()}
     finally:
         store.close()
 

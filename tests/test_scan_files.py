@@ -284,10 +284,11 @@ def test_known_index_finds_rows_whose_short_keys_collide() -> None:
         (same_start + "02" * 24, KnownFile(3, 30, 300, "error", False, True)),
         ("ff" * 32, KnownFile(4, 40, 400, "duplicate", True, False)),
     ]
-    index = KnownIndex(rows)
+    index = KnownIndex((full, *row) for full, row in rows)
     for full, row in rows:
         found = index.find(full)
         assert found is not None and index.row(found) == row
+        assert index.find_digest(bytes.fromhex(full)) == found
     assert index.find(same_start + "03" * 24) is None and index.find("12" * 32) is None
     index.seen[index.find("00" * 32)] = 1  # type: ignore[index]
     assert index.unseen_ids() == [2, 4]  # 3 is missing already
