@@ -1,25 +1,37 @@
 #!/usr/bin/env python3
-"""Upload benchmark: our uploader against curl and the official Immich CLI, on a loopback test server.
+"""Upload benchmark: our uploader at its shipped defaults against curl and the official Immich CLI at theirs.
 
-Every measurement starts tests/immich_server.py as its own process (so its CPU does not share our GIL) with a
-fresh, empty state, and runs our scripts as real subprocesses with a SQLite database in a temp folder and
-UPLOAD_DELAY=0. Figures are printed side by side with references measured in the same run; nothing is asserted
-and the exit status is 0 (130 when interrupted). Generated files live in a temp folder under /tmp that is
-deleted at the end, also on Ctrl+C.
+Every loopback measurement starts tests/immich_server.py as its own process (so its CPU does not share our GIL)
+with a fresh, empty state, and runs our scripts as real subprocesses with a SQLite database in a temp folder. Our
+scripts run with the SHIPPED DEFAULTS: their env files hold only the folder, the database, the log file, the
+server and the key, so UPLOAD_CONCURRENCY and UPLOAD_DELAY are the defaults of config.SETTINGS (printed in the
+header); a row that sets anything else names the setting. Our runs start, as a user's do, from a written bytecode
+cache, and their peak RSS and CPU time include the scan's worker processes. Figures are printed side by side with
+references measured in the same run; nothing is asserted and the exit status is 0 (130 when interrupted).
+Generated files live in a temp folder under /tmp that is deleted at the end, also on Ctrl+C.
 
-  1. one big .mp4 (random bytes): curl vs upload_files.py (after a scan), time, MB/s and the peak RSS of our
-     process;
-  2. many photo-sized files: upload_files.py alone (after a scan) at UPLOAD_CONCURRENCY 1, 2, 4, 8;
-  3. the same files, first upload and an unchanged rerun: sync_upload.py (scan + upload pipelined) vs the
-     official CLI (@immich/cli 3.x on Node 22, installed by npm into bench/_work/node), each against its own
-     fresh server.
+  1. first sync and unchanged rerun of 2,000 photo-sized files (2-5 MB: a real JPEG with EXIF, then random
+     bytes): sync_upload.py (scan + upload pipelined) vs the official CLI at its defaults (`immich upload -r`,
+     no --concurrency: CPUs-1), each against its own fresh server (@immich/cli 3.x on Node 22, installed by npm
+     into bench/_work/node). Targets: first sync >= 1.5x faster than the CLI's, rerun >= 20x faster;
+  2. one 1 GiB .mp4 (random bytes) uploaded by the whole upload_files.py process (after a scan; wall time from
+     start to exit, Python start-up included) vs `curl -F`: target >= 0.9x curl's speed and peak RSS < 100 MB.
+     The script's own JSON elapsed_s (the upload without start-up) is a secondary row;
+  3. the photos of part 1 uploaded by upload_files.py (after a scan) at UPLOAD_CONCURRENCY 1, 2, 4 and 8,
+     against a server that answers at once, after 5 ms and after 50 ms per request (the stand-in's --delay-ms:
+     a NAS, a server across the LAN or a VPN); files/s for each, the fastest marked;
+  4. only with IMMICH_BENCH_URL and IMMICH_BENCH_KEY in the environment: part 1's first sync and rerun against
+     that real Immich (target: first sync >= 1.3x faster than the CLI), on two trees of new random files (one for
+     each tool, so neither finds the other's uploads), deleted from that server afterwards unless --real-keep.
 
-    .venv/bin/python bench/bench_upload.py [--quick] [--big-gib 1] [--small 500] [--repeat 3] [--no-cli]
+    .venv/bin/python bench/bench_upload.py [--quick] [--small 2000] [--big-gib 1] [--repeat 3]
+        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
@@ -34,6 +46,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +55,7 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
-from config import SETTING_NAMES  # noqa: E402
+from config import SETTING_NAMES, SETTINGS  # noqa: E402
 
 PYTHON = sys.executable
 SERVER_SCRIPT = PROJECT_DIR / "tests" / "immich_server.py"
@@ -51,11 +65,17 @@ CLI_JS = NODE_DIR / "node_modules" / "@immich" / "cli" / "dist" / "index.js"
 API_KEY = "bench-key-0123456789abcdef"
 MB = 1_000_000
 MIB = 1 << 20
+RANDOM_POOL = 64 * MIB  # the photos' random bytes are cut from this pool (randbytes runs at ~225 MB/s only)
 CONCURRENCIES = (1, 2, 4, 8)
-OUR_CONCURRENCY = 4  # UPLOAD_CONCURRENCY's default
-RSS_TARGET = 150 * MB
-CURL_RATIO_TARGET = 0.8
-RERUN_SPEEDUP_TARGET = 5.0
+DEFAULTS = {s.name: s.default for s in SETTINGS}
+OUR_CONCURRENCY = int(DEFAULTS["UPLOAD_CONCURRENCY"])  # the shipped default, not a choice of this bench
+OUR_DELAY = DEFAULTS["UPLOAD_DELAY"]
+CLI_DEFAULT_CONCURRENCY = max(1, (os.cpu_count() or 1) - 1)  # @immich/cli: Math.max(1, os.cpus().length - 1)
+RSS_TARGET = 100 * MB
+CURL_RATIO_TARGET = 0.9
+FIRST_SPEEDUP_TARGET = 1.5
+RERUN_SPEEDUP_TARGET = 20.0
+REAL_FIRST_SPEEDUP_TARGET = 1.3
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 _live: list[subprocess.Popen[bytes]] = []  # every process we started and have not reaped: killed on exit
@@ -64,15 +84,18 @@ _live: list[subprocess.Popen[bytes]] = []  # every process we started and have n
 # --- running and measuring processes ----------------------------------------------------------------------
 
 
-def child_environment(**extra: str) -> dict[str, str]:
+def child_environment(*, proxies: bool = False, **extra: str) -> dict[str, str]:
     """Our environment without the uploader's settings (they would beat the env file), Immich CLI settings
-    or proxies (all traffic stays on 127.0.0.1)."""
+    or proxies (loopback traffic stays on 127.0.0.1; `proxies` keeps them for a real server)."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in SETTING_NAMES and not k.startswith("IMMICH_") and k not in PROXY_VARS
+        if k not in SETTING_NAMES and not k.startswith("IMMICH_") and (proxies or k not in PROXY_VARS)
     }
-    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    # A user's Python keeps its bytecode cache; without one every run would compile the tool again (~0.1 s).
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    if not proxies:
+        env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
     env.update(extra)
     return env
 
@@ -87,14 +110,50 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (the scan's worker pool comes from a fork server, a grandchild's parent)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    children = [int(c) for c in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += children
+            todo += children
+    return found
+
+
+def proc_memory(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a live process in bytes; zeros when it is gone."""
+    rss = hwm = 0
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("VmHWM:"):
+                    hwm = int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return rss, hwm
+
+
 @dataclass
 class Measured:
     wall_s: float
     status: int
     stdout: str
     stderr: str
-    peak_rss: int  # bytes: highest VmHWM seen while it ran (sampled every 20 ms)
-    cpu_s: float  # the process's user + system time
+    peak_rss: int  # bytes: its highest VmHWM, or the highest sum of VmRSS over it and its helper processes
+    cpu_s: float  # user + system time of the process and of its helper processes (the scan's worker pool)
     minflt: int  # minor page faults of the process (wait4's rusage)
     server_cpu_s: float = 0.0  # the test server's CPU time during the run
 
@@ -110,45 +169,55 @@ def run_measured(
     work: Path,
     *,
     env: dict[str, str],
-    server: Server | None = None,
+    server: Server | RealServer | None = None,
     timeout: float = 1800,
+    stop_after_s: float | None = None,
 ) -> Measured:
-    """Run `cmd` to its end; wall time, peak RSS (VmHWM polled from /proc), CPU time (wait4's rusage)."""
+    """Run `cmd` to its end; wall time, peak RSS and CPU time, counting its helper processes too.
+
+    Peak RSS is the process's VmHWM, or more when the sum of VmRSS over it and its descendants (the scan's worker
+    pool) was higher, polled every 20 ms: an upper bound (pages shared by the workers count once each). CPU time
+    is wait4's rusage plus the last CPU time polled of each descendant (which the process does not reap)."""
     with tempfile.TemporaryFile(dir=work) as out_file, tempfile.TemporaryFile(dir=work) as err_file:
         server_cpu = server.cpu_s() if server else 0.0
         started = time.perf_counter()
         proc = subprocess.Popen(list(cmd), stdout=out_file, stderr=err_file, env=env, cwd=work)
         _live.append(proc)
         peak = [0]
+        helper_cpu: dict[int, float] = {}
         done = threading.Event()
 
         def sample() -> None:
-            path = f"/proc/{proc.pid}/status"
             while not done.is_set():
-                try:
-                    with open(path) as f:
-                        text = f.read()
-                except OSError:
-                    return
-                for line in text.splitlines():
-                    if line.startswith(("VmHWM:", "VmRSS:")):
-                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+                rss, hwm = proc_memory(proc.pid)
+                if not hwm:
+                    return  # exited (a zombie has no memory lines)
+                for pid in descendants(proc.pid):
+                    rss += proc_memory(pid)[0]
+                    helper_cpu[pid] = max(helper_cpu.get(pid, 0.0), proc_cpu_s(pid))
+                peak[0] = max(peak[0], hwm, rss)
                 done.wait(0.02)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         watchdog = threading.Timer(timeout, proc.kill)
         watchdog.start()
+        # A long run measured for a while: SIGTERM, as a user's Ctrl+C or a service stop would.
+        stopper = threading.Timer(stop_after_s or 0, proc.send_signal, (signal.SIGTERM,))
+        if stop_after_s:
+            stopper.start()
         try:
             # wait4 rather than Popen.wait: it hands back the child's rusage (CPU time).
             _, wait_status, usage = os.wait4(proc.pid, 0)
         finally:
             watchdog.cancel()
+            stopper.cancel()
         wall = time.perf_counter() - started
         done.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(wait_status)
-        _live.remove(proc)
+        if proc in _live:
+            _live.remove(proc)
         out_file.seek(0)
         err_file.seek(0)
         return Measured(
@@ -157,26 +226,40 @@ def run_measured(
             stdout=out_file.read().decode("utf-8", "replace"),
             stderr=err_file.read().decode("utf-8", "replace"),
             peak_rss=peak[0],
-            cpu_s=usage.ru_utime + usage.ru_stime,
+            cpu_s=usage.ru_utime + usage.ru_stime + sum(helper_cpu.values()),
             minflt=usage.ru_minflt,
             server_cpu_s=(server.cpu_s() - server_cpu) if server else 0.0,
         )
 
 
 class Server:
-    """tests/immich_server.py in its own process, fresh and empty; `with Server(work) as s: s.url`."""
+    """tests/immich_server.py in its own process, fresh and empty; `with Server(work) as s: s.url`. With
+    `delay_ms` it answers every request that much later (--delay-ms)."""
 
-    def __init__(self, work: Path) -> None:
+    key = API_KEY
+    real = False
+
+    def __init__(self, work: Path, delay_ms: float = 0.0) -> None:
         self.work = work
+        self.delay_ms = delay_ms
         self.url = ""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
         self.stderr = tempfile.TemporaryFile(dir=self.work)
+        cmd = [
+            PYTHON,
+            str(SERVER_SCRIPT),
+            "--port",
+            "0",
+            "--api-key",
+            API_KEY,
+            "--delay-ms",
+            f"{self.delay_ms:g}",
+        ]
         self.proc = subprocess.Popen(
-            [PYTHON, str(SERVER_SCRIPT), "--port", "0", "--api-key", API_KEY],
-            stdout=subprocess.PIPE, stderr=self.stderr, env=child_environment(), cwd=PROJECT_DIR,
-        )  # fmt: skip
+            cmd, stdout=subprocess.PIPE, stderr=self.stderr, env=child_environment(), cwd=PROJECT_DIR
+        )
         _live.append(self.proc)
         assert self.proc.stdout is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 30)
@@ -189,6 +272,12 @@ class Server:
 
     def cpu_s(self) -> float:
         return proc_cpu_s(self.proc.pid) if self.proc else 0.0
+
+    def received(self) -> list[dict[str, object]]:
+        """Every upload request the stand-in processed: {sha1, status, size} (its test-only route)."""
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{self.url}/__stand-in__/uploads", timeout=60) as response:
+            return list(json.loads(response.read()))
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None:
@@ -206,6 +295,35 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
     if proc in _live:
         _live.remove(proc)
+
+
+class RealServer:
+    """A real Immich named by IMMICH_BENCH_URL / IMMICH_BENCH_KEY: not started, not fresh, no CPU figure."""
+
+    real = True
+
+    def __init__(self, url: str, key: str) -> None:
+        self.url = url.rstrip("/").removesuffix("/api")
+        self.key = key
+
+    def __enter__(self) -> RealServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def cpu_s(self) -> float:
+        return 0.0
+
+
+def bytes_received_twice(received: list[dict[str, object]]) -> int:
+    """Files whose bytes reached the server more than once (early duplicate answers carry no body: size 0)."""
+    bodies: dict[str, int] = {}
+    for record in received:
+        if int(str(record.get("size") or 0)) > 0:
+            sha1 = str(record.get("sha1"))
+            bodies[sha1] = bodies.get(sha1, 0) + 1
+    return sum(1 for n in bodies.values() if n > 1)
 
 
 # --- test data and settings --------------------------------------------------------------------------------
@@ -238,14 +356,39 @@ def write_random(path: Path, size: int, rng: random.Random, head: bytes = b"") -
             left -= step
 
 
-def make_photo_tree(root: Path, count: int, size_range: tuple[int, int], rng: random.Random) -> int:
-    """`count` photo-sized .jpg files in folders of 50; returns the total bytes."""
+def make_photo_tree(
+    root: Path, count: int, size_range: tuple[int, int], rng: random.Random, *, fresh: bool = False
+) -> int:
+    """`count` photo-sized .jpg files in folders of 50: a JPEG with EXIF, a unique tag (the file number; with
+    `fresh`, also a random id so no earlier run made the same bytes), then bytes cut from a random pool.
+    Returns the total bytes."""
+    pool = os.urandom(RANDOM_POOL) if fresh else rng.randbytes(RANDOM_POOL)
+    nonce = uuid.uuid4().bytes if fresh else b""
     total = 0
-    for n in range(count):
-        size = rng.randint(*size_range)
-        write_random(root / f"2021-{n // 50:02d}" / f"IMG_{n:05d}.jpg", size, rng, jpeg_header(n))
-        total += size
+    with memoryview(pool) as view:
+        for n in range(count):
+            size = rng.randint(*size_range)
+            head = jpeg_header(n) + n.to_bytes(8, "big") + nonce  # after the JPEG's end: ignored by readers
+            pad = size - len(head)
+            offset = rng.randrange(0, RANDOM_POOL - pad)
+            path = root / f"2021-{n // 50:02d}" / f"IMG_{n:05d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(head)
+                f.write(view[offset : offset + pad])
+            total += size
     return total
+
+
+def tree_sha1s(root: Path) -> list[str]:
+    out = []
+    for path in sorted(root.rglob("*.jpg")):
+        digest = hashlib.sha1()
+        with open(path, "rb") as f:
+            while chunk := f.read(MIB):
+                digest.update(chunk)
+        out.append(digest.hexdigest())
+    return out
 
 
 def write_env(path: Path, **values: object) -> Path:
@@ -341,6 +484,24 @@ def loadavg() -> str:
         return "?"
 
 
+def warm_bytecode() -> None:
+    """Import our scripts once, so the runs measured start from a written bytecode cache, as a user's do."""
+    code = "import scan_files, sync_upload, upload_files"
+    subprocess.run(
+        [PYTHON, "-c", code], cwd=PROJECT_DIR, env=child_environment(), capture_output=True, timeout=120
+    )
+
+
+def tool_revision() -> str:
+    """The commit of the tool measured, `+changes` when the tree differs from it (others edit it as we run)."""
+    try:
+        proc = subprocess.run(["git", "describe", "--always", "--dirty=+changes"], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return proc.stdout.strip() or "?"
+
+
 def median_run(runs: list[Measured], key: Callable[[Measured], float]) -> Measured:
     """The run with the median figure (the lower middle one for an even count)."""
     ordered = sorted(runs, key=key)
@@ -371,22 +532,26 @@ class Bench:
         self._n = 0
 
     # -- our scripts
-    def env_file(self, source: Path, db: Path, url: str = "", concurrency: int = OUR_CONCURRENCY) -> Path:
+    def env_file(
+        self, source: Path, db: Path, server: Server | RealServer | None = None, **settings: object
+    ) -> Path:
+        """Only what a user must set: folder, database, log, server and key. `settings` (other settings) are for
+        rows labelled with them; the default rows pass none."""
         self._n += 1
         return write_env(
             self.work / f"run{self._n}.env",
             SOURCE_DIR=source,
             DB_PATH=db,
             LOG_FILE=self.work / "logs" / f"run{self._n}.log",
-            IMMICH_URL=url,
-            IMMICH_API_KEY=API_KEY,
-            UPLOAD_DELAY=0,
-            UPLOAD_CONCURRENCY=concurrency,
+            IMMICH_URL=server.url if server else "",
+            IMMICH_API_KEY=server.key if server else API_KEY,
+            **settings,
         )
 
-    def ours(self, script: str, env_file: Path, server: Server | None, *extra: str) -> Measured:
+    def ours(self, script: str, env_file: Path, server: Server | RealServer | None, *extra: str) -> Measured:
         cmd = [PYTHON, str(PROJECT_DIR / script), "--env-file", str(env_file), "--json", "--no-progress"]
-        run = run_measured([*cmd, *extra], self.work, env=child_environment(), server=server)
+        env = child_environment(proxies=bool(server and server.real))
+        run = run_measured([*cmd, *extra], self.work, env=env, server=server)
         if run.status != 0:
             self.report.note(f"{script} exited {run.status}: {run.stderr.strip()[-500:]}")
         return run
@@ -404,7 +569,130 @@ class Bench:
                 f"(errors {data.get('errors')}, duplicates {data.get('duplicates')})"
             )
 
-    # -- 1 GiB file: curl vs upload_files.py
+    def check_received_once(self, what: str, server: Server | RealServer) -> None:
+        if isinstance(server, Server):
+            twice = bytes_received_twice(server.received())
+            if twice:
+                self.report.note(f"{what}: the server received the bytes of {twice} file(s) more than once")
+
+    # -- part 1 (and 4): first sync and unchanged rerun, ours vs the official CLI, each at its defaults
+    def versus_cli(
+        self,
+        cli: list[str] | None,
+        *,
+        name: str,
+        title: str,
+        server_for: Callable[[], Server | RealServer],
+        ours_tree: Path,
+        cli_tree: Path,
+        count: int,
+        nbytes: int,
+        repeat: int,
+        first_target: float,
+        rerun_target: float | None,
+    ) -> None:
+        rows = self.report.section(title)
+        firsts: list[Measured] = []
+        reruns: list[Measured] = []
+        cli_firsts: list[Measured] = []
+        cli_reruns: list[Measured] = []
+        for rep in range(repeat):
+            # Ours and the CLI take turns, each on its own fresh server, so a busy minute hurts both alike.
+            with server_for() as server:
+                env = self.env_file(ours_tree, self.work / f"sync{self._n}.db", server)
+                first = self.ours("sync_upload.py", env, server)
+                self.check_uploaded("sync_upload.py first run", first, count)
+                self.check_received_once("sync_upload.py first run", server)
+                rerun = self.ours("sync_upload.py", env, server)
+                data = rerun.json()
+                if data.get("uploaded") or data.get("new") or data.get("changed") or data.get("duplicates"):
+                    self.report.note(f"sync rerun was not a no-op: {data}")
+                firsts.append(first)
+                reruns.append(rerun)
+            line = f"[sync] run {rep + 1}: ours first {first.wall_s:.2f} s, rerun {rerun.wall_s:.2f} s"
+            if cli is not None:
+                with server_for() as server:
+                    cli_firsts.append(self.cli_upload(cli, server, cli_tree, None, expect_new=count))
+                    cli_reruns.append(self.cli_upload(cli, server, cli_tree, None, expect_new=0))
+                line += f"; CLI first {cli_firsts[-1].wall_s:.2f} s, rerun {cli_reruns[-1].wall_s:.2f} s"
+            print(line, flush=True)
+        first = median_run(firsts, lambda r: r.wall_s)
+        rerun = median_run(reruns, lambda r: r.wall_s)
+        cli_first = median_run(cli_firsts, lambda r: r.wall_s) if cli_firsts else None
+        cli_rerun = median_run(cli_reruns, lambda r: r.wall_s) if cli_reruns else None
+        cli_same_c: Measured | None = None
+        if cli is not None and ours_tree == cli_tree and CLI_DEFAULT_CONCURRENCY != OUR_CONCURRENCY:
+            # For the reader only (no target): the CLI with as many uploads in flight as ours, on a fresh server
+            # (so never on a real one, which has the files by now).
+            with server_for() as server:
+                cli_same_c = self.cli_upload(cli, server, cli_tree, OUR_CONCURRENCY, expect_new=count)
+            print(f"[sync] CLI --concurrency {OUR_CONCURRENCY}: first {cli_same_c.wall_s:.2f} s", flush=True)
+
+        target, verdict = "", ""
+        if cli_first is not None:
+            speedup = cli_first.wall_s / first.wall_s
+            target = f">= {first_target:g}x faster than CLI ({speedup:.2f}x)"
+            verdict = "ok" if speedup >= first_target else "MISSED"
+        rows.append(Row("ours, first: sync_upload.py (defaults, scan+upload)", first.wall_s, nbytes, count,
+                        first.peak_rss, first.cpu_s, first.server_cpu_s, target, verdict))  # fmt: skip
+        if cli_first is not None:
+            rows.append(Row(f"CLI, first: immich upload -r (defaults: -c {CLI_DEFAULT_CONCURRENCY})",
+                            cli_first.wall_s, nbytes, count, cli_first.peak_rss, cli_first.cpu_s,
+                            cli_first.server_cpu_s))  # fmt: skip
+        if cli_same_c is not None:
+            rows.append(Row(f"CLI, first, --concurrency {OUR_CONCURRENCY} (1 run, no target)", cli_same_c.wall_s,
+                            nbytes, count, cli_same_c.peak_rss, cli_same_c.cpu_s,
+                            cli_same_c.server_cpu_s))  # fmt: skip
+        target, verdict = "", ""
+        if cli_rerun is not None and rerun_target is not None:
+            speedup = cli_rerun.wall_s / rerun.wall_s
+            target = f">= {rerun_target:g}x faster than CLI ({speedup:.1f}x)"
+            verdict = "ok" if speedup >= rerun_target else "MISSED"
+        rows.append(Row("ours, rerun unchanged: sync_upload.py (defaults)", rerun.wall_s, 0, count,
+                        rerun.peak_rss, rerun.cpu_s, rerun.server_cpu_s, target, verdict))  # fmt: skip
+        if cli_rerun is not None:
+            rows.append(Row("CLI, rerun unchanged (re-hashes every file)", cli_rerun.wall_s, 0, count,
+                            cli_rerun.peak_rss, cli_rerun.cpu_s, cli_rerun.server_cpu_s))  # fmt: skip
+        text = f"ours first/rerun (s): {spread([r.wall_s for r in firsts])} / {spread([r.wall_s for r in reruns])}"
+        if cli_firsts:
+            text += (
+                f"; CLI first/rerun (s): {spread([r.wall_s for r in cli_firsts])} / "
+                f"{spread([r.wall_s for r in cli_reruns])}"
+            )
+        self.report.note(f"{name}: {text}")
+        if isinstance(server, RealServer):
+            for row in rows:
+                row.server_cpu_s = None  # not ours to measure
+
+    def cli_upload(
+        self,
+        cli: list[str],
+        server: Server | RealServer,
+        tree: Path,
+        concurrency: int | None,
+        expect_new: int,
+    ) -> Measured:
+        env = child_environment(
+            proxies=server.real,
+            IMMICH_INSTANCE_URL=server.url + "/api",
+            IMMICH_API_KEY=server.key,
+            IMMICH_CONFIG_DIR=str(self.work / "cli-config"),
+        )
+        cmd = [*cli, "upload", "--recursive", "--no-progress"]
+        if concurrency is not None:
+            cmd += ["--concurrency", str(concurrency)]
+        run = run_measured([*cmd, str(tree)], self.work, env=env, server=server)
+        uploaded = re.search(r"Successfully uploaded (\d+) new asset", run.stdout)
+        found = re.search(r"Found (\d+) new files and (\d+) duplicate", run.stdout)
+        got = int(uploaded[1]) if uploaded else 0
+        if run.status != 0 or got != expect_new or "Failed" in run.stdout or (expect_new == 0 and not found):
+            self.report.note(
+                f"CLI run: exit {run.status}, uploaded {got} (expected {expect_new}): "
+                f"{(run.stdout + run.stderr).strip()[-600:]}"
+            )
+        return run
+
+    # -- part 2: 1 GiB file, the whole upload_files.py process vs curl
     def big_file(self) -> None:
         size = int(self.args.big_gib * (1 << 30))
         big = self.big_dir / "big.mp4"
@@ -414,7 +702,8 @@ class Bench:
         template, scan = self.scan_template(self.big_dir, "big")
         repeat = self.args.repeat if self.args.quick else max(5, self.args.repeat)
         rows = self.report.section(
-            f"one {label} file ({big.name}, random bytes), median of {repeat} run(s) (cheap, and the noisiest figure)"
+            f"one {label} file ({big.name}, random bytes), upload_files.py after a scan, median of {repeat} "
+            "run(s) (cheap, and the noisiest figure)"
         )
         curls: list[Measured] = []
         ours: list[Measured] = []
@@ -427,40 +716,42 @@ class Bench:
                         continue
                     db = self.work / "big.db"
                     copy_db(template, db)
-                    run = self.ours("upload_files.py", self.env_file(self.big_dir, db, server.url), server)
+                    run = self.ours("upload_files.py", self.env_file(self.big_dir, db, server), server)
                     self.check_uploaded("upload_files.py, big file", run, 1)
                     ours.append(run)
             print(
-                f"[big] run {rep + 1}: curl {curls[-1].wall_s:.2f} s, ours {elapsed_s(run):.2f} s "
-                f"(process {run.wall_s:.2f} s), peak RSS {run.peak_rss / MB:.0f} MB",
+                f"[big] run {rep + 1}: curl {curls[-1].wall_s:.2f} s, ours: process {run.wall_s:.2f} s "
+                f"(elapsed_s {elapsed_s(run):.2f} s), peak RSS {run.peak_rss / MB:.0f} MB",
                 flush=True,
             )
         curl = median_run(curls, lambda r: r.wall_s)
-        mine = median_run(ours, elapsed_s)
-        elapsed = elapsed_s(mine)
+        mine = median_run(ours, lambda r: r.wall_s)
+        inner = median_run(ours, elapsed_s)
         peak = max(r.peak_rss for r in ours)
         curl_rate = size / curl.wall_s
-        ratio = (size / elapsed) / curl_rate
+        ratio = (size / mine.wall_s) / curl_rate
         ok = ratio >= CURL_RATIO_TARGET and peak < RSS_TARGET
-        rows.append(Row("curl -F assetData=@file", curl.wall_s, size, rss=curl.peak_rss, cpu_s=curl.cpu_s,
-                        server_cpu_s=curl.server_cpu_s))  # fmt: skip
+        rows.append(Row("curl -F assetData=@file (process)", curl.wall_s, size, rss=curl.peak_rss,
+                        cpu_s=curl.cpu_s, server_cpu_s=curl.server_cpu_s))  # fmt: skip
         rows.append(
             Row(
-                "ours, upload_files.py (JSON elapsed_s)", elapsed, size, rss=peak, cpu_s=mine.cpu_s,
+                "ours, upload_files.py (process wall time)", mine.wall_s, size, rss=peak, cpu_s=mine.cpu_s,
                 server_cpu_s=mine.server_cpu_s,
                 target=f">= {CURL_RATIO_TARGET}x curl ({ratio:.2f}x), < {RSS_TARGET // MB} MB",
                 verdict="ok" if ok else "MISSED",
             )
         )  # fmt: skip
-        rows.append(Row("ours, upload_files.py (process wall time)", mine.wall_s, size))
+        inner_ratio = (size / elapsed_s(inner)) / curl_rate
+        rows.append(Row("ours, upload_files.py (JSON elapsed_s, secondary)", elapsed_s(inner), size,
+                        target=f"({inner_ratio:.2f}x curl)"))  # fmt: skip
         rows.append(Row("ours, scan_files.py of the file (hashing, ref.)", scan.wall_s, size,
                         rss=scan.peak_rss, cpu_s=scan.cpu_s))  # fmt: skip
+        startup = [r.wall_s - elapsed_s(r) for r in ours]
         self.report.note(
-            f"big file runs (s): curl {spread([r.wall_s for r in curls])}; ours elapsed_s "
-            f"{spread([elapsed_s(r) for r in ours])}, "
-            f"process {spread([r.wall_s for r in ours])} ({size / mine.wall_s / curl_rate:.2f}x curl by process "
-            f"wall time); peak RSS {spread([r.peak_rss / MB for r in ours])} MB; minor page faults: ours "
-            f"{mine.minflt}, curl {curl.minflt}"
+            f"big file runs (s): curl {spread([r.wall_s for r in curls])}; ours process "
+            f"{spread([r.wall_s for r in ours])}, elapsed_s {spread([elapsed_s(r) for r in ours])} (process minus "
+            f"elapsed_s, i.e. start-up, connect and exit: {spread(startup)}); peak RSS "
+            f"{spread([r.peak_rss / MB for r in ours])} MB; minor page faults: ours {mine.minflt}, curl {curl.minflt}"
         )
         big.unlink()
 
@@ -476,143 +767,112 @@ class Bench:
             self.report.note(f"curl answered {curl.stdout.strip()!r} {curl.stderr.strip()[:300]}")
         return curl
 
-    # -- many small files: upload_files.py at several concurrencies
-    def small_files(self) -> None:
+    # -- part 3: UPLOAD_CONCURRENCY 1/2/4/8 against a server answering after 0, 5, 50 ms
+    def concurrency(self, template: Path, scan: Measured, delay_ms: float) -> None:
         count = self.args.small
-        template, scan = self.scan_template(self.small_dir, "small")
+        repeat = self.args.repeat if delay_ms == 0 else 1
         rows = self.report.section(
-            f"{count} small files ({self.small_bytes / MB:.0f} MB): upload_files.py after a scan, time = its upload "
-            f"part (JSON elapsed_s), median of {self.args.repeat}"
+            f"{count} photos ({self.small_bytes / MB:.0f} MB), upload_files.py after a scan, server answers "
+            f"{'at once' if delay_ms == 0 else f'after {delay_ms:g} ms'}; time = its upload part (JSON "
+            f"elapsed_s), {f'median of {repeat}' if delay_ms == 0 else '1 run (the delay dominates)'}"
         )
-        rows.append(Row("scan_files.py (hash + metadata, reference)", scan.wall_s, self.small_bytes, count,
-                        scan.peak_rss, scan.cpu_s))  # fmt: skip
+        if delay_ms == 0:
+            rows.append(Row("scan_files.py (hash + metadata, reference)", scan.wall_s, self.small_bytes, count,
+                            scan.peak_rss, scan.cpu_s))  # fmt: skip
+        measured: list[tuple[int, Measured]] = []
         for concurrency in CONCURRENCIES:
             runs = []
-            for _ in range(self.args.repeat):
-                with Server(self.work) as server:
+            for _ in range(repeat):
+                with Server(self.work, delay_ms) as server:
                     db = self.work / "small.db"
                     copy_db(template, db)
-                    env = self.env_file(self.small_dir, db, server.url, concurrency)
+                    env = self.env_file(self.small_dir, db, server, UPLOAD_CONCURRENCY=concurrency)
                     run = self.ours("upload_files.py", env, server)
-                    self.check_uploaded(f"upload_files.py c={concurrency}", run, count)
+                    self.check_uploaded(f"upload_files.py c={concurrency}, {delay_ms:g} ms", run, count)
                     runs.append(run)
             run = median_run(runs, elapsed_s)
+            measured.append((concurrency, run))
             text = (
-                f"UPLOAD_CONCURRENCY={concurrency}: elapsed_s {spread([elapsed_s(r) for r in runs])}, "
-                f"process wall {spread([r.wall_s for r in runs])}"
+                f"server delay {delay_ms:g} ms, UPLOAD_CONCURRENCY={concurrency}: elapsed_s "
+                f"{spread([elapsed_s(r) for r in runs])}, process wall {spread([r.wall_s for r in runs])}"
             )
-            print(f"[small] {text}", flush=True)
-            self.report.notes.append(f"small files, {text}")
+            print(f"[concurrency] {text}", flush=True)
+            self.report.notes.append(text)
             rows.append(
                 Row(
-                    f"UPLOAD_CONCURRENCY={concurrency}",
-                    elapsed_s(run),
-                    self.small_bytes,
-                    count,
-                    max(r.peak_rss for r in runs),
-                    run.cpu_s,
+                    f"UPLOAD_CONCURRENCY={concurrency}{' (the default)' if concurrency == OUR_CONCURRENCY else ''}",
+                    elapsed_s(run), self.small_bytes, count, max(r.peak_rss for r in runs), run.cpu_s,
                     run.server_cpu_s,
-                    target="(default)" if concurrency == OUR_CONCURRENCY else "",
                 )
-            )
-
-    # -- ours vs the official CLI: first upload and an unchanged rerun
-    def versus_cli(self, cli: list[str] | None) -> None:
-        count = self.args.small
-        rows = self.report.section(
-            f"first upload and unchanged rerun of the same {count} files, ours vs the official CLI, "
-            f"median of {self.args.repeat}"
-        )
-        firsts: list[Measured] = []
-        reruns: list[Measured] = []
-        for rep in range(self.args.repeat):
-            with Server(self.work) as server:
-                db = self.work / f"sync{rep}.db"
-                env = self.env_file(self.small_dir, db, server.url)
-                first = self.ours("sync_upload.py", env, server)
-                self.check_uploaded("sync_upload.py first run", first, count)
-                rerun = self.ours("sync_upload.py", env, server)
-                data = rerun.json()
-                if data.get("uploaded") or data.get("new") or data.get("changed") or data.get("duplicates"):
-                    self.report.note(f"sync rerun was not a no-op: {data}")
-                firsts.append(first)
-                reruns.append(rerun)
-            print(f"[cli] ours: first {first.wall_s:.2f} s, rerun {rerun.wall_s:.2f} s", flush=True)
-        first = median_run(firsts, lambda r: r.wall_s)
-        rerun = median_run(reruns, lambda r: r.wall_s)
-        cli_first: Measured | None = None
-        cli_rerun: Measured | None = None
-        cli_default: Measured | None = None
-        if cli is not None:
-            cli_firsts, cli_reruns = [], []
-            for _ in range(self.args.repeat):
-                with Server(self.work) as server:
-                    cli_firsts.append(self.cli_upload(cli, server, OUR_CONCURRENCY, expect_new=count))
-                    cli_reruns.append(self.cli_upload(cli, server, OUR_CONCURRENCY, expect_new=0))
-                print(
-                    f"[cli] CLI -c {OUR_CONCURRENCY}: first {cli_firsts[-1].wall_s:.2f} s, "
-                    f"rerun {cli_reruns[-1].wall_s:.2f} s",
-                    flush=True,
-                )
-            cli_first = median_run(cli_firsts, lambda r: r.wall_s)
-            cli_rerun = median_run(cli_reruns, lambda r: r.wall_s)
-            default_c = max(1, (os.cpu_count() or 1) - 1)
-            if default_c != OUR_CONCURRENCY and not self.args.quick:
-                with Server(self.work) as server:
-                    cli_default = self.cli_upload(cli, server, None, expect_new=count)
-                print(f"[cli] CLI default -c {default_c}: first {cli_default.wall_s:.2f} s", flush=True)
-        first_target = ""
-        verdict = ""
-        if cli_first is not None:
-            first_target = f"<= CLI time ({first.wall_s / cli_first.wall_s:.2f}x of it)"
-            verdict = "ok" if first.wall_s <= cli_first.wall_s else "MISSED"
-        rows.append(Row(f"ours, first: sync_upload.py (c={OUR_CONCURRENCY}, scan+upload)", first.wall_s,
-                        self.small_bytes, count, first.peak_rss, first.cpu_s, first.server_cpu_s,
-                        first_target, verdict))  # fmt: skip
-        if cli_first is not None:
-            rows.append(Row(f"CLI, first: immich upload -r -c {OUR_CONCURRENCY}", cli_first.wall_s,
-                            self.small_bytes, count, cli_first.peak_rss, cli_first.cpu_s,
-                            cli_first.server_cpu_s))  # fmt: skip
-        if cli_default is not None:
-            default_c = max(1, (os.cpu_count() or 1) - 1)
-            rows.append(Row(f"CLI, first: its default -c (= {default_c} here)", cli_default.wall_s,
-                            self.small_bytes, count, cli_default.peak_rss, cli_default.cpu_s,
-                            cli_default.server_cpu_s))  # fmt: skip
-        rerun_target, verdict = "", ""
-        if cli_rerun is not None:
-            speedup = cli_rerun.wall_s / rerun.wall_s
-            rerun_target = f">= {RERUN_SPEEDUP_TARGET:g}x faster than CLI ({speedup:.1f}x)"
-            verdict = "ok" if speedup >= RERUN_SPEEDUP_TARGET else "MISSED"
-        rows.append(Row("ours, rerun unchanged: sync_upload.py", rerun.wall_s, 0, count, rerun.peak_rss,
-                        rerun.cpu_s, rerun.server_cpu_s, rerun_target, verdict))  # fmt: skip
-        if cli_rerun is not None:
-            rows.append(Row(f"CLI, rerun unchanged (re-hashes all, -c {OUR_CONCURRENCY})", cli_rerun.wall_s, 0,
-                            count, cli_rerun.peak_rss, cli_rerun.cpu_s, cli_rerun.server_cpu_s))  # fmt: skip
+            )  # fmt: skip
+        best_c, best = min(measured, key=lambda m: elapsed_s(m[1]))
+        ours_run = dict(measured)[OUR_CONCURRENCY]
+        for row in rows:
+            if row.label.startswith(f"UPLOAD_CONCURRENCY={best_c}"):
+                row.target = "fastest"
         self.report.note(
-            f"ours first/rerun (s): {spread([r.wall_s for r in firsts])} / {spread([r.wall_s for r in reruns])}"
+            f"server delay {delay_ms:g} ms: fastest UPLOAD_CONCURRENCY={best_c} ({count / elapsed_s(best):.1f} "
+            f"files/s); the default {OUR_CONCURRENCY}: {count / elapsed_s(ours_run):.1f} files/s, "
+            f"{elapsed_s(best) / elapsed_s(ours_run):.0%} of the fastest's speed"
         )
 
-    def cli_upload(
-        self, cli: list[str], server: Server, concurrency: int | None, expect_new: int
-    ) -> Measured:
-        env = child_environment(
-            IMMICH_INSTANCE_URL=server.url + "/api",
-            IMMICH_API_KEY=API_KEY,
-            IMMICH_CONFIG_DIR=str(self.work / "cli-config"),
-        )
-        cmd = [*cli, "upload", "--recursive", "--no-progress"]
-        if concurrency is not None:
-            cmd += ["--concurrency", str(concurrency)]
-        run = run_measured([*cmd, str(self.small_dir)], self.work, env=env, server=server)
-        uploaded = re.search(r"Successfully uploaded (\d+) new asset", run.stdout)
-        found = re.search(r"Found (\d+) new files and (\d+) duplicate", run.stdout)
-        got = int(uploaded[1]) if uploaded else 0
-        if run.status != 0 or got != expect_new or "Failed" in run.stdout or (expect_new == 0 and not found):
+    # -- part 4: the same comparison against a real Immich, if one is named
+    def real_server(self, cli: list[str] | None) -> None:
+        url, key = os.environ.get("IMMICH_BENCH_URL", ""), os.environ.get("IMMICH_BENCH_KEY", "")
+        if not (url and key):
+            rows = self.report.section("first sync against a real Immich")
+            rows.append(Row("skipped: IMMICH_BENCH_URL and IMMICH_BENCH_KEY are not both set"))
             self.report.note(
-                f"CLI run: exit {run.status}, uploaded {got} (expected {expect_new}): "
-                f"{(run.stdout + run.stderr).strip()[-600:]}"
+                "real-server comparison skipped: IMMICH_BENCH_URL and IMMICH_BENCH_KEY are not set"
             )
-        return run
+            return
+        count = self.args.real_files
+        server = RealServer(url, key)
+        trees = {who: self.work / f"real-{who}" for who in ("ours", "cli")}
+        nbytes = 0
+        print(f"[real] {count} new photos for each tool, for {server.url}", flush=True)
+        for tree in trees.values():
+            nbytes = make_photo_tree(tree, count, self.args.size_range, self.rng, fresh=True)
+        try:
+            self.versus_cli(
+                cli,
+                name="real server",
+                title=f"real Immich at {server.url}: first sync of {count} new photos ({nbytes / MB:.0f} MB), 1 run",
+                server_for=lambda: server,
+                ours_tree=trees["ours"],
+                cli_tree=trees["cli"],
+                count=count,
+                nbytes=nbytes,
+                repeat=1,
+                first_target=REAL_FIRST_SPEEDUP_TARGET,
+                rerun_target=None,
+            )
+        finally:
+            if self.args.real_keep:
+                self.report.note(f"real server: the {2 * count} uploaded test photos were kept (--real-keep)")
+            else:
+                self.delete_from_real(server, [*tree_sha1s(trees["ours"]), *tree_sha1s(trees["cli"])])
+
+    def delete_from_real(self, server: RealServer, sha1s: list[str]) -> None:
+        """Find our test photos by checksum (bulk-upload-check names the asset) and delete them for good."""
+        import requests
+
+        headers = {"x-api-key": server.key, "Accept": "application/json"}
+        try:
+            ids: list[str] = []
+            for start in range(0, len(sha1s), 500):
+                items = [{"id": str(i), "checksum": c} for i, c in enumerate(sha1s[start : start + 500])]
+                response = requests.post(f"{server.url}/api/assets/bulk-upload-check", json={"assets": items},
+                                         headers=headers, timeout=60)  # fmt: skip
+                response.raise_for_status()
+                ids += [r["assetId"] for r in response.json()["results"] if r.get("assetId")]
+            if ids:
+                response = requests.delete(f"{server.url}/api/assets", json={"ids": ids, "force": True},
+                                           headers=headers, timeout=120)  # fmt: skip
+                response.raise_for_status()
+            self.report.note(f"real server: deleted the {len(ids)} test photos this run uploaded (force)")
+        except (requests.RequestException, KeyError, ValueError) as exc:
+            self.report.note(f"real server: could not delete the test photos ({exc}); delete them by hand")
 
 
 # --- the official CLI -------------------------------------------------------------------------------------
@@ -670,18 +930,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="small sizes, one run each (< 1 min)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run each (~1 min)")
     parser.add_argument("--big-gib", type=float, help="size of the big file in GiB (default 1, quick 0.125)")
-    parser.add_argument("--small", type=int, help="number of small files (default 500, quick 40)")
+    parser.add_argument("--small", type=int, help="number of photos (default 2000, quick 40)")
     parser.add_argument("--repeat", type=int, help="runs per measurement, median shown (default 3, quick 1)")
+    parser.add_argument(
+        "--delays-ms", default="0,5,50", help="server delays for the concurrency part (default 0,5,50)"
+    )
     parser.add_argument("--no-cli", action="store_true", help="skip the official Immich CLI comparison")
+    parser.add_argument(
+        "--real-files", type=int, help="photos per tool for the real-server part (default 200, quick 20)"
+    )
+    parser.add_argument(
+        "--real-keep", action="store_true", help="keep the test photos on the real server afterwards"
+    )
     args = parser.parse_args(argv)
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
-    args.small = args.small if args.small is not None else (40 if args.quick else 500)
+    args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
-    size_range = (2 * MB, 5 * MB)
+    args.real_files = args.real_files if args.real_files is not None else (20 if args.quick else 200)
+    try:
+        args.delays = [float(d) for d in args.delays_ms.split(",") if d.strip()]
+    except ValueError:
+        parser.error(f"--delays-ms: numbers separated by commas, not {args.delays_ms!r}")
+    args.size_range = (2 * MB, 5 * MB)
+    real = bool(os.environ.get("IMMICH_BENCH_URL") and os.environ.get("IMMICH_BENCH_KEY"))
 
-    need = int(args.big_gib * (1 << 30)) + args.small * size_range[1] + 200 * MB
+    big_size = int(args.big_gib * (1 << 30))
+    need = big_size + (args.small + (2 * args.real_files if real else 0)) * args.size_range[1] + 200 * MB
     free = shutil.disk_usage(tempfile.gettempdir()).free
     if free < need * 1.2:
         print(
@@ -695,6 +971,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in the background
     load_before = loadavg()
+    revision = tool_revision()
+    started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench_upload_", dir="/tmp"))
     bench = Bench(args, work)
     report = bench.report
@@ -704,6 +982,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--quick: sizes too small for the targets to mean much; fixed start-up costs dominate "
                 "(Python start-up and imports for ours, node start-up for the CLI)"
             )
+        warm_bytecode()
         cli = None if args.no_cli else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
@@ -711,19 +990,44 @@ def main(argv: list[str] | None = None) -> int:
             f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
             flush=True,
         )
-        bench.small_bytes = make_photo_tree(bench.small_dir, args.small, size_range, bench.rng)
+        bench.small_bytes = make_photo_tree(bench.small_dir, args.small, args.size_range, bench.rng)
+        bench.versus_cli(
+            cli,
+            name="first sync",
+            title=(
+                f"first sync and unchanged rerun of {args.small} photos ({bench.small_bytes / MB:.0f} MB), each tool "
+                f"at its defaults against its own fresh server, median of {args.repeat}"
+            ),
+            server_for=lambda: Server(work),
+            ours_tree=bench.small_dir,
+            cli_tree=bench.small_dir,
+            count=args.small,
+            nbytes=bench.small_bytes,
+            repeat=args.repeat,
+            first_target=FIRST_SPEEDUP_TARGET,
+            rerun_target=RERUN_SPEEDUP_TARGET,
+        )
         bench.big_file()
-        bench.small_files()
-        bench.versus_cli(cli)
+        template, scan = bench.scan_template(bench.small_dir, "small")
+        for delay_ms in args.delays:
+            bench.concurrency(template, scan, delay_ms)
+        bench.real_server(cli)
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print_table(
             report,
             [
-                "upload benchmark (loopback test server, its own process, fresh per measurement; UPLOAD_DELAY=0;",
-                f"  files in the page cache; {os.cpu_count()} CPUs shared by client and server; MB = 10^6 bytes;",
-                f"  Python {sys.version.split()[0]}, curl {curl_version}; CPU = the client process's user+sys (start-up",
-                "  included), srv CPU = the test server's; peak RSS = highest VmHWM polled every 20 ms;",
-                f"  1-min load average {load_before} before, {loadavg()} after: other work on the machine adds noise)",
+                "upload benchmark (loopback test server, its own process, fresh per measurement; our scripts at the",
+                f"  shipped defaults UPLOAD_CONCURRENCY={OUR_CONCURRENCY}, UPLOAD_DELAY={OUR_DELAY} unless a row "
+                f"names a setting; tool at {revision};",
+                f"  files in the page cache, bytecode cache warm; {os.cpu_count()} CPUs shared by client and server; "
+                "MB = 10^6 bytes;",
+                f"  Python {sys.version.split()[0]}, curl {curl_version}; time = process wall time unless the "
+                "section says otherwise;",
+                "  CPU = user+sys of the client process and its helpers (the scan's worker pool), start-up included;",
+                "  srv CPU = the test server's; peak RSS = the highest VmHWM of the process, or of the sum of VmRSS",
+                "  over it and its helpers, polled every 20 ms;",
+                f"  {time.perf_counter() - started:.0f} s in all; 1-min load average {load_before} before, {loadavg()} "
+                "after: other work on the machine adds noise)",
             ],
         )
     except KeyboardInterrupt:
