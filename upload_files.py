@@ -416,6 +416,13 @@ class Uploader:
                 if row.sha1:
                     self._in_flight[row.sha1] = (row.id, [])
             self._queue.put(row)
+        if settled and self.scope.shared:
+            # Another machine may have sent some of these since they were read: theirs to record.
+            mine = self.store.claim_rows([r.id for r, _, _ in settled], self.settings.claim_lease_s)
+            for row, _asset_id, _why in settled:
+                if row.id not in mine:
+                    self._elsewhere(row)
+            settled = [s for s in settled if s[0].id in mine]
         if settled:
             self.store.record_duplicates(
                 [(r.id, asset_id, json.dumps({"duplicate": why})) for r, asset_id, why in settled],

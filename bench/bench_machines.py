@@ -39,12 +39,11 @@ sys.path.insert(0, str(PROJECT_DIR))
 sys.path.insert(0, str(PROJECT_DIR / "bench"))
 
 import bench_upload  # noqa: E402 - the stand-in server process and process measurement, shared
-from bench_scan import make_small_photos  # noqa: E402
+from bench_scan import MYSQL, drop_mysql_database, make_small_photos, mysql_connect, mysql_problem  # noqa: E402
 from bench_upload import API_KEY, MB, Measured, Server, bytes_received_twice  # noqa: E402
 
 from config import SETTING_NAMES  # noqa: E402
 
-MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 LIBRARY_NAME = "family"
 TWICE_TARGET = 0
 
@@ -95,20 +94,6 @@ class Measurement:
 # --- MariaDB -------------------------------------------------------------------------------------------
 
 
-def mysql_connect():  # type: ignore[no-untyped-def]
-    import pymysql
-
-    return pymysql.connect(**MYSQL, connect_timeout=3, autocommit=True)
-
-
-def mysql_problem() -> str | None:
-    try:
-        mysql_connect().close()
-        return None
-    except Exception as exc:  # any failure means "not available" here
-        return str(exc)
-
-
 def create_database(name: str) -> None:
     conn = mysql_connect()
     try:
@@ -116,18 +101,6 @@ def create_database(name: str) -> None:
             cur.execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
     finally:
         conn.close()
-
-
-def drop_database(name: str) -> None:
-    try:
-        conn = mysql_connect()
-        try:
-            with conn.cursor() as cur:
-                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
-        finally:
-            conn.close()
-    except Exception as exc:  # cleanup must not hide the real outcome; say what is left behind
-        print(f"warning: could not drop MariaDB database {name}: {exc}", file=sys.stderr)
 
 
 # --- the benchmark -------------------------------------------------------------------------------------
@@ -214,7 +187,7 @@ def measure(
     except Exception as exc:  # print it and go on with the next count
         result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        drop_database(database)
+        drop_mysql_database(database)
         databases.remove(database)
     for line in [*result.details, *([f"error: {result.error}"] if result.error else [])]:
         print(f"[machines]   {line}", flush=True)
@@ -332,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         for proc in list(bench_upload._live):
             bench_upload.stop_process(proc)
         for database in list(databases):
-            drop_database(database)
+            drop_mysql_database(database)
         shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -162,6 +162,42 @@ def test_four_machines_starting_together_on_a_fresh_database_all_finish(
     assert immich.upload_count() == 900 and max(bodies_per_checksum(immich).values()) == 1
 
 
+def test_a_file_another_machine_sent_meanwhile_is_counted_elsewhere_not_as_a_duplicate(
+    tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
+) -> None:
+    import threading
+
+    import scan_files
+    import upload_files
+    from db_manager import UploadOutcome
+    from immich_client import ImmichClient
+    from progress import ProgressTracker
+
+    library.photos(1)
+    env_m1 = machine_env(tmp_path, database, "m1", immich, SOURCE_DIR=library.root, SHARED_LIBRARY="family")
+    env_m2 = machine_env(tmp_path, database, "m2", immich, SOURCE_DIR=library.root, SHARED_LIBRARY="family")
+    assert run_inprocess(scan_files.main, "--env-file", str(env_m1)).status == 0
+    settings_m1 = load_settings(env_file=str(env_m1), environ={})
+    m1, m2 = open_store(settings_m1), open_store(load_settings(env_file=str(env_m2), environ={}))
+    client = ImmichClient(settings_m1, threading.Event())
+    try:
+        target = m1.target_id("user-1", immich.url, "test@example.com")
+        (stale,) = m1.pending_uploads()  # m1 read it as pending...
+        m2.record_upload(stale.id, UploadOutcome("success", asset_id="sent-by-m2", target_id=target))
+        uploader = upload_files.Uploader(
+            settings_m1, m1, client, ProgressTracker(), threading.Event(), target
+        )  # ...and m2 sent it meanwhile
+        uploader._dispatch([stale])
+        assert uploader.summary.elsewhere == 1 and uploader.summary.duplicates == 0
+        row = m1.row(stale.id)
+        assert row["upload_status"] == "success" and row["immich_asset_id"] == "sent-by-m2"
+        assert row["claimed_by"] is None
+    finally:
+        client.close()
+        m1.close()
+        m2.close()
+
+
 def test_a_moved_mount_point_is_no_new_library(
     tmp_path: Path, library: Library, immich: ImmichTestServer, database: str
 ) -> None:
