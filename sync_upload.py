@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+from array import array
 from typing import Any, TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
@@ -108,13 +109,16 @@ def sync_once(ctx: Context) -> ExitStatus:
                     lambda: ctx.store.pending_uploads(path_hashes=keys)
                 )
             )
+            backlog, backlog_bytes = array("q"), 0
             if scope.shared or uploader.overflowed:
                 # What the queue had no room for during the scan waits in the database; in a shared
                 # library, so do files other machines hashed meanwhile (the workers claim each right
                 # before sending, so every machine takes its share).
-                ids, _ = chosen_rows(ctx.store, ctx.settings, None, False, scope)
-                uploader.feed_backlog(ids)
-            uploader.start_progress()
+                backlog, backlog_bytes = chosen_rows(
+                    ctx.store, ctx.settings, None, False, scope, uploader.fed_ids
+                )
+            uploader.start_progress(len(backlog), backlog_bytes)
+            uploader.feed_backlog(backlog)
             upload = uploader.finish()
             ctx.progress.finish()
             upload.stopped_after_errors = uploader.aborted.is_set()

@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from array import array
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, TextIO
@@ -212,14 +212,20 @@ def modified_at(row: PendingUpload) -> str:
 
 
 def chosen_rows(
-    store: Store, settings: Settings, limit: int | None, failed_only: bool, scope: RunScope
+    store: Store,
+    settings: Settings,
+    limit: int | None,
+    failed_only: bool,
+    scope: RunScope,
+    skip: Container[int] = (),
 ) -> tuple[array[int], int]:
     """The ids (in upload order) and total size of the rows this run uploads, streamed from the database:
-    a million pending files cost an array of ids here, not a million row objects."""
+    a million pending files cost an array of ids here, not a million row objects. Rows in `skip` (already
+    taken on) are left out."""
     ids: array[int] = array("q")
     total = 0
     for row in store.iter_pending_uploads(failed_only):
-        if select([row], settings, scope=scope):
+        if row.id not in skip and select([row], settings, scope=scope):
             ids.append(row.id)
             total += row.file_size
             if limit is not None and len(ids) >= limit:
@@ -297,7 +303,7 @@ class Uploader:
         # upload phase of a sync can start its counter where the uploads during the scan left it.
         self.fed = [0, 0]
         self.settled = [0, 0, 0]
-        self._fed_ids = IdSet()  # a row is fed once, however many ways it comes
+        self.fed_ids = IdSet()  # a row is fed once, however many ways it comes
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
 
     @property
@@ -345,12 +351,12 @@ class Uploader:
 
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
-        rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self._fed_ids]
+        rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self.fed_ids]
         if self.takeout is not None:
             rows = [r for r in rows if self.takeout.here(r.filepath)]  # zips not named this time wait
         if self.halted or not rows:
             return
-        self._fed_ids.update(r.id for r in rows)
+        self.fed_ids.update(r.id for r in rows)
         self.fed[0] += len(rows)
         self.fed[1] += sum(r.file_size for r in rows)
         try:
@@ -721,10 +727,11 @@ class Uploader:
         if self.counts_progress:
             self.progress.advance(1, row.file_size, sent)
 
-    def start_progress(self) -> None:
-        """The upload phase's counter: everything fed to this run, and what of it is already settled."""
+    def start_progress(self, later_files: int = 0, later_bytes: int = 0) -> None:
+        """The upload phase's counter: everything fed to this run and what is still to be fed (a backlog in
+        the database), and what of it is already settled."""
         with self._lock:
-            self.progress.start("upload", self.fed[0], self.fed[1], unit="bytes")
+            self.progress.start("upload", self.fed[0] + later_files, self.fed[1] + later_bytes, unit="bytes")
             self.progress.advance(*self.settled)
             self.counts_progress = True
 
