@@ -28,7 +28,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -298,6 +298,7 @@ class Store:
     backend_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
     now_sql = ""  # the database server's current UTC time: leases run on one clock for every machine
     ignore_duplicate_sql = ""  # the INSERT suffix that leaves an existing row alone
+    autocommits = False  # a statement outside a transaction is committed on its own
 
     def __init__(self, scope: str = "m:local", machine: str = "local") -> None:
         self._lock = threading.RLock()
@@ -353,15 +354,16 @@ class Store:
 
     def _reconnect(self) -> None: ...
 
-    def _transaction(self, work: Callable[[], Any]) -> Any:
+    def _transaction(self, work: Callable[[], Any], single_statement: bool = False) -> Any:
         """Run `work` in one transaction. One lost to a dropped connection is replayed once on a new one,
         one that lost a deadlock to another machine a few times after a short random wait (the server
-        rolled it back either way, so replaying cannot write anything twice)."""
+        rolled it back either way, so replaying cannot write anything twice). A single statement on a
+        connection that autocommits is its own transaction: no BEGIN and COMMIT round trips."""
         with self._lock:
             conflicts = 0
             while True:
                 try:
-                    with self.atomic():
+                    with self._unit(single_statement):
                         return work()
                 except self.backend_errors as exc:
                     if self._in_transaction:
@@ -385,8 +387,11 @@ class Store:
         """A deadlock or lock wait lost to another writer: worth trying again."""
         return False
 
+    def _unit(self, single_statement: bool) -> AbstractContextManager[None]:
+        return nullcontext() if single_statement and self.autocommits else self.atomic()
+
     def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
-        return int(self._transaction(lambda: self._execute(sql, params)))
+        return int(self._transaction(lambda: self._execute(sql, params), single_statement=True))
 
     def _write_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         self._transaction(lambda: self._executemany(sql, rows))
@@ -1241,6 +1246,7 @@ class MysqlStore(Store):
     placeholder = "%s"
     now_sql = "UTC_TIMESTAMP()"
     ignore_duplicate_sql = "ON DUPLICATE KEY UPDATE id = id"  # a no-op: INSERT IGNORE would hide other errors
+    autocommits = True
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings.scope, settings.machine_name)
@@ -1314,7 +1320,9 @@ class MysqlStore(Store):
         on a new connection (inside one, the whole transaction is retried by atomic())."""
         try:
             with self.conn.cursor() as cur:
-                return work(cur)
+                result = work(cur)
+            self._used_at = time.monotonic()  # a connection just used needs no ping
+            return result
         except (
             self._pymysql.err.OperationalError,
             self._pymysql.err.InterfaceError,
@@ -1348,26 +1356,6 @@ class MysqlStore(Store):
                     self._reconnect()
             with super().atomic():
                 yield
-            self._used_at = time.monotonic()
-
-    def _write_one(self, sql: str, params: Sequence[Any] = ()) -> int:
-        # One statement needs no BEGIN and COMMIT: the connection autocommits. A third of the round trips
-        # of each recorded upload.
-        with self._lock:  # first: another thread's transaction holds the connection until it ends
-            if self._in_transaction:  # this thread's own, then
-                return self._execute(sql, params)
-            conflicts = 0
-            while True:
-                try:
-                    count = self._execute(sql, params)
-                    self._used_at = time.monotonic()
-                    return count
-                except self.backend_errors as exc:
-                    if self._is_conflict(exc) and conflicts < CONFLICT_RETRIES:
-                        conflicts += 1
-                        time.sleep(random.uniform(0.01, 0.05) * conflicts)
-                        continue
-                    raise DatabaseError(f"the {self.backend} database failed: {exc}") from exc
 
     def _execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         return self._retry_once(lambda cur: cur.execute(sql, params))
