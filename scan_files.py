@@ -331,12 +331,8 @@ class KnownIndex:
         return len(self.keys)
 
     def find(self, full: str) -> int | None:
-        """The index of the row with this path hash, or None."""
-        key = int(full[:16], 16)
-        i = bisect.bisect_left(self.keys, key)
-        if i == len(self.keys) or self.keys[i] != key:
-            return None
-        return self.colliding.get(full) if key in self.colliding_keys else i
+        """The index of the row with this path hash (hex), or None."""
+        return self.find_digest(bytes.fromhex(full))
 
     def find_digest(self, digest: bytes) -> int | None:
         """find() for a path hash as its SHA-256 digest (no hex text made for the common case)."""
