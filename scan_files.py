@@ -257,11 +257,15 @@ class _SaveBatch:
         self.ready: list[str] = []
         self.last_save = time.monotonic()
 
-    def unchanged(self, row: KnownFile, key: str) -> None:
+    def unchanged(self, known: KnownIndex, i: int, digest: bytes) -> None:
+        """An unchanged file: nothing to write, unless its row was marked missing or waits for upload."""
+        if not known.wants_attention[known.flags[i]]:
+            return
+        row = known.row(i)
         if row.missing:
             self.reappeared.append(row.id)
         if row.upload_status in ("pending", "error"):
-            self.ready.append(key)
+            self.ready.append(digest.hex())
         self.save_if_due()
 
     def add(self, row_id: int | None, scanned: ScannedFile) -> None:
@@ -590,8 +594,7 @@ class Scanner:
                     known.seen[index] = 1
                     if known.unchanged(index, found.size_bytes, found.mtime_ns):
                         summary.unchanged += 1
-                        if known.wants_attention[known.flags[index]]:
-                            batch.unchanged(known.row(index), digest.hex())
+                        batch.unchanged(known, index, digest)
                         unchanged_since_shown += 1
                         if unchanged_since_shown >= 256:  # the counter, not a lock and a clock per file
                             self.progress.advance(unchanged_since_shown, 0)

@@ -29,11 +29,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from hashlib import sha256
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
 from config import ConfigError, Settings
-from db_manager import ScannedFile, Store, path_hash
+from db_manager import ScannedFile, Store
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
 from scan_files import KnownIndex, ScanSummary, _SaveBatch, date_taken
@@ -497,15 +498,15 @@ class TakeoutScanner:
                 if kind is None:
                     continue
                 summary.found += 1
-                key = path_hash(member.stored.encode())
-                i = known.find(key)
+                digest = sha256(member.stored.encode()).digest()
+                i = known.find_digest(digest)
                 if i is not None:
                     known.seen[i] = 1
                     # What was passed over as trashed is looked at again when the trash is asked for.
                     again = self.settings.takeout_trashed and known.row(i).upload_status == "skipped"
                     if known.unchanged(i, member.size_bytes, member.mtime_ns) and not again:
                         summary.unchanged += 1
-                        batch.unchanged(known.row(i), key)
+                        batch.unchanged(known, i, digest)
                         self.progress.advance(1, 0)
                         continue
                 to_describe.append((member, kind, None if i is None else known.ids[i]))
