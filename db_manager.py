@@ -298,6 +298,7 @@ class Store:
     backend_errors: tuple[type[Exception], ...] = (sqlite3.Error,)
     now_sql = ""  # the database server's current UTC time: leases run on one clock for every machine
     ignore_duplicate_sql = ""  # the INSERT suffix that leaves an existing row alone
+    replace_value_sql = ""  # the INSERT suffix that sets `value` (and its time) on an existing row instead
     autocommits = False  # a statement outside a transaction is committed on its own
 
     def __init__(self, scope: str = "m:local", machine: str = "local") -> None:
@@ -454,12 +455,13 @@ class Store:
         return rows[0][0] if rows else None
 
     def set_state(self, name: str, value: str | None) -> None:
-        def write() -> None:
-            self._execute(self.sql("DELETE FROM tool_state WHERE name = ?"), (name,))
-            if value is not None:
-                self._execute(self.sql("INSERT INTO tool_state (name, value) VALUES (?, ?)"), (name, value))
-
-        self._transaction(write)
+        # One statement: machines starting together each write their state, and a DELETE then INSERT
+        # lets two of them insert the same name (READ COMMITTED takes no gap lock on the missing row).
+        if value is None:
+            self._write_one(self.sql("DELETE FROM tool_state WHERE name = ?"), (name,))
+        else:
+            upsert = f"INSERT INTO tool_state (name, value) VALUES (?, ?) {self.replace_value_sql}"
+            self._write_one(self.sql(upsert), (name, value))
 
     def _migrate_scopes(self) -> None:
         """Rows of earlier versions belong to the machine that runs this migration; the unique key becomes
@@ -1125,6 +1127,7 @@ class SqliteStore(Store):
     placeholder = "?"
     now_sql = "datetime('now')"
     ignore_duplicate_sql = "ON CONFLICT DO NOTHING"
+    replace_value_sql = "ON CONFLICT DO UPDATE SET value = excluded.value, updated_at = CURRENT_TIMESTAMP"
 
     def __init__(self, path: Path, scope: str = "m:local", machine: str = "local") -> None:
         super().__init__(scope, machine)
@@ -1246,6 +1249,7 @@ class MysqlStore(Store):
     placeholder = "%s"
     now_sql = "UTC_TIMESTAMP()"
     ignore_duplicate_sql = "ON DUPLICATE KEY UPDATE id = id"  # a no-op: INSERT IGNORE would hide other errors
+    replace_value_sql = "ON DUPLICATE KEY UPDATE value = VALUES(value), updated_at = CURRENT_TIMESTAMP"
     autocommits = True
 
     def __init__(self, settings: Settings) -> None:

@@ -103,6 +103,40 @@ def test_a_failed_batch_leaves_no_half_written_rows(store: Store) -> None:
     assert store.rows() == []
 
 
+def test_named_state_written_by_two_machines_at_once_keeps_one_value(env: Env) -> None:
+    import threading
+
+    stores = [open_store(env.settings()), open_store(env.settings())]
+    barrier = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def write(store: Store, value: str) -> None:
+        for _ in range(30):
+            barrier.wait()
+            try:
+                store.set_state("current_target", value)
+            except BaseException as exc:
+                failures.append(exc)
+            barrier.wait()
+            if value == "a":
+                store.set_state("current_target", None)  # a fresh start for the next round
+
+    try:
+        threads = [threading.Thread(target=write, args=(s, v)) for s, v in zip(stores, "ab", strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert failures == []
+        stores[0].set_state("current_target", "c")  # an existing name gets the new value
+        assert stores[1].get_state("current_target") == "c"
+        stores[1].set_state("current_target", None)
+        assert stores[0].get_state("current_target") is None
+    finally:
+        for store in stores:
+            store.close()
+
+
 def test_run_lock_admits_one_run(env: Env) -> None:
     first, second = open_store(env.settings()), open_store(env.settings())
     try:
