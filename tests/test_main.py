@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -23,6 +24,12 @@ from tests.immich_server import ImmichTestServer
 ESCAPE = re.compile(r"\x1b\[")
 
 
+def terminal_signals() -> None:
+    """Ctrl+C as a user's terminal delivers it: a suite started in the background of a script inherits
+    SIGINT ignored, and so would the menu."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn_menu(env: Env) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
@@ -34,6 +41,7 @@ def spawn_menu(env: Env) -> pexpect.spawn:
         codec_errors="replace",
         timeout=30,
         dimensions=(40, 120),
+        preexec_fn=terminal_signals,
     )
     child.expect("Choose: ")
     return child
@@ -130,6 +138,7 @@ def spawn_small_menu(env: Env, rows: int = 24) -> pexpect.spawn:
         codec_errors="replace",
         timeout=30,
         dimensions=(rows, 100),
+        preexec_fn=terminal_signals,
     )
     child.expect("Choose: ")
     return child
