@@ -1,4 +1,4 @@
-"""Everything that talks HTTP to Immich: one session, one request function, streamed uploads.
+"""Everything that talks HTTP to Immich: one request function, two transports, streamed uploads.
 
 `ImmichClient._request` is the only place a request is sent: it sets timeouts, never follows a redirect
 (the `x-api-key` header would go along to wherever it points), and tells three kinds of failure apart.
@@ -9,7 +9,8 @@ retried MAX_RETRIES times. Anything else (400, 413, 401...) fails at once with t
 `kind` that says whether one file or the whole server is the problem. TLS failures are never retried.
 Uploads stream the file from disk through a multipart body in 1 MiB reads, so memory does not grow with the
 file. Which fields are sent depends on the server's version (../shared/immich-api.md §3): before v3,
-deviceAssetId and deviceId are required.
+deviceAssetId and deviceId are required. Plain http without a proxy goes through http.client, one kept-alive
+connection per thread (PlainConnections); https and proxies through a requests session, imported when needed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import json
 import os
 import random
 import re
+import select
 import socket
 import threading
 import time
@@ -456,6 +458,38 @@ class MultipartBody:
             self._handle = None
 
 
+class PlainConnections:
+    """Each thread's kept-alive http.client connection to the server, for plain http without a proxy.
+
+    Why not requests there: importing it costs 60-80 ms of every run's start (a tenth of a 1 GiB upload's
+    time on this machine), and each request through it costs more Python than the bytes it carries. https
+    (certificates as requests checks them) and proxies stay with requests. A connection the server closed
+    while it sat idle (Immich's keep-alive timeout is 5 s) is noticed before it is used, as urllib3 does."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
+
+    def get(self, host: str, port: int, timeout: tuple[float, float]) -> http.client.HTTPConnection:
+        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+        if conn is None or (conn.host, conn.port) != (host, port):
+            conn = http.client.HTTPConnection(host, port)
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        elif conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+            conn.close()  # readable while idle: the server closed it (or sent what nobody asked for)
+        conn.timeout = timeout[0]  # for connect(); the socket then waits timeout[1] for each answer
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
 class LightResponse:
     """An answer read with http.client, with the few parts of requests.Response the client uses."""
 
@@ -563,12 +597,18 @@ class ImmichClient:
         }
         self.verify: str | bool = settings.ca_bundle or settings.verify_tls
         self._session: requests.Session | None = None
+        self._plain = PlainConnections()
+        # Plain http without a proxy goes through http.client; https and proxies through requests.
+        self.plain_http = self.base_url.startswith("http://") and not any(
+            os.environ.get(v) for v in PROXY_VARIABLES
+        )
         self.user: ServerUser | None = None
         self._server: ServerInfo | None = None
         self._server_lock = threading.Lock()
         self.device_id = f"immich-uploader-{socket.gethostname()}"
 
     def close(self) -> None:
+        self._plain.close()
         if self._session is not None:
             self._session.close()
 
@@ -584,14 +624,12 @@ class ImmichClient:
         recover: Callable[[], Any] | None = None,
         patient: bool = True,
         timeout: tuple[float, float] | None = None,
-        light: bool = False,
     ) -> requests.Response:
         """Send with retries. A server that is away is waited for through the gate (`patient`), or, at
         the start of a run (patient=False), tried `retries` more times at once. A 500 is tried MAX_RETRIES
         (or `retries`) more times. `body_factory` builds a fresh streamed body (and its headers) per
         attempt. `recover`, after a transport failure, may return a value that makes a retry unnecessary;
-        it is then returned as is (used to learn whether an interrupted upload arrived after all). `light`
-        asks for the small transport (see _send_light) where it can serve."""
+        it is then returned as is (used to learn whether an interrupted upload arrived after all)."""
         url = self.api_url + path
         timeout = timeout or self.timeout
         retries_left = self.max_retries if retries is None else retries
@@ -604,10 +642,10 @@ class ImmichClient:
                 data, headers = body_factory()
             retry_after: float | None = None
             try:
-                if light and self._light_ok:
-                    response = self._send_light(method, url, json_body, timeout)
+                if self.plain_http:
+                    response = self._send_plain(method, url, json_body, data, headers, timeout)
                 else:
-                    response = self._send(method, url, json_body, data, headers, timeout)
+                    response = self._send_requests(method, url, json_body, data, headers, timeout)
             except WireError as exc:
                 reason = str(exc)
                 if recover is not None:
@@ -648,7 +686,7 @@ class ImmichClient:
 
     @property
     def session(self) -> requests.Session:
-        """requests, imported on first use: a run with nothing to send never loads it (about 40 ms)."""
+        """requests, imported on first use: https and proxies only."""
         if self._session is None:
             import requests
 
@@ -658,7 +696,7 @@ class ImmichClient:
             self._session.trust_env = True
         return self._session
 
-    def _send(
+    def _send_requests(
         self,
         method: str,
         url: str,
@@ -688,35 +726,54 @@ class ImmichClient:
             # Refused, reset, timed out, or an answer cut off mid-way (a restart): the server is away.
             raise WireError(transport_reason(exc, timeout)) from None
 
-    @property
-    def _light_ok(self) -> bool:
-        """The small transport serves plain http without a proxy: https (certificates as requests checks
-        them) and proxies go through requests, so both transports always agree."""
-        return self.base_url.startswith("http://") and not any(os.environ.get(v) for v in PROXY_VARIABLES)
-
-    def _send_light(
-        self, method: str, url: str, json_body: Any, timeout: tuple[float, float]
+    def _send_plain(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        data: MultipartBody | None,
+        headers: dict[str, str],
+        timeout: tuple[float, float],
     ) -> LightResponse:
-        """One small request with http.client: the start-up GET that is all an unchanged nightly run sends."""
+        """One request with http.client on this thread's kept-alive connection (see PlainConnections)."""
         parts = urlsplit(url)
-        body = None if json_body is None else json.dumps(json_body).encode()
-        headers = {**self.headers, **({"Content-Type": "application/json"} if body is not None else {})}
-        conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout[0])
+        body: bytes | MultipartBody | None = data
+        headers = {**self.headers, **headers}
+        if json_body is not None:
+            body = json.dumps(json_body).encode()
+            headers["Content-Type"] = "application/json"
+        if body is not None:
+            headers["Content-Length"] = str(len(body))  # never chunked: Immich and proxies want a length
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        conn = self._plain.get(parts.hostname or "", parts.port or 80, timeout)
+        connected = cut_short = False
         try:
-            conn.connect()
+            if conn.sock is None:
+                conn.connect()
+            connected = True
             conn.sock.settimeout(timeout[1])
-            conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body, headers)
+            try:
+                conn.request(method, target, body, headers)
+            except (BrokenPipeError, ConnectionResetError):
+                # A server (or proxy) may answer before it has read the whole body, a 413 say, and close:
+                # its answer is still there to read (urllib3 does the same). The connection is not used again.
+                cut_short = True
             answer = conn.getresponse()
-            return LightResponse(answer.status, answer.headers, answer.read(), url)
+            content = answer.read()
+            if cut_short:
+                conn.close()
+            return LightResponse(answer.status, answer.headers, content, url)
         except TimeoutError as exc:
-            connected = conn.sock is not None
+            conn.close()
             raise WireError(
                 f"no {'answer' if connected else 'connection'} within {timeout[1 if connected else 0]:g} s"
             ) from exc
         except (OSError, http.client.HTTPException) as exc:
-            raise WireError(transport_reason(exc, timeout)) from None
-        finally:
             conn.close()
+            local = getattr(data, "local_error", None)
+            if local is not None:
+                raise local from None  # the file, not the server
+            raise WireError(transport_reason(exc, timeout)) from None
 
     def _backoff(self) -> float:
         return min(MAX_AWAY_PAUSE_S, self.backoff_s) * random.uniform(0.5, 1.5)
@@ -744,7 +801,6 @@ class ImmichClient:
         refused key (ApiKeyRefused), TLS trouble (TlsProblem) and something that is not Immich (NotImmich)."""
         quick: dict[str, Any] = {
             "patient": False,
-            "light": True,
             "retries": 1,
             "timeout": (min(self.timeout[0], START_CONNECT_TIMEOUT_S), min(self.timeout[1], 30.0)),
         }

@@ -1287,6 +1287,17 @@ class ImmichTestServer:
     def up(self) -> None:
         self._down = False
 
+    def close_idle_connections(self) -> None:
+        """What a server does to kept-alive connections idle past its keep-alive timeout (Node's, so
+        Immich's, is 5 s): it closes them, with a FIN. Call it when no request is in flight."""
+        with self._lock:
+            connections = list(self._connections)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     # --- state (thread-safe) ---------------------------------------------------------------------------------
 
     def asset_by_sha1(self, sha1_hex: str) -> Asset | None:

@@ -13,12 +13,28 @@ from pathlib import Path
 import pytest
 
 from config import load_settings
-from immich_client import ApiKeyRefused, ImmichClient, ImmichError, ServerUnreachable, UploadRequest
+from immich_client import (
+    ApiKeyRefused,
+    ImmichClient,
+    ImmichError,
+    ServerInfo,
+    ServerUnreachable,
+    UploadRequest,
+)
+from logger import ROOT_NAME
 from tests.conftest import API_KEY
 from tests.immich_server import ImmichTestServer
 
 
-def client_for(url: str, key: str = API_KEY, retries: int = 2) -> ImmichClient:
+@pytest.fixture(params=["http.client", "requests"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every client test runs on both transports: plain http takes http.client, https and proxies requests."""
+    return str(request.param)
+
+
+def client_for(
+    url: str, key: str = API_KEY, retries: int = 2, *, transport: str = "http.client"
+) -> ImmichClient:
     settings = load_settings(
         environ={
             "IMMICH_URL": url,
@@ -28,12 +44,14 @@ def client_for(url: str, key: str = API_KEY, retries: int = 2) -> ImmichClient:
         },
         env_file=None,
     )
-    return ImmichClient(settings)
+    client = ImmichClient(settings)
+    client.plain_http = transport == "http.client"
+    return client
 
 
 @pytest.fixture
-def client(immich: ImmichTestServer) -> Iterator[ImmichClient]:
-    c = client_for(immich.url)
+def client(immich: ImmichTestServer, transport: str) -> Iterator[ImmichClient]:
+    c = client_for(immich.url, transport=transport)
     c.connect()
     c.server  # noqa: B018 - fetched now, so tests count only their own requests
     yield c
@@ -52,8 +70,10 @@ def request_for(path: Path, sha1: str | None = None) -> UploadRequest:
     )
 
 
-def test_connect_is_one_request_and_server_details_come_when_first_needed(immich: ImmichTestServer) -> None:
-    c = client_for(immich.url)
+def test_connect_is_one_request_and_server_details_come_when_first_needed(
+    immich: ImmichTestServer, transport: str
+) -> None:
+    c = client_for(immich.url, transport=transport)
     user = c.connect()
     assert user.identity == immich.user_id and user.email == "test@example.com"
     assert immich.requests_log == [("GET", "/api/users/me")]  # a run with nothing to send stops here
@@ -64,20 +84,22 @@ def test_connect_is_one_request_and_server_details_come_when_first_needed(immich
     assert len(immich.requests_log) == 3
 
 
-def test_wrong_key_is_refused_clearly(immich: ImmichTestServer) -> None:
-    c = client_for(immich.url, key="wrong-key-000")
+def test_wrong_key_is_refused_clearly(immich: ImmichTestServer, transport: str) -> None:
+    c = client_for(immich.url, key="wrong-key-000", transport=transport)
     with pytest.raises(ApiKeyRefused, match="refused the API key"):
         c.connect()
 
 
-def test_unreachable_server_at_the_start_is_told_in_plain_words(immich: ImmichTestServer) -> None:
+def test_unreachable_server_at_the_start_is_told_in_plain_words(
+    immich: ImmichTestServer, transport: str
+) -> None:
     immich.down()
-    c = client_for(immich.url, retries=1)
+    c = client_for(immich.url, retries=1, transport=transport)
     with pytest.raises(ServerUnreachable) as caught:
         c.connect()
     assert str(caught.value) == "the connection was reset"
     assert len(immich.requests_log) == 0
-    c = client_for("http://127.0.0.1:9")
+    c = client_for("http://127.0.0.1:9", transport=transport)
     with pytest.raises(ServerUnreachable, match=r"^connection refused \(nothing listens on that port\)$"):
         c.connect()
 
@@ -150,12 +172,12 @@ class _Redirect(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_redirects_are_not_followed_with_the_key(immich: ImmichTestServer) -> None:
+def test_redirects_are_not_followed_with_the_key(immich: ImmichTestServer, transport: str) -> None:
     handler = type("Redirect", (_Redirect,), {"target": immich.url})
     redirector = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=redirector.serve_forever, daemon=True).start()
     try:
-        c = client_for(f"http://127.0.0.1:{redirector.server_address[1]}")
+        c = client_for(f"http://127.0.0.1:{redirector.server_address[1]}", transport=transport)
         with pytest.raises(ImmichError, match="redirects to"):
             c.connect()
         assert immich.requests_log == []  # the key never went to the other server
@@ -163,9 +185,11 @@ def test_redirects_are_not_followed_with_the_key(immich: ImmichTestServer) -> No
         redirector.shutdown()
 
 
-def test_v2_error_bodies_with_message_lists_are_readable(immich: ImmichTestServer, tmp_path: Path) -> None:
+def test_v2_error_bodies_with_message_lists_are_readable(
+    immich: ImmichTestServer, tmp_path: Path, transport: str
+) -> None:
     with ImmichTestServer(api_key=API_KEY, version=(2, 5, 0)) as old:
-        c = client_for(old.url)
+        c = client_for(old.url, transport=transport)
         c.connect()
         photo = tmp_path / "a.jpg"
         photo.write_bytes(b"\xff\xd8data")
@@ -204,3 +228,66 @@ def test_file_changed_after_hashing_is_not_sent_under_the_old_checksum(
     with pytest.raises(FileChangedError):
         client.upload(request)
     assert not any(p == "/api/assets" for _, p in immich.requests_log)
+
+
+def test_requests_share_one_kept_alive_connection_per_thread(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    photo = tmp_path / "a.jpg"
+    for n in range(5):
+        photo.write_bytes(b"\xff\xd8" + bytes([n]) * 3000)
+        assert client.upload(request_for(photo)).status == "created"
+    assert len(immich._connections) == 1  # five uploads and the start-up requests, one connection
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    immich.close_idle_connections()  # the keep-alive timeout passed while the run was busy elsewhere
+    time.sleep(0.1)  # the FIN arrives
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"k" * 3000)
+    with caplog.at_level("INFO", logger=ROOT_NAME):
+        assert client.upload(request_for(photo)).status == "created"
+    assert [r for r in caplog.records if "failed" in r.getMessage()] == []  # no wait, no "server away"
+    assert client.gate.pause_left_s() == 0
+
+
+class _EarlyRefusal(http.server.BaseHTTPRequestHandler):
+    """nginx with client_max_body_size: it answers 413 from the Content-Length, before the body, then reads
+    and discards the body (its lingering close) so that the client gets to read the answer."""
+
+    def do_POST(self) -> None:
+        page = b"<html><head><title>413 Request Entity Too Large</title></head></html>"
+        self.send_response(413)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(page)
+        self.wfile.flush()
+        left = int(self.headers["Content-Length"])
+        while left > 0 and (chunk := self.rfile.read(min(left, 1 << 16))):
+            left -= len(chunk)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_a_proxy_refusing_the_size_before_reading_the_body_is_a_413_for_that_file(
+    immich: ImmichTestServer, tmp_path: Path, transport: str
+) -> None:
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EarlyRefusal)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        c = client_for(f"http://127.0.0.1:{proxy.server_address[1]}", transport=transport)
+        # Known already: no start-up requests through this proxy.
+        c._server = ServerInfo((3, 1, 0), frozenset({"jpg"}), frozenset({"mp4"}))
+        big = tmp_path / "big.mp4"
+        big.write_bytes(b"\0" * (8 << 20))
+        with pytest.raises(ImmichError) as caught:
+            c.upload(request_for(big))
+        assert caught.value.status == 413 and caught.value.kind == "too_large"
+    finally:
+        proxy.shutdown()
