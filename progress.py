@@ -82,6 +82,8 @@ class ProgressTracker:
             self.sent_bytes += sent_bytes
             self._draw(force=False)
 
+    shows_each_file = False  # whether file_status shows more than errors: a detail costs nothing if not
+
     def file_status(self, status: str, path: str, detail: str = "") -> None:
         """One file's outcome: shown on a terminal; only errors elsewhere (cron mails should stay short)."""
 
@@ -188,6 +190,8 @@ class PlainProgress(ProgressTracker):
 
 class TtyProgress(ProgressTracker):
     """A live bar redrawn in place, coloured per-file lines above it."""
+
+    shows_each_file = True
 
     def __init__(self, stream: TextIO | None = None, color: bool = True) -> None:
         super().__init__(stream)

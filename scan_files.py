@@ -406,7 +406,7 @@ class Describer:
     lock one of them holds."""
 
     PROCESS_AFTER = 64
-    BATCH_FILES = 32
+    BATCH_FILES = 128  # 20,000 small photos: 2.8 s in batches of 32, 2.3 s of 64 or 128 (fewer round trips)
     BATCH_BYTES = 32 << 20
 
     def __init__(self, settings: Settings) -> None:
@@ -692,7 +692,8 @@ class Scanner:
             else:
                 self.summary.bytes_hashed += scanned.file_size
                 status = "new" if work.index is None else "changed"
-                self.progress.file_status(status, scanned.filepath, media_detail(scanned.metadata_info))
+                if self.progress.shows_each_file:  # its detail parses the metadata again: 20 µs a file
+                    self.progress.file_status(status, scanned.filepath, media_detail(scanned.metadata_info))
         self.progress.advance(1, found.size_bytes)
         batch.save_if_due()
 

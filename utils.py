@@ -124,10 +124,8 @@ def fingerprint_file(
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, not {chunk_size}")
-    # One buffer for every chunk of every attempt: readinto() fills it in place, no bytes object per chunk.
-    view = memoryview(bytearray(chunk_size))
     for attempt in (1, 2):
-        fingerprint = _hash_if_unchanged(path, view, keep_head)
+        fingerprint = _hash_if_unchanged(path, chunk_size, keep_head)
         if fingerprint is not None:
             return fingerprint
         log.debug("%s changed while being hashed (attempt %d)", display_path(path), attempt)
@@ -148,7 +146,7 @@ def fingerprint_stream(handle: BinaryIO, chunk_size: int = DEFAULT_HASH_CHUNK_BY
     return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, 0, head)
 
 
-def _hash_if_unchanged(path: str | bytes, view: memoryview, keep_head: bool) -> Fingerprint | None:
+def _hash_if_unchanged(path: str | bytes, chunk_size: int, keep_head: bool) -> Fingerprint | None:
     """Hashes the file once; None when its size or mtime moved during the read."""
     sha256 = hashlib.sha256()
     sha1 = hashlib.sha1()
@@ -156,6 +154,9 @@ def _hash_if_unchanged(path: str | bytes, view: memoryview, keep_head: bool) -> 
     head = b""
     with open(path, "rb", buffering=0) as f:
         before = os.fstat(f.fileno())
+        # One buffer for every chunk: readinto() fills it in place. No bigger than the file (+1 to see it
+        # end): a fresh 1 MiB buffer per 4 KB photo cost more than hashing it.
+        view = memoryview(bytearray(min(chunk_size, before.st_size + 1)))
         while n := f.readinto(view):
             chunk = view[:n]
             if keep_head and not total:

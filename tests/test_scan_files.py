@@ -315,3 +315,25 @@ def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(env: Env, 
     assert json.loads(str(rows["IMG_0042.jpg"]["metadata_info"]))["camera_make"] == "Canon"
     log_text = env.settings().log_file.read_text()
     assert "corrupt_exif.jpg: metadata partly unreadable" in log_text  # told by the worker, logged here
+
+
+def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, library: Library) -> None:
+    import io
+    import threading
+
+    from progress import PlainProgress, TtyProgress
+
+    library.photo("photos/IMG_0042.jpg", n=42)
+    screens = {"tty": io.StringIO(), "plain": io.StringIO()}
+    for name, progress in (
+        ("tty", TtyProgress(screens["tty"], color=False)),
+        ("plain", PlainProgress(screens["plain"])),
+    ):
+        store = open_store(env.settings())
+        try:
+            scanner = scan_files.Scanner(env.settings(), store, progress, threading.Event())
+            assert scanner.scan().new == (1 if name == "tty" else 0)
+        finally:
+            store.close()
+    assert "new       " in screens["tty"].getvalue() and "Canon" in screens["tty"].getvalue()
+    assert "IMG_0042" not in screens["plain"].getvalue()  # cron mails list only errors
