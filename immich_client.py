@@ -157,14 +157,14 @@ def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
         return "connection refused (nothing listens on that port)"
     if names & {"ConnectTimeout", "ConnectTimeoutError"}:
         return f"no connection within {timeout[0]:g} s"
-    if names & {"ReadTimeout", "ReadTimeoutError", "Timeout"} or any(
-        isinstance(c, TimeoutError) for c in causes
-    ):
+    if names & {"ReadTimeout", "ReadTimeoutError"}:
         return f"no answer within {timeout[1]:g} s"
+    if any(isinstance(c, TimeoutError) for c in causes):  # a write: urllib3 sends with the connect timeout
+        return f"the server took nothing of the upload for {timeout[0]:g} s"
+    if any(isinstance(c, http.client.RemoteDisconnected) for c in causes):  # a ConnectionResetError too
+        return "the server closed the connection without answering"
     if any(isinstance(c, ConnectionResetError | BrokenPipeError) for c in causes):
         return "the connection was reset"
-    if any(isinstance(c, http.client.RemoteDisconnected) for c in causes):
-        return "the server closed the connection without answering"
     for c in causes:
         if isinstance(c, OSError) and c.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "no route to the host (network down?)"
@@ -417,11 +417,12 @@ class MultipartBody:
             try:
                 chunk = self._next_chunk(segment)
             except OSError as exc:
-                # The HTTP library reports this as a broken connection: it is kept, so the caller can tell
-                # a disk that failed (or a file that shrank) from a server that went away.
+                # Kept, and raised as no OSError: HTTP libraries take an OSError out of the body for the
+                # connection's (urllib3 even ignores ECONNRESET there, and waits READ_TIMEOUT for an answer),
+                # and a disk that failed (or a file that shrank) is no server that went away.
                 self.local_error = exc
                 self.close()
-                raise
+                raise FileReadFailed(exc) from exc
             if chunk is not None:
                 return self._sent(chunk)
             if self._hasher is not None:
@@ -458,6 +459,16 @@ class MultipartBody:
             self._handle = None
 
 
+def _readable(sock: socket.socket) -> bool:
+    """Whether a socket has something to read now. poll() where there is one: select() fails on
+    descriptors past 1024, which a process with a raised file limit reaches."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
 class PlainConnections:
     """Each thread's kept-alive http.client connection to the server, for plain http without a proxy.
 
@@ -478,9 +489,9 @@ class PlainConnections:
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
-        elif conn.sock is not None and select.select([conn.sock], [], [], 0)[0]:
+        elif conn.sock is not None and _readable(conn.sock):
             conn.close()  # readable while idle: the server closed it (or sent what nobody asked for)
-        conn.timeout = timeout[0]  # for connect(); the socket then waits timeout[1] for each answer
+        conn.timeout = timeout[0]  # for connect()
         return conn
 
     def close(self) -> None:
@@ -488,6 +499,10 @@ class PlainConnections:
             for conn in self._all:
                 conn.close()
             self._all.clear()
+
+
+class FileReadFailed(Exception):
+    """Out of a request body: the file being sent failed (its OSError is the body's `local_error`)."""
 
 
 class LightResponse:
@@ -598,9 +613,12 @@ class ImmichClient:
         self.verify: str | bool = settings.ca_bundle or settings.verify_tls
         self._session: requests.Session | None = None
         self._plain = PlainConnections()
-        # Plain http without a proxy goes through http.client; https and proxies through requests.
-        self.plain_http = self.base_url.startswith("http://") and not any(
-            os.environ.get(v) for v in PROXY_VARIABLES
+        # Plain http without a proxy goes through http.client; https, proxies and a user:password@ in
+        # the address (requests sends it as basic auth) through requests.
+        self.plain_http = (
+            self.base_url.startswith("http://")
+            and "@" not in urlsplit(self.base_url).netloc
+            and not any(os.environ.get(v) for v in PROXY_VARIABLES)
         )
         self.user: ServerUser | None = None
         self._server: ServerInfo | None = None
@@ -717,6 +735,8 @@ class ImmichClient:
                 timeout=timeout,
                 allow_redirects=False,
             )
+        except FileReadFailed:
+            raise data.local_error from None  # type: ignore[union-attr]  # the file, not the server
         except requests.exceptions.SSLError as exc:
             raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
         except requests.RequestException as exc:
@@ -746,34 +766,44 @@ class ImmichClient:
             headers["Content-Length"] = str(len(body))  # never chunked: Immich and proxies want a length
         target = parts.path + (f"?{parts.query}" if parts.query else "")
         conn = self._plain.get(parts.hostname or "", parts.port or 80, timeout)
-        connected = cut_short = False
+        stage = "connect"
         try:
             if conn.sock is None:
                 conn.connect()
-            connected = True
-            conn.sock.settimeout(timeout[1])
+            # As urllib3 does: each write waits at most the connect timeout, the answer the read timeout.
+            stage = "send"
+            conn.sock.settimeout(timeout[0])
+            cut_short = False
             try:
                 conn.request(method, target, body, headers)
             except (BrokenPipeError, ConnectionResetError):
                 # A server (or proxy) may answer before it has read the whole body, a 413 say, and close:
                 # its answer is still there to read (urllib3 does the same). The connection is not used again.
                 cut_short = True
+            stage = "answer"
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout[1])
             answer = conn.getresponse()
             content = answer.read()
             if cut_short:
                 conn.close()
             return LightResponse(answer.status, answer.headers, content, url)
-        except TimeoutError as exc:
-            conn.close()
-            raise WireError(
-                f"no {'answer' if connected else 'connection'} within {timeout[1 if connected else 0]:g} s"
-            ) from exc
-        except (OSError, http.client.HTTPException) as exc:
-            conn.close()
-            local = getattr(data, "local_error", None)
+        except BaseException as exc:
+            conn.close()  # whatever happened, this connection is mid-request: never used again
+            local = data.local_error if data is not None else None
             if local is not None:
                 raise local from None  # the file, not the server
-            raise WireError(transport_reason(exc, timeout)) from None
+            if isinstance(exc, TimeoutError):
+                raise WireError(
+                    {
+                        "connect": f"no connection within {timeout[0]:g} s",
+                        "send": f"the server took nothing of the upload for {timeout[0]:g} s",
+                        "answer": f"no answer within {timeout[1]:g} s",
+                    }[stage]
+                ) from exc
+            if isinstance(exc, OSError | http.client.HTTPException):
+                raise WireError(transport_reason(exc, timeout)) from None
+            raise
 
     def _backoff(self) -> float:
         return min(MAX_AWAY_PAUSE_S, self.backoff_s) * random.uniform(0.5, 1.5)

@@ -1233,6 +1233,7 @@ class ImmichTestServer:
         self._lock = threading.RLock()
         self._by_sha1: dict[str, str] = {}
         self._connections: set[socket.socket] = set()
+        self.connections_accepted = 0  # every connection a client opened, kept alive or not
         self._down = False
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -1329,6 +1330,7 @@ class ImmichTestServer:
         with self._lock:
             if add:
                 self._connections.add(conn)
+                self.connections_accepted += 1
             else:
                 self._connections.discard(conn)
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
+import io
+import socket
 import threading
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import pytest
 
@@ -237,7 +241,7 @@ def test_requests_share_one_kept_alive_connection_per_thread(
     for n in range(5):
         photo.write_bytes(b"\xff\xd8" + bytes([n]) * 3000)
         assert client.upload(request_for(photo)).status == "created"
-    assert len(immich._connections) == 1  # five uploads and the start-up requests, one connection
+    assert immich.connections_accepted == 1  # five uploads and the start-up requests, one connection
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_without_a_retry(
@@ -291,3 +295,97 @@ def test_a_proxy_refusing_the_size_before_reading_the_body_is_a_413_for_that_fil
         assert caught.value.status == 413 and caught.value.kind == "too_large"
     finally:
         proxy.shutdown()
+
+
+class _FailingDisk(io.RawIOBase):
+    """A file on a network mount that fails after its first MiB with `error` (SMB resets, NFS times out)."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+        self.given = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.given >= 1 << 20:
+            raise self.error
+        n = min(len(buffer), (1 << 20) - self.given)
+        buffer[:n] = b"\0" * n
+        self.given += n
+        return n
+
+
+@pytest.mark.parametrize(
+    "error",
+    [OSError(errno.ECONNRESET, "Connection reset by peer"), TimeoutError(errno.ETIMEDOUT, "timed out")],
+    ids=["reset", "timeout"],
+)
+def test_a_disk_failing_mid_upload_is_the_files_problem_not_the_servers(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path, error: OSError
+) -> None:
+    request = request_for_stream("far.mp4", 8 << 20, lambda: _FailingDisk(error))
+    with pytest.raises(OSError) as caught:
+        client.upload(request)
+    assert caught.value is error  # the mount's own error, for the row: not "server unreachable"
+    assert client.gate.pause_left_s() == 0  # no worker waits for a server that is fine
+    photo = tmp_path / "next.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"n" * 3000)
+    assert client.upload(request_for(photo)).status == "created"  # and the next file goes
+
+
+def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_timeout(
+    tmp_path: Path, transport: str
+) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    settings = load_settings(
+        environ={
+            "IMMICH_URL": f"http://127.0.0.1:{listener.getsockname()[1]}", "IMMICH_API_KEY": API_KEY,
+            "CONNECT_TIMEOUT": "0.5", "READ_TIMEOUT": "120", "SERVER_WAIT": "0.1", "RETRY_BACKOFF": "0.01",
+        },
+        env_file=None,
+    )  # fmt: skip
+    c = ImmichClient(settings)
+    c.plain_http = transport == "http.client"
+    c._server = ServerInfo((3, 1, 0), frozenset({"jpg"}), frozenset({"mp4"}))
+    try:
+        with pytest.raises(ServerUnreachable) as caught:  # it reads nothing: each write waits 0.5 s, not 120
+            c.upload(request_for_stream("big.mp4", 64 << 20, lambda: io.BytesIO(bytes(64 << 20))))
+        assert "the server took nothing of the upload for 0.5 s" in str(caught.value)
+    finally:
+        c.close()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+def request_for_stream(name: str, size_bytes: int, opener: Callable[[], BinaryIO]) -> UploadRequest:
+    return UploadRequest(
+        path=name.encode(), filename=name, size_bytes=size_bytes, sha1=None,
+        created_at="2024-01-01T00:00:00.000Z", modified_at="2024-01-01T00:00:00.000Z",
+        device_asset_id=f"{name}-1", opener=opener,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("url", "environ", "plain"),
+    [
+        ("http://nas.local:2283", {}, True),
+        ("https://photos.example.org", {}, False),  # certificates as requests checks them
+        ("http://nas.local:2283", {"http_proxy": "http://proxy:3128"}, False),
+        ("http://nas.local:2283", {"ALL_PROXY": "socks5://proxy:1080"}, False),
+        ("http://me:secret@nas.local:2283", {}, False),  # requests sends it as basic auth
+    ],
+)
+def test_plain_http_without_a_proxy_takes_http_client_and_the_rest_requests(
+    url: str, environ: dict[str, str], plain: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(environ={"IMMICH_URL": url, "IMMICH_API_KEY": API_KEY}, env_file=None)
+    assert ImmichClient(settings).plain_http is plain
