@@ -258,13 +258,16 @@ class _SaveBatch:
         self.last_save = time.monotonic()
 
     def unchanged(self, known: KnownIndex, i: int, digest: bytes) -> None:
-        """An unchanged file: nothing to write, unless its row was marked missing or waits for upload."""
-        if not known.wants_attention[known.flags[i]]:
+        """An unchanged file: nothing to write, unless its row was marked missing, or waits for an upload
+        that this run makes (a scan alone hands nothing on: a million pending rows cost it nothing)."""
+        flags = known.flags[i]
+        missing = flags & KnownIndex.MISSING
+        waiting = self.on_upload_ready is not None and known.waits_for_upload[flags]
+        if not (missing or waiting):
             return
-        row = known.row(i)
-        if row.missing:
-            self.reappeared.append(row.id)
-        if row.upload_status in ("pending", "error"):
+        if missing:
+            self.reappeared.append(known.ids[i])
+        if waiting:
             self.ready.append(digest.hex())
         self.save_if_due()
 
@@ -326,10 +329,9 @@ class KnownIndex:
                 | (missing_flag if missing else 0)
             )
         self.seen = bytearray(len(keys))
-        # By flags byte: whether an unchanged file still wants something of the scan (its row is missing,
-        # or waits for upload), so the common case costs one table lookup.
+        # By flags byte: whether the row waits for an upload, so the common case costs one table lookup.
         waiting = {codes["pending"], codes["error"]}
-        self.wants_attention = bytes(1 if f & missing_flag or f & 0x0F in waiting else 0 for f in range(256))
+        self.waits_for_upload = bytes(1 if f & 0x0F in waiting else 0 for f in range(256))
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -103,14 +103,22 @@ def test_changed_file_is_rehashed_and_pending_again_keeping_its_asset_id(env: En
     assert row_after["upload_status"] == "pending" and row_after["immich_asset_id"] == "asset-old"
 
 
-def test_vanished_file_is_marked_missing_not_deleted(env: Env, library: Library) -> None:
+def test_vanished_file_is_marked_missing_not_deleted_and_unmarked_when_it_is_back(
+    env: Env, library: Library
+) -> None:
     gone, _kept = library.photos(2)
     scan(env)
+    data, mtime_ns = gone.read_bytes(), gone.stat().st_mtime_ns
     gone.unlink()
     _, summary, _ = scan(env)
     assert summary["missing"] == 1
     rows = rows_by_name(env)
     assert len(rows) == 2 and rows[gone.name]["missing_since"] is not None
+    gone.write_bytes(data)  # the disk is mounted again: the same file, untouched
+    os.utime(gone, ns=(mtime_ns, mtime_ns))
+    _, summary, _ = scan(env)
+    assert summary["unchanged"] == 2 and summary["missing"] == 0
+    assert rows_by_name(env)[gone.name]["missing_since"] is None
 
 
 def test_broken_inputs_are_recorded_and_the_scan_goes_on(env: Env, library: Library) -> None:
