@@ -387,7 +387,6 @@ class MultipartBody:
         self._handle: BinaryIO | None = None
         self._hasher: Any = None
         self._left = 0
-        self.local_error: OSError | None = None
 
     def _text(self, fields: Sequence[tuple[str, str]]) -> bytes:
         return b"".join(
@@ -417,10 +416,9 @@ class MultipartBody:
             try:
                 chunk = self._next_chunk(segment)
             except OSError as exc:
-                # Kept, and raised as no OSError: HTTP libraries take an OSError out of the body for the
-                # connection's (urllib3 even ignores ECONNRESET there, and waits READ_TIMEOUT for an answer),
-                # and a disk that failed (or a file that shrank) is no server that went away.
-                self.local_error = exc
+                # Raised as no OSError: HTTP libraries take an OSError out of the body for the connection's
+                # (urllib3 even ignores ECONNRESET there, and waits READ_TIMEOUT for an answer), and a disk
+                # that failed (or a file that shrank) is no server that went away.
                 self.close()
                 raise FileReadFailed(exc) from exc
             if chunk is not None:
@@ -502,7 +500,11 @@ class PlainConnections:
 
 
 class FileReadFailed(Exception):
-    """Out of a request body: the file being sent failed (its OSError is the body's `local_error`)."""
+    """Out of a request body: the file being sent failed; `error` is its OSError, for the caller."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class LightResponse:
@@ -735,14 +737,11 @@ class ImmichClient:
                 timeout=timeout,
                 allow_redirects=False,
             )
-        except FileReadFailed:
-            raise data.local_error from None  # type: ignore[union-attr]  # the file, not the server
+        except FileReadFailed as failed:
+            raise failed.error from None  # the file, not the server
         except requests.exceptions.SSLError as exc:
             raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
         except requests.RequestException as exc:
-            local = getattr(data, "local_error", None)
-            if local is not None:
-                raise local from None  # the file, not the server
             # Refused, reset, timed out, or an answer cut off mid-way (a restart): the server is away.
             raise WireError(transport_reason(exc, timeout)) from None
 
@@ -790,9 +789,8 @@ class ImmichClient:
             return LightResponse(answer.status, answer.headers, content, url)
         except BaseException as exc:
             conn.close()  # whatever happened, this connection is mid-request: never used again
-            local = data.local_error if data is not None else None
-            if local is not None:
-                raise local from None  # the file, not the server
+            if isinstance(exc, FileReadFailed):
+                raise exc.error from None  # the file, not the server
             if isinstance(exc, TimeoutError):
                 raise WireError(
                     {
