@@ -44,6 +44,8 @@ class ProgressTracker:
     its share), so all three reach 100 % together and the last counter equals the summary. `sent_bytes`
     is what really went over the wire, for the MB/s figure."""
 
+    shows_each_file = False  # whether file_status shows more than errors: a detail costs nothing if not
+
     def __init__(self, stream: TextIO | None = None, stamped: bool = False) -> None:
         self.stream = stream or sys.stderr
         self.stamped = stamped  # a timestamp on every line (cron and pipes)
@@ -81,8 +83,6 @@ class ProgressTracker:
             self.done_bytes += size_bytes
             self.sent_bytes += sent_bytes
             self._draw(force=False)
-
-    shows_each_file = False  # whether file_status shows more than errors: a detail costs nothing if not
 
     def file_status(self, status: str, path: str, detail: str = "") -> None:
         """One file's outcome: shown on a terminal; only errors elsewhere (cron mails should stay short)."""

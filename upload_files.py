@@ -695,7 +695,8 @@ class Uploader:
 
     def _record(self, row: PendingUpload, outcome: UploadOutcome) -> None:
         self.store.record_upload(row.id, outcome, count_attempt=outcome.status != "skipped")
-        detail = outcome.error or (media_detail(row.metadata_info) if outcome.status == "success" else "")
+        shown = outcome.status == "success" and self.progress.shows_each_file
+        detail = outcome.error or (media_detail(row.metadata_info) if shown else "")
         if outcome.status == "error" and outcome.error_kind:
             with self._lock:
                 self.summary.error_kinds[outcome.error_kind] = (
