@@ -269,6 +269,10 @@ TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("sidecar_sha1", "CHAR(40) NULL", "TEXT"),
 )
 
+# What was done for a row's asset in Immich (its album, its stack, the sidecar sent with it): none of it holds
+# for another asset, be it new content or the same content on another server.
+ASSET_STEP_COLUMNS = ("album_name", "album_id", "stack_id", "sidecar_path", "sidecar_sha1")
+
 # Migration 0006: whose row it is (a machine's, or a shared library's) and which machine holds it now.
 SCOPE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("scope", "VARCHAR(120) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
@@ -541,8 +545,7 @@ class Store:
         # a row says; only this machine's own claim on the row is let go.
         same = "hash = ? AND upload_status IN ('success', 'duplicate')"
         kept = [c for c in SCANNED_FIELDS if c not in ("upload_status", "last_error")]
-        reset_on_new_content = ("next_attempt_at", "error_kind", "album_name", "album_id", "stack_id",
-                                "sidecar_path", "sidecar_sha1")  # fmt: skip
+        reset_on_new_content = ("next_attempt_at", "error_kind", *ASSET_STEP_COLUMNS)
         update = (
             "UPDATE media_files SET "
             + ", ".join(f"{c} = CASE WHEN hash = ? THEN {c} ELSE NULL END" for c in reset_on_new_content)
@@ -895,15 +898,13 @@ class Store:
                 self._executemany(
                     self.sql(
                         "UPDATE media_files SET upload_status = ?, immich_asset_id = ?, target_id = ?, "
-                        "album_name = CASE WHEN ? = 1 THEN NULL ELSE album_name END, "
-                        "album_id = CASE WHEN ? = 1 THEN NULL ELSE album_id END, "
-                        "stack_id = CASE WHEN ? = 1 THEN NULL ELSE stack_id END, "
-                        "sidecar_path = CASE WHEN ? = 1 THEN NULL ELSE sidecar_path END, "
-                        "sidecar_sha1 = CASE WHEN ? = 1 THEN NULL ELSE sidecar_sha1 END, "
-                        "updated_at = ? WHERE id = ?"
+                        + "".join(
+                            f"{c} = CASE WHEN ? = 1 THEN NULL ELSE {c} END, " for c in ASSET_STEP_COLUMNS
+                        )
+                        + "updated_at = ? WHERE id = ?"
                     ),
                     [
-                        (status, asset_id, target_id, *([int(other)] * 5), now, row_id)
+                        (status, asset_id, target_id, *([int(other)] * len(ASSET_STEP_COLUMNS)), now, row_id)
                         for row_id, status, asset_id, other in held
                     ],
                 )
@@ -911,8 +912,9 @@ class Store:
                 self._executemany(
                     self.sql(
                         "UPDATE media_files SET upload_status = 'pending', target_id = ?, last_error = NULL, "
-                        "error_kind = NULL, next_attempt_at = NULL, sidecar_path = NULL, sidecar_sha1 = NULL, "
-                        "album_name = NULL, album_id = NULL, stack_id = NULL, updated_at = ? WHERE id = ?"
+                        "error_kind = NULL, next_attempt_at = NULL, "
+                        + "".join(f"{c} = NULL, " for c in ASSET_STEP_COLUMNS)
+                        + "updated_at = ? WHERE id = ?"
                     ),
                     [(target_id, now, row_id) for row_id in not_held],
                 )
