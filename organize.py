@@ -29,7 +29,7 @@ from filters import RunScope, in_sources, wanted
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from utils import fingerprint_file, format_bytes
+from utils import extension_of, fingerprint_file, format_bytes
 
 log = get_logger("organize")
 
@@ -121,8 +121,8 @@ def stack_name_groups(names: Iterable[str], raw_jpeg: bool, bursts: bool) -> lis
         for name in ordered:
             by_stem[os.path.splitext(name)[0].lower()].append(name)
         for members in by_stem.values():
-            covers = [n for n in members if _extension(n) in COVER_EXTENSIONS]
-            raws = [n for n in members if _extension(n) in RAW_EXTENSIONS]
+            covers = [n for n in members if extension_of(n) in COVER_EXTENSIONS]
+            raws = [n for n in members if extension_of(n) in RAW_EXTENSIONS]
             if covers and raws:
                 groups.append(covers[:1] + raws)
     if bursts:
@@ -135,10 +135,6 @@ def stack_name_groups(names: Iterable[str], raw_jpeg: bool, bursts: bool) -> lis
                 members.sort(key=lambda n: ("COVER" not in n.upper(), n))
                 groups.append(members)
     return groups
-
-
-def _extension(name: str) -> str:
-    return os.path.splitext(name)[1].lstrip(".").lower()
 
 
 def stack_groups(files: list[DoneFile], raw_jpeg: bool, bursts: bool) -> list[list[DoneFile]]:
@@ -227,7 +223,7 @@ class StackPartners:
                 names = [os.fsdecode(name) for name in os.listdir(where)]
             except OSError:
                 names = []
-            media = [n for n in names if self.settings.media_kind(_extension(n)) is not None]
+            media = [n for n in names if self.settings.media_kind(extension_of(n)) is not None]
             partners: dict[str, list[str]] = defaultdict(list)
             for group in stack_name_groups(media, self.settings.stack_raw_jpeg, self.settings.stack_bursts):
                 for name in group:

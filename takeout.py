@@ -38,7 +38,7 @@ from db_manager import ScannedFile, Store
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
 from scan_files import KnownIndex, ScanSummary, _SaveBatch, date_taken
-from utils import MediaMetadata, fingerprint_stream, read_image_metadata
+from utils import MediaMetadata, extension_of, fingerprint_stream, read_image_metadata
 
 log = get_logger("takeout")
 
@@ -353,8 +353,7 @@ class MatchReport:
 
 def upload_name(name: str) -> str:
     """The name Immich is given: a live photo's `.MP` clip goes as `.MP.mp4`, an extension it takes."""
-    ext = os.path.splitext(name)[1]
-    replacement = MOTION_EXTENSIONS.get(ext.lower().lstrip("."))
+    replacement = MOTION_EXTENSIONS.get(extension_of(name))
     return f"{name}.{replacement}" if replacement else name
 
 
@@ -475,7 +474,7 @@ class TakeoutScanner:
 
     def media_kind(self, name: str) -> tuple[str, str] | None:
         """(media type, extension sent) of a member, or None for what is not a photo or video."""
-        ext = os.path.splitext(name)[1].lstrip(".").lower()
+        ext = extension_of(name)
         ext = MOTION_EXTENSIONS.get(ext, ext)
         kind = self.settings.media_kind(ext)
         return None if kind is None else (kind, ext)

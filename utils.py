@@ -219,7 +219,7 @@ def read_image_metadata(
     file (a zip member), `path` then only names it.
     """
     meta = MediaMetadata()
-    if fast_jpeg and head.startswith(b"\xff\xd8") and _extension(path) not in _EXIF_ONLY_EXTENSIONS:
+    if fast_jpeg and head.startswith(b"\xff\xd8") and extension_of(path) not in _EXIF_ONLY_EXTENSIONS:
         header = _read_jpeg_header(BytesIO(head))
         if header is not None and (header.complete or len(head) >= size_bytes):
             tags = _read_tiff_tags(header.exif, path, meta) if header.exif else {}
@@ -233,7 +233,7 @@ def read_image_metadata(
             if (size_bytes if opener is not None else os.fstat(f.fileno()).st_size) == 0:
                 _warn(meta, path, "empty file")
                 return meta
-            exif_only = _extension(path) in _EXIF_ONLY_EXTENSIONS
+            exif_only = extension_of(path) in _EXIF_ONLY_EXTENSIONS
             header = _read_jpeg_header(f) if fast_jpeg and not exif_only else None
             if header is not None:
                 tags = _read_tiff_tags(header.exif, path, meta) if header.exif else {}
@@ -759,7 +759,8 @@ def display_path(path: str | bytes) -> str:
     return path_to_text(os.fsencode(path))[0]
 
 
-def _extension(path: str | bytes) -> str:
+def extension_of(path: str | bytes) -> str:
+    """A file's extension as the settings list them: "IMG_1.JPG" -> "jpg", no extension -> ""."""
     return os.fsdecode(os.path.splitext(path)[1]).lstrip(".").lower()
 
 
