@@ -5,6 +5,7 @@ that turns a user's mistake into a single `immich-uploader: error: ...` line ins
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import signal
 import sys
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from config import VERSION, ConfigError, Settings, load_settings, mask_secret, settings_flags
 from db_manager import DatabaseError, Store, migrate_store, open_store
@@ -212,6 +213,14 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
             signal.signal(sig, old)
 
     return restore
+
+
+def exit_process(status: int) -> NoReturn:
+    """End a script's process with `status`. The interpreter's last garbage collection at exit walks every
+    object still alive, 10 ms of each run (more than the work of an unchanged sync); frozen, it skips them.
+    Exit handlers, flushing and closing still happen as usual."""
+    gc.freeze()
+    sys.exit(status)
 
 
 def _nothing() -> None:

@@ -9,7 +9,6 @@ relative to the current folder, as with any command. A bad value raises `ConfigE
 
 from __future__ import annotations
 
-import difflib
 import os
 import socket
 from collections.abc import Callable, Mapping
@@ -18,7 +17,6 @@ from datetime import date, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dotenv import dotenv_values
 
@@ -292,6 +290,8 @@ def load_settings(
             raise ConfigError(f"cannot read {path}: {exc}") from None
         for key in file_values:
             if key not in SETTING_NAMES and key not in ALIASES and warn is not None:
+                import difflib  # here: only a typo pays for it
+
                 close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 warn(f"{path}: unknown setting {key}{hint}; it is ignored")
@@ -480,6 +480,8 @@ def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
 def _time_zone(name: str) -> tzinfo | None:
     if not name:
         return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # here: 2 ms of every run's start otherwise
+
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

@@ -26,7 +26,7 @@ from typing import TextIO
 import scan_files
 import sync_upload
 import upload_files
-from cli import ExitStatus, StartError
+from cli import ExitStatus, StartError, exit_process
 from config import (
     PROJECT_DIR,
     VERSION,
@@ -506,4 +506,4 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import stat
-import sys
 import threading
 import time
 from array import array
@@ -28,7 +27,7 @@ from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NamedTuple, TextIO
 
-from cli import Context, ExitStatus, base_parser, run_script
+from cli import Context, ExitStatus, base_parser, exit_process, run_script
 from config import Settings
 from db_manager import STATUSES, KnownFile, KnownRow, ScannedFile, Store, path_hash, utc_now
 from filters import JUNK, RunScope, is_ignored
@@ -798,4 +797,4 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

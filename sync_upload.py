@@ -10,13 +10,12 @@ taken by cli.run_script); a second run exits at once with status 0.
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from array import array
 from typing import Any, TextIO
 
-from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, run_script
+from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, exit_process, run_script
 from config import ConfigError, ServerNotConfigured
 from db_manager import utc_now
 from filters import RunScope
@@ -284,4 +283,4 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None, stderr: Te
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

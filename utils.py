@@ -23,8 +23,8 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from fractions import Fraction
 from io import BytesIO
+from numbers import Rational
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from config import RAW_EXTENSIONS
@@ -438,6 +438,8 @@ def _read_ifd(tiff: bytes, order: str, offset: int, prefix: str, tags: dict[str,
         else:
             numbers = struct.unpack_from(f"{order}{n * len(code)}{code[0]}", tiff, where)
             if len(code) == 2:  # rationals: numerator, denominator pairs
+                from fractions import Fraction  # here: a run that reads no EXIF never imports it
+
                 value = [
                     Fraction(a, b) if b else None for a, b in zip(numbers[::2], numbers[1::2], strict=True)
                 ]
@@ -547,7 +549,7 @@ def _number(value: Any) -> float | None:
         if not value:
             return None
         value = value[0]
-    if not isinstance(value, int | float | Fraction):
+    if not isinstance(value, int | float | Rational):  # ExifRead's Ratio and ours are Fractions
         return None
     try:
         number = float(value)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import scan_files
 import sync_upload
 import upload_files
-from config import VERSION, load_settings
+from config import PROJECT_DIR, VERSION, load_settings
 from db_manager import open_store
 from tests.conftest import API_KEY, Env, Library, make_jpeg, run_inprocess, run_process, start_process
 from tests.immich_server import ImmichTestServer
@@ -159,3 +161,27 @@ def test_a_typescript_file_named_ts_is_passed_over_and_a_transport_stream_is_not
     library.write("video/clip.ts", (b"\x47" + bytes(187)) * 20)
     assert run_inprocess(scan_files.main, "--env-file", str(env.path)).status == 0
     assert rows(env) == {"app.ts": "skipped", "clip.ts": "pending"}
+
+
+def test_a_sync_or_upload_imports_no_module_it_may_not_need() -> None:
+    # Each of these costs every run's start 2-80 ms; the scan's workers, a typo in .env, a time zone
+    # setting, https or MySQL import them when they are needed.
+    heavy = {
+        "requests",
+        "urllib3",
+        "PIL",
+        "exifread",
+        "hachoir",
+        "pymysql",
+        "fractions",
+        "zoneinfo",
+        "difflib",
+    }
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, sync_upload, upload_files; print(' '.join(sys.modules))"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert heavy & {name.split(".")[0] for name in loaded} == set()
