@@ -939,6 +939,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-cli", action="store_true", help="skip the official Immich CLI comparison")
     parser.add_argument(
+        "--parts", default="1,2,3,4", help="which numbered parts of the docstring to run (default 1,2,3,4)"
+    )
+    parser.add_argument(
         "--real-files", type=int, help="photos per tool for the real-server part (default 200, quick 20)"
     )
     parser.add_argument(
@@ -954,6 +957,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         parser.error(f"--delays-ms: numbers separated by commas, not {args.delays_ms!r}")
     args.size_range = (2 * MB, 5 * MB)
+    args.parts = {p.strip() for p in args.parts.split(",")}
+    if not args.parts <= {"1", "2", "3", "4"}:
+        parser.error(f"--parts: numbers 1-4 separated by commas, not {','.join(sorted(args.parts))!r}")
     real = bool(os.environ.get("IMMICH_BENCH_URL") and os.environ.get("IMMICH_BENCH_KEY"))
 
     big_size = int(args.big_gib * (1 << 30))
@@ -983,35 +989,40 @@ def main(argv: list[str] | None = None) -> int:
                 "(Python start-up and imports for ours, node start-up for the CLI)"
             )
         warm_bytecode()
-        cli = None if args.no_cli else install_cli(report)
+        cli = None if args.no_cli or not args.parts & {"1", "4"} else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
         print(
             f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
             flush=True,
         )
-        bench.small_bytes = make_photo_tree(bench.small_dir, args.small, args.size_range, bench.rng)
-        bench.versus_cli(
-            cli,
-            name="first sync",
-            title=(
-                f"first sync and unchanged rerun of {args.small} photos ({bench.small_bytes / MB:.0f} MB), each tool "
-                f"at its defaults against its own fresh server, median of {args.repeat}"
-            ),
-            server_for=lambda: Server(work),
-            ours_tree=bench.small_dir,
-            cli_tree=bench.small_dir,
-            count=args.small,
-            nbytes=bench.small_bytes,
-            repeat=args.repeat,
-            first_target=FIRST_SPEEDUP_TARGET,
-            rerun_target=RERUN_SPEEDUP_TARGET,
-        )
-        bench.big_file()
-        template, scan = bench.scan_template(bench.small_dir, "small")
-        for delay_ms in args.delays:
-            bench.concurrency(template, scan, delay_ms)
-        bench.real_server(cli)
+        if args.parts & {"1", "3", "4"}:
+            bench.small_bytes = make_photo_tree(bench.small_dir, args.small, args.size_range, bench.rng)
+        if "1" in args.parts:
+            bench.versus_cli(
+                cli,
+                name="first sync",
+                title=(
+                    f"first sync and unchanged rerun of {args.small} photos ({bench.small_bytes / MB:.0f} MB), each tool "
+                    f"at its defaults against its own fresh server, median of {args.repeat}"
+                ),
+                server_for=lambda: Server(work),
+                ours_tree=bench.small_dir,
+                cli_tree=bench.small_dir,
+                count=args.small,
+                nbytes=bench.small_bytes,
+                repeat=args.repeat,
+                first_target=FIRST_SPEEDUP_TARGET,
+                rerun_target=RERUN_SPEEDUP_TARGET,
+            )
+        if "2" in args.parts:
+            bench.big_file()
+        if "3" in args.parts:
+            template, scan = bench.scan_template(bench.small_dir, "small")
+            for delay_ms in args.delays:
+                bench.concurrency(template, scan, delay_ms)
+        if "4" in args.parts:
+            bench.real_server(cli)
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print_table(
             report,
