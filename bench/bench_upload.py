@@ -992,11 +992,11 @@ def main(argv: list[str] | None = None) -> int:
         cli = None if args.no_cli or not args.parts & {"1", "4"} else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
-        print(
-            f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
-            flush=True,
-        )
         if args.parts & {"1", "3", "4"}:
+            print(
+                f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
+                flush=True,
+            )
             bench.small_bytes = make_photo_tree(bench.small_dir, args.small, args.size_range, bench.rng)
         if "1" in args.parts:
             bench.versus_cli(
