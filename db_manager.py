@@ -504,10 +504,12 @@ class Store:
 
     # -- scanning
     def iter_known_files(self) -> Iterator[KnownRow]:
-        """Every row as (path_hash, then the fields of KnownFile), in path_hash order and streamed, so a
-        rescan of a million files builds its compact index without a million-row list in between. Plain
-        tuples: a record object per row was a tenth of an unchanged rescan."""
-        sql = self.sql(f"SELECT {KNOWN_COLUMNS} FROM media_files WHERE scope = ? ORDER BY path_hash")
+        """Every row as (path_hash, then the fields of KnownFile), streamed, so a rescan of a million files
+        builds its compact index without a million-row list in between. In table order: through an index
+        on scope, each row is one more lookup (3.5x slower for a million rows); the `+` keeps SQLite off
+        those indexes (MySQL scans the table anyway). Plain tuples: a record object per row was a tenth of
+        an unchanged rescan."""
+        sql = self.sql(f"SELECT {KNOWN_COLUMNS} FROM media_files WHERE +scope = ?")
         return self._stream(sql, (self.scope,))
 
     def count_under(self, folder: str | None) -> int:

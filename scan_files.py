@@ -11,7 +11,6 @@ becomes a row with its error and a log line; it never stops the scan.
 from __future__ import annotations
 
 import argparse
-import bisect
 import json
 import os
 import signal
@@ -295,30 +294,25 @@ class _SaveBatch:
 
 
 class KnownIndex:
-    """Every row of the database in compact form, for a rescan to compare against: the first 64 bits of
-    each path's SHA-256 in one sorted array, ids, sizes and mtimes in parallel arrays, status and flags in
-    bytes. A million rows take about 35 MB (a dict of row objects took over 400 MB); a lookup is a binary
-    search in C. Rows whose 64-bit keys collide (about one library in 10^7) are looked up by full hash."""
+    """Every row of the database in compact form, for a rescan to compare against: a dict from each path's
+    SHA-256 digest to its place, ids, sizes and mtimes in parallel arrays, status and flags in bytes. A
+    million rows take about 170 MB (a dict of row objects took over 400 MB). A lookup is one dict probe:
+    the binary search over sorted 64-bit keys it replaced took 1.4 µs, a tenth of a million-file rescan,
+    and needed the rows in path-hash order, which SQLite reads through the index, one table lookup per
+    row (4.2 s against 1.2 s in table order for a million rows)."""
 
     FINGERPRINTED, MISSING = 0x10, 0x20
     STATUS_CODES: ClassVar[dict[str, int]] = {status: code for code, status in enumerate(STATUSES)}
 
     def __init__(self, rows: Iterable[KnownRow]) -> None:
-        self.keys, self.ids, self.sizes, self.mtimes = array("Q"), array("q"), array("q"), array("q")
+        self.ids, self.sizes, self.mtimes = array("q"), array("q"), array("q")
         self.flags = bytearray()
-        self.colliding: dict[str, int] = {}  # full path hash -> index, for keys shared by two rows
-        self.colliding_keys: set[int] = set()
+        self.positions: dict[bytes, int] = {}
         codes, fingerprinted_flag, missing_flag = self.STATUS_CODES, self.FINGERPRINTED, self.MISSING
-        keys, ids, sizes, mtimes, flags = self.keys, self.ids, self.sizes, self.mtimes, self.flags
-        previous = ("", -1)
-        for full, row_id, size, mtime, status, fingerprinted, missing in rows:
-            key = int(full[:16], 16)
-            if key == previous[1]:
-                self.colliding[previous[0]] = len(keys) - 1
-                self.colliding[full] = len(keys)
-                self.colliding_keys.add(key)
-            previous = (full, key)
-            keys.append(key)
+        ids, sizes, mtimes, flags, positions = self.ids, self.sizes, self.mtimes, self.flags, self.positions
+        from_hex = bytes.fromhex
+        for i, (full, row_id, size, mtime, status, fingerprinted, missing) in enumerate(rows):
+            positions[from_hex(full)] = i
             ids.append(row_id)
             sizes.append(-1 if size is None else size)
             mtimes.append(-1 if mtime is None else mtime)
@@ -327,25 +321,21 @@ class KnownIndex:
                 | (fingerprinted_flag if fingerprinted else 0)
                 | (missing_flag if missing else 0)
             )
-        self.seen = bytearray(len(keys))
+        self.seen = bytearray(len(ids))
         # By flags byte: whether the row waits for an upload, so the common case costs one table lookup.
         waiting = {codes["pending"], codes["error"]}
         self.waits_for_upload = bytes(1 if f & 0x0F in waiting else 0 for f in range(256))
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self.ids)
 
     def find(self, full: str) -> int | None:
         """The index of the row with this path hash (hex), or None."""
-        return self.find_digest(bytes.fromhex(full))
+        return self.positions.get(bytes.fromhex(full))
 
     def find_digest(self, digest: bytes) -> int | None:
         """find() for a path hash as its SHA-256 digest (no hex text made for the common case)."""
-        key = int.from_bytes(digest[:8], "big")
-        i = bisect.bisect_left(self.keys, key)
-        if i == len(self.keys) or self.keys[i] != key:
-            return None
-        return self.colliding.get(digest.hex()) if key in self.colliding_keys else i
+        return self.positions.get(digest)
 
     def row(self, i: int) -> KnownFile:
         flags = self.flags[i]
