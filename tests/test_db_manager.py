@@ -38,10 +38,15 @@ def test_new_database_is_created_and_migrated(store: Store) -> None:
     assert store.migrate() == []  # applying twice does nothing
 
 
-def test_known_rows_stream_in_path_hash_order_in_one_query(store: Store) -> None:
+def test_known_rows_stream_every_row_of_this_machine_and_no_other(env: Env, store: Store) -> None:
     store.save_scanned([scanned("/p/a.jpg"), scanned("/p/b.jpg", size=20), scanned("/p/c.jpg")], [])
+    other = open_store(load_settings(env_file=str(env.path), environ={"MACHINE_NAME": "other-machine"}))
+    try:
+        other.save_scanned([scanned("/p/a.jpg"), scanned("/p/d.jpg")], [])
+    finally:
+        other.close()
     streamed = list(store.iter_known_files())
-    assert [row[0] for row in streamed] == sorted(
+    assert sorted(row[0] for row in streamed) == sorted(
         path_hash(p) for p in (b"/p/a.jpg", b"/p/b.jpg", b"/p/c.jpg")
     )
     known = {row[0]: KnownFile(*row[1:]) for row in streamed}
