@@ -21,6 +21,7 @@ from immich_client import (
     ApiKeyRefused,
     ImmichClient,
     ImmichError,
+    MultipartBody,
     ServerInfo,
     ServerUnreachable,
     UploadRequest,
@@ -121,6 +122,12 @@ def test_upload_streams_from_disk_in_flat_memory(client: ImmichClient, tmp_path:
         tracemalloc.stop()
     assert result.status == "created"
     assert peak < 12 * 1024 * 1024  # a few 1 MiB buffers, not the 64 MiB file
+
+
+def test_the_multipart_boundary_is_as_long_as_rfc_2046_allows() -> None:
+    # A server finds it with a skip search whose steps grow with its length: fewer steps per gigabyte.
+    boundaries = {MultipartBody([], []).boundary for _ in range(3)}
+    assert len(boundaries) == 3 and {len(b) for b in boundaries} == {70}
 
 
 def test_server_message_is_kept_for_client_errors_and_they_are_not_retried(
