@@ -102,7 +102,12 @@ def test_unreachable_server_at_the_start_is_told_in_plain_words(
     c = client_for(immich.url, retries=1, transport=transport)
     with pytest.raises(ServerUnreachable) as caught:
         c.connect()
-    assert str(caught.value) == "the connection was reset"
+    # The reset races the request being written: a write that meets it leaves the read an end of stream
+    # (urllib3 and our http.client path both read on, for a server's early answer). Both are plain words.
+    assert str(caught.value) in (
+        "the connection was reset",
+        "the server closed the connection without answering",
+    )
     assert len(immich.requests_log) == 0
     c = client_for("http://127.0.0.1:9", transport=transport)
     with pytest.raises(ServerUnreachable, match=r"^connection refused \(nothing listens on that port\)$"):
