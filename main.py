@@ -40,7 +40,7 @@ from config import (
 from db_manager import REPORT_COLUMNS, DatabaseError, ScopeCounts, Store, open_store, scope_label
 from immich_client import ImmichClient, ImmichError
 from logger import get_logger, setup_console
-from upload_files import FAILURE_ADVICE, connect
+from uploader import FAILURE_ADVICE, connect
 from utils import format_bytes, format_duration, plural
 
 log = get_logger("menu")

@@ -23,9 +23,9 @@ from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
 from progress import errors_row
-from scan_files import ScanSummary, add_scan_arguments, scan_status, scanner_for
-from scan_files import summary_rows as scan_rows
-from upload_files import (
+from scanner import ScanSummary, add_scan_arguments, scan_status, scanner_for
+from scanner import summary_rows as scan_rows
+from uploader import (
     Uploader,
     UploadSummary,
     adopt_target,
@@ -36,7 +36,7 @@ from upload_files import (
     finish_in_immich,
     select,
 )
-from upload_files import summary_rows as upload_rows
+from uploader import summary_rows as upload_rows
 from utils import format_duration
 
 log = get_logger("sync")

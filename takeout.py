@@ -37,7 +37,7 @@ from config import ConfigError, Settings
 from db_manager import ScannedFile, Store
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from scan_files import KnownIndex, ScanSummary, _SaveBatch, date_taken
+from scanner import KnownIndex, ScanSummary, _SaveBatch, date_taken
 from utils import MediaMetadata, extension_of, fingerprint_stream, read_image_metadata
 
 log = get_logger("takeout")

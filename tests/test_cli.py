@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import scan_files
+import scanner
 import sync_upload
 import upload_files
 from config import PROJECT_DIR, VERSION, load_settings
@@ -28,7 +29,7 @@ def test_a_bug_is_one_line_exit_70_with_the_traceback_in_the_log(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("a bug in the scanner")
 
-    monkeypatch.setattr(scan_files.Scanner, "scan", broken)
+    monkeypatch.setattr(scanner.Scanner, "scan", broken)
     result = run_inprocess(scan_files.main, "--env-file", str(env.path))
     assert result.status == 70
     assert result.lines[-1].startswith(

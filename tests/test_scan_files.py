@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import scan_files
+import scanner
 from db_manager import open_store
 from tests.conftest import Env, Library, rows_by_name, run_inprocess
 from utils import text_to_path
@@ -77,7 +78,7 @@ def test_unchanged_rescan_opens_nothing(env: Env, library: Library, monkeypatch)
     def must_not_hash(*_args: object) -> None:
         raise AssertionError("an unchanged file was opened")
 
-    monkeypatch.setattr(scan_files, "fingerprint_file", must_not_hash)
+    monkeypatch.setattr(scanner, "fingerprint_file", must_not_hash)
     status, summary, _ = scan(env)
     assert status == 0
     assert summary["unchanged"] == 5 and summary["new"] == 0 and summary["bytes_hashed"] == 0
@@ -237,17 +238,17 @@ def test_unreadable_file_is_an_error_row_and_retried_next_scan(
     env: Env, library: Library, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
     library.photo("locked.jpg", n=1)
-    real = scan_files.fingerprint_file
+    real = scanner.fingerprint_file
 
     def denied(*_args: object, **_kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(scan_files, "fingerprint_file", denied)  # root reads everything: simulate a denial
+    monkeypatch.setattr(scanner, "fingerprint_file", denied)  # root reads everything: simulate a denial
     status, summary, _ = scan(env)
     assert status == 1 and summary["errors"] == 1
     row = rows_by_name(env)["locked.jpg"]
     assert row["upload_status"] == "error" and "Permission denied" in str(row["last_error"])
-    monkeypatch.setattr(scan_files, "fingerprint_file", real)
+    monkeypatch.setattr(scanner, "fingerprint_file", real)
     status, summary, _ = scan(env)
     assert status == 0 and summary["changed"] == 1
     assert rows_by_name(env)["locked.jpg"]["upload_status"] == "pending"
@@ -283,7 +284,7 @@ def test_out_of_range_exif_date_falls_back_and_the_scan_goes_on(env: Env, librar
 
 def test_known_index_finds_rows_whose_short_keys_collide() -> None:
     from db_manager import KnownFile
-    from scan_files import KnownIndex
+    from scanner import KnownIndex
 
     same_start = "ab" * 8
     rows = [
@@ -303,7 +304,7 @@ def test_known_index_finds_rows_whose_short_keys_collide() -> None:
 
 
 def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(env: Env, library: Library) -> None:
-    import scan_files as module
+    import scanner as module
 
     library.photos(90)
     damaged = bytearray(library.photo("bad/corrupt_exif.jpg", n=200).read_bytes())
@@ -339,8 +340,8 @@ def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, libra
     ):
         store = open_store(env.settings())
         try:
-            scanner = scan_files.Scanner(env.settings(), store, progress, threading.Event())
-            assert scanner.scan().new == (1 if name == "tty" else 0)
+            run = scanner.Scanner(env.settings(), store, progress, threading.Event())
+            assert run.scan().new == (1 if name == "tty" else 0)
         finally:
             store.close()
     assert "new       " in screens["tty"].getvalue() and "Canon" in screens["tty"].getvalue()

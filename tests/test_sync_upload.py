@@ -229,18 +229,18 @@ def test_an_unmounted_source_is_one_line_exit_2_and_marks_nothing_missing(
 def test_files_the_upload_queue_had_no_room_for_during_the_scan_are_sent_after_it(
     server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import scan_files
-    import upload_files
+    import scanner
+    import uploader
 
     library.photos(12)
-    monkeypatch.setattr(upload_files, "FEED_BATCH", 2)
-    monkeypatch.setattr(scan_files, "SAVE_EVERY_FILES", 2)  # the scan hands over two files at a time
+    monkeypatch.setattr(uploader, "FEED_BATCH", 2)
+    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 2)  # the scan hands over two files at a time
     server_env.set(UPLOAD_CONCURRENCY=1)
     immich.faults.add(delay_s=0.05, count=12, path="/api/assets", method="POST")
     overflowed = []
-    real_finish = upload_files.Uploader.finish
+    real_finish = uploader.Uploader.finish
     monkeypatch.setattr(
-        upload_files.Uploader, "finish", lambda self: overflowed.append(self.overflowed) or real_finish(self)
+        uploader.Uploader, "finish", lambda self: overflowed.append(self.overflowed) or real_finish(self)
     )
     status, summary, _ = sync(server_env)
     assert overflowed == [True]  # the scan outran the uploads: the rest waited in the database

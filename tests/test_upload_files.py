@@ -13,6 +13,7 @@ import pytest
 
 import scan_files
 import upload_files
+import uploader
 from db_manager import open_store
 from tests.conftest import API_KEY, Env, Library, rows_by_name, run_inprocess, unstamped
 from tests.immich_server import ImmichTestServer
@@ -170,7 +171,7 @@ def test_a_file_the_proxy_refuses_waits_and_never_crowds_out_new_files(
 def test_failed_rows_wait_longer_after_each_failure() -> None:
     from datetime import datetime, timezone
 
-    from upload_files import retry_time
+    from uploader import retry_time
 
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     hours = [
@@ -538,7 +539,7 @@ def test_a_copy_that_fails_on_its_own_does_not_release_the_others_waiting_for_th
     scan(server_env)
     broken.unlink()
     broken.mkdir()  # it changed into something that cannot be read as a file
-    monkeypatch.setattr(upload_files, "FEED_BATCH", 1)  # one row at a time: the first is in flight
+    monkeypatch.setattr(uploader, "FEED_BATCH", 1)  # one row at a time: the first is in flight
     immich.faults.add(delay_s=0.5, path="/api/assets", method="POST")
     status, summary, _ = upload(server_env)
     assert status == 1  # one file could not be sent: the run says so in its status
@@ -551,24 +552,24 @@ def test_a_backlog_larger_than_the_queue_is_fed_as_it_drains_and_each_file_sent_
 ) -> None:
     library.photos(12)
     scan(server_env)
-    monkeypatch.setattr(upload_files, "FEED_BATCH", 2)
+    monkeypatch.setattr(uploader, "FEED_BATCH", 2)
     server_env.set(UPLOAD_CONCURRENCY=1)
     immich.faults.add(delay_s=0.05, count=12, path="/api/assets", method="POST")
     most_queued = 0
-    real_feed = upload_files.Uploader.feed
+    real_feed = uploader.Uploader.feed
 
     def watched_feed(self, rows):  # type: ignore[no-untyped-def]
         nonlocal most_queued
         real_feed(self, rows)
         most_queued = max(most_queued, self._queue.qsize())
 
-    monkeypatch.setattr(upload_files.Uploader, "feed", watched_feed)
+    monkeypatch.setattr(uploader.Uploader, "feed", watched_feed)
     status, summary, _ = upload(server_env)
     assert status == 0 and summary["uploaded"] == 12 and immich.upload_count() == 12
     assert most_queued <= 2 * 2  # about one batch ahead of the worker, never the whole backlog
 
 
 def test_id_set_holds_exactly_the_ids_given() -> None:
-    ids = upload_files.IdSet()
+    ids = uploader.IdSet()
     ids.update([0, 7, 8, 1_000_003])
     assert [i for i in (0, 1, 7, 8, 9, 1_000_002, 1_000_003, 5_000_000) if i in ids] == [0, 7, 8, 1_000_003]
