@@ -216,7 +216,7 @@ class Settings:
 
     def require_sources(self) -> None:
         """Set, and no file where a folder should be. A folder that is missing is the scanner's call: a
-        share that is not mounted tonight is not a typo (scan_files.Scanner.available_roots)."""
+        share that is not mounted tonight is not a typo (scanner.Scanner.available_roots)."""
         if not self.source_dirs:
             raise ConfigError("SOURCE_DIR is not set: give --source-dir FOLDER or set SOURCE_DIR in .env")
         for folder in self.source_dirs:

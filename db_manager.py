@@ -184,7 +184,7 @@ class UploadOutcome(NamedTuple):
     asset_id: str | None = None
     api_response: str | None = None
     error: str | None = None
-    error_kind: str | None = None  # for errors: what failed (see upload_files.FAILURE_ADVICE)
+    error_kind: str | None = None  # for errors: what failed (see uploader.FAILURE_ADVICE)
     retry_at: str | None = None  # for errors: not tried again before this UTC time
     target_id: int | None = None  # the Immich server and user the status refers to
     sidecar_path: str | None = None  # for success: the sidecar sent with the file
@@ -506,9 +506,10 @@ class Store:
     def iter_known_files(self) -> Iterator[KnownRow]:
         """Every row as (path_hash, then the fields of KnownFile), streamed, so a rescan of a million files
         builds its compact index without a million-row list in between. In table order: through an index
-        on scope, each row is one more lookup (3.5x slower for a million rows); the `+` keeps SQLite off
-        those indexes (MySQL scans the table anyway). Plain tuples: a record object per row was a tenth of
-        an unchanged rescan."""
+        on scope, each row is one more lookup (3.5x slower for a million rows in SQLite); the `+` keeps
+        SQLite off those indexes. MySQL ignores the `+` and chooses by cost: a table scan when the scope
+        holds most rows, its index when many machines share the table. Plain tuples: a record object per
+        row was a tenth of an unchanged rescan."""
         sql = self.sql(f"SELECT {KNOWN_COLUMNS} FROM media_files WHERE +scope = ?")
         return self._stream(sql, (self.scope,))
 

@@ -457,7 +457,7 @@ def start_process_pool(workers: int) -> Executor:
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
     if method == "forkserver":
-        context.set_forkserver_preload(["scan_files"])
+        context.set_forkserver_preload(["scanner"])
     return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start)
 
 

@@ -164,9 +164,12 @@ def test_a_typescript_file_named_ts_is_passed_over_and_a_transport_stream_is_not
     assert rows(env) == {"app.ts": "skipped", "clip.ts": "pending"}
 
 
-def test_a_sync_or_upload_imports_no_module_it_may_not_need() -> None:
-    # Each of these costs every run's start 2-80 ms; the scan's workers, a typo in .env, a time zone
-    # setting, https or MySQL import them when they are needed.
+def test_an_unchanged_sync_imports_no_module_it_does_not_need(
+    server_env: Env, library: Library, backend: str
+) -> None:
+    # Each costs every run's start 2-80 ms. They are imported where needed: by the scan's workers and
+    # EXIF (Pillow, ExifRead, hachoir, fractions), https or a proxy (requests), MySQL, a TIME_ZONE
+    # setting, a typo in .env.
     heavy = {
         "requests",
         "urllib3",
@@ -178,11 +181,20 @@ def test_a_sync_or_upload_imports_no_module_it_may_not_need() -> None:
         "zoneinfo",
         "difflib",
     }
-    loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, sync_upload, upload_files; print(' '.join(sys.modules))"],
+    if backend == "mysql":
+        heavy.discard("pymysql")
+    library.photos(2)
+    assert run_inprocess(sync_upload.main, "--env-file", str(server_env.path)).status == 0
+    code = (
+        "import sys, sync_upload\nstatus = sync_upload.main(sys.argv[1:])\nprint('RUN', status, *sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--env-file", str(server_env.path), "--no-progress"],
         cwd=PROJECT_DIR,
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.split()
+    ).stdout
+    status, *loaded = next(line for line in out.splitlines() if line.startswith("RUN ")).split()[1:]
+    assert status == "0"
     assert heavy & {name.split(".")[0] for name in loaded} == set()
