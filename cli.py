@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any, NoReturn, TextIO
 
@@ -213,6 +213,15 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
             signal.signal(sig, old)
 
     return restore
+
+
+def summary_json(summary: Any) -> dict[str, object]:
+    """A run's summary dataclass (with `elapsed_s` and `error_files`) as `--json` prints it and the runs
+    table keeps it: seconds to the millisecond, at most 100 failed files named."""
+    data = asdict(summary)
+    data["elapsed_s"] = round(summary.elapsed_s, 3)
+    data["error_files"] = summary.error_files[:100]
+    return data
 
 
 def exit_process(status: int) -> NoReturn:

@@ -19,13 +19,13 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from hashlib import sha256
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
-from cli import Context, ExitStatus
+from cli import Context, ExitStatus, summary_json
 from config import Settings
 from db_manager import STATUSES, KnownFile, KnownRow, ScannedFile, Store, path_hash
 from filters import JUNK, RunScope, is_ignored
@@ -82,10 +82,7 @@ class ScanSummary:
     error_files: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["elapsed_s"] = round(self.elapsed_s, 3)
-        data["error_files"] = self.error_files[:100]
-        return data
+        return summary_json(self)
 
 
 def walk_media(

@@ -22,11 +22,11 @@ import threading
 import time
 from array import array
 from collections.abc import Callable, Container, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
-from cli import Context, ExitStatus, StartError
+from cli import Context, ExitStatus, StartError, summary_json
 from config import Settings
 from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome
 from filters import RunScope, in_sources, wanted
@@ -109,10 +109,7 @@ class UploadSummary:
     error_files: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
-        data = asdict(self)
-        data["elapsed_s"] = round(self.elapsed_s, 3)
-        data["error_files"] = self.error_files[:100]
-        return data
+        return summary_json(self)
 
 
 def connect(client: ImmichClient) -> ServerUser:
