@@ -177,6 +177,15 @@ class FailedFile(NamedTuple):
     next_attempt_at: str | None  # UTC, minutes
 
 
+class RunProblem(NamedTuple):
+    """Something a run counts as an error that is no failed row (a folder it could not list, a link it would
+    not follow, a file it could not delete): kept with the run's summary, so Recent errors can list it."""
+
+    path: str
+    reason: str
+    advice: str = ""
+
+
 class UploadOutcome(NamedTuple):
     """The result of one upload attempt as it is recorded."""
 
@@ -278,6 +287,14 @@ SCOPE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("scope", "VARCHAR(120) NOT NULL DEFAULT ''", "TEXT NOT NULL DEFAULT ''"),
     ("claimed_by", "VARCHAR(100) NULL", "TEXT"),
     ("claim_until", "DATETIME NULL", "TEXT"),
+)
+
+# Migration 0007: a deletion in progress (the temporary name the file was moved to, recorded before the move,
+# so a kill leaves a row that says where the file is), and the Immich target a row's bytes were being sent to
+# (set once the server said it lacked them: a "duplicate" answer later is this machine's own upload).
+SAFETY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("deleting_as", "TEXT NULL", "TEXT"),
+    ("sending_to", "INT NULL", "INTEGER"),
 )
 
 KNOWN_COLUMNS = "path_hash, id, file_size, mtime_ns, upload_status, hash <> '', missing_since IS NOT NULL"
@@ -435,6 +452,7 @@ class Store:
             ("0004_tool_state", self._create_state_table),
             ("0005_targets_retries_sidecars", self._migrate_targets),
             ("0006_machines_and_shared_libraries", self._migrate_scopes),
+            ("0007_deletion_intents_and_sending", lambda: self._add_columns(SAFETY_COLUMNS)),
         ]
 
     def _migrate_targets(self) -> None:
@@ -961,9 +979,33 @@ class Store:
         """The local copy was deleted after Immich confirmed it: the row stays, marked."""
         now = utc_now()
         self._write_one(
-            self.sql("UPDATE media_files SET deleted_at = ?, missing_since = ?, updated_at = ? WHERE id = ?"),
+            self.sql(
+                "UPDATE media_files SET deleted_at = ?, missing_since = ?, deleting_as = NULL, updated_at = ? "
+                "WHERE id = ?"
+            ),
             (now, now, now, row_id),
         )
+
+    def record_deleting(self, row_id: int, intent: str | None) -> None:
+        """Before a file is moved to a temporary name to be deleted, that name (`intent`); None once the
+        deletion ended either way. Committed at once: a kill in between leaves a row that says where it is."""
+        self._write_one(
+            self.sql("UPDATE media_files SET deleting_as = ?, updated_at = ? WHERE id = ?"),
+            (intent, utc_now(), row_id),
+        )
+
+    def interrupted_deletions(self) -> list[tuple[int, str, str | None, str | None, str]]:
+        """(id, filepath, filepath_b64, sidecar_path, deleting_as) of this scope's rows whose deletion a
+        kill interrupted."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT id, filepath, filepath_b64, sidecar_path, deleting_as FROM media_files "
+                    "WHERE scope = ? AND deleting_as IS NOT NULL"
+                ),
+                (self.scope,),
+            )
+        return [(int(r[0]), str(r[1]), r[2], r[3], str(r[4])) for r in rows]
 
     # -- reports
     def status_counts(self, scope: str | None = None) -> dict[str, tuple[int, int]]:

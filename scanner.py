@@ -551,6 +551,10 @@ class Scanner:
         (new, changed, or left pending by an earlier run), so the sync pipeline uploads during the scan."""
         started = time.monotonic()
         summary = self.summary
+        # A deletion a kill interrupted leaves a file under a temporary name: back in place before the walk.
+        from organize import finish_interrupted_deletions
+
+        finish_interrupted_deletions(self.store, self.scope)
         roots = self.available_roots()
         known = KnownIndex(self.store.iter_known_files())
         batch = _SaveBatch(self.store, on_upload_ready)

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, exit_process, run_script
 from config import ConfigError, ServerNotConfigured
 from db_manager import utc_now
-from filters import RunScope
+from filters import RunFiles, RunScope
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
@@ -68,6 +68,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "added_to_albums": upload.added_to_albums,
         "stacks_created": upload.stacks_created,
         "deleted": upload.deleted,
+        "kept": upload.kept,
         "error_files": (scan.error_files + upload.error_files)[:100],
     }
 
@@ -99,6 +100,7 @@ def sync_once(ctx: Context) -> ExitStatus:
         uploader = Uploader(
             ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, scope, takeout_files
         )
+        run_files = uploader.run_files
         with server_jobs_paused(client, ctx.store, ctx.settings):
             uploader.counts_progress = False
             uploader.start()
@@ -113,15 +115,13 @@ def sync_once(ctx: Context) -> ExitStatus:
                 # What the queue had no room for during the scan waits in the database; in a shared
                 # library, so do files other machines hashed meanwhile (the workers claim each right
                 # before sending, so every machine takes its share).
-                backlog, backlog_bytes = chosen_rows(
-                    ctx.store, ctx.settings, None, False, scope, uploader.fed_ids
-                )
+                backlog, backlog_bytes = chosen_rows(ctx.store, run_files, None, False, uploader.fed_ids)
             uploader.start_progress(len(backlog), backlog_bytes)
             uploader.feed_backlog(backlog)
             upload = uploader.finish()
             ctx.progress.finish()
             upload.stopped_after_errors = uploader.aborted.is_set()
-            finish_in_immich(ctx, client, upload, target_id)
+            finish_in_immich(ctx, client, upload, target_id, run_files)
     finally:
         client.close()
         if takeout_files is not None:
@@ -158,9 +158,10 @@ def run_sync(ctx: Context) -> ExitStatus:
             scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
             scanner.scan()
             here = TakeoutFiles(scanner.archives)
-            rows = [r for r in select(ctx.store.pending_uploads(), ctx.settings) if here.here(r.filepath)]
+            run_files = RunFiles(ctx.settings, takeout_here=here.here)
+            rows = select(ctx.store.pending_uploads(), run_files)
             here.close()
-            return dry_run(ctx, rows)
+            return dry_run(ctx, rows, run_files)
         ctx.settings.require_server()
         return sync_once(ctx)
     ctx.settings.require_sources()
@@ -169,7 +170,8 @@ def run_sync(ctx: Context) -> ExitStatus:
         scan = scanner_for(ctx).scan()
         if ctx.stop.is_set() or scan.unavailable:
             return scan_status(ctx.stop, scan)
-        return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings))
+        run_files = RunFiles(ctx.settings)
+        return dry_run(ctx, select(ctx.store.pending_uploads(), run_files), run_files)
     try:
         ctx.settings.require_server()
     except ServerNotConfigured as missing:

@@ -11,9 +11,9 @@ from typing import TextIO
 
 from cli import Context, ExitStatus, add_upload_arguments, base_parser, exit_process, run_script
 from db_manager import utc_now
-from filters import RunScope
+from filters import RunFiles
 from immich_client import ImmichClient
-from organize import server_jobs_paused
+from organize import finish_interrupted_deletions, server_jobs_paused
 from uploader import (
     Uploader,
     adopt_target,
@@ -31,10 +31,12 @@ from uploader import (
 
 def run_upload(ctx: Context) -> ExitStatus:
     ctx.args.verify = ctx.args.verify or ctx.args.reupload
+    run_files = RunFiles(ctx.settings)
     if ctx.args.dry_run:
-        return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit))
+        return dry_run(ctx, select(ctx.store.pending_uploads(), run_files, ctx.args.limit), run_files)
     ctx.settings.require_server()
     started = utc_now()
+    finish_interrupted_deletions(ctx.store, run_files.scope)
     client = ImmichClient(ctx.settings, ctx.stop)
     verify_status = ExitStatus.OK
     try:
@@ -46,9 +48,10 @@ def run_upload(ctx: Context) -> ExitStatus:
                 return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
             if report.trashed or report.lost:
                 verify_status = ExitStatus.FILES_FAILED
-        scope = RunScope.of(ctx.settings)
-        ids, total_bytes = chosen_rows(ctx.store, ctx.settings, ctx.args.limit, ctx.args.retry_errors, scope)
-        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, scope)
+        ids, total_bytes = chosen_rows(ctx.store, run_files, ctx.args.limit, ctx.args.retry_errors)
+        uploader = Uploader(
+            ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, run_files.scope
+        )
         with server_jobs_paused(client, ctx.store, ctx.settings):
             ctx.progress.start("upload", len(ids), total_bytes, unit="bytes")
             uploader.start()
@@ -57,7 +60,7 @@ def run_upload(ctx: Context) -> ExitStatus:
             summary = uploader.finish()
             ctx.progress.finish()
             summary.stopped_after_errors = uploader.aborted.is_set()
-            finish_in_immich(ctx, client, summary, target_id)
+            finish_in_immich(ctx, client, summary, target_id, run_files)
     finally:
         client.close()
     status = exit_status(ctx.stop, uploader, summary.errors)

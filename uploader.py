@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 from cli import Context, ExitStatus, StartError, summary_json
 from config import Settings
-from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome
-from filters import RunScope, in_sources, wanted
+from db_manager import DatabaseError, PendingUpload, RunProblem, Store, UploadOutcome
+from filters import RunFiles, RunScope
 from immich_client import (
     BULK_CHECK_BATCH,
     ApiKeyRefused,
@@ -44,7 +44,7 @@ from immich_client import (
     host_port,
 )
 from logger import FILE_EVENT, get_logger
-from organize import organize
+from organize import local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
 from scanner import FoundFile, describe_file
 from utils import (
@@ -107,6 +107,8 @@ class UploadSummary:
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
+    kept: dict[str, int] = field(default_factory=dict)  # deletion: why files that could have gone stayed
+    problems: list[RunProblem] = field(default_factory=list)  # errors that are no failed row
 
     def as_json(self) -> dict[str, object]:
         return summary_json(self)
@@ -208,10 +210,9 @@ def modified_at(row: PendingUpload) -> str:
 
 def chosen_rows(
     store: Store,
-    settings: Settings,
+    run_files: RunFiles,
     limit: int | None,
     failed_only: bool,
-    scope: RunScope,
     skip: Container[int] = (),
 ) -> tuple[array[int], int]:
     """The ids (in upload order) and total size of the rows this run uploads, streamed from the database:
@@ -220,7 +221,7 @@ def chosen_rows(
     ids: array[int] = array("q")
     total = 0
     for row in store.iter_pending_uploads(failed_only):
-        if row.id not in skip and select([row], settings, scope=scope):
+        if row.id not in skip and run_files.includes(row):
             ids.append(row.id)
             total += row.file_size
             if limit is not None and len(ids) >= limit:
@@ -228,18 +229,9 @@ def chosen_rows(
     return ids, total
 
 
-def select(
-    rows: list[PendingUpload], settings: Settings, limit: int | None = None, scope: RunScope | None = None
-) -> list[PendingUpload]:
-    """The rows this run uploads: the filters, and the folders named on the command line (upload_files.py
-    DIR… or --source-dir: without them every pending row goes, wherever it was scanned)."""
-    scope = scope or RunScope.of(settings)
-    by_folder = settings.sources.get("SOURCE_DIR") == "command line" and not scope.shared
-    chosen = []
-    for row in rows:
-        path = scope.path_of(row.filepath, row.filepath_b64)
-        if wanted(row, settings, os.fsdecode(path)) and (not by_folder or in_sources(path, settings)):
-            chosen.append(row)
+def select(rows: list[PendingUpload], run_files: RunFiles, limit: int | None = None) -> list[PendingUpload]:
+    """The rows this run uploads: those of its folders and filters (filters.RunFiles)."""
+    chosen = [row for row in rows if run_files.includes(row)]
     return chosen if limit is None else chosen[:limit]
 
 
@@ -276,6 +268,7 @@ class Uploader:
         self.settings = settings
         self.scope = scope or RunScope.of(settings)
         self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
+        self.run_files = RunFiles(settings, self.scope, takeout.here if takeout is not None else None)
         self.store = store
         self.client = client
         self.progress = progress
@@ -346,9 +339,8 @@ class Uploader:
 
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
-        rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self.fed_ids]
-        if self.takeout is not None:
-            rows = [r for r in rows if self.takeout.here(r.filepath)]  # zips not named this time wait
+        # Rows of other folders, filters or zips wait for a run that names them.
+        rows = [r for r in rows if r.id not in self.fed_ids and self.run_files.includes(r)]
         if self.halted or not rows:
             return
         self.fed_ids.update(r.id for r in rows)
@@ -852,6 +844,11 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("deleted locally", summary.deleted),
     ]
     rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
+    if summary.kept:
+        at = len(rows) - 2
+        rows[at:at] = [("kept locally", str(sum(summary.kept.values())))] + [
+            (f"  {count} ×", reason) for reason, count in sorted(summary.kept.items(), key=lambda kv: -kv[1])
+        ]
     if summary.server_problem:
         rows.append(("stopped", summary.server_problem))
     return rows
@@ -882,16 +879,18 @@ def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> 
     return ExitStatus.FILES_FAILED if file_errors else ExitStatus.OK
 
 
-def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
+def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
-    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted."""
+    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted:
+    those Immich confirms now, and up to as many again among the files the run would send first (and, with
+    DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides."""
     client = None
     if ctx.settings.immich_url and ctx.settings.immich_api_key:
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
+    deletions: list[tuple[str, int]] = []
     try:
         held: dict[str, str] = {}
-        deletions: list[tuple[str, int]] = []
         if client is not None:
             user = connect(client)
             answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows if r.sha1])
@@ -899,7 +898,14 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
             target_id = ctx.store.find_target(user.identity)
             if ctx.settings.delete_uploaded and target_id is not None:
                 done = organize(
-                    client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id, dry_run=True
+                    client,
+                    ctx.store,
+                    ctx.settings,
+                    ctx.progress,
+                    ctx.stop,
+                    target_id,
+                    run_files,
+                    dry_run=True,
                 )
                 deletions = done.would_delete
     except (ServerUnreachable, StopRequested) as exc:
@@ -909,8 +915,18 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
             client.close()
     to_send = [r for r in rows if str(r.id) not in held]
     have = [r for r in rows if str(r.id) in held]
+    later: list[
+        PendingUpload
+    ] = []  # deleted once sent (or found in Immich), if the server confirms them then
+    if ctx.settings.delete_uploaded and not ctx.settings.takeout_paths:
+        roots = real_roots(ctx.settings)
+        later = [
+            r
+            for r in to_send + (have if ctx.settings.delete_duplicates else [])
+            if local_obstacle(run_files.path(r), roots) is None
+        ]
     send_bytes = sum(r.file_size for r in to_send)
-    delete_bytes = sum(size for _path, size in deletions)
+    delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
     if ctx.args.json:
         ctx.emit_json(
             {
@@ -918,7 +934,9 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
                 "would_upload": len(to_send),
                 "bytes": send_bytes,
                 "already_in_immich": len(have),
-                "would_delete": len(deletions),
+                "would_delete": len(deletions) + len(later),
+                "would_delete_now": len(deletions),
+                "would_delete_after_upload": len(later),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
             }
@@ -930,33 +948,49 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
+        for row in later:
+            ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
     rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
     if client is not None:
         rows_out.append(("already in Immich", plural(len(have), "file")))
     else:
         rows_out.append(("server", "not asked (IMMICH_URL or IMMICH_API_KEY not set)"))
     if ctx.settings.delete_uploaded:
-        rows_out.append(("would delete", f"{plural(len(deletions), 'file')}, {format_bytes(delete_bytes)}"))
+        count = len(deletions) + len(later)
+        detail = f"{plural(count, 'file')}, {format_bytes(delete_bytes)}"
+        if later:
+            detail = (
+                f"up to {detail}: {len(deletions)} Immich holds now, up to {len(later)} more once sent "
+                "(each only if Immich then confirms it)"
+            )
+        rows_out.append(("would delete", detail))
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
 
 
-def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int) -> None:
+def finish_in_immich(
+    ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int, run_files: RunFiles
+) -> None:
     """Albums, stacks and deletion once the uploads are recorded (skipped when the run was stopped)."""
     if ctx.stop.is_set() or summary.stopped_after_errors:
         return
     try:
-        done = organize(client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id)
+        done = organize(client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id, run_files)
     except (ServerUnreachable, StopRequested) as exc:
         log.error("albums, stacks and deletion not done: %s", exc)
         return
     except ImmichError as exc:
         log.error("albums/stacks not updated (nothing was deleted): %s", exc)
         summary.errors += 1
+        summary.problems.append(
+            RunProblem("(albums and stacks)", f"not updated: {exc}", "they are tried again on the next run")
+        )
         return
     summary.added_to_albums, summary.stacks_created, summary.deleted = (
         done.added_to_albums,
         done.stacks_created,
         done.deleted,
     )
+    summary.kept = dict(done.kept)
     summary.errors += done.errors
+    summary.problems += done.problems
