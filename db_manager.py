@@ -532,14 +532,14 @@ class Store:
         return self._stream(sql, (self.scope,))
 
     def count_under(self, folder: str | None) -> int:
-        """Rows of this scope present on disk (as last scanned) whose path lies under `folder` (None: all;
-        a shared library's rows lie under its mount point wherever that is)."""
+        """Rows of this scope present on disk (as last scanned) whose path lies under `folder`, or is it (a
+        source named as a file) (None: all; a shared library's rows lie under its mount point wherever that is)."""
         sql = "SELECT COUNT(*) FROM media_files WHERE scope = ? AND missing_since IS NULL"
         params: list[Any] = [self.scope]
         if folder is not None:
             prefix = folder.rstrip("/") + "/"
-            sql += " AND SUBSTR(filepath, 1, ?) = ?"
-            params += [len(prefix), prefix]
+            sql += " AND (SUBSTR(filepath, 1, ?) = ? OR filepath = ?)"
+            params += [len(prefix), prefix, folder.rstrip("/")]
         with self._lock:
             rows = self._query(self.sql(sql), params)
         return int(rows[0][0])

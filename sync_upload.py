@@ -56,6 +56,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
         "skipped": scan.skipped + upload.skipped,
+        "changing": scan.changing + upload.changing,
         "elsewhere": scan.elsewhere + upload.elsewhere,
         "errors": scan.errors + upload.errors,
         "scan_errors": scan.errors,
