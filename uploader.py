@@ -294,9 +294,17 @@ class Uploader:
         self.settled = [0, 0, 0]
         self.fed_ids = IdSet()  # a row is fed once, however many ways it comes
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
+        self._closing = False  # shutdown(): the workers take nothing new
 
     @property
     def halted(self) -> bool:
+        if self.store.run_lock_lost() and not self.aborted.is_set():
+            with self._lock:
+                self.summary.server_problem = (
+                    "another run took over this machine's lock (the database restarted while this run went on): "
+                    "stopping before the next upload"
+                )
+                self.aborted.set()
         return self.stop.is_set() or self.aborted.is_set()
 
     def _server_gone(self, exc: ImmichError) -> None:
@@ -528,6 +536,25 @@ class Uploader:
             raise self._bugs[0]
         return self.summary
 
+    def shutdown(self) -> None:
+        """Stop the workers and wait for them, whatever happened in the main thread (a bug, Ctrl+C): what they
+        use (the database, the zips, the connections) must not be closed under them. A transfer in flight is
+        finished; rows not started stay as they are."""
+        if not any(worker.is_alive() for worker in self._workers):
+            return
+        self._closing = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._queue.task_done()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            while worker.is_alive():  # a timeout keeps the main thread free for signals
+                worker.join(0.2)
+
     def _work(self) -> None:
         first = True
         while True:
@@ -535,7 +562,7 @@ class Uploader:
             try:
                 if row is None:
                     return
-                if self.halted:
+                if self.halted or self._closing:
                     continue  # leave it pending for the next run
                 self._work_on(row, first)
                 first = False
