@@ -115,6 +115,7 @@ class PendingUpload(NamedTuple):
     metadata_info: str | None
     upload_attempts: int
     upload_status: str
+    sending_to: int | None = None  # the target its bytes were offered to (the server lacked them then)
 
 
 class DoneFile(NamedTuple):
@@ -300,7 +301,7 @@ SAFETY_COLUMNS: tuple[tuple[str, str, str], ...] = (
 KNOWN_COLUMNS = "path_hash, id, file_size, mtime_ns, upload_status, hash <> '', missing_since IS NOT NULL"
 PENDING_COLUMNS = (
     "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
-    "metadata_info, upload_attempts, upload_status"
+    "metadata_info, upload_attempts, upload_status, sending_to"
 )
 REPORT_COLUMNS = (
     "scope", "filepath", "upload_status", "last_error", "immich_asset_id", "file_size", "date_taken", "date_source",
@@ -793,6 +794,7 @@ class Store:
                 "target_id = CASE WHEN ? = 1 THEN ? ELSE target_id END, "
                 "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
                 "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
+                "sending_to = CASE WHEN ? = 1 THEN NULL ELSE sending_to END, "
                 "claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
             ),
             (
@@ -811,10 +813,44 @@ class Store:
                 outcome.sidecar_path,
                 int(done),
                 outcome.sidecar_sha1,
+                int(done),
                 now,
                 row_id,
             ),
         )
+
+    def retry_now(self, error_kind: str, max_size_bytes: int | None = None) -> int:
+        """Failed rows of this kind (and at most this size) are tried on this run, whatever wait they earned
+        (the server has room again after a full quota, say). Returns how many."""
+        sql = (
+            "UPDATE media_files SET next_attempt_at = NULL WHERE scope = ? AND upload_status = 'error' "
+            "AND error_kind = ? AND next_attempt_at IS NOT NULL"
+        )
+        params: list[Any] = [self.scope, error_kind]
+        if max_size_bytes is not None:
+            sql += " AND file_size <= ?"
+            params.append(max_size_bytes)
+        return self._write_one(self.sql(sql), params)
+
+    def mark_sending(self, row_ids: Sequence[int], target_id: int) -> None:
+        """These rows' bytes are about to be sent to `target_id`, which said it lacks them: should the answer be
+        lost (a cut connection, a kill, the database away), a later "duplicate" from that server is this
+        machine's own upload, not another's. One transaction per batch."""
+        sql = self.sql("UPDATE media_files SET sending_to = ? WHERE id = ?")
+        for chunk in _chunks(list(row_ids), BATCH_ROWS):
+            self._write_many(sql, [(target_id, row_id) for row_id in chunk])
+
+    def asset_recorded_for_another(self, sha1: str, asset_id: str, target_id: int, row_id: int) -> bool:
+        """Another row of this database records `asset_id` (of content `sha1`) as its own upload there."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT 1 FROM media_files WHERE sha1 = ? AND immich_asset_id = ? AND target_id = ? "
+                    "AND id <> ? AND upload_status = 'success' LIMIT 1"
+                ),
+                (sha1, asset_id, target_id, row_id),
+            )
+        return bool(rows)
 
     def record_duplicates(self, found: Sequence[tuple[int, str, str]], target_id: int | None = None) -> None:
         """(row id, asset id, why) for files the server already has: one transaction per batch. Only rows
@@ -824,7 +860,8 @@ class Store:
         sql = self.sql(
             "UPDATE media_files SET upload_status = 'duplicate', immich_asset_id = ?, "
             "api_response = ?, last_error = NULL, error_kind = NULL, next_attempt_at = NULL, "
-            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, claimed_by = NULL, "
+            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, sending_to = NULL, "
+            "claimed_by = NULL, "
             "claim_until = NULL, updated_at = ? WHERE id = ? AND upload_status IN ('pending', 'error') "
             f"AND (claimed_by IS NULL OR claimed_by = ? OR claim_until < {self.now_sql})"
         )

@@ -269,6 +269,7 @@ class ServerUser(NamedTuple):
     email: str
     name: str
     is_admin: bool
+    quota_left_bytes: int | None = None  # None: no quota (or the server did not say)
 
 
 class ServerInfo(NamedTuple):
@@ -878,11 +879,14 @@ class ImmichClient:
             raise
         if not me.get("id"):
             raise NotImmich("GET /api/users/me answered without a user id", 200, "GET", self.api_url)
+        quota, usage = me.get("quotaSizeInBytes"), me.get("quotaUsageInBytes")
+        quota_left = quota - usage if isinstance(quota, int) and isinstance(usage, int) else None
         self.user = ServerUser(
             identity=str(me["id"]),
             email=str(me.get("email", "")),
             name=str(me.get("name", "")),
             is_admin=bool(me.get("isAdmin", False)),
+            quota_left_bytes=quota_left,
         )
         return self.user
 

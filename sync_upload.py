@@ -55,6 +55,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "unavailable_sources": scan.unavailable,
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
+        "recovered": upload.recovered,
         "skipped": scan.skipped + upload.skipped,
         "changing": scan.changing + upload.changing,
         "elsewhere": scan.elsewhere + upload.elsewhere,

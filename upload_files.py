@@ -32,6 +32,8 @@ from uploader import (
 def run_upload(ctx: Context) -> ExitStatus:
     ctx.args.verify = ctx.args.verify or ctx.args.reupload
     run_files = RunFiles(ctx.settings)
+    if ctx.args.dry_run and ctx.args.verify:
+        return verify_dry_run(ctx)
     if ctx.args.dry_run:
         return dry_run(ctx, select(ctx.store.pending_uploads(), run_files, ctx.args.limit), run_files)
     ctx.settings.require_server()
@@ -74,6 +76,25 @@ def run_upload(ctx: Context) -> ExitStatus:
         ctx.emit_json(summary.as_json())
     ctx.progress.summary("Upload finished", summary_rows(summary, ctx.settings.log_file))
     return status
+
+
+def verify_dry_run(ctx: Context) -> ExitStatus:
+    """--verify --dry-run: the check, read-only (no target recorded, no row changed)."""
+    ctx.settings.require_server()
+    client = ImmichClient(ctx.settings, ctx.stop)
+    try:
+        user = connect(client)
+        target_id = ctx.store.find_target(user.identity)
+        if target_id is None:
+            ctx.progress.message(
+                f"this database has uploaded nothing to {ctx.settings.immich_url} yet: nothing to verify"
+            )
+            return ExitStatus.OK
+        report = verify_uploads(client, ctx.store, target_id, ctx.args.reupload, dry_run=True)
+    finally:
+        client.close()
+    report_verify(ctx, report, dry_run=True)
+    return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
 
 
 def positive_int(text: str) -> int:

@@ -105,6 +105,7 @@ class UploadSummary:
     server_problem: str = ""  # why the run stopped early (the server went away, too many errors)
     elsewhere: int = 0  # a shared library's files another machine holds
     changing: int = 0  # changed since their scan (still being written?): sent after the next scan
+    recovered: int = 0  # sent by an earlier run of this machine whose answer was lost: uploads of ours
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
@@ -141,12 +142,24 @@ def connect(client: ImmichClient) -> ServerUser:
     return user
 
 
+def retry_quota_failures(store: Store, user: ServerUser) -> None:
+    """Files that failed on a full quota wait like any failure; a run that finds room on the server (the
+    admin raised the quota, files were deleted there) tries them now."""
+    if user.quota_left_bytes is None or user.quota_left_bytes > 0:
+        again = store.retry_now("quota", user.quota_left_bytes)
+        if again:
+            log.warning(
+                "the server has room again: %d files that failed on a full quota are tried now", again
+            )
+
+
 def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
     """The target (this server's user) rows are recorded against. When the database last uploaded
     somewhere else (a moved or reinstalled server, a second one) or was written by an earlier version, the
     rows Immich should hold are re-checked here: what this server has is kept (by its asset ids), the rest
     goes back to pending and is sent. Going back to an earlier server re-checks the same way and sends
     only what it lacks."""
+    retry_quota_failures(store, user)
     target = store.target_id(user.identity, client.base_url, user.email)
     state = f"{TARGET_STATE}:{store.scope}"  # each machine (and shared library) moves on its own
     if store.get_state(state) == str(target):
@@ -295,6 +308,7 @@ class Uploader:
         self.fed_ids = IdSet()  # a row is fed once, however many ways it comes
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
         self._closing = False  # shutdown(): the workers take nothing new
+        self._offered = IdSet()  # rows whose bytes this run offered to a server that lacked them
 
     @property
     def halted(self) -> bool:
@@ -403,9 +417,19 @@ class Uploader:
             except ImmichError as exc:
                 # Not fatal: each upload's checksum header still lets the server spot duplicates.
                 log.warning("could not ask the server which files it has (%s); uploading with checksums", exc)
+        to_send: list[PendingUpload] = []
         for row in to_check:
             answer = answers.get(str(row.id))
             if answer is not None and answer.held:
+                if self._sent_by_us(row, answer.asset_id or "", row.sending_to == self.target_id):
+                    # This machine sent it in an earlier run; the answer was lost (a cut, a kill, the
+                    # database away): it is this machine's upload, as it was then.
+                    why = "sent by this machine in an earlier run, whose answer was lost"
+                    outcome = UploadOutcome(
+                        "success", answer.asset_id, json.dumps({"recovered": why}), target_id=self.target_id
+                    )
+                    self._record(row, outcome, counted_as="recovered")
+                    continue
                 trashed = " (in Immich's trash)" if answer.is_trashed else ""
                 settled.append((row, answer.asset_id or "", f"already in Immich{trashed}"))
                 continue
@@ -417,6 +441,13 @@ class Uploader:
                     continue
                 if row.sha1:
                     self._in_flight[row.sha1] = (row.id, [])
+            to_send.append(row)
+        # The server said it lacks these: from here on, its "duplicate" for them is this machine's own upload.
+        offered = [r.id for r in to_send if answers.get(str(r.id)) is not None]
+        if offered:
+            self.store.mark_sending(offered, self.target_id)
+            self._offered.update(offered)
+        for row in to_send:
             self._queue.put(row)
         if settled and self.scope.shared:
             # Another machine may have sent some of these since they were read: theirs to record.
@@ -432,6 +463,15 @@ class Uploader:
             )
             for row, _asset_id, why in settled:
                 self._note("duplicate", row, why)
+
+    def _sent_by_us(self, row: PendingUpload, asset_id: str, offered: bool) -> bool:
+        """Whether the server's "duplicate" for `row` is this machine's own upload: its bytes were offered to
+        this server when it lacked them, and no other row of this database records that asset as its upload
+        (another machine's, or a copy under another name)."""
+        if not offered or not asset_id or not row.sha1 or self.scope.shared:
+            # A shared library's row is every machine's: its "duplicate" may be another machine's upload.
+            return False
+        return not self.store.asset_recorded_for_another(row.sha1, asset_id, self.target_id, row.id)
 
     def _landed(self, row: PendingUpload, asset_id: str | None) -> None:
         """The upload of `row` ended: rows with the same content become its duplicates (without a byte
@@ -633,6 +673,8 @@ class Uploader:
         with self._lock:
             self._consecutive_errors = 0
         status = "success" if result.status == "created" else "duplicate"
+        if status == "duplicate" and self._sent_by_us(row, result.asset_id, row.id in self._offered):
+            status = "success"  # an earlier attempt of this run delivered it; only its answer was lost
         sidecar_text = (
             path_to_text(self.scope.stored(sidecar))[0]
             if sidecar is not None and result.sidecar_sha1
@@ -696,7 +738,7 @@ class Uploader:
                 self.aborted.set()
                 log.error("stopping: %s", self.summary.server_problem)
 
-    def _record(self, row: PendingUpload, outcome: UploadOutcome) -> None:
+    def _record(self, row: PendingUpload, outcome: UploadOutcome, counted_as: str = "") -> None:
         self.store.record_upload(row.id, outcome, count_attempt=outcome.status != "skipped")
         shown = outcome.status == "success" and self.progress.shows_each_file
         detail = outcome.error or (media_detail(row.metadata_info) if shown else "")
@@ -705,7 +747,7 @@ class Uploader:
                 self.summary.error_kinds[outcome.error_kind] = (
                     self.summary.error_kinds.get(outcome.error_kind, 0) + 1
                 )
-        self._note(outcome.status, row, detail)
+        self._note(counted_as or outcome.status, row, detail)
 
     def _note(self, status: str, row: PendingUpload, detail: str) -> None:
         with self._lock:
@@ -717,6 +759,8 @@ class Uploader:
                 self.summary.skipped += 1
             elif status == "changing":
                 self.summary.changing += 1
+            elif status == "recovered":
+                self.summary.recovered += 1
             else:
                 self.summary.errors += 1
                 self.summary.error_files.append(row.filepath)
@@ -755,10 +799,13 @@ class VerifyReport:
         return not (self.gone or self.trashed or self.lost)
 
 
-def verify_uploads(client: ImmichClient, store: Store, target_id: int, reupload: bool) -> VerifyReport:
+def verify_uploads(
+    client: ImmichClient, store: Store, target_id: int, reupload: bool, dry_run: bool = False
+) -> VerifyReport:
     """Check every row marked uploaded to this Immich against what it holds now. Assets deleted there
     (or in its trash) are reported; with `reupload`, files still here that Immich lost go back to pending.
-    An asset the server now knows under another id (re-uploaded elsewhere) is simply recorded anew."""
+    An asset the server now knows under another id (re-uploaded elsewhere) is simply recorded anew. A dry
+    run writes nothing: it says what would be sent again."""
     report = VerifyReport()
     after = 0
     while rows := store.uploaded_rows(after, BULK_CHECK_BATCH, on_target=target_id):
@@ -778,14 +825,15 @@ def verify_uploads(client: ImmichClient, store: Store, target_id: int, reupload:
             else:
                 report.gone.append(r.filepath)
                 lost_here.append(r.id)
-        store.move_to_target(target_id, renamed, lost_here if reupload else [])
+        if not dry_run:
+            store.move_to_target(target_id, renamed, lost_here if reupload else [])
         report.requeued += len(lost_here) if reupload else 0
     for path in report.lost:
         log.error("%s: deleted here after Immich confirmed it, and no longer in Immich", path)
     return report
 
 
-def report_verify(ctx: Context, report: VerifyReport) -> None:
+def report_verify(ctx: Context, report: VerifyReport, dry_run: bool = False) -> None:
     for label, paths in (
         ("gone from Immich", report.gone),
         ("in Immich's trash", report.trashed),
@@ -799,7 +847,7 @@ def report_verify(ctx: Context, report: VerifyReport) -> None:
             "gone from Immich",
             f"{len(report.gone)}"
             + (
-                f", {report.requeued} queued to be sent again"
+                f", {report.requeued} {'would be queued' if dry_run else 'queued'} to be sent again"
                 if report.requeued
                 else (" (--reupload sends them again)" if report.gone else "")
             ),
@@ -817,7 +865,8 @@ def report_verify(ctx: Context, report: VerifyReport) -> None:
                 f"{len(report.lost)}: deleted here after Immich confirmed them, and gone from Immich since",
             )
         )
-    ctx.progress.summary("Verify: rows marked uploaded, checked with Immich", rows)
+    title = "Verify: rows marked uploaded, checked with Immich"
+    ctx.progress.summary(title + (" (dry run: nothing changed)" if dry_run else ""), rows)
 
 
 def takeout_request(request: UploadRequest, row: PendingUpload, takeout: TakeoutFiles) -> UploadRequest:
@@ -852,6 +901,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("time", format_duration(summary.elapsed_s)),
     ]
     extras = [
+        ("sent by an earlier run", summary.recovered),
         ("still changing", summary.changing),
         ("sent by another machine", summary.elsewhere),
         ("added to albums", summary.added_to_albums),

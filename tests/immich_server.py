@@ -140,6 +140,9 @@ class Fault:
     html: bool
     reset: bool
     delay_s: float
+    drop_answer: bool = (
+        False  # handle the request in full (an upload is stored), then reset instead of answering
+    )
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -168,8 +171,9 @@ class FaultQueue:
         html: bool = False,
         reset: bool = False,
         delay_s: float = 0.0,
+        drop_answer: bool = False,
     ) -> Fault:
-        fault = Fault(status, count, path, method, retry_after_s, html, reset, delay_s)
+        fault = Fault(status, count, path, method, retry_after_s, html, reset, delay_s, drop_answer)
         if count > 0:
             with self._lock:
                 self._faults.append(fault)
@@ -879,6 +883,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status, payload = self._handle_api(path, query)
             except ApiError as exc:
                 status, payload = exc.status, self._error_payload(exc)
+            if fault is not None and fault.drop_answer:
+                self._reset_connection()  # done, but the answer is lost on the way (a cut cable, a proxy)
+                return
             self._send_json(status, payload)
         except (ClientGone, OSError):
             self.close_connection = True  # client vanished mid-request: drop it quietly
@@ -1278,6 +1285,8 @@ class ImmichTestServer:
         # "any_asset" with the id of another user's asset of those bytes, else of some asset with other bytes.
         # None: the truth.
         self.bulk_check_lie: str | None = None
+        # The user's storage quota (None: unlimited); an upload past it answers 400 "Quota has been exceeded!".
+        self.quota_bytes: int | None = None
         # Cleared, it holds every upload request until it is set again (a test acting while uploads are in flight).
         self.upload_gate = threading.Event()
         self.upload_gate.set()
@@ -1460,6 +1469,8 @@ class ImmichTestServer:
             existing = self.asset_by_sha1(sha1_hex)
             if existing is not None:
                 return 200, {"id": existing.id, "status": "duplicate"}
+            if self.quota_bytes is not None and self._usage_bytes() + parts.size > self.quota_bytes:
+                raise ApiError(400, "Quota has been exceeded!")
             sidecar = parts.sidecar_sha1.hexdigest() if parts.sidecar_sha1 is not None else None
             # The DTO is read after multer, so a `filename` field names the asset even when it came after the file
             # (too late for the type check).
@@ -1478,14 +1489,18 @@ class ImmichTestServer:
         if video.fields.get("visibility", "timeline") == "timeline":
             video.fields["visibility"] = "hidden"
 
+    def _usage_bytes(self) -> int:
+        with self._lock:
+            return sum(a.size_bytes for a in self.assets.values() if not a.owner_id)
+
     def _user_json(self) -> dict[str, Any]:
         return {
             "id": self.user_id,
             "email": "test@example.com",
             "name": "Test",
             "isAdmin": self.admin,
-            "quotaSizeInBytes": None,
-            "quotaUsageInBytes": 0,
+            "quotaSizeInBytes": self.quota_bytes,
+            "quotaUsageInBytes": self._usage_bytes(),
             "storageLabel": "admin" if self.admin else None,
         }
 

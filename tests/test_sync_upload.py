@@ -349,3 +349,40 @@ def test_the_state_database_deleted_during_a_run_stops_it_with_one_line(
         remover.join()
     assert result.status == 2
     assert "was deleted or replaced during the run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_file_whose_answer_was_lost_is_this_machines_upload_not_a_duplicate(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photos = library.photos(3)
+    # The server stores the first upload, then the connection is cut before its answer arrives.
+    immich.faults.add(drop_answer=True, path="/api/assets", method="POST")
+    status, summary = sync(server_env, "--delete-uploaded")[:2]
+    assert status == 0 and summary["uploaded"] == 3 and summary["duplicates"] == 0
+    assert summary["deleted"] == 3 and not any(p.exists() for p in photos)
+    assert set(row_statuses(server_env)) == {"success"}
+
+
+def test_a_file_sent_by_a_run_killed_before_it_recorded_the_answer_is_this_machines_upload(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    run_process("scan_files.py", "--env-file", str(server_env.path))
+    immich.add_existing_asset(photo.read_bytes())  # what the killed run's upload left on the server
+    store = open_store(server_env.settings())
+    try:
+        (row,) = store.rows()
+        from immich_client import ImmichClient
+        from uploader import adopt_target, connect
+
+        client = ImmichClient(server_env.settings())
+        target = adopt_target(client, store, connect(client))
+        client.close()
+        store.mark_sending([int(row["id"])], target)  # it was offered to this server, which lacked it then
+    finally:
+        store.close()
+    status, summary, _ = sync(server_env, "--delete-uploaded")
+    assert (
+        status == 0 and summary["recovered"] == 1 and summary["duplicates"] == 0 and summary["deleted"] == 1
+    )
+    assert summary["uploaded"] == 0 and row_statuses(server_env) == ["success"] and immich.upload_count() == 0

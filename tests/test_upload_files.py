@@ -576,3 +576,34 @@ def test_id_set_holds_exactly_the_ids_given() -> None:
     ids = uploader.IdSet()
     ids.update([0, 7, 8, 1_000_003])
     assert [i for i in (0, 1, 7, 8, 9, 1_000_002, 1_000_003, 5_000_000) if i in ids] == [0, 7, 8, 1_000_003]
+
+
+def test_files_that_failed_on_a_full_quota_are_tried_once_the_server_has_room(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    first, second = library.photos(2)
+    immich.quota_bytes = max(first.stat().st_size, second.stat().st_size) + 10  # room for one
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert summary["uploaded"] == 1 and summary["error_kinds"] == {"quota": 1}
+    status, summary, _ = upload(server_env)  # still full: the failed file waits its turn
+    assert summary["uploaded"] == 0 and summary["errors"] == 0
+    immich.quota_bytes = None  # the admin raised it
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1 and immich.upload_count() == 2
+
+
+def test_verify_with_dry_run_checks_and_changes_nothing(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    gone, _kept = library.photos(2)
+    scan(server_env)
+    upload(server_env)
+    del immich.assets[immich.asset_by_sha1(hashlib.sha1(gone.read_bytes()).hexdigest()).id]  # type: ignore[union-attr]
+    before = statuses(server_env)
+    result = run_inprocess(
+        upload_files.main, "--env-file", str(server_env.path), "--verify", "--reupload", "--dry-run"
+    )
+    assert result.status == 1 and f"gone from Immich: {gone}" in result.stdout
+    assert "would be queued to be sent again" in result.stderr
+    assert statuses(server_env) == before and immich.upload_count() == 2
