@@ -701,3 +701,19 @@ def test_dry_run_counts_what_the_real_run_would_delete_including_files_it_sends_
     status, summary = sync(server_env, "--delete-uploaded")
     assert status == 0 and summary["deleted"] == dry["would_delete"] == 5 and have.exists()
     assert kept_reasons(summary) == {organize_reason("KEPT_DUPLICATE"): 1}
+
+
+def test_files_reached_through_a_symlinked_folder_are_uploaded_but_never_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    outside = Library(tmp_path / "other-disk")
+    linked = outside.photos(2)
+    os.symlink(outside.root / "photos", library.root / "from-other-disk")
+    link_to_file = library.root / "one-more.jpg"
+    (single,) = outside.photos(1, folder="single", start=5)
+    os.symlink(single, link_to_file)
+    (own,) = library.photos(1, folder="own", start=7)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["uploaded"] == 4 and summary["deleted"] == 1 and not own.exists()
+    assert all(p.exists() for p in [*linked, single]) and link_to_file.is_symlink()
+    assert kept_reasons(summary) == {organize_reason("KEPT_OUTSIDE"): 2, organize_reason("KEPT_LINK"): 1}
