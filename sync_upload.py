@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from array import array
+from dataclasses import replace
 from typing import Any, TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, exit_process, run_script
@@ -22,7 +23,6 @@ from filters import RunFiles, RunScope
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
-from progress import errors_row
 from scanner import ScanSummary, add_scan_arguments, scan_status, scanner_for
 from scanner import summary_rows as scan_rows
 from uploader import (
@@ -72,7 +72,21 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "deleted": upload.deleted,
         "kept": upload.kept,
         "error_files": (scan.error_files + upload.error_files)[:100],
+        "problems": (scan.problems + upload.problems)[:100],
     }
+
+
+def sync_rows(scan: ScanSummary, upload: UploadSummary, log_file: object) -> list[tuple[str, str]]:
+    """The summary's lines: what the walk found, then what happened to those files, each count the same as
+    in --json (a file skipped or failed at the scan counts with the upload's skipped and errors)."""
+    both = replace(
+        upload,
+        skipped=scan.skipped + upload.skipped,
+        errors=scan.errors + upload.errors,
+        changing=scan.changing + upload.changing,
+    )
+    found = scan_rows(scan, log_file)[:5]  # found, new, changed, unchanged, missing
+    return found + [row for row in upload_rows(both, log_file) if row[0] != "processed"]
 
 
 def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
@@ -141,11 +155,7 @@ def sync_once(ctx: Context) -> ExitStatus:
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
-    log_file = ctx.settings.log_file
-    errors = errors_row(scan.errors + upload.errors, log_file)
-    rows = scan_rows(scan, log_file)[:5] + [
-        errors if label == "errors" else (label, value) for label, value in upload_rows(upload, log_file)
-    ]
+    rows = sync_rows(scan, upload, ctx.settings.log_file)
     if scan.unavailable:
         rows.append(("not scanned", ", ".join(scan.unavailable) + " (missing or empty: not mounted?)"))
     if takeout_scanner is not None:
