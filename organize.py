@@ -390,9 +390,11 @@ class Deleter:
         self.stop = stop
         self.summary = OrganizeSummary()
         self.real_roots = real_roots(settings)
+        self._lock = threading.Lock()
 
     def keep(self, file: DoneFile, reason: str, detail: str = "") -> None:
-        self.summary.kept[reason] += 1
+        with self._lock:  # checks run on a thread pool
+            self.summary.kept[reason] += 1
         log.warning(
             "%s: kept: %s%s", file.filepath, reason, f" ({detail})" if detail else "", extra=FILE_EVENT
         )
