@@ -131,9 +131,7 @@ def connect(client: ImmichClient) -> ServerUser:
     except TlsProblem as exc:
         raise StartError(f"cannot connect to Immich at {client.base_url}: {exc}") from None
     except NotImmich as exc:
-        raise StartError(
-            f"{client.base_url} answers, but not like Immich ({exc}): check IMMICH_URL"
-        ) from None
+        raise StartError(str(exc)) from None  # the whole line: what came back, what IMMICH_URL should be
     except StopRequested:
         raise KeyboardInterrupt from None
     except ImmichError as exc:
@@ -974,7 +972,7 @@ def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> Exi
                 )
                 deletions = done.would_delete
     except (ServerUnreachable, StopRequested) as exc:
-        raise StartError(f"could not ask {ctx.settings.immich_url} what it has: {exc}") from None
+        raise StartError(f"could not ask {ctx.settings.display_url} what it has: {exc}") from None
     finally:
         if client is not None:
             client.close()
