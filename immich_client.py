@@ -56,6 +56,9 @@ ANSWER_SLICE_S = 1.0  # a request waits for its answer a slice at a time, checki
 # them to 4 MiB to send and 6 MiB to receive): bytes an upload got rid of past this, the server read.
 BUFFERED_BYTES = 16 << 20
 PROBE_AFTER_S = 10.0  # silence after which a waiting request asks whether the server is there at all
+# An answer is waited for at least this long without a sign of life, whatever SERVER_WAIT: 0 means "do not
+# wait for a server that is away", not "give up on an answer that takes a moment".
+MIN_SILENCE_S = 2.0
 PROBE_TIMEOUT_S = 5.0
 USER_AGENT = f"immich-uploader/{VERSION}"
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -154,12 +157,14 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 class WireError(Exception):
-    """Nothing usable came back: no connection, a reset, a timeout. The message says which, plainly;
-    `silent` when the server showed no sign of life for SERVER_WAIT (nothing to recover then)."""
+    """Nothing usable came back: no connection, a reset, a timeout. The message says which, plainly.
+    `kind`: "away" (waited for through the gate), "silent" (no sign of life for SERVER_WAIT: nothing to
+    recover, nothing left to wait) or "ignored" (no answer within READ_TIMEOUT though the server showed life
+    meanwhile: this request's failure, not a server that is away)."""
 
-    def __init__(self, message: str, silent: bool = False) -> None:
+    def __init__(self, message: str, kind: str = "away") -> None:
         super().__init__(message)
-        self.silent = silent
+        self.kind = kind
 
 
 def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
@@ -241,9 +246,14 @@ class ServerGate:
         away_since = self._away_since
         return max(asked_at if away_since is None else away_since, self._last_sign)
 
+    def alive_after(self, moment: float) -> bool:
+        """Whether the server showed a sign of life after `moment`."""
+        return self._last_sign > moment
+
     def silence_left_s(self, asked_at: float) -> float:
-        """Seconds of SERVER_WAIT left for a request that asked at `asked_at` (0 or less: over)."""
-        return self.budget_s - (self.clock() - self.silent_since(asked_at))
+        """Seconds of SERVER_WAIT (at least MIN_SILENCE_S) left for a request that asked at `asked_at`, or
+        that waits for its answer since then (0 or less: over)."""
+        return max(self.budget_s, MIN_SILENCE_S) - (self.clock() - self.silent_since(asked_at))
 
     def failed(self, reason: str, asked_at: float, retry_after_s: float | None = None) -> float:
         """Seconds this request (sent at `asked_at`) should wait before trying again; raises
@@ -307,7 +317,7 @@ class ServerGate:
 
     @property
     def probe_after_s(self) -> float:
-        return min(PROBE_AFTER_S, self.budget_s / 4)
+        return min(PROBE_AFTER_S, max(self.budget_s, MIN_SILENCE_S) / 4)
 
     def probe_due(self, asked_at: float) -> bool:
         """Whether a request waiting for its answer since `asked_at` should ask the server whether it is
@@ -863,11 +873,16 @@ class ImmichClient:
                     response = self._send_requests(method, path, json_body, data, headers, timeout, patient)
             except WireError as exc:
                 reason = str(exc)
-                if recover is not None and not exc.silent:
+                if recover is not None and exc.kind != "silent":
                     recovered = recover()
                     if recovered is not None:
                         return recovered
                 log.info("%s %s failed: %s", method, path, reason)
+                if exc.kind == "ignored":  # waiting READ_TIMEOUT again would not help: the next run tries
+                    raise ImmichError(
+                        f"{reason} (READ_TIMEOUT), though the server answered other requests meanwhile", None,
+                        method, url, kind="no_answer",
+                    ) from None  # fmt: skip
             else:
                 if response.is_redirect:
                     raise self._redirected(response, method, path)
@@ -964,7 +979,7 @@ class ImmichClient:
         except requests.RequestException as exc:
             # Refused, reset, timed out, or an answer cut off mid-way (a restart): the server is away.
             silent = patient and self.gate.silence_left_s(asked_at) <= 0
-            raise WireError(transport_reason(exc, timeout), silent) from None
+            raise WireError(transport_reason(exc, timeout), "silent" if silent else "away") from None
 
     def _send_direct(
         self,
@@ -1045,20 +1060,25 @@ class ImmichClient:
         a server quiet for a while is asked whether it is there (_probe)."""
         clock = self.gate.clock
         sent_at = clock()
+        slice_s = 0.0
         while True:
+            # The socket first: after a pause of this process (a loaded machine) an answer waiting there is
+            # taken, not judged late.
+            if _readable(sock, slice_s):
+                return
             slice_s = min(ANSWER_SLICE_S, sent_at + read_timeout_s - clock())
             if slice_s <= 0:
-                raise WireError(f"no answer within {read_timeout_s:g} s")
+                ignored = patient and self.gate.alive_after(sent_at)
+                raise WireError(f"no answer within {read_timeout_s:g} s", "ignored" if ignored else "away")
             if patient:
                 left_s = self.gate.silence_left_s(sent_at)
                 if left_s <= 0:
-                    raise WireError("connected, but no answer", silent=True)
+                    raise WireError("connected, but no answer", "silent")
                 if self.gate.probe_due(sent_at):
                     self._probe(left_s)
+                    slice_s = 0.0
                     continue
                 slice_s = min(slice_s, left_s, self.gate.probe_after_s)
-            if _readable(sock, slice_s):
-                return
 
     def _probe(self, left_s: float) -> None:
         """GET /api/server/ping (it needs no key) on a connection of its own, briefly (never past the

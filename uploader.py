@@ -76,6 +76,8 @@ FAILURE_ADVICE = {
     "rejected": "Immich refused the upload; its answer is in the row and the log",
     "quota": "your Immich storage quota is full: free space there or ask the admin to raise it",
     "server": "the server failed (5xx); tried again on a later run",
+    "no_answer": "the server took the upload and never answered it (READ_TIMEOUT), though it answered other "
+    "requests; tried again on a later run",
     "auth": "the API key was refused: check IMMICH_API_KEY and that it may upload (asset.upload)",
     "unreadable": "the file could not be read here (permissions, a disk error)",
     "changed": "the file changed while it was being sent; it is sent again after the next scan",
