@@ -245,7 +245,7 @@ class Settings:
             if s.name in secret and value:
                 value = mask_secret(value)
             elif s.name == "IMMICH_URL":
-                value = mask_url_password(value)
+                value = mask_url_password(value, whole_value=True)
             rows.append((s.name, value, self.sources.get(s.name, "default")))
         return rows
 
@@ -274,14 +274,16 @@ def mask_secret(value: str) -> str:
 
 
 # The password of a user:password@ part, up to the last @ (a password may hold @ or /, unescaped); an @ in a
-# path masks the path too, which costs nothing in a message.
+# path masks the path too, which costs nothing in a message. In a setting's whole value, spaces too.
 _URL_PASSWORD = re.compile(r"(?P<user>(?://|^(?![^/]*//))[^\s/:@]*):\S*@")
+_VALUE_PASSWORD = re.compile(r"(?P<user>(?://|^(?![^/]*//))[^\s/:@]*):.*@")
 
 
-def mask_url_password(url: str) -> str:
+def mask_url_password(url: str, *, whole_value: bool = False) -> str:
     """`url` with the password of a user:password@ part (a proxy's basic auth) as ****, even in a malformed
-    address (it is quoted back in settings errors), or in a message holding addresses."""
-    return _URL_PASSWORD.sub(r"\g<user>:****@", url)
+    address (it is quoted back in settings errors), or in a message holding addresses. `whole_value`: `url`
+    is a setting's value, where a (malformed) password may hold spaces."""
+    return (_VALUE_PASSWORD if whole_value else _URL_PASSWORD).sub(r"\g<user>:****@", url)
 
 
 def find_env_file(explicit: str | None) -> Path | None:
@@ -443,7 +445,7 @@ def normalize_url(url: str) -> str:
     if not url:
         return ""
     example = "(e.g. http://nas:2283)"
-    shown = mask_url_password(url)  # these errors are printed and logged
+    shown = mask_url_password(url, whole_value=True)  # these errors are printed and logged
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         hint = f": did you mean http://{shown.split('://')[-1]}?" if "." in url or ":" in url else ""

@@ -727,8 +727,9 @@ def describe_body(response: requests.Response) -> str:
 
 
 def describe_text(text: str, content_type: str = "") -> str:
-    """A few words on what came back: "an HTML page (title: 404 Not Found)", never the page itself."""
-    text = text.strip()
+    """A few words on what came back: "an HTML page (title: 404 Not Found)", never the page itself, nor a
+    control character a hostile page could send to the terminal."""
+    text = "".join(c if c.isprintable() or c.isspace() else "?" for c in text[:4096]).strip()
     if not text:
         return "an empty answer"
     if "html" in content_type.lower() or text.startswith("<"):

@@ -199,6 +199,7 @@ def test_a_password_in_immich_url_is_a_secret_like_the_key(tmp_path: Path) -> No
     assert {"p%40ss-w0rd", "p@ss-w0rd"} <= set(s.secrets)  # the log's filter hides both spellings
     shown = run_inprocess(scan_files.main, "--env-file", str(env), "--show-config")
     assert f"IMMICH_URL=http://alice:****@nas:2283  # {env}" in shown.stdout and "w0rd" not in shown.stdout
-    with pytest.raises(ConfigError) as caught:
-        normalize_url("http://alice:pw-secret@nas:99999")
-    assert "alice:****@nas" in str(caught.value) and "pw-secret" not in str(caught.value)
+    for malformed in ("http://alice:pw-secret@nas:99999", "http://alice:pw secret@nas:2283"):
+        with pytest.raises(ConfigError) as caught:
+            normalize_url(malformed)
+        assert "alice:****@nas" in str(caught.value) and "secret" not in str(caught.value)
