@@ -906,7 +906,7 @@ def test_standalone_process_delay_ms_and_uploads_route() -> None:
 # --- servers that go silent, answer late, or speak TLS (the client's transport tests use these) -----------
 
 
-def _raw_request(srv: ImmichTestServer, body: bytes) -> socket.socket:
+def _request_to_stall(srv: ImmichTestServer, body: bytes) -> socket.socket:
     host, port = srv.url.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
     sock.sendall(
@@ -920,7 +920,7 @@ def _raw_request(srv: ImmichTestServer, body: bytes) -> socket.socket:
 @pytest.mark.parametrize("stage", ["before_body", "after_body"])
 def test_fault_stall_takes_the_request_and_never_answers(server: ImmichTestServer, stage: str) -> None:
     server.faults.add(stall=stage, path="/api/assets/bulk-upload-check")
-    sock = _raw_request(server, b'{"assets": []}')
+    sock = _request_to_stall(server, b'{"assets": []}')
     try:
         assert select.select([sock], [], [], 0.5)[0] == []  # silent, the connection open
         assert requests.get(f"{server.url}/api/server/ping", timeout=10).status_code == 200  # others answered
