@@ -323,6 +323,8 @@ class ServerGate:
         """Whether a request waiting for its answer since `asked_at` should ask the server whether it is
         there (see ImmichClient._probe): after PROBE_AFTER_S (at most a quarter of SERVER_WAIT) without a
         sign of life, by one request at a time. The caller reports the outcome to `probed`."""
+        if self.clock() - max(self.silent_since(asked_at), self._last_probe) < self.probe_after_s:
+            return False  # the common case, without the lock
         with self._lock:
             now = self.clock()
             quiet_since = max(self.silent_since(asked_at), self._last_probe)
@@ -562,16 +564,28 @@ class MultipartBody:
 
 
 def _readable(sock: socket.socket, timeout_s: float = 0.0) -> bool:
-    """Whether a socket has something to read within `timeout_s`. poll() where there is one: select() fails
-    on descriptors past 1024, which a process with a raised file limit reaches. A TLS socket may hold
-    decrypted bytes already read from the socket."""
-    if isinstance(sock, ssl.SSLSocket) and sock.pending():
-        return True
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(math.ceil(max(0.0, timeout_s) * 1000)))
-    return bool(select.select([sock], [], [], max(0.0, timeout_s))[0])
+    """Whether a socket has something to read within `timeout_s` (see _Readable)."""
+    return _Readable(sock)(timeout_s)
+
+
+class _Readable:
+    """Whether a socket has something to read within a number of seconds; made once for many looks. poll()
+    where there is one: select() fails on descriptors past 1024, which a process with a raised file limit
+    reaches. A TLS socket may hold decrypted bytes already read from the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.poller = select.poll() if hasattr(select, "poll") else None
+        if self.poller is not None:
+            self.poller.register(sock, select.POLLIN)
+
+    def __call__(self, timeout_s: float) -> bool:
+        if self.tls and self.sock.pending():  # type: ignore[attr-defined]
+            return True
+        if self.poller is not None:
+            return bool(self.poller.poll(math.ceil(timeout_s * 1000)))
+        return bool(select.select([self.sock], [], [], timeout_s)[0])
 
 
 def proxy_for(url: str) -> str | None:
@@ -1061,25 +1075,25 @@ class ImmichClient:
         a server quiet for a while is asked whether it is there (_probe)."""
         clock = self.gate.clock
         sent_at = clock()
-        slice_s = 0.0
+        readable = _Readable(sock)
         while True:
-            # The socket first: after a pause of this process (a loaded machine) an answer waiting there is
-            # taken, not judged late.
-            if _readable(sock, slice_s):
-                return
             slice_s = min(ANSWER_SLICE_S, sent_at + read_timeout_s - clock())
-            if slice_s <= 0:
-                ignored = patient and self.gate.alive_after(sent_at)
-                raise WireError(f"no answer within {read_timeout_s:g} s", "ignored" if ignored else "away")
             if patient:
                 left_s = self.gate.silence_left_s(sent_at)
-                if left_s <= 0:
-                    raise WireError("connected, but no answer", "silent")
-                if self.gate.probe_due(sent_at):
+                if left_s > 0 and self.gate.probe_due(sent_at):
                     self._probe(left_s)
-                    slice_s = 0.0
                     continue
                 slice_s = min(slice_s, left_s, self.gate.probe_after_s)
+            if readable(max(0.0, slice_s)):
+                return
+            if slice_s > 0:
+                continue
+            # Judged only now, after a last look at the socket: after a pause of this process (a loaded
+            # machine) an answer already there is taken, not judged late.
+            if sent_at + read_timeout_s <= clock():
+                ignored = patient and self.gate.alive_after(sent_at)
+                raise WireError(f"no answer within {read_timeout_s:g} s", "ignored" if ignored else "away")
+            raise WireError("connected, but no answer", "silent")
 
     def _probe(self, left_s: float) -> None:
         """GET /api/server/ping (it needs no key) on a connection of its own, briefly (never past the
