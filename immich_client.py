@@ -189,9 +189,9 @@ def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
         if isinstance(c, OSError) and c.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "no route to the host (network down?)"
     # Last resort: the innermost message, without "HTTPConnectionPool(...): Max retries exceeded" noise.
-    text = str(causes[-1]) or type(causes[-1]).__name__
+    text = str(causes[-1]) or type(causes[-1]).__name__  # may quote what a server sent (a bad status line)
     text = re.sub(r"\b\w+ConnectionPool\(.*?\):\s*|Max retries exceeded with url: \S+\s*", "", text)
-    return text[:160]
+    return printable(text[:160]).strip()
 
 
 def tls_reason(exc: BaseException, url: str) -> str:
@@ -743,13 +743,19 @@ def describe_body(response: requests.Response) -> str:
 def describe_text(text: str, content_type: str = "") -> str:
     """A few words on what came back: "an HTML page (title: 404 Not Found)", never the page itself, nor a
     control character a hostile page could send to the terminal."""
-    text = "".join(c if c.isprintable() or c.isspace() else "?" for c in text[:4096]).strip()
+    text = printable(text[:4096]).strip()
     if not text:
         return "an empty answer"
     if "html" in content_type.lower() or text.startswith("<"):
         title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
         return f"an HTML page (title: {' '.join(title[1].split())[:60]})" if title else "an HTML page"
     return f"{' '.join(text.split())[:60]!r}"
+
+
+def printable(text: str) -> str:
+    """`text` a server sent, safe to print on one line: a line break becomes a space, any other control
+    character (a terminal's escape) "?"."""
+    return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
 
 
 def _json_object(text: str) -> bool:
@@ -929,7 +935,7 @@ class ImmichClient:
         """Redirects are never followed (the API key would go along). The same request at another address
         (http to https, another host) names the address to set; anything else is a login page's."""
         target = urljoin(self._wire_api_url + path, response.headers.get("Location", ""))
-        moved = urlsplit(target)._replace(query="", fragment="").geturl()
+        moved = printable(urlsplit(target)._replace(query="", fragment="").geturl())
         url = self.api_url + path
         if moved.endswith("/api" + path):
             base = moved[: -len("/api" + path)]

@@ -867,3 +867,25 @@ def test_a_password_in_immich_url_goes_as_basic_auth_and_is_shown_and_stored_now
         "database": database_text(server_env),
     }
     assert [where for where, text in texts.items() if password in text] == []
+
+
+def test_what_a_hostile_server_sends_reaches_the_console_without_control_characters(transport: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"\x1b[2J\x1b]0;owned\x07 200 OK\r\n\r\n")  # clear the screen, set the title
+            conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        with pytest.raises(ServerUnreachable) as caught:
+            make_client(f"http://127.0.0.1:{listener.getsockname()[1]}", transport).connect()
+    finally:
+        listener.close()
+    assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))
