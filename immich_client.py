@@ -713,8 +713,13 @@ class LightResponse:
 
 
 def _message_of(response: requests.Response) -> str:
-    """The server's message, parsed loosely: v1/v2 bodies carry a string or a list, v3 a string plus
-    zod issues; a non-JSON body comes from a proxy in front of Immich."""
+    """The server's message, parsed loosely (and printable, on one line: see `printable`)."""
+    return printable(_raw_message_of(response))
+
+
+def _raw_message_of(response: requests.Response) -> str:
+    """v1/v2 bodies carry a string or a list, v3 a string plus zod issues; a non-JSON body comes from a
+    proxy in front of Immich."""
     try:
         body = response.json()
     except ValueError:

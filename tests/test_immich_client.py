@@ -869,6 +869,17 @@ def test_a_password_in_immich_url_goes_as_basic_auth_and_is_shown_and_stored_now
     assert [where for where, text in texts.items() if password in text] == []
 
 
+def test_a_servers_message_reaches_the_console_without_control_characters(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    odd = tmp_path / "evil\x1b[2J\nname.txt"  # Immich quotes the file name in its refusal
+    odd.write_bytes(b"x")
+    with pytest.raises(ImmichError) as caught:
+        client.upload(request_for(odd))
+    assert str(caught.value).startswith("400 Unsupported file type evil")
+    assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))
+
+
 def test_what_a_hostile_server_sends_reaches_the_console_without_control_characters(transport: str) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
 
