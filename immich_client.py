@@ -4,13 +4,16 @@
 (the `x-api-key` header would go along to wherever it points), and tells three kinds of failure apart.
 A server that is away (connection refused or reset, timeouts, 502/503/504 from a proxy while Immich
 restarts, 429) is waited for through one `ServerGate` shared by every worker: one line per retry, growing
-pauses or the server's Retry-After, and after SERVER_WAIT seconds of absence `ServerUnreachable`. A 500 is
-retried MAX_RETRIES times. Anything else (400, 413, 401...) fails at once with the server's message and a
-`kind` that says whether one file or the whole server is the problem. TLS failures are never retried.
-Uploads stream the file from disk through a multipart body in 1 MiB reads, so memory does not grow with the
-file. Which fields are sent depends on the server's version (../shared/immich-api.md §3): before v3,
-deviceAssetId and deviceId are required. Plain http without a proxy goes through http.client, one kept-alive
-connection per thread (PlainConnections); https and proxies through a requests session, imported when needed.
+pauses or the server's Retry-After, and once it has shown no sign of life for SERVER_WAIT seconds
+`ServerUnreachable`; an answer is waited for a slice at a time, so a server that takes requests and never
+answers is given up on after SERVER_WAIT too, and one busy with a big file is not. A 500 is retried
+MAX_RETRIES times. Anything else (400, 413, 401...) fails at once with the server's message and a `kind`
+that says whether one file or the whole server is the problem. TLS failures are never retried. Uploads
+stream the file from disk through a multipart body in 1 MiB reads, so memory does not grow with the file.
+Which fields are sent depends on the server's version (../shared/immich-api.md §3): before v3,
+deviceAssetId and deviceId are required. Without a proxy, http and https go through http.client, one
+kept-alive connection per thread (DirectConnections); through a proxy, a requests session, imported when
+needed. A password in IMMICH_URL (a proxy's basic auth) is sent as a header and never shown.
 """
 
 from __future__ import annotations
