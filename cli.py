@@ -16,7 +16,15 @@ from dataclasses import asdict, dataclass
 from enum import IntEnum
 from typing import Any, NoReturn, TextIO
 
-from config import VERSION, ConfigError, Settings, load_settings, mask_secret, settings_flags
+from config import (
+    VERSION,
+    ConfigError,
+    Settings,
+    load_settings,
+    mask_secret,
+    mask_url_password,
+    settings_flags,
+)
 from db_manager import DatabaseError, Store, migrate_store, open_store
 from immich_client import ImmichError
 from logger import FILE_EVENT, console_handler, get_logger, setup_console, setup_file
@@ -150,16 +158,22 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def hide_key_from_process_list(key: str) -> None:
+def hide_secrets_from_process_list(key: str | None, url: str | None) -> None:
     """`ps` shows a command line to every user of the machine: once started, the process title shows the
-    key masked (setproctitle rewrites it; until then, and without it, the key is visible, which is why
-    the README recommends the environment or .env)."""
+    key and a password in the --url masked (setproctitle rewrites it; until then, and without it, they are
+    visible, which is why the README recommends the environment or .env)."""
     try:
         import setproctitle
     except ImportError:
         return
-    title = " ".join(mask_secret(a) if a == key else a.replace(key, mask_secret(key)) for a in sys.argv)
-    setproctitle.setproctitle(title)
+    title = []
+    for arg in sys.argv:
+        if key:
+            arg = mask_secret(arg) if arg == key else arg.replace(key, mask_secret(key))
+        if url and url in arg:
+            arg = arg.replace(url, mask_url_password(url))
+        title.append(arg)
+    setproctitle.setproctitle(" ".join(title))
 
 
 @contextmanager
@@ -248,8 +262,9 @@ def run_script(
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     args = parser.parse_args(argv)
-    if getattr(args, "key", None):
-        hide_key_from_process_list(args.key)
+    key, url = getattr(args, "key", None), getattr(args, "url", None)
+    if key or (url and mask_url_password(url) != url):
+        hide_secrets_from_process_list(key, url)
     # Every console line goes through the progress display: it clears a live bar first, and outside a
     # terminal it puts a timestamp on the line.
     progress = select_progress(stderr, enabled=not args.no_progress)
@@ -264,9 +279,7 @@ def run_script(
             for name, value, source in settings.display_rows():
                 stdout.write(f"{name}={value}  # {source}\n")
             return ExitStatus.OK
-        setup_file(
-            settings.log_file, settings.log_level, secrets=(settings.immich_api_key, settings.db_password)
-        )
+        setup_file(settings.log_file, settings.log_level, secrets=settings.secrets)
         store = open_store(settings, migrate=False)
         stop = threading.Event()
         restore_signals = install_stop_handlers(stop)

@@ -10,13 +10,14 @@ relative to the current folder, as with any command. A bad value raises `ConfigE
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, tzinfo
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from dotenv import dotenv_values
 
@@ -74,7 +75,7 @@ class Setting:
 # The one list of settings; .env.example documents the same names.
 # fmt: off
 SETTINGS: tuple[Setting, ...] = (
-    Setting("IMMICH_URL", "", "Immich server address, e.g. http://nas:2283 (a trailing / or /api is fine)"),
+    Setting("IMMICH_URL", "", "Immich server address, e.g. http://nas:2283 (a trailing / or /api is fine; http://USER:PASSWORD@host for a proxy's basic auth)"),
     Setting("IMMICH_API_KEY", "", "API key from Immich: Account Settings > API Keys", secret=True),
     Setting("SOURCE_DIR", "", "Folder(s) to scan, comma-separated"),
     Setting("DB_HOST", "", "MySQL/MariaDB host; empty = the embedded SQLite file DB_PATH"),
@@ -97,9 +98,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("MAX_CONSECUTIVE_ERRORS", "5", "Stop the run (exit 3) after this many failed uploads in a row"),
     Setting("MAX_RETRIES", "4", "Retries of a request that failed for a transient reason (network, 429, 5xx)"),
     Setting("RETRY_BACKOFF", "1.0", "Seconds before the first retry; doubles each time, with jitter"),
-    Setting("SERVER_WAIT", "300", "Seconds to wait for a server that went away mid-run before stopping with exit 3"),
+    Setting("SERVER_WAIT", "300", "Seconds the server may show no sign of life (away, or silent) mid-run before the run stops with exit 3"),
     Setting("CONNECT_TIMEOUT", "30", "Seconds to connect to the server (also each socket write)"),
-    Setting("READ_TIMEOUT", "600", "Seconds to wait for the server's answer after the last byte"),
+    Setting("READ_TIMEOUT", "600", "Seconds to wait for the server's answer after the last byte while it shows signs of life"),
     Setting("IMMICH_CA_BUNDLE", "", "CA certificate file for a server with a private certificate"),
     Setting("IMMICH_VERIFY_TLS", "true", "Verify the server's TLS certificate (leave true)"),
     Setting("LOG_LEVEL", "INFO", "Log file detail: DEBUG, INFO, WARNING or ERROR"),
@@ -182,6 +183,18 @@ class Settings:
         return "mysql" if self.db_host else "sqlite"
 
     @property
+    def display_url(self) -> str:
+        """IMMICH_URL as every message, log line and stored row shows it: a password in it as ****."""
+        return mask_url_password(self.immich_url)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """What the log's secret filter hides wherever it appears: the key, the database password and the
+        password of a user:password@ in IMMICH_URL (as written and decoded)."""
+        password = urlsplit(self.immich_url).password or ""
+        return (self.immich_api_key, self.db_password, password, unquote(password))
+
+    @property
     def scope(self) -> str:
         """Whose rows a run works on: a shared library's ("l:NAME", the same on every machine) or this
         machine's own ("m:NAME")."""
@@ -231,6 +244,8 @@ class Settings:
             value = self.raw.get(s.name, s.default)
             if s.name in secret and value:
                 value = mask_secret(value)
+            elif s.name == "IMMICH_URL":
+                value = mask_url_password(value, whole_value=True)
             rows.append((s.name, value, self.sources.get(s.name, "default")))
         return rows
 
@@ -256,6 +271,19 @@ def save_settings(path: Path, values: Mapping[str, str]) -> None:
 
 def mask_secret(value: str) -> str:
     return "****" if len(value) < 12 else f"{value[:2]}****{value[-2:]}"
+
+
+# The password of a user:password@ part, up to the last @ (a password may hold @ or /, unescaped); an @ in a
+# path masks the path too, which costs nothing in a message. In a setting's whole value, spaces too.
+_URL_PASSWORD = re.compile(r"(?P<user>(?://|^(?![^/]*//))[^\s/:@]*):\S*@")
+_VALUE_PASSWORD = re.compile(r"(?P<user>(?://|^(?![^/]*//))[^\s/:@]*):.*@")
+
+
+def mask_url_password(url: str, *, whole_value: bool = False) -> str:
+    """`url` with the password of a user:password@ part (a proxy's basic auth) as ****, even in a malformed
+    address (it is quoted back in settings errors), or in a message holding addresses. `whole_value`: `url`
+    is a setting's value, where a (malformed) password may hold spaces."""
+    return (_VALUE_PASSWORD if whole_value else _URL_PASSWORD).sub(r"\g<user>:****@", url)
 
 
 def find_env_file(explicit: str | None) -> Path | None:
@@ -417,21 +445,22 @@ def normalize_url(url: str) -> str:
     if not url:
         return ""
     example = "(e.g. http://nas:2283)"
+    shown = mask_url_password(url, whole_value=True)  # these errors are printed and logged
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        hint = f": did you mean http://{url.split('://')[-1]}?" if "." in url or ":" in url else ""
-        raise ConfigError(f"IMMICH_URL: {url!r} is not an http:// or https:// address {example}{hint}")
+        hint = f": did you mean http://{shown.split('://')[-1]}?" if "." in url or ":" in url else ""
+        raise ConfigError(f"IMMICH_URL: {shown!r} is not an http:// or https:// address {example}{hint}")
     if any(c.isspace() for c in url):
-        raise ConfigError(f"IMMICH_URL: {url!r} contains a space {example}")
+        raise ConfigError(f"IMMICH_URL: {shown!r} contains a space {example}")
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
-        raise ConfigError(f"IMMICH_URL: {url!r} has no valid port number {example}") from None
+        raise ConfigError(f"IMMICH_URL: {shown!r} has no valid port number {example}") from None
     if not parts.hostname:
-        raise ConfigError(f"IMMICH_URL: {url!r} names no host {example}")
+        raise ConfigError(f"IMMICH_URL: {shown!r} names no host {example}")
     if parts.query or parts.fragment:
         raise ConfigError(
-            f"IMMICH_URL: {url!r} should be the server's address only, without ?… or #… {example}"
+            f"IMMICH_URL: {shown!r} should be the server's address only, without ?… or #… {example}"
         )
     return url
 

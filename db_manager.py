@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from config import Settings
+from config import Settings, mask_url_password
 from logger import get_logger
 
 log = get_logger("db")
@@ -458,7 +458,27 @@ class Store:
             ("0005_targets_retries_sidecars", self._migrate_targets),
             ("0006_machines_and_shared_libraries", self._migrate_scopes),
             ("0007_deletion_intents_and_sending", lambda: self._add_columns(SAFETY_COLUMNS)),
+            ("0009_scrub_url_passwords", self._scrub_url_passwords),
         ]
+
+    def _scrub_url_passwords(self) -> None:
+        """Earlier versions stored IMMICH_URL as written, the password of a user:password@ in it included,
+        where every machine of a shared database can read it: the targets' addresses and the runs'
+        summaries (their messages name the server) get it masked, as Settings.display_url does now."""
+        like = self.sql("SELECT id, server_url FROM immich_targets WHERE server_url LIKE ?")
+        for target_id, url in self._query(like, ("%@%",)):
+            if mask_url_password(url) != url:
+                update = self.sql("UPDATE immich_targets SET server_url = ? WHERE id = ?")
+                self._execute(update, (mask_url_password(url), target_id))
+        for run_id, text in self._query(
+            self.sql("SELECT id, summary FROM runs WHERE summary LIKE ?"), ("%@%",)
+        ):
+            try:
+                masked = json.dumps(_mask_strings(json.loads(text)))
+            except ValueError:  # not written by record_run: masked as text
+                masked = mask_url_password(text)
+            if masked != text:
+                self._execute(self.sql("UPDATE runs SET summary = ? WHERE id = ?"), (masked, run_id))
 
     def _migrate_targets(self) -> None:
         auto = "AUTO_INCREMENT" if self.backend == "mysql" else "AUTOINCREMENT"
@@ -1171,6 +1191,17 @@ class Store:
         r = rows[0]
         return {"kind": r[0], "started_at": str(r[1]), "finished_at": str(r[2]), "exit_status": r[3],
                 "summary": json.loads(r[4] or "{}")}  # fmt: skip
+
+
+def _mask_strings(value: Any) -> Any:
+    """A JSON value with every address in its strings shown as config.mask_url_password shows it."""
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, list):
+        return [_mask_strings(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _mask_strings(v) for k, v in value.items()}
+    return value
 
 
 def _scope_filter(scope: str | None, condition: str = "") -> tuple[str, list[Any]]:

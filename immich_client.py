@@ -4,32 +4,38 @@
 (the `x-api-key` header would go along to wherever it points), and tells three kinds of failure apart.
 A server that is away (connection refused or reset, timeouts, 502/503/504 from a proxy while Immich
 restarts, 429) is waited for through one `ServerGate` shared by every worker: one line per retry, growing
-pauses or the server's Retry-After, and after SERVER_WAIT seconds of absence `ServerUnreachable`. A 500 is
-retried MAX_RETRIES times. Anything else (400, 413, 401...) fails at once with the server's message and a
-`kind` that says whether one file or the whole server is the problem. TLS failures are never retried.
-Uploads stream the file from disk through a multipart body in 1 MiB reads, so memory does not grow with the
-file. Which fields are sent depends on the server's version (../shared/immich-api.md §3): before v3,
-deviceAssetId and deviceId are required. Plain http without a proxy goes through http.client, one kept-alive
-connection per thread (PlainConnections); https and proxies through a requests session, imported when needed.
+pauses or the server's Retry-After, and once it has shown no sign of life for SERVER_WAIT seconds
+`ServerUnreachable`; an answer is waited for a slice at a time, so a server that takes requests and never
+answers is given up on after SERVER_WAIT too, and one busy with a big file is not. A 500 is retried
+MAX_RETRIES times. Anything else (400, 413, 401...) fails at once with the server's message and a `kind`
+that says whether one file or the whole server is the problem. TLS failures are never retried. Uploads
+stream the file from disk through a multipart body in 1 MiB reads, so memory does not grow with the file.
+Which fields are sent depends on the server's version (../shared/immich-api.md §3): before v3,
+deviceAssetId and deviceId are required. Without a proxy, http and https go through http.client, one
+kept-alive connection per thread (DirectConnections); through a proxy, a requests session, imported when
+needed. A password in IMMICH_URL (a proxy's basic auth) is sent as a header and never shown.
 """
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import http.client
 import json
+import math
 import os
 import random
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from config import VERSION, Settings
 from logger import get_logger
@@ -39,15 +45,24 @@ if TYPE_CHECKING:
     import requests
 
 log = get_logger("immich")
-PROXY_VARIABLES = ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY")
-
 # Answers that mean "the server is away or busy right now": waited for, never held against a file.
 AWAY_STATUSES = frozenset({429, 502, 503, 504})
 UPLOAD_READ_BYTES = 1 << 20
 BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
 MAX_AWAY_PAUSE_S = 30.0
-START_CONNECT_TIMEOUT_S = 4.0  # at start-up a server that does not answer is reported within seconds
+# At start-up a server that does not answer is reported within seconds (two tries of these).
+START_CONNECT_TIMEOUT_S = 4.0
+START_ANSWER_TIMEOUT_S = 5.0
+ANSWER_SLICE_S = 1.0  # a request waits for its answer a slice at a time, checking the server still shows life
+# Body bytes the kernels' socket buffers at both ends may hold without the server reading them (Linux grows
+# them to 4 MiB to send and 6 MiB to receive): bytes an upload got rid of past this, the server read.
+BUFFERED_BYTES = 16 << 20
+PROBE_AFTER_S = 10.0  # silence after which a waiting request asks whether the server is there at all
+# An answer is waited for at least this long without a sign of life, whatever SERVER_WAIT: 0 means "do not
+# wait for a server that is away", not "give up on an answer that takes a moment".
+MIN_SILENCE_S = 2.0
+PROBE_TIMEOUT_S = 5.0
 USER_AGENT = f"immich-uploader/{VERSION}"
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ALBUM_ADD_BATCH = 1000
@@ -145,7 +160,14 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 
 class WireError(Exception):
-    """Nothing usable came back: no connection, a reset, a timeout. The message says which, plainly."""
+    """Nothing usable came back: no connection, a reset, a timeout. The message says which, plainly.
+    `kind`: "away" (waited for through the gate), "silent" (no sign of life for SERVER_WAIT: nothing to
+    recover, nothing left to wait) or "ignored" (no answer within READ_TIMEOUT though the server showed life
+    meanwhile: this request's failure, not a server that is away)."""
+
+    def __init__(self, message: str, kind: str = "away") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
@@ -170,9 +192,9 @@ def transport_reason(exc: BaseException, timeout: tuple[float, float]) -> str:
         if isinstance(c, OSError) and c.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
             return "no route to the host (network down?)"
     # Last resort: the innermost message, without "HTTPConnectionPool(...): Max retries exceeded" noise.
-    text = str(causes[-1]) or type(causes[-1]).__name__
+    text = str(causes[-1]) or type(causes[-1]).__name__  # may quote what a server sent (a bad status line)
     text = re.sub(r"\b\w+ConnectionPool\(.*?\):\s*|Max retries exceeded with url: \S+\s*", "", text)
-    return text[:160]
+    return printable(text[:160]).strip()
 
 
 def tls_reason(exc: BaseException, url: str) -> str:
@@ -193,40 +215,75 @@ def tls_reason(exc: BaseException, url: str) -> str:
 
 
 class ServerGate:
-    """Shared by every worker of one client: while the server is away (or asks to slow down), all wait
-    for the same retry time, one line is logged per retry, and after `budget_s` seconds of unbroken
-    absence every waiting request raises ServerUnreachable. Any answer from the server closes the gap."""
+    """Shared by every worker of one client: it keeps the server's last sign of life (any answer; body bytes
+    the server read, see BUFFERED_BYTES) and, while the server is away or asks to slow down, makes every
+    request wait for the same retry time, with one line per retry. SERVER_WAIT (`budget_s`) is how long the
+    server may show no sign of life while it is asked something: a request waiting for its answer gives up
+    when that time is over, the last retry pause is shortened to end there, one last try is made at the
+    limit, and then every waiting request raises ServerUnreachable. Any answer closes the gap. `clock` is
+    time.monotonic, or a test's."""
 
-    def __init__(self, url: str, budget_s: float, backoff_s: float) -> None:
+    def __init__(
+        self, url: str, budget_s: float, backoff_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.url = url
         self.budget_s = budget_s
         self.backoff_s = backoff_s
+        self.clock = clock
         self._lock = threading.Lock()
+        self._last_sign = -math.inf
         self._away_since: float | None = None
         self._retry_at = 0.0
         self._rounds = 0
         self._reason = ""
+        self._probing = False
+        self._last_probe = -math.inf
 
-    def failed(self, reason: str, retry_after_s: float | None = None) -> float:
-        """Seconds this request should wait before trying again; raises ServerUnreachable past the budget."""
+    def alive(self) -> None:
+        """A sign of life that is no answer (the server reads an upload's body): the silence restarts."""
+        self._last_sign = self.clock()  # one float stored: no lock needed, and this runs per MiB sent
+
+    def silent_since(self, asked_at: float) -> float:
+        """Since when the server has shown no sign of life, for a request that asked at `asked_at`: a server
+        nobody asks anything is not silent; one that is away has been silent since it went away."""
+        away_since = self._away_since
+        return max(asked_at if away_since is None else away_since, self._last_sign)
+
+    def alive_after(self, moment: float) -> bool:
+        """Whether the server showed a sign of life after `moment`."""
+        return self._last_sign > moment
+
+    def silence_left_s(self, asked_at: float) -> float:
+        """Seconds of SERVER_WAIT (at least MIN_SILENCE_S) left for a request that asked at `asked_at`, or
+        that waits for its answer since then (0 or less: over)."""
+        return max(self.budget_s, MIN_SILENCE_S) - (self.clock() - self.silent_since(asked_at))
+
+    def failed(self, reason: str, asked_at: float, retry_after_s: float | None = None) -> float:
+        """Seconds this request (sent at `asked_at`) should wait before trying again; raises
+        ServerUnreachable once the server has shown no sign of life for SERVER_WAIT."""
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
+            since = self.silent_since(asked_at)
             if self._away_since is None:
-                self._away_since, self._rounds = now, 0
+                self._away_since, self._rounds = since, 0
+            away_s = now - since
+            left_s = self.budget_s - away_s
             if now >= self._retry_at:  # a new round: this thread decides the next retry time for all
-                self._rounds += 1
                 self._reason = reason
+                if left_s <= 0:
+                    self._retry_at = now  # every waiting request gives up with this one
+                    raise self._gone(away_s)
                 if retry_after_s is not None:
+                    if retry_after_s > left_s:  # asked to come back after the limit: stop now, and say so
+                        self._retry_at = now
+                        self._reason += f", asked to wait {format_duration(retry_after_s)}"
+                        raise self._gone(away_s)
                     wait = retry_after_s
                 else:
-                    wait = min(MAX_AWAY_PAUSE_S, self.backoff_s * 2 ** (self._rounds - 1))
+                    wait = min(MAX_AWAY_PAUSE_S, self.backoff_s * 2**self._rounds)
                     wait *= random.uniform(0.8, 1.2)
-                away_s = now - self._away_since
-                if away_s + wait > self.budget_s:
-                    self._retry_at = now  # every waiting request gives up with this one
-                    if retry_after_s is not None and wait > away_s:
-                        self._reason += f", asked to wait {format_duration(wait)}"
-                    raise self._gone(away_s)
+                self._rounds += 1
+                wait = min(wait, left_s)  # the last pause ends at the limit: one last try there
                 self._retry_at = now + wait
                 # A status means something answered (a proxy while Immich restarts, or Immich asking to
                 # slow down); no status, that nothing did.
@@ -235,8 +292,8 @@ class ServerGate:
                     "server %s (%s), retrying in %s; waiting up to %s (SERVER_WAIT)",
                     state, reason, format_duration(wait), format_duration(self.budget_s),
                 )  # fmt: skip
-            elif now - self._away_since > self.budget_s:
-                raise self._gone(now - self._away_since)
+            elif left_s <= 0:
+                raise self._gone(away_s)
             return max(0.0, self._retry_at - now)
 
     def _gone(self, away_s: float) -> ServerUnreachable:
@@ -246,20 +303,44 @@ class ServerGate:
         )
 
     def ok(self) -> None:
+        """An answer: the server is there."""
+        self._last_sign = self.clock()
         if self._away_since is None:
             return
         with self._lock:
             if self._away_since is not None:
                 log.warning(
-                    "%s answers again after %s",
-                    self.url,
-                    format_duration(time.monotonic() - self._away_since),
+                    "%s answers again after %s", self.url, format_duration(self.clock() - self._away_since)
                 )
             self._away_since, self._retry_at, self._rounds = None, 0.0, 0
 
     def pause_left_s(self) -> float:
         """Seconds until the next retry round when the server is away (others then wait too), else 0."""
-        return max(0.0, self._retry_at - time.monotonic()) if self._away_since is not None else 0.0
+        return max(0.0, self._retry_at - self.clock()) if self._away_since is not None else 0.0
+
+    @property
+    def probe_after_s(self) -> float:
+        return min(PROBE_AFTER_S, max(self.budget_s, MIN_SILENCE_S) / 4)
+
+    def probe_due(self, asked_at: float) -> bool:
+        """Whether a request waiting for its answer since `asked_at` should ask the server whether it is
+        there (see ImmichClient._probe): after PROBE_AFTER_S (at most a quarter of SERVER_WAIT) without a
+        sign of life, by one request at a time. The caller reports the outcome to `probed`."""
+        if self.clock() - max(self.silent_since(asked_at), self._last_probe) < self.probe_after_s:
+            return False  # the common case, without the lock
+        with self._lock:
+            now = self.clock()
+            quiet_since = max(self.silent_since(asked_at), self._last_probe)
+            if self._probing or now - quiet_since < self.probe_after_s:
+                return False
+            self._probing, self._last_probe = True, now
+            return True
+
+    def probed(self, answered: bool) -> None:
+        with self._lock:
+            self._probing = False
+            if answered:
+                self._last_sign = self.clock()
 
 
 class ServerUser(NamedTuple):
@@ -485,39 +566,117 @@ class MultipartBody:
             self._handle = None
 
 
-def _readable(sock: socket.socket) -> bool:
-    """Whether a socket has something to read now. poll() where there is one: select() fails on
-    descriptors past 1024, which a process with a raised file limit reaches."""
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([sock], [], [], 0)[0])
+def _readable(sock: socket.socket, timeout_s: float = 0.0) -> bool:
+    """Whether a socket has something to read within `timeout_s` (see _Readable)."""
+    return _Readable(sock)(timeout_s)
 
 
-class PlainConnections:
-    """Each thread's kept-alive http.client connection to the server, for plain http without a proxy.
+class _Readable:
+    """Whether a socket has something to read within a number of seconds; made once for many looks. poll()
+    where there is one: select() fails on descriptors past 1024, which a process with a raised file limit
+    reaches. A TLS socket may hold decrypted bytes already read from the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        self.poller = select.poll() if hasattr(select, "poll") else None
+        if self.poller is not None:
+            self.poller.register(sock, select.POLLIN)
+
+    def __call__(self, timeout_s: float) -> bool:
+        if self.tls and self.sock.pending():  # type: ignore[attr-defined]
+            return True
+        if self.poller is not None:
+            return bool(self.poller.poll(math.ceil(timeout_s * 1000)))
+        return bool(select.select([self.sock], [], [], timeout_s)[0])
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment sets for `url` (the variables requests reads), None when there is none or
+    NO_PROXY names its host."""
+    parts = urlsplit(url)
+    names = (f"{parts.scheme}_proxy", "all_proxy")
+    if not any(os.environ.get(n) or os.environ.get(n.upper()) for n in names):
+        return None  # most runs: no need to import urllib.request (5 ms)
+    import urllib.request
+
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if not proxy or urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
+        return None
+    return proxy
+
+
+def tls_context(ca_bundle: str, verify: bool) -> ssl.SSLContext:
+    """What direct https trusts: IMMICH_CA_BUNDLE when set, nothing is checked with IMMICH_VERIFY_TLS=false;
+    else what requests would trust, so a run behaves as it did through it: REQUESTS_CA_BUNDLE or
+    CURL_CA_BUNDLE, else certifi's bundle, else the system's. Raises TlsProblem for a bundle it cannot use."""
+    source, path = ("IMMICH_CA_BUNDLE", ca_bundle)
+    if not ca_bundle and verify:
+        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
+            if os.environ.get(name):
+                source, path = name, os.environ[name]
+                break
+    try:
+        if path:
+            folder = os.path.isdir(path)
+            context = ssl.create_default_context(
+                cafile=None if folder else path, capath=path if folder else None
+            )
+        else:
+            context = ssl.create_default_context()
+            if verify:
+                try:
+                    import certifi
+                except ImportError:
+                    pass  # the system's certificates, loaded above
+                else:
+                    context = ssl.create_default_context(cafile=certifi.where())
+    except (OSError, ssl.SSLError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise TlsProblem(f"{source}: cannot use {path} ({why})") from None
+    if not verify and not ca_bundle:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["http/1.1"])
+    return context
+
+
+class DirectConnections:
+    """Each thread's kept-alive http.client connection to the server when no proxy stands between: plain http,
+    or https with a TLS context of our own (tls_context).
 
     Why not requests there: importing it costs 60-80 ms of every run's start (a tenth of a 1 GiB upload's
-    time on this machine), and each request through it costs more Python than the bytes it carries. https
-    (certificates as requests checks them) and proxies stay with requests. A connection the server closed
+    time on this machine), each request through it costs more Python than the bytes it carries, and urllib3
+    waits for an answer in one blocking read, where a request here waits a slice at a time and can tell a
+    silent server from a busy one (ImmichClient._await_answer). Its environment variables also overrode the
+    tool's own TLS settings (psf/requests#3829). Proxies stay with requests. A connection the server closed
     while it sat idle (Immich's keep-alive timeout is 5 s) is noticed before it is used, as urllib3 does."""
 
-    def __init__(self) -> None:
+    def __init__(self, scheme: str, host: str, port: int, tls: Callable[[], ssl.SSLContext]) -> None:
+        self.scheme, self.host, self.port = scheme, host, port
+        self._tls = tls
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
 
-    def get(self, host: str, port: int, timeout: tuple[float, float]) -> http.client.HTTPConnection:
+    def open(self) -> http.client.HTTPConnection:
+        """A new connection, not kept (the probe's); not connected yet."""
+        if self.scheme == "https":
+            return http.client.HTTPSConnection(self.host, self.port, context=self._tls())
+        return http.client.HTTPConnection(self.host, self.port)
+
+    def get(self, connect_timeout_s: float) -> http.client.HTTPConnection:
+        """This thread's connection; connect() waits at most `connect_timeout_s` (each write too)."""
         conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
-        if conn is None or (conn.host, conn.port) != (host, port):
-            conn = http.client.HTTPConnection(host, port)
+        if conn is None:
+            conn = self.open()
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
         elif conn.sock is not None and _readable(conn.sock):
             conn.close()  # readable while idle: the server closed it (or sent what nobody asked for)
-        conn.timeout = timeout[0]  # for connect()
+        conn.timeout = connect_timeout_s
         return conn
 
     def close(self) -> None:
@@ -557,8 +716,13 @@ class LightResponse:
 
 
 def _message_of(response: requests.Response) -> str:
-    """The server's message, parsed loosely: v1/v2 bodies carry a string or a list, v3 a string plus
-    zod issues; a non-JSON body comes from a proxy in front of Immich."""
+    """The server's message, parsed loosely (and printable, on one line: see `printable`)."""
+    return printable(_raw_message_of(response))
+
+
+def _raw_message_of(response: requests.Response) -> str:
+    """v1/v2 bodies carry a string or a list, v3 a string plus zod issues; a non-JSON body comes from a
+    proxy in front of Immich."""
     try:
         body = response.json()
     except ValueError:
@@ -581,14 +745,33 @@ def _message_of(response: requests.Response) -> str:
 
 
 def describe_body(response: requests.Response) -> str:
-    """A few words on what came back: "an HTML page (title: 404 Not Found)", never the page itself."""
-    text = response.text.strip()
+    return describe_text(response.text, response.headers.get("Content-Type", ""))
+
+
+def describe_text(text: str, content_type: str = "") -> str:
+    """A few words on what came back: "an HTML page (title: 404 Not Found)", never the page itself, nor a
+    control character a hostile page could send to the terminal."""
+    text = printable(text[:4096]).strip()
     if not text:
         return "an empty answer"
-    if "html" in response.headers.get("Content-Type", "").lower() or text.startswith("<"):
+    if "html" in content_type.lower() or text.startswith("<"):
         title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
         return f"an HTML page (title: {' '.join(title[1].split())[:60]})" if title else "an HTML page"
     return f"{' '.join(text.split())[:60]!r}"
+
+
+def printable(text: str) -> str:
+    """`text` a server sent, safe to print on one line: a line break becomes a space, any other control
+    character (a terminal's escape) "?"."""
+    return "".join(c if c.isprintable() else " " if c.isspace() else "?" for c in text)
+
+
+def _json_object(text: str) -> bool:
+    """Whether an answer's body is a JSON object, as all of Immich's are (a proxy's pages are not)."""
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def _parsed(response: requests.Response, shape: type, method: str, path: str) -> Any:
@@ -628,11 +811,21 @@ class ImmichClient:
     def __init__(
         self, settings: Settings, stop: threading.Event | None = None, backoff_s: float | None = None
     ) -> None:
-        self.base_url = settings.immich_url
-        self.api_url = settings.immich_url + "/api"
+        # What messages, errors and the database show: a password in IMMICH_URL as ****. What is sent: the
+        # address without its user:password@, which goes as basic auth (a proxy's) instead.
+        self.base_url = settings.display_url
+        self.api_url = self.base_url + "/api"
+        parts = urlsplit(settings.immich_url)
+        host = parts.netloc.rpartition("@")[2]
+        self._api_path = parts.path + "/api"
+        self._wire_api_url = f"{parts.scheme}://{host}{self._api_path}"
         self.max_retries = settings.max_retries
         self.backoff_s = settings.retry_backoff_s if backoff_s is None else backoff_s
         self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
+        self.quick_timeout = (
+            min(self.timeout[0], START_CONNECT_TIMEOUT_S),
+            min(self.timeout[1], START_ANSWER_TIMEOUT_S),
+        )
         self.stop = stop or threading.Event()
         self.gate = ServerGate(self.base_url, settings.server_wait_s, self.backoff_s)
         self.headers = {
@@ -640,25 +833,37 @@ class ImmichClient:
             "User-Agent": USER_AGENT,
             "Accept": "application/json",
         }
+        if parts.username is not None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.headers["Authorization"] = f"Basic {token}"
+        # IMMICH_CA_BUNDLE wins over IMMICH_VERIFY_TLS=false, as it always did; both over the environment.
+        self.ca_bundle, self.verify_tls = settings.ca_bundle, settings.verify_tls
         self.verify: str | bool = settings.ca_bundle or settings.verify_tls
+        self._tls: ssl.SSLContext | None = None
+        self._tls_lock = threading.Lock()
         self._session: requests.Session | None = None
-        self._plain = PlainConnections()
-        # Plain http without a proxy goes through http.client; https, proxies and a user:password@ in
-        # the address (requests sends it as basic auth) through requests.
-        self.plain_http = (
-            self.base_url.startswith("http://")
-            and "@" not in urlsplit(self.base_url).netloc
-            and not any(os.environ.get(v) for v in PROXY_VARIABLES)
-        )
+        # Without a proxy, http and https go through http.client (DirectConnections); through one, requests.
+        self.direct = proxy_for(self._wire_api_url) is None
+        self._connections = DirectConnections(
+            parts.scheme, parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80),
+            self._tls_context,
+        )  # fmt: skip
         self.user: ServerUser | None = None
         self._server: ServerInfo | None = None
         self._server_lock = threading.Lock()
         self.device_id = f"immich-uploader-{socket.gethostname()}"
 
     def close(self) -> None:
-        self._plain.close()
+        self._connections.close()
         if self._session is not None:
             self._session.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._tls_lock:
+            if self._tls is None:
+                self._tls = tls_context(self.ca_bundle, self.verify_tls)
+            return self._tls
 
     # -- the one request function
     def _request(
@@ -678,7 +883,7 @@ class ImmichClient:
         (or `retries`) more times. `body_factory` builds a fresh streamed body (and its headers) per
         attempt. `recover`, after a transport failure, may return a value that makes a retry unnecessary;
         it is then returned as is (used to learn whether an interrupted upload arrived after all)."""
-        url = self.api_url + path
+        url = self.api_url + path  # as messages show it
         timeout = timeout or self.timeout
         retries_left = self.max_retries if retries is None else retries
         while True:
@@ -689,25 +894,27 @@ class ImmichClient:
             if body_factory is not None:
                 data, headers = body_factory()
             retry_after: float | None = None
+            asked_at = self.gate.clock()
             try:
-                if self.plain_http:
-                    response = self._send_plain(method, url, json_body, data, headers, timeout)
+                if self.direct:
+                    response = self._send_direct(method, path, json_body, data, headers, timeout, patient)
                 else:
-                    response = self._send_requests(method, url, json_body, data, headers, timeout)
+                    response = self._send_requests(method, path, json_body, data, headers, timeout, patient)
             except WireError as exc:
                 reason = str(exc)
-                if recover is not None:
+                if recover is not None and exc.kind != "silent":
                     recovered = recover()
                     if recovered is not None:
                         return recovered
                 log.info("%s %s failed: %s", method, path, reason)
+                if exc.kind == "ignored":  # waiting READ_TIMEOUT again would not help: the next run tries
+                    raise ImmichError(
+                        f"{reason} (READ_TIMEOUT), though the server answered other requests meanwhile", None,
+                        method, url, kind="no_answer",
+                    ) from None  # fmt: skip
             else:
                 if response.is_redirect:
-                    target = response.headers.get("Location", "?")
-                    raise ImmichError(
-                        f"{self.base_url} redirects to {target}: set IMMICH_URL to the final address "
-                        "(the API key is not sent on to a redirect)", response.status_code, method, url
-                    )  # fmt: skip
+                    raise self._redirected(response, method, path)
                 if response.status_code < 400:
                     self.gate.ok()
                     return response
@@ -725,16 +932,34 @@ class ImmichClient:
                 log.info("%s %s answered %s", method, path, reason)
             # The server is away, or asks everyone to slow down.
             if patient:
-                self._wait(self.gate.failed(reason, retry_after), method, url)
+                self._wait(self.gate.failed(reason, asked_at, retry_after), method, url)
                 continue
             if retries_left <= 0:
                 raise ServerUnreachable(reason, None, method, url)
             retries_left -= 1
             self._wait(retry_after if retry_after is not None else self._backoff(), method, url)
 
+    def _redirected(self, response: requests.Response, method: str, path: str) -> ImmichError:
+        """Redirects are never followed (the API key would go along). The same request at another address
+        (http to https, another host) names the address to set; anything else is a login page's."""
+        target = urljoin(self._wire_api_url + path, response.headers.get("Location", ""))
+        moved = printable(urlsplit(target)._replace(query="", fragment="").geturl())
+        url = self.api_url + path
+        if moved.endswith("/api" + path):
+            base = moved[: -len("/api" + path)]
+            return ImmichError(
+                f"{self.base_url} redirects to {base}: set IMMICH_URL={base} (the API key is not sent on to a "
+                "redirect)", response.status_code, method, url,
+            )  # fmt: skip
+        return ImmichError(
+            f"{self.base_url} redirects {method} /api{path} to {moved[:100]}, a login page? A proxy in front "
+            "of Immich asks for a login in a browser: let /api through it (the API key is Immich's login), "
+            "or set IMMICH_URL to an address that reaches Immich without it", response.status_code, method, url,
+        )  # fmt: skip
+
     @property
     def session(self) -> requests.Session:
-        """requests, imported on first use: https and proxies only."""
+        """requests, imported on first use: proxies only."""
         if self._session is None:
             import requests
 
@@ -747,43 +972,55 @@ class ImmichClient:
     def _send_requests(
         self,
         method: str,
-        url: str,
+        path: str,
         json_body: Any,
         data: Any,
         headers: dict[str, str],
         timeout: tuple[float, float],
+        patient: bool,
     ) -> requests.Response:
+        """One request through requests (a proxy). urllib3 waits for an answer in one blocking read: a patient
+        request's waits are bounded by what is left of SERVER_WAIT (so an answer that takes longer than
+        SERVER_WAIT is given up on here even while the server is busy with it)."""
         import requests
 
+        asked_at = self.gate.clock()
+        if patient:
+            limit_s = max(1.0, self.gate.silence_left_s(asked_at))
+            timeout = (min(timeout[0], limit_s), min(timeout[1], limit_s))
         try:
             return self.session.request(
                 method,
-                url,
+                self._wire_api_url + path,
                 json=json_body,
                 data=data,
                 headers=headers,
                 timeout=timeout,
                 allow_redirects=False,
+                # Given here, not only on the session: requests lets REQUESTS_CA_BUNDLE and CURL_CA_BUNDLE
+                # override the session's setting (psf/requests#3829), not a request's.
+                verify=self.verify,
             )
         except FileReadFailed as failed:
             raise failed.error from None  # the file, not the server
         except requests.exceptions.SSLError as exc:
-            raise TlsProblem(tls_reason(exc, self.base_url), None, method, url) from None
+            raise TlsProblem(tls_reason(exc, self.base_url), None, method, self.api_url + path) from None
         except requests.RequestException as exc:
             # Refused, reset, timed out, or an answer cut off mid-way (a restart): the server is away.
-            raise WireError(transport_reason(exc, timeout)) from None
+            silent = patient and self.gate.silence_left_s(asked_at) <= 0
+            raise WireError(transport_reason(exc, timeout), "silent" if silent else "away") from None
 
-    def _send_plain(
+    def _send_direct(
         self,
         method: str,
-        url: str,
+        path: str,
         json_body: Any,
         data: MultipartBody | None,
         headers: dict[str, str],
         timeout: tuple[float, float],
+        patient: bool,
     ) -> LightResponse:
-        """One request with http.client on this thread's kept-alive connection (see PlainConnections)."""
-        parts = urlsplit(url)
+        """One request with http.client on this thread's kept-alive connection (see DirectConnections)."""
         body: bytes | MultipartBody | None = data
         headers = {**self.headers, **headers}
         if json_body is not None:
@@ -791,45 +1028,108 @@ class ImmichClient:
             headers["Content-Type"] = "application/json"
         if body is not None:
             headers["Content-Length"] = str(len(body))  # never chunked: Immich and proxies want a length
-        target = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn = self._plain.get(parts.hostname or "", parts.port or 80, timeout)
+        # As urllib3 does: the connection and each write wait at most the connect timeout (never past
+        # SERVER_WAIT when the server is away), the answer the read timeout.
+        connect_s = timeout[0]
+        if patient:
+            connect_s = min(connect_s, max(1.0, self.gate.silence_left_s(self.gate.clock())))
+        conn = self._connections.get(connect_s)
         stage = "connect"
         try:
             if conn.sock is None:
                 conn.connect()
-            # As urllib3 does: each write waits at most the connect timeout, the answer the read timeout.
             stage = "send"
-            conn.sock.settimeout(timeout[0])
+            conn.sock.settimeout(connect_s)
             cut_short = False
             try:
-                conn.request(method, target, body, headers)
-            except (BrokenPipeError, ConnectionResetError):
+                conn.request(method, self._api_path + path, body, headers)
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):
                 # A server (or proxy) may answer before it has read the whole body, a 413 say, and close:
                 # its answer is still there to read (urllib3 does the same). The connection is not used again.
                 cut_short = True
             stage = "answer"
             if conn.sock is not None:
+                if not cut_short:
+                    self._await_answer(conn.sock, timeout[1], patient)
                 conn.sock.settimeout(timeout[1])
             answer = conn.getresponse()
             content = answer.read()
             if cut_short:
                 conn.close()
-            return LightResponse(answer.status, answer.headers, content, url)
+            return LightResponse(answer.status, answer.headers, content, self.api_url + path)
         except BaseException as exc:
             conn.close()  # whatever happened, this connection is mid-request: never used again
             if isinstance(exc, FileReadFailed):
                 raise exc.error from None  # the file, not the server
+            if isinstance(exc, WireError):
+                raise
+            if (
+                stage == "connect"
+                and isinstance(exc, ssl.SSLError)
+                and not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError)
+            ):
+                raise TlsProblem(tls_reason(exc, self.base_url), None, method, self.api_url + path) from None
             if isinstance(exc, TimeoutError):
                 raise WireError(
                     {
-                        "connect": f"no connection within {timeout[0]:g} s",
-                        "send": f"the server took nothing of the upload for {timeout[0]:g} s",
+                        "connect": f"no connection within {connect_s:g} s",
+                        "send": f"the server took nothing of the upload for {connect_s:g} s",
                         "answer": f"no answer within {timeout[1]:g} s",
                     }[stage]
                 ) from exc
             if isinstance(exc, OSError | http.client.HTTPException):
                 raise WireError(transport_reason(exc, timeout)) from None
             raise
+
+    def _await_answer(self, sock: socket.socket, read_timeout_s: float, patient: bool) -> None:
+        """Wait for the answer to begin, ANSWER_SLICE_S at a time: at most READ_TIMEOUT after the last byte
+        sent and, for a patient request, only while the server shows signs of life (SERVER_WAIT), so a
+        server that swallowed the request and went silent is given up on, and one still busy with it
+        (Immich writes a big file to disk before it answers) is not: another request's answer counts, and
+        a server quiet for a while is asked whether it is there (_probe)."""
+        clock = self.gate.clock
+        sent_at = clock()
+        readable = _Readable(sock)
+        while True:
+            slice_s = min(ANSWER_SLICE_S, sent_at + read_timeout_s - clock())
+            if patient:
+                left_s = self.gate.silence_left_s(sent_at)
+                if left_s > 0 and self.gate.probe_due(sent_at):
+                    self._probe(left_s)
+                    continue
+                slice_s = min(slice_s, left_s, self.gate.probe_after_s)
+            if readable(max(0.0, slice_s)):
+                return
+            if slice_s > 0:
+                continue
+            # Judged only now, after a last look at the socket: after a pause of this process (a loaded
+            # machine) an answer already there is taken, not judged late.
+            if sent_at + read_timeout_s <= clock():
+                ignored = patient and self.gate.alive_after(sent_at)
+                raise WireError(f"no answer within {read_timeout_s:g} s", "ignored" if ignored else "away")
+            raise WireError("connected, but no answer", "silent")
+
+    def _probe(self, left_s: float) -> None:
+        """GET /api/server/ping (it needs no key) on a connection of its own, briefly (never past the
+        `left_s` seconds left of SERVER_WAIT): any answer but a proxy's "Immich is away" is a sign of life."""
+        answered = False
+        conn: http.client.HTTPConnection | None = None
+        wait_s = max(0.1, min(PROBE_TIMEOUT_S, left_s))
+        try:
+            conn = self._connections.open()
+            conn.timeout = min(self.timeout[0], wait_s)
+            conn.connect()
+            conn.sock.settimeout(wait_s)
+            conn.request("GET", self._api_path + "/server/ping", headers=self.headers)
+            status = conn.getresponse().status
+            answered = status < 500 and status not in AWAY_STATUSES
+            log.debug("a request waits long for its answer; GET /api/server/ping answered %d", status)
+        except (OSError, http.client.HTTPException, TlsProblem) as exc:
+            log.debug("a request waits long for its answer; GET /api/server/ping failed: %s", exc)
+        finally:
+            if conn is not None:
+                conn.close()
+            self.gate.probed(answered)
 
     def _backoff(self) -> float:
         return min(MAX_AWAY_PAUSE_S, self.backoff_s) * random.uniform(0.5, 1.5)
@@ -854,15 +1154,14 @@ class ImmichClient:
     def connect(self) -> ServerUser:
         """Who the key belongs to, in one request that also proves the server is there and is Immich.
         Quick: a server that does not answer is reported within seconds (ServerUnreachable), as are a
-        refused key (ApiKeyRefused), TLS trouble (TlsProblem) and something that is not Immich (NotImmich)."""
-        quick: dict[str, Any] = {
-            "patient": False,
-            "retries": 1,
-            "timeout": (min(self.timeout[0], START_CONNECT_TIMEOUT_S), min(self.timeout[1], 30.0)),
-        }
+        refused key (ApiKeyRefused), TLS trouble (TlsProblem) and something that is not Immich (NotImmich,
+        whose message is the whole line: what came back, and what IMMICH_URL should be)."""
+        quick: dict[str, Any] = {"patient": False, "retries": 1, "timeout": self.quick_timeout}
         try:
             me = self._call("GET", "/users/me", **quick)
         except ApiKeyRefused as exc:
+            if not _json_object(exc.body):  # not Immich refusing the key: a proxy in front of it
+                raise self._refused_by_proxy(exc) from None
             if exc.status != 403:
                 raise ApiKeyRefused(
                     f"the server refused the API key ({exc}): check IMMICH_API_KEY",
@@ -873,12 +1172,15 @@ class ImmichClient:
             # A key without user.read still says who it is through /api-keys/me, which needs no permission.
             key = self._call("GET", "/api-keys/me", **quick)
             me = {"id": f"key:{key.get('id', '')}", "email": "", "name": str(key.get("name", ""))}
+        except NotImmich as exc:  # a 2xx that is no answer of Immich's
+            raise self._not_immich(exc.status, exc.body) from None
         except ImmichError as exc:
-            if exc.status == 404 or isinstance(exc, NotImmich):
-                raise NotImmich(str(exc), exc.status, exc.method, exc.url) from None
+            # 404, 405, 406...: Immich answers GET /api/users/me with a user, whatever the version.
+            if exc.status is not None and 400 <= exc.status < 500:
+                raise self._not_immich(exc.status, exc.body) from None
             raise
         if not me.get("id"):
-            raise NotImmich("GET /api/users/me answered without a user id", 200, "GET", self.api_url)
+            raise self._not_immich(200, json.dumps(me))
         quota, usage = me.get("quotaSizeInBytes"), me.get("quotaUsageInBytes")
         quota_left = quota - usage if isinstance(quota, int) and isinstance(usage, int) else None
         self.user = ServerUser(
@@ -889,6 +1191,47 @@ class ImmichClient:
             quota_left_bytes=quota_left,
         )
         return self.user
+
+    def _not_immich(self, status: int | None, body: str) -> NotImmich:
+        """An address that answers, but not as Immich's API (its web app's page under /photos, another web
+        server, another service's API): what came back and what IMMICH_URL should be, in one line."""
+        parts = urlsplit(self.base_url)
+        advice = "IMMICH_URL should be the address Immich answers at"
+        if parts.path:
+            advice = (
+                f"IMMICH_URL should be the server's address, e.g. {parts.scheme}://{parts.netloc}, without "
+            )
+            advice += parts.path
+        elif parts.scheme == "http" and (parts.port or 80) != 2283:
+            advice += f", e.g. http://{parts.hostname}:2283 (its default port)"
+        else:
+            advice += " (the one its apps log in to)"
+        return NotImmich(
+            f"{self.base_url} answers, but not like Immich: GET {self._api_path}/users/me answered {status} "
+            f"with {describe_text(body)}; {advice}", status, "GET", self.api_url + "/users/me", body,
+        )  # fmt: skip
+
+    def _refused_by_proxy(self, exc: ImmichError) -> NotImmich:
+        """401/403 with a page that is not Immich's JSON: the web server in front of Immich refused first."""
+        answered = f"{exc.status} with {describe_text(exc.body)}"
+        if exc.status == 401 and "Authorization" in self.headers:
+            text = (
+                f"the web server in front of Immich at {self.base_url} refused the user name and password in "
+                f"IMMICH_URL ({answered})"
+            )
+        elif exc.status == 401:
+            text = (
+                f"the web server in front of Immich at {self.base_url} asks for a login ({answered}): for "
+                "basic auth put it in IMMICH_URL (http://USER:PASSWORD@host), or use an address that reaches "
+                "Immich without it"
+            )
+        else:
+            text = (
+                f"the web server in front of Immich at {self.base_url} refused the request before Immich saw "
+                f"the API key ({answered}): it blocks this machine or the API; use an address that reaches "
+                "Immich"
+            )
+        return NotImmich(text, exc.status, exc.method, exc.url, exc.body)
 
     @property
     def server(self) -> ServerInfo:
@@ -921,7 +1264,7 @@ class ImmichClient:
             payload = {"assets": [{"id": key, "checksum": sha1} for key, sha1 in batch]}
             answer = self._call(
                 "POST", "/assets/bulk-upload-check", json_body=payload, patient=patient,
-                **({} if patient else {"retries": 0}),
+                **({} if patient else {"retries": 0, "timeout": self.quick_timeout}),
             )  # fmt: skip
             for result in answer.get("results", []):
                 results[str(result.get("id"))] = CheckResult(
@@ -1010,6 +1353,22 @@ class ImmichClient:
         return changed
 
     # -- upload
+    def _flowing(self, on_bytes: Callable[[int], None] | None) -> Callable[[int], None]:
+        """`on_bytes` for one attempt's body, which also tells the gate the server reads it: each chunk is
+        read for sending once the one before went into the socket, and past BUFFERED_BYTES that means the
+        server took it, a sign of life while the upload's answer (or another request's) is waited for."""
+        offered = 0
+
+        def chunk(count: int) -> None:
+            nonlocal offered
+            offered += count
+            if offered > BUFFERED_BYTES:
+                self.gate.alive()
+            if on_bytes is not None:
+                on_bytes(count)
+
+        return chunk
+
     def upload(self, req: UploadRequest, on_bytes: Callable[[int], None] | None = None) -> UploadResult:
         """Stream one file. 201 → created, 200 → duplicate. Raises ImmichError (with .kind)."""
         fields: list[tuple[str, str]] = [
@@ -1065,7 +1424,7 @@ class ImmichClient:
                 raise FileChangedError(
                     f"{req.filename} changed since it was hashed; it is checked again next run"
                 )
-            body = MultipartBody(fields, files, on_bytes, trailing)
+            body = MultipartBody(fields, files, self._flowing(on_bytes), trailing)
             bodies.append(body)
             return body, {**headers, "Content-Type": body.content_type}
 

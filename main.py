@@ -343,7 +343,7 @@ class Menu:
         except (ConfigError, StartError, ImmichError) as exc:
             self.say(f"immich-uploader: error: {exc}")
             return
-        self.say(f"Server    {settings.immich_url}  Immich {server.version_text}")
+        self.say(f"Server    {settings.display_url}  Immich {server.version_text}")
         self.say(f"User      {user.name} <{user.email}>{' (admin)' if user.is_admin else ''}")
         self.say(f"Images    {' '.join(sorted(server.image_extensions))}")
         self.say(f"Videos    {' '.join(sorted(server.video_extensions))}")

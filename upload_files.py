@@ -87,7 +87,7 @@ def verify_dry_run(ctx: Context) -> ExitStatus:
         target_id = ctx.store.find_target(user.identity)
         if target_id is None:
             ctx.progress.message(
-                f"this database has uploaded nothing to {ctx.settings.immich_url} yet: nothing to verify"
+                f"this database has uploaded nothing to {ctx.settings.display_url} yet: nothing to verify"
             )
             return ExitStatus.OK
         report = verify_uploads(client, ctx.store, target_id, ctx.args.reupload, dry_run=True)

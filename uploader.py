@@ -76,6 +76,8 @@ FAILURE_ADVICE = {
     "rejected": "Immich refused the upload; its answer is in the row and the log",
     "quota": "your Immich storage quota is full: free space there or ask the admin to raise it",
     "server": "the server failed (5xx); tried again on a later run",
+    "no_answer": "the server took the upload and never answered it (READ_TIMEOUT), though it answered other "
+    "requests; tried again on a later run",
     "auth": "the API key was refused: check IMMICH_API_KEY and that it may upload (asset.upload)",
     "unreadable": "the file could not be read here (permissions, a disk error)",
     "changed": "the file changed while it was being sent; it is sent again after the next scan",
@@ -131,9 +133,7 @@ def connect(client: ImmichClient) -> ServerUser:
     except TlsProblem as exc:
         raise StartError(f"cannot connect to Immich at {client.base_url}: {exc}") from None
     except NotImmich as exc:
-        raise StartError(
-            f"{client.base_url} answers, but not like Immich ({exc}): check IMMICH_URL"
-        ) from None
+        raise StartError(str(exc)) from None  # the whole line: what came back, what IMMICH_URL should be
     except StopRequested:
         raise KeyboardInterrupt from None
     except ImmichError as exc:
@@ -974,7 +974,7 @@ def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> Exi
                 )
                 deletions = done.would_delete
     except (ServerUnreachable, StopRequested) as exc:
-        raise StartError(f"could not ask {ctx.settings.immich_url} what it has: {exc}") from None
+        raise StartError(f"could not ask {ctx.settings.display_url} what it has: {exc}") from None
     finally:
         if client is not None:
             client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -183,6 +184,38 @@ def store(env: Env) -> Iterator[Store]:
 
 
 # --- the Immich stand-in -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A self-signed certificate for 127.0.0.1 (what nginx in front of Immich is often given), its key, and
+    another self-signed certificate that does not vouch for it."""
+
+    cert: Path
+    key: Path
+    other_cert: Path
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    """Made by the openssl command, here and now: nothing is downloaded."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+
+    def self_signed(name: str) -> tuple[Path, Path]:
+        cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
+             "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return cert, key
+
+    cert, key = self_signed("immich")
+    other_cert, _ = self_signed("other")
+    return TlsFiles(cert, key, other_cert)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ import re
 import signal
 import socket
 import socketserver
+import ssl
 import struct
 import sys
 import threading
@@ -143,6 +144,11 @@ class Fault:
     drop_answer: bool = (
         False  # handle the request in full (an upload is stored), then reset instead of answering
     )
+    # A server that took the request and went silent: "before_body" reads nothing of the body, "after_body" all
+    # of it; neither answers, until release_stalled() or stop() closes the connection (see _Handler._stall).
+    stall: str | None = None
+    # Answer as usual, body read and handled, but only once this is set: a server writing a big file to disk.
+    hold: threading.Event | None = None
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -172,8 +178,14 @@ class FaultQueue:
         reset: bool = False,
         delay_s: float = 0.0,
         drop_answer: bool = False,
+        stall: str | None = None,
+        hold: threading.Event | None = None,
     ) -> Fault:
-        fault = Fault(status, count, path, method, retry_after_s, html, reset, delay_s, drop_answer)
+        if stall not in (None, "before_body", "after_body"):
+            raise ValueError(f"stall: {stall!r} is not before_body or after_body")
+        fault = Fault(
+            status, count, path, method, retry_after_s, html, reset, delay_s, drop_answer, stall, hold
+        )
         if count > 0:
             with self._lock:
                 self._faults.append(fault)
@@ -834,6 +846,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self.server.app
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(SOCKET_TIMEOUT_S)
+            self.request.do_handshake()  # a client refusing our certificate ends here (an OSError, quiet)
         super().setup()
         self.app._track(self.connection, add=True)
 
@@ -903,6 +918,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         """Apply a fault; True when it answered or killed the request."""
         if fault.delay_s > 0:
             time.sleep(fault.delay_s)
+        if fault.stall is not None:
+            self._stall(fault.stall)
+            return True
+        self.answer_held_by = fault.hold
         if fault.reset:
             self._reset_connection()
             return True
@@ -917,6 +936,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             error = ApiError(fault.status, _default_message(fault.status))
             self._send_json(fault.status, self._error_payload(error), extra=extra)
         return True
+
+    def _stall(self, stage: str) -> None:
+        """Take the request and never answer: its connection stays open, silent, until the test releases the
+        stalled requests or the server stops; then it is closed without an answer."""
+        unstall = self.app._unstall
+        if stage == "after_body":
+            self.body.drain()
+        unstall.wait()
+        self.close_connection = True
 
     def _handle_api(self, path: str, query: str) -> tuple[int, Any]:
         for method, pattern, name, public in _ROUTES:
@@ -992,6 +1020,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.app.request_delay_s > 0:
             # Every answer waits, once the request (and its body) arrived.
             time.sleep(self.app.request_delay_s)
+        hold, unstall = getattr(self, "answer_held_by", None), self.app._unstall
+        if hold is not None:
+            self.answer_held_by = None
+            while not (hold.wait(0.05) or unstall.is_set()):
+                pass
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -1238,7 +1271,19 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], app: ImmichTestServer) -> None:
         self.app = app
+        self.tls_context: ssl.SSLContext | None = None
+        if app.tls is not None:
+            self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls_context.load_cert_chain(*app.tls)
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """With TLS, each connection is wrapped here and shakes hands in its own thread (_Handler.setup):
+        a client that never does must not stop the server accepting others."""
+        conn, address = super().get_request()
+        if self.tls_context is not None:
+            conn = self.tls_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls getfqdn(), a reverse DNS lookup that can stall for seconds.
@@ -1264,6 +1309,7 @@ class ImmichTestServer:
         port: int = 0,
         store_nothing: bool = True,  # accepted for symmetry with --sink; file bytes are never stored anyway
         request_delay_s: float = 0.0,  # every request waits this long before its answer (a slower server)
+        tls: tuple[str, str] | None = None,  # (certificate file, key file): serve https
     ) -> None:
         self.api_key = api_key
         self.request_delay_s = request_delay_s
@@ -1299,6 +1345,8 @@ class ImmichTestServer:
         self._connections: set[socket.socket] = set()
         self.connections_accepted = 0  # every connection a client opened, kept alive or not
         self._down = False
+        self._unstall = threading.Event()  # set: stalled requests end (release_stalled, stop)
+        self.tls = tls
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -1317,7 +1365,7 @@ class ImmichTestServer:
             return self
         self._httpd = _HTTPServer((self._host, self._port), self)
         host, port = self._httpd.server_address[:2]
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://{host}:{port}"
         # A short poll interval keeps stop() fast enough to start a fresh server per test.
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
@@ -1332,6 +1380,7 @@ class ImmichTestServer:
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
+        self._unstall.set()
         httpd.shutdown()
         httpd.server_close()
         self._abort_connections()  # keep-alive connections would otherwise go on being served
@@ -1351,6 +1400,12 @@ class ImmichTestServer:
 
     def up(self) -> None:
         self._down = False
+
+    def release_stalled(self) -> None:
+        """End the requests `stall` faults hold so far (their connections close without an answer), and let
+        held answers go; later stall faults stall again."""
+        released, self._unstall = self._unstall, threading.Event()
+        released.set()
 
     def close_idle_connections(self) -> None:
         """What a server does to kept-alive connections idle past its keep-alive timeout (Node's, so

@@ -198,3 +198,23 @@ def test_an_unchanged_sync_imports_no_module_it_does_not_need(
     status, *loaded = next(line for line in out.splitlines() if line.startswith("RUN ")).split()[1:]
     assert status == "0"
     assert heavy & {name.split(".")[0] for name in loaded} == set()
+
+
+def test_a_password_in_the_url_given_on_the_command_line_is_masked_in_the_process_list(
+    env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(1)
+    immich.faults.add(delay_s=2.0, path="/api/users/me")
+    url = immich.url.replace("http://", "http://alice:s3cret-pw@")
+    proc = start_process(
+        "sync_upload.py", "--env-file", str(env.path), "--url", url, "--key", API_KEY, "--no-progress"
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while ("GET", "/api/users/me") not in immich.requests_log and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    finally:
+        proc.communicate(timeout=30)
+    assert "s3cret-pw" not in cmdline and "alice:****@127.0.0.1" in cmdline
+    assert proc.returncode == 0

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import scan_files
-from config import PROJECT_DIR, ConfigError, load_settings, normalize_url
+from config import PROJECT_DIR, ConfigError, load_settings, mask_url_password, normalize_url
 from tests.conftest import run_inprocess, run_process
 
 
@@ -173,3 +173,33 @@ def test_env_file_dev_null_means_no_settings_file_and_a_folder_is_named_as_such(
     assert load_settings(env_file="/dev/null", environ={}).immich_url == ""
     with pytest.raises(ConfigError, match="is a folder, not a settings file"):
         load_settings(env_file=str(tmp_path), environ={})
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://alice:pw@nas:2283", "http://alice:****@nas:2283"),
+        ("https://alice:p@ss/w0rd@photos.example.org", "https://alice:****@photos.example.org"),
+        ("http://alice:p%40ss@nas", "http://alice:****@nas"),
+        ("http//alice:pw@nas", "http//alice:****@nas"),  # malformed, quoted back in the settings error
+        ("alice:pw@nas:2283", "alice:****@nas:2283"),
+        ("http://alice@nas:2283", "http://alice@nas:2283"),  # no password
+        ("http://nas:2283/photos", "http://nas:2283/photos"),
+    ],
+)
+def test_a_password_in_an_address_is_shown_as_stars(url: str, shown: str) -> None:
+    assert mask_url_password(url) == shown
+
+
+def test_a_password_in_immich_url_is_a_secret_like_the_key(tmp_path: Path) -> None:
+    env = write_env(tmp_path, f"IMMICH_URL=http://alice:p%40ss-w0rd@nas:2283\nDB_PATH={tmp_path}/s.db\n")
+    s = load_settings(env_file=str(env), environ={})
+    assert s.immich_url == "http://alice:p%40ss-w0rd@nas:2283"  # what is sent (as basic auth)
+    assert s.display_url == "http://alice:****@nas:2283"
+    assert {"p%40ss-w0rd", "p@ss-w0rd"} <= set(s.secrets)  # the log's filter hides both spellings
+    shown = run_inprocess(scan_files.main, "--env-file", str(env), "--show-config")
+    assert f"IMMICH_URL=http://alice:****@nas:2283  # {env}" in shown.stdout and "w0rd" not in shown.stdout
+    for malformed in ("http://alice:pw-secret@nas:99999", "http://alice:pw secret@nas:2283"):
+        with pytest.raises(ConfigError) as caught:
+            normalize_url(malformed)
+        assert "alice:****@nas" in str(caught.value) and "secret" not in str(caught.value)

@@ -308,3 +308,29 @@ def test_mysql_single_write_lost_to_a_dropped_connection_is_made_on_a_new_one(en
         )
     finally:
         store.close()
+
+
+def test_addresses_stored_with_a_password_are_masked_by_a_migration(env: Env) -> None:
+    """Earlier versions stored IMMICH_URL as written: the password of a proxy's basic auth in it was there for
+    every machine of a shared database to read, in the targets and in the runs' summaries."""
+    store = open_store(env.settings())
+    try:
+        store.target_id("user-1", "http://alice:s3cret-pw@nas:2283", "a@example.com")
+        summary = {
+            "server_problem": "http://alice:s3cret-pw@nas:2283 has been away",
+            "error_files": ["a@b.jpg"],
+        }
+        store.record_run("upload", "2026-01-01 00:00:00", 3, summary)
+        store._execute(
+            store.sql("DELETE FROM schema_migrations WHERE name = ?"), ("0009_scrub_url_passwords",)
+        )
+        assert store.migrate() == ["0009_scrub_url_passwords"]
+        (url,) = store._query("SELECT server_url FROM immich_targets")[0]
+        assert url == "http://alice:****@nas:2283"
+        last = store.last_run("upload")
+        assert last is not None and last["summary"] == {
+            "server_problem": "http://alice:****@nas:2283 has been away",
+            "error_files": ["a@b.jpg"],
+        }
+    finally:
+        store.close()

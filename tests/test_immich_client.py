@@ -1,7 +1,9 @@
-"""The HTTP client against the loopback Immich stand-in: streaming, retries, redirects, error messages."""
+"""The HTTP client against the loopback Immich stand-in: streaming, retries, redirects, error messages, TLS,
+waiting for a server that is away or silent, addresses that are not Immich's API, a password in the address."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import http.server
@@ -16,18 +18,23 @@ from typing import Any, BinaryIO
 
 import pytest
 
+import sync_upload
 from config import load_settings
 from immich_client import (
+    BUFFERED_BYTES,
+    MIN_SILENCE_S,
     ApiKeyRefused,
     ImmichClient,
     ImmichError,
     MultipartBody,
+    ServerGate,
     ServerInfo,
     ServerUnreachable,
+    TlsProblem,
     UploadRequest,
 )
 from logger import ROOT_NAME
-from tests.conftest import API_KEY
+from tests.conftest import API_KEY, MYSQL, Env, Library, TlsFiles, run_inprocess
 from tests.immich_server import ImmichTestServer
 
 
@@ -50,7 +57,7 @@ def client_for(
         env_file=None,
     )
     client = ImmichClient(settings)
-    client.plain_http = transport == "http.client"
+    client.direct = transport == "http.client"
     return client
 
 
@@ -361,7 +368,7 @@ def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_tim
         env_file=None,
     )  # fmt: skip
     c = ImmichClient(settings)
-    c.plain_http = transport == "http.client"
+    c.direct = transport == "http.client"
     c._server = ServerInfo((3, 1, 0), frozenset({"jpg"}), frozenset({"mp4"}))
     try:
         with pytest.raises(ServerUnreachable) as caught:  # it reads nothing: each write waits 0.5 s, not 120
@@ -383,21 +390,513 @@ def request_for_stream(name: str, size_bytes: int, opener: Callable[[], BinaryIO
 
 
 @pytest.mark.parametrize(
-    ("url", "environ", "plain"),
+    ("url", "environ", "direct"),
     [
         ("http://nas.local:2283", {}, True),
-        ("https://photos.example.org", {}, False),  # certificates as requests checks them
+        ("https://photos.example.org", {}, True),  # TLS as we set it up, whatever the environment says
+        ("http://me:secret@nas.local:2283", {}, True),  # basic auth is a header
         ("http://nas.local:2283", {"http_proxy": "http://proxy:3128"}, False),
         ("http://nas.local:2283", {"ALL_PROXY": "socks5://proxy:1080"}, False),
-        ("http://me:secret@nas.local:2283", {}, False),  # requests sends it as basic auth
+        ("https://photos.example.org", {"HTTPS_PROXY": "http://proxy:3128"}, False),
+        ("https://photos.example.org", {"http_proxy": "http://proxy:3128"}, True),  # for http only
+        ("http://nas.local:2283", {"http_proxy": "http://proxy:3128", "no_proxy": "nas.local"}, True),
     ],
 )
-def test_plain_http_without_a_proxy_takes_http_client_and_the_rest_requests(
-    url: str, environ: dict[str, str], plain: bool, monkeypatch: pytest.MonkeyPatch
+def test_without_a_proxy_http_and_https_take_http_client_and_proxies_requests(
+    url: str, environ: dict[str, str], direct: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
         monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     settings = load_settings(environ={"IMMICH_URL": url, "IMMICH_API_KEY": API_KEY}, env_file=None)
-    assert ImmichClient(settings).plain_http is plain
+    assert ImmichClient(settings).direct is direct
+
+
+def make_client(url: str, transport: str = "http.client", **values: str) -> ImmichClient:
+    """A client with these settings (names as in .env) over the given transport."""
+    settings = load_settings(
+        environ={"IMMICH_URL": url, "IMMICH_API_KEY": API_KEY, "RETRY_BACKOFF": "0.05", **values},
+        env_file=None,
+    )
+    client = ImmichClient(settings)
+    client.direct = transport == "http.client"
+    return client
+
+
+def small_photo(tmp_path: Path, name: str = "a.jpg", fill: bytes = b"p") -> Path:
+    photo = tmp_path / name
+    photo.write_bytes(b"\xff\xd8" + fill * 3000)
+    return photo
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s:g} s for {what}")
+        time.sleep(0.02)
+
+
+JPEG_ONLY = ServerInfo((3, 1, 0), frozenset({".jpg"}), frozenset({".mp4"}))
+
+
+# --- TLS: the tool's own settings win (issue 22) ------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_immich(tls_files: TlsFiles, monkeypatch: pytest.MonkeyPatch) -> Iterator[ImmichTestServer]:
+    """nginx with a self-signed certificate in front of Immich; no CA bundle named by the environment."""
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    with ImmichTestServer(api_key=API_KEY, tls=(str(tls_files.cert), str(tls_files.key))) as server:
+        yield server
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_immich_ca_bundle_wins_over_a_bundle_the_environment_names(
+    tls_immich: ImmichTestServer, tls_files: TlsFiles, transport: str, variable: str,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:  # fmt: skip
+    monkeypatch.setenv(variable, str(tls_files.other_cert))  # as on many systems and containers
+    c = make_client(tls_immich.url, transport, IMMICH_CA_BUNDLE=str(tls_files.cert))
+    try:
+        assert c.connect().identity == tls_immich.user_id
+        assert c.upload(request_for(small_photo(tmp_path))).status == "created"
+    finally:
+        c.close()
+
+
+def test_immich_verify_tls_false_wins_over_a_bundle_the_environment_names(
+    tls_immich: ImmichTestServer, tls_files: TlsFiles, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_files.other_cert))
+    c = make_client(tls_immich.url, transport, IMMICH_VERIFY_TLS="false")
+    try:
+        assert c.connect().identity == tls_immich.user_id
+    finally:
+        c.close()
+
+
+def test_without_tls_settings_a_bundle_the_environment_names_is_trusted_as_before(
+    tls_immich: ImmichTestServer, tls_files: TlsFiles, transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tls_files.cert))
+    c = make_client(tls_immich.url, transport)
+    try:
+        assert c.connect().identity == tls_immich.user_id
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("environment_bundle", [False, True])
+def test_an_untrusted_certificate_is_one_line_naming_immich_ca_bundle_and_never_retried(
+    tls_immich: ImmichTestServer, tls_files: TlsFiles, transport: str, environment_bundle: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    if environment_bundle:
+        monkeypatch.setenv("CURL_CA_BUNDLE", str(tls_files.other_cert))
+    c = make_client(tls_immich.url, transport)
+    with pytest.raises(
+        TlsProblem, match=r"^the server's TLS certificate is not trusted .* set IMMICH_CA_BUNDLE"
+    ):
+        c.connect()
+    assert tls_immich.requests_log == []
+
+
+def test_a_ca_bundle_that_holds_no_certificate_is_named(tls_immich: ImmichTestServer, tmp_path: Path) -> None:
+    bundle = tmp_path / "cert.pem"
+    bundle.write_text("not a certificate\n")
+    c = make_client(tls_immich.url, IMMICH_CA_BUNDLE=str(bundle))
+    with pytest.raises(TlsProblem, match=rf"^IMMICH_CA_BUNDLE: cannot use {bundle} \("):
+        c.connect()
+
+
+# --- SERVER_WAIT: the time the server may show no sign of life (issue 20) -----------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_server_wait_is_waited_whole_and_no_longer_with_one_last_try_at_the_limit() -> None:
+    clock = FakeClock()
+    gate = ServerGate("http://nas:2283", budget_s=15, backoff_s=1, clock=clock)
+    gate.ok()  # an answer, then a long scan: a server nobody asks anything is not silent meanwhile
+    clock.now += 600
+    went_away = clock.now
+    tries: list[float] = []
+    with pytest.raises(ServerUnreachable) as caught:
+        while True:  # every try is refused at once
+            tries.append(clock.now - went_away)
+            clock.now += gate.failed("connection refused", clock.now)
+    assert tries[-1] == 15  # the last pause was shortened to end at the limit, one last try there
+    assert len(tries) >= 4 and tries[-2] < 15
+    assert str(caught.value).startswith("http://nas:2283 has been away or busy for 15s (connection refused; ")
+
+
+def test_a_retry_after_past_the_limit_stops_at_once_and_says_so() -> None:
+    clock = FakeClock()
+    gate = ServerGate("http://nas:2283", budget_s=60, backoff_s=1, clock=clock)
+    assert gate.failed("503 Service Unavailable", clock.now, retry_after_s=30) == 30
+    clock.now += 30
+    with pytest.raises(ServerUnreachable, match=r"for 30s \(503 Service Unavailable, asked to wait 1m00s;"):
+        gate.failed("503 Service Unavailable", clock.now, retry_after_s=60)
+
+
+def test_an_answer_is_waited_for_a_moment_even_with_server_wait_0() -> None:
+    clock = FakeClock()
+    gate = ServerGate("http://nas:2283", budget_s=0, backoff_s=1, clock=clock)
+    assert gate.silence_left_s(clock.now) == MIN_SILENCE_S  # 0: no waiting for a server that is away
+    with pytest.raises(ServerUnreachable):
+        gate.failed("connection refused", clock.now)
+
+
+def test_silence_counts_from_the_last_sign_of_life_of_any_request() -> None:
+    clock = FakeClock()
+    gate = ServerGate("http://nas:2283", budget_s=15, backoff_s=1, clock=clock)
+    asked = clock.now
+    clock.now += 10
+    assert gate.silence_left_s(asked) == 5
+    gate.ok()  # another request was answered: the server is there
+    clock.now += 10
+    assert gate.silence_left_s(asked) == 5
+    clock.now += 5
+    assert gate.silence_left_s(asked) == 0
+
+
+def test_body_bytes_are_a_sign_of_life_only_past_what_socket_buffers_hold(immich: ImmichTestServer) -> None:
+    clock = FakeClock()
+    c = make_client(immich.url, SERVER_WAIT="15")
+    c.gate.clock = clock
+    sent: list[int] = []
+    flowing = c._flowing(sent.append)
+    asked = clock.now
+    clock.now += 14
+    flowing(BUFFERED_BYTES)  # a server that reads nothing still takes this much into buffers
+    assert c.gate.silence_left_s(asked) == 1
+    flowing(1 << 20)
+    assert c.gate.silence_left_s(asked) == 15 and sent == [BUFFERED_BYTES, 1 << 20]
+
+
+def test_a_quiet_server_is_asked_whether_it_is_there_by_one_request_at_a_time() -> None:
+    clock = FakeClock()
+    gate = ServerGate("http://nas:2283", budget_s=300, backoff_s=1, clock=clock)
+    asked = clock.now
+    clock.now += 9
+    assert not gate.probe_due(asked)
+    clock.now += 1
+    assert gate.probe_due(asked) and not gate.probe_due(asked)  # one probe at a time
+    gate.probed(answered=False)
+    assert not gate.probe_due(asked)  # not again at once
+    clock.now += 10
+    assert gate.probe_due(asked)
+    gate.probed(answered=True)
+    assert gate.silence_left_s(asked) == 300
+
+
+@pytest.mark.parametrize("stage", ["before_body", "after_body"])
+def test_a_server_that_takes_requests_and_never_answers_is_given_up_after_server_wait(
+    immich: ImmichTestServer, transport: str, stage: str, tmp_path: Path
+) -> None:
+    immich.faults.add(stall=stage, count=1_000_000)  # every request, a probe's too
+    c = make_client(immich.url, transport, SERVER_WAIT="2", READ_TIMEOUT="60")
+    c._server = JPEG_ONLY
+    photo = small_photo(tmp_path)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ServerUnreachable) as caught:
+            c.upload(request_for(photo, sha1=hashlib.sha1(photo.read_bytes()).hexdigest()))
+    finally:
+        c.close()
+    waited_s = time.monotonic() - started
+    assert 2 <= waited_s < 30  # SERVER_WAIT, not READ_TIMEOUT (4 x READ_TIMEOUT before)
+    assert "SERVER_WAIT is 2.0s" in str(caught.value) and "no answer" in str(caught.value)
+
+
+def test_a_server_that_never_answers_at_the_start_is_reported_within_seconds(
+    immich: ImmichTestServer,
+) -> None:
+    immich.faults.add(stall="before_body", count=1_000_000)
+    c = make_client(immich.url)  # READ_TIMEOUT 600, SERVER_WAIT 300: the defaults (both transports use them)
+    started = time.monotonic()
+    with pytest.raises(ServerUnreachable, match=r"^no answer within 5 s$"):
+        c.connect()
+    assert time.monotonic() - started < 20  # two tries of 5 s (61 s before)
+    assert immich.requests_log == [("GET", "/api/users/me")] * 2
+
+
+def test_an_answer_long_after_the_last_byte_is_waited_for_while_the_server_answers_pings(
+    immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    """Immich writes a big file to disk before it answers (minutes for 10 GB on a slow disk): with nothing
+    else going on, a request that waits long asks the server whether it is there."""
+    released = threading.Event()
+    immich.faults.add(hold=released, path="/api/assets", method="POST")
+    c = make_client(immich.url, SERVER_WAIT="2")  # a probe after 0.5 s of silence
+    c._server = JPEG_ONLY
+    results: list[Any] = []
+    sender = threading.Thread(target=lambda: results.append(c.upload(request_for(small_photo(tmp_path)))))
+    sender.start()
+    try:
+        wait_until(
+            lambda: pings_since_upload(immich) >= 8, "8 probes (at least 3.5 s, longer than SERVER_WAIT)"
+        )
+        assert sender.is_alive() and results == []
+    finally:
+        released.set()
+        sender.join(30)
+        c.close()
+    assert results[0].status == "created"
+
+
+def test_an_upload_waiting_for_its_answer_is_not_given_up_while_other_requests_are_answered(
+    immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    immich.faults.add(stall="before_body", path="/api/server/ping", count=1_000_000)  # probes get nothing
+    released = threading.Event()
+    immich.faults.add(hold=released, path="/api/assets", method="POST")
+    c = make_client(immich.url, SERVER_WAIT="2")
+    c._server = JPEG_ONLY
+    results: list[Any] = []
+    sender = threading.Thread(target=lambda: results.append(c.upload(request_for(small_photo(tmp_path)))))
+    sender.start()
+    try:
+        wait_until(lambda: ("POST", "/api/assets") in immich.requests_log, "the upload")
+        waited_from = time.monotonic()
+        while time.monotonic() - waited_from < 5:  # 2.5 x SERVER_WAIT, while another worker gets answers
+            c._request("GET", "/server/version")
+            time.sleep(0.1)
+        assert sender.is_alive() and results == []
+    finally:
+        released.set()
+        sender.join(30)
+        c.close()
+    assert results[0].status == "created"
+
+
+def test_an_upload_the_server_never_answers_while_answering_others_fails_after_read_timeout(
+    immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    """Immich's upload folder on a hung NFS mount: uploads hang, pings are answered. Waiting READ_TIMEOUT
+    again and again would never end; the file fails (the next run tries it), the server is not "away"."""
+    immich.faults.add(stall="after_body", path="/api/assets", method="POST", count=1_000_000)
+    c = make_client(immich.url, SERVER_WAIT="60", READ_TIMEOUT="2")
+    c._server = JPEG_ONLY
+    outcome: list[BaseException] = []
+
+    def send() -> None:
+        try:
+            c.upload(request_for(small_photo(tmp_path)))
+        except ImmichError as exc:
+            outcome.append(exc)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    wait_until(lambda: ("POST", "/api/assets") in immich.requests_log, "the upload")
+    c._request("GET", "/server/version")  # another request answered while the upload waits
+    sender.join(30)
+    c.close()
+    assert not sender.is_alive(), "still waiting, READ_TIMEOUT after READ_TIMEOUT"
+    (error,) = outcome
+    assert error.kind == "no_answer" and not isinstance(error, ServerUnreachable)
+    assert (
+        str(error)
+        == "no answer within 2 s (READ_TIMEOUT), though the server answered other requests meanwhile"
+    )
+    assert immich.requests_log.count(("POST", "/api/assets")) == 1
+
+
+def pings_since_upload(immich: ImmichTestServer) -> int:
+    log = list(immich.requests_log)
+    if ("POST", "/api/assets") not in log:
+        return 0
+    return log[log.index(("POST", "/api/assets")) :].count(("GET", "/api/server/ping"))
+
+
+# --- an address that answers, but not as Immich's API (issue 20) ------------------------------------------
+
+
+class _NotImmich(http.server.BaseHTTPRequestHandler):
+    answer: tuple[int, dict[str, str], bytes] = (200, {}, b"")
+    paths: list[str] = []  # noqa: RUF012 - each test's subclass has its own
+
+    def do_GET(self) -> None:
+        self.paths.append(self.path)
+        status, headers, body = self.answer
+        self.send_response(status)
+        for name, value in {**headers, "Content-Length": str(len(body))}.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+WEB_APP = b'<!doctype html><html><head><meta charset="utf-8"><title>Immich</title></head><body></body></html>'
+LOGIN = b"<html><head><title>Sign in - Authelia</title></head><body><form></form></body></html>"
+
+
+@pytest.mark.parametrize(
+    ("url_path", "answer", "expected"),
+    [
+        ("/photos", (406, {"Content-Type": "text/plain"}, b"Not Acceptable"),
+         "answered 406 with 'Not Acceptable'; IMMICH_URL should be the server's address, e.g. {origin}, "
+         "without /photos"),
+        ("/photos", (200, {"Content-Type": "text/html"}, WEB_APP),
+         "answered 200 with an HTML page (title: Immich); IMMICH_URL should be the server's address, e.g. "
+         "{origin}, without /photos"),
+        ("", (200, {"Content-Type": "text/html; charset=utf-8"}, LOGIN),
+         "answered 200 with an HTML page (title: Sign in - Authelia); IMMICH_URL should be the address Immich "
+         "answers at, e.g. http://127.0.0.1:2283 (its default port)"),
+        ("", (404, {"Content-Type": "application/json"}, b'{"detail":"Not Found"}'),
+         """answered 404 with '{"detail":"Not Found"}'; IMMICH_URL should be the address Immich answers at"""),
+        ("", (302, {"Location": "https://auth.example.org/?rd=https%3A%2F%2Fnas%2Fapi%2Fusers%2Fme"}, b""),
+         "redirects GET /api/users/me to https://auth.example.org/, a login page? A proxy in front of Immich "
+         "asks for a login in a browser: let /api through it"),
+        ("", (401, {"Content-Type": "text/html", "WWW-Authenticate": 'Basic realm="photos"'},
+              b"<html><head><title>401 Authorization Required</title></head></html>"),
+         "the web server in front of Immich at {url} asks for a login (401 with an HTML page (title: 401 "
+         "Authorization Required)): for basic auth put it in IMMICH_URL"),
+        ("", (403, {"Content-Type": "text/html"}, b"<html><head><title>Access denied</title></head></html>"),
+         "refused the request before Immich saw the API key (403 with an HTML page (title: Access denied))"),
+    ],
+    ids=["web-app-406", "web-app-page", "login-page", "other-api-404", "login-redirect", "basic-auth", "waf"],
+)  # fmt: skip
+def test_an_address_that_is_not_immichs_api_is_one_line_saying_what_came_and_what_to_set(
+    url_path: str, answer: tuple[int, dict[str, str], bytes], expected: str, transport: str
+) -> None:
+    handler = type("Answer", (_NotImmich,), {"answer": answer, "paths": []})
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{web.server_address[1]}"
+    try:
+        c = make_client(origin + url_path, transport)
+        with pytest.raises(ImmichError) as caught:
+            c.connect()
+    finally:
+        web.shutdown()
+    message = str(caught.value)
+    assert expected.replace("{origin}", origin).replace("{url}", origin + url_path) in message
+    assert handler.paths == [f"{url_path}/api/users/me"]  # asked once: no retry of an answer
+    assert "<" not in message and "\n" not in message and len(message) < 300
+    assert not isinstance(caught.value, ApiKeyRefused)  # not "check IMMICH_API_KEY": the key was never judged
+
+
+def test_a_run_given_immichs_web_app_address_says_which_address_to_set(env: Env, library: Library) -> None:
+    handler = type("Answer", (_NotImmich,), {"answer": (406, {}, b"Not Acceptable"), "paths": []})
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    origin = f"http://127.0.0.1:{web.server_address[1]}"
+    library.photos(1)
+    env.set(IMMICH_URL=f"{origin}/photos", IMMICH_API_KEY=API_KEY)
+    try:
+        result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--no-progress")
+    finally:
+        web.shutdown()
+    assert result.status == 2
+    assert [line for line in result.lines if "error" in line] == [
+        f"immich-uploader: error: {origin}/photos answers, but not like Immich: GET /photos/api/users/me "
+        f"answered 406 with 'Not Acceptable'; IMMICH_URL should be the server's address, e.g. {origin}, "
+        "without /photos"
+    ]
+
+
+# --- a password in IMMICH_URL (issue 22) -------------------------------------------------------------------
+
+
+def database_text(env: Env) -> str:
+    """Everything the test's database holds, as text: SQLite's files as they are on disk, MariaDB's tables."""
+    settings = env.settings()
+    if settings.backend == "sqlite":
+        files = [Path(f"{settings.db_path}{suffix}") for suffix in ("", "-wal", "-journal")]
+        return b"".join(f.read_bytes() for f in files if f.exists()).decode("latin-1")
+    import pymysql
+
+    conn = pymysql.connect(**MYSQL, database=settings.db_name)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW TABLES")
+            tables = [row[0] for row in cur.fetchall()]
+            dump = []
+            for table in tables:
+                cur.execute(f"SELECT * FROM `{table}`")
+                dump.append(repr(cur.fetchall()))
+        return "\n".join(dump)
+    finally:
+        conn.close()
+
+
+def test_a_password_in_immich_url_goes_as_basic_auth_and_is_shown_and_stored_nowhere(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    password = "s3cret-Pw0rd"
+    url = immich.url.replace("http://", f"http://alice:{password}@")
+    shown_url = immich.url.replace("http://", "http://alice:****@")
+    server_env.set(IMMICH_URL=url, LOG_LEVEL="DEBUG")
+    library.photos(3)
+    immich.faults.add(status=503, count=2, path="/api/assets", method="POST")  # "away", then "answers again"
+    first = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "-v", "--no-progress")
+    assert first.status == 0, first.stderr
+    assert f"connected to Immich at {shown_url} as " in first.stderr and "answers again" in first.stderr
+    basic = base64.b64encode(f"alice:{password}".encode()).decode()
+    assert {u.headers.get("authorization") for u in immich.uploads} == {f"Basic {basic}"}
+    # A run the server stays away from: its summary (in the runs table) names the server.
+    library.photos(1, start=10)
+    server_env.set(SERVER_WAIT="0.3")
+    immich.faults.add(status=503, count=1_000_000, path="/api/assets", method="POST")
+    second = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "-v", "--no-progress")
+    assert second.status == 3 and f"{shown_url} has been away or busy" in second.stderr
+    show = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--show-config")
+    assert f"IMMICH_URL={shown_url}  # {server_env.path}" in show.stdout
+    bad = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--url", url + ":99999")
+    assert bad.status == 2 and "alice:****@" in bad.stderr
+    log_text = Path(server_env.values["LOG_FILE"]).read_text()
+    assert shown_url in log_text
+    texts = {
+        "stdout": first.stdout + second.stdout + bad.stdout,
+        "stderr": first.stderr + second.stderr + bad.stderr,
+        "--show-config": show.stdout,
+        "log file": log_text,
+        "database": database_text(server_env),
+    }
+    assert [where for where, text in texts.items() if password in text] == []
+
+
+def test_a_servers_message_reaches_the_console_without_control_characters(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    odd = tmp_path / "evil\x1b[2J\nname.txt"  # Immich quotes the file name in its refusal
+    odd.write_bytes(b"x")
+    with pytest.raises(ImmichError) as caught:
+        client.upload(request_for(odd))
+    assert str(caught.value).startswith("400 Unsupported file type evil")
+    assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))
+
+
+def test_what_a_hostile_server_sends_reaches_the_console_without_control_characters(transport: str) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def answer_garbage() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"\x1b[2J\x1b]0;owned\x07 200 OK\r\n\r\n")  # clear the screen, set the title
+            conn.close()
+
+    threading.Thread(target=answer_garbage, daemon=True).start()
+    try:
+        with pytest.raises(ServerUnreachable) as caught:
+            make_client(f"http://127.0.0.1:{listener.getsockname()[1]}", transport).connect()
+    finally:
+        listener.close()
+    assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import TlsFiles
 from tests.immich_server import BodyReader, ImmichTestServer, UploadParts, parse_multipart
 
 KEY = "secret-key"
@@ -900,3 +901,58 @@ def test_standalone_process_delay_ms_and_uploads_route() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --- servers that go silent, answer late, or speak TLS (the client's transport tests use these) -----------
+
+
+def _request_to_stall(srv: ImmichTestServer, body: bytes) -> socket.socket:
+    host, port = srv.url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(
+        f"POST /api/assets/bulk-upload-check HTTP/1.1\r\nHost: x\r\nx-api-key: {KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    return sock
+
+
+@pytest.mark.parametrize("stage", ["before_body", "after_body"])
+def test_fault_stall_takes_the_request_and_never_answers(server: ImmichTestServer, stage: str) -> None:
+    server.faults.add(stall=stage, path="/api/assets/bulk-upload-check")
+    sock = _request_to_stall(server, b'{"assets": []}')
+    try:
+        assert select.select([sock], [], [], 0.5)[0] == []  # silent, the connection open
+        assert requests.get(f"{server.url}/api/server/ping", timeout=10).status_code == 200  # others answered
+        server.release_stalled()
+        sock.settimeout(10)
+        assert sock.recv(100) == b""  # closed without an answer
+    finally:
+        sock.close()
+    with pytest.raises(ValueError, match="stall"):
+        server.faults.add(stall="sometimes")
+
+
+def test_fault_hold_answers_only_when_released(server: ImmichTestServer) -> None:
+    released = threading.Event()
+    server.faults.add(hold=released, path="/api/assets", method="POST")
+    answers: list[requests.Response] = []
+    sender = threading.Thread(target=lambda: answers.append(upload(server, b"\xff\xd8 held")))
+    sender.start()
+    deadline = time.monotonic() + 10
+    while not server.assets and time.monotonic() < deadline:  # stored: the body was read and handled
+        time.sleep(0.01)
+    assert server.assets and answers == []
+    released.set()
+    sender.join(10)
+    assert answers[0].status_code == 201
+
+
+def test_tls_with_the_certificate_given(tls_files: TlsFiles) -> None:
+    with ImmichTestServer(api_key=KEY, tls=(str(tls_files.cert), str(tls_files.key))) as srv:
+        assert srv.url.startswith("https://127.0.0.1:")
+        with pytest.raises(requests.exceptions.SSLError):
+            requests.get(f"{srv.url}/api/server/ping", timeout=10, verify=str(tls_files.other_cert))
+        answer = requests.get(f"{srv.url}/api/server/ping", timeout=10, verify=str(tls_files.cert))
+        assert answer.json() == {"res": "pong"}
+    assert srv.errors == []
