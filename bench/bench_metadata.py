@@ -39,7 +39,6 @@ from tests.media_corpus import (  # noqa: E402
     CORPUS_MTIME,
     EXPECTED_PATH,
     FIELDS,
-    SAMPLES,
     build_corpus,
     compare,
     immich_facts,
@@ -54,7 +53,9 @@ class Api:
     def __init__(self, url: str, key: str | None = None, token: str | None = None) -> None:
         self.url, self.key, self.token = url.rstrip("/") + "/api", key, token
 
-    def call(self, method: str, path: str, body: Any = None, data: bytes | None = None, content_type: str = "") -> Any:
+    def call(
+        self, method: str, path: str, body: Any = None, data: bytes | None = None, content_type: str = ""
+    ) -> Any:
         headers = {"accept": "application/json"}
         if self.key:
             headers["x-api-key"] = self.key
@@ -80,9 +81,9 @@ def bench_user_key(admin: Api) -> str:
         admin.call("POST", "/admin/users", {**BENCH_USER, "shouldChangePassword": False})
     login = Api(admin.url[:-4]).call("POST", "/auth/login", {k: BENCH_USER[k] for k in ("email", "password")})
     session = Api(admin.url[:-4], token=login["accessToken"])
-    return session.call("POST", "/api-keys", {"name": f"metadata-bench {uuid.uuid4()}", "permissions": ["all"]})[
-        "secret"
-    ]
+    return session.call(
+        "POST", "/api-keys", {"name": f"metadata-bench {uuid.uuid4()}", "permissions": ["all"]}
+    )["secret"]
 
 
 def upload(api: Api, path: Path) -> str:
@@ -95,7 +96,9 @@ def upload(api: Api, path: Path) -> str:
         ("fileCreatedAt", when),
         ("fileModifiedAt", when),
     ):
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        )
     parts.append(
         f'--{boundary}\r\nContent-Disposition: form-data; name="assetData"; filename="{path.name}"\r\n'
         "Content-Type: application/octet-stream\r\n\r\n".encode()
@@ -170,7 +173,9 @@ def report(folder: Path, use_exiftool: bool | None, show_all: bool) -> int:
             agree[field] += same
             if show_all or not same:
                 lines.append(f"  {'  ' if same else '✗ '}{path.name:32} {field:10} {shown}")
-    print(f"Metadata agreement with {json.loads(EXPECTED_PATH.read_text())['server']} on {len(expected)} files")
+    print(
+        f"Metadata agreement with {json.loads(EXPECTED_PATH.read_text())['server']} on {len(expected)} files"
+    )
     for field in FIELDS:
         print(f"  {field:12} {agree[field]:3}/{total[field]:3}")
     facts, same = sum(total.values()), sum(agree.values())

@@ -72,7 +72,10 @@ def _ifd(entries: list[Entry], start: int, order: str) -> bytes:
 
 
 def tiff_block(
-    ifd0: list[Entry], exif: list[Entry] = (), gps: list[Entry] = (), order: str = "<"  # type: ignore[assignment]
+    ifd0: list[Entry],
+    exif: list[Entry] = (),
+    gps: list[Entry] = (),
+    order: str = "<",  # type: ignore[assignment]
 ) -> bytes:
     """A TIFF header and IFD0, with an EXIF and a GPS IFD when given (the pointers are made here)."""
     header = (b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 8)
@@ -111,7 +114,10 @@ def gps_entries(lat: float, lon: float, altitude: float | None = None) -> list[E
         (4, RATIONAL, dms(lon)),
     ]
     if altitude is not None:
-        entries += [(5, BYTE, b"\x01" if altitude < 0 else b"\x00"), (6, RATIONAL, (round(abs(altitude) * 10), 10))]
+        entries += [
+            (5, BYTE, b"\x01" if altitude < 0 else b"\x00"),
+            (6, RATIONAL, (round(abs(altitude) * 10), 10)),
+        ]
     return entries
 
 
@@ -169,7 +175,9 @@ def xmp_packet(**properties: str) -> str:
     )
 
 
-def png(exif: bytes | None = None, xmp: str | None = None, size: tuple[int, int] = (40, 30), seed: int = 2) -> bytes:
+def png(
+    exif: bytes | None = None, xmp: str | None = None, size: tuple[int, int] = (40, 30), seed: int = 2
+) -> bytes:
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
@@ -221,7 +229,12 @@ def heic(exif: bytes, size: tuple[int, int] = (4032, 3024)) -> bytes:
     iinf = full_box(b"iinf", 0, 0, struct.pack(">H", 2) + infe1 + infe2)
     iref = full_box(b"iref", 0, 0, box(b"cdsc", struct.pack(">HHH", 2, 1, 1)))
     ispe = full_box(b"ispe", 0, 0, struct.pack(">II", *size))
-    hvcc = box(b"hvcC", bytes([1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 0x5D, 0xF0, 0, 0xFC, 0xFD, 0xF8, 0xF8, 0, 0, 0x0F, 0]))
+    hvcc = box(
+        b"hvcC",
+        bytes(
+            [1, 1, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 0x5D, 0xF0, 0, 0xFC, 0xFD, 0xF8, 0xF8, 0, 0, 0x0F, 0]
+        ),
+    )
     ipco = box(b"ipco", hvcc + ispe)
     ipma = full_box(b"ipma", 0, 0, struct.pack(">IHBBB", 1, 1, 2, 0x81, 0x02))
     iprp = box(b"iprp", ipco + ipma)
@@ -285,7 +298,12 @@ def quicktime(
     stsd = full_box(b"stsd", 0, 0, struct.pack(">I", 1) + box(b"jpeg", entry))
     stts = full_box(b"stts", 0, 0, struct.pack(">III", 1, frames, per_frame))
     stsc = full_box(b"stsc", 0, 0, struct.pack(">IIII", 1, 1, frames, 1))
-    stsz = full_box(b"stsz", 0, 0, struct.pack(">II", 0, frames) + b"".join(struct.pack(">I", len(f)) for f in frame_jpegs))
+    stsz = full_box(
+        b"stsz",
+        0,
+        0,
+        struct.pack(">II", 0, frames) + b"".join(struct.pack(">I", len(f)) for f in frame_jpegs),
+    )
 
     meta = b""
     if keys:
@@ -373,142 +391,357 @@ def _samples() -> list[Sample]:
         s.append(Sample(name, what, build))
 
     # Dates in EXIF
-    add("exif_offset.jpg", "DateTimeOriginal with OffsetTimeOriginal",
-        lambda: _exif_jpeg([(DTO, ASCII, "2024:05:04 10:15:00"), (OFFSET_ORIGINAL, ASCII, "+02:00")]))
-    add("exif_naive.jpg", "DateTimeOriginal without offset",
-        lambda: _exif_jpeg([(DTO, ASCII, "2019:12:31 23:59:58")]))
-    add("exif_subsec_offset.jpg", "sub-seconds and offset",
-        lambda: _exif_jpeg([(DTO, ASCII, "2023:07:14 18:30:05"), (SUBSEC_ORIGINAL, ASCII, "123"),
-                            (OFFSET_ORIGINAL, ASCII, "-05:00")]))
-    add("exif_subsec_naive.jpg", "sub-seconds, no offset",
-        lambda: _exif_jpeg([(DTO, ASCII, "2022:02:22 22:22:22"), (SUBSEC_ORIGINAL, ASCII, "5")]))
-    add("exif_subsec_long.jpg", "six sub-second digits",
-        lambda: _exif_jpeg([(DTO, ASCII, "2021:03:04 05:06:07"), (SUBSEC_ORIGINAL, ASCII, "098765"),
-                            (OFFSET_ORIGINAL, ASCII, "+09:00")]))
-    add("exif_subsec_spaces.jpg", "sub-seconds padded with spaces",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:08:09 10:11:12"), (SUBSEC_ORIGINAL, ASCII, "42  ")]))
-    add("exif_offset_time_only.jpg", "OffsetTime (of ModifyDate) but no OffsetTimeOriginal",
-        lambda: _exif_jpeg([(DTO, ASCII, "2018:06:01 12:00:00"), (OFFSET_TIME, ASCII, "+03:00")]))
-    add("exif_offset_digitized.jpg", "DateTimeOriginal with OffsetTimeDigitized only",
-        lambda: _exif_jpeg([(DTO, ASCII, "2018:06:02 12:00:00"), (OFFSET_DIGITIZED, ASCII, "+05:30")]))
-    add("exif_digitized_only.jpg", "only DateTimeDigitized (CreateDate), with its offset and sub-seconds",
-        lambda: _exif_jpeg([(DTD, ASCII, "2017:04:05 06:07:08"), (SUBSEC_DIGITIZED, ASCII, "25"),
-                            (OFFSET_DIGITIZED, ASCII, "+01:00")]))
-    add("exif_modify_only.jpg", "only IFD0 DateTime (ModifyDate)",
-        lambda: _exif_jpeg(ifd0=[*camera(), (MODIFY_DATE, ASCII, "2016:01:02 03:04:05")]))
-    add("exif_original_and_modify.jpg", "DateTimeOriginal and a later ModifyDate",
-        lambda: _exif_jpeg([(DTO, ASCII, "2015:05:05 05:05:05")],
-                           ifd0=[*camera(), (MODIFY_DATE, ASCII, "2020:01:01 00:00:00")]))
-    add("exif_blank_date.jpg", "a blank DateTimeOriginal and a real CreateDate",
-        lambda: _exif_jpeg([(DTO, ASCII, "0000:00:00 00:00:00"), (DTD, ASCII, "2014:03:03 03:03:03")]))
-    add("exif_date_no_seconds.jpg", "a DateTimeOriginal without seconds",
-        lambda: _exif_jpeg([(DTO, ASCII, "2013:09:10 11:12")]))
-    add("exif_date_dashes.jpg", "a DateTimeOriginal written with dashes and a T",
-        lambda: _exif_jpeg([(DTO, ASCII, "2012-10-11T12:13:14")]))
-    add("exif_offset_utc.jpg", "offset +00:00",
-        lambda: _exif_jpeg([(DTO, ASCII, "2011:11:11 11:11:11"), (OFFSET_ORIGINAL, ASCII, "+00:00")]))
-    add("exif_offset_odd.jpg", "an offset no zone uses (+01:23)",
-        lambda: _exif_jpeg([(DTO, ASCII, "2011:12:12 12:12:12"), (OFFSET_ORIGINAL, ASCII, "+01:23")]))
-    add("exif_bigendian.jpg", "a big-endian EXIF block with offset and sub-seconds",
-        lambda: jpeg(tiff_block(camera("NIKON CORPORATION", "NIKON D850"),
-                                [(DTO, ASCII, "2019:07:08 09:10:11"), (SUBSEC_ORIGINAL, ASCII, "07"),
-                                 (OFFSET_ORIGINAL, ASCII, "-07:00")], order=">")))
-    add("exif_timezoneoffset.jpg", "TimeZoneOffset (0x882a, hours) instead of OffsetTimeOriginal",
-        lambda: _exif_jpeg([(DTO, ASCII, "2010:06:07 08:09:10"), (0x882A, SSHORT, -4)]))
+    add(
+        "exif_offset.jpg",
+        "DateTimeOriginal with OffsetTimeOriginal",
+        lambda: _exif_jpeg([(DTO, ASCII, "2024:05:04 10:15:00"), (OFFSET_ORIGINAL, ASCII, "+02:00")]),
+    )
+    add(
+        "exif_naive.jpg",
+        "DateTimeOriginal without offset",
+        lambda: _exif_jpeg([(DTO, ASCII, "2019:12:31 23:59:58")]),
+    )
+    add(
+        "exif_subsec_offset.jpg",
+        "sub-seconds and offset",
+        lambda: _exif_jpeg(
+            [
+                (DTO, ASCII, "2023:07:14 18:30:05"),
+                (SUBSEC_ORIGINAL, ASCII, "123"),
+                (OFFSET_ORIGINAL, ASCII, "-05:00"),
+            ]
+        ),
+    )
+    add(
+        "exif_subsec_naive.jpg",
+        "sub-seconds, no offset",
+        lambda: _exif_jpeg([(DTO, ASCII, "2022:02:22 22:22:22"), (SUBSEC_ORIGINAL, ASCII, "5")]),
+    )
+    add(
+        "exif_subsec_long.jpg",
+        "six sub-second digits",
+        lambda: _exif_jpeg(
+            [
+                (DTO, ASCII, "2021:03:04 05:06:07"),
+                (SUBSEC_ORIGINAL, ASCII, "098765"),
+                (OFFSET_ORIGINAL, ASCII, "+09:00"),
+            ]
+        ),
+    )
+    add(
+        "exif_subsec_spaces.jpg",
+        "sub-seconds padded with spaces",
+        lambda: _exif_jpeg([(DTO, ASCII, "2020:08:09 10:11:12"), (SUBSEC_ORIGINAL, ASCII, "42  ")]),
+    )
+    add(
+        "exif_offset_time_only.jpg",
+        "OffsetTime (of ModifyDate) but no OffsetTimeOriginal",
+        lambda: _exif_jpeg([(DTO, ASCII, "2018:06:01 12:00:00"), (OFFSET_TIME, ASCII, "+03:00")]),
+    )
+    add(
+        "exif_offset_digitized.jpg",
+        "DateTimeOriginal with OffsetTimeDigitized only",
+        lambda: _exif_jpeg([(DTO, ASCII, "2018:06:02 12:00:00"), (OFFSET_DIGITIZED, ASCII, "+05:30")]),
+    )
+    add(
+        "exif_digitized_only.jpg",
+        "only DateTimeDigitized (CreateDate), with its offset and sub-seconds",
+        lambda: _exif_jpeg(
+            [
+                (DTD, ASCII, "2017:04:05 06:07:08"),
+                (SUBSEC_DIGITIZED, ASCII, "25"),
+                (OFFSET_DIGITIZED, ASCII, "+01:00"),
+            ]
+        ),
+    )
+    add(
+        "exif_modify_only.jpg",
+        "only IFD0 DateTime (ModifyDate)",
+        lambda: _exif_jpeg(ifd0=[*camera(), (MODIFY_DATE, ASCII, "2016:01:02 03:04:05")]),
+    )
+    add(
+        "exif_original_and_modify.jpg",
+        "DateTimeOriginal and a later ModifyDate",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2015:05:05 05:05:05")],
+            ifd0=[*camera(), (MODIFY_DATE, ASCII, "2020:01:01 00:00:00")],
+        ),
+    )
+    add(
+        "exif_blank_date.jpg",
+        "a blank DateTimeOriginal and a real CreateDate",
+        lambda: _exif_jpeg([(DTO, ASCII, "0000:00:00 00:00:00"), (DTD, ASCII, "2014:03:03 03:03:03")]),
+    )
+    add(
+        "exif_date_no_seconds.jpg",
+        "a DateTimeOriginal without seconds",
+        lambda: _exif_jpeg([(DTO, ASCII, "2013:09:10 11:12")]),
+    )
+    add(
+        "exif_date_dashes.jpg",
+        "a DateTimeOriginal written with dashes and a T",
+        lambda: _exif_jpeg([(DTO, ASCII, "2012-10-11T12:13:14")]),
+    )
+    add(
+        "exif_offset_utc.jpg",
+        "offset +00:00",
+        lambda: _exif_jpeg([(DTO, ASCII, "2011:11:11 11:11:11"), (OFFSET_ORIGINAL, ASCII, "+00:00")]),
+    )
+    add(
+        "exif_offset_odd.jpg",
+        "an offset no zone uses (+01:23)",
+        lambda: _exif_jpeg([(DTO, ASCII, "2011:12:12 12:12:12"), (OFFSET_ORIGINAL, ASCII, "+01:23")]),
+    )
+    add(
+        "exif_bigendian.jpg",
+        "a big-endian EXIF block with offset and sub-seconds",
+        lambda: jpeg(
+            tiff_block(
+                camera("NIKON CORPORATION", "NIKON D850"),
+                [
+                    (DTO, ASCII, "2019:07:08 09:10:11"),
+                    (SUBSEC_ORIGINAL, ASCII, "07"),
+                    (OFFSET_ORIGINAL, ASCII, "-07:00"),
+                ],
+                order=">",
+            )
+        ),
+    )
+    add(
+        "exif_timezoneoffset.jpg",
+        "TimeZoneOffset (0x882a, hours) instead of OffsetTimeOriginal",
+        lambda: _exif_jpeg([(DTO, ASCII, "2010:06:07 08:09:10"), (0x882A, SSHORT, -4)]),
+    )
 
     # Time zones from places and GPS clocks
-    add("gps_sydney_naive.jpg", "naive date, GPS in Sydney",
-        lambda: _exif_jpeg([(DTO, ASCII, "2024:01:15 09:00:00")], gps_entries(*SYDNEY, 4.0)))
-    add("gps_paris_naive.jpg", "naive date, GPS in Paris (summer time)",
-        lambda: _exif_jpeg([(DTO, ASCII, "2023:07:01 16:45:30")], gps_entries(*PARIS, 35.0)))
-    add("gps_newyork_offset.jpg", "GPS in New York and an explicit offset that wins",
-        lambda: _exif_jpeg([(DTO, ASCII, "2022:12:24 20:00:00"), (OFFSET_ORIGINAL, ASCII, "+01:00")],
-                           gps_entries(*NEW_YORK)))
-    add("gps_stamp_only.jpg", "no capture date but a GPS date and time stamp (UTC)",
-        lambda: _exif_jpeg(gps=[(7, RATIONAL, ((14, 1), (30, 1), (15, 1))), (29, ASCII, "2021:09:10")]))
-    add("gps_stamp_infers_offset.jpg", "naive date and a GPS time stamp 2 h earlier, no position",
-        lambda: _exif_jpeg([(DTO, ASCII, "2021:09:10 16:30:15")],
-                           [(7, RATIONAL, ((14, 1), (30, 1), (16, 1))), (29, ASCII, "2021:09:10")]))
+    add(
+        "gps_sydney_naive.jpg",
+        "naive date, GPS in Sydney",
+        lambda: _exif_jpeg([(DTO, ASCII, "2024:01:15 09:00:00")], gps_entries(*SYDNEY, 4.0)),
+    )
+    add(
+        "gps_paris_naive.jpg",
+        "naive date, GPS in Paris (summer time)",
+        lambda: _exif_jpeg([(DTO, ASCII, "2023:07:01 16:45:30")], gps_entries(*PARIS, 35.0)),
+    )
+    add(
+        "gps_newyork_offset.jpg",
+        "GPS in New York and an explicit offset that wins",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2022:12:24 20:00:00"), (OFFSET_ORIGINAL, ASCII, "+01:00")], gps_entries(*NEW_YORK)
+        ),
+    )
+    add(
+        "gps_stamp_only.jpg",
+        "no capture date but a GPS date and time stamp (UTC)",
+        lambda: _exif_jpeg(gps=[(7, RATIONAL, ((14, 1), (30, 1), (15, 1))), (29, ASCII, "2021:09:10")]),
+    )
+    add(
+        "gps_stamp_infers_offset.jpg",
+        "naive date and a GPS time stamp 2 h earlier, no position",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2021:09:10 16:30:15")],
+            [(7, RATIONAL, ((14, 1), (30, 1), (16, 1))), (29, ASCII, "2021:09:10")],
+        ),
+    )
 
     # GPS in odd forms
-    add("gps_decimal_degrees.jpg", "latitude and longitude as one decimal rational each",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:02:02 02:02:02")],
-                           [(1, ASCII, "N"), (2, RATIONAL, ((515074, 10000),)), (3, ASCII, "W"),
-                            (4, RATIONAL, ((1278, 10000),))]))
-    add("gps_decimal_minutes.jpg", "degrees and decimal minutes, seconds zero",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:03:03 03:03:03")],
-                           [(1, ASCII, "S"), (2, RATIONAL, ((22, 1), (546, 100), (0, 1))), (3, ASCII, "W"),
-                            (4, RATIONAL, ((43, 1), (1218, 100), (0, 1)))]))
-    add("gps_no_refs.jpg", "coordinates without N/S/E/W references",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:04:04 04:04:04")],
-                           [(2, RATIONAL, dms(35.6586)), (4, RATIONAL, dms(139.7454))]))
-    add("gps_zero_zero.jpg", "coordinates 0, 0 (a phone without a fix)",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:05:05 05:05:05")], gps_entries(0.0, 0.0)))
-    add("gps_out_of_range.jpg", "a latitude of 95 degrees",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:06:06 06:06:06")],
-                           [(1, ASCII, "N"), (2, RATIONAL, ((95, 1), (0, 1), (0, 1))), (3, ASCII, "E"),
-                            (4, RATIONAL, dms(10.0))]))
-    add("gps_zero_denominator.jpg", "a seconds rational with denominator 0",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:07:07 07:07:07")],
-                           [(1, ASCII, "N"), (2, RATIONAL, ((52, 1), (31, 1), (0, 0))), (3, ASCII, "E"),
-                            (4, RATIONAL, ((13, 1), (24, 1), (0, 0)))]))
-    add("gps_lowercase_ref.jpg", "references in lower case",
-        lambda: _exif_jpeg([(DTO, ASCII, "2020:08:08 08:08:08")],
-                           [(1, ASCII, "s"), (2, RATIONAL, dms(34.6037)), (3, ASCII, "w"),
-                            (4, RATIONAL, dms(58.3816))]))
+    add(
+        "gps_decimal_degrees.jpg",
+        "latitude and longitude as one decimal rational each",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2020:02:02 02:02:02")],
+            [
+                (1, ASCII, "N"),
+                (2, RATIONAL, ((515074, 10000),)),
+                (3, ASCII, "W"),
+                (4, RATIONAL, ((1278, 10000),)),
+            ],
+        ),
+    )
+    add(
+        "gps_decimal_minutes.jpg",
+        "degrees and decimal minutes, seconds zero",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2020:03:03 03:03:03")],
+            [
+                (1, ASCII, "S"),
+                (2, RATIONAL, ((22, 1), (546, 100), (0, 1))),
+                (3, ASCII, "W"),
+                (4, RATIONAL, ((43, 1), (1218, 100), (0, 1))),
+            ],
+        ),
+    )
+    add(
+        "gps_no_refs.jpg",
+        "coordinates without N/S/E/W references",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2020:04:04 04:04:04")], [(2, RATIONAL, dms(35.6586)), (4, RATIONAL, dms(139.7454))]
+        ),
+    )
+    add(
+        "gps_zero_zero.jpg",
+        "coordinates 0, 0 (a phone without a fix)",
+        lambda: _exif_jpeg([(DTO, ASCII, "2020:05:05 05:05:05")], gps_entries(0.0, 0.0)),
+    )
+    add(
+        "gps_out_of_range.jpg",
+        "a latitude of 95 degrees",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2020:06:06 06:06:06")],
+            [
+                (1, ASCII, "N"),
+                (2, RATIONAL, ((95, 1), (0, 1), (0, 1))),
+                (3, ASCII, "E"),
+                (4, RATIONAL, dms(10.0)),
+            ],
+        ),
+    )
+    add(
+        "gps_zero_denominator.jpg",
+        "a seconds rational with denominator 0",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2020:07:07 07:07:07")],
+            [
+                (1, ASCII, "N"),
+                (2, RATIONAL, ((52, 1), (31, 1), (0, 0))),
+                (3, ASCII, "E"),
+                (4, RATIONAL, ((13, 1), (24, 1), (0, 0))),
+            ],
+        ),
+    )
+    add(
+        "gps_lowercase_ref.jpg",
+        "references in lower case",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2020:08:08 08:08:08")],
+            [(1, ASCII, "s"), (2, RATIONAL, dms(34.6037)), (3, ASCII, "w"), (4, RATIONAL, dms(58.3816))],
+        ),
+    )
 
     # XMP
-    add("xmp_only_createdate.jpg", "no EXIF; XMP xmp:CreateDate with offset",
-        lambda: jpeg(xmp=xmp_packet(xmp_CreateDate="2019-03-04T05:06:07+05:30")))
-    add("xmp_only_datetimeoriginal.jpg", "no EXIF; XMP exif:DateTimeOriginal with fraction",
-        lambda: jpeg(xmp=xmp_packet(exif_DateTimeOriginal="2018-01-02T03:04:05.678")))
-    add("xmp_only_photoshop.jpg", "no EXIF; XMP photoshop:DateCreated, a date only",
-        lambda: jpeg(xmp=xmp_packet(photoshop_DateCreated="2017-06-07")))
-    add("xmp_photoshop_time.jpg", "no EXIF; XMP photoshop:DateCreated with time and Z",
-        lambda: jpeg(xmp=xmp_packet(photoshop_DateCreated="2016-08-09T10:11:12Z")))
-    add("xmp_and_exif_no_date.jpg", "EXIF camera without date; XMP CreateDate",
-        lambda: _exif_jpeg(xmp=xmp_packet(xmp_CreateDate="2015-10-11T12:13:14")))
-    add("xmp_differs_from_exif.jpg", "EXIF DateTimeOriginal and a different XMP DateTimeOriginal",
-        lambda: _exif_jpeg([(DTO, ASCII, "2014:04:04 14:14:14")],
-                           xmp=xmp_packet(exif_DateTimeOriginal="2013-03-03T13:13:13")))
-    add("xmp_camera.jpg", "make and model in XMP only",
-        lambda: jpeg(xmp=xmp_packet(tiff_Make="FUJIFILM", tiff_Model="X-T4",
-                                    exif_DateTimeOriginal="2022-05-06T07:08:09+09:00")))
-    add("xmp_modify_only.jpg", "no EXIF; XMP xmp:ModifyDate only",
-        lambda: jpeg(xmp=xmp_packet(xmp_ModifyDate="2012-02-03T04:05:06")))
+    add(
+        "xmp_only_createdate.jpg",
+        "no EXIF; XMP xmp:CreateDate with offset",
+        lambda: jpeg(xmp=xmp_packet(xmp_CreateDate="2019-03-04T05:06:07+05:30")),
+    )
+    add(
+        "xmp_only_datetimeoriginal.jpg",
+        "no EXIF; XMP exif:DateTimeOriginal with fraction",
+        lambda: jpeg(xmp=xmp_packet(exif_DateTimeOriginal="2018-01-02T03:04:05.678")),
+    )
+    add(
+        "xmp_only_photoshop.jpg",
+        "no EXIF; XMP photoshop:DateCreated, a date only",
+        lambda: jpeg(xmp=xmp_packet(photoshop_DateCreated="2017-06-07")),
+    )
+    add(
+        "xmp_photoshop_time.jpg",
+        "no EXIF; XMP photoshop:DateCreated with time and Z",
+        lambda: jpeg(xmp=xmp_packet(photoshop_DateCreated="2016-08-09T10:11:12Z")),
+    )
+    add(
+        "xmp_and_exif_no_date.jpg",
+        "EXIF camera without date; XMP CreateDate",
+        lambda: _exif_jpeg(xmp=xmp_packet(xmp_CreateDate="2015-10-11T12:13:14")),
+    )
+    add(
+        "xmp_differs_from_exif.jpg",
+        "EXIF DateTimeOriginal and a different XMP DateTimeOriginal",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2014:04:04 14:14:14")], xmp=xmp_packet(exif_DateTimeOriginal="2013-03-03T13:13:13")
+        ),
+    )
+    add(
+        "xmp_camera.jpg",
+        "make and model in XMP only",
+        lambda: jpeg(
+            xmp=xmp_packet(
+                tiff_Make="FUJIFILM", tiff_Model="X-T4", exif_DateTimeOriginal="2022-05-06T07:08:09+09:00"
+            )
+        ),
+    )
+    add(
+        "xmp_modify_only.jpg",
+        "no EXIF; XMP xmp:ModifyDate only",
+        lambda: jpeg(xmp=xmp_packet(xmp_ModifyDate="2012-02-03T04:05:06")),
+    )
 
     # Maker notes
-    add("makernote_nikon_zone.jpg", "naive date; Nikon maker note time zone +01:00 with DST",
-        lambda: jpeg(tiff_block(camera("NIKON CORPORATION", "NIKON Z 6"),
-                                [(DTO, ASCII, "2021:07:04 12:00:00"),
-                                 (MAKERNOTE, UNDEFINED, nikon_makernote(60, True))])))
-    add("makernote_nikon_nodst.jpg", "naive date; Nikon maker note time zone -05:00",
-        lambda: jpeg(tiff_block(camera("NIKON CORPORATION", "NIKON D750"),
-                                [(DTO, ASCII, "2021:01:04 12:00:00"),
-                                 (MAKERNOTE, UNDEFINED, nikon_makernote(-300, False))])))
-    add("makernote_canon_zone.jpg", "naive date; Canon TimeInfo time zone +09:00",
-        lambda: jpeg(tiff_block(camera(), [(DTO, ASCII, "2020:10:10 10:10:10"),
-                                           (MAKERNOTE, UNDEFINED, canon_makernote(540))])))
+    add(
+        "makernote_nikon_zone.jpg",
+        "naive date; Nikon maker note time zone +01:00 with DST",
+        lambda: jpeg(
+            tiff_block(
+                camera("NIKON CORPORATION", "NIKON Z 6"),
+                [(DTO, ASCII, "2021:07:04 12:00:00"), (MAKERNOTE, UNDEFINED, nikon_makernote(60, True))],
+            )
+        ),
+    )
+    add(
+        "makernote_nikon_nodst.jpg",
+        "naive date; Nikon maker note time zone -05:00",
+        lambda: jpeg(
+            tiff_block(
+                camera("NIKON CORPORATION", "NIKON D750"),
+                [(DTO, ASCII, "2021:01:04 12:00:00"), (MAKERNOTE, UNDEFINED, nikon_makernote(-300, False))],
+            )
+        ),
+    )
+    add(
+        "makernote_canon_zone.jpg",
+        "naive date; Canon TimeInfo time zone +09:00",
+        lambda: jpeg(
+            tiff_block(
+                camera(), [(DTO, ASCII, "2020:10:10 10:10:10"), (MAKERNOTE, UNDEFINED, canon_makernote(540))]
+            )
+        ),
+    )
 
     # Camera names
-    add("camera_padded.jpg", "make and model padded with spaces and NULs",
-        lambda: _exif_jpeg([(DTO, ASCII, "2019:01:01 01:01:01")],
-                           ifd0=[(0x010F, ASCII, b"OLYMPUS IMAGING CORP.  \x00\x00"), (0x0110, ASCII, b"E-M5  \x00")]))
-    add("camera_none.jpg", "EXIF with a date but no camera", lambda: _exif_jpeg([(DTO, ASCII, "2019:02:02 02:02:02")], ifd0=[]))
+    add(
+        "camera_padded.jpg",
+        "make and model padded with spaces and NULs",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2019:01:01 01:01:01")],
+            ifd0=[(0x010F, ASCII, b"OLYMPUS IMAGING CORP.  \x00\x00"), (0x0110, ASCII, b"E-M5  \x00")],
+        ),
+    )
+    add(
+        "camera_none.jpg",
+        "EXIF with a date but no camera",
+        lambda: _exif_jpeg([(DTO, ASCII, "2019:02:02 02:02:02")], ifd0=[]),
+    )
 
     # Sizes
-    add("size_stale_exif.jpg", "ExifImageWidth/Height of the original, the JPEG resized since",
-        lambda: _exif_jpeg([(DTO, ASCII, "2019:03:03 03:03:03"), (0xA002, LONG, 4000), (0xA003, LONG, 3000)],
-                           size=(80, 60)))
-    add("size_rotated.jpg", "orientation 6 (portrait)",
-        lambda: _exif_jpeg([(DTO, ASCII, "2019:04:04 04:04:04")],
-                           ifd0=[(0x010F, ASCII, "Apple"), (0x0110, ASCII, "iPhone 12"), (0x0112, SHORT, 6)],
-                           size=(96, 64)))
+    add(
+        "size_stale_exif.jpg",
+        "ExifImageWidth/Height of the original, the JPEG resized since",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2019:03:03 03:03:03"), (0xA002, LONG, 4000), (0xA003, LONG, 3000)], size=(80, 60)
+        ),
+    )
+    add(
+        "size_rotated.jpg",
+        "orientation 6 (portrait)",
+        lambda: _exif_jpeg(
+            [(DTO, ASCII, "2019:04:04 04:04:04")],
+            ifd0=[(0x010F, ASCII, "Apple"), (0x0110, ASCII, "iPhone 12"), (0x0112, SHORT, 6)],
+            size=(96, 64),
+        ),
+    )
 
     # Damaged EXIF
     def truncated() -> bytes:
-        block = tiff_block(camera(), [(DTO, ASCII, "2018:08:08 08:08:08"), (SUBSEC_ORIGINAL, ASCII, "5"),
-                                      (OFFSET_ORIGINAL, ASCII, "+02:00"), (0xA434, ASCII, "EF 50mm f/1.8 II lens")])
+        block = tiff_block(
+            camera(),
+            [
+                (DTO, ASCII, "2018:08:08 08:08:08"),
+                (SUBSEC_ORIGINAL, ASCII, "5"),
+                (OFFSET_ORIGINAL, ASCII, "+02:00"),
+                (0xA434, ASCII, "EF 50mm f/1.8 II lens"),
+            ],
+        )
         return jpeg(block[: len(block) - 30])
 
     add("damaged_truncated.jpg", "EXIF block cut short at the end (its last value lost)", truncated)
@@ -520,14 +753,21 @@ def _samples() -> list[Sample]:
     add("damaged_exif_pointer.jpg", "ExifIFD pointer past the block", bad_pointer)
 
     def bad_value_offset() -> bytes:
-        block = tiff_block(camera(), [(DTD, ASCII, "2018:10:10 10:10:10"), (DTO, ASCII, "2018:10:10 10:10:10")])
+        block = tiff_block(
+            camera(), [(DTD, ASCII, "2018:10:10 10:10:10"), (DTO, ASCII, "2018:10:10 10:10:10")]
+        )
         return jpeg(with_entry_value(block, DTO, struct.pack("<I", 0xFFFF00)))
 
-    add("damaged_value_offset.jpg", "DateTimeOriginal's value offset past the block; CreateDate fine",
-        bad_value_offset)
+    add(
+        "damaged_value_offset.jpg",
+        "DateTimeOriginal's value offset past the block; CreateDate fine",
+        bad_value_offset,
+    )
 
     def bad_count() -> bytes:
-        block = bytearray(tiff_block(camera(), [(DTO, ASCII, "2018:11:11 11:11:11"), (OFFSET_ORIGINAL, ASCII, "-03:00")]))
+        block = bytearray(
+            tiff_block(camera(), [(DTO, ASCII, "2018:11:11 11:11:11"), (OFFSET_ORIGINAL, ASCII, "-03:00")])
+        )
         exif_at = struct.unpack_from("<I", block, block.index(struct.pack("<HH", EXIF_POINTER, LONG)) + 8)[0]
         struct.pack_into("<H", block, exif_at, 40)  # claims 40 entries, has 2
         return jpeg(bytes(block))
@@ -556,43 +796,113 @@ def _samples() -> list[Sample]:
     add("damaged_app1_length.jpg", "APP1 segment length 20 bytes short", wrong_app1_length)
 
     # Other containers
-    add("tiff_camera.tif", "a TIFF whose IFD0 holds camera and date, EXIF IFD sub-seconds and offset",
-        lambda: tiff_file([(0x010F, ASCII, "Nikon"), (0x0110, ASCII, "COOLSCAN V"), (MODIFY_DATE, ASCII, "2009:09:09 09:09:09")],
-                          [(DTO, ASCII, "2009:08:08 08:08:08"), (SUBSEC_ORIGINAL, ASCII, "250"),
-                           (OFFSET_ORIGINAL, ASCII, "+08:00")], gps_entries(*SYDNEY)))
-    add("png_exif.png", "a PNG with an eXIf chunk",
-        lambda: png(tiff_block(camera("Google", "Pixel 7"),
-                               [(DTO, ASCII, "2023:03:03 13:13:13"), (OFFSET_ORIGINAL, ASCII, "-08:00")])))
-    add("png_xmp.png", "a PNG with XMP only",
-        lambda: png(xmp=xmp_packet(xmp_CreateDate="2022-04-05T06:07:08.5+02:00")))
+    add(
+        "tiff_camera.tif",
+        "a TIFF whose IFD0 holds camera and date, EXIF IFD sub-seconds and offset",
+        lambda: tiff_file(
+            [
+                (0x010F, ASCII, "Nikon"),
+                (0x0110, ASCII, "COOLSCAN V"),
+                (MODIFY_DATE, ASCII, "2009:09:09 09:09:09"),
+            ],
+            [
+                (DTO, ASCII, "2009:08:08 08:08:08"),
+                (SUBSEC_ORIGINAL, ASCII, "250"),
+                (OFFSET_ORIGINAL, ASCII, "+08:00"),
+            ],
+            gps_entries(*SYDNEY),
+        ),
+    )
+    add(
+        "png_exif.png",
+        "a PNG with an eXIf chunk",
+        lambda: png(
+            tiff_block(
+                camera("Google", "Pixel 7"),
+                [(DTO, ASCII, "2023:03:03 13:13:13"), (OFFSET_ORIGINAL, ASCII, "-08:00")],
+            )
+        ),
+    )
+    add(
+        "png_xmp.png",
+        "a PNG with XMP only",
+        lambda: png(xmp=xmp_packet(xmp_CreateDate="2022-04-05T06:07:08.5+02:00")),
+    )
     add("png_plain.png", "a PNG without metadata", lambda: png())
-    add("webp_exif.webp", "a WebP with EXIF",
-        lambda: webp(tiff_block(camera("samsung", "SM-G991B"),
-                                [(DTO, ASCII, "2021:11:12 13:14:15"), (SUBSEC_ORIGINAL, ASCII, "678"),
-                                 (OFFSET_ORIGINAL, ASCII, "+01:00")], gps_entries(*PARIS))))
-    add("heic_offset.heic", "a HEIC as an iPhone writes it: offset, sub-seconds, GPS, 4032x3024",
-        lambda: heic(tiff_block(camera("Apple", "iPhone 13 Pro"),
-                                [(DTO, ASCII, "2022:06:07 08:09:10"), (SUBSEC_ORIGINAL, ASCII, "456"),
-                                 (OFFSET_ORIGINAL, ASCII, "+02:00"), (0xA002, LONG, 4032), (0xA003, LONG, 3024)],
-                                gps_entries(*PARIS, 40.0), order=">")))
-    add("heic_naive.heic", "a HEIC without offset", lambda: heic(tiff_block(camera("Apple", "iPhone 8"),
-                                                                          [(DTO, ASCII, "2018:02:03 04:05:06")], order=">"),
-                                                                  size=(3024, 4032)))
+    add(
+        "webp_exif.webp",
+        "a WebP with EXIF",
+        lambda: webp(
+            tiff_block(
+                camera("samsung", "SM-G991B"),
+                [
+                    (DTO, ASCII, "2021:11:12 13:14:15"),
+                    (SUBSEC_ORIGINAL, ASCII, "678"),
+                    (OFFSET_ORIGINAL, ASCII, "+01:00"),
+                ],
+                gps_entries(*PARIS),
+            )
+        ),
+    )
+    add(
+        "heic_offset.heic",
+        "a HEIC as an iPhone writes it: offset, sub-seconds, GPS, 4032x3024",
+        lambda: heic(
+            tiff_block(
+                camera("Apple", "iPhone 13 Pro"),
+                [
+                    (DTO, ASCII, "2022:06:07 08:09:10"),
+                    (SUBSEC_ORIGINAL, ASCII, "456"),
+                    (OFFSET_ORIGINAL, ASCII, "+02:00"),
+                    (0xA002, LONG, 4032),
+                    (0xA003, LONG, 3024),
+                ],
+                gps_entries(*PARIS, 40.0),
+                order=">",
+            )
+        ),
+    )
+    add(
+        "heic_naive.heic",
+        "a HEIC without offset",
+        lambda: heic(
+            tiff_block(camera("Apple", "iPhone 8"), [(DTO, ASCII, "2018:02:03 04:05:06")], order=">"),
+            size=(3024, 4032),
+        ),
+    )
 
     # Videos
-    add("video_mvhd.mp4", "an MP4 with only its mvhd creation time (UTC)",
-        lambda: quicktime(datetime(2023, 7, 14, 18, 30, 5, tzinfo=timezone.utc), brand=b"isom"))
-    add("video_apple_keys.mov", "an iPhone movie: Apple creationdate with offset, make, model, place",
-        lambda: quicktime(datetime(2021, 6, 7, 6, 9, 10, tzinfo=timezone.utc), {
-            "com.apple.quicktime.creationdate": "2021-06-07T08:09:10+0200",
-            "com.apple.quicktime.make": "Apple",
-            "com.apple.quicktime.model": "iPhone 12 mini",
-            "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
-        }))
-    add("video_zero_time.mp4", "an MP4 whose creation time is 0 (1904)", lambda: quicktime(None, brand=b"isom"))
-    add("video_keys_no_offset.mov", "Apple creationdate without offset",
-        lambda: quicktime(datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
-                          {"com.apple.quicktime.creationdate": "2020-01-02T10:04:05"}))
+    add(
+        "video_mvhd.mp4",
+        "an MP4 with only its mvhd creation time (UTC)",
+        lambda: quicktime(datetime(2023, 7, 14, 18, 30, 5, tzinfo=timezone.utc), brand=b"isom"),
+    )
+    add(
+        "video_apple_keys.mov",
+        "an iPhone movie: Apple creationdate with offset, make, model, place",
+        lambda: quicktime(
+            datetime(2021, 6, 7, 6, 9, 10, tzinfo=timezone.utc),
+            {
+                "com.apple.quicktime.creationdate": "2021-06-07T08:09:10+0200",
+                "com.apple.quicktime.make": "Apple",
+                "com.apple.quicktime.model": "iPhone 12 mini",
+                "com.apple.quicktime.location.ISO6709": "+48.8584+002.2945+035.000/",
+            },
+        ),
+    )
+    add(
+        "video_zero_time.mp4",
+        "an MP4 whose creation time is 0 (1904)",
+        lambda: quicktime(None, brand=b"isom"),
+    )
+    add(
+        "video_keys_no_offset.mov",
+        "Apple creationdate without offset",
+        lambda: quicktime(
+            datetime(2020, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+            {"com.apple.quicktime.creationdate": "2020-01-02T10:04:05"},
+        ),
+    )
     return s
 
 
@@ -675,7 +985,7 @@ def compare(ours: dict[str, object], theirs: dict[str, object]) -> list[tuple[st
         if mine is None and real is None:
             continue
         if name == "gps" and mine is not None and real is not None:
-            same = all(abs(a - b) <= GPS_TOLERANCE_DEGREES for a, b in zip(mine, real))  # type: ignore[attr-defined]
+            same = all(abs(a - b) <= GPS_TOLERANCE_DEGREES for a, b in zip(mine, real, strict=True))  # type: ignore[attr-defined]
         else:
             same = mine == real
         rows.append((name, same, f"ours {mine!r} vs Immich {real!r}"))

@@ -19,6 +19,7 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 import utils
+from tests import media_corpus
 from utils import (
     FileChangedError,
     Fingerprint,
@@ -44,8 +45,10 @@ def write_jpeg(
     taken: str | None = "2024:05:04 10:15:00",
     offset: str | None = "+02:00",
     size: tuple[int, int] = (64, 48),
+    gps: bool = True,
 ) -> Path:
-    """A JPEG whose EXIF holds every field read_image_metadata extracts, as a camera writes them."""
+    """A JPEG whose EXIF holds every field read_image_metadata extracts, as a camera writes them (GPS: in
+    Sydney, whose time zone a date without offset is then read in)."""
     exif = Image.Exif()
     exif[0x010F] = "Canon"  # Make
     exif[0x0110] = "EOS R5"  # Model
@@ -61,13 +64,14 @@ def write_jpeg(
     ifd[0x8827] = 400  # ISOSpeedRatings
     ifd[0x920A] = IFDRational(50, 1)  # FocalLength
     ifd[0xA434] = "RF50mm F1.8 STM"  # LensModel
-    gps = exif.get_ifd(0x8825)  # GPS IFD: Sydney Opera House, 12.5 m below sea level
-    gps[1] = "S"
-    gps[2] = (IFDRational(33), IFDRational(51), IFDRational(5436, 100))
-    gps[3] = "E"
-    gps[4] = (IFDRational(151), IFDRational(12), IFDRational(54, 10))
-    gps[5] = b"\x01"
-    gps[6] = IFDRational(125, 10)
+    if gps:
+        place = exif.get_ifd(0x8825)  # GPS IFD: Sydney Opera House, 12.5 m below sea level
+        place[1] = "S"
+        place[2] = (IFDRational(33), IFDRational(51), IFDRational(5436, 100))
+        place[3] = "E"
+        place[4] = (IFDRational(151), IFDRational(12), IFDRational(54, 10))
+        place[5] = b"\x01"
+        place[6] = IFDRational(125, 10)
     Image.new("RGB", size, (200, 30, 30)).save(path, "JPEG", exif=exif)
     return path
 
@@ -141,15 +145,17 @@ def test_metadata_info_is_json_serialisable(tmp_path: Path) -> None:
     assert json.loads(json.dumps(meta.info)) == meta.info
 
 
-def test_exif_date_without_offset_is_naive(tmp_path: Path) -> None:
-    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", offset=None))
+def test_exif_date_without_offset_or_place_is_naive(tmp_path: Path) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", offset=None, gps=False))
     assert meta.date_taken == datetime(2024, 5, 4, 10, 15)
     assert meta.info["date_taken"] == "2024-05-04T10:15:00"
     assert "offset_time" not in meta.info
 
 
 def test_exif_date_with_trailing_garbage_still_parses(tmp_path: Path) -> None:
-    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", taken="2024:05:04 10:15:00 junk", offset=None))
+    meta = read_image_metadata(
+        write_jpeg(tmp_path / "a.jpg", taken="2024:05:04 10:15:00 junk", offset=None, gps=False)
+    )
     assert meta.date_taken == datetime(2024, 5, 4, 10, 15)
 
 
@@ -343,7 +349,11 @@ def test_fingerprint_matches_hashlib(tmp_path: Path, size: int, chunk_size: int)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     assert fingerprint_file(str(path), chunk_size) == Fingerprint(
-        hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest(), size, path.stat().st_mtime_ns
+        hashlib.sha256(data).hexdigest(),
+        hashlib.sha1(data).hexdigest(),
+        size,
+        path.stat().st_mtime_ns,
+        identity=utils.file_identity(path.stat()),
     )
 
 
@@ -592,3 +602,68 @@ def test_jpeg_fast_path_reads_only_the_header(tmp_path: Path, monkeypatch: pytes
     meta = read_image_metadata(path)
     assert meta.info["width"] == 3000 and meta.info["camera_make"] == "Canon"
     assert sum(read_bytes) < 2000 < path.stat().st_size  # the header, not the picture
+
+
+# --- dates, cameras and places as a real Immich reads them (issue 23) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    media_corpus.build_corpus(folder)
+    return folder
+
+
+EXPECTED = json.loads(media_corpus.EXPECTED_PATH.read_text())["assets"]
+
+
+@pytest.mark.parametrize("sample", media_corpus.SAMPLES, ids=[s.name for s in media_corpus.SAMPLES])
+def test_the_fast_reader_reads_what_a_real_immich_shows(corpus: Path, sample: media_corpus.Sample) -> None:
+    """Date (wall clock, milliseconds, offset), make, model, GPS and size of each corpus file, against the
+    exifInfo a real Immich v3.1.0 showed for it (tests/data/immich_exif.json); no exiftool."""
+    ours = media_corpus.reader_facts(corpus / sample.name, use_exiftool=False)
+    theirs = media_corpus.immich_facts(EXPECTED[sample.name])
+    assert [shown for _, same, shown in media_corpus.compare(ours, theirs) if not same] == [], sample.what
+
+
+def test_every_corpus_file_has_the_real_servers_answer() -> None:
+    assert sorted(EXPECTED) == sorted(s.name for s in media_corpus.SAMPLES)
+
+
+def test_sub_seconds_keep_their_digits_as_a_fraction(tmp_path: Path) -> None:
+    """ "5" is half a second and "098765" 98 ms (exiftool's composite, truncated to milliseconds)."""
+    for text, millis in (("5", 500), ("098765", 98), ("42  ", 420)):
+        block = media_corpus.tiff_block([], [(0x9003, 2, "2021:03:04 05:06:07"), (0x9291, 2, text)])
+        (tmp_path / "a.jpg").write_bytes(media_corpus.jpeg(block))
+        assert read_image_metadata(tmp_path / "a.jpg").date_taken == datetime(
+            2021, 3, 4, 5, 6, 7, millis * 1000
+        )
+
+
+def test_a_date_with_an_offset_no_zone_uses_is_not_a_date() -> None:
+    assert utils.parse_stamp("2011:12:12 12:12:12+01:23") is None
+    assert utils.parse_stamp("2011:12:12 12:12:12+05:45").offset == timedelta(hours=5, minutes=45)
+    assert utils.parse_stamp("2013:09:10 11:12").wall == datetime(2013, 9, 10, 11, 12)
+
+
+def test_a_naive_date_is_read_in_the_zone_of_its_gps_position() -> None:
+    capture = {"DateTimeOriginal": "2024:01:15 09:00:00"}
+    taken = utils.immich_capture_time(capture, gps=(-33.8568, 151.2153))
+    assert taken is not None and taken.utcoffset() == timedelta(hours=11)  # Sydney in summer
+    assert utils.immich_capture_time(capture) == datetime(2024, 1, 15, 9)
+
+
+def test_a_movies_apple_creation_date_wins_over_its_utc_creation_time(tmp_path: Path) -> None:
+    path = tmp_path / "IMG_1.MOV"
+    path.write_bytes(
+        media_corpus.quicktime(
+            datetime(2021, 6, 7, 6, 9, 10, tzinfo=timezone.utc),
+            {
+                "com.apple.quicktime.creationdate": "2021-06-07T08:09:10+0200",
+                "com.apple.quicktime.make": "Apple",
+            },
+        )
+    )
+    meta = read_video_metadata(path)
+    assert meta.date_taken == datetime(2021, 6, 7, 8, 9, 10, tzinfo=timezone(timedelta(hours=2)))
+    assert meta.info["camera_make"] == "Apple"
