@@ -32,6 +32,8 @@ from filters import JUNK, RunScope, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
+    HEAD_BYTES,
+    METADATA_READER_VERSION,
     FileChangedError,
     date_from_filename,
     display_path,
@@ -75,6 +77,7 @@ class ScanSummary:
     missing: int = 0
     skipped: int = 0
     elsewhere: int = 0  # a shared library's files another machine was hashing
+    reread: int = 0  # unchanged files whose metadata an older reader had read: read again, not hashed
     errors: int = 0
     unavailable: list[str] = field(default_factory=list)  # source folders missing or empty (not mounted?)
     bytes_hashed: int = 0
@@ -179,21 +182,54 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
         return row
     fp = fingerprint_file(found.raw_path, chunk_size, keep_head=True)
     row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
-    meta = read_metadata(found.raw_path, found.media_type, fp.head, fp.size_bytes)
-    info = dict(meta.info)
-    found_date = date_taken(
-        meta.date_taken, meta.date_source, filename, fp.mtime_ns, time_zone, meta.warnings
+    described = describe_metadata(
+        found.raw_path, found.media_type, fp.head, fp.size_bytes, filename, fp.mtime_ns, time_zone
     )
+    row.date_taken, row.date_source, row.metadata_info = (
+        described.date_taken,
+        described.date_source,
+        described.info,
+    )
+    if described.warnings:
+        row.warnings = described.warnings  # logged by the scanner (this may run in a worker)
+    return row
+
+
+class DescribedMetadata(NamedTuple):
+    date_taken: str | None  # UTC, "YYYY-MM-DD HH:MM:SS"
+    date_source: str | None
+    info: str  # metadata_info's JSON
+    warnings: list[str]
+
+
+def describe_metadata(
+    raw_path: bytes,
+    media_type: str,
+    head: bytes,
+    size_bytes: int,
+    filename: str,
+    mtime_ns: int,
+    time_zone: tzinfo | None,
+) -> DescribedMetadata:
+    """A file's row fields from its content: the date used (and where it came from) and metadata_info, which
+    records the reader's version (utils.METADATA_READER_VERSION)."""
+    meta = read_metadata(raw_path, media_type, head, size_bytes)
+    info = dict(meta.info)
+    info["reader"] = METADATA_READER_VERSION
+    found_date = date_taken(
+        meta.date_taken, meta.date_source, filename, mtime_ns, time_zone, meta.warnings, modified_date(info)
+    )
+    taken_utc = source = None
     if found_date is not None:
         taken, source = found_date
-        row.date_taken = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        row.date_source = source
+        taken_utc = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         info["date_used"] = taken.isoformat()
         info["date_source"] = source
     if meta.warnings:
-        info["warnings"] = row.warnings = meta.warnings  # logged by the scanner (this may run in a worker)
-    row.metadata_info = json.dumps(info, default=str, ensure_ascii=False)
-    return row
+        info["warnings"] = meta.warnings
+    return DescribedMetadata(
+        taken_utc, source, json.dumps(info, default=str, ensure_ascii=False), meta.warnings
+    )
 
 
 PLAUSIBLE_YEARS = range(1826, 2201)  # from the first photograph; a camera clock can be set far ahead
@@ -206,12 +242,15 @@ def date_taken(
     mtime_ns: int,
     time_zone: tzinfo | None,
     warnings: list[str],
+    modified: datetime | None = None,
 ) -> tuple[datetime, str] | None:
-    """The first usable date: the file's own metadata, then its name, then its mtime. A date out of range
-    (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash."""
+    """The first usable date: the file's own capture date, then its name, then the EXIF ModifyDate
+    (`modified`; Immich reads no capture date from it, so it is sent as fileCreatedAt), then its mtime. A date
+    out of range (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash."""
     candidates: list[tuple[datetime | int | None, str]] = [
         (exif_or_video, source),
         (date_from_filename(filename), "filename"),
+        (modified, "exif-modified"),
         (mtime_ns, "mtime"),
     ]
     for value, origin in candidates:
@@ -228,6 +267,12 @@ def date_taken(
             pass
         warnings.append(f"{origin} date {value} is out of range; not used")
     return None
+
+
+def modified_date(info: dict[str, object]) -> datetime | None:
+    """The EXIF ModifyDate the reader kept (a naive wall clock), or None."""
+    text = info.get("modify_date")
+    return datetime.fromisoformat(text) if isinstance(text, str) else None
 
 
 def with_zone(moment: datetime, time_zone: tzinfo | None) -> datetime:
@@ -615,11 +660,59 @@ class Scanner:
         finally:
             describer.close()
         batch.save()
+        if not self.stop.is_set():
+            summary.reread = self.reread_old_metadata()
         self.progress.finish()
         if not self.stop.is_set():
             self._mark_missing(known, roots)
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+    def reread_old_metadata(self) -> int:
+        """Rows an older metadata reader described get this one's date, camera and place, once: read from
+        the file's first bytes, not hashed again. A file changed since its row was written is left to the
+        next scan's compare. Returns how many rows were read again."""
+        state = f"metadata_reader:{self.store.scope}"
+        if self.store.get_state(state) == str(METADATA_READER_VERSION):
+            return 0  # the usual case: one small query
+        reread = 0
+        updates: list[tuple[int, DescribedMetadata]] = []
+        for row_id, filepath, b64, filename, size, mtime_ns, media_type in self.store.rows_read_before(
+            METADATA_READER_VERSION
+        ):
+            if self.stop.is_set():
+                break
+            path = self.scope.path_of(filepath, b64)
+            try:
+                st = os.stat(path)
+                if st.st_size != size or st.st_mtime_ns != mtime_ns or not stat.S_ISREG(st.st_mode):
+                    continue
+                with open(path, "rb") as f:
+                    head = f.read(HEAD_BYTES)
+            except OSError as exc:
+                log.debug("%s: metadata not read again: %s", display_path(path), exc.strerror or exc)
+                continue
+            updates.append(
+                (
+                    row_id,
+                    describe_metadata(
+                        path, media_type, head, size, filename, mtime_ns, self.settings.time_zone
+                    ),
+                )
+            )
+            reread += 1
+            if len(updates) >= SAVE_EVERY_FILES:
+                self.store.update_metadata([(i, d.date_taken, d.date_source, d.info) for i, d in updates])
+                updates = []
+        if updates:
+            self.store.update_metadata([(i, d.date_taken, d.date_source, d.info) for i, d in updates])
+        if not self.stop.is_set():
+            self.store.set_state(state, str(METADATA_READER_VERSION))
+        if reread:
+            log.info(
+                "read the metadata of %d files again (dates, cameras and places as Immich reads them)", reread
+            )
+        return reread
 
     def _claim(
         self, files: list[tuple[FoundFile, int | None]], known: KnownIndex
@@ -732,6 +825,11 @@ def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]
         ("missing", str(summary.missing)),
         *([("skipped", str(summary.skipped))] if summary.skipped else []),
         *([("hashed elsewhere", f"{summary.elsewhere} (by another machine)")] if summary.elsewhere else []),
+        *(
+            [("metadata read again", f"{summary.reread} (by a newer reader, not hashed)")]
+            if summary.reread
+            else []
+        ),
         errors_row(summary.errors, log_file),
         ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),

@@ -187,6 +187,10 @@ def _hash_if_unchanged(path: str | bytes, chunk_size: int, keep_head: bool) -> F
 
 # --- Metadata -------------------------------------------------------------------------------------------------
 
+# The reader's version, kept in each row's metadata_info ("reader"): rows an older reader described are read
+# again once (scanner.Scanner.reread_old_metadata). 2: dates, cameras and places as Immich reads them.
+METADATA_READER_VERSION = 2
+
 
 @dataclass
 class MediaMetadata:

@@ -346,3 +346,39 @@ def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, libra
             store.close()
     assert "new       " in screens["tty"].getvalue() and "Canon" in screens["tty"].getvalue()
     assert "IMG_0042" not in screens["plain"].getvalue()  # cron mails list only errors
+
+
+def test_rows_an_older_metadata_reader_wrote_are_read_again_once_without_hashing(
+    env: Env, library: Library
+) -> None:
+    """Issue 23: a row whose metadata an older reader wrote (no "reader" version: here the sub-seconds and the
+    offset it dropped) gets the current reading on the next scan, without its file being hashed again."""
+    from tests import media_corpus
+
+    block = media_corpus.tiff_block(
+        media_corpus.camera(), [(0x9003, 2, "2023:07:14 18:30:05"), (0x9291, 2, "123"), (0x9011, 2, "-05:00")]
+    )
+    library.write("old/IMG_1.jpg", media_corpus.jpeg(block))
+    scan(env)
+    store = open_store(env.settings())
+    try:
+        (row_id,) = [r["id"] for r in store.rows()]
+        old_info = {
+            "camera_make": "Canon",
+            "date_taken": "2023-07-14T18:30:05",
+            "date_used": "2023-07-14T18:30:05",
+        }
+        store.update_metadata([(int(row_id), "2023-07-14 18:30:05", "exif", json.dumps(old_info))])
+        store.set_state(f"metadata_reader:{store.scope}", None)  # as a database of the older version has it
+    finally:
+        store.close()
+
+    status, summary, _ = scan(env)
+
+    assert status == 0
+    assert (summary["unchanged"], summary["bytes_hashed"], summary["reread"]) == (1, 0, 1)
+    row = rows_by_name(env)["IMG_1.jpg"]
+    assert str(row["date_taken"]).startswith("2023-07-14 23:30:05")  # UTC of 18:30:05-05:00
+    info = json.loads(str(row["metadata_info"]))
+    assert info["date_taken"] == "2023-07-14T18:30:05.123000-05:00" and info["reader"] == 2
+    assert scan(env)[1]["reread"] == 0  # once

@@ -667,3 +667,92 @@ def test_a_movies_apple_creation_date_wins_over_its_utc_creation_time(tmp_path: 
     meta = read_video_metadata(path)
     assert meta.date_taken == datetime(2021, 6, 7, 8, 9, 10, tzinfo=timezone(timedelta(hours=2)))
     assert meta.info["camera_make"] == "Apple"
+
+
+needs_exiftool = pytest.mark.skipif(utils.exiftool_path() is None, reason="exiftool is not installed")
+
+
+@needs_exiftool
+@pytest.mark.parametrize("sample", media_corpus.SAMPLES, ids=[s.name for s in media_corpus.SAMPLES])
+def test_with_exiftool_where_the_fast_reader_stops_short_the_reading_still_agrees(
+    corpus: Path, sample: media_corpus.Sample
+) -> None:
+    ours = media_corpus.reader_facts(corpus / sample.name)  # as the scan reads: exiftool where installed
+    theirs = media_corpus.immich_facts(EXPECTED[sample.name])
+    assert [shown for _, same, shown in media_corpus.compare(ours, theirs) if not same] == [], sample.what
+
+
+@needs_exiftool
+def test_exiftool_is_asked_only_where_the_fast_reader_stops_short_and_runs_as_one_process(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(*args: object, **kwargs: object) -> object:
+        started.append(args)
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(utils, "_exiftool", None)
+    read_by = {
+        p.name: read_metadata(p, "video" if p.suffix in (".mp4", ".mov") else "image").info.get("read_by")
+        for p in sorted(corpus.iterdir())
+    }
+    asked = {name for name, reader in read_by.items() if reader == "exiftool"}
+    assert "exif_subsec_offset.jpg" not in asked and "gps_sydney_naive.jpg" not in asked  # the fast path's
+    assert {"heic_naive.heic", "video_mvhd.mp4", "damaged_entry_count.jpg", "exif_modify_only.jpg"} <= asked
+    assert len(started) == 1  # one -stay_open process for every file
+    utils.shared_exiftool().close()  # type: ignore[union-attr]
+
+
+def test_without_exiftool_the_reader_reads_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(utils, "exiftool_path", lambda: None)
+    monkeypatch.setattr(utils, "_exiftool", None)
+    path = tmp_path / "a.heic"
+    path.write_bytes(
+        media_corpus.SAMPLES[[s.name for s in media_corpus.SAMPLES].index("heic_naive.heic")].build()
+    )
+    meta = read_metadata(path, "image")
+    assert meta.exiftool_may_know and "read_by" not in meta.info
+    assert (meta.info["width"], meta.info["height"]) == (3024, 4032)
+    assert meta.date_taken == datetime(2018, 2, 3, 4, 5, 6)
+
+
+def fake_exiftool(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "exiftool"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_an_exiftool_that_never_answers_is_ended_and_the_file_read_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(utils, "EXIFTOOL_TIMEOUT_S", 0.2)
+    tool = utils.ExifTool(fake_exiftool(tmp_path, "exec sleep 600"))  # reads nothing, answers nothing
+    assert tool.read(write_jpeg(tmp_path / "a.jpg")) is None
+    assert tool.process is None  # killed, not left behind
+
+
+def test_an_exiftool_that_dies_is_started_again_for_the_next_file(tmp_path: Path) -> None:
+    tool = utils.ExifTool(fake_exiftool(tmp_path, "exit 3"))
+    assert tool.read(write_jpeg(tmp_path / "a.jpg")) is None
+    assert tool.read(tmp_path / "a.jpg") is None
+    assert tool.requests == 2 and tool.process is None
+
+
+@needs_exiftool
+def test_exiftool_reads_a_file_whose_name_starts_with_a_dash_or_is_not_utf8(tmp_path: Path) -> None:
+    tool = utils.ExifTool(utils.exiftool_path())  # type: ignore[arg-type]
+    try:
+        dashed = write_jpeg(tmp_path / "-ver.jpg")
+        odd = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.jpg")
+        write_jpeg(Path(os.fsdecode(odd)))
+        assert tool.read(dashed)["Make"] == "Canon"  # type: ignore[index]
+        assert tool.read(odd)["Make"] == "Canon"  # type: ignore[index]
+        assert tool.read(os.path.join(os.fsencode(tmp_path), b"new\nline.jpg")) is None  # cannot be passed
+    finally:
+        tool.close()
