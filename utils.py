@@ -638,7 +638,7 @@ def tiff_tags(tiff: bytes) -> dict[str, Any]:
     if maker_note is not None:
         try:
             tags.update(_maker_note_zone(tiff, maker_note, _text(tags.get("Image Make")) or ""))
-        except (ValueError, struct.error) as exc:
+        except (ValueError, struct.error, KeyError) as exc:  # KeyError: no byte order mark in Nikon's
             log.debug("EXIF block: maker note passed over: %s", exc)
     return tags
 

@@ -756,3 +756,15 @@ def test_exiftool_reads_a_file_whose_name_starts_with_a_dash_or_is_not_utf8(tmp_
         assert tool.read(os.path.join(os.fsencode(tmp_path), b"new\nline.jpg")) is None  # cannot be passed
     finally:
         tool.close()
+
+
+@pytest.mark.parametrize("damage", [b"Nikon\x00\x02\x10\x00\x00XX\x00\x2a", b"Nikon\x00\x02", b"\xff" * 40])
+def test_a_garbage_maker_note_loses_only_the_maker_notes_zone(tmp_path: Path, damage: bytes) -> None:
+    block = media_corpus.tiff_block(
+        media_corpus.camera("NIKON CORPORATION", "NIKON Z 6"),
+        [(0x9003, 2, "2021:07:04 12:00:00"), (0x927C, 7, damage)],
+    )
+    (tmp_path / "a.jpg").write_bytes(media_corpus.jpeg(block))
+    meta = read_image_metadata(tmp_path / "a.jpg")
+    assert meta.date_taken == datetime(2021, 7, 4, 12)
+    assert meta.info["camera_model"] == "NIKON Z 6"
