@@ -1125,9 +1125,10 @@ def immich_capture_time(
             return stamp.wall.replace(tzinfo=zone)
         else:
             return stamp.wall
-        if zone is not None:
-            return moment.astimezone(zone)
-        return moment.astimezone(timezone.utc)
+        try:
+            return moment.astimezone(zone or timezone.utc)
+        except OverflowError:  # year 9999 with an offset: the caller finds it out of range
+            return moment
     return None
 
 

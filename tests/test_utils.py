@@ -768,3 +768,8 @@ def test_a_garbage_maker_note_loses_only_the_maker_notes_zone(tmp_path: Path, da
     meta = read_image_metadata(tmp_path / "a.jpg")
     assert meta.date_taken == datetime(2021, 7, 4, 12)
     assert meta.info["camera_model"] == "NIKON Z 6"
+
+
+def test_a_date_whose_utc_time_is_past_year_9999_is_kept_as_written() -> None:
+    taken = utils.immich_capture_time({"DateTimeOriginal": "9999:12:31 23:00:00-05:00"})
+    assert taken == datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
