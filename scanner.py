@@ -32,7 +32,6 @@ from filters import JUNK, RunScope, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
-    HEAD_BYTES,
     METADATA_READER_VERSION,
     FileChangedError,
     date_from_filename,
@@ -685,21 +684,20 @@ class Scanner:
             path = self.scope.path_of(filepath, b64)
             try:
                 st = os.stat(path)
-                if st.st_size != size or st.st_mtime_ns != mtime_ns or not stat.S_ISREG(st.st_mode):
-                    continue
-                with open(path, "rb") as f:
-                    head = f.read(HEAD_BYTES)
             except OSError as exc:
                 log.debug("%s: metadata not read again: %s", display_path(path), exc.strerror or exc)
                 continue
-            updates.append(
-                (
-                    row_id,
-                    describe_metadata(
-                        path, media_type, head, size, filename, mtime_ns, self.settings.time_zone
-                    ),
+            if st.st_size != size or st.st_mtime_ns != mtime_ns or not stat.S_ISREG(st.st_mode):
+                continue
+            if not reread:
+                log.info(
+                    "reading again the metadata an earlier version read (once; files are not hashed again)"
                 )
+            # No head: the reader reads a JPEG's segments up to its image data, not a fixed 256 KiB.
+            described = describe_metadata(
+                path, media_type, b"", size, filename, mtime_ns, self.settings.time_zone
             )
+            updates.append((row_id, described))
             reread += 1
             if len(updates) >= SAVE_EVERY_FILES:
                 self.store.update_metadata([(i, d.date_taken, d.date_source, d.info) for i, d in updates])
