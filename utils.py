@@ -1065,10 +1065,19 @@ def _zone_at(latitude: float, longitude: float) -> tzinfo | None:
         return None
 
 
-def capture_zone(capture: dict[str, Any], is_video: bool, gps: tuple[float, float] | None) -> tzinfo | None:
-    """The time zone Immich gives a file (exiftool-vendored's order), or None."""
+def capture_zone(
+    capture: dict[str, Any],
+    is_video: bool,
+    gps: tuple[float, float] | None,
+    stamps: dict[str, Stamp | None] | None = None,
+) -> tzinfo | None:
+    """The time zone Immich gives a file (exiftool-vendored's order), or None. `stamps`: the capture's
+    dates already parsed."""
+    if stamps is None:
+        stamps = _stamps(capture)
     for name in _ZONE_TAGS:
-        minutes = _zone_of(capture.get(name))
+        value = capture.get(name)
+        minutes = None if value is None else _zone_of(value)
         if minutes is not None:
             daylight_saving = str(capture.get("DaylightSavings", "")).lower() in ("yes", "true", "1")
             if daylight_saving and re.search(r"\bnikon\b", str(capture.get("Make", "")), re.I):
@@ -1079,26 +1088,21 @@ def capture_zone(capture: dict[str, Any], is_video: bool, gps: tuple[float, floa
         if zone is not None:
             return zone
     for name in _CAPTURED_AT_TAGS:
-        stamp = parse_stamp(_text_value(capture.get(name)))
+        stamp = stamps.get(name)
         if stamp is not None and stamp.offset:  # an offset of its own, not UTC
             return timezone(stamp.offset)
     if is_video:
         return timezone.utc
-    return _zone_from_clock_gap(capture)
+    return _zone_from_clock_gap(stamps)
 
 
-def _zone_from_clock_gap(capture: dict[str, Any]) -> tzinfo | None:
+def _zone_from_clock_gap(stamps: dict[str, Stamp | None]) -> tzinfo | None:
     """The offset between the camera's clock and the GPS (UTC) clock, rounded to a real offset."""
-    utc = None
-    for name in _UTC_CLOCK_TAGS:
-        stamp = parse_stamp(_text_value(capture.get(name)))
-        if stamp is not None and not stamp.offset:
-            utc = stamp.wall
-            break
+    utc = next((s.wall for n in _UTC_CLOCK_TAGS if (s := stamps.get(n)) is not None and not s.offset), None)
     if utc is None:
         return None
     for name in _CAPTURED_AT_TAGS:
-        stamp = parse_stamp(_text_value(capture.get(name)))
+        stamp = stamps.get(name)
         if stamp is not None and stamp.offset is None:
             gap = (stamp.wall.replace(microsecond=0) - utc.replace(microsecond=0)).total_seconds() / 60
             nearest = min(_VALID_OFFSET_MINUTES, key=lambda m: abs(m - gap))
@@ -1108,13 +1112,24 @@ def _zone_from_clock_gap(capture: dict[str, Any]) -> tzinfo | None:
     return None
 
 
+_DATE_NAMES = frozenset({*IMMICH_DATE_TAGS, *_CAPTURED_AT_TAGS, *_UTC_CLOCK_TAGS})
+
+
+def _stamps(capture: dict[str, Any]) -> dict[str, Stamp | None]:
+    """Each date of the capture parsed once."""
+    return {name: parse_stamp(_text_value(v)) for name, v in capture.items() if name in _DATE_NAMES}
+
+
 def immich_capture_time(
     capture: dict[str, Any], is_video: bool = False, gps: tuple[float, float] | None = None
 ) -> datetime | None:
     """The capture time Immich shows: aware in the zone it found, naive (the wall clock) when it found none."""
-    zone = capture_zone(capture, is_video, gps)
+    stamps = _stamps(capture)
+    if not any(stamps.values()):
+        return None
+    zone = capture_zone(capture, is_video, gps, stamps)
     for name in IMMICH_DATE_TAGS:
-        stamp = parse_stamp(_text_value(capture.get(name)))
+        stamp = stamps.get(name)
         if stamp is None:
             continue
         if stamp.offset is not None:
@@ -1141,7 +1156,8 @@ def _capture_tags(tags: dict[str, Any]) -> dict[str, Any]:
     values where EXIF has none, and the composites exiftool makes of them."""
 
     def text(name: str) -> str | None:
-        return _text(_tag_values(tags, name))
+        value = tags.get(name)
+        return None if value is None else _text(getattr(value, "values", value))
 
     capture: dict[str, Any] = {}
     for composite, date_name, subsec_name, offset_name in (
@@ -1167,16 +1183,14 @@ def _capture_tags(tags: dict[str, Any]) -> dict[str, Any]:
             date = date.strip()[:19] + (f".{subsec.group()}" if subsec else "") + (offset or "")
             capture[composite] = date
         capture[composite.removeprefix("SubSec")] = date  # MWG's tag: the composite's value when there is one
-    for name, exif_name in (
-        ("OffsetTimeOriginal", "EXIF OffsetTimeOriginal"), ("OffsetTimeDigitized", "EXIF OffsetTimeDigitized"),
-        ("Make", "Image Make"), ("TimeZone", "MakerNote TimeZone"), ("DaylightSavings", "MakerNote DaylightSavings"),
-    ):  # fmt: skip
-        if text(exif_name) is not None:
-            capture[name] = text(exif_name)
+    for name, exif_name in _CAPTURE_TEXT_TAGS:
+        if exif_name in tags and (value := text(exif_name)) is not None:
+            capture[name] = value
     for name in ("EXIF TimeZoneOffset", "Image TimeZoneOffset"):
-        if _tag_values(tags, name) is not None:
+        if name in tags:
             capture.setdefault("TimeZoneOffset", _tag_values(tags, name))
-    gps_day, gps_time = text("GPS GPSDate"), _tag_values(tags, "GPS GPSTimeStamp")
+    gps_day = text("GPS GPSDate") if "GPS GPSDate" in tags else None
+    gps_time = _tag_values(tags, "GPS GPSTimeStamp")
     if gps_day and isinstance(gps_time, list | tuple) and len(gps_time) == 3:
         parts = [_number(v) for v in gps_time]
         if all(p is not None for p in parts):
@@ -1184,6 +1198,12 @@ def _capture_tags(tags: dict[str, Any]) -> dict[str, Any]:
             clock = f"{int(hours):02d}:{int(minutes):02d}:{int(seconds):02d}"  # type: ignore[arg-type]
             capture["GPSDateTime"] = capture["GPSDateTimeStamp"] = f"{gps_day} {clock}Z"
     # MWG: DateTimeOriginal is EXIF's, else XMP photoshop:DateCreated; else XMP's own exif:DateTimeOriginal.
+    if (
+        "DateTimeOriginal" not in capture
+        and "CreateDate" not in capture
+        and not any(name.startswith("XMP ") for name in tags)
+    ):
+        return capture
     if "DateTimeOriginal" not in capture:
         xmp_original = text("XMP DateCreated") or text("XMP DateTimeOriginal")
         if xmp_original:
@@ -1193,8 +1213,15 @@ def _capture_tags(tags: dict[str, Any]) -> dict[str, Any]:
     return capture
 
 
+_CAPTURE_TEXT_TAGS = (
+    ("OffsetTimeOriginal", "EXIF OffsetTimeOriginal"), ("OffsetTimeDigitized", "EXIF OffsetTimeDigitized"),
+    ("Make", "Image Make"), ("TimeZone", "MakerNote TimeZone"), ("DaylightSavings", "MakerNote DaylightSavings"),
+)  # fmt: skip
+
+
 def _read_date(tags: dict[str, Any]) -> dict[str, Any]:
-    taken = immich_capture_time(_capture_tags(tags), gps=_gps_position(tags))
+    gps = _gps_position(tags) if "GPS GPSLatitude" in tags else None
+    taken = immich_capture_time(_capture_tags(tags), gps=gps)
     result: dict[str, Any] = {}
     if taken is not None:
         result["date_taken"] = taken.isoformat()
@@ -1202,7 +1229,7 @@ def _read_date(tags: dict[str, Any]) -> dict[str, Any]:
             result["offset_time"] = taken.isoformat()[-6:]
             if not isinstance(taken.tzinfo, timezone):
                 result["time_zone"] = str(taken.tzinfo)
-    modified = parse_stamp(_text(_tag_values(tags, "Image DateTime")))
+    modified = parse_stamp(_text(_tag_values(tags, "Image DateTime"))) if "Image DateTime" in tags else None
     if modified is not None:
         result["modify_date"] = modified.wall.isoformat()  # not a capture date: a fallback after the name's
     return result
@@ -1329,7 +1356,10 @@ class ExifTool:
             process.kill()
             process.wait()
         for stream in (process.stdin, process.stdout):
-            stream.close()
+            try:
+                stream.close()
+            except OSError as exc:  # a request still buffered for a process that died: nobody to read it
+                log.debug("exiftool's pipe: %s", exc)
 
 
 _exiftool_lock = threading.Lock()
