@@ -20,6 +20,7 @@ import math
 import os
 import re
 import struct
+import sys
 import threading
 import time
 import warnings
@@ -1300,10 +1301,14 @@ class ExifTool:
         if self.process is None or self.process.poll() is not None:
             import subprocess
 
+            # exiftool -stay_open does not end at the end of its input: it must end with its parent. Linux
+            # ends it with the thread that started it (a scan pool's thread, or a worker process, even one
+            # killed); elsewhere it is ended at exit (atexit, and multiprocessing's exit for workers).
             self.process = subprocess.Popen(
                 [self.executable, "-stay_open", "True", "-@", "-"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl+C reaches the scan, which ends it; not exiftool mid-answer
+                preexec_fn=_end_with_parent if sys.platform == "linux" else None,
             )  # fmt: skip
         self.requests += 1
         ready = b"{ready%d}" % self.requests
@@ -1362,6 +1367,14 @@ class ExifTool:
                 log.debug("exiftool's pipe: %s", exc)
 
 
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it ends (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
 _exiftool_lock = threading.Lock()
 _exiftool: ExifTool | None = None
 
@@ -1376,8 +1389,10 @@ def shared_exiftool() -> ExifTool | None:
                 return None
             _exiftool = ExifTool(executable)
             import atexit
+            import multiprocessing.util
 
             atexit.register(_exiftool.close)
+            multiprocessing.util.Finalize(_exiftool, _exiftool.close, exitpriority=10)  # a pool worker's exit
         return _exiftool
 
 

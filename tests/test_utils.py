@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -773,3 +774,39 @@ def test_a_garbage_maker_note_loses_only_the_maker_notes_zone(tmp_path: Path, da
 def test_a_date_whose_utc_time_is_past_year_9999_is_kept_as_written() -> None:
     taken = utils.immich_capture_time({"DateTimeOriginal": "9999:12:31 23:00:00-05:00"})
     assert taken == datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+
+
+@needs_exiftool
+@pytest.mark.skipif(sys.platform != "linux", reason="ended by the parent's death signal on Linux")
+def test_exiftool_ends_with_a_process_killed_under_it(tmp_path: Path) -> None:
+    """exiftool -stay_open does not end at the end of its input: a scan worker that dies (os._exit, as a pool
+    worker leaves, or SIGKILL) must not leave it running."""
+    import subprocess
+
+    photo = write_jpeg(tmp_path / "a.jpg")
+    code = (
+        "import os, sys, utils\n"
+        f"tool = utils.shared_exiftool(); tool.read({str(photo)!r})\n"
+        "print(tool.process.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(utils.__file__).parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(child.stdout)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
