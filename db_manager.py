@@ -342,6 +342,10 @@ class Store:
     def acquire_run_lock(self) -> bool: ...
     def release_run_lock(self) -> None: ...
 
+    def run_lock_lost(self) -> bool:
+        """Another run took this run's lock over (after a database restart): stop before the next upload."""
+        return False
+
     @contextmanager
     def migration_lock(self) -> Iterator[None]:
         yield  # SQLite: the run lock is already the database's one lock
@@ -532,14 +536,14 @@ class Store:
         return self._stream(sql, (self.scope,))
 
     def count_under(self, folder: str | None) -> int:
-        """Rows of this scope present on disk (as last scanned) whose path lies under `folder` (None: all;
-        a shared library's rows lie under its mount point wherever that is)."""
+        """Rows of this scope present on disk (as last scanned) whose path lies under `folder`, or is it (a
+        source named as a file) (None: all; a shared library's rows lie under its mount point wherever that is)."""
         sql = "SELECT COUNT(*) FROM media_files WHERE scope = ? AND missing_since IS NULL"
         params: list[Any] = [self.scope]
         if folder is not None:
             prefix = folder.rstrip("/") + "/"
-            sql += " AND SUBSTR(filepath, 1, ?) = ?"
-            params += [len(prefix), prefix]
+            sql += " AND (SUBSTR(filepath, 1, ?) = ? OR filepath = ?)"
+            params += [len(prefix), prefix, folder.rstrip("/")]
         with self._lock:
             rows = self._query(self.sql(sql), params)
         return int(rows[0][0])
@@ -950,6 +954,7 @@ class Store:
         sql = self.sql(
             "SELECT id, filepath, filepath_b64, filename, file_size, mtime_ns, media_type FROM media_files "
             "WHERE scope = ? AND id > ? AND missing_since IS NULL AND hash IS NOT NULL AND hash <> '' "
+            "AND upload_status <> 'skipped' "
             "AND (metadata_info IS NULL OR (metadata_info NOT LIKE ? AND metadata_info NOT LIKE ?)) "
             f"ORDER BY id LIMIT {int(page_rows)}"
         )
@@ -1220,6 +1225,8 @@ class SqliteStore(Store):
         except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open the SQLite database {path}: {exc} (check DB_PATH)") from None
         self.conn.create_function("sha256_hex", 1, _sha256_text, deterministic=True)
+        st = os.stat(path)
+        self._file_id = (st.st_dev, st.st_ino)
 
     def describe(self) -> str:
         return f"sqlite ({self.path})"
@@ -1244,7 +1251,22 @@ class SqliteStore(Store):
                 yield from rows
 
     def _begin(self) -> None:
+        self._check_file()
         self.conn.execute("BEGIN IMMEDIATE")
+
+    def _check_file(self) -> None:
+        """The database file is still the one opened: one deleted (or replaced) during a run would take every
+        later write with it, unseen. A stat per transaction (a microsecond or two)."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except OSError:
+            same = False
+        if not same:
+            raise DatabaseError(
+                f"the state database {self.path} was deleted or replaced during the run: stopping. What this run "
+                "recorded since is lost; the next run asks Immich what it already has, so nothing is sent twice"
+            )
 
     def _commit(self) -> None:
         self.conn.execute("COMMIT")
@@ -1305,8 +1327,11 @@ class SqliteStore(Store):
             self._lock_file = None
 
     def close(self) -> None:
-        self.release_run_lock()
-        self.conn.close()
+        # Under the store's lock: never in the middle of another thread's statement (closing a connection
+        # under a running statement can crash the interpreter); a later call fails as a DatabaseError.
+        with self._lock:
+            self.release_run_lock()
+            self.conn.close()
 
 
 def _sha256_text(text: str | None) -> str | None:
@@ -1320,6 +1345,91 @@ MYSQL_LOST_CONNECTION = {2006, 2013, 2055, 0}
 MYSQL_ACCESS_DENIED = {1044, 1045, 1698}
 MYSQL_CONFLICT = {1205, 1213}  # lock wait timeout, deadlock
 MYSQL_UNKNOWN_DATABASE = 1049
+
+
+RUN_LOCK_LEASE_S = 60
+
+
+class ThisProcess(NamedTuple):
+    """Who holds a run lock: the machine (host name and boot) and the process (pid and start time, so a
+    reused pid is not taken for the holder)."""
+
+    host: str
+    process: str
+
+    def knows_dead(self, host: str, process: str) -> bool:
+        """True when the holder surely is gone: it ran on this machine, since this boot, and its process is
+        not there any more. A holder on another machine is judged by its lease alone."""
+        if host != self.host:
+            return False
+        pid_text, _, started = process.partition(":")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return True
+        return _process_start(pid) != started
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot, from /proc), "" where /proc cannot tell, None
+    when no such process runs."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+
+
+def _this_process() -> ThisProcess:
+    import socket
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    pid = os.getpid()
+    return ThisProcess(f"{socket.gethostname()}/{boot}"[:255], f"{pid}:{_process_start(pid) or ''}")
+
+
+class RunLease:
+    """Renews a run lock's lease on a thread of its own, every quarter lease; `lost` is set when another run
+    holds the lock now (it took over after a database restart made this run look gone)."""
+
+    def __init__(
+        self, name: str, token: str, lease_s: float, renew: Callable[[str, str, float], bool]
+    ) -> None:
+        self.name, self.token, self.lease_s = name, token, lease_s
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._renew = renew
+        self._thread = threading.Thread(target=self._keep, name="run-lease", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._done.wait(self.lease_s / 4):
+            try:
+                held = self._renew(self.name, self.token, self.lease_s)
+            except DatabaseError:
+                continue  # the database is away: tried again next time; the lease outlives a restart
+            if not held:
+                log.error(
+                    "another run took over this machine's run lock (after a database restart?): stopping"
+                )
+                self.lost.set()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
 
 
 class MysqlStore(Store):
@@ -1338,6 +1448,7 @@ class MysqlStore(Store):
         self.backend_errors = (pymysql.err.Error,)
         self.settings = settings
         self._lock_conn: Any = None
+        self._lease: RunLease | None = None
         self.conn = self._connect()
         self._used_at = time.monotonic()
 
@@ -1509,19 +1620,84 @@ class MysqlStore(Store):
             self._execute("ALTER TABLE media_files ADD INDEX idx_pending (upload_status, date_taken)")
 
     def acquire_run_lock(self) -> bool:
-        """GET_LOCK on a connection of its own: the server frees it when that connection dies. One run per
-        machine and scope: other machines, and this machine's other folders, run beside it."""
-        self._lock_conn = self._connect()
-        with self._lock_conn.cursor() as cur:
-            # An idle connection is dropped after wait_timeout (8 h by default), freeing the lock under a
-            # long first upload; this one must live as long as the run.
-            cur.execute("SET SESSION wait_timeout = 31536000")
-            cur.execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(f"run {self.scope} {self.machine}"),))
-            got = cur.fetchone()[0] == 1
-        if not got:
-            self._lock_conn.close()
-            self._lock_conn = None
-        return got
+        """One run per machine and scope (other machines, and this machine's other folders, run beside it),
+        held as a lease in the `run_locks` table rather than by a connection: a lock that dies with its
+        connection is released by a database restart while the run goes on, and a second run would start
+        beside it. A keeper thread renews the lease; a run whose lease was taken over stops before its next
+        upload (`run_lock_lost`). A holder that died is taken over at once when it ran on this machine (its
+        process is gone), else when its lease runs out."""
+        me = _this_process()
+        name = self._lock_name(f"run {self.scope} {self.machine}")
+        token = os.urandom(16).hex()
+        lease = RUN_LOCK_LEASE_S
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS run_locks (name VARCHAR(64) PRIMARY KEY, holder CHAR(32) NOT NULL, "
+                    "host VARCHAR(255) NOT NULL, process VARCHAR(64) NOT NULL, started_at DATETIME NOT NULL, "
+                    "lease_until DATETIME NOT NULL)"
+                )
+                cur.execute(
+                    "INSERT INTO run_locks (name, holder, host, process, started_at, lease_until) VALUES "
+                    "(%s, %s, %s, %s, UTC_TIMESTAMP(), UTC_TIMESTAMP() + INTERVAL %s SECOND) "
+                    "ON DUPLICATE KEY UPDATE name = name",
+                    (name, token, me.host, me.process, lease),
+                )
+                cur.execute(
+                    "SELECT holder, host, process, lease_until < UTC_TIMESTAMP() FROM run_locks WHERE name = %s",
+                    (name,),
+                )
+                holder, host, process, expired = cur.fetchone()
+                if holder != token:
+                    if not (expired or me.knows_dead(str(host), str(process))):
+                        conn.close()
+                        return False
+                    taken = cur.execute(
+                        "UPDATE run_locks SET holder = %s, host = %s, process = %s, started_at = UTC_TIMESTAMP(), "
+                        "lease_until = UTC_TIMESTAMP() + INTERVAL %s SECOND WHERE name = %s AND holder = %s",
+                        (token, me.host, me.process, lease, name, holder),
+                    )
+                    if taken != 1:
+                        conn.close()  # another run took it over first
+                        return False
+                    log.info("took over the run lock of a run that is gone (%s, %s)", host, process)
+        except self._pymysql.err.Error as exc:
+            conn.close()
+            raise DatabaseError(f"the MySQL database failed while taking the run lock: {exc}") from exc
+        self._lock_conn = conn
+        self._lease = RunLease(name, token, lease, self._lease_renewal)
+        return True
+
+    def _lease_renewal(self, name: str, token: str, lease_s: float) -> bool:
+        """Extend this run's lease; False when another run holds it now. A lost connection is replaced."""
+        for attempt in (1, 2):
+            try:
+                if self._lock_conn is None:
+                    self._lock_conn = self._connect()
+                with self._lock_conn.cursor() as cur:
+                    cur.execute(
+                        "UPDATE run_locks SET lease_until = UTC_TIMESTAMP() + INTERVAL %s SECOND "
+                        "WHERE name = %s AND holder = %s",
+                        (int(lease_s), name, token),
+                    )
+                    cur.execute("SELECT holder FROM run_locks WHERE name = %s", (name,))
+                    row = cur.fetchone()
+                return row is not None and row[0] == token
+            except (self._pymysql.err.Error, DatabaseError) as exc:
+                log.warning(
+                    "could not renew the run lock (%s); %s", exc, "reconnecting" if attempt == 1 else "later"
+                )
+                try:
+                    if self._lock_conn is not None:
+                        self._lock_conn.close()
+                except self._pymysql.err.Error:
+                    pass
+                self._lock_conn = None
+        raise DatabaseError("the database is away")
+
+    def run_lock_lost(self) -> bool:
+        return self._lease is not None and self._lease.lost.is_set()
 
     def _lock_name(self, what: str) -> str:
         # Lock names are limited to 64 characters: a digest of the database and what is locked.
@@ -1560,6 +1736,21 @@ class MysqlStore(Store):
             self._execute("ALTER TABLE media_files ADD INDEX idx_claims (claimed_by)")
 
     def release_run_lock(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.stop()
+            if not lease.lost.is_set():
+                try:
+                    conn = self._lock_conn or self._connect()
+                    with conn.cursor() as cur:
+                        cur.execute(
+                            "DELETE FROM run_locks WHERE name = %s AND holder = %s", (lease.name, lease.token)
+                        )
+                    self._lock_conn = conn
+                except (self._pymysql.err.Error, DatabaseError) as exc:
+                    log.warning(
+                        "could not release the run lock (%s): it runs out after %ds", exc, lease.lease_s
+                    )
         if self._lock_conn is not None:
             try:
                 self._lock_conn.close()
@@ -1568,11 +1759,12 @@ class MysqlStore(Store):
             self._lock_conn = None
 
     def close(self) -> None:
-        self.release_run_lock()
-        try:
-            self.conn.close()
-        except self._pymysql.err.Error:
-            pass
+        with self._lock:  # never in the middle of another thread's statement
+            self.release_run_lock()
+            try:
+                self.conn.close()
+            except self._pymysql.err.Error:
+                pass
 
 
 def open_store(settings: Settings, migrate: bool = True) -> Store:

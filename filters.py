@@ -17,6 +17,10 @@ from typing import NamedTuple, Protocol
 from config import JUNK_NAMES, ConfigError, Settings
 from utils import text_to_path
 
+# A file deletion renamed aside for a moment (organize.remove_checked): hidden, and never scanned whatever
+# INCLUDE_HIDDEN says.
+DELETING_PREFIX = b".immich-uploader-deleting-"
+
 # One compiled pattern: an fnmatch call per junk name per file cost 13% of a rescan.
 JUNK = re.compile("|".join(fnmatch.translate(name) for name in JUNK_NAMES).encode())
 

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from config import RAW_EXTENSIONS, Settings
 from db_manager import DoneFile, RunProblem, Store
-from filters import RunFiles, RunScope
+from filters import DELETING_PREFIX, RunFiles, RunScope
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
@@ -285,7 +285,6 @@ KEPT_TRASHED = "in Immich's trash (restore it there to delete the file here)"
 KEPT_NO_ASSET_READ = "the API key may not read assets (give it asset.read to confirm before deleting)"
 KEPT_NO_USER = "the API key may not read its user (give it user.read to confirm the owner)"
 KEPT_UNCONFIRMED = "Immich could not confirm it (an error; tried again next run)"
-TEMP_PREFIX = b".immich-uploader-deleting-"  # hidden: never scanned, whatever INCLUDE_HIDDEN says
 DELETING_STATE = "deletion_in_progress"
 
 
@@ -529,7 +528,7 @@ def remove_checked(
         return exc
     if not stat.S_ISREG(st.st_mode) or file_identity(st) != identity:
         return KEPT_RACED
-    temp_name = TEMP_PREFIX + os.urandom(6).hex().encode()
+    temp_name = DELETING_PREFIX + os.urandom(6).hex().encode()
     temp = os.path.join(os.path.dirname(raw), temp_name)
     store.record_deleting(row_id, f"{what}:{temp_name.decode()}")
     try:

@@ -56,6 +56,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
         "skipped": scan.skipped + upload.skipped,
+        "changing": scan.changing + upload.changing,
         "elsewhere": scan.elsewhere + upload.elsewhere,
         "errors": scan.errors + upload.errors,
         "scan_errors": scan.errors,
@@ -95,6 +96,7 @@ def sync_once(ctx: Context) -> ExitStatus:
         takeout_scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
         takeout_files = TakeoutFiles(takeout_scanner.archives)
     client = ImmichClient(ctx.settings, ctx.stop)
+    uploader: Uploader | None = None
     try:
         target_id = adopt_target(client, ctx.store, connect(client))
         uploader = Uploader(
@@ -123,6 +125,8 @@ def sync_once(ctx: Context) -> ExitStatus:
             upload.stopped_after_errors = uploader.aborted.is_set()
             finish_in_immich(ctx, client, upload, target_id, run_files)
     finally:
+        if uploader is not None:
+            uploader.shutdown()  # before anything its workers use is closed
         client.close()
         if takeout_files is not None:
             takeout_files.close()

@@ -39,6 +39,7 @@ def run_upload(ctx: Context) -> ExitStatus:
     finish_interrupted_deletions(ctx.store, run_files.scope)
     client = ImmichClient(ctx.settings, ctx.stop)
     verify_status = ExitStatus.OK
+    uploader: Uploader | None = None
     try:
         target_id = adopt_target(client, ctx.store, connect(client))
         if ctx.args.verify:
@@ -62,6 +63,8 @@ def run_upload(ctx: Context) -> ExitStatus:
             summary.stopped_after_errors = uploader.aborted.is_set()
             finish_in_immich(ctx, client, summary, target_id, run_files)
     finally:
+        if uploader is not None:
+            uploader.shutdown()  # before anything its workers use is closed
         client.close()
     status = exit_status(ctx.stop, uploader, summary.errors)
     if status == ExitStatus.OK:

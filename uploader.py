@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import stat
 import threading
 import time
 from array import array
@@ -46,7 +47,6 @@ from immich_client import (
 from logger import FILE_EVENT, get_logger
 from organize import local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
-from scanner import FoundFile, describe_file
 from utils import (
     FileChangedError,
     format_bytes,
@@ -104,6 +104,7 @@ class UploadSummary:
     deleted: int = 0
     server_problem: str = ""  # why the run stopped early (the server went away, too many errors)
     elsewhere: int = 0  # a shared library's files another machine holds
+    changing: int = 0  # changed since their scan (still being written?): sent after the next scan
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
@@ -293,9 +294,17 @@ class Uploader:
         self.settled = [0, 0, 0]
         self.fed_ids = IdSet()  # a row is fed once, however many ways it comes
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
+        self._closing = False  # shutdown(): the workers take nothing new
 
     @property
     def halted(self) -> bool:
+        if self.store.run_lock_lost() and not self.aborted.is_set():
+            with self._lock:
+                self.summary.server_problem = (
+                    "another run took over this machine's lock (the database restarted while this run went on): "
+                    "stopping before the next upload"
+                )
+                self.aborted.set()
         return self.stop.is_set() or self.aborted.is_set()
 
     def _server_gone(self, exc: ImmichError) -> None:
@@ -467,31 +476,15 @@ class Uploader:
         except OSError as exc:
             self._local_failure(row, f"cannot read the file: {exc.strerror}", "unreadable")
             return None
+        if not stat.S_ISREG(st.st_mode):
+            self._local_failure(row, "is no longer a regular file", "unreadable")
+            return None
         if st.st_size == row.file_size and st.st_mtime_ns == row.mtime_ns:
             return row
-        log.info("%s changed since it was scanned; hashing it again", row.filepath)
-        try:
-            scanned = describe_file(
-                FoundFile(
-                    raw,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    row.extension,
-                    row.media_type or self.settings.media_kind(row.extension) or "image",
-                    self.scope.stored(raw) if self.scope.shared else b"",
-                ),
-                self.settings.hash_chunk_size,
-                self.settings.time_zone,
-            )
-        except OSError as exc:
-            self._local_failure(row, f"cannot read the file: {exc}", "unreadable")
-            return None
-        self.store.update_fingerprint(row.id, scanned)
-        if scanned.upload_status != "pending":
-            self._note(scanned.upload_status, row, scanned.last_error or "unreadable")
-            return None
-        refreshed = self.store.pending_uploads(ids=[row.id])
-        return refreshed[0] if refreshed else None
+        # Seen changing since it was fingerprinted: still being written (a copy arriving), or edited. Either
+        # way the bytes hashed are not the bytes there: the next scan reads it again, once, when it is quiet.
+        self._note("changing", row, "changed since it was scanned: sent after the next scan reads it again")
+        return None
 
     def _recheck_member(self, row: PendingUpload, takeout: TakeoutFiles) -> PendingUpload | None:
         """A zip member as it is now (zips do not change in place; a replaced one is scanned again)."""
@@ -543,6 +536,25 @@ class Uploader:
             raise self._bugs[0]
         return self.summary
 
+    def shutdown(self) -> None:
+        """Stop the workers and wait for them, whatever happened in the main thread (a bug, Ctrl+C): what they
+        use (the database, the zips, the connections) must not be closed under them. A transfer in flight is
+        finished; rows not started stay as they are."""
+        if not any(worker.is_alive() for worker in self._workers):
+            return
+        self._closing = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._queue.task_done()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            while worker.is_alive():  # a timeout keeps the main thread free for signals
+                worker.join(0.2)
+
     def _work(self) -> None:
         first = True
         while True:
@@ -550,7 +562,7 @@ class Uploader:
             try:
                 if row is None:
                     return
-                if self.halted:
+                if self.halted or self._closing:
                     continue  # leave it pending for the next run
                 self._work_on(row, first)
                 first = False
@@ -703,13 +715,15 @@ class Uploader:
                 self.summary.duplicates += 1
             elif status == "skipped":
                 self.summary.skipped += 1
+            elif status == "changing":
+                self.summary.changing += 1
             else:
                 self.summary.errors += 1
                 self.summary.error_files.append(row.filepath)
         if status == "error":
             log.warning("%s: upload failed: %s", row.filepath, detail, extra=FILE_EVENT)
         else:
-            log.info("%s: %s", row.filepath, status)
+            log.info("%s: %s%s", row.filepath, status, f" ({detail})" if status == "changing" else "")
         self.progress.file_status(status, row.filepath, detail)
         sent = row.file_size if status == "success" else 0
         with self._lock:
@@ -838,6 +852,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("time", format_duration(summary.elapsed_s)),
     ]
     extras = [
+        ("still changing", summary.changing),
         ("sent by another machine", summary.elsewhere),
         ("added to albums", summary.added_to_albums),
         ("stacks made", summary.stacks_created),

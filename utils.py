@@ -121,7 +121,8 @@ class Fingerprint:
     size_bytes: int
     mtime_ns: int
     head: bytes = b""  # with keep_head: the file's first bytes, so its metadata needs no second read
-    identity: FileIdentity = (0, 0, 0, 0, 0)  # of the file whose bytes were hashed (zip members: zeros)
+    # Of the file whose bytes were hashed (zip members: zeros); two fingerprints of the same bytes are equal.
+    identity: FileIdentity = field(default=(0, 0, 0, 0, 0), compare=False)
 
 
 class FileChangedError(OSError):
@@ -1471,6 +1472,33 @@ def _hachoir_value(metadata: Any, key: str) -> Any:
         item = group.getItem(key, 0)
         if item is not None:
             return item.value
+    return None
+
+
+# Formats that are surely no photo or video: what a link to a system file, a document or an archive named
+# .jpg would hold. Anything else (exotic RAW formats included) is left for Immich to judge.
+_NOT_MEDIA_MAGIC = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x7fELF", "a program"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"SQLite format 3\x00", "a database"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+)
+_TEXT_BYTES = frozenset(b"\t\n\r\x0c" + bytes(range(0x20, 0x7F)))
+
+
+def content_problem(extension: str, head: bytes) -> str | None:
+    """Why a file's first bytes cannot be the photo or video its name claims (text, a document, an archive,
+    a program), or None. Only surely-not-media content is refused: a PNG named .jpg is still a photo, and a
+    format this check does not know passes (Immich judges it)."""
+    for magic, what in _NOT_MEDIA_MAGIC:
+        if head.startswith(magic):
+            return f"its content is {what}, not a photo or video"
+    sample = head[:4096]
+    if extension != "svg" and sample and all(b in _TEXT_BYTES for b in sample):
+        return "its content is text, not a photo or video"
     return None
 
 

@@ -1090,6 +1090,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _upload(self, _: dict[str, str]) -> tuple[int, Any]:
         app = self.app
+        app.upload_gate.wait(SOCKET_TIMEOUT_S)  # a test holds uploads here while it does something else
         headers = self._lower_headers()
         existing = app._asset_for_checksum(headers.get("x-immich-checksum", ""))
         if existing is not None:
@@ -1277,6 +1278,9 @@ class ImmichTestServer:
         # "any_asset" with the id of another user's asset of those bytes, else of some asset with other bytes.
         # None: the truth.
         self.bulk_check_lie: str | None = None
+        # Cleared, it holds every upload request until it is set again (a test acting while uploads are in flight).
+        self.upload_gate = threading.Event()
+        self.upload_gate.set()
         self.faults = FaultQueue()
         self.user_id = str(uuid.uuid4())
         self.api_key_id = str(uuid.uuid4())

@@ -86,7 +86,7 @@ def test_raw_and_jpeg_become_one_stack_with_the_jpeg_on_top(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     jpeg = library.photo("shoot/IMG_1.jpg", n=1)
-    library.write("shoot/IMG_1.CR2", b"raw data" * 200)
+    library.write("shoot/IMG_1.CR2", b"II*\x00" + b"raw data" * 200)
     library.photo("shoot/IMG_2.jpg", n=2)  # no RAW: not stacked
     status, summary = sync(server_env, "--stack-raw-jpeg")
     assert status == 0 and summary["stacks_created"] == 1
@@ -232,7 +232,7 @@ def test_delete_leaves_a_sidecar_another_file_still_needs(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     jpeg = library.photo("s/IMG_1.jpg", n=1)
-    raw = library.write("s/IMG_1.CR2", b"raw" * 300)
+    raw = library.write("s/IMG_1.CR2", b"II*\x00" + b"raw" * 300)
     shared = library.write("s/IMG_1.xmp", b"<x:xmpmeta/>")
     sync(server_env, "--only-images", "--exclude", "*.CR2")
     status, summary = sync(server_env, "--delete-uploaded", "--only-images", "--exclude", "*.CR2")
@@ -321,7 +321,7 @@ def test_sidecar_that_went_up_with_its_photo_goes_with_it(
 def test_sidecar_of_the_original_stays_when_its_converted_copy_is_deleted(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    original = library.write("c/IMG_9.HEIC", b"heic bytes" * 100)
+    original = library.write("c/IMG_9.HEIC", b"\x00\x00\x00\x18ftypheic" + b"heic bytes" * 100)
     converted = library.photo("c/IMG_9.HEIC.jpg", n=9)
     sidecar = library.write("c/IMG_9.HEIC.xmp", b"<x:xmpmeta>edits of the HEIC</x:xmpmeta>")
     status, summary = sync(server_env, "--delete-uploaded", "--exclude", "*.HEIC")
@@ -373,7 +373,7 @@ def test_failed_album_or_stack_step_holds_deletion_back(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     photo = library.photo("a/IMG_1.jpg", n=1)
-    raw = library.write("a/IMG_1.CR2", b"raw data" * 200)
+    raw = library.write("a/IMG_1.CR2", b"II*\x00" + b"raw data" * 200)
     alone = library.photo("b/IMG_2.jpg", n=2)
     immich.faults.add(status=400, path="/api/stacks", method="POST")
     status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
@@ -392,7 +392,7 @@ def test_raw_waiting_to_be_uploaded_keeps_its_jpeg_when_stacking(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     photo = library.photo("a/IMG_1.jpg", n=1)
-    raw = library.write("a/IMG_1.NEF", b"raw data" * 200)
+    raw = library.write("a/IMG_1.NEF", b"II*\x00" + b"raw data" * 200)
     status, summary = sync(
         server_env, "--stack-raw-jpeg", "--delete-uploaded", "--only-images", "--exclude", "*.NEF"
     )
@@ -502,7 +502,7 @@ def test_a_second_cover_beside_a_raw_is_not_waited_for_and_does_not_hold_the_raw
 ) -> None:
     jpeg = library.photo("a/IMG_1.jpg", n=1)
     heic = library.photo("a/IMG_1.heic", n=2)  # one cover is stacked with the RAW, the other stays alone
-    raw = library.write("a/IMG_1.DNG", b"raw data" * 200)
+    raw = library.write("a/IMG_1.DNG", b"II*\x00" + b"raw data" * 200)
     status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
     assert status == 0 and summary["stacks_created"] == 1
     (stack,) = immich.stacks.values()

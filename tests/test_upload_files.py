@@ -220,7 +220,7 @@ def test_server_down_at_start_is_one_line_exit_2(env: Env, library: Library) -> 
 def test_unsupported_types_are_skipped_with_the_reason(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    library.write("odd.xyz", b"x" * 100)
+    library.write("odd.xyz", b"\x00\x01" * 50)
     server_env.set(IMAGE_EXTENSIONS="jpg,xyz")
     scan(server_env)
     status, summary, _ = upload(server_env)
@@ -247,15 +247,18 @@ def test_dry_run_asks_the_server_and_sends_nothing_and_limit_sends_n(
     assert summary["uploaded"] == 2 and immich.upload_count() == 2
 
 
-def test_file_changed_since_scan_is_rehashed_before_sending(
+def test_file_changed_since_scan_waits_for_the_next_scan_and_is_never_sent_half_read(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     path = library.photo("a.jpg", n=1)
     scan(server_env)
-    library.photo("a.jpg", n=50)
+    library.photo("a.jpg", n=50)  # seen changing: still being written, or edited since
     os.utime(path, ns=(3_000_000_000_000_000_000, 3_000_000_000_000_000_000))
-    status, _, _ = upload(server_env)
-    assert status == 0
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["changing"] == 1 and summary["uploaded"] == 0 and not immich.assets
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1
     (asset,) = immich.assets.values()
     assert asset.sha1_hex == hashlib.sha1(path.read_bytes()).hexdigest()
 
