@@ -331,13 +331,17 @@ def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
     if f.read(2) != b"\xff\xd8":
         return None
     header = JpegHeader()
+    resyncs = 0
     while True:
         byte = f.read(1)
         if not byte:
             return header
-        # Not a marker where one must be (a segment length that lies): like exiftool, look for the next.
-        if byte != b"\xff" and not _skip_to_marker(f):
-            return header
+        # Not a marker where one must be (a segment length that lies): like exiftool, look for the next,
+        # a few times (a large file that is no JPEG is not walked to its end).
+        if byte != b"\xff":
+            resyncs += 1
+            if resyncs > _MAX_RESYNCS or not _skip_to_marker(f):
+                return header
         marker = f.read(1)
         while marker == b"\xff":  # fill bytes
             marker = f.read(1)
@@ -378,6 +382,7 @@ def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
 
 _XMP_SIGNATURE = b"http://ns.adobe.com/xap/1.0/\x00"
 _MARKER_SEARCH_BYTES = 64 << 10  # how far past a damaged segment the next marker is looked for
+_MAX_RESYNCS = 8
 
 
 def _skip_to_marker(f: BinaryIO) -> bool:

@@ -810,3 +810,17 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
     except FileNotFoundError:
         return False
+
+
+def test_a_large_file_of_garbage_named_jpg_is_not_walked_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.jpg"
+    # Starts like a JPEG, then 8 MiB in which every segment is followed by bytes that are no marker.
+    path.write_bytes(b"\xff\xd8" + (b"\xff\xe2\x00\x04\x00\x00" + bytes(1000)) * 8000)
+    reads = []
+    real_skip = utils._skip_to_marker
+    monkeypatch.setattr(utils, "_skip_to_marker", lambda f: reads.append(f.tell()) or real_skip(f))
+    meta = read_image_metadata(path)
+    assert len(reads) == utils._MAX_RESYNCS
+    assert meta.warnings  # no size found: the header was cut short
