@@ -903,6 +903,105 @@ def _samples() -> list[Sample]:
             {"com.apple.quicktime.creationdate": "2020-01-02T10:04:05"},
         ),
     )
+    # Added after the reader was written (a check that it was not fitted to the files above)
+    add(
+        "later_offset_no_colon.jpg",
+        "OffsetTimeOriginal written +0530",
+        lambda: _exif_jpeg([(DTO, ASCII, "2019:11:12 13:14:15"), (OFFSET_ORIGINAL, ASCII, "+0530")]),
+    )
+    add(
+        "later_digitized_gps_tokyo.jpg",
+        "only CreateDate, no offset, GPS in Tokyo",
+        lambda: _exif_jpeg([(DTD, ASCII, "2018:04:01 08:00:00")], gps_entries(35.6586, 139.7454)),
+    )
+    add(
+        "later_xmp_fraction_z.jpg",
+        "no EXIF; XMP CreateDate with fraction and Z",
+        lambda: jpeg(xmp=xmp_packet(xmp_CreateDate="2017-02-03T04:05:06.25Z")),
+    )
+    add(
+        "later_xmp_element_form.jpg",
+        "no EXIF; XMP CreateDate as an element, with offset",
+        lambda: jpeg(
+            xmp=xmp_packet().replace(
+                "/></rdf:RDF>",
+                "><xmp:CreateDate>2016-05-06T07:08:09-04:00</xmp:CreateDate></rdf:Description></rdf:RDF>",
+            )
+        ),
+    )
+    add(
+        "later_canon_zone_and_gps.jpg",
+        "Canon maker-note zone -04:00 and GPS in Paris: the zone tag wins",
+        lambda: jpeg(
+            tiff_block(
+                camera(),
+                [(DTO, ASCII, "2021:08:09 10:11:12"), (MAKERNOTE, UNDEFINED, canon_makernote(-240))],
+                gps_entries(*PARIS),
+            )
+        ),
+    )
+    add(
+        "later_gps_and_stamp.jpg",
+        "big-endian, GPS in New York and a GPS time stamp: the place wins",
+        lambda: jpeg(
+            tiff_block(
+                camera("SONY", "ILCE-7M3"),
+                [(DTO, ASCII, "2022:07:04 21:30:00")],
+                [
+                    *gps_entries(*NEW_YORK),
+                    (7, RATIONAL, ((1, 1), (30, 1), (0, 1))),
+                    (29, ASCII, "2022:07:05"),
+                ],
+                order=">",
+            )
+        ),
+    )
+    add(
+        "later_png_xmp_naive.png",
+        "a PNG with XMP exif:DateTimeOriginal, no offset",
+        lambda: png(xmp=xmp_packet(exif_DateTimeOriginal="2015-09-10T11:12:13")),
+    )
+    add(
+        "later_subsec_long_offset.jpg",
+        "six 9s of sub-seconds and offset -03:30",
+        lambda: _exif_jpeg(
+            [
+                (DTO, ASCII, "2014:12:31 23:59:59"),
+                (SUBSEC_ORIGINAL, ASCII, "999999"),
+                (OFFSET_ORIGINAL, ASCII, "-03:30"),
+            ]
+        ),
+    )
+    add(
+        "later_impossible_date.jpg",
+        "DateTimeOriginal on 30 February; a real CreateDate",
+        lambda: _exif_jpeg([(DTO, ASCII, "2020:02:30 10:00:00"), (DTD, ASCII, "2020:02:28 10:00:00")]),
+    )
+    add(
+        "later_mov_negative_offset.mov",
+        "Apple creationdate -0700, make and model",
+        lambda: quicktime(
+            datetime(2019, 3, 3, 20, 0, 0, tzinfo=timezone.utc),
+            {
+                "com.apple.quicktime.creationdate": "2019-03-03T13:00:00-0700",
+                "com.apple.quicktime.make": "Apple",
+                "com.apple.quicktime.model": "iPhone XS",
+            },
+        ),
+    )
+    add(
+        "later_heic_gps_naive.heic",
+        "a HEIC without offset, GPS in Sydney",
+        lambda: heic(
+            tiff_block(
+                camera("Apple", "iPhone 11"),
+                [(DTO, ASCII, "2020:12:25 08:00:00")],
+                gps_entries(*SYDNEY),
+                order=">",
+            ),
+            size=(4032, 3024),
+        ),
+    )
     return s
 
 
