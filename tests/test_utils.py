@@ -824,3 +824,21 @@ def test_a_large_file_of_garbage_named_jpg_is_not_walked_to_its_end(
     meta = read_image_metadata(path)
     assert len(reads) == utils._MAX_RESYNCS
     assert meta.warnings  # no size found: the header was cut short
+
+
+@pytest.mark.parametrize(
+    ("digitized", "offset"),
+    [("2020:01:02 03:04:05", None), ("2020:01:02 03:04:05+03:00", timedelta(hours=3))],
+)
+def test_a_plain_camera_date_is_zoned_only_by_what_the_file_says(
+    tmp_path: Path, digitized: str, offset: timedelta | None
+) -> None:
+    """The common case (DateTimeOriginal, nothing else about time) as the full logic reads it: a CreateDate
+    that carries an offset of its own gives the original its zone, as in exiftool-vendored."""
+    block = media_corpus.tiff_block(
+        media_corpus.camera(), [(0x9003, 2, "2020:01:02 03:04:05"), (0x9004, 2, digitized)]
+    )
+    (tmp_path / "a.jpg").write_bytes(media_corpus.jpeg(block))
+    taken = read_image_metadata(tmp_path / "a.jpg").date_taken
+    assert taken is not None and taken.replace(tzinfo=None) == datetime(2020, 1, 2, 3, 4, 5)
+    assert taken.utcoffset() == offset
