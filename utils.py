@@ -811,7 +811,8 @@ _XMP_WANTED = frozenset({
 
 
 def _has_exif(tags: dict[str, Any]) -> bool:
-    return any(not name.startswith("XMP ") for name in tags)
+    """Whether `tags` holds EXIF's: XMP's are added after them, so the first name tells."""
+    return bool(tags) and not next(iter(tags)).startswith("XMP ")
 
 
 def _open_image(f: BinaryIO) -> ImageFile.ImageFile:
