@@ -412,7 +412,9 @@ def date_taken(
 ) -> tuple[datetime, str] | None:
     """The first usable date: the file's own capture date, then its name, then the EXIF ModifyDate
     (`modified`; Immich reads no capture date from it, so it is sent as fileCreatedAt), then its mtime. A date
-    out of range (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash."""
+    out of range (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash.
+    A name's or ModifyDate's date later than the mtime gives way to the mtime: Immich, finding no capture date,
+    shows the earlier of the fileCreatedAt sent and the file's mtime."""
     candidates: list[tuple[datetime | int | None, str]] = [
         (exif_or_video, source),
         (date_from_filename(filename), "filename"),
@@ -427,6 +429,8 @@ def date_taken(
                 moment = with_zone(value, time_zone)
             else:
                 moment = datetime.fromtimestamp(value / 1e9, timezone.utc)
+            if origin in ("filename", "exif-modified") and moment.timestamp() > mtime_ns / 1e9:
+                continue
             if moment.astimezone(timezone.utc).year in PLAUSIBLE_YEARS:
                 return moment, origin
         except (OverflowError, OSError, ValueError):

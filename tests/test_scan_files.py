@@ -524,3 +524,24 @@ def test_rows_an_older_metadata_reader_wrote_are_read_again_once_without_hashing
     info = json.loads(str(row["metadata_info"]))
     assert info["date_taken"] == "2023-07-14T18:30:05.123000-05:00" and info["reader"] == 2
     assert scan(env)[1]["reread"] == 0  # once
+
+
+def test_a_fallback_date_later_than_the_mtime_gives_way_to_it_as_immich_does(
+    env: Env, library: Library
+) -> None:
+    """Immich, finding no capture date in a file, shows the earlier of the fileCreatedAt sent and the file's
+    mtime: a ModifyDate or a name's date after the mtime would not be what it shows."""
+    from tests import media_corpus
+
+    modified_only = media_corpus.tiff_block([*media_corpus.camera(), (0x0132, 2, "2016:01:02 03:04:05")])
+    early = library.write("a/modified_later.jpg", media_corpus.jpeg(modified_only))
+    named = library.write("a/IMG_20190504_101500.jpg", media_corpus.jpeg())
+    kept = library.write("b/modified_earlier.jpg", media_corpus.jpeg(modified_only, seed=2))
+    for path in (early, named):
+        os.utime(path, (978_310_800, 978_310_800))  # 2001-01-01, before both dates
+    scan(env)
+    rows = rows_by_name(env)
+    assert rows["modified_later.jpg"]["date_source"] == "mtime"
+    assert rows["IMG_20190504_101500.jpg"]["date_source"] == "mtime"
+    assert rows["modified_earlier.jpg"]["date_source"] == "exif-modified"
+    assert kept.stat().st_mtime > 1_500_000_000
