@@ -43,6 +43,9 @@ DEFAULT_HASH_CHUNK_BYTES = 1 << 20
 # ExifRead warns through its own logger about every odd tag and "File format not recognized" for each file
 # without EXIF; those would flood the console. What matters to us comes back in MediaMetadata.warnings.
 logging.getLogger("exifread").setLevel(logging.ERROR)
+# Pillow logs damaged headers as errors ("More samples per pixel than can be decoded") before it raises what
+# MediaMetadata.warnings reports: one line about the file, not two.
+logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 
 @functools.cache

@@ -842,3 +842,17 @@ def test_a_plain_camera_date_is_zoned_only_by_what_the_file_says(
     taken = read_image_metadata(tmp_path / "a.jpg").date_taken
     assert taken is not None and taken.replace(tzinfo=None) == datetime(2020, 1, 2, 3, 4, 5)
     assert taken.utcoffset() == offset
+
+
+def test_a_damaged_tiff_header_is_one_warning_and_nothing_on_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = bytearray(media_corpus.tiff_file([]))
+    at = data.index(struct.pack("<HHI", 0x0115, 3, 1))  # SamplesPerPixel: 3 -> 2048
+    struct.pack_into("<H", data, at + 8, 2048)
+    (tmp_path / "a.tif").write_bytes(data)
+    with caplog.at_level(logging.INFO):
+        meta = read_image_metadata(tmp_path / "a.tif")
+    assert meta.warnings == ["not an image format Pillow recognises"]
+    assert not [r for r in caplog.records if r.name.startswith("PIL")]
+    assert capsys.readouterr() == ("", "")
