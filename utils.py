@@ -779,7 +779,8 @@ def _apply_heif_size(f: BinaryIO, meta: MediaMetadata) -> None:
     while (at := head.find(b"ispe", at)) != -1:
         if at + 16 <= len(head):
             width, height = struct.unpack_from(">II", head, at + 8)
-            if width * height > best[0] * best[1]:
+            # Immich stores sizes as 32-bit signed integers and drops larger ones.
+            if width * height > best[0] * best[1] and max(width, height) < 1 << 31:
                 best = (width, height)
         at += 4
     if best[0] and best[1]:
