@@ -1003,6 +1003,34 @@ class Store:
 
         self._transaction(write)
 
+    def rows_read_before(self, reader_version: int, page_rows: int = 1000) -> Iterator[tuple[Any, ...]]:
+        """(id, filepath, filepath_b64, filename, file_size, mtime_ns, media_type) of this scope's present,
+        fingerprinted rows whose metadata_info an older reader wrote (no `"reader": N`); Takeout's rows (their
+        metadata came with the zip) are left out. Paged by id: the caller writes between pages."""
+        marker = f'%"reader": {reader_version}%'
+        sql = self.sql(
+            "SELECT id, filepath, filepath_b64, filename, file_size, mtime_ns, media_type FROM media_files "
+            "WHERE scope = ? AND id > ? AND missing_since IS NULL AND hash IS NOT NULL AND hash <> '' "
+            "AND upload_status <> 'skipped' "
+            "AND (metadata_info IS NULL OR (metadata_info NOT LIKE ? AND metadata_info NOT LIKE ?)) "
+            f"ORDER BY id LIMIT {int(page_rows)}"
+        )
+        last = 0
+        while True:
+            with self._lock:
+                page = self._query(sql, (self.scope, last, marker, '%"takeout"%'))
+            yield from page
+            if len(page) < page_rows:
+                return
+            last = page[-1][0]
+
+    def update_metadata(self, rows: Sequence[tuple[int, str | None, str | None, str]]) -> None:
+        """(row id, date_taken, date_source, metadata_info) of files whose metadata was read again."""
+        sql = self.sql(
+            "UPDATE media_files SET date_taken = ?, date_source = ?, metadata_info = ? WHERE id = ?"
+        )
+        self._write_many(sql, [(taken, source, info, row_id) for row_id, taken, source, info in rows])
+
     def update_fingerprint(self, row_id: int, file: ScannedFile) -> None:
         """A file changed between scan and upload: store its new fingerprint before it is sent."""
         self.save_scanned([], [(row_id, file)])

@@ -33,6 +33,7 @@ from filters import DELETING_PREFIX, JUNK, RunScope, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
+    METADATA_READER_VERSION,
     FileChangedError,
     content_problem,
     date_from_filename,
@@ -81,6 +82,7 @@ class ScanSummary:
     skipped: int = 0
     changing: int = 0  # still being written: read again on the next run
     elsewhere: int = 0  # a shared library's files another machine was hashing
+    reread: int = 0  # unchanged files whose metadata an older reader had read: read again, not hashed
     errors: int = 0
     unavailable: list[str] = field(default_factory=list)  # source folders missing or empty (not mounted?)
     passed_over: list[str] = field(default_factory=list)  # folders not walked that are no error (loops...)
@@ -346,21 +348,54 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
     if problem is not None:
         row.upload_status, row.last_error = "skipped", f"{problem}: not sent"
         return row
-    meta = read_metadata(found.raw_path, found.media_type, fp.head, fp.size_bytes)
-    info = dict(meta.info)
-    found_date = date_taken(
-        meta.date_taken, meta.date_source, filename, fp.mtime_ns, time_zone, meta.warnings
+    described = describe_metadata(
+        found.raw_path, found.media_type, fp.head, fp.size_bytes, filename, fp.mtime_ns, time_zone
     )
+    row.date_taken, row.date_source, row.metadata_info = (
+        described.date_taken,
+        described.date_source,
+        described.info,
+    )
+    if described.warnings:
+        row.warnings = described.warnings  # logged by the scanner (this may run in a worker)
+    return row
+
+
+class DescribedMetadata(NamedTuple):
+    date_taken: str | None  # UTC, "YYYY-MM-DD HH:MM:SS"
+    date_source: str | None
+    info: str  # metadata_info's JSON
+    warnings: list[str]
+
+
+def describe_metadata(
+    raw_path: bytes,
+    media_type: str,
+    head: bytes,
+    size_bytes: int,
+    filename: str,
+    mtime_ns: int,
+    time_zone: tzinfo | None,
+) -> DescribedMetadata:
+    """A file's row fields from its content: the date used (and where it came from) and metadata_info, which
+    records the reader's version (utils.METADATA_READER_VERSION)."""
+    meta = read_metadata(raw_path, media_type, head, size_bytes)
+    info = dict(meta.info)
+    info["reader"] = METADATA_READER_VERSION
+    found_date = date_taken(
+        meta.date_taken, meta.date_source, filename, mtime_ns, time_zone, meta.warnings, modified_date(info)
+    )
+    taken_utc = source = None
     if found_date is not None:
         taken, source = found_date
-        row.date_taken = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        row.date_source = source
+        taken_utc = taken.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         info["date_used"] = taken.isoformat()
         info["date_source"] = source
     if meta.warnings:
-        info["warnings"] = row.warnings = meta.warnings  # logged by the scanner (this may run in a worker)
-    row.metadata_info = json.dumps(info, default=str, ensure_ascii=False)
-    return row
+        info["warnings"] = meta.warnings
+    return DescribedMetadata(
+        taken_utc, source, json.dumps(info, default=str, ensure_ascii=False), meta.warnings
+    )
 
 
 PLAUSIBLE_YEARS = range(1826, 2201)  # from the first photograph; a camera clock can be set far ahead
@@ -373,12 +408,17 @@ def date_taken(
     mtime_ns: int,
     time_zone: tzinfo | None,
     warnings: list[str],
+    modified: datetime | None = None,
 ) -> tuple[datetime, str] | None:
-    """The first usable date: the file's own metadata, then its name, then its mtime. A date out of range
-    (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash."""
+    """The first usable date: the file's own capture date, then its name, then the EXIF ModifyDate
+    (`modified`; Immich reads no capture date from it, so it is sent as fileCreatedAt), then its mtime. A date
+    out of range (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash.
+    A name's or ModifyDate's date later than the mtime gives way to the mtime: Immich, finding no capture date,
+    shows the earlier of the fileCreatedAt sent and the file's mtime."""
     candidates: list[tuple[datetime | int | None, str]] = [
         (exif_or_video, source),
         (date_from_filename(filename), "filename"),
+        (modified, "exif-modified"),
         (mtime_ns, "mtime"),
     ]
     for value, origin in candidates:
@@ -389,12 +429,20 @@ def date_taken(
                 moment = with_zone(value, time_zone)
             else:
                 moment = datetime.fromtimestamp(value / 1e9, timezone.utc)
+            if origin in ("filename", "exif-modified") and moment.timestamp() > mtime_ns / 1e9:
+                continue
             if moment.astimezone(timezone.utc).year in PLAUSIBLE_YEARS:
                 return moment, origin
         except (OverflowError, OSError, ValueError):
             pass
         warnings.append(f"{origin} date {value} is out of range; not used")
     return None
+
+
+def modified_date(info: dict[str, object]) -> datetime | None:
+    """The EXIF ModifyDate the reader kept (a naive wall clock), or None."""
+    text = info.get("modify_date")
+    return datetime.fromisoformat(text) if isinstance(text, str) else None
 
 
 def with_zone(moment: datetime, time_zone: tzinfo | None) -> datetime:
@@ -815,12 +863,59 @@ class Scanner:
         finally:
             describer.close()
         batch.save()
+        if not self.stop.is_set():
+            summary.reread = self.reread_old_metadata()
         self.progress.finish()
         summary.passed_over = walk.passed_over
         if not self.stop.is_set():
             self._mark_missing(known, roots, walk.unlistable)
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+    def reread_old_metadata(self) -> int:
+        """Rows an older metadata reader described get this one's date, camera and place, once: read from
+        the file's first bytes, not hashed again. A file changed since its row was written is left to the
+        next scan's compare. Returns how many rows were read again."""
+        state = f"metadata_reader:{self.store.scope}"
+        if self.store.get_state(state) == str(METADATA_READER_VERSION):
+            return 0  # the usual case: one small query
+        reread = 0
+        updates: list[tuple[int, DescribedMetadata]] = []
+        for row_id, filepath, b64, filename, size, mtime_ns, media_type in self.store.rows_read_before(
+            METADATA_READER_VERSION
+        ):
+            if self.stop.is_set():
+                break
+            path = self.scope.path_of(filepath, b64)
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                log.debug("%s: metadata not read again: %s", display_path(path), exc.strerror or exc)
+                continue
+            if st.st_size != size or st.st_mtime_ns != mtime_ns or not stat.S_ISREG(st.st_mode):
+                continue
+            if not reread:
+                log.info(
+                    "reading again the metadata an earlier version read (once; files are not hashed again)"
+                )
+            # No head: the reader reads a JPEG's segments up to its image data, not a fixed 256 KiB.
+            described = describe_metadata(
+                path, media_type, b"", size, filename, mtime_ns, self.settings.time_zone
+            )
+            updates.append((row_id, described))
+            reread += 1
+            if len(updates) >= SAVE_EVERY_FILES:
+                self.store.update_metadata([(i, d.date_taken, d.date_source, d.info) for i, d in updates])
+                updates = []
+        if updates:
+            self.store.update_metadata([(i, d.date_taken, d.date_source, d.info) for i, d in updates])
+        if not self.stop.is_set():
+            self.store.set_state(state, str(METADATA_READER_VERSION))
+        if reread:
+            log.info(
+                "read the metadata of %d files again (dates, cameras and places as Immich reads them)", reread
+            )
+        return reread
 
     def _claim(
         self, files: list[tuple[FoundFile, int | None]], known: KnownIndex
@@ -942,6 +1037,11 @@ def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]
             else []
         ),
         *([("hashed elsewhere", f"{summary.elsewhere} (by another machine)")] if summary.elsewhere else []),
+        *(
+            [("metadata read again", f"{summary.reread} (by a newer reader, not hashed)")]
+            if summary.reread
+            else []
+        ),
         errors_row(summary.errors, log_file),
         ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),
         ("time", format_duration(summary.elapsed_s)),

@@ -14,18 +14,22 @@ import base64
 import errno
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
 import re
 import struct
+import sys
+import threading
+import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from io import BytesIO
 from numbers import Rational
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from config import RAW_EXTENSIONS
 
@@ -39,6 +43,9 @@ DEFAULT_HASH_CHUNK_BYTES = 1 << 20
 # ExifRead warns through its own logger about every odd tag and "File format not recognized" for each file
 # without EXIF; those would flood the console. What matters to us comes back in MediaMetadata.warnings.
 logging.getLogger("exifread").setLevel(logging.ERROR)
+# Pillow logs damaged headers as errors ("More samples per pixel than can be decoded") before it raises what
+# MediaMetadata.warnings reports: one line about the file, not two.
+logging.getLogger("PIL").setLevel(logging.CRITICAL)
 
 
 @functools.cache
@@ -185,6 +192,10 @@ def _hash_if_unchanged(path: str | bytes, chunk_size: int, keep_head: bool) -> F
 
 # --- Metadata -------------------------------------------------------------------------------------------------
 
+# The reader's version, kept in each row's metadata_info ("reader"): rows an older reader described are read
+# again once (scanner.Scanner.reread_old_metadata). 2: dates, cameras and places as Immich reads them.
+METADATA_READER_VERSION = 2
+
 
 @dataclass
 class MediaMetadata:
@@ -195,6 +206,9 @@ class MediaMetadata:
     date_source: str = "none"  # "exif" | "video" | "none"
     info: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # This reader stopped short where exiftool (Immich's reader) may read more: a damaged or unknown block,
+    # metadata without a date, a RAW or HEIF file, a video.
+    exiftool_may_know: bool = False
 
 
 def _warn(meta: MediaMetadata, path: str | bytes, reason: str) -> None:
@@ -206,14 +220,24 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def read_metadata(path: str | bytes, kind: str, head: bytes = b"", size_bytes: int = 0) -> MediaMetadata:
+def read_metadata(
+    path: str | bytes, kind: str, head: bytes = b"", size_bytes: int = 0, use_exiftool: bool | None = None
+) -> MediaMetadata:
     """Metadata of an "image" or a "video"; never raises for bad content (see the two readers). `head`, the
-    file's first bytes already read (and `size_bytes`, its size), spares a JPEG a second read."""
+    file's first bytes already read (and `size_bytes`, its size), spares a JPEG a second read. Where the fast
+    readers stop short (MediaMetadata.exiftool_may_know), exiftool reads the date, camera, place and size as
+    Immich does, when it is installed (`use_exiftool` None), always (True) or never (False)."""
     if kind == "image":
-        return read_image_metadata(path, head=head, size_bytes=size_bytes)
-    if kind == "video":
-        return read_video_metadata(path)
-    raise ValueError(f"kind must be 'image' or 'video', not {kind!r}")
+        meta = read_image_metadata(path, head=head, size_bytes=size_bytes)
+    elif kind == "video":
+        meta = read_video_metadata(path)
+    else:
+        raise ValueError(f"kind must be 'image' or 'video', not {kind!r}")
+    if use_exiftool or (use_exiftool is None and meta.exiftool_may_know):
+        exiftool = shared_exiftool()
+        if exiftool is not None:
+            _apply_exiftool(exiftool.read(path, video=kind == "video"), kind == "video", meta)
+    return meta
 
 
 def read_image_metadata(
@@ -235,11 +259,12 @@ def read_image_metadata(
     if fast_jpeg and head.startswith(b"\xff\xd8") and extension_of(path) not in _EXIF_ONLY_EXTENSIONS:
         header = _read_jpeg_header(BytesIO(head))
         if header is not None and (header.complete or len(head) >= size_bytes):
-            tags = _read_tiff_tags(header.exif, path, meta) if header.exif else {}
+            tags = _jpeg_tags(header, path, meta)
             _apply_jpeg_header(header, path, meta)
-            if header.exif is not None and not tags:
+            if header.exif is not None and not _has_exif(tags):
                 _warn(meta, path, "EXIF block present but unreadable (corrupt)")
             _apply_exif(tags, path, meta)
+            meta.exiftool_may_know = _may_know_more(meta, header.other_metadata or tags or header.xmp)
             return meta
     try:
         with opener() if opener is not None else open(path, "rb") as f:
@@ -249,21 +274,43 @@ def read_image_metadata(
             exif_only = extension_of(path) in _EXIF_ONLY_EXTENSIONS
             header = _read_jpeg_header(f) if fast_jpeg and not exif_only else None
             if header is not None:
-                tags = _read_tiff_tags(header.exif, path, meta) if header.exif else {}
+                tags = _jpeg_tags(header, path, meta)
                 has_exif_block = header.exif is not None
+                has_metadata = header.other_metadata or has_exif_block or header.xmp is not None
                 _apply_jpeg_header(header, path, meta)
             else:
                 f.seek(0)
                 tags = _read_exif_tags(f, path, meta)
-                has_exif_block = False if exif_only else _read_image_header(f, path, meta)
+                blocks = _EmbeddedBlocks() if exif_only else _read_image_header(f, path, meta)
+                has_exif_block = blocks.exif is not None
+                if not tags and blocks.exif:  # a WebP's EXIF chunk, which ExifRead does not find
+                    tags = _read_tiff_tags(blocks.exif.removeprefix(b"Exif\x00\x00"), path, meta)
+                if blocks.xmp:
+                    tags.update(xmp_tags(blocks.xmp))
+                if exif_only and extension_of(path) in _HEIF_EXTENSIONS:
+                    _apply_heif_size(f, meta)
+                has_metadata = exif_only or bool(tags) or has_exif_block or blocks.xmp is not None
+                has_metadata = has_metadata or meta.info.get("format") not in _PLAIN_FORMATS
     except OSError as exc:
         _warn(meta, path, f"cannot read the file: {exc.strerror or exc}")
         return meta
-    if has_exif_block and not tags:
+    if has_exif_block and not _has_exif(tags):
         # ExifRead gives up silently on a damaged block (bad offsets, garbage IFDs); the header showed it.
         _warn(meta, path, "EXIF block present but unreadable (corrupt)")
     _apply_exif(tags, path, meta)
+    meta.exiftool_may_know = opener is None and (
+        extension_of(path) in _EXIF_ONLY_EXTENSIONS or _may_know_more(meta, has_metadata)
+    )
     return meta
+
+
+# Formats whose metadata, when Pillow shows none, is none that Immich reads (a screenshot, a drawing).
+_PLAIN_FORMATS = frozenset({"PNG", "GIF", "BMP", "ICO", "PPM"})
+
+
+def _may_know_more(meta: MediaMetadata, has_metadata: object) -> bool:
+    """Whether exiftool may read more than this reader did: a damaged file, or metadata without a date."""
+    return bool(meta.warnings) or (meta.date_taken is None and bool(has_metadata))
 
 
 # Start-of-frame markers (baseline, progressive, lossless, arithmetic): they carry the image size.
@@ -277,6 +324,9 @@ class JpegHeader:
     width: int = 0
     height: int = 0
     complete: bool = False  # the image data (SOS) was reached: nothing was cut off in the header
+    more_exif: list[bytes] = field(default_factory=list)  # later "Exif" segments (the first may be garbage)
+    xmp: bytes | None = None  # the XMP packet of the first APP1 XMP segment
+    other_metadata: bool = False  # segments exiftool reads and this reader does not (IPTC, APP12...)
 
 
 def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
@@ -284,12 +334,17 @@ def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
     if f.read(2) != b"\xff\xd8":
         return None
     header = JpegHeader()
+    resyncs = 0
     while True:
         byte = f.read(1)
         if not byte:
             return header
+        # Not a marker where one must be (a segment length that lies): like exiftool, look for the next,
+        # a few times (a large file that is no JPEG is not walked to its end).
         if byte != b"\xff":
-            return header  # not a marker where one must be: damaged; what was read stands
+            resyncs += 1
+            if resyncs > _MAX_RESYNCS or not _skip_to_marker(f):
+                return header
         marker = f.read(1)
         while marker == b"\xff":  # fill bytes
             marker = f.read(1)
@@ -307,10 +362,18 @@ def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
         length = int.from_bytes(length_bytes, "big") - 2
         if length < 0:
             return header
-        if code == 0xE1 and header.exif is None:
+        if code == 0xE1:
             segment = f.read(length)
             if segment.startswith(b"Exif\x00\x00"):
-                header.exif = segment[6:]
+                if header.exif is None:
+                    header.exif = segment[6:]
+                else:
+                    header.more_exif.append(segment[6:])
+            elif segment.startswith(_XMP_SIGNATURE) and header.xmp is None:
+                header.xmp = segment[len(_XMP_SIGNATURE) :]
+        elif code in (0xEC, 0xED):  # APP12 (Ducky, picture info), APP13 (IPTC): dates exiftool may find
+            header.other_metadata = True
+            f.seek(length, os.SEEK_CUR)
         elif code in _JPEG_SOF and not header.width:
             segment = f.read(length)
             if len(segment) >= 5:
@@ -318,6 +381,36 @@ def _read_jpeg_header(f: BinaryIO) -> JpegHeader | None:
                 header.width = int.from_bytes(segment[3:5], "big")
         else:
             f.seek(length, os.SEEK_CUR)
+
+
+_XMP_SIGNATURE = b"http://ns.adobe.com/xap/1.0/\x00"
+_MARKER_SEARCH_BYTES = 64 << 10  # how far past a damaged segment the next marker is looked for
+_MAX_RESYNCS = 8
+
+
+def _skip_to_marker(f: BinaryIO) -> bool:
+    """Moves `f` to just after the 0xFF of the next marker (0xFF then neither 0x00 nor 0xFF); False if none."""
+    start = f.tell()
+    data = f.read(_MARKER_SEARCH_BYTES)
+    at = 0
+    while (at := data.find(b"\xff", at)) != -1 and at + 1 < len(data):
+        if data[at + 1] not in (0x00, 0xFF):
+            f.seek(start + at + 1)
+            return True
+        at += 1
+    return False
+
+
+def _jpeg_tags(header: JpegHeader, path: str | bytes, meta: MediaMetadata) -> dict[str, Any]:
+    """The tags of the first readable Exif segment (a garbage one may come before the real one) and XMP's."""
+    tags: dict[str, Any] = {}
+    for block in [header.exif, *header.more_exif] if header.exif is not None else []:
+        tags = _read_tiff_tags(block, path, meta)
+        if tags:
+            break
+    if header.xmp:
+        tags.update(xmp_tags(header.xmp))
+    return tags
 
 
 def _apply_jpeg_header(header: JpegHeader, path: str | bytes, meta: MediaMetadata) -> None:
@@ -342,6 +435,7 @@ def read_video_metadata(path: str | bytes) -> MediaMetadata:
             if os.fstat(f.fileno()).st_size == 0:
                 _warn(meta, path, "empty file")
                 return meta
+            meta.exiftool_may_know = True  # Immich reads what hachoir does not: a read is small beside a hash
             parser = _hachoir().parser.createParser(f)
             if parser is None:
                 _warn(meta, path, "not a video container hachoir recognises")
@@ -365,7 +459,130 @@ def read_video_metadata(path: str | bytes) -> MediaMetadata:
         return meta
     meta.info["format"] = container
     _apply_video_metadata(metadata, container, meta)
+    if container == "mov":
+        _apply_quicktime_metadata(path, meta)
     return meta
+
+
+def _apply_quicktime_metadata(path: str | bytes, meta: MediaMetadata) -> None:
+    """Apple's and Android's metadata in a QuickTime/MP4 movie, which hachoir does not read: the capture time
+    with its offset (com.apple.quicktime.creationdate, which Immich prefers to the UTC creation time), the
+    camera and the place. A movie's date without an offset is UTC to Immich."""
+    try:
+        with open(path, "rb") as f:
+            tags = quicktime_tags(f)
+    except (OSError, ValueError, struct.error) as exc:
+        log.debug("%s: QuickTime metadata unreadable: %s", display_path(path), exc)
+        return
+    if not tags:
+        return
+    capture: dict[str, Any] = {"CreationDate": tags.get("creationdate")}
+    if meta.date_taken is not None:
+        capture["CreateDate"] = meta.date_taken.astimezone(timezone.utc).replace(tzinfo=None).isoformat()
+    place = _ISO6709.match(tags.get("location", ""))
+    gps = None
+    if place:
+        latitude, longitude = float(place.group(1)), float(place.group(2))
+        if abs(latitude) <= 90 and abs(longitude) <= 180 and (latitude or longitude):
+            gps = (latitude, longitude)
+            meta.info["gps_latitude"], meta.info["gps_longitude"] = round(latitude, 7), round(longitude, 7)
+    taken = immich_capture_time(capture, is_video=True, gps=gps)
+    if taken is not None:
+        meta.date_taken, meta.date_source = taken, "video"
+        meta.info["date_taken"] = taken.isoformat()
+    for key, name in (("camera_make", "make"), ("camera_model", "model")):
+        if tags.get(name):
+            meta.info[key] = tags[name]
+
+
+_ISO6709 = re.compile(r"\s*([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)")
+_QUICKTIME_KEYS = {
+    b"com.apple.quicktime.creationdate": "creationdate", b"com.apple.quicktime.make": "make",
+    b"com.apple.quicktime.model": "model", b"com.apple.quicktime.location.ISO6709": "location",
+}  # fmt: skip
+_UDTA_TAGS = {b"\xa9xyz": "location", b"\xa9mak": "make", b"\xa9mod": "model"}
+_MAX_MOOV_BYTES = 64 << 20
+
+
+def _boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the ISO-BMFF boxes in data[start:end]."""
+    end = len(data) if end is None else end
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1 and at + 16 <= end:
+            size, header = struct.unpack_from(">Q", data, at + 8)[0], 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            return
+        yield kind, at + header, at + size
+        at += size
+
+
+def quicktime_tags(f: BinaryIO) -> dict[str, str]:
+    """creationdate, make, model and location (ISO 6709) from a movie's moov: Apple's keys/ilst metadata and
+    the udta atoms Android writes. The moov box may follow the media data: top-level boxes are skipped."""
+    f.seek(0, os.SEEK_END)
+    file_end = f.tell()
+    at = 0
+    moov = b""
+    while at + 8 <= file_end:
+        f.seek(at)
+        head = f.read(16)
+        if len(head) < 8:
+            break
+        size, kind = struct.unpack_from(">I4s", head)
+        header = 8
+        if size == 1 and len(head) >= 16:
+            size, header = struct.unpack_from(">Q", head, 8)[0], 16
+        elif size == 0:
+            size = file_end - at
+        if size < header:
+            break
+        if kind == b"moov":
+            if size > _MAX_MOOV_BYTES:
+                break
+            f.seek(at + header)
+            moov = f.read(size - header)
+            break
+        at += size
+    tags: dict[str, str] = {}
+    for kind, start, end in _boxes(moov):
+        if kind == b"meta":
+            tags.update(_keys_metadata(moov, start, end))
+        elif kind == b"udta":
+            for inner, inner_start, inner_end in _boxes(moov, start, end):
+                if inner in _UDTA_TAGS and inner_end - inner_start > 4:
+                    (length,) = struct.unpack_from(">H", moov, inner_start)  # text length, then language
+                    text = moov[inner_start + 4 : inner_start + 4 + length].decode("utf-8", "replace")
+                    tags.setdefault(_UDTA_TAGS[inner], text.strip("\x00 "))
+                elif inner == b"meta":
+                    tags.update(_keys_metadata(moov, inner_start, inner_end))
+    return tags
+
+
+def _keys_metadata(data: bytes, start: int, end: int) -> dict[str, str]:
+    """Apple's `mdta` metadata: a keys box names the items of the ilst box, by index from 1."""
+    if data[start + 4 : start + 8] != b"hdlr":  # an MP4-style meta box: version and flags first
+        start += 4
+    names: list[bytes] = []
+    values: dict[str, str] = {}
+    for kind, box_start, box_end in _boxes(data, start, end):
+        if kind == b"keys":
+            for _, key_start, key_end in _boxes(data, box_start + 8, box_end):
+                names.append(data[key_start:key_end])
+        elif kind == b"ilst":
+            for index, item_start, item_end in _boxes(data, box_start, box_end):
+                number = int.from_bytes(index, "big")
+                if not 1 <= number <= len(names) or names[number - 1] not in _QUICKTIME_KEYS:
+                    continue
+                for inner, value_start, value_end in _boxes(data, item_start, item_end):
+                    if inner == b"data" and value_end - value_start > 8:
+                        text = data[value_start + 8 : value_end].decode("utf-8", "replace").strip("\x00 ")
+                        values.setdefault(_QUICKTIME_KEYS[names[number - 1]], text)
+    return values
 
 
 def _read_exif_tags(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> dict[str, Any]:
@@ -391,15 +608,17 @@ def _read_tiff_tags(tiff: bytes, path: str | bytes, meta: MediaMetadata) -> dict
 # The EXIF tags this tool stores, by IFD, named as ExifRead names them (so one interpretation serves both):
 # a JPEG's block is read for exactly these, at a tenth of ExifRead's cost, which walks every tag.
 _TIFF_WANTED = {
-    "Image": {0x010F: "Make", 0x0110: "Model", 0x0112: "Orientation", 0x0131: "Software", 0x0132: "DateTime"},
+    "Image": {0x010F: "Make", 0x0110: "Model", 0x0112: "Orientation", 0x0131: "Software", 0x0132: "DateTime",
+              0x882A: "TimeZoneOffset"},
     "EXIF": {
         0x829A: "ExposureTime", 0x829D: "FNumber", 0x8827: "ISOSpeedRatings", 0x9003: "DateTimeOriginal",
         0x9004: "DateTimeDigitized", 0x9010: "OffsetTime", 0x9011: "OffsetTimeOriginal",
         0x9012: "OffsetTimeDigitized", 0x920A: "FocalLength", 0xA002: "ExifImageWidth",
-        0xA003: "ExifImageLength", 0xA434: "LensModel",
+        0xA003: "ExifImageLength", 0xA434: "LensModel", 0x9290: "SubSecTime", 0x9291: "SubSecTimeOriginal",
+        0x9292: "SubSecTimeDigitized", 0x882A: "TimeZoneOffset", 0x927C: "MakerNote",
     },
     "GPS": {1: "GPSLatitudeRef", 2: "GPSLatitude", 3: "GPSLongitudeRef", 4: "GPSLongitude",
-            5: "GPSAltitudeRef", 6: "GPSAltitude"},
+            5: "GPSAltitudeRef", 6: "GPSAltitude", 7: "GPSTimeStamp", 29: "GPSDate"},
 }  # fmt: skip
 _EXIF_IFD_POINTER, _GPS_IFD_POINTER = 0x8769, 0x8825
 # TIFF field types: (struct code, bytes per value); 2 is ASCII, 5 and 10 are (signed) rationals.
@@ -411,7 +630,9 @@ _MAX_IFD_ENTRIES = 1000
 def tiff_tags(tiff: bytes) -> dict[str, Any]:
     """The wanted tags of a TIFF/EXIF block as {"EXIF FNumber": [Fraction(14, 5)], "Image Make": "Canon"}:
     ASCII as text cut at its first NUL (bytes when not UTF-8), numbers as lists, rationals as Fractions
-    (None for a zero denominator), the values ExifRead gives. Raises on a damaged block."""
+    (None for a zero denominator), the values ExifRead gives. Like exiftool, a damaged part is passed over and
+    the rest kept: an IFD that runs past the block, a value that points outside it. Raises when the header
+    or IFD0 is unreadable."""
     order = {b"II": "<", b"MM": ">"}[tiff[:2]]
     if struct.unpack_from(order + "H", tiff, 2)[0] != 42:
         raise ValueError("not a TIFF header")
@@ -419,7 +640,16 @@ def tiff_tags(tiff: bytes) -> dict[str, Any]:
     pointers = _read_ifd(tiff, order, struct.unpack_from(order + "I", tiff, 4)[0], "Image", tags)
     for pointer, prefix in ((_EXIF_IFD_POINTER, "EXIF"), (_GPS_IFD_POINTER, "GPS")):
         if pointer in pointers:
-            _read_ifd(tiff, order, pointers[pointer], prefix, tags)
+            try:
+                _read_ifd(tiff, order, pointers[pointer], prefix, tags)
+            except (ValueError, struct.error) as exc:
+                log.debug("EXIF block: %s IFD passed over: %s", prefix, exc)
+    maker_note = tags.pop("EXIF MakerNote", None)
+    if maker_note is not None:
+        try:
+            tags.update(_maker_note_zone(tiff, maker_note, _text(tags.get("Image Make")) or ""))
+        except (ValueError, struct.error, KeyError) as exc:  # KeyError: no byte order mark in Nikon's
+            log.debug("EXIF block: maker note passed over: %s", exc)
     return tags
 
 
@@ -441,11 +671,16 @@ def _read_ifd(tiff: bytes, order: str, offset: int, prefix: str, tags: dict[str,
         length = size * n
         where = offset + 2 + 12 * number + 8 if length <= 4 else pointer
         if where + length > len(tiff):
-            raise ValueError(f"{prefix} {wanted[tag]} points past the block")
-        if kind == 2:
+            log.debug("EXIF block: %s %s points past the block", prefix, wanted[tag])
+            continue  # exiftool passes over the entry and keeps the others
+        if (
+            tag == 0x927C
+        ):  # the maker note: its bytes and where they lie (Canon's offsets count from the block)
+            value: Any = (where, tiff[where : where + length])
+        elif kind == 2:
             raw = tiff[where : where + length].split(b"\x00", 1)[0]
             try:
-                value: Any = raw.decode("utf-8")
+                value = raw.decode("utf-8")
             except UnicodeDecodeError:
                 value = raw
         else:
@@ -462,21 +697,61 @@ def _read_ifd(tiff: bytes, order: str, offset: int, prefix: str, tags: dict[str,
     return pointers
 
 
-def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> bool:
-    """Size and format from the image header; True when the file has an EXIF block."""
+def _maker_note_zone(tiff: bytes, maker_note: tuple[int, bytes], make: str) -> dict[str, str]:
+    """The camera's time zone from Nikon's (WorldTime) or Canon's (TimeInfo) maker note, as exiftool names
+    it: {"MakerNote TimeZone": "+09:00", "MakerNote DaylightSavings": "Yes"}; {} for other makers."""
+    _, data = maker_note
+    if make.lower().startswith("nikon") and data.startswith(b"Nikon\x00\x02"):
+        inner = data[10:]
+        order = {b"II": "<", b"MM": ">"}[inner[:2]]
+        first = struct.unpack_from(order + "I", inner, 4)[0]
+        (count,) = struct.unpack_from(order + "H", inner, first)
+        for number in range(min(count, _MAX_IFD_ENTRIES)):
+            tag, kind, n, value = struct.unpack_from(order + "HHI4s", inner, first + 2 + 12 * number)
+            if tag == 0x0024 and n >= 4:  # WorldTime: TimeZone int16s minutes, DaylightSavings byte
+                raw = value if n <= 4 else inner[struct.unpack(order + "I", value)[0] :][:4]
+                minutes, daylight_saving = struct.unpack(order + "hB", raw[:3])
+                return {
+                    "MakerNote TimeZone": _offset_text(minutes),
+                    "MakerNote DaylightSavings": "Yes" if daylight_saving else "No",
+                }
+    elif make.lower().startswith("canon"):
+        order = "<" if tiff[:2] == b"II" else ">"
+        (count,) = struct.unpack_from(order + "H", data, 0)
+        for number in range(min(count, _MAX_IFD_ENTRIES)):
+            tag, kind, n, pointer = struct.unpack_from(order + "HHII", data, 2 + 12 * number)
+            if tag == 0x0035 and kind == 9 and n >= 2:  # TimeInfo: int32s size (16), TimeZone minutes, ...
+                size, minutes = struct.unpack_from(order + "ii", tiff, pointer)
+                if size == 16:
+                    return {"MakerNote TimeZone": _offset_text(minutes)}
+    return {}
+
+
+def _offset_text(minutes: int) -> str:
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+class _EmbeddedBlocks(NamedTuple):
+    exif: bytes | None = None
+    xmp: bytes | None = None
+
+
+def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> _EmbeddedBlocks:
+    """Size and format from the image header; the EXIF and XMP blocks Pillow found in it."""
     f.seek(0)
     # Broad catch for the same reason as in _read_exif_tags: Pillow's plugins raise many exception types.
     try:
         with _open_image(f) as image:
             width, height = image.size
             image_format = image.format
-            has_exif_block = bool(image.info.get("exif"))
+            exif, xmp = image.info.get("exif"), image.info.get("xmp") or image.info.get("XML:com.adobe.xmp")
     except _pil().UnidentifiedImageError:
         _warn(meta, path, "not an image format Pillow recognises")
-        return False
+        return _EmbeddedBlocks()
     except Exception as exc:
         _warn(meta, path, f"image header unreadable: {_reason(exc)}")
-        return False
+        return _EmbeddedBlocks()
     if width > 0 and height > 0:
         meta.info["width"], meta.info["height"] = width, height
     if image_format:
@@ -484,7 +759,64 @@ def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> b
         mime = _pil().MIME.get(image_format)
         if mime:
             meta.info["mime"] = mime
-    return has_exif_block
+    return _EmbeddedBlocks(
+        exif if isinstance(exif, bytes) and exif else None,
+        xmp.encode() if isinstance(xmp, str) else xmp if isinstance(xmp, bytes) and xmp else None,
+    )
+
+
+_HEIF_EXTENSIONS = frozenset({"heic", "heif", "hif", "avif"})
+_HEIF_HEAD_BYTES = 256 << 10
+
+
+def _apply_heif_size(f: BinaryIO, meta: MediaMetadata) -> None:
+    """A HEIF's size from its `ispe` properties (what exiftool reports), the largest: the primary image
+    of an iPhone photo is a grid whose tiles and thumbnail have smaller ones."""
+    f.seek(0)
+    head = f.read(_HEIF_HEAD_BYTES)
+    best = (0, 0)
+    at = 0
+    while (at := head.find(b"ispe", at)) != -1:
+        if at + 16 <= len(head):
+            width, height = struct.unpack_from(">II", head, at + 8)
+            # Immich stores sizes as 32-bit signed integers and drops larger ones.
+            if width * height > best[0] * best[1] and max(width, height) < 1 << 31:
+                best = (width, height)
+        at += 4
+    if best[0] and best[1]:
+        meta.info["width"], meta.info["height"] = best
+
+
+# XMP properties exiftool reads for the capture date and camera, by the namespace prefixes writers use.
+_XMP_PROPERTY = re.compile(
+    rb"(xmp|exif|photoshop|tiff):(CreateDate|DateTimeOriginal|DateCreated|Make|Model)"
+    rb"""(?:\s*=\s*["']([^"'<]*)["']|>([^<]*)</)"""
+)
+
+
+def xmp_tags(packet: bytes) -> dict[str, str]:
+    """The dates and camera of an XMP packet: {"XMP CreateDate": "2019-03-04T05:06:07+05:30", ...}, first
+    value of each (attribute or element form)."""
+    tags: dict[str, str] = {}
+    for match in _XMP_PROPERTY.finditer(packet):
+        prefix, name = match.group(1), match.group(2).decode()
+        if (prefix, name) not in _XMP_WANTED:
+            continue
+        value = (match.group(3) if match.group(3) is not None else match.group(4)).decode("utf-8", "replace")
+        if value.strip():
+            tags.setdefault(f"XMP {name}", value.strip())
+    return tags
+
+
+_XMP_WANTED = frozenset({
+    (b"xmp", "CreateDate"), (b"exif", "DateTimeOriginal"), (b"photoshop", "DateCreated"),
+    (b"tiff", "Make"), (b"tiff", "Model"),
+})  # fmt: skip
+
+
+def _has_exif(tags: dict[str, Any]) -> bool:
+    """Whether `tags` holds EXIF's: XMP's are added after them, so the first name tells."""
+    return bool(tags) and not next(iter(tags)).startswith("XMP ")
 
 
 def _open_image(f: BinaryIO) -> ImageFile.ImageFile:
@@ -508,17 +840,7 @@ def _open_image(f: BinaryIO) -> ImageFile.ImageFile:
         raise
 
 
-# --- EXIF interpretation ----------------------------------------------------------------------------------
-
-_EXIF_DATE = re.compile(r"\s*(\d{4})[:\-](\d\d)[:\-](\d\d)[ T](\d\d):(\d\d):(\d\d)")
-_EXIF_OFFSET = re.compile(r"\s*([+-])(\d\d):?(\d\d)\s*$")
-
-# Where the capture time may be, best first, each with the offset tags that belong to it.
-_EXIF_DATE_TAGS = (
-    ("EXIF DateTimeOriginal", ("EXIF OffsetTimeOriginal", "EXIF OffsetTime")),
-    ("EXIF DateTimeDigitized", ("EXIF OffsetTimeDigitized", "EXIF OffsetTime")),
-    ("Image DateTime", ("EXIF OffsetTime",)),
-)
+# --- EXIF interpretation ---------------------------------------------------------------------------------
 
 
 def _apply_exif(tags: dict[str, Any], path: str | bytes, meta: MediaMetadata) -> None:
@@ -578,8 +900,8 @@ def _positive(value: Any, digits: int = 2) -> float | None:
 
 def _read_camera(tags: dict[str, Any]) -> dict[str, Any]:
     return {
-        "camera_make": _text(_tag_values(tags, "Image Make")),
-        "camera_model": _text(_tag_values(tags, "Image Model")),
+        "camera_make": _text(_tag_values(tags, "Image Make")) or _text(_tag_values(tags, "XMP Make")),
+        "camera_model": _text(_tag_values(tags, "Image Model")) or _text(_tag_values(tags, "XMP Model")),
         "lens_model": _text(_tag_values(tags, "EXIF LensModel")),
         "software": _text(_tag_values(tags, "Image Software")),
     }
@@ -620,8 +942,8 @@ def _read_orientation_and_size(tags: dict[str, Any]) -> dict[str, Any]:
 def _read_gps(tags: dict[str, Any]) -> dict[str, Any]:
     latitude = _gps_degrees(tags, "GPS GPSLatitude", "GPS GPSLatitudeRef", "S", 90)
     longitude = _gps_degrees(tags, "GPS GPSLongitude", "GPS GPSLongitudeRef", "W", 180)
-    if latitude is None or longitude is None:
-        return {}
+    if latitude is None or longitude is None or (latitude == 0 and longitude == 0):
+        return {}  # 0, 0 is a phone without a fix (Immich drops it too)
     altitude = _number(_tag_values(tags, "GPS GPSAltitude"))
     if altitude is not None:
         below_sea = _tag_values(tags, "GPS GPSAltitudeRef")
@@ -647,48 +969,309 @@ def _gps_degrees(
     if any(p is None for p in parts):
         return None
     degrees = sum(p / 60**i for i, p in enumerate(parts))  # degrees, minutes, seconds
-    if (_text(_tag_values(tags, ref_name)) or "").upper().startswith(negative_ref):
+    if (_text(_tag_values(tags, ref_name)) or "").startswith(negative_ref):  # exiftool: "s" is no south
         degrees = -degrees
     return round(degrees, 7) if abs(degrees) <= limit else None
 
 
-def _read_date(tags: dict[str, Any]) -> dict[str, Any]:
-    for date_name, offset_names in _EXIF_DATE_TAGS:
-        taken = _parse_exif_datetime(_text(_tag_values(tags, date_name)))
-        if taken is None:
-            continue
-        for offset_name in offset_names:
-            offset_text = _text(_tag_values(tags, offset_name))
-            offset = _parse_exif_offset(offset_text)
-            if offset is not None:
-                return {
-                    "date_taken": taken.replace(tzinfo=offset).isoformat(),
-                    "offset_time": offset_text,
-                }
-        return {"date_taken": taken.isoformat()}
-    return {}
+# --- The capture time, as Immich reads it ---------------------------------------------------------------------
+# Immich (v3.1) reads with exiftool through exiftool-vendored and takes the first date of IMMICH_DATE_TAGS that
+# parses; the time zone comes from the zone tags, else the GPS position, else a date that carries its own
+# offset, else (videos) UTC, else the gap between the camera's clock and the GPS clock. A date without an offset
+# is read in that zone. The names below are exiftool's; `_capture_tags` makes them from an EXIF block the way
+# exiftool's composite tags do (SubSecDateTimeOriginal = DateTimeOriginal + SubSecTimeOriginal +
+# OffsetTimeOriginal; MWG's DateTimeOriginal falls back to XMP photoshop:DateCreated; GPSDateTime is UTC).
+
+IMMICH_DATE_TAGS = (
+    "SubSecDateTimeOriginal", "SubSecCreateDate", "DateTimeOriginal", "CreationDate", "CreateDate",
+    "MediaCreateDate", "DateTimeCreated", "GPSDateTime", "DateTimeUTC", "SonyDateTime2", "SourceImageCreateTime",
+)  # fmt: skip
+# The dates exiftool-vendored looks at for an offset of their own or a gap to the GPS clock.
+_CAPTURED_AT_TAGS = (
+    "SubSecDateTimeOriginal", "SubSecCreateDate", "DateTimeOriginal", "CreateDate", "MediaCreateDate",
+    "CreationDate", "DateTimeCreated", "TimeCreated",
+)  # fmt: skip
+_ZONE_TAGS = ("TimeZone", "OffsetTimeOriginal", "OffsetTimeDigitized", "TimeZoneOffset")
+_UTC_CLOCK_TAGS = ("GPSDateTime", "DateTimeUTC", "GPSDateTimeStamp", "SonyDateTime2")
+# The UTC offsets in use (exiftool-vendored's list): any other offset makes the date unreadable to Immich.
+_VALID_OFFSET_MINUTES = frozenset(
+    sign * (h * 60 + m)
+    for sign, hours_minutes in ((-1, "11:00 10:00 9:30 9:00 8:30 8:00 7:00 6:00 5:00 4:00 3:30 3:00 2:30 2:00 1:00"),
+                                (1, "0:00 1:00 2:00 3:00 3:30 4:00 4:30 5:00 5:30 5:45 6:00 6:30 7:00 8:00 8:30 8:45 9:00 "
+                                    "9:30 9:45 10:00 10:30 11:00 12:00 12:45 13:00 13:45 14:00"))
+    for h, m in (tuple(map(int, hm.split(":"))) for hm in hours_minutes.split())
+)  # fmt: skip
+_MAX_CLOCK_GAP_MINUTES = 30  # how far the camera-GPS clock gap may be from a real offset to be read as one
+_DATE_TEXT = re.compile(
+    r"\s*(\d{4})[:\-](\d\d)[:\-](\d\d)[ T](\d\d):(\d\d)(?::(\d\d))?(?:[.,](\d+))?\s*(Z|[+\-−]\d\d(?::?\d\d)?)?"
+)
 
 
-def _parse_exif_datetime(text: str | None) -> datetime | None:
-    """ "YYYY:MM:DD HH:MM:SS" with anything after it; None for blanks and "0000:00:00 00:00:00"."""
-    match = _EXIF_DATE.match(text or "")
+@dataclass(frozen=True)
+class Stamp:
+    """A date and time as written: its wall clock (to the millisecond) and its own offset, if it has one."""
+
+    wall: datetime  # naive
+    offset: timedelta | None
+    utc_written: bool  # written as "Z" or "+00:00"
+
+
+def parse_stamp(text: str | None) -> Stamp | None:
+    """ "2024:05:04 10:15:00", with optional seconds, fraction and offset ("Z", "+02:00", "-0500"), ISO's "-"
+    and "T" too; anything after it is ignored. None for blanks, impossible dates and offsets no zone uses."""
+    match = _DATE_TEXT.match(text or "")
     if not match:
         return None
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
-        return datetime(*(int(part) for part in match.groups()))
+        wall = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0),
+                        int((fraction or "0")[:3].ljust(3, "0")) * 1000)  # fmt: skip
     except ValueError:
         return None
+    if zone is None:
+        return Stamp(wall, None, False)
+    minutes = _offset_minutes(zone)
+    if minutes is None:
+        return None
+    return Stamp(wall, timedelta(minutes=minutes), zone == "Z" or minutes == 0)
 
 
-def _parse_exif_offset(text: str | None) -> timezone | None:
-    match = _EXIF_OFFSET.match(text or "")
+def _offset_minutes(text: str) -> int | None:
+    """Minutes east of UTC of "Z", "+02:00", "+0200", "-05", or None when no zone uses that offset."""
+    text = text.strip().replace("−", "-")
+    if text in ("Z", "UTC", "GMT"):
+        return 0
+    match = re.fullmatch(r"(?:UTC|GMT)?([+-])(\d{1,2})(?::?(\d\d))?", text)
     if not match:
         return None
     sign, hours, minutes = match.groups()
-    delta = timedelta(hours=int(hours), minutes=int(minutes))
-    if delta > timedelta(hours=14) or int(minutes) >= 60:
+    total = (int(hours) * 60 + int(minutes or 0)) * (-1 if sign == "-" else 1)
+    return total if total in _VALID_OFFSET_MINUTES else None
+
+
+def _zone_of(value: Any) -> int | None:
+    """A zone tag's offset in minutes: text ("+02:00") or hours (TimeZoneOffset: -4, or a list of them)."""
+    while isinstance(value, list | tuple):
+        if not value:
+            return None
+        value = value[0]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        minutes = round(value * 60)
+        return minutes if minutes in _VALID_OFFSET_MINUTES else None
+    if isinstance(value, str) and value.strip():
+        return _offset_minutes(value)
+    return None
+
+
+@functools.cache
+def _zone_at(latitude: float, longitude: float) -> tzinfo | None:
+    """The time zone at a place (tzfpy's polygons, as geo-tz's in Immich), None where unknown or without tzfpy."""
+    try:
+        from zoneinfo import ZoneInfo
+
+        import tzfpy
+
+        name = tzfpy.get_tz(longitude, latitude)
+        return ZoneInfo(name) if name else None
+    except (ImportError, ValueError, KeyError, OSError):  # no tzfpy, or a zone this machine's tzdata lacks
         return None
-    return timezone(-delta if sign == "-" else delta)
+
+
+def capture_zone(
+    capture: dict[str, Any],
+    is_video: bool,
+    gps: tuple[float, float] | None,
+    stamps: dict[str, Stamp | None] | None = None,
+) -> tzinfo | None:
+    """The time zone Immich gives a file (exiftool-vendored's order), or None. `stamps`: the capture's
+    dates already parsed."""
+    if stamps is None:
+        stamps = _stamps(capture)
+    for name in _ZONE_TAGS:
+        value = capture.get(name)
+        minutes = None if value is None else _zone_of(value)
+        if minutes is not None:
+            daylight_saving = str(capture.get("DaylightSavings", "")).lower() in ("yes", "true", "1")
+            if daylight_saving and re.search(r"\bnikon\b", str(capture.get("Make", "")), re.I):
+                minutes += 60  # Nikon's TimeZone leaves summer time out
+            return timezone(timedelta(minutes=minutes))
+    if gps is not None:
+        zone = _zone_at(*gps)
+        if zone is not None:
+            return zone
+    for name in _CAPTURED_AT_TAGS:
+        stamp = stamps.get(name)
+        if stamp is not None and stamp.offset:  # an offset of its own, not UTC
+            return timezone(stamp.offset)
+    if is_video:
+        return timezone.utc
+    return _zone_from_clock_gap(stamps)
+
+
+def _zone_from_clock_gap(stamps: dict[str, Stamp | None]) -> tzinfo | None:
+    """The offset between the camera's clock and the GPS (UTC) clock, rounded to a real offset."""
+    utc = next((s.wall for n in _UTC_CLOCK_TAGS if (s := stamps.get(n)) is not None and not s.offset), None)
+    if utc is None:
+        return None
+    for name in _CAPTURED_AT_TAGS:
+        stamp = stamps.get(name)
+        if stamp is not None and stamp.offset is None:
+            gap = (stamp.wall.replace(microsecond=0) - utc.replace(microsecond=0)).total_seconds() / 60
+            nearest = min(_VALID_OFFSET_MINUTES, key=lambda m: abs(m - gap))
+            if abs(nearest - gap) > _MAX_CLOCK_GAP_MINUTES:
+                return None
+            return timezone.utc if nearest == 0 else timezone(timedelta(minutes=nearest))
+    return None
+
+
+_DATE_NAMES = frozenset({*IMMICH_DATE_TAGS, *_CAPTURED_AT_TAGS, *_UTC_CLOCK_TAGS})
+
+
+def _stamps(capture: dict[str, Any]) -> dict[str, Stamp | None]:
+    """Each date of the capture parsed once."""
+    return {name: parse_stamp(_text_value(v)) for name, v in capture.items() if name in _DATE_NAMES}
+
+
+def immich_capture_time(
+    capture: dict[str, Any], is_video: bool = False, gps: tuple[float, float] | None = None
+) -> datetime | None:
+    """The capture time Immich shows: aware in the zone it found, naive (the wall clock) when it found none."""
+    stamps = _stamps(capture)
+    if not any(stamps.values()):
+        return None
+    zone = capture_zone(capture, is_video, gps, stamps)
+    for name in IMMICH_DATE_TAGS:
+        stamp = stamps.get(name)
+        if stamp is None:
+            continue
+        if stamp.offset is not None:
+            moment = stamp.wall.replace(tzinfo=timezone(stamp.offset))
+        elif "UTC" in name or name.startswith("GPS") or is_video:
+            moment = stamp.wall.replace(tzinfo=timezone.utc)
+        elif zone is not None:
+            return stamp.wall.replace(tzinfo=zone)
+        else:
+            return stamp.wall
+        try:
+            return moment.astimezone(zone or timezone.utc)
+        except OverflowError:  # year 9999 with an offset: the caller finds it out of range
+            return moment
+    return None
+
+
+def _text_value(value: Any) -> str | None:
+    return value if isinstance(value, str) else _text(value)
+
+
+def _capture_tags(tags: dict[str, Any]) -> dict[str, Any]:
+    """exiftool's names for the dates and zones of an EXIF block (tag names as ExifRead gives them), XMP's
+    values where EXIF has none, and the composites exiftool makes of them."""
+
+    def text(name: str) -> str | None:
+        value = tags.get(name)
+        return None if value is None else _text(getattr(value, "values", value))
+
+    capture: dict[str, Any] = {}
+    for composite, date_name, subsec_name, offset_name in (
+        (
+            "SubSecDateTimeOriginal",
+            "EXIF DateTimeOriginal",
+            "EXIF SubSecTimeOriginal",
+            "EXIF OffsetTimeOriginal",
+        ),
+        (
+            "SubSecCreateDate",
+            "EXIF DateTimeDigitized",
+            "EXIF SubSecTimeDigitized",
+            "EXIF OffsetTimeDigitized",
+        ),
+    ):
+        date = text(date_name)
+        if date is None:
+            continue
+        subsec = re.match(r"\d+", text(subsec_name) or "")
+        offset = text(offset_name)
+        if subsec or offset:
+            date = date.strip()[:19] + (f".{subsec.group()}" if subsec else "") + (offset or "")
+            capture[composite] = date
+        capture[composite.removeprefix("SubSec")] = date  # MWG's tag: the composite's value when there is one
+    for name, exif_name in _CAPTURE_TEXT_TAGS:
+        if exif_name in tags and (value := text(exif_name)) is not None:
+            capture[name] = value
+    for name in ("EXIF TimeZoneOffset", "Image TimeZoneOffset"):
+        if name in tags:
+            capture.setdefault("TimeZoneOffset", _tag_values(tags, name))
+    gps_day = text("GPS GPSDate") if "GPS GPSDate" in tags else None
+    gps_time = _tag_values(tags, "GPS GPSTimeStamp")
+    if gps_day and isinstance(gps_time, list | tuple) and len(gps_time) == 3:
+        parts = [_number(v) for v in gps_time]
+        if all(p is not None for p in parts):
+            hours, minutes, seconds = parts  # type: ignore[misc]
+            clock = f"{int(hours):02d}:{int(minutes):02d}:{int(seconds):02d}"  # type: ignore[arg-type]
+            capture["GPSDateTime"] = capture["GPSDateTimeStamp"] = f"{gps_day} {clock}Z"
+    # MWG: DateTimeOriginal is EXIF's, else XMP photoshop:DateCreated; else XMP's own exif:DateTimeOriginal.
+    if (
+        "DateTimeOriginal" not in capture
+        and "CreateDate" not in capture
+        and not any(name.startswith("XMP ") for name in tags)
+    ):
+        return capture
+    if "DateTimeOriginal" not in capture:
+        xmp_original = text("XMP DateCreated") or text("XMP DateTimeOriginal")
+        if xmp_original:
+            capture["DateTimeOriginal"] = xmp_original
+    if "CreateDate" not in capture and text("XMP CreateDate"):
+        capture["CreateDate"] = text("XMP CreateDate")
+    return capture
+
+
+_CAPTURE_TEXT_TAGS = (
+    ("OffsetTimeOriginal", "EXIF OffsetTimeOriginal"), ("OffsetTimeDigitized", "EXIF OffsetTimeDigitized"),
+    ("Make", "Image Make"), ("TimeZone", "MakerNote TimeZone"), ("DaylightSavings", "MakerNote DaylightSavings"),
+)  # fmt: skip
+
+
+# Tags that can give a date a zone, sub-seconds or another source: without any, a camera's plain
+# DateTimeOriginal is the capture time as written (most small photos: the scan's common case, 5 µs less).
+_CAPTURE_DETAIL_TAGS = frozenset({
+    "EXIF SubSecTimeOriginal", "EXIF SubSecTimeDigitized", "EXIF OffsetTimeOriginal", "EXIF OffsetTimeDigitized",
+    "EXIF TimeZoneOffset", "Image TimeZoneOffset", "GPS GPSLatitude", "GPS GPSDate", "GPS GPSTimeStamp",
+    "MakerNote TimeZone", "XMP DateCreated", "XMP DateTimeOriginal", "XMP CreateDate",
+})  # fmt: skip
+
+
+def _read_date(tags: dict[str, Any]) -> dict[str, Any]:
+    plain = tags.get("EXIF DateTimeOriginal") if tags.keys().isdisjoint(_CAPTURE_DETAIL_TAGS) else None
+    stamp = parse_stamp(plain) if isinstance(plain, str) else None
+    digitized = tags.get("EXIF DateTimeDigitized")  # an offset written into it would zone the original
+    digitized_stamp = parse_stamp(digitized) if isinstance(digitized, str) else None
+    if (
+        stamp is not None
+        and stamp.offset is None
+        and (digitized_stamp is None or digitized_stamp.offset is None)
+    ):
+        taken: datetime | None = stamp.wall
+    else:
+        gps = _gps_position(tags) if "GPS GPSLatitude" in tags else None
+        taken = immich_capture_time(_capture_tags(tags), gps=gps)
+    result: dict[str, Any] = {}
+    if taken is not None:
+        result["date_taken"] = taken.isoformat()
+        if taken.tzinfo is not None:
+            result["offset_time"] = taken.isoformat()[-6:]
+            if not isinstance(taken.tzinfo, timezone):
+                result["time_zone"] = str(taken.tzinfo)
+    modified = parse_stamp(_text(_tag_values(tags, "Image DateTime"))) if "Image DateTime" in tags else None
+    if modified is not None:
+        result["modify_date"] = modified.wall.isoformat()  # not a capture date: a fallback after the name's
+    return result
+
+
+def _gps_position(tags: dict[str, Any]) -> tuple[float, float] | None:
+    gps = _read_gps(tags)
+    if not gps:
+        return None
+    return gps["gps_latitude"], gps["gps_longitude"]
 
 
 _EXIF_FIELDS: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
@@ -698,6 +1281,193 @@ _EXIF_FIELDS: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...]
     ("orientation/size", _read_orientation_and_size),
     ("GPS", _read_gps),
 )
+
+
+# --- exiftool, where the fast readers stop short ----------------------------------------------------------
+# Immich reads every file with exiftool. Where this module's readers stop short (MediaMetadata.
+# exiftool_may_know), exiftool, when installed, is asked the tags Immich uses, with Immich's options (MWG
+# composites, the date tags as text, GPS as signed degrees), through one `-stay_open` process per process of
+# the scan (each worker process has its own), so a file costs a request, not a Perl start (about 0.3 s).
+
+EXIFTOOL_TIMEOUT_S = 60.0  # one file's read; a damaged file that makes exiftool loop costs no more
+_EXIFTOOL_TAGS = (
+    *IMMICH_DATE_TAGS, "TimeCreated", *_ZONE_TAGS, "DaylightSavings", "GPSDateStamp", "GPSTimeStamp",
+    "GPSLatitude#", "GPSLongitude#", "Make", "Model", "AndroidMake", "AndroidModel", "ImageSize",
+    "ImageWidth", "ImageHeight",
+)  # fmt: skip
+_EXIFTOOL_ARGS = (
+    "-json",
+    "-use",
+    "MWG",
+    "-api",
+    "largefilesupport=1",
+    *(f"-{tag}" for tag in _EXIFTOOL_TAGS),
+)
+
+
+class ExifTool:
+    """A persistent `exiftool -stay_open True -@ -` process: one file per request, under a lock (the scan's
+    threads share it). A request that fails or times out ends the process; the next one starts another."""
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+        self.process: Any = None
+        self.lock = threading.Lock()
+        self.requests = 0
+
+    def read(self, path: str | bytes, video: bool = False) -> dict[str, Any] | None:
+        """exiftool's tags of the file, or None when it could not read it (the reason is logged)."""
+        raw = os.path.abspath(os.fsencode(path))  # absolute: a name starting with "-" is no option
+        if b"\n" in raw or b"\r" in raw:
+            return None  # the argument file is line by line: such a name cannot be passed
+        with self.lock:
+            try:
+                return self._request(raw, video)
+            except (OSError, ValueError, TimeoutError) as exc:
+                log.debug("%s: exiftool failed: %s", display_path(path), exc)
+                self._stop(kill=True)
+                return None
+
+    def _request(self, raw: bytes, video: bool) -> dict[str, Any] | None:
+        if self.process is None or self.process.poll() is not None:
+            import subprocess
+
+            # exiftool -stay_open does not end at the end of its input: it must end with its parent. Linux
+            # ends it with the thread that started it (a scan pool's thread, or a worker process, even one
+            # killed); elsewhere it is ended at exit (atexit, and multiprocessing's exit for workers).
+            self.process = subprocess.Popen(
+                [self.executable, "-stay_open", "True", "-@", "-"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl+C reaches the scan, which ends it; not exiftool mid-answer
+                preexec_fn=_end_with_parent if sys.platform == "linux" else None,
+            )  # fmt: skip
+        self.requests += 1
+        ready = b"{ready%d}" % self.requests
+        args = [*_EXIFTOOL_ARGS, *(("-ee",) if video else ()), "-charset", "filename=utf8"]
+        lines = [a.encode() for a in args] + [raw, b"-execute%d" % self.requests]
+        self.process.stdin.write(b"\n".join(lines) + b"\n")
+        self.process.stdin.flush()
+        output = self._read_until(ready)
+        text = output[: output.rindex(ready)].decode("utf-8", "replace").strip()
+        if not text:
+            return None
+        answer = json.loads(text)
+        tags = answer[0] if isinstance(answer, list) and answer and isinstance(answer[0], dict) else None
+        return None if tags is None or "Error" in tags else tags
+
+    def _read_until(self, ready: bytes) -> bytes:
+        import select
+
+        deadline = time.monotonic() + EXIFTOOL_TIMEOUT_S
+        stdout = self.process.stdout
+        output = b""
+        while ready not in output:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([stdout], [], [], left)[0]:
+                raise TimeoutError(f"no answer in {EXIFTOOL_TIMEOUT_S:g} s")
+            chunk = os.read(stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise ValueError("exiftool ended")
+            output += chunk
+        return output
+
+    def close(self) -> None:
+        with self.lock:
+            self._stop(kill=False)
+
+    def _stop(self, kill: bool) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            if not kill:
+                process.stdin.write(b"-stay_open\nFalse\n")
+                process.stdin.flush()
+                process.wait(timeout=2)
+        except (OSError, ValueError) as exc:
+            log.debug("exiftool did not stop when asked: %s", exc)
+        except Exception as exc:  # subprocess.TimeoutExpired: a broad catch, it is stopped below anyway
+            log.debug("exiftool did not stop in time: %s", exc)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError as exc:  # a request still buffered for a process that died: nobody to read it
+                log.debug("exiftool's pipe: %s", exc)
+
+
+def _end_with_parent() -> None:
+    """In the child before exec: SIGTERM when the thread that started it ends (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+_exiftool_lock = threading.Lock()
+_exiftool: ExifTool | None = None
+
+
+def shared_exiftool() -> ExifTool | None:
+    """This process's exiftool, started on first use; None when exiftool is not installed."""
+    global _exiftool
+    with _exiftool_lock:
+        if _exiftool is None:
+            executable = exiftool_path()
+            if executable is None:
+                return None
+            _exiftool = ExifTool(executable)
+            import atexit
+            import multiprocessing.util
+
+            atexit.register(_exiftool.close)
+            multiprocessing.util.Finalize(_exiftool, _exiftool.close, exitpriority=10)  # a pool worker's exit
+        return _exiftool
+
+
+@functools.cache
+def exiftool_path() -> str | None:
+    import shutil
+
+    return shutil.which("exiftool")
+
+
+def _apply_exiftool(tags: dict[str, Any] | None, is_video: bool, meta: MediaMetadata) -> None:
+    """exiftool's reading of the date, camera, place and size replaces this reader's (it is Immich's)."""
+    if tags is None:
+        return
+    latitude, longitude = tags.get("GPSLatitude"), tags.get("GPSLongitude")
+    gps = None
+    numbers = isinstance(latitude, int | float) and isinstance(longitude, int | float)
+    if numbers and abs(latitude) <= 90 and abs(longitude) <= 180 and (latitude or longitude):  # type: ignore[arg-type]
+        gps = (float(latitude), float(longitude))  # type: ignore[arg-type]
+    for key in ("date_taken", "offset_time", "time_zone", "gps_latitude", "gps_longitude", "gps_altitude"):
+        meta.info.pop(key, None)
+    taken = immich_capture_time(tags, is_video, gps)
+    meta.date_taken, meta.date_source = taken, ("none" if taken is None else "video" if is_video else "exif")
+    if taken is not None:
+        meta.info["date_taken"] = taken.isoformat()
+        if taken.tzinfo is not None:
+            meta.info["offset_time"] = taken.isoformat()[-6:]
+            if not isinstance(taken.tzinfo, timezone):
+                meta.info["time_zone"] = str(taken.tzinfo)
+    if gps is not None:
+        meta.info["gps_latitude"], meta.info["gps_longitude"] = round(gps[0], 7), round(gps[1], 7)
+    for key, names in (("camera_make", ("Make", "AndroidMake")), ("camera_model", ("Model", "AndroidModel"))):
+        value = next((_text(tags[n]) for n in names if _text(tags.get(n))), None)
+        if value is not None:
+            meta.info[key] = value
+        else:
+            meta.info.pop(key, None)
+    size = re.fullmatch(r"(\d+)x(\d+)", str(tags.get("ImageSize", "")))
+    width, height = (
+        (int(size[1]), int(size[2])) if size else (tags.get("ImageWidth"), tags.get("ImageHeight"))
+    )
+    if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
+        meta.info["width"], meta.info["height"] = width, height
+    meta.info["read_by"] = "exiftool"
 
 
 # --- Video interpretation ---------------------------------------------------------------------------------

@@ -488,3 +488,60 @@ def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, libra
             store.close()
     assert "new       " in screens["tty"].getvalue() and "Canon" in screens["tty"].getvalue()
     assert "IMG_0042" not in screens["plain"].getvalue()  # cron mails list only errors
+
+
+def test_rows_an_older_metadata_reader_wrote_are_read_again_once_without_hashing(
+    env: Env, library: Library
+) -> None:
+    """Issue 23: a row whose metadata an older reader wrote (no "reader" version: here the sub-seconds and the
+    offset it dropped) gets the current reading on the next scan, without its file being hashed again."""
+    from tests import media_corpus
+
+    block = media_corpus.tiff_block(
+        media_corpus.camera(), [(0x9003, 2, "2023:07:14 18:30:05"), (0x9291, 2, "123"), (0x9011, 2, "-05:00")]
+    )
+    library.write("old/IMG_1.jpg", media_corpus.jpeg(block))
+    scan(env)
+    store = open_store(env.settings())
+    try:
+        (row_id,) = [r["id"] for r in store.rows()]
+        old_info = {
+            "camera_make": "Canon",
+            "date_taken": "2023-07-14T18:30:05",
+            "date_used": "2023-07-14T18:30:05",
+        }
+        store.update_metadata([(int(row_id), "2023-07-14 18:30:05", "exif", json.dumps(old_info))])
+        store.set_state(f"metadata_reader:{store.scope}", None)  # as a database of the older version has it
+    finally:
+        store.close()
+
+    status, summary, _ = scan(env)
+
+    assert status == 0
+    assert (summary["unchanged"], summary["bytes_hashed"], summary["reread"]) == (1, 0, 1)
+    row = rows_by_name(env)["IMG_1.jpg"]
+    assert str(row["date_taken"]).startswith("2023-07-14 23:30:05")  # UTC of 18:30:05-05:00
+    info = json.loads(str(row["metadata_info"]))
+    assert info["date_taken"] == "2023-07-14T18:30:05.123000-05:00" and info["reader"] == 2
+    assert scan(env)[1]["reread"] == 0  # once
+
+
+def test_a_fallback_date_later_than_the_mtime_gives_way_to_it_as_immich_does(
+    env: Env, library: Library
+) -> None:
+    """Immich, finding no capture date in a file, shows the earlier of the fileCreatedAt sent and the file's
+    mtime: a ModifyDate or a name's date after the mtime would not be what it shows."""
+    from tests import media_corpus
+
+    modified_only = media_corpus.tiff_block([*media_corpus.camera(), (0x0132, 2, "2016:01:02 03:04:05")])
+    early = library.write("a/modified_later.jpg", media_corpus.jpeg(modified_only))
+    named = library.write("a/IMG_20190504_101500.jpg", media_corpus.jpeg())
+    kept = library.write("b/modified_earlier.jpg", media_corpus.jpeg(modified_only, seed=2))
+    for path in (early, named):
+        os.utime(path, (978_310_800, 978_310_800))  # 2001-01-01, before both dates
+    scan(env)
+    rows = rows_by_name(env)
+    assert rows["modified_later.jpg"]["date_source"] == "mtime"
+    assert rows["IMG_20190504_101500.jpg"]["date_source"] == "mtime"
+    assert rows["modified_earlier.jpg"]["date_source"] == "exif-modified"
+    assert kept.stat().st_mtime > 1_500_000_000

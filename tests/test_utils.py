@@ -8,6 +8,7 @@ import logging
 import os
 import random
 import struct
+import sys
 import time
 import zlib
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from PIL import Image
 from PIL.TiffImagePlugin import IFDRational
 
 import utils
+from tests import media_corpus
 from utils import (
     FileChangedError,
     Fingerprint,
@@ -44,8 +46,10 @@ def write_jpeg(
     taken: str | None = "2024:05:04 10:15:00",
     offset: str | None = "+02:00",
     size: tuple[int, int] = (64, 48),
+    gps: bool = True,
 ) -> Path:
-    """A JPEG whose EXIF holds every field read_image_metadata extracts, as a camera writes them."""
+    """A JPEG whose EXIF holds every field read_image_metadata extracts, as a camera writes them (GPS: in
+    Sydney, whose time zone a date without offset is then read in)."""
     exif = Image.Exif()
     exif[0x010F] = "Canon"  # Make
     exif[0x0110] = "EOS R5"  # Model
@@ -61,13 +65,14 @@ def write_jpeg(
     ifd[0x8827] = 400  # ISOSpeedRatings
     ifd[0x920A] = IFDRational(50, 1)  # FocalLength
     ifd[0xA434] = "RF50mm F1.8 STM"  # LensModel
-    gps = exif.get_ifd(0x8825)  # GPS IFD: Sydney Opera House, 12.5 m below sea level
-    gps[1] = "S"
-    gps[2] = (IFDRational(33), IFDRational(51), IFDRational(5436, 100))
-    gps[3] = "E"
-    gps[4] = (IFDRational(151), IFDRational(12), IFDRational(54, 10))
-    gps[5] = b"\x01"
-    gps[6] = IFDRational(125, 10)
+    if gps:
+        place = exif.get_ifd(0x8825)  # GPS IFD: Sydney Opera House, 12.5 m below sea level
+        place[1] = "S"
+        place[2] = (IFDRational(33), IFDRational(51), IFDRational(5436, 100))
+        place[3] = "E"
+        place[4] = (IFDRational(151), IFDRational(12), IFDRational(54, 10))
+        place[5] = b"\x01"
+        place[6] = IFDRational(125, 10)
     Image.new("RGB", size, (200, 30, 30)).save(path, "JPEG", exif=exif)
     return path
 
@@ -141,15 +146,17 @@ def test_metadata_info_is_json_serialisable(tmp_path: Path) -> None:
     assert json.loads(json.dumps(meta.info)) == meta.info
 
 
-def test_exif_date_without_offset_is_naive(tmp_path: Path) -> None:
-    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", offset=None))
+def test_exif_date_without_offset_or_place_is_naive(tmp_path: Path) -> None:
+    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", offset=None, gps=False))
     assert meta.date_taken == datetime(2024, 5, 4, 10, 15)
     assert meta.info["date_taken"] == "2024-05-04T10:15:00"
     assert "offset_time" not in meta.info
 
 
 def test_exif_date_with_trailing_garbage_still_parses(tmp_path: Path) -> None:
-    meta = read_image_metadata(write_jpeg(tmp_path / "a.jpg", taken="2024:05:04 10:15:00 junk", offset=None))
+    meta = read_image_metadata(
+        write_jpeg(tmp_path / "a.jpg", taken="2024:05:04 10:15:00 junk", offset=None, gps=False)
+    )
     assert meta.date_taken == datetime(2024, 5, 4, 10, 15)
 
 
@@ -343,7 +350,11 @@ def test_fingerprint_matches_hashlib(tmp_path: Path, size: int, chunk_size: int)
     path = tmp_path / "f.bin"
     path.write_bytes(data)
     assert fingerprint_file(str(path), chunk_size) == Fingerprint(
-        hashlib.sha256(data).hexdigest(), hashlib.sha1(data).hexdigest(), size, path.stat().st_mtime_ns
+        hashlib.sha256(data).hexdigest(),
+        hashlib.sha1(data).hexdigest(),
+        size,
+        path.stat().st_mtime_ns,
+        identity=utils.file_identity(path.stat()),
     )
 
 
@@ -592,3 +603,256 @@ def test_jpeg_fast_path_reads_only_the_header(tmp_path: Path, monkeypatch: pytes
     meta = read_image_metadata(path)
     assert meta.info["width"] == 3000 and meta.info["camera_make"] == "Canon"
     assert sum(read_bytes) < 2000 < path.stat().st_size  # the header, not the picture
+
+
+# --- dates, cameras and places as a real Immich reads them (issue 23) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    media_corpus.build_corpus(folder)
+    return folder
+
+
+EXPECTED = json.loads(media_corpus.EXPECTED_PATH.read_text())["assets"]
+
+
+@pytest.mark.parametrize("sample", media_corpus.SAMPLES, ids=[s.name for s in media_corpus.SAMPLES])
+def test_the_fast_reader_reads_what_a_real_immich_shows(corpus: Path, sample: media_corpus.Sample) -> None:
+    """Date (wall clock, milliseconds, offset), make, model, GPS and size of each corpus file, against the
+    exifInfo a real Immich v3.1.0 showed for it (tests/data/immich_exif.json); no exiftool."""
+    ours = media_corpus.reader_facts(corpus / sample.name, use_exiftool=False)
+    theirs = media_corpus.immich_facts(EXPECTED[sample.name])
+    assert [shown for _, same, shown in media_corpus.compare(ours, theirs) if not same] == [], sample.what
+
+
+def test_every_corpus_file_has_the_real_servers_answer() -> None:
+    assert sorted(EXPECTED) == sorted(s.name for s in media_corpus.SAMPLES)
+
+
+def test_sub_seconds_keep_their_digits_as_a_fraction(tmp_path: Path) -> None:
+    """ "5" is half a second and "098765" 98 ms (exiftool's composite, truncated to milliseconds)."""
+    for text, millis in (("5", 500), ("098765", 98), ("42  ", 420)):
+        block = media_corpus.tiff_block([], [(0x9003, 2, "2021:03:04 05:06:07"), (0x9291, 2, text)])
+        (tmp_path / "a.jpg").write_bytes(media_corpus.jpeg(block))
+        assert read_image_metadata(tmp_path / "a.jpg").date_taken == datetime(
+            2021, 3, 4, 5, 6, 7, millis * 1000
+        )
+
+
+def test_a_date_with_an_offset_no_zone_uses_is_not_a_date() -> None:
+    assert utils.parse_stamp("2011:12:12 12:12:12+01:23") is None
+    assert utils.parse_stamp("2011:12:12 12:12:12+05:45").offset == timedelta(hours=5, minutes=45)
+    assert utils.parse_stamp("2013:09:10 11:12").wall == datetime(2013, 9, 10, 11, 12)
+
+
+def test_a_naive_date_is_read_in_the_zone_of_its_gps_position() -> None:
+    capture = {"DateTimeOriginal": "2024:01:15 09:00:00"}
+    taken = utils.immich_capture_time(capture, gps=(-33.8568, 151.2153))
+    assert taken is not None and taken.utcoffset() == timedelta(hours=11)  # Sydney in summer
+    assert utils.immich_capture_time(capture) == datetime(2024, 1, 15, 9)
+
+
+def test_a_movies_apple_creation_date_wins_over_its_utc_creation_time(tmp_path: Path) -> None:
+    path = tmp_path / "IMG_1.MOV"
+    path.write_bytes(
+        media_corpus.quicktime(
+            datetime(2021, 6, 7, 6, 9, 10, tzinfo=timezone.utc),
+            {
+                "com.apple.quicktime.creationdate": "2021-06-07T08:09:10+0200",
+                "com.apple.quicktime.make": "Apple",
+            },
+        )
+    )
+    meta = read_video_metadata(path)
+    assert meta.date_taken == datetime(2021, 6, 7, 8, 9, 10, tzinfo=timezone(timedelta(hours=2)))
+    assert meta.info["camera_make"] == "Apple"
+
+
+needs_exiftool = pytest.mark.skipif(utils.exiftool_path() is None, reason="exiftool is not installed")
+
+
+@needs_exiftool
+@pytest.mark.parametrize("sample", media_corpus.SAMPLES, ids=[s.name for s in media_corpus.SAMPLES])
+def test_with_exiftool_where_the_fast_reader_stops_short_the_reading_still_agrees(
+    corpus: Path, sample: media_corpus.Sample
+) -> None:
+    ours = media_corpus.reader_facts(corpus / sample.name)  # as the scan reads: exiftool where installed
+    theirs = media_corpus.immich_facts(EXPECTED[sample.name])
+    assert [shown for _, same, shown in media_corpus.compare(ours, theirs) if not same] == [], sample.what
+
+
+@needs_exiftool
+def test_exiftool_is_asked_only_where_the_fast_reader_stops_short_and_runs_as_one_process(
+    corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    started = []
+    real_popen = subprocess.Popen
+
+    def counting_popen(*args: object, **kwargs: object) -> object:
+        started.append(args)
+        return real_popen(*args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(subprocess, "Popen", counting_popen)
+    monkeypatch.setattr(utils, "_exiftool", None)
+    read_by = {
+        p.name: read_metadata(p, "video" if p.suffix in (".mp4", ".mov") else "image").info.get("read_by")
+        for p in sorted(corpus.iterdir())
+    }
+    asked = {name for name, reader in read_by.items() if reader == "exiftool"}
+    assert "exif_subsec_offset.jpg" not in asked and "gps_sydney_naive.jpg" not in asked  # the fast path's
+    assert {"heic_naive.heic", "video_mvhd.mp4", "damaged_entry_count.jpg", "exif_modify_only.jpg"} <= asked
+    assert len(started) == 1  # one -stay_open process for every file
+    utils.shared_exiftool().close()  # type: ignore[union-attr]
+
+
+def test_without_exiftool_the_reader_reads_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(utils, "exiftool_path", lambda: None)
+    monkeypatch.setattr(utils, "_exiftool", None)
+    path = tmp_path / "a.heic"
+    path.write_bytes(
+        media_corpus.SAMPLES[[s.name for s in media_corpus.SAMPLES].index("heic_naive.heic")].build()
+    )
+    meta = read_metadata(path, "image")
+    assert meta.exiftool_may_know and "read_by" not in meta.info
+    assert (meta.info["width"], meta.info["height"]) == (3024, 4032)
+    assert meta.date_taken == datetime(2018, 2, 3, 4, 5, 6)
+
+
+def fake_exiftool(tmp_path: Path, body: str) -> str:
+    script = tmp_path / "exiftool"
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def test_an_exiftool_that_never_answers_is_ended_and_the_file_read_without_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(utils, "EXIFTOOL_TIMEOUT_S", 0.2)
+    tool = utils.ExifTool(fake_exiftool(tmp_path, "exec sleep 600"))  # reads nothing, answers nothing
+    assert tool.read(write_jpeg(tmp_path / "a.jpg")) is None
+    assert tool.process is None  # killed, not left behind
+
+
+def test_an_exiftool_that_dies_is_started_again_for_the_next_file(tmp_path: Path) -> None:
+    tool = utils.ExifTool(fake_exiftool(tmp_path, "exit 3"))
+    assert tool.read(write_jpeg(tmp_path / "a.jpg")) is None
+    assert tool.read(tmp_path / "a.jpg") is None
+    assert tool.requests == 2 and tool.process is None
+
+
+@needs_exiftool
+def test_exiftool_reads_a_file_whose_name_starts_with_a_dash_or_is_not_utf8(tmp_path: Path) -> None:
+    tool = utils.ExifTool(utils.exiftool_path())  # type: ignore[arg-type]
+    try:
+        dashed = write_jpeg(tmp_path / "-ver.jpg")
+        odd = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.jpg")
+        write_jpeg(Path(os.fsdecode(odd)))
+        assert tool.read(dashed)["Make"] == "Canon"  # type: ignore[index]
+        assert tool.read(odd)["Make"] == "Canon"  # type: ignore[index]
+        assert tool.read(os.path.join(os.fsencode(tmp_path), b"new\nline.jpg")) is None  # cannot be passed
+    finally:
+        tool.close()
+
+
+@pytest.mark.parametrize("damage", [b"Nikon\x00\x02\x10\x00\x00XX\x00\x2a", b"Nikon\x00\x02", b"\xff" * 40])
+def test_a_garbage_maker_note_loses_only_the_maker_notes_zone(tmp_path: Path, damage: bytes) -> None:
+    block = media_corpus.tiff_block(
+        media_corpus.camera("NIKON CORPORATION", "NIKON Z 6"),
+        [(0x9003, 2, "2021:07:04 12:00:00"), (0x927C, 7, damage)],
+    )
+    (tmp_path / "a.jpg").write_bytes(media_corpus.jpeg(block))
+    meta = read_image_metadata(tmp_path / "a.jpg")
+    assert meta.date_taken == datetime(2021, 7, 4, 12)
+    assert meta.info["camera_model"] == "NIKON Z 6"
+
+
+def test_a_date_whose_utc_time_is_past_year_9999_is_kept_as_written() -> None:
+    taken = utils.immich_capture_time({"DateTimeOriginal": "9999:12:31 23:00:00-05:00"})
+    assert taken == datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-5)))
+
+
+@needs_exiftool
+@pytest.mark.skipif(sys.platform != "linux", reason="ended by the parent's death signal on Linux")
+def test_exiftool_ends_with_a_process_killed_under_it(tmp_path: Path) -> None:
+    """exiftool -stay_open does not end at the end of its input: a scan worker that dies (os._exit, as a pool
+    worker leaves, or SIGKILL) must not leave it running."""
+    import subprocess
+
+    photo = write_jpeg(tmp_path / "a.jpg")
+    code = (
+        "import os, sys, utils\n"
+        f"tool = utils.shared_exiftool(); tool.read({str(photo)!r})\n"
+        "print(tool.process.pid, flush=True)\n"
+        "os._exit(0)\n"
+    )
+    child = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(utils.__file__).parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    pid = int(child.stdout)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _running(pid):
+        time.sleep(0.05)
+    assert not _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_a_large_file_of_garbage_named_jpg_is_not_walked_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "big.jpg"
+    # Starts like a JPEG, then 8 MiB in which every segment is followed by bytes that are no marker.
+    path.write_bytes(b"\xff\xd8" + (b"\xff\xe2\x00\x04\x00\x00" + bytes(1000)) * 8000)
+    reads = []
+    real_skip = utils._skip_to_marker
+    monkeypatch.setattr(utils, "_skip_to_marker", lambda f: reads.append(f.tell()) or real_skip(f))
+    meta = read_image_metadata(path)
+    assert len(reads) == utils._MAX_RESYNCS
+    assert meta.warnings  # no size found: the header was cut short
+
+
+@pytest.mark.parametrize(
+    ("digitized", "offset"),
+    [("2020:01:02 03:04:05", None), ("2020:01:02 03:04:05+03:00", timedelta(hours=3))],
+)
+def test_a_plain_camera_date_is_zoned_only_by_what_the_file_says(
+    tmp_path: Path, digitized: str, offset: timedelta | None
+) -> None:
+    """The common case (DateTimeOriginal, nothing else about time) as the full logic reads it: a CreateDate
+    that carries an offset of its own gives the original its zone, as in exiftool-vendored."""
+    block = media_corpus.tiff_block(
+        media_corpus.camera(), [(0x9003, 2, "2020:01:02 03:04:05"), (0x9004, 2, digitized)]
+    )
+    (tmp_path / "a.jpg").write_bytes(media_corpus.jpeg(block))
+    taken = read_image_metadata(tmp_path / "a.jpg").date_taken
+    assert taken is not None and taken.replace(tzinfo=None) == datetime(2020, 1, 2, 3, 4, 5)
+    assert taken.utcoffset() == offset
+
+
+def test_a_damaged_tiff_header_is_one_warning_and_nothing_on_the_console(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    data = bytearray(media_corpus.tiff_file([]))
+    at = data.index(struct.pack("<HHI", 0x0115, 3, 1))  # SamplesPerPixel: 3 -> 2048
+    struct.pack_into("<H", data, at + 8, 2048)
+    (tmp_path / "a.tif").write_bytes(data)
+    with caplog.at_level(logging.INFO):
+        meta = read_image_metadata(tmp_path / "a.tif")
+    assert meta.warnings == ["not an image format Pillow recognises"]
+    assert not [r for r in caplog.records if r.name.startswith("PIL")]
+    assert capsys.readouterr() == ("", "")
