@@ -933,6 +933,16 @@ class ImmichClient:
         """A stack of two or more assets; the first becomes the cover."""
         return str(self._call("POST", "/stacks", json_body={"assetIds": list(asset_ids)}).get("id", ""))
 
+    # -- assets (a Takeout's metadata that arrives after its photo was sent)
+    def asset(self, asset_id: str) -> dict[str, Any]:
+        """GET /api/assets/{id}: the asset as the server holds it now (isFavorite, visibility, exifInfo)."""
+        return dict(self._call("GET", f"/assets/{asset_id}"))
+
+    def update_assets(self, asset_ids: Sequence[str], fields: dict[str, Any]) -> None:
+        """PUT /api/assets: set these fields (isFavorite, visibility, dateTimeOriginal, latitude, longitude,
+        description) on these assets; 204. Setting a value twice leaves it as once."""
+        self._request("PUT", "/assets", json_body={"ids": list(asset_ids), **fields})
+
     # -- background jobs
     def _has_queues_api(self) -> bool:
         return self.server.version >= (2, 3, 0)

@@ -816,15 +816,20 @@ def report_verify(ctx: Context, report: VerifyReport) -> None:
 
 def takeout_request(request: UploadRequest, row: PendingUpload, takeout: TakeoutFiles) -> UploadRequest:
     """A zip member's upload: streamed from its zip, named as Immich takes it, favorite and archived as in
-    Google Photos, and with a made sidecar for the place, description and date Google knew."""
+    Google Photos, and with a made sidecar for the place, description and date Google knew. The row is read
+    again first: a copy's JSON may have reached it since it was queued."""
     from takeout import sidecar_for, upload_name  # only a Takeout run pays for zipfile
 
+    fresh = takeout.store.takeout_rows([row.id]) if takeout.store is not None else []
+    if fresh:
+        row = row._replace(metadata_info=fresh[0].metadata_info, date_taken=fresh[0].date_taken)
     info = json.loads(row.metadata_info or "{}")
     google = info.get("takeout", {})
     has_gps = info.get("gps_latitude") is not None
     has_date = info.get("date_source") in ("exif", "video")
     return request._replace(
         filename=upload_name(os.path.basename(row.filepath)),
+        created_at=created_at(row),
         opener=takeout.opener(row.filepath),
         is_favorite=bool(google.get("favorited")),
         visibility="archive" if google.get("archived") else None,
@@ -882,9 +887,16 @@ def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> 
     return ExitStatus.FILES_FAILED if file_errors else ExitStatus.OK
 
 
-def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
+def dry_run(
+    ctx: Context,
+    rows: list[PendingUpload],
+    extra_rows: Sequence[tuple[str, str]] = (),
+    extra_json: dict[str, object] | None = None,
+    notes: Sequence[str] = (),
+) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
-    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted."""
+    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted.
+    A Takeout adds its own lines (`extra_rows`, `extra_json`, and `notes` printed after the file list)."""
     client = None
     if ctx.settings.immich_url and ctx.settings.immich_api_key:
         ctx.settings.require_server()
@@ -921,6 +933,7 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
                 "would_delete": len(deletions),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
+                **(extra_json or {}),
             }
         )
     else:
@@ -930,6 +943,8 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
+        for note in notes:
+            ctx.stdout.write(f"{note}\n")
     rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
     if client is not None:
         rows_out.append(("already in Immich", plural(len(have), "file")))
@@ -937,6 +952,7 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
         rows_out.append(("server", "not asked (IMMICH_URL or IMMICH_API_KEY not set)"))
     if ctx.settings.delete_uploaded:
         rows_out.append(("would delete", f"{plural(len(deletions), 'file')}, {format_bytes(delete_bytes)}"))
+    rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
 
