@@ -247,10 +247,12 @@ def _number(value: Any) -> float | None:
 
 
 def _timestamp(value: Any) -> datetime | None:
-    """`{"timestamp": "1557025445"}` (or the bare value) as a date in the years photos can have."""
-    if isinstance(value, dict):
-        value = value.get("timestamp")
-    seconds = _number(value.strip() if isinstance(value, str) else value)
+    """`{"timestamp": "1557025445"}` as a date in the years photos can have; anything else (a bare "2019")
+    is no date."""
+    if not isinstance(value, dict):
+        return None
+    stamp = value.get("timestamp")
+    seconds = _number(stamp.strip() if isinstance(stamp, str) else stamp)
     if seconds is None or seconds <= 0:
         return None
     try:
@@ -1569,7 +1571,7 @@ def read_json_member(member: Member) -> JsonRecord | str:
     except (OSError, MemberError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
         return f"JSON unreadable: {exc}"
     if len(data) > JSON_MAX_BYTES:
-        return f"a JSON larger than {format_bytes(JSON_MAX_BYTES)}: no Google JSON is; not read"
+        return f"a JSON larger than {format_bytes(JSON_MAX_BYTES)}: no Google JSON is that large; not read"
     try:
         parsed = json.loads(data.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -248,3 +250,282 @@ def test_an_extracted_takeout_folder_works_the_same(
         assert {r["scope"] for r in store.rows()} == {"t:takeout"}
     finally:
         store.close()
+
+
+# --- names as real exports have them -----------------------------------------------------------------
+
+
+def raw_zip(path: Path, members: list[tuple[bytes, bytes]], **special: dict[str, object]) -> Path:
+    """A zip written byte by byte, for what zipfile will not write: names that are not valid UTF-8 (flagged
+    as UTF-8 all the same), the same name twice, a date of 0, an encrypted member, a Deflate64 member.
+    `members` is (name bytes, content); `special[name]` may set `method` (8 deflate, 9 Deflate64, 0 stored),
+    `flags`, `dostime`/`dosdate`."""
+    import zlib
+
+    import inflate64
+
+    out = io.BytesIO()
+    directory = io.BytesIO()
+    for name, data in members:
+        options = special.get(name.decode("utf-8", "replace"), {})
+        method = int(options.get("method", 8))  # type: ignore[call-overload]
+        if method == 8:
+            packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+            packed = packer.compress(data) + packer.flush()
+        elif method == 9:
+            deflater = inflate64.Deflater()
+            packed = deflater.deflate(data) + deflater.flush()
+        else:
+            packed = data
+        flags = 0x800 | int(options.get("flags", 0))  # type: ignore[call-overload]
+        dostime = int(options.get("dostime", 0x5000))  # type: ignore[call-overload]
+        dosdate = int(options.get("dosdate", 0x5981))  # type: ignore[call-overload]  # 2024-12-01
+        crc = zlib.crc32(data)
+        offset = out.tell()
+        header = (20, flags, method, dostime, dosdate, crc, len(packed), len(data), len(name), 0)
+        out.write(b"PK\x03\x04" + struct.pack("<HHHHHIIIHH", *header) + name + packed)
+        directory.write(
+            b"PK\x01\x02" + struct.pack("<HHHHHHIIIHHHHHII", 20, *header[:-1], 0, 0, 0, 0, 0, offset) + name
+        )
+    cd = directory.getvalue()
+    end = struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, len(members), len(members), len(cd), out.tell(), 0)
+    path.write_bytes(out.getvalue() + cd + end)
+    return path
+
+
+EMOJI = "😀😃😄😁😆😅😂🤣🥲☺️😊😇🙂🙃😉😌😍🥰😘😗😙😚😋"
+SUNSETS = "a" + "🌅" * 30 + ".jpg"  # its JSON's name is cut inside the 23rd emoji (half a surrogate pair)
+SUNSETS_JSON = ("a" + "🌅" * 22).encode() + b"\xed\xa0\xbc.json"  # CESU-8 half of U+1F305: invalid UTF-8
+FB = "Screenshot_20231027_123303_Facebook"
+BACKYARD = "Backyard_ceremony_wedding_photography_xxxxxxx_"
+ORIGINAL = "original_1d4caa6f-16c6-4c3d-901b-9387de10e528_"
+EXPOSURE = "PXL_20230809_203449253.LONG_EXPOSURE-02.ORIGIN"
+LONG_2021 = LONG.replace("2020", "2021")
+# Names real users posted to immich-go's, Immich's and GPTH's trackers: (JSON name, the title inside it).
+REAL_JSONS: dict[str | bytes, str] = {
+    "PXL_20211013_220651983.jpg.json": "PXL_20211013_220651983.jpg",
+    EXPOSURE + ".json": EXPOSURE + "AL.jpg",
+    "05yqt21kruxwwlhhgrwrdyb6chhwszi9bqmzu16w0 2.jp.json": "05yqt21kruxwwlhhgrwrdyb6chhwszi9bqmzu16w0 2.jpg",
+    EMOJI + ".json": EMOJI + "😛.jpg",
+    SUNSETS_JSON: SUNSETS,
+    BACKYARD + "(494).json": BACKYARD + "moments.jpg",
+    ORIGINAL + ".json": ORIGINAL + "P.jpg",
+    "PXL_20210102_221126856.MP~2.jpg.json": "PXL_20210102_221126856.MP~2.jpg",
+    "13039_327707840323_537645323_9470255_27214_n.j(1).json": "13039_327707840323_537645323_9470255_27214_n.jpg",
+    FB + ".jpg.supple.json": FB + ".jpg",
+    FB + ".jpg.supple(1).json": FB + ".jpg",
+    "MVIMG_20191230_232926.jpg.supplemental-metadat.json": "MVIMG_20191230_232926.jpg",
+    "Scan35.jpg.supplemental-metadata.json": "Scan35.jpg",
+    "Scan35.jpg.supplemental-metadata(1).json": "Scan35.jpg",
+    "CLIP0001.AVI.supplemental-metadata(10).json": "CLIP0001.AVI",
+    "IMAG0061.JPG.supplemental-metadata.json": "IMAG0061.JPG",
+    "2234089303984509579.supplemental-metadata.json": "2234089303984509579",
+    "IMG-20230325-WA0122~2.jpg.supplemental-metadat.json": "IMG-20230325-WA0122~2.jpg",
+    "Screenshot_2024-08-31-00-53-48-647_com.snapcha.json": "Screenshot_2024-08-31-00-53-48-647_com.snapchat.jpg",
+    "IMG_1234.jpg.json": "IMG_1234.jpg",
+    "DSC_0001.jpg.supplemental-metadata.json": "DSC_0001.jpg",
+    (LONG + ".supplemental-metadata")[:46] + ".json": LONG,
+    (LONG + ".supplemental-metadata")[:46]
+    + "(1).json": LONG_2021,  # Google's counter for a repeated cut name
+}
+# (media name, the JSON whose date it must get or None, how the summary says it was found)
+REAL_MEDIA: list[tuple[str, str | bytes | None, str]] = [
+    ("PXL_20211013_220651983.jpg", "PXL_20211013_220651983.jpg.json", "name"),
+    ("PXL_20211013_220651958.jpg", None, "none"),  # differs near the end: never 983's JSON
+    (EXPOSURE + "A.jpg", EXPOSURE + ".json", "cut"),  # the media name is cut too
+    (
+        "05yqt21kruxwwlhhgrwrdyb6chhwszi9bqmzu16w0 2.jpg",
+        "05yqt21kruxwwlhhgrwrdyb6chhwszi9bqmzu16w0 2.jp.json",
+        "cut",
+    ),
+    (EMOJI + "😛.jpg", EMOJI + ".json", "cut"),
+    (SUNSETS, SUNSETS_JSON, "cut"),
+    (BACKYARD + "m(494).jpg", BACKYARD + "(494).json", "cut"),
+    (BACKYARD + "m(185).jpg", None, "none"),  # another counter: another photo
+    (ORIGINAL + "P.jpg", ORIGINAL + ".json", "cut"),
+    (ORIGINAL + "P(1).jpg", None, "none"),  # another photo of that name, without a JSON
+    ("PXL_20210102_221126856.MP~2.jpg", "PXL_20210102_221126856.MP~2.jpg.json", "name"),
+    (
+        "13039_327707840323_537645323_9470255_27214_n(1).jpg",
+        "13039_327707840323_537645323_9470255_27214_n.j(1).json",
+        "cut",
+    ),
+    (FB + ".jpg", FB + ".jpg.supple.json", "name"),
+    (FB + "(1).jpg", FB + ".jpg.supple(1).json", "counter"),
+    (FB + "-edited.jpg", FB + ".jpg.supple.json", "edited"),
+    ("MVIMG_20191230_232926.jpg", "MVIMG_20191230_232926.jpg.supplemental-metadat.json", "name"),
+    ("Scan35.jpg", "Scan35.jpg.supplemental-metadata.json", "name"),
+    ("Scan35(1).jpg", "Scan35.jpg.supplemental-metadata(1).json", "counter"),
+    ("CLIP0001(10).AVI", "CLIP0001.AVI.supplemental-metadata(10).json", "counter"),
+    ("IMAG0061-edited.JPG", "IMAG0061.JPG.supplemental-metadata.json", "edited"),
+    ("2234089303984509579-edited.jpg", "2234089303984509579.supplemental-metadata.json", "edited"),
+    ("IMG-20230325-WA0122~2-edited.jpg", "IMG-20230325-WA0122~2.jpg.supplemental-metadat.json", "edited"),
+    (
+        "Screenshot_2024-08-31-00-53-48-647_com.snapchat.jpg",
+        "Screenshot_2024-08-31-00-53-48-647_com.snapcha.json",
+        "cut",
+    ),
+    ("IMG_1234-modifié.jpg", "IMG_1234.jpg.json", "edited"),
+    ("DSC_0001-ha editado.jpg", "DSC_0001.jpg.supplemental-metadata.json", "edited"),
+    (LONG, (LONG + ".supplemental-metadata")[:46] + ".json", "cut"),
+    (LONG_2021, (LONG + ".supplemental-metadata")[:46] + "(1).json", "title"),
+]
+ALBUM_JSONS = {  # album folder -> (its metadata file's name, content)
+    "Vacances": ("métadonnées.json", {"title": "Vacances"}),
+    "Urlaub": ("Metadaten.json", {"title": "Urlaub"}),
+    "Vacaciones": ("metadatos.json", {"title": "Vacaciones"}),
+    "Trip": ("metadata.json", {"title": "Trip", "description": "", "access": "protected"}),
+    "Old": ("metadata.json", {"albumData": {"title": "Old one", "date": "Jan 1, 2015"}}),
+}
+
+
+def names_export(
+    tmp_path: Path,
+) -> tuple[Path, dict[str, tuple[bytes, str | None, str]], dict[object, datetime]]:
+    """A zip with REAL_MEDIA and REAL_JSONS in one year folder (each JSON its own date), and albums with
+    every name and format of album metadata."""
+    folder = f"{ROOT}/Photos from 2022"
+    members: list[tuple[bytes, bytes]] = []
+    dates = {name: when(2001 + n, 3, 4, 5) for n, name in enumerate(REAL_JSONS)}
+    for name, title in REAL_JSONS.items():
+        raw = name.encode() if isinstance(name, str) else name
+        members.append((f"{folder}/".encode() + raw, google_json(title, dates[name])))
+    expected = {}
+    for n, (name, json_file, how) in enumerate(REAL_MEDIA):
+        data = MP4 + bytes([n]) if name.endswith(".AVI") else jpeg(100 + n)
+        members.append((f"{folder}/{name}".encode(), data))
+        expected[name] = (data, json_file, how)
+    for i, (album, (meta, content)) in enumerate(ALBUM_JSONS.items()):
+        members.append((f"{ROOT}/{album}/{meta}".encode(), json.dumps(content).encode()))
+        members.append((f"{ROOT}/{album}/IMG_A{i}.jpg".encode(), jpeg(200 + i)))
+    return raw_zip(tmp_path / "takeout-20250101T000000Z-001.zip", members), expected, dates
+
+
+def test_every_real_name_gets_its_own_json_and_never_another(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    export, expected, dates = names_export(tmp_path)
+    status, summary, stderr = sync(server_env, export)
+    assert status == 0, stderr
+    json_dates = {d.strftime("%Y-%m-%dT%H:%M:%S.000Z"): n for n, d in dates.items()}
+    got = {}
+    for name, (data, _json_file, _how) in expected.items():
+        asset = asset_for(immich, data)
+        assert asset is not None, name
+        got[name] = json_dates.get(asset.fields["fileCreatedAt"])  # the JSON whose date it got, if any
+    assert got == {name: json_file for name, (_d, json_file, _h) in expected.items()}
+    hows = Counter(how for _data, _json, how in expected.values())
+    hows["none"] += len(ALBUM_JSONS)  # the albums' photos have no JSON of their own
+    assert summary["takeout"]["matched"] == dict(hows)  # type: ignore[index]
+    albums = {a.albumName: len(a.asset_ids) for a in immich.albums.values()}
+    assert albums == {"Vacances": 1, "Urlaub": 1, "Vacaciones": 1, "Trip": 1, "Old one": 1}
+
+
+# --- values of the wrong type, bad members ------------------------------------------------------------
+
+
+def test_values_of_the_wrong_type_are_data_and_the_sidecar_stays_well_formed_xml(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    from xml.etree import ElementTree
+
+    folder = f"{ROOT}/Photos from 2019"
+    odd = {  # JSON text as Google's (or a broken tool's) may be: NaN, 1e999, text where numbers belong
+        "A.jpg": '{"title": "A.jpg", "photoTakenTime": {"timestamp": "1557025445"}, "favorited": "false", '
+        '"archived": "true", "geoData": {"latitude": NaN, "longitude": 12.5}, '
+        '"description": "tab\\there, bell\\u0007, nul\\u0000, <b>&amp;</b> \\ud800 ]]>"}',
+        "B.jpg": '{"title": "B.jpg", "photoTakenTime": "2019", "geoData": [1, 2], "favorited": 1}',
+        "C.jpg": '{"title": "C.jpg", "photoTakenTime": {"timestamp": 1e999}, '
+        '"geoData": {"latitude": 95, "longitude": 10}, "geoDataExif": {"latitude": 1e999, "longitude": 3}}',
+        "D.jpg": '{"title": "D.jpg", "photoTakenTime": {"timestamp": "99999999999999999999"}, '
+        '"geoData": {"latitude": "41.5", "longitude": "12.25", "altitude": "x"}, "favorited": "TRUE"}',
+    }
+    members = {}
+    for i, (name, text) in enumerate(odd.items()):
+        members[f"{folder}/{name}"] = jpeg(300 + i)
+        members[f"{folder}/{name}.json"] = text.encode()
+    export = write_zip(tmp_path / "takeout-odd-001.zip", members)
+    status, summary, stderr = sync(server_env, export)
+    assert status == 0, stderr
+    a, b, c, d = (asset_for(immich, members[f"{folder}/{n}"]) for n in odd)
+    assert a.fields["isFavorite"] == "false" and a.fields["visibility"] == "archive"
+    assert b.fields["isFavorite"] == "true" and c.fields["isFavorite"] == "false"
+    assert d.fields["isFavorite"] == "true"
+    assert a.fields["fileCreatedAt"] == "2019-05-05T03:04:05.000Z"
+    assert not b.fields["fileCreatedAt"].startswith("1970") and not c.fields["fileCreatedAt"].startswith(
+        "1970"
+    )
+    sidecars = {u.filename: u.sidecar_head for u in immich.uploads if u.status == 201}
+    assert sidecars["B.jpg"] == b"" and sidecars["C.jpg"] == b""  # no place, no date, nothing to say
+    for name in ("A.jpg", "D.jpg"):
+        ElementTree.fromstring(sidecars[name].decode().split("?>", 1)[1].rsplit("<?xpacket", 1)[0])
+    assert b"GPSLatitude" not in sidecars["A.jpg"]  # NaN is no place
+    text = sidecars["A.jpg"].decode()
+    assert (
+        "\x07" not in text
+        and "\x00" not in text
+        and "&lt;b&gt;&amp;amp;&lt;/b&gt;" in text
+        and "]]&gt;" in text
+    )
+    assert b"41,30.000000N" in sidecars["D.jpg"] and b"GPSAltitude" not in sidecars["D.jpg"]
+
+
+def bad_members(tmp_path: Path) -> tuple[Path, dict[str, bytes], list[str]]:
+    """One part with every kind of bad member beside good ones: (the zip, the good photos by name, the bad
+    members' names)."""
+    y = f"{ROOT}/Photos from 2019"
+    good = {f"good{i}.jpg": jpeg(400 + i) for i in range(3)}
+    deflate64 = jpeg(410)
+    twin_a, twin_b = jpeg(411), jpeg(412)
+    undated, odd_name = jpeg(413), jpeg(414)
+    members = [(f"{y}/{n}".encode(), data) for n, data in good.items()]
+    members += [
+        (f"{y}/good0.jpg.json".encode(), google_json("good0.jpg", when(2011))),
+        (f"{y}/secret.jpg".encode(), b"\x00" * 300),  # encrypted
+        (f"{y}/secret.jpg.json".encode(), b"{}" * 10),  # encrypted too
+        (f"{y}/deflate64.jpg".encode(), deflate64),
+        (f"{y}/deflate64.jpg.json".encode(), google_json("deflate64.jpg", when(2012))),
+        (f"{y}/twin.jpg".encode(), twin_a),  # the same name twice in one zip: two photos
+        (f"{y}/twin.jpg".encode(), twin_b),
+        (f"{y}/undated.jpg".encode(), undated),  # a zip date of 0
+        (f"{y}/caf\xe9.jpg".encode("latin-1"), odd_name),  # flagged UTF-8, it is not
+        (f"{y}/huge.jpg.json".encode(), b'{"title": "huge.jpg", "x": "' + b" " * (2 << 20) + b'"}'),
+        (f"{y}/broken.jpg.json".encode(), b'{"title": "broken.jpg", "photoTakenTime": {'),
+        (f"{y}/list.jpg.json".encode(), b"[1, 2, 3]"),
+    ]
+    special: dict[str, dict[str, object]] = {
+        f"{y}/secret.jpg": {"flags": 0x1},
+        f"{y}/secret.jpg.json": {"flags": 0x1},
+        f"{y}/deflate64.jpg": {"method": 9},
+        f"{y}/undated.jpg": {"dosdate": 0, "dostime": 0},
+    }
+    export = raw_zip(tmp_path / "takeout-bad-001.zip", members, **special)
+    photos = {**good, "deflate64.jpg": deflate64, "twin.jpg": twin_a, "twin.jpg (2)": twin_b,
+              "undated.jpg": undated, "caf\ufffd.jpg": odd_name}  # fmt: skip
+    return (
+        export,
+        photos,
+        [f"{y}/secret.jpg", f"{y}/secret.jpg.json", f"{y}/huge.jpg.json", f"{y}/broken.jpg.json"],
+    )
+
+
+def test_one_bad_member_costs_only_itself_and_is_listed_and_counted(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    export, photos, bad = bad_members(tmp_path)
+    good_part = write_zip(tmp_path / "takeout-bad-002.zip", {f"{ROOT}/Photos from 2020/fine.jpg": jpeg(420)})
+    status, summary, stderr = sync(server_env, export, good_part)
+    assert status == 1, stderr  # some members failed; everything else is in
+    for name, data in {**photos, "fine.jpg": jpeg(420)}.items():
+        assert asset_for(immich, data) is not None, name
+    assert asset_for(immich, photos["deflate64.jpg"]).fields["fileCreatedAt"] == "2012-01-02T03:04:05.000Z"
+    assert asset_for(immich, photos["good0.jpg"]).fields["fileCreatedAt"] == "2011-01-02T03:04:05.000Z"
+    listed = summary["error_files"]
+    assert sorted(listed) == sorted(f"{export.name}/{b}" for b in bad)  # type: ignore[arg-type]
+    assert summary["errors"] == len(bad)
+    assert "encrypted" in stderr and "no Google JSON is that large" in stderr and "JSON unreadable" in stderr
+    # A rerun reads nothing it has seen, and still says which members are bad.
+    sent = immich.upload_count()
+    status, summary, _ = sync(server_env, export, good_part)
+    assert status == 1 and summary["errors"] == len(bad) and immich.upload_count() == sent
+    assert summary["takeout"]["members_read"] == 0  # type: ignore[index]
