@@ -445,7 +445,7 @@ def test_values_of_the_wrong_type_are_data_and_the_sidecar_stays_well_formed_xml
         members[f"{folder}/{name}"] = jpeg(300 + i)
         members[f"{folder}/{name}.json"] = text.encode()
     export = write_zip(tmp_path / "takeout-odd-001.zip", members)
-    status, summary, stderr = sync(server_env, export)
+    status, _summary, stderr = sync(server_env, export)
     assert status == 0, stderr
     a, b, c, d = (asset_for(immich, members[f"{folder}/{n}"]) for n in odd)
     assert a.fields["isFavorite"] == "false" and a.fields["visibility"] == "archive"
