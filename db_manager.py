@@ -1098,7 +1098,7 @@ class Store:
         )
         self._execute(
             "CREATE TABLE IF NOT EXISTS takeout_updates (scope VARCHAR(120) NOT NULL, path_hash CHAR(64) NOT NULL, "
-            "queued_at TIMESTAMP NULL, PRIMARY KEY (scope, path_hash))"
+            "queued_at TIMESTAMP NULL, intent TEXT, PRIMARY KEY (scope, path_hash))"
         )
 
     def takeout_archives(self) -> dict[str, tuple[str, str]]:
@@ -1189,7 +1189,6 @@ class Store:
             "upload_status = CASE WHEN ? IS NULL THEN upload_status ELSE 'skipped' END, "
             "last_error = CASE WHEN ? IS NULL THEN last_error ELSE ? END WHERE id = ?"
         )
-        delete = self.sql("DELETE FROM takeout_updates WHERE scope = ? AND path_hash = ?")
         insert = self.sql("INSERT INTO takeout_updates (scope, path_hash, queued_at) VALUES (?, ?, ?)")
 
         def write() -> None:
@@ -1201,10 +1200,17 @@ class Store:
                         for row_id, text, taken, source, skip in updates
                     ],
                 )
-            if queue:
-                unique = sorted(set(queue))
-                self._executemany(delete, [(self.scope, h) for h in unique])
-                self._executemany(insert, [(self.scope, h, now) for h in unique])
+            # A row queued already keeps its place (and the intent of an update that may have been sent).
+            for chunk in _chunks(sorted(set(queue)), BATCH_ROWS):
+                there = self._query(
+                    self.sql(
+                        f"SELECT path_hash FROM takeout_updates WHERE scope = ? AND path_hash IN "
+                        f"({', '.join('?' * len(chunk))})"
+                    ),
+                    (self.scope, *chunk),
+                )
+                known = {r[0] for r in there}
+                self._executemany(insert, [(self.scope, h, now) for h in chunk if h not in known])
 
         self._transaction(write)
 
@@ -1212,6 +1218,23 @@ class Store:
         """The rows queued for an update in Immich, oldest first."""
         return self._takeout_select(
             "path_hash IN (SELECT path_hash FROM takeout_updates WHERE scope = ?) ORDER BY id", (self.scope,)
+        )
+
+    def takeout_update_intents(self) -> dict[str, str]:
+        """path_hash -> the update a run was about to send when it stopped (see takeout.apply_updates)."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT path_hash, intent FROM takeout_updates WHERE scope = ? AND intent IS NOT NULL"
+                ),
+                (self.scope,),
+            )
+        return {r[0]: r[1] for r in rows}
+
+    def set_takeout_update_intent(self, path_hash_value: str, intent: str) -> None:
+        self._write_one(
+            self.sql("UPDATE takeout_updates SET intent = ? WHERE scope = ? AND path_hash = ?"),
+            (intent, self.scope, path_hash_value),
         )
 
     def takeout_update_count(self) -> int:

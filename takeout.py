@@ -1694,6 +1694,17 @@ def plan_update(
     return changes, kept
 
 
+def _after(sent: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """What Immich holds of what was sent once these changes are made."""
+    now = dict(sent)
+    for key, value in changes.items():
+        if key == "visibility":
+            now["archived"] = value == "archive"
+        else:
+            now[{"isFavorite": "favorited", "dateTimeOriginal": "date"}.get(key, key)] = value
+    return now
+
+
 def _near(a: tuple[Any, Any], b: tuple[Any, Any]) -> bool:
     if None in a or None in b:
         return False
@@ -1714,6 +1725,7 @@ def apply_updates(
     from immich_client import ImmichError, ServerUnreachable, StopRequested
 
     summary = UpdateSummary()
+    intents = store.takeout_update_intents()
     for row in store.takeout_update_queue():
         if stop.is_set():
             break
@@ -1736,10 +1748,20 @@ def apply_updates(
         sent = sent_values(sent_info, sent_row.date_taken, sent_row.mtime_ns)
         try:
             asset = client.asset(row.asset_id)
+            intent = json.loads(intents[row.path_hash]) if row.path_hash in intents else None
+            if intent is not None:
+                # A run stopped around its update of this asset. Untouched since it read it: the update
+                # never arrived. Changed since: it did, and what differs from it now the user changed.
+                untouched = bool(intent.get("updatedAt")) and asset.get("updatedAt") == intent["updatedAt"]
+                sent = intent["sent"] if untouched else _after(intent["sent"], intent["changes"])
             changes, kept = plan_update(
                 google, sent, asset, info.get("gps_latitude") is not None, own_date(info)
             )
             if changes and not dry_run:
+                store.set_takeout_update_intent(
+                    row.path_hash,
+                    json.dumps({"changes": changes, "updatedAt": asset.get("updatedAt"), "sent": sent}),
+                )
                 client.update_assets([row.asset_id], changes)
         except (ServerUnreachable, StopRequested):
             raise
@@ -1760,12 +1782,7 @@ def apply_updates(
             summary.unchanged += 1
         if dry_run:
             continue
-        now_sent = dict(sent)
-        for key, value in changes.items():
-            now_sent[{"isFavorite": "favorited", "dateTimeOriginal": "date"}.get(key, key)] = value
-        if changes.get("visibility") == "archive":
-            now_sent["archived"] = True
-        sent_info.setdefault("takeout", {})["sent"] = now_sent
+        sent_info.setdefault("takeout", {})["sent"] = _after(sent, changes)
         store.takeout_update_done(
             row.path_hash, sent_row.id, json.dumps(sent_info, default=str, ensure_ascii=False)
         )

@@ -37,7 +37,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any, BinaryIO, NamedTuple
 
@@ -108,6 +108,7 @@ class Asset:
     is_trashed: bool = False
     # What metadata extraction found (exiftool reads the sidecar too), and what PUT /api/assets set since.
     exif: dict[str, Any] = field(default_factory=dict)
+    updated_at: str = ""  # updatedAt: moves whenever the asset changes (an update, the user's edit)
 
 
 @dataclass
@@ -1305,6 +1306,7 @@ class ImmichTestServer:
         self._host, self._port = host, port
         self._lock = threading.RLock()
         self._by_sha1: dict[str, str] = {}
+        self._last_touch = datetime.now(timezone.utc)
         self._connections: set[socket.socket] = set()
         self.connections_accepted = 0  # every connection a client opened, kept alive or not
         self._down = False
@@ -1396,6 +1398,7 @@ class ImmichTestServer:
             return sum(1 for u in self.uploads if u.status == 201)
 
     def _add_asset(self, asset: Asset) -> None:
+        self._touch(asset)
         self.assets[asset.id] = asset
         self._by_sha1[asset.sha1_hex] = asset.id
 
@@ -1522,6 +1525,7 @@ class ImmichTestServer:
             "isFavorite": asset.fields.get("isFavorite") == "true",
             "visibility": asset.fields.get("visibility", "timeline"),
             "isTrashed": asset.is_trashed,
+            "updatedAt": asset.updated_at,
             "duration": duration_out,
             "livePhotoVideoId": asset.fields.get("livePhotoVideoId"),
             "exifInfo": {
@@ -1612,6 +1616,20 @@ class ImmichTestServer:
             assets = [self._asset_json(self.assets[i]) for i in asset_ids]
         return {"id": stack_id, "primaryAssetId": asset_ids[0], "assets": assets}
 
+    def _touch(self, asset: Asset) -> None:
+        """A new updatedAt, later than any before (two changes in one millisecond still differ)."""
+        now = max(datetime.now(timezone.utc), self._last_touch + timedelta(milliseconds=1))
+        self._last_touch = now
+        asset.updated_at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+    def edit_as_user(self, asset: Asset, fields: dict[str, str] | None = None, **exif: Any) -> None:
+        """What a user does to an asset in Immich's web page: its fields (isFavorite, visibility) or its
+        exifInfo (description, ...) change, and so does its updatedAt."""
+        with self._lock:
+            asset.fields.update(fields or {})
+            asset.exif.update(exif)
+            self._touch(asset)
+
     def _update_assets(self, asset_ids: list[str], payload: dict[str, Any]) -> None:
         with self._lock:
             assets = [self.assets.get(i) for i in asset_ids]
@@ -1628,6 +1646,7 @@ class ImmichTestServer:
                 for name in ("latitude", "longitude", "description"):
                     if name in payload:
                         asset.exif[name] = payload[name]
+                self._touch(asset)
             self.updates.append((list(asset_ids), dict(payload)))
 
     def _restore(self, asset_ids: list[str]) -> int:

@@ -529,3 +529,252 @@ def test_one_bad_member_costs_only_itself_and_is_listed_and_counted(
     status, summary, _ = sync(server_env, export, good_part)
     assert status == 1 and summary["errors"] == len(bad) and immich.upload_count() == sent
     assert summary["takeout"]["members_read"] == 0  # type: ignore[index]
+
+
+def test_a_fifo_or_a_broken_symlink_in_an_extracted_folder_is_an_error_and_never_blocks(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    import os
+
+    from tests.conftest import run_process
+
+    folder = tmp_path / "extracted" / "Takeout" / "Google Photos" / "Photos from 2019"
+    folder.mkdir(parents=True)
+    (folder / "IMG_1.jpg").write_bytes(jpeg(500))
+    (folder / "IMG_1.jpg.json").write_bytes(google_json("IMG_1.jpg", when(2013)))
+    os.mkfifo(folder / "IMG_2.jpg.json")  # opened for reading, it would wait for a writer forever
+    os.mkfifo(folder / "IMG_3.jpg")
+    (folder / "IMG_4.jpg").symlink_to(tmp_path / "gone.jpg")
+    (folder / "IMG_5.jpg.json").symlink_to(tmp_path / "gone.json")
+    result = run_process(
+        "sync_upload.py", "--env-file", str(server_env.path), "--json", "--takeout", str(tmp_path / "extracted"),
+        timeout=60,
+    )  # fmt: skip
+    assert result.status == 1, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["uploaded"] == 1 and summary["errors"] == 4
+    assert created(immich, jpeg(500)) == "2013-01-02T03:04:05.000Z"
+    assert "not a regular file" in result.stderr and "broken symlink" in result.stderr
+
+
+def test_the_same_path_in_two_zips_of_one_name_is_two_photos_also_in_separate_runs(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    path = f"{ROOT}/Photos from 2019/IMG_0001.jpg"
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    mine.mkdir()
+    theirs.mkdir()
+    first = write_zip(
+        mine / "takeout-001.zip", {path: jpeg(600), path + ".json": google_json("IMG_0001.jpg", when(2014))}
+    )
+    second = write_zip(
+        theirs / "takeout-001.zip", {path: jpeg(601), path + ".json": google_json("IMG_0001.jpg", when(2015))}
+    )
+    assert sync(server_env, first)[0] == 0
+    assert sync(server_env, second)[0] == 0
+    assert created(immich, jpeg(600)) == "2014-01-02T03:04:05.000Z"
+    assert created(immich, jpeg(601)) == "2015-01-02T03:04:05.000Z"
+    store = open_store(server_env.settings())
+    try:
+        rows = {r["filepath"]: r["sha1"] for r in store.rows()}
+    finally:
+        store.close()
+    assert rows == {
+        f"takeout-001.zip/{path}": hashlib.sha1(jpeg(600)).hexdigest(),
+        f"takeout-001.zip (2)/{path}": hashlib.sha1(jpeg(601)).hexdigest(),
+    }
+    # Each is the same archive again on a rerun (wherever it was moved), and both together are two.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    first.rename(moved / first.name)
+    status, summary, _ = sync(server_env, moved / first.name, second)
+    assert status == 0 and summary["unchanged"] == 2 and summary["new"] == 0
+    assert summary["takeout"]["members_read"] == 0  # type: ignore[index]
+
+
+def copies_export(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """An album folder's copy without a JSON in part 1; the same photo in its year folder, with its JSON, in
+    part 2 (downloaded later)."""
+    photo = jpeg(700)
+    part1 = write_zip(
+        tmp_path / "takeout-20241201T100000Z-001.zip",
+        {
+            f"{ROOT}/Trip to Rome/metadata.json": json.dumps({"title": "Trip to Rome"}).encode(),
+            f"{ROOT}/Trip to Rome/IMG_0001.jpg": photo,
+            f"{ROOT}/Trip to Rome/IMG_0100.jpg": jpeg(701),
+        },
+    )
+    part2 = write_zip(
+        tmp_path / "takeout-20241201T100000Z-002.zip",
+        {
+            f"{ROOT}/Photos from 2019/IMG_0001.jpg": photo,
+            f"{ROOT}/Photos from 2019/IMG_0001.jpg.json": google_json(
+                "IMG_0001.jpg", when(2019, 5), favorited=True, description="Colosseum at dawn",
+                geoData={"latitude": 41.8902, "longitude": 12.4922, "altitude": 21.0},
+            ),
+        },
+    )  # fmt: skip
+    return part1, part2, photo
+
+
+def test_the_copies_of_one_photo_are_one_upload_with_the_metadata_of_the_copy_that_has_a_json(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    part1, part2, photo = copies_export(tmp_path)
+    status, summary, stderr = sync(server_env, part1, part2)
+    assert status == 0, stderr
+    asset = asset_for(immich, photo)
+    assert (
+        asset.fields["fileCreatedAt"] == "2019-05-02T03:04:05.000Z" and asset.fields["isFavorite"] == "true"
+    )
+    assert asset.exif["description"] == "Colosseum at dawn" and round(asset.exif["latitude"], 4) == 41.8902
+    assert sum(1 for u in immich.uploads if u.sha1_hex == asset.sha1_hex) == 1
+    (album,) = immich.albums.values()
+    assert album.albumName == "Trip to Rome" and sorted(album.asset_ids) == sorted(
+        [asset.id, asset_for(immich, jpeg(701)).id]
+    )
+    assert summary["takeout"]["matched"] == {"name": 1, "copy": 1, "none": 1}  # type: ignore[index]
+
+
+def test_a_copy_whose_json_arrives_in_a_later_run_updates_the_photo_already_sent(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    part1, part2, photo = copies_export(tmp_path)
+    assert sync(server_env, part1)[0] == 0
+    asset = asset_for(immich, photo)
+    assert asset.fields["fileCreatedAt"].startswith("2024-12-01")  # the zip's date: nothing better then
+    status, summary, _ = sync(server_env, part1, part2)
+    assert status == 0 and summary["uploaded"] == 0
+    assert (
+        asset.exif["dateTimeOriginal"] == "2019-05-02T03:04:05.000Z" and asset.fields["isFavorite"] == "true"
+    )
+    assert asset.exif["description"] == "Colosseum at dawn" and round(asset.exif["latitude"], 4) == 41.8902
+    assert summary["takeout"]["updated_in_immich"] == 1  # type: ignore[index]
+    assert len(immich.updates) == 1
+    status, summary, _ = sync(server_env, part1, part2)
+    assert status == 0 and len(immich.updates) == 1 and summary["takeout"]["members_read"] == 0  # type: ignore[index]
+
+
+def late_json_export(tmp_path: Path) -> tuple[Path, Path, bytes]:
+    """PART1.jpg in part 1; its JSON in part 3, downloaded the next day."""
+    photo = jpeg(800)
+    y = f"{ROOT}/Photos from 2015"
+    part1 = write_zip(tmp_path / "takeout-20241201T100000Z-001.zip", {f"{y}/PART1.jpg": photo})
+    part3 = write_zip(
+        tmp_path / "takeout-20241201T100000Z-003.zip",
+        {
+            f"{y}/PART1.jpg.supplemental-metadata.json": google_json(
+                "PART1.jpg", when(2015, 7), favorited=True, archived=True, description="From Google",
+                geoData={"latitude": -33.8568, "longitude": 151.2153, "altitude": 5.0},
+            )
+        },
+    )  # fmt: skip
+    return part1, part3, photo
+
+
+def test_a_json_in_a_later_part_is_applied_to_the_photo_in_immich_without_undoing_the_users_changes(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    part1, part3, photo = late_json_export(tmp_path)
+    assert sync(server_env, part1)[0] == 0
+    asset = asset_for(immich, photo)
+    assert asset.fields["isFavorite"] == "false" and asset.exif["latitude"] is None
+    immich.edit_as_user(asset, description="my own words")  # the user wrote a description in Immich meanwhile
+    status, summary, stderr = sync(server_env, part1, part3)
+    assert status == 0, stderr
+    assert summary["uploaded"] == 0 and summary["takeout"]["updated_in_immich"] == 1  # type: ignore[index]
+    assert asset.fields["isFavorite"] == "true" and asset.fields["visibility"] == "archive"
+    assert asset.exif["dateTimeOriginal"] == "2015-07-02T03:04:05.000Z"
+    assert (round(asset.exif["latitude"], 4), round(asset.exif["longitude"], 4)) == (-33.8568, 151.2153)
+    assert asset.exif["description"] == "my own words"
+    assert summary["takeout"]["kept_as_changed_in_immich"] == 1  # type: ignore[index]
+    assert summary["takeout"]["matched"] == {"name": 1}  # type: ignore[index]
+    ((ids, fields),) = immich.updates
+    assert ids == [asset.id] and "description" not in fields
+    # The next run has nothing to do: nothing read, nothing changed.
+    status, summary, _ = sync(server_env, part1, part3)
+    assert status == 0 and len(immich.updates) == 1
+    assert summary["takeout"]["members_read"] == 0  # type: ignore[index]
+
+
+def queued_updates(env: Env) -> int:
+    store = open_store(env.settings())
+    store.scope = "t:takeout"
+    try:
+        return store.takeout_update_count()
+    finally:
+        store.close()
+
+
+def test_a_run_killed_around_the_update_in_immich_sends_it_once_and_never_undoes_the_user(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from db_manager import Store
+    from immich_client import ImmichClient
+
+    part1, part3, photo = late_json_export(tmp_path)
+    assert sync(server_env, part1)[0] == 0
+    asset = asset_for(immich, photo)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # the process dies here
+
+    def run_killed_at(cls: type, name: str) -> None:
+        with monkeypatch.context() as patch:
+            patch.setattr(cls, name, killed)
+            result = run_inprocess(
+                sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(part1), str(part3)
+            )
+        assert result.status == 130
+
+    # Killed after deciding, before the update reached Immich: the next run sends it.
+    run_killed_at(ImmichClient, "update_assets")
+    assert immich.updates == []
+    # Killed after the update reached Immich, before it was recorded; the user un-favorites it meanwhile.
+    assert queued_updates(server_env) == 1
+    run_killed_at(Store, "takeout_update_done")
+    assert len(immich.updates) == 1 and asset.fields["isFavorite"] == "true"
+    immich.edit_as_user(asset, {"isFavorite": "false"})
+    status, _summary, _ = sync(server_env, part1, part3)
+    assert status == 0 and len(immich.updates) == 1  # found done: recorded, not sent again
+    assert asset.fields["isFavorite"] == "false"  # the user's change stays
+    assert queued_updates(server_env) == 0
+
+
+def test_a_dry_run_says_what_the_import_will_do_and_the_real_run_after_it_says_how_each_json_was_found(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    part1, part2, _photo = copies_export(tmp_path)
+    dry = run_inprocess(
+        sync_upload.main, "--env-file", str(server_env.path), "--dry-run", "--takeout", str(part1), str(part2)
+    )
+    assert dry.status == 0, dry.stderr
+    would = [line for line in dry.stdout.splitlines() if line.startswith("would upload")]
+    assert len(would) == 2 and "same photo as" in dry.stdout
+    assert "a copy of a photo whose JSON lies in another folder" in dry.stderr
+    status, summary, stderr = sync(server_env, part1, part2)
+    assert status == 0 and summary["uploaded"] == len(would)
+    assert summary["takeout"]["matched"] == {"name": 1, "copy": 1, "none": 1}  # type: ignore[index]
+    assert summary["takeout"]["unmatched"] == [f"{part1.name}/{ROOT}/Trip to Rome/IMG_0100.jpg"]  # type: ignore[index]
+    assert "by name" in stderr and "no JSON found" in stderr and "IMG_0100.jpg" in stderr
+
+
+def test_a_folder_argument_takes_the_takeout_parts_in_it_and_says_which_zips_it_passed_over(
+    server_env: Env, immich: ImmichTestServer, takeout: tuple[Path, Path]
+) -> None:
+    downloads = takeout[0].parent
+    write_zip(downloads / "work-scans-confidential.zip", {"scans/contract.jpg": jpeg(900)})
+    (downloads / "broken.zip").write_bytes(b"PK not really")
+    status, summary, stderr = sync(server_env, downloads)
+    assert status == 0, stderr
+    assert asset_for(immich, jpeg(900)) is None
+    assert summary["uploaded"] == 14  # both parts: all but Google's trash and the album's copy
+    passed = summary["takeout"]["passed_over"]  # type: ignore[index]
+    assert any("work-scans-confidential.zip" in p for p in passed) and any("broken.zip" in p for p in passed)
+    assert "passed over" in stderr and "work-scans-confidential.zip" in stderr
+    # A folder with no Takeout at all is one clear line, nothing imported.
+    only = downloads.parent / "only-work"
+    only.mkdir()
+    write_zip(only / "work.zip", {"scans/a.jpg": jpeg(901)})
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(only))
+    assert result.status == 2 and "no Google Takeout in" in result.stderr and "work.zip" in result.stderr
