@@ -810,6 +810,7 @@ def _abort_socket(sock: socket.socket) -> None:
 
 
 STAND_IN_UPLOADS_PATH = "/__stand-in__/uploads"
+STAND_IN_ASSETS_PATH = "/__stand-in__/assets"
 
 QUEUE_NAMES = (
     "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
@@ -849,6 +850,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     # Test-only, outside /api so it cannot collide with an Immich route: what the server received, for benchmarks
     # that run it as a process.
     ("GET", _route(STAND_IN_UPLOADS_PATH), "_stand_in_uploads", True),
+    ("GET", _route(STAND_IN_ASSETS_PATH), "_stand_in_assets", True),
 ]
 
 
@@ -1244,6 +1246,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with self.app._lock:
             uploads = list(self.app.uploads)
         return 200, [{"sha1": u.sha1_hex, "status": u.status, "size": u.size_bytes} for u in uploads]
+
+    def _stand_in_assets(self, _: dict[str, str]) -> tuple[int, Any]:
+        with self.app._lock:
+            assets = list(self.app.assets.values())
+        return 200, [
+            {
+                "sha1": a.sha1_hex,
+                "fileCreatedAt": self.app._date_json(a.fields.get("fileCreatedAt")),
+                "isFavorite": a.fields.get("isFavorite") == "true",
+                "visibility": a.fields.get("visibility", "timeline"),
+                "dateTimeOriginal": a.exif.get("dateTimeOriginal"),
+            }
+            for a in assets
+        ]
 
     def _restore_trash(self, _: dict[str, str]) -> tuple[int, Any]:
         payload = self._json_body()
