@@ -1138,8 +1138,11 @@ class Store:
                 found.update((int(r[0]), r[1]) for r in self._query(self.sql(sql), chunk) if r[1])
         return found
 
-    def save_takeout_json(self, rows: Sequence[tuple[str, str, int, int, str | None, str | None]]) -> None:
-        """Record JSON members read: (path_hash, filepath, size, mtime_ns, record text, error)."""
+    def save_takeout_json(
+        self, rows: Sequence[tuple[str, str, int, int, str | None, str | None]], replacing: bool = True
+    ) -> None:
+        """Record JSON members read: (path_hash, filepath, size, mtime_ns, record text, error). With
+        `replacing`, some of them were recorded before (a member that changed) and their old record goes."""
         if not rows:
             return
         delete = self.sql("DELETE FROM takeout_json WHERE scope = ? AND path_hash = ?")
@@ -1150,7 +1153,8 @@ class Store:
 
         def write() -> None:
             for chunk in _chunks(list(rows), BATCH_ROWS):
-                self._executemany(delete, [(self.scope, r[0]) for r in chunk])
+                if replacing:
+                    self._executemany(delete, [(self.scope, r[0]) for r in chunk])
                 self._executemany(insert, [(self.scope, *r) for r in chunk])
 
         self._transaction(write)
@@ -1304,8 +1308,8 @@ class Store:
     def _json_text(self, path: str) -> str:
         """SQL for a JSON text value of metadata_info at `path`."""
         if self.backend == "mysql":
-            return f"JSON_UNQUOTE(JSON_EXTRACT(metadata_info, {path}))"
-        return f"json_extract(metadata_info, {path})"
+            return f"CASE WHEN JSON_VALID(metadata_info) THEN JSON_UNQUOTE(JSON_EXTRACT(metadata_info, {path})) END"
+        return f"CASE WHEN json_valid(metadata_info) THEN json_extract(metadata_info, {path}) END"
 
     def record_run(self, kind: str, started_at: str, exit_status: int, summary: dict[str, Any]) -> None:
         self._write_one(

@@ -92,7 +92,7 @@ def sync_once(ctx: Context) -> ExitStatus:
         from takeout import TakeoutFiles, TakeoutScanner
 
         takeout_scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
-        takeout_files = TakeoutFiles(takeout_scanner.archives, ctx.store)
+        takeout_files = TakeoutFiles(takeout_scanner.archives, ctx.store, takeout_scanner.refreshed)
     client = ImmichClient(ctx.settings, ctx.stop)
     try:
         target_id = adopt_target(client, ctx.store, connect(client))

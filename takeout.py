@@ -28,6 +28,7 @@ member's error: counted, listed, and everything else is imported.
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import json
 import math
@@ -206,13 +207,21 @@ def edited_original(stem: str, others: bool = False) -> str | None:
 def photos_folder(inner: str) -> tuple[str, str] | None:
     """(the folder below "Google Photos/", which is the same in every part; the name) of a member, or None
     for another Google product's files in the same Takeout. Paths without a Takeout folder are taken whole."""
-    parts = inner.split("/")
-    for i, part in enumerate(parts[:-2]):
+    directory, _, name = inner.rpartition("/")
+    folder = folder_key(directory)
+    return None if folder is None else (folder, name)
+
+
+@functools.lru_cache(maxsize=65536)
+def folder_key(directory: str) -> str | None:
+    """photos_folder() of a directory (each is asked for once: an export has thousands of members per folder)."""
+    parts = directory.split("/")
+    for i, part in enumerate(parts[:-1]):
         if part == "Takeout":
             if not PHOTOS_SERVICE.search(parts[i + 1]):
                 return None
-            return "/".join(parts[i + 2 : -1]), parts[-1]
-    return "/".join(parts[:-1]), parts[-1]
+            return "/".join(parts[i + 2 :])
+    return directory
 
 
 # --- Google's JSON ------------------------------------------------------------------------------------
@@ -410,11 +419,10 @@ class Member(NamedTuple):
         return self.name.lower().endswith(".json")
 
 
-def zip_mtime_ns(info: zipfile.ZipInfo) -> int:
-    """A member's time as the zip keeps it (to the second, no zone): only ever compared with itself. An
-    impossible one (a zip date of 0) is 0."""
+@functools.lru_cache(maxsize=4096)
+def _dos_time_ns(date_time: tuple[int, int, int, int, int, int]) -> int:
     try:
-        return int(datetime(*info.date_time, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
+        return int(datetime(*date_time, tzinfo=timezone.utc).timestamp()) * 1_000_000_000
     except (ValueError, OverflowError):
         return 0
 
@@ -507,6 +515,8 @@ class _Deflate64Reader(io.RawIOBase):
         self._running = zlib.crc32(self._pending[:n], self._running)
         del self._pending[:n]
         self._seen += n
+        if self._seen > self._size:  # more than the zip says: a damaged member, or a bomb
+            raise zipfile.BadZipFile("Deflate64 member: larger than its zip says")
         if self._ended and not self._pending and (self._seen != self._size or self._running != self._crc):
             raise zipfile.BadZipFile("Deflate64 member: its size or CRC-32 is not what the zip says")
         return n
@@ -529,8 +539,7 @@ class Archive:
         self._zip: zipfile.ZipFile | None = None
         self._renamed: set[int] = set()
         self._lock = threading.Lock()
-        self._members: list[Member] | None = None
-        self._entries: dict[str, Any] = {}  # stored -> ZipInfo, or the file's path in a folder
+        self._entries: dict[str, Any] | None = None  # stored -> ZipInfo, or the file's path in a folder
         self._fingerprint: str | None = None
         self._prefix = ""  # what an extracted folder's paths lack to start like a zip's ("Takeout/")
         if self.is_zip:
@@ -566,42 +575,57 @@ class Archive:
                 return True
         return False
 
-    def members(self) -> list[Member]:
-        if self._members is None:
-            self._members = list(self._zip_members() if self._zip is not None else self._folder_members())
-        return self._members
+    def members(self) -> Iterator[Member]:
+        """Every member, in the archive's order, read from its directory each time (a rerun of a large
+        export keeps no list of them)."""
+        entries: dict[str, Any] = {}
+        members = self._zip_members(entries) if self._zip is not None else self._folder_members(entries)
+        yield from members
+        self._entries = entries  # complete: the uploader finds each row's member here
 
-    def _zip_members(self) -> Iterator[Member]:
+    def _entry(self, stored: str) -> Any:
+        if self._entries is None:
+            for _member in self.members():
+                pass
+        assert self._entries is not None
+        return self._entries.get(stored)
+
+    def _zip_members(self, entries: dict[str, Any]) -> Iterator[Member]:
         assert self._zip is not None
-        seen: Counter[str] = Counter()
+        seen: set[str] = set()
         for index, info in enumerate(self._zip.infolist()):
-            if info.is_dir():
+            raw = info.filename
+            if raw[-1:] == "/":
                 continue
-            inner = info.filename
-            if index in self._renamed:
-                inner = info.filename.encode("cp437").decode("utf-8", "surrogateescape")
-            if inner.startswith("__MACOSX/") or os.path.basename(inner).startswith("._"):
+            if index in self._renamed:  # invalid bytes kept as surrogate escapes, shown as U+FFFD
+                raw = raw.encode("cp437").decode("utf-8", "surrogateescape")
+            inner = text_of(raw) if index in self._renamed else raw
+            directory, _, name = inner.rpartition("/")
+            if name.startswith("._") or directory.startswith("__MACOSX"):
                 continue
-            place = photos_folder(inner)
-            if place is None:
+            folder = folder_key(directory)
+            if folder is None:
                 continue
-            shown = text_of(inner)
-            seen[shown] += 1
-            # The same name twice in one zip is two files: the second and later get a place of their own.
-            stored = (
-                f"{self.label}/{shown}" if seen[shown] == 1 else f"{self.label}/[copy {seen[shown]}]/{shown}"
-            )
-            self._entries[stored] = info
+            if inner in seen:
+                # The same name twice in one zip is two files: the second and later get a place of their own.
+                number = 2
+                while f"[copy {number}]/{inner}" in seen:
+                    number += 1
+                inner = f"[copy {number}]/{inner}"
+            seen.add(inner)
+            stored = f"{self.label}/{inner}"
+            entries[stored] = info
             problem = ""
             if info.flag_bits & 0x1:
                 problem = "encrypted (password-protected) in its zip: it cannot be read"
             elif info.compress_type not in (0, 8, 9, 12, 14):
                 problem = f"compressed with a method no reader here knows (zip method {info.compress_type})"
             yield Member(
-                stored, place[0], place[1], info.file_size, zip_mtime_ns(info), self, info.CRC, problem
-            )
+                stored, folder, raw.rpartition("/")[2], info.file_size, _dos_time_ns(info.date_time), self,
+                info.CRC, problem,
+            )  # fmt: skip
 
-    def _folder_members(self) -> Iterator[Member]:
+    def _folder_members(self, entries: dict[str, Any]) -> Iterator[Member]:
         for folder, dirs, names in os.walk(self.path):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             for name in sorted(names):
@@ -609,11 +633,11 @@ class Archive:
                     continue  # .DS_Store, AppleDouble "._" files
                 full = os.path.join(folder, name)
                 inner = os.path.relpath(full, self.path).replace(os.sep, "/")
-                place = photos_folder(self._prefix + inner)
-                if place is None:
+                key = folder_key((self._prefix + inner).rpartition("/")[0])
+                if key is None:
                     continue
                 stored = f"{self.label}/{text_of(inner)}"
-                self._entries[stored] = full
+                entries[stored] = full
                 problem = ""
                 size, mtime = 0, 0
                 try:
@@ -625,11 +649,11 @@ class Archive:
                     problem = "a broken symlink" if os.path.islink(full) else "vanished while it was listed"
                 except OSError as exc:
                     problem = f"cannot read it: {exc.strerror or exc}"
-                yield Member(stored, place[0], place[1], size, mtime, self, None, problem)
+                yield Member(stored, key, name, size, mtime, self, None, problem)
 
     def open(self, stored: str) -> BinaryIO:
         """A member's bytes; MemberError when it cannot be read (never blocks on what is no regular file)."""
-        entry = self._entries.get(stored)
+        entry = self._entry(stored)
         if entry is None:
             raise MemberError("no longer in its archive")
         with self._lock:
@@ -654,11 +678,11 @@ class Archive:
 
     def stat(self, stored: str) -> tuple[int, int] | None:
         """(size, mtime_ns) of a member now, or None when it is not there."""
-        entry = self._entries.get(stored)
+        entry = self._entry(stored)
         if entry is None:
             return None
         if self._zip is not None:
-            return entry.file_size, zip_mtime_ns(entry)
+            return entry.file_size, _dos_time_ns(entry.date_time)
         try:
             st = os.stat(entry)
         except OSError:
@@ -1203,6 +1227,8 @@ class TakeoutScanner:
             log.warning("--takeout: passed over %s", what)
         self.late = 0  # rows recorded before whose JSON (or copy with one) arrived in this run
         self.queued = 0  # of them, photos already in Immich: updated there after the uploads
+        self.refreshed: set[int] = set()  # rows whose metadata this run changed after they were recorded
+        self._replacing = False  # a JSON read before changed: its record is replaced, not added
 
     @property
     def members_read(self) -> int:
@@ -1235,11 +1261,7 @@ class TakeoutScanner:
             for h, i, size, mtime, error in self.store.takeout_json_known()
         }
         batch = TakeoutSaveBatch(self.store, on_upload_ready, self)
-        media: dict[str, list[Member]] = defaultdict(list)  # folder -> its media, every part's
-        jsons: dict[str, list[Member]] = defaultdict(list)  # folder -> its JSONs
-        json_ids: dict[str, int] = {}  # JSON members read in an earlier run -> their record
         new_json: list[Member] = []
-        unchanged: dict[str, int] = {}  # media rows with nothing new -> row id
         to_describe: list[tuple[Member, tuple[str, str], int | None]] = []
         touched: set[str] = set()
         # First the central directories alone: what is new, and so which folders' JSONs to match.
@@ -1248,7 +1270,9 @@ class TakeoutScanner:
                 if self.stop.is_set():
                     break
                 if member.is_json:
-                    self._note_json(member, known_json, jsons, json_ids, new_json, touched)
+                    if self._json_is_new(member, known_json):
+                        new_json.append(member)
+                        touched.add(member.folder)
                     continue
                 kind = self.media_kind(member.name)
                 if kind is None:
@@ -1258,7 +1282,6 @@ class TakeoutScanner:
                     self._problem(member.stored, member.problem)
                     self.progress.advance(1, 0)
                     continue
-                media[member.folder].append(member)
                 digest = sha256(member.stored.encode()).digest()
                 i = known.find_digest(digest)
                 if i is not None:
@@ -1268,16 +1291,20 @@ class TakeoutScanner:
                     if known.unchanged(i, member.size_bytes, member.mtime_ns) and not again:
                         summary.unchanged += 1
                         batch.unchanged(known, i, digest)
-                        unchanged[member.stored] = known.ids[i]
                         self.progress.advance(1, 0)
                         continue
                 to_describe.append((member, kind, None if i is None else known.ids[i]))
                 touched.add(member.folder)
+        # Then, only where something is new, every part's media and JSONs of those folders.
+        media, jsons, json_ids, unchanged = self._folders(
+            touched, known, known_json, {m.stored for m, _, _ in to_describe}
+        )
         records = self._read_jsons(new_json)
         matches, albums = self._match(touched, media, jsons, json_ids, records)
         # JSONs read now, and what they change for rows recorded before, in one transaction: a run stopped
         # before it reads them again.
         self._record_jsons(new_json, records, unchanged, matches, albums, touched, media)
+        del records, media, jsons, json_ids, unchanged  # what the description needs is in `matches`
         self._describe(to_describe, matches, albums, batch)
         batch.save()
         self.progress.set_total(summary.found)
@@ -1285,28 +1312,58 @@ class TakeoutScanner:
         summary.elapsed_s = time.monotonic() - started
         return summary
 
-    def _note_json(self, member: Member, known_json: dict[bytes, tuple[int, int, int, str | None]],
-                   jsons: dict[str, list[Member]], json_ids: dict[str, int], new_json: list[Member],
-                   touched: set[str]) -> None:  # fmt: skip
+    def _json_is_new(self, member: Member, known_json: dict[bytes, tuple[int, int, int, str | None]]) -> bool:
+        """Whether a JSON member is to be read; a bad one (or one read before and found bad) is an error."""
         if member.problem:
             self._problem(member.stored, member.problem)
-            return
+            return False
         if member.size_bytes > JSON_MAX_BYTES:
             self._problem(
                 member.stored,
                 f"a JSON of {format_bytes(member.size_bytes)}: no Google JSON is that large "
                 f"(the limit is {format_bytes(JSON_MAX_BYTES)}); not read",
             )
-            return
-        jsons[member.folder].append(member)
+            return False
         record = known_json.get(sha256(member.stored.encode()).digest())
-        if record is None or (record[1], record[2]) != (member.size_bytes, member.mtime_ns):
-            new_json.append(member)
-            touched.add(member.folder)
-            return
-        json_ids[member.stored] = record[0]
+        if record is None:
+            return True
+        if (record[1], record[2]) != (member.size_bytes, member.mtime_ns):
+            self._replacing = True  # a member that changed: its old record goes
+            return True
         if record[3]:
             self._problem(member.stored, record[3])  # read before; still the same member
+        return False
+
+    def _folders(
+        self, touched: set[str], known: KnownIndex, known_json: dict[bytes, tuple[int, int, int, str | None]],
+        described: set[str],
+    ) -> tuple[dict[str, list[Member]], dict[str, list[Member]], dict[str, int], dict[str, int]]:  # fmt: skip
+        """The media and JSONs of these folders in every part; the JSONs read before (by record id) and the
+        media recorded before (by row id) among them."""
+        media: dict[str, list[Member]] = defaultdict(list)
+        jsons: dict[str, list[Member]] = defaultdict(list)
+        json_ids: dict[str, int] = {}
+        unchanged: dict[str, int] = {}
+        if not touched:
+            return media, jsons, json_ids, unchanged
+        for archive in self.archives:
+            for member in archive.members():
+                if member.folder not in touched or member.problem:
+                    continue
+                digest = sha256(member.stored.encode()).digest()
+                if member.is_json:
+                    if member.size_bytes > JSON_MAX_BYTES:
+                        continue
+                    jsons[member.folder].append(member)
+                    record = known_json.get(digest)
+                    if record is not None and (record[1], record[2]) == (member.size_bytes, member.mtime_ns):
+                        json_ids[member.stored] = record[0]
+                elif self.media_kind(member.name) is not None:
+                    media[member.folder].append(member)
+                    i = known.find_digest(digest)
+                    if i is not None and member.stored not in described:
+                        unchanged[member.stored] = known.ids[i]
+        return media, jsons, json_ids, unchanged
 
     def _read_jsons(self, members: list[Member]) -> dict[str, JsonRecord | str]:
         """Each new JSON's record, or why it could not be read (an error for that member alone)."""
@@ -1378,6 +1435,7 @@ class TakeoutScanner:
             use = match if gains_json else recorded
             update, queued = self.late_update(row, use, album or old_album)
             updates.append(update)
+            self.refreshed.add(row.id)
             if queued:
                 queue.append(row.path_hash)
             if gains_json:
@@ -1401,7 +1459,7 @@ class TakeoutScanner:
             )
         if rows or updates or queue:
             with self.store.atomic():
-                self.store.save_takeout_json(rows)
+                self.store.save_takeout_json(rows, replacing=self._replacing)
                 if updates or queue:
                     self.store.update_takeout_rows(updates, queue)
         self.queued += len(queue)
@@ -1460,6 +1518,7 @@ class TakeoutScanner:
                     album,
                 )
                 updates.append(update)
+                self.refreshed.add(twin.id)
                 if queued:
                     queue.append(twin.path_hash)
                 self.late += 1
@@ -1610,9 +1669,12 @@ class TakeoutFiles:
     of this run (rows of zips not named this time wait for a run that names them), and the row as it is now
     (a copy's metadata may have arrived since it was queued)."""
 
-    def __init__(self, archives: list[Archive], store: Store | None = None) -> None:
+    def __init__(
+        self, archives: list[Archive], store: Store | None = None, refreshed: set[int] | None = None
+    ) -> None:
         self.by_label = {archive.label: archive for archive in archives}
         self.store = store
+        self.refreshed = refreshed if refreshed is not None else set()  # rows to read again before sending
 
     def archive_of(self, stored: str) -> Archive | None:
         return self.by_label.get(stored.split("/", 1)[0])
@@ -1671,7 +1733,7 @@ def plan_update(
             changes["visibility"] = "archive"
         else:
             kept += 1
-    exif = asset.get("exifInfo") or {}
+    exif = asset.get("exifInfo") if isinstance(asset.get("exifInfo"), dict) else {}
     if google.description and (exif.get("description") or "") != google.description:
         if (exif.get("description") or "") in ("", sent.get("description") or ""):
             changes["description"] = google.description

@@ -820,7 +820,8 @@ def takeout_request(request: UploadRequest, row: PendingUpload, takeout: Takeout
     again first: a copy's JSON may have reached it since it was queued."""
     from takeout import sidecar_for, upload_name  # only a Takeout run pays for zipfile
 
-    fresh = takeout.store.takeout_rows([row.id]) if takeout.store is not None else []
+    changed = takeout.store is not None and row.id in takeout.refreshed
+    fresh = takeout.store.takeout_rows([row.id]) if changed else []  # type: ignore[union-attr]
     if fresh:
         row = row._replace(metadata_info=fresh[0].metadata_info, date_taken=fresh[0].date_taken)
     info = json.loads(row.metadata_info or "{}")

@@ -56,7 +56,7 @@ MB = 1_000_000
 IMMICH_GO_REFERENCE = "immich-go: 300 MB peak RSS for a 30,000-photo Takeout (reported by its users)"
 ALBUMS = 20
 ALBUM_COPIES = 100  # per album: copies of year-folder photos, without a JSON of their own
-FORMAT_VERSION = "2"  # bump when the export's layout changes: a kept export of another layout is rebuilt
+FORMAT_VERSION = "3"  # bump when the export's layout changes: a kept export of another layout is rebuilt
 OPENS_HOOK = """
 import atexit, itertools, os, zipfile
 _opens = itertools.count()
@@ -181,7 +181,8 @@ def build_export(target: Path, photos: int, parts: int) -> dict[str, object]:
     for a in range(ALBUMS):
         folder = f"{ROOT}/Album {a:02d} – Trip"
         members.append((f"{folder}/metadata.json", json.dumps({"title": f"Album {a:02d} – Trip"}).encode()))
-        for photo in with_json[a * 97 :: ALBUMS * 97][:ALBUM_COPIES]:
+        stride = max(1, len(with_json) // ALBUM_COPIES)
+        for photo in with_json[(a * 37) % stride :: stride][:ALBUM_COPIES]:
             members.append((f"{folder}/{photo.name}", photo.data))
     members.sort(key=lambda m: m[0].rsplit("/", 1)[0])  # Google writes folder by folder
     per_part = -(-len(members) // parts)
