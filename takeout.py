@@ -575,13 +575,16 @@ class Archive:
                 return True
         return False
 
-    def members(self) -> Iterator[Member]:
-        """Every member, in the archive's order, read from its directory each time (a rerun of a large
-        export keeps no list of them)."""
+    def members(self, folders: set[str] | None = None) -> Iterator[Member]:
+        """Every member (of these folders), in the archive's order, read from its directory each time (a
+        rerun of a large export keeps no list of them)."""
         entries: dict[str, Any] = {}
-        members = self._zip_members(entries) if self._zip is not None else self._folder_members(entries)
-        yield from members
-        self._entries = entries  # complete: the uploader finds each row's member here
+        if self._zip is not None:
+            yield from self._zip_members(entries, folders)
+        else:
+            yield from (m for m in self._folder_members(entries) if folders is None or m.folder in folders)
+        if folders is None:
+            self._entries = entries  # complete: the uploader finds each row's member here
 
     def _entry(self, stored: str) -> Any:
         if self._entries is None:
@@ -590,7 +593,7 @@ class Archive:
         assert self._entries is not None
         return self._entries.get(stored)
 
-    def _zip_members(self, entries: dict[str, Any]) -> Iterator[Member]:
+    def _zip_members(self, entries: dict[str, Any], folders: set[str] | None = None) -> Iterator[Member]:
         assert self._zip is not None
         seen: set[str] = set()
         for index, info in enumerate(self._zip.infolist()):
@@ -613,6 +616,8 @@ class Archive:
                     number += 1
                 inner = f"[copy {number}]/{inner}"
             seen.add(inner)
+            if folders is not None and folder not in folders:
+                continue
             stored = f"{self.label}/{inner}"
             entries[stored] = info
             problem = ""
@@ -1074,12 +1079,15 @@ def own_date(info: dict[str, Any]) -> bool:
 
 
 def with_google(
-    metadata_info: str | None, row_date: tuple[str | None, str | None], match: Match, album: str | None
+    metadata_info: str | dict[str, Any] | None,
+    row_date: tuple[str | None, str | None],
+    match: Match,
+    album: str | None,
 ) -> tuple[str, str | None, str | None]:
     """A row's metadata_info, date_taken and date_source once this JSON is known for it: Google's date where
     the file has none of its own, its other fields in `takeout` (what an upload sends, and the summary
     reads)."""
-    info = json.loads(metadata_info or "{}")
+    info = metadata_info if isinstance(metadata_info, dict) else json.loads(metadata_info or "{}")
     takeout = {**(match.info.as_json() if match.info else {}), "match": match.how}
     if album:
         takeout["album"] = album
@@ -1151,15 +1159,16 @@ def describe_member(
         info["date_used"], info["date_source"] = taken.isoformat(), source
     if meta.warnings:
         info["warnings"] = row.warnings = meta.warnings
-    row.metadata_info = json.dumps(info, default=str, ensure_ascii=False)
-    give(row, match, album, settings)
+    give(row, match, album, settings, info)
     return row
 
 
-def give(row: ScannedFile, match: Match, album: str | None, settings: Settings) -> None:
-    """Put what a JSON says into a scanned row (its own, or a copy's)."""
+def give(
+    row: ScannedFile, match: Match, album: str | None, settings: Settings, info: dict[str, Any] | None = None
+) -> None:
+    """Put what a JSON says into a scanned row (its own, or a copy's); `info` is its metadata when at hand."""
     row.metadata_info, row.date_taken, row.date_source = with_google(
-        row.metadata_info, (row.date_taken, row.date_source), match, album
+        info if info is not None else row.metadata_info, (row.date_taken, row.date_source), match, album
     )
     if (
         match.info is not None
@@ -1347,8 +1356,8 @@ class TakeoutScanner:
         if not touched:
             return media, jsons, json_ids, unchanged
         for archive in self.archives:
-            for member in archive.members():
-                if member.folder not in touched or member.problem:
+            for member in archive.members(touched):
+                if member.problem:
                     continue
                 digest = sha256(member.stored.encode()).digest()
                 if member.is_json:
@@ -1368,13 +1377,13 @@ class TakeoutScanner:
     def _read_jsons(self, members: list[Member]) -> dict[str, JsonRecord | str]:
         """Each new JSON's record, or why it could not be read (an error for that member alone)."""
         found: dict[str, JsonRecord | str] = {}
-        if not members:
-            return found
-        with ThreadPoolExecutor(self.settings.hash_workers, thread_name_prefix="takeout-json") as pool:
-            for member, outcome in zip(members, pool.map(read_json_member, members), strict=True):
-                found[member.stored] = outcome
-                if isinstance(outcome, str):
-                    self._problem(member.stored, outcome)
+        # One by one: a few KB each, parsed holding the GIL, a pool only adds its overhead (measured).
+        for member in members:
+            if self.stop.is_set():
+                break
+            outcome = found[member.stored] = read_json_member(member)
+            if isinstance(outcome, str):
+                self._problem(member.stored, outcome)
         return found
 
     def _match(
@@ -1905,6 +1914,8 @@ def summary_rows(
             text += f", {updates.kept} fields left as changed there"
         if updates.waiting:
             text += f", {updates.waiting} waiting for their upload"
+        if updates.errors:
+            text += f", {updates.errors} refused (tried again next run; the log says why)"
         rows.append(("in Immich", text))
     rows += [("passed over", what) for what in scanner.passed_over]
     rows.append(("members read", f"{scanner.members_read} (a rerun reads none it has seen)"))
@@ -1927,7 +1938,7 @@ def summary_json(
 
 
 def log_unmatched(report: MatchReport) -> None:
-    for path in report.unmatched[:50]:
+    for path in report.unmatched:
         log.info("%s: no Google JSON found (its date and place come from the file alone)", path)
 
 

@@ -778,3 +778,18 @@ def test_a_folder_argument_takes_the_takeout_parts_in_it_and_says_which_zips_it_
     write_zip(only / "work.zip", {"scans/a.jpg": jpeg(901)})
     result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(only))
     assert result.status == 2 and "no Google Takeout in" in result.stderr and "work.zip" in result.stderr
+
+
+def test_an_update_immich_refuses_is_that_photo_s_error_and_is_tried_again_next_run(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    part1, part3, photo = late_json_export(tmp_path)
+    assert sync(server_env, part1)[0] == 0
+    immich.faults.add(status=400, method="PUT", path="/api/assets")
+    status, summary, stderr = sync(server_env, part1, part3)
+    assert status == 1 and summary["errors"] == 1 and "refused (tried again next run" in stderr
+    assert summary["error_files"] == [f"{part1.name}/{ROOT}/Photos from 2015/PART1.jpg"]
+    assert immich.updates == [] and queued_updates(server_env) == 1
+    status, summary, _ = sync(server_env, part1, part3)
+    assert status == 0 and len(immich.updates) == 1 and queued_updates(server_env) == 0
+    assert asset_for(immich, photo).fields["isFavorite"] == "true"
