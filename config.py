@@ -215,13 +215,13 @@ class Settings:
             )
 
     def require_sources(self) -> None:
-        """Set, and no file where a folder should be. A folder that is missing is the scanner's call: a
-        share that is not mounted tonight is not a typo (scanner.Scanner.available_roots)."""
+        """Set, and each a folder or a single file (a folder of one). A folder that is missing is the
+        scanner's call: a share that is not mounted tonight is not a typo (scanner.Scanner.available_roots)."""
         if not self.source_dirs:
             raise ConfigError("SOURCE_DIR is not set: give --source-dir FOLDER or set SOURCE_DIR in .env")
         for folder in self.source_dirs:
-            if folder.exists() and not folder.is_dir():
-                raise ConfigError(f"SOURCE_DIR: {folder} is a file, not a folder")
+            if folder.exists() and not (folder.is_dir() or folder.is_file()):
+                raise ConfigError(f"SOURCE_DIR: {folder} is neither a folder nor a file")
 
     def display_rows(self) -> list[tuple[str, str, str]]:
         """(name, value, source) for every setting, secrets masked: for --show-config and the menu."""

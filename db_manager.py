@@ -115,6 +115,7 @@ class PendingUpload(NamedTuple):
     metadata_info: str | None
     upload_attempts: int
     upload_status: str
+    sending_to: int | None = None  # the target its bytes were offered to (the server lacked them then)
 
 
 class DoneFile(NamedTuple):
@@ -191,6 +192,15 @@ class TakeoutRow(NamedTuple):
     date_source: str | None
     mtime_ns: int | None
     sha1: str | None
+
+
+class RunProblem(NamedTuple):
+    """Something a run counts as an error that is no failed row (a folder it could not list, a link it would
+    not follow, a file it could not delete): kept with the run's summary, so Recent errors can list it."""
+
+    path: str
+    reason: str
+    advice: str = ""
 
 
 class UploadOutcome(NamedTuple):
@@ -296,10 +306,18 @@ SCOPE_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("claim_until", "DATETIME NULL", "TEXT"),
 )
 
+# Migration 0007: a deletion in progress (the temporary name the file was moved to, recorded before the move,
+# so a kill leaves a row that says where the file is), and the Immich target a row's bytes were being sent to
+# (set once the server said it lacked them: a "duplicate" answer later is this machine's own upload).
+SAFETY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("deleting_as", "TEXT NULL", "TEXT"),
+    ("sending_to", "INT NULL", "INTEGER"),
+)
+
 KNOWN_COLUMNS = "path_hash, id, file_size, mtime_ns, upload_status, hash <> '', missing_since IS NOT NULL"
 PENDING_COLUMNS = (
     "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
-    "metadata_info, upload_attempts, upload_status"
+    "metadata_info, upload_attempts, upload_status, sending_to"
 )
 REPORT_COLUMNS = (
     "scope", "filepath", "upload_status", "last_error", "immich_asset_id", "file_size", "date_taken", "date_source",
@@ -340,6 +358,10 @@ class Store:
     def _migrate_tool_columns(self) -> None: ...
     def acquire_run_lock(self) -> bool: ...
     def release_run_lock(self) -> None: ...
+
+    def run_lock_lost(self) -> bool:
+        """Another run took this run's lock over (after a database restart): stop before the next upload."""
+        return False
 
     @contextmanager
     def migration_lock(self) -> Iterator[None]:
@@ -451,6 +473,7 @@ class Store:
             ("0004_tool_state", self._create_state_table),
             ("0005_targets_retries_sidecars", self._migrate_targets),
             ("0006_machines_and_shared_libraries", self._migrate_scopes),
+            ("0007_deletion_intents_and_sending", lambda: self._add_columns(SAFETY_COLUMNS)),
             ("0010_takeout_archives_json_updates", self._create_takeout_tables),
         ]
 
@@ -531,14 +554,14 @@ class Store:
         return self._stream(sql, (self.scope,))
 
     def count_under(self, folder: str | None) -> int:
-        """Rows of this scope present on disk (as last scanned) whose path lies under `folder` (None: all;
-        a shared library's rows lie under its mount point wherever that is)."""
+        """Rows of this scope present on disk (as last scanned) whose path lies under `folder`, or is it (a
+        source named as a file) (None: all; a shared library's rows lie under its mount point wherever that is)."""
         sql = "SELECT COUNT(*) FROM media_files WHERE scope = ? AND missing_since IS NULL"
         params: list[Any] = [self.scope]
         if folder is not None:
             prefix = folder.rstrip("/") + "/"
-            sql += " AND SUBSTR(filepath, 1, ?) = ?"
-            params += [len(prefix), prefix]
+            sql += " AND (SUBSTR(filepath, 1, ?) = ? OR filepath = ?)"
+            params += [len(prefix), prefix, folder.rstrip("/")]
         with self._lock:
             rows = self._query(self.sql(sql), params)
         return int(rows[0][0])
@@ -788,6 +811,7 @@ class Store:
                 "target_id = CASE WHEN ? = 1 THEN ? ELSE target_id END, "
                 "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
                 "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
+                "sending_to = CASE WHEN ? = 1 THEN NULL ELSE sending_to END, "
                 "claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
             ),
             (
@@ -806,10 +830,44 @@ class Store:
                 outcome.sidecar_path,
                 int(done),
                 outcome.sidecar_sha1,
+                int(done),
                 now,
                 row_id,
             ),
         )
+
+    def retry_now(self, error_kind: str, max_size_bytes: int | None = None) -> int:
+        """Failed rows of this kind (and at most this size) are tried on this run, whatever wait they earned
+        (the server has room again after a full quota, say). Returns how many."""
+        sql = (
+            "UPDATE media_files SET next_attempt_at = NULL WHERE scope = ? AND upload_status = 'error' "
+            "AND error_kind = ? AND next_attempt_at IS NOT NULL"
+        )
+        params: list[Any] = [self.scope, error_kind]
+        if max_size_bytes is not None:
+            sql += " AND file_size <= ?"
+            params.append(max_size_bytes)
+        return self._write_one(self.sql(sql), params)
+
+    def mark_sending(self, row_ids: Sequence[int], target_id: int) -> None:
+        """These rows' bytes are about to be sent to `target_id`, which said it lacks them: should the answer be
+        lost (a cut connection, a kill, the database away), a later "duplicate" from that server is this
+        machine's own upload, not another's. One transaction per batch."""
+        sql = self.sql("UPDATE media_files SET sending_to = ? WHERE id = ?")
+        for chunk in _chunks(list(row_ids), BATCH_ROWS):
+            self._write_many(sql, [(target_id, row_id) for row_id in chunk])
+
+    def asset_recorded_for_another(self, sha1: str, asset_id: str, target_id: int, row_id: int) -> bool:
+        """Another row of this database records `asset_id` (of content `sha1`) as its own upload there."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT 1 FROM media_files WHERE sha1 = ? AND immich_asset_id = ? AND target_id = ? "
+                    "AND id <> ? AND upload_status = 'success' LIMIT 1"
+                ),
+                (sha1, asset_id, target_id, row_id),
+            )
+        return bool(rows)
 
     def record_duplicates(self, found: Sequence[tuple[int, str, str]], target_id: int | None = None) -> None:
         """(row id, asset id, why) for files the server already has: one transaction per batch. Only rows
@@ -819,7 +877,8 @@ class Store:
         sql = self.sql(
             "UPDATE media_files SET upload_status = 'duplicate', immich_asset_id = ?, "
             "api_response = ?, last_error = NULL, error_kind = NULL, next_attempt_at = NULL, "
-            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, claimed_by = NULL, "
+            "upload_date = ?, target_id = ?, sidecar_path = NULL, sidecar_sha1 = NULL, sending_to = NULL, "
+            "claimed_by = NULL, "
             "claim_until = NULL, updated_at = ? WHERE id = ? AND upload_status IN ('pending', 'error') "
             f"AND (claimed_by IS NULL OR claimed_by = ? OR claim_until < {self.now_sql})"
         )
@@ -978,9 +1037,33 @@ class Store:
         """The local copy was deleted after Immich confirmed it: the row stays, marked."""
         now = utc_now()
         self._write_one(
-            self.sql("UPDATE media_files SET deleted_at = ?, missing_since = ?, updated_at = ? WHERE id = ?"),
+            self.sql(
+                "UPDATE media_files SET deleted_at = ?, missing_since = ?, deleting_as = NULL, updated_at = ? "
+                "WHERE id = ?"
+            ),
             (now, now, now, row_id),
         )
+
+    def record_deleting(self, row_id: int, intent: str | None) -> None:
+        """Before a file is moved to a temporary name to be deleted, that name (`intent`); None once the
+        deletion ended either way. Committed at once: a kill in between leaves a row that says where it is."""
+        self._write_one(
+            self.sql("UPDATE media_files SET deleting_as = ?, updated_at = ? WHERE id = ?"),
+            (intent, utc_now(), row_id),
+        )
+
+    def interrupted_deletions(self) -> list[tuple[int, str, str | None, str | None, str]]:
+        """(id, filepath, filepath_b64, sidecar_path, deleting_as) of this scope's rows whose deletion a
+        kill interrupted."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT id, filepath, filepath_b64, sidecar_path, deleting_as FROM media_files "
+                    "WHERE scope = ? AND deleting_as IS NOT NULL"
+                ),
+                (self.scope,),
+            )
+        return [(int(r[0]), str(r[1]), r[2], r[3], str(r[4])) for r in rows]
 
     # -- reports
     def status_counts(self, scope: str | None = None) -> dict[str, tuple[int, int]]:
@@ -1397,6 +1480,8 @@ class SqliteStore(Store):
         except (OSError, sqlite3.Error) as exc:
             raise DatabaseError(f"cannot open the SQLite database {path}: {exc} (check DB_PATH)") from None
         self.conn.create_function("sha256_hex", 1, _sha256_text, deterministic=True)
+        st = os.stat(path)
+        self._file_id = (st.st_dev, st.st_ino)
 
     def describe(self) -> str:
         return f"sqlite ({self.path})"
@@ -1421,7 +1506,22 @@ class SqliteStore(Store):
                 yield from rows
 
     def _begin(self) -> None:
+        self._check_file()
         self.conn.execute("BEGIN IMMEDIATE")
+
+    def _check_file(self) -> None:
+        """The database file is still the one opened: one deleted (or replaced) during a run would take every
+        later write with it, unseen. A stat per transaction (a microsecond or two)."""
+        try:
+            st = os.stat(self.path)
+            same = (st.st_dev, st.st_ino) == self._file_id
+        except OSError:
+            same = False
+        if not same:
+            raise DatabaseError(
+                f"the state database {self.path} was deleted or replaced during the run: stopping. What this run "
+                "recorded since is lost; the next run asks Immich what it already has, so nothing is sent twice"
+            )
 
     def _commit(self) -> None:
         self.conn.execute("COMMIT")
@@ -1482,8 +1582,11 @@ class SqliteStore(Store):
             self._lock_file = None
 
     def close(self) -> None:
-        self.release_run_lock()
-        self.conn.close()
+        # Under the store's lock: never in the middle of another thread's statement (closing a connection
+        # under a running statement can crash the interpreter); a later call fails as a DatabaseError.
+        with self._lock:
+            self.release_run_lock()
+            self.conn.close()
 
 
 def _sha256_text(text: str | None) -> str | None:
@@ -1497,6 +1600,91 @@ MYSQL_LOST_CONNECTION = {2006, 2013, 2055, 0}
 MYSQL_ACCESS_DENIED = {1044, 1045, 1698}
 MYSQL_CONFLICT = {1205, 1213}  # lock wait timeout, deadlock
 MYSQL_UNKNOWN_DATABASE = 1049
+
+
+RUN_LOCK_LEASE_S = 60
+
+
+class ThisProcess(NamedTuple):
+    """Who holds a run lock: the machine (host name and boot) and the process (pid and start time, so a
+    reused pid is not taken for the holder)."""
+
+    host: str
+    process: str
+
+    def knows_dead(self, host: str, process: str) -> bool:
+        """True when the holder surely is gone: it ran on this machine, since this boot, and its process is
+        not there any more. A holder on another machine is judged by its lease alone."""
+        if host != self.host:
+            return False
+        pid_text, _, started = process.partition(":")
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return True
+        return _process_start(pid) != started
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of a process (clock ticks since boot, from /proc), "" where /proc cannot tell, None
+    when no such process runs."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except FileNotFoundError:
+        return None
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return ""
+
+
+def _this_process() -> ThisProcess:
+    import socket
+
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    pid = os.getpid()
+    return ThisProcess(f"{socket.gethostname()}/{boot}"[:255], f"{pid}:{_process_start(pid) or ''}")
+
+
+class RunLease:
+    """Renews a run lock's lease on a thread of its own, every quarter lease; `lost` is set when another run
+    holds the lock now (it took over after a database restart made this run look gone)."""
+
+    def __init__(
+        self, name: str, token: str, lease_s: float, renew: Callable[[str, str, float], bool]
+    ) -> None:
+        self.name, self.token, self.lease_s = name, token, lease_s
+        self.lost = threading.Event()
+        self._done = threading.Event()
+        self._renew = renew
+        self._thread = threading.Thread(target=self._keep, name="run-lease", daemon=True)
+        self._thread.start()
+
+    def _keep(self) -> None:
+        while not self._done.wait(self.lease_s / 4):
+            try:
+                held = self._renew(self.name, self.token, self.lease_s)
+            except DatabaseError:
+                continue  # the database is away: tried again next time; the lease outlives a restart
+            if not held:
+                log.error(
+                    "another run took over this machine's run lock (after a database restart?): stopping"
+                )
+                self.lost.set()
+                return
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join(5)
 
 
 class MysqlStore(Store):
@@ -1515,6 +1703,7 @@ class MysqlStore(Store):
         self.backend_errors = (pymysql.err.Error,)
         self.settings = settings
         self._lock_conn: Any = None
+        self._lease: RunLease | None = None
         self.conn = self._connect()
         self._used_at = time.monotonic()
 
@@ -1686,19 +1875,84 @@ class MysqlStore(Store):
             self._execute("ALTER TABLE media_files ADD INDEX idx_pending (upload_status, date_taken)")
 
     def acquire_run_lock(self) -> bool:
-        """GET_LOCK on a connection of its own: the server frees it when that connection dies. One run per
-        machine and scope: other machines, and this machine's other folders, run beside it."""
-        self._lock_conn = self._connect()
-        with self._lock_conn.cursor() as cur:
-            # An idle connection is dropped after wait_timeout (8 h by default), freeing the lock under a
-            # long first upload; this one must live as long as the run.
-            cur.execute("SET SESSION wait_timeout = 31536000")
-            cur.execute("SELECT GET_LOCK(%s, 0)", (self._lock_name(f"run {self.scope} {self.machine}"),))
-            got = cur.fetchone()[0] == 1
-        if not got:
-            self._lock_conn.close()
-            self._lock_conn = None
-        return got
+        """One run per machine and scope (other machines, and this machine's other folders, run beside it),
+        held as a lease in the `run_locks` table rather than by a connection: a lock that dies with its
+        connection is released by a database restart while the run goes on, and a second run would start
+        beside it. A keeper thread renews the lease; a run whose lease was taken over stops before its next
+        upload (`run_lock_lost`). A holder that died is taken over at once when it ran on this machine (its
+        process is gone), else when its lease runs out."""
+        me = _this_process()
+        name = self._lock_name(f"run {self.scope} {self.machine}")
+        token = os.urandom(16).hex()
+        lease = RUN_LOCK_LEASE_S
+        conn = self._connect()
+        try:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "CREATE TABLE IF NOT EXISTS run_locks (name VARCHAR(64) PRIMARY KEY, holder CHAR(32) NOT NULL, "
+                    "host VARCHAR(255) NOT NULL, process VARCHAR(64) NOT NULL, started_at DATETIME NOT NULL, "
+                    "lease_until DATETIME NOT NULL)"
+                )
+                cur.execute(
+                    "INSERT INTO run_locks (name, holder, host, process, started_at, lease_until) VALUES "
+                    "(%s, %s, %s, %s, UTC_TIMESTAMP(), UTC_TIMESTAMP() + INTERVAL %s SECOND) "
+                    "ON DUPLICATE KEY UPDATE name = name",
+                    (name, token, me.host, me.process, lease),
+                )
+                cur.execute(
+                    "SELECT holder, host, process, lease_until < UTC_TIMESTAMP() FROM run_locks WHERE name = %s",
+                    (name,),
+                )
+                holder, host, process, expired = cur.fetchone()
+                if holder != token:
+                    if not (expired or me.knows_dead(str(host), str(process))):
+                        conn.close()
+                        return False
+                    taken = cur.execute(
+                        "UPDATE run_locks SET holder = %s, host = %s, process = %s, started_at = UTC_TIMESTAMP(), "
+                        "lease_until = UTC_TIMESTAMP() + INTERVAL %s SECOND WHERE name = %s AND holder = %s",
+                        (token, me.host, me.process, lease, name, holder),
+                    )
+                    if taken != 1:
+                        conn.close()  # another run took it over first
+                        return False
+                    log.info("took over the run lock of a run that is gone (%s, %s)", host, process)
+        except self._pymysql.err.Error as exc:
+            conn.close()
+            raise DatabaseError(f"the MySQL database failed while taking the run lock: {exc}") from exc
+        self._lock_conn = conn
+        self._lease = RunLease(name, token, lease, self._lease_renewal)
+        return True
+
+    def _lease_renewal(self, name: str, token: str, lease_s: float) -> bool:
+        """Extend this run's lease; False when another run holds it now. A lost connection is replaced."""
+        for attempt in (1, 2):
+            try:
+                if self._lock_conn is None:
+                    self._lock_conn = self._connect()
+                with self._lock_conn.cursor() as cur:
+                    cur.execute(
+                        "UPDATE run_locks SET lease_until = UTC_TIMESTAMP() + INTERVAL %s SECOND "
+                        "WHERE name = %s AND holder = %s",
+                        (int(lease_s), name, token),
+                    )
+                    cur.execute("SELECT holder FROM run_locks WHERE name = %s", (name,))
+                    row = cur.fetchone()
+                return row is not None and row[0] == token
+            except (self._pymysql.err.Error, DatabaseError) as exc:
+                log.warning(
+                    "could not renew the run lock (%s); %s", exc, "reconnecting" if attempt == 1 else "later"
+                )
+                try:
+                    if self._lock_conn is not None:
+                        self._lock_conn.close()
+                except self._pymysql.err.Error:
+                    pass
+                self._lock_conn = None
+        raise DatabaseError("the database is away")
+
+    def run_lock_lost(self) -> bool:
+        return self._lease is not None and self._lease.lost.is_set()
 
     def _lock_name(self, what: str) -> str:
         # Lock names are limited to 64 characters: a digest of the database and what is locked.
@@ -1737,6 +1991,21 @@ class MysqlStore(Store):
             self._execute("ALTER TABLE media_files ADD INDEX idx_claims (claimed_by)")
 
     def release_run_lock(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.stop()
+            if not lease.lost.is_set():
+                try:
+                    conn = self._lock_conn or self._connect()
+                    with conn.cursor() as cur:
+                        cur.execute(
+                            "DELETE FROM run_locks WHERE name = %s AND holder = %s", (lease.name, lease.token)
+                        )
+                    self._lock_conn = conn
+                except (self._pymysql.err.Error, DatabaseError) as exc:
+                    log.warning(
+                        "could not release the run lock (%s): it runs out after %ds", exc, lease.lease_s
+                    )
         if self._lock_conn is not None:
             try:
                 self._lock_conn.close()
@@ -1745,11 +2014,12 @@ class MysqlStore(Store):
             self._lock_conn = None
 
     def close(self) -> None:
-        self.release_run_lock()
-        try:
-            self.conn.close()
-        except self._pymysql.err.Error:
-            pass
+        with self._lock:  # never in the middle of another thread's statement
+            self.release_run_lock()
+            try:
+                self.conn.close()
+            except self._pymysql.err.Error:
+                pass
 
 
 def open_store(settings: Settings, migrate: bool = True) -> Store:

@@ -10,11 +10,16 @@ import fnmatch
 import json
 import os
 import re
+from collections.abc import Callable
 from datetime import date
 from typing import NamedTuple, Protocol
 
 from config import JUNK_NAMES, ConfigError, Settings
 from utils import text_to_path
+
+# A file deletion renamed aside for a moment (organize.remove_checked): hidden, and never scanned whatever
+# INCLUDE_HIDDEN says.
+DELETING_PREFIX = b".immich-uploader-deleting-"
 
 # One compiled pattern: an fnmatch call per junk name per file cost 13% of a rescan.
 JUNK = re.compile("|".join(fnmatch.translate(name) for name in JUNK_NAMES).encode())
@@ -84,10 +89,13 @@ def hidden_or_junk(name: bytes) -> bool:
 
 
 def in_sources(raw_path: bytes, settings: Settings) -> bool:
-    """The file lies under one of this run's source folders and the walk would not pass it over."""
+    """The file lies under one of this run's source folders (or is one of its source files) and the walk
+    would not pass it over."""
     ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
     for root in settings.source_dirs:
         prefix = os.fsencode(root).rstrip(b"/")
+        if raw_path == prefix:
+            return True  # a file named as a source
         if not raw_path.startswith(prefix + b"/"):
             continue
         relative = raw_path[len(prefix) :]
@@ -100,6 +108,41 @@ def in_sources(raw_path: bytes, settings: Settings) -> bool:
                 return False
         return True
     return False
+
+
+class PathRow(DatedRow, Protocol):
+    @property
+    def filepath_b64(self) -> str | None: ...
+
+
+class RunFiles:
+    """This run's files: the one answer to "is this file the run's business?" that the upload, albums, stacks
+    and deletion all ask, so no step touches a file the run was not given. A file is the run's when it lies
+    under the run's source folders (SOURCE_DIR, or the folders and files named on the command line; every row
+    of the scope when the run names none, as upload_files.py without SOURCE_DIR) and passes its filters. A
+    Takeout run's files are the members of the zips it was given (`takeout_here`)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        scope: RunScope | None = None,
+        takeout_here: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.scope = scope or RunScope.of(settings)
+        self.takeout_here = takeout_here
+
+    def path(self, row: PathRow) -> bytes:
+        """Where the row's file is on this machine."""
+        return self.scope.path_of(row.filepath, row.filepath_b64)
+
+    def includes(self, row: PathRow) -> bool:
+        if self.takeout_here is not None:
+            return self.takeout_here(row.filepath) and wanted(row, self.settings)
+        path = self.path(row)
+        if self.settings.source_dirs and not in_sources(path, self.settings):
+            return False
+        return wanted(row, self.settings, os.fsdecode(path))
 
 
 def taken_day(row: DatedRow) -> date | None:

@@ -49,6 +49,7 @@ MAX_RETRY_AFTER_S = 300.0
 MAX_AWAY_PAUSE_S = 30.0
 START_CONNECT_TIMEOUT_S = 4.0  # at start-up a server that does not answer is reported within seconds
 USER_AGENT = f"immich-uploader/{VERSION}"
+UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ALBUM_ADD_BATCH = 1000
 # The media-processing queues worth pausing during a big import (SDK QueueName); internal ones are left alone.
 MEDIA_QUEUES = (
@@ -268,6 +269,7 @@ class ServerUser(NamedTuple):
     email: str
     name: str
     is_admin: bool
+    quota_left_bytes: int | None = None  # None: no quota (or the server did not say)
 
 
 class ServerInfo(NamedTuple):
@@ -324,6 +326,29 @@ class CheckResult(NamedTuple):
     def held(self) -> bool:
         """The server holds this content (in the trash or not)."""
         return not self.accepted and self.reason == "duplicate" and bool(self.asset_id)
+
+
+class AssetState(NamedTuple):
+    """What the server says of one asset now (GET /api/assets/{id})."""
+
+    id: str
+    sha1: str  # hex; "" when the answer carried no readable checksum
+    owner_id: str
+    is_trashed: bool
+
+
+def _checksum_hex(value: Any) -> str:
+    """Immich answers an asset's SHA-1 in base64; anything unreadable becomes "" (which matches no file)."""
+    import base64
+    import binascii
+
+    if not isinstance(value, str):
+        return ""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return ""
+    return raw.hex() if len(raw) == 20 else ""
 
 
 def _quote_header(value: str) -> str:
@@ -854,11 +879,14 @@ class ImmichClient:
             raise
         if not me.get("id"):
             raise NotImmich("GET /api/users/me answered without a user id", 200, "GET", self.api_url)
+        quota, usage = me.get("quotaSizeInBytes"), me.get("quotaUsageInBytes")
+        quota_left = quota - usage if isinstance(quota, int) and isinstance(usage, int) else None
         self.user = ServerUser(
             identity=str(me["id"]),
             email=str(me.get("email", "")),
             name=str(me.get("name", "")),
             is_admin=bool(me.get("isAdmin", False)),
+            quota_left_bytes=quota_left,
         )
         return self.user
 
@@ -905,6 +933,21 @@ class ImmichClient:
                 )
         return results
 
+    def asset(self, asset_id: str) -> AssetState:
+        """One asset as the server holds it now. An unknown id, another user's asset it may not read, and a
+        locked one all answer 400 "Not found or no asset.read access"; a key without asset.read, 403: both
+        raise ImmichError (kind "rejected" / "auth"). An id that is no UUID (a server's answer is not trusted
+        to name a path) is refused before any request."""
+        if not UUID.fullmatch(asset_id):
+            raise ImmichError(f"{asset_id!r} is not an asset id", None, "GET", "", kind="rejected")
+        answer = self._call("GET", f"/assets/{asset_id}")
+        return AssetState(
+            id=str(answer.get("id", "")),
+            sha1=_checksum_hex(answer.get("checksum")),
+            owner_id=str(answer.get("ownerId", "")),
+            is_trashed=bool(answer.get("isTrashed", False)),
+        )
+
     # -- albums and stacks
     def albums(self) -> dict[str, str]:
         """Album name -> id; album names are not unique in Immich, the oldest listed wins."""
@@ -934,8 +977,11 @@ class ImmichClient:
         return str(self._call("POST", "/stacks", json_body={"assetIds": list(asset_ids)}).get("id", ""))
 
     # -- assets (a Takeout's metadata that arrives after its photo was sent)
-    def asset(self, asset_id: str) -> dict[str, Any]:
-        """GET /api/assets/{id}: the asset as the server holds it now (isFavorite, visibility, exifInfo)."""
+    def asset_details(self, asset_id: str) -> dict[str, Any]:
+        """GET /api/assets/{id} whole: isFavorite, visibility, updatedAt and exifInfo as the server holds
+        them now (asset() reads what deletion needs). An id that is no UUID is refused before any request."""
+        if not UUID.fullmatch(asset_id):
+            raise ImmichError(f"{asset_id!r} is not an asset id", None, "GET", "", kind="rejected")
         return dict(self._call("GET", f"/assets/{asset_id}"))
 
     def update_assets(self, asset_ids: Sequence[str], fields: dict[str, Any]) -> None:

@@ -3,13 +3,19 @@
 Everything here works from the state database, so it is exact and resumable: each file's album and stack
 are recorded in its row once the server confirmed them, and a rerun makes no calls for files already done.
 
+Albums, stacks and deletion work on this run's files only (`filters.RunFiles`: its folders and filters).
+
 Deletion (`delete_uploaded`) is the last step for a file and follows one rule: a local file is deleted
-only when, at that moment, its bytes, hashed again just before, are the bytes of an asset the server holds
-now (present, not in the trash, on the server and user this database is tied to); it belongs to this
-run's sources and filters; its album and stack steps are done; and no stop was asked. A sidecar goes only
-if it is the very file that went up with its photo (path and SHA-1 recorded at upload), unchanged, and no
-other file on disk would take it as its own. Each deletion is logged before and after; the row keeps the
-asset id, so a kill at any instant leaves either the file or a row that says where its content is.
+only when, at that moment, its bytes, hashed again just before, are the bytes of the asset its row names,
+as the server confirms by that asset's id (its checksum, its owner this key's user, not in the trash; a bulk
+check's "duplicate" is no proof: a server can be wrong or not the user's); the file is a regular file inside
+the source folders' real paths and belongs to this run's sources and filters; its album and stack steps are
+done; and no stop was asked. What is removed is the file that was checked: it is renamed to a temporary name
+recorded in its row, compared, then unlinked (`remove_checked`); a kill leaves the file or its temporary name,
+which the next run puts back. A sidecar goes only if it is the very file that went up with its photo (path and
+SHA-1 recorded at upload), unchanged, and no other file on disk would take it as its own. Each deletion is
+logged before and after; the row keeps the asset id, so a kill at any instant leaves either the file or a row
+that says where its content is.
 """
 
 from __future__ import annotations
@@ -17,19 +23,30 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from config import RAW_EXTENSIONS, Settings
-from db_manager import DoneFile, Store
-from filters import RunScope, in_sources, wanted
-from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError
+from db_manager import DoneFile, RunProblem, Store
+from filters import DELETING_PREFIX, RunFiles, RunScope
+from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from utils import extension_of, fingerprint_file, format_bytes
+from utils import (
+    FileIdentity,
+    display_path,
+    extension_of,
+    file_identity,
+    fingerprint_file,
+    format_bytes,
+    plural,
+    rename_no_replace,
+)
 
 log = get_logger("organize")
 
@@ -54,6 +71,7 @@ class OrganizeSummary:
     kept: Counter[str] = field(default_factory=Counter)  # why files that could have gone were kept
     would_delete: list[tuple[str, int]] = field(default_factory=list)  # --dry-run: (path, size)
     errors: int = 0
+    problems: list[RunProblem] = field(default_factory=list)  # the errors, each with its path and reason
 
 
 def album_for(file: DoneFile, settings: Settings) -> str | None:
@@ -184,15 +202,19 @@ def sidecar_claimants(sidecar: bytes, leaving: bytes) -> list[bytes]:
     return claimants
 
 
-def deletable_sidecar(file: DoneFile, raw: bytes, scope: RunScope) -> bytes | None:
-    """The sidecar that went up with this file, if it is still that very file and nothing else claims it."""
+def deletable_sidecar(file: DoneFile, raw: bytes, scope: RunScope) -> tuple[bytes, FileIdentity] | None:
+    """The sidecar that went up with this file, if it is still that very file (with its state as hashed) and
+    nothing else claims it."""
     if not file.sidecar_path or not file.sidecar_sha1:
         return None  # none was sent (a duplicate, or written after the upload): it stays
     sidecar = scope.local(file.sidecar_path.encode("utf-8"))
     if os.path.dirname(sidecar) != os.path.dirname(raw):
         return None
     try:
-        if fingerprint_file(sidecar).sha1 != file.sidecar_sha1:
+        if stat.S_ISLNK(os.lstat(sidecar).st_mode):
+            return None
+        fp = fingerprint_file(sidecar)
+        if fp.sha1 != file.sidecar_sha1:
             log.info("%s changed since it went up with its photo: kept", file.sidecar_path)
             return None
         claimants = sidecar_claimants(sidecar, raw)
@@ -201,7 +223,7 @@ def deletable_sidecar(file: DoneFile, raw: bytes, scope: RunScope) -> bytes | No
     if claimants:
         log.info("%s: kept, %s still takes it as its sidecar", file.sidecar_path, os.fsdecode(claimants[0]))
         return None
-    return sidecar
+    return sidecar, fp.identity
 
 
 class StackPartners:
@@ -245,13 +267,35 @@ class StackPartners:
         return True
 
 
+# Why a file that could have been deleted was kept, with what to do where the user can do something.
+KEPT_DUPLICATE = "Immich already had it before this machine sent it (--delete-duplicates deletes these too)"
+KEPT_OTHER_TARGET = "recorded on another Immich server or user"
+KEPT_NO_ALBUM = "not in its album yet"
+KEPT_NO_STACK = "not stacked with its RAW/JPEG or burst yet"
+KEPT_LINK = "a symbolic link (neither it nor what it points to is deleted)"
+KEPT_OUTSIDE = "lies outside the source folders' real paths (reached through a symbolic link)"
+KEPT_NOT_FILE = "not a regular file"
+KEPT_UNREADABLE = "could not be read again"
+KEPT_CHANGED = "changed since it was uploaded (its new bytes are not in Immich)"
+KEPT_RACED = "changed or replaced while it was being checked"
+KEPT_NOT_HELD = "Immich does not hold it now (deleted there, or not this server's asset)"
+KEPT_OTHER_BYTES = "Immich's asset holds other bytes than the file"
+KEPT_OTHER_OWNER = "Immich's asset belongs to another user"
+KEPT_TRASHED = "in Immich's trash (restore it there to delete the file here)"
+KEPT_NO_ASSET_READ = "the API key may not read assets (give it asset.read to confirm before deleting)"
+KEPT_NO_USER = "the API key may not read its user (give it user.read to confirm the owner)"
+KEPT_UNCONFIRMED = "Immich could not confirm it (an error; tried again next run)"
+DELETING_STATE = "deletion_in_progress"
+
+
 def deletion_candidates(
-    files: list[DoneFile], settings: Settings, target_id: int, steps_done: bool, scope: RunScope
+    files: list[DoneFile], settings: Settings, target_id: int, steps_done: bool, run_files: RunFiles
 ) -> tuple[list[DoneFile], Counter[str]]:
-    """Files this run may delete, and why others were kept. Outside the run's sources or filters a file
-    is simply not this run's business; inside, each reason to keep it is counted (and logged)."""
+    """Files this run may delete, and why others were kept. A file that is not the run's (outside its
+    sources or filters) is simply not its business; for the run's files, each reason to keep one is counted
+    (and logged)."""
     allowed = {"success", "duplicate"} if settings.delete_duplicates else {"success"}
-    partners = StackPartners(settings, files, scope)
+    partners = StackPartners(settings, files, run_files.scope)
     candidates: list[DoneFile] = []
     kept: Counter[str] = Counter()
 
@@ -260,30 +304,52 @@ def deletion_candidates(
         log.info("%s: kept: %s", file.filepath, reason)
 
     for file in files:
-        if file.deleted or file.upload_status not in allowed:
+        if file.deleted or not run_files.includes(file):
             continue
-        raw = scope.path_of(file.filepath, file.filepath_b64)
-        if not in_sources(raw, settings) or not wanted(file, settings, os.fsdecode(raw)):
-            continue
-        if file.target_id != target_id or not file.sha1:
-            keep(file, "recorded on another Immich server or user")
+        if file.upload_status not in allowed:
+            keep(file, KEPT_DUPLICATE)
+        elif file.target_id != target_id or not file.sha1:
+            keep(file, KEPT_OTHER_TARGET)
         elif not steps_done and (name := album_for(file, settings)) and file.album_name != name:
-            keep(file, "not in its album yet")
+            keep(file, KEPT_NO_ALBUM)
         elif not steps_done and not partners.stacked(file):
-            keep(file, "not stacked with its RAW/JPEG or burst yet")
+            keep(file, KEPT_NO_STACK)
         else:
             candidates.append(file)
     return candidates, kept
 
 
-def held_now(client: ImmichClient, items: list[tuple[DoneFile, str]]) -> set[int]:
-    """Row ids whose given SHA-1 is an asset the server holds right now, outside the trash."""
-    answers = client.bulk_upload_check([(str(f.id), sha1) for f, sha1 in items])
-    return {
-        f.id
-        for f, _sha1 in items
-        if (answer := answers.get(str(f.id))) is not None and answer.held and not answer.is_trashed
-    }
+def real_roots(settings: Settings) -> tuple[bytes, ...]:
+    """The source folders' real paths: deletion never touches anything outside them."""
+    return tuple(os.fsencode(os.path.realpath(root)).rstrip(b"/") for root in settings.source_dirs)
+
+
+def local_obstacle(raw: bytes, roots: tuple[bytes, ...]) -> str | None:
+    """Why the file at `raw` may not be deleted whatever the server says (a link, not a regular file, outside
+    the sources' real paths), or None. OSErrors propagate (FileNotFoundError: it is gone)."""
+    st = os.lstat(raw)
+    if stat.S_ISLNK(st.st_mode):
+        return KEPT_LINK
+    if not stat.S_ISREG(st.st_mode):
+        return KEPT_NOT_FILE
+    real = os.fsencode(os.path.realpath(raw))
+    if not any(real == root or real.startswith(root + b"/") for root in roots):
+        return KEPT_OUTSIDE
+    return None
+
+
+class Checked(NamedTuple):
+    """A candidate after its checks: the bytes on disk now are the row's, and Immich confirmed its asset
+    holds exactly them for this user, outside the trash. `identity` is the file's state as it was hashed."""
+
+    file: DoneFile
+    raw: bytes
+    identity: FileIdentity
+    sha1: str
+
+
+class DeletionStopped(Exception):
+    """The server went away (or a stop was asked) while deletion confirmed files: the rest stay."""
 
 
 def _slices(files: list[DoneFile]) -> Iterator[list[DoneFile]]:
@@ -299,111 +365,245 @@ def _slices(files: list[DoneFile]) -> Iterator[list[DoneFile]]:
         yield chunk
 
 
-def delete_uploaded(
-    client: ImmichClient,
-    store: Store,
-    settings: Settings,
-    files: list[DoneFile],
-    progress: ProgressTracker,
-    stop: threading.Event,
-    target_id: int,
-    dry_run: bool = False,
-) -> OrganizeSummary:
-    """Delete local files under the rule in this module's docstring: uploads, and with DELETE_DUPLICATES
-    files Immich already had. With `dry_run`, everything is checked and nothing deleted."""
-    summary = OrganizeSummary()
-    scope = RunScope.of(settings)
-    candidates, summary.kept = deletion_candidates(files, settings, target_id, dry_run, scope)
-    if not candidates:
-        return summary
-    # A first word from the server, so the run can say how much it is about to delete.
-    confirmed = held_now(client, [(f, f.sha1 or "") for f in candidates])
-    for file in candidates:
-        if file.id not in confirmed:
-            summary.kept["not in Immich now (deleted or in the trash there)"] += 1
-            log.warning(
-                "%s: Immich does not hold it now (deleted or in the trash there): kept", file.filepath
-            )
-    doomed = [f for f in candidates if f.id in confirmed]
-    if not doomed:
-        return summary
-    total = sum(f.file_size for f in doomed)
-    verb = "Would delete" if dry_run else "Deleting"
-    progress.message(
-        f"{verb} up to {len(doomed)} local file{'s' if len(doomed) != 1 else ''} ({format_bytes(total)}) that "
-        "Immich holds, each hashed again and confirmed first (DELETE_UPLOADED)"
-    )
-    for chunk in _slices(doomed):
-        if stop.is_set():
-            break
-        hashed: list[tuple[DoneFile, bytes, tuple[int, int, int, int], str]] = []
-        for file in chunk:
-            if stop.is_set():
-                break
-            raw = scope.path_of(file.filepath, file.filepath_b64)
-            try:
-                before = os.stat(raw)
-                fp = fingerprint_file(raw, settings.hash_chunk_size)
-            except FileNotFoundError:
-                continue  # gone already; the next scan marks it missing
-            except OSError as exc:
-                summary.kept["could not be read again"] += 1
-                log.warning("%s: could not be read again (%s): kept", file.filepath, exc)
-                continue
-            if fp.sha1 != file.sha1:
-                summary.kept["changed since it was uploaded"] += 1
-                log.warning("%s: its bytes changed since they went to Immich: kept", file.filepath)
-                continue
-            # The identity of what was hashed: another file renamed into its place is not these bytes.
-            hashed.append((file, raw, (before.st_dev, before.st_ino, fp.size_bytes, fp.mtime_ns), fp.sha1))
-        if not hashed:
-            continue
-        # The server's word on exactly the bytes just read, moments before they go.
+class Deleter:
+    """Deletes local files under the rule in this module's docstring. Each file is hashed again, its asset
+    confirmed by id on the server (`GET /api/assets/{id}`: its checksum is the file's SHA-1, its owner this
+    key's user, it is not in the trash; a bulk check's "duplicate" is no proof), and then removed so that what
+    is removed is what was checked: the file is renamed to a temporary name (recorded in its row first), the
+    renamed inode compared with the hashed one, and only then unlinked; anything else is put back, never over
+    a file that appeared at the path meanwhile."""
+
+    def __init__(
+        self,
+        client: ImmichClient,
+        store: Store,
+        settings: Settings,
+        run_files: RunFiles,
+        progress: ProgressTracker,
+        stop: threading.Event,
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.settings = settings
+        self.run_files = run_files
+        self.progress = progress
+        self.stop = stop
+        self.summary = OrganizeSummary()
+        self.real_roots = real_roots(settings)
+
+    def keep(self, file: DoneFile, reason: str, detail: str = "") -> None:
+        self.summary.kept[reason] += 1
+        log.warning(
+            "%s: kept: %s%s", file.filepath, reason, f" ({detail})" if detail else "", extra=FILE_EVENT
+        )
+
+    def run(self, candidates: list[DoneFile], dry_run: bool) -> OrganizeSummary:
+        total = sum(f.file_size for f in candidates)
+        verb = "Would delete" if dry_run else "Deleting"
+        self.progress.message(
+            f"{verb} up to {plural(len(candidates), 'local file')} ({format_bytes(total)}) that Immich holds, "
+            "each hashed again and confirmed by its asset first (DELETE_UPLOADED)"
+        )
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not dry_run:
+            self.store.set_state(self.state_name, "running")
         try:
-            held = held_now(client, [(f, sha1) for f, _raw, _st, sha1 in hashed])
+            with ThreadPoolExecutor(self.settings.upload_concurrency, thread_name_prefix="confirm") as pool:
+                for chunk in _slices(candidates):
+                    if self.stop.is_set():
+                        break
+                    # Hashing and asking the server overlap; the removals come after, in order, one by one.
+                    for file, checked in zip(chunk, pool.map(self.check, chunk), strict=True):
+                        if self.stop.is_set():
+                            break
+                        if checked is None:
+                            continue
+                        if dry_run:
+                            self.summary.would_delete.append((file.filepath, file.file_size))
+                        else:
+                            self.remove(checked)
+        except DeletionStopped as exc:
+            self.summary.errors += 1
+            self.summary.problems.append(RunProblem("(deletion)", str(exc), "the next run goes on"))
+            log.error("deletion stopped: %s; the files not yet deleted stay", exc)
+        if not dry_run:
+            self.store.set_state(self.state_name, None)
+        if self.stop.is_set():
+            log.warning("deletion stopped as asked; the files not yet deleted stay")
+        return self.summary
+
+    @property
+    def state_name(self) -> str:
+        return f"{DELETING_STATE}:{self.store.scope}"
+
+    def check(self, file: DoneFile) -> Checked | None:
+        """The file, hashed now and confirmed by the server; None when it is kept (counted) or gone."""
+        if self.stop.is_set():
+            return None
+        raw = self.run_files.path(file)
+        try:
+            obstacle = local_obstacle(raw, self.real_roots)
+            if obstacle is not None:
+                self.keep(file, obstacle)
+                return None
+            fp = fingerprint_file(raw, self.settings.hash_chunk_size)
+        except FileNotFoundError:
+            return None  # gone already; the next scan marks it missing
+        except OSError as exc:
+            self.keep(file, KEPT_UNREADABLE, str(exc.strerror or exc))
+            return None
+        if fp.sha1 != file.sha1:
+            self.keep(file, KEPT_CHANGED)
+            return None
+        reason = self.confirm(file, fp.sha1)
+        if reason is not None:
+            self.keep(file, reason, f"asset {file.asset_id}")
+            return None
+        return Checked(file, raw, fp.identity, fp.sha1)
+
+    def confirm(self, file: DoneFile, sha1: str) -> str | None:
+        """None when the server holds exactly these bytes as this user's asset, outside the trash; else why not."""
+        user = self.client.user
+        if user is None or user.identity.startswith("key:"):
+            return KEPT_NO_USER
+        try:
+            asset = self.client.asset(file.asset_id)
+        except (ServerUnreachable, StopRequested) as exc:
+            raise DeletionStopped(str(exc)) from None
         except ImmichError as exc:
-            summary.errors += 1
-            log.error("deletion stopped: Immich could not confirm the next files (%s); the rest kept", exc)
-            break
-        for file, raw, identity, sha1 in hashed:
-            if stop.is_set():
-                break
-            if file.id not in held:
-                summary.kept["not in Immich now (deleted or in the trash there)"] += 1
-                log.warning("%s: Immich does not hold it now: kept", file.filepath)
-                continue
-            try:
-                st = os.stat(raw)
-            except FileNotFoundError:
-                continue
-            if (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) != identity:
-                summary.kept["changed while it was checked"] += 1
-                log.warning("%s: changed while it was checked: kept", file.filepath)
-                continue
-            if dry_run:
-                summary.would_delete.append((file.filepath, file.file_size))
-                continue
-            sidecar = deletable_sidecar(file, raw, scope)
-            log.info("deleting %s (in Immich as asset %s, SHA-1 %s)", file.filepath, file.asset_id, sha1)
-            try:
-                os.remove(raw)
-            except OSError as exc:
-                summary.errors += 1
-                log.warning("%s: could not delete: %s", file.filepath, exc.strerror, extra=FILE_EVENT)
-                continue
-            store.record_deleted(file.id)
+            if exc.status == 403:
+                return KEPT_NO_ASSET_READ
+            if exc.status is not None and exc.status < 500:
+                return KEPT_NOT_HELD
+            return KEPT_UNCONFIRMED
+        if asset.sha1 != sha1:
+            return KEPT_OTHER_BYTES
+        if asset.owner_id != user.identity:
+            return KEPT_OTHER_OWNER
+        if asset.is_trashed:
+            return KEPT_TRASHED
+        return None
+
+    def remove(self, checked: Checked) -> None:
+        file = checked.file
+        sidecar = deletable_sidecar(file, checked.raw, self.run_files.scope)
+        log.info("deleting %s (in Immich as asset %s, SHA-1 %s)", file.filepath, file.asset_id, checked.sha1)
+        outcome = remove_checked(self.store, file.id, "file", checked.raw, checked.identity)
+        if outcome is None:
             log.info("deleted %s", file.filepath)
-            summary.deleted += 1
-            summary.deleted_bytes += file.file_size
-            if sidecar is not None:
-                try:
-                    os.remove(sidecar)
-                    log.info("deleted %s, the sidecar that went up with it", file.sidecar_path)
-                except OSError as exc:
-                    log.warning("%s: could not delete: %s", file.sidecar_path, exc.strerror)
-    if stop.is_set():
-        log.warning("deletion stopped as asked; the files not yet deleted stay")
-    return summary
+            self.summary.deleted += 1
+            self.summary.deleted_bytes += file.file_size
+        elif isinstance(outcome, OSError):
+            self.summary.errors += 1
+            reason = f"could not be deleted: {outcome.strerror or outcome}"
+            self.summary.problems.append(RunProblem(file.filepath, reason, "check the folder's permissions"))
+            log.warning("%s: %s", file.filepath, reason, extra=FILE_EVENT)
+            return
+        else:
+            self.keep(file, outcome)
+            return
+        if sidecar is not None:
+            path, identity = sidecar
+            gone = remove_checked(self.store, file.id, "sidecar", path, identity)
+            if gone is None:
+                log.info("deleted %s, the sidecar that went up with it", file.sidecar_path)
+            else:
+                log.warning("%s: kept: %s", file.sidecar_path, gone)
+
+
+def remove_checked(
+    store: Store, row_id: int, what: str, raw: bytes, identity: FileIdentity
+) -> str | OSError | None:
+    """Remove `raw` if it is still the file whose state is `identity`: None when removed (or already gone),
+    else why it was kept (an OSError when the removal itself failed). The file is first renamed to a hidden
+    temporary name in its folder, recorded in the row before the rename; the renamed inode is compared with
+    the one checked (a file renamed onto the path meanwhile is another inode, an edit moves the mtime); only
+    then is it unlinked. What is not the checked file goes back, never over a file that appeared since."""
+    try:
+        st = os.lstat(raw)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return exc
+    if not stat.S_ISREG(st.st_mode) or file_identity(st) != identity:
+        return KEPT_RACED
+    temp_name = DELETING_PREFIX + os.urandom(6).hex().encode()
+    temp = os.path.join(os.path.dirname(raw), temp_name)
+    store.record_deleting(row_id, f"{what}:{temp_name.decode()}")
+    try:
+        os.rename(raw, temp)
+    except FileNotFoundError:
+        store.record_deleting(row_id, None)
+        return None
+    except OSError as exc:
+        store.record_deleting(row_id, None)
+        return exc
+    moved = os.lstat(temp)
+    # A rename moves the ctime; the inode, size and mtime say it is the file that was checked.
+    if file_identity(moved)[:4] != identity[:4]:
+        put_back(temp, raw)
+        store.record_deleting(row_id, None)
+        return KEPT_RACED
+    try:
+        os.unlink(temp)
+    except OSError as exc:
+        put_back(temp, raw)
+        store.record_deleting(row_id, None)
+        return exc
+    if what == "file":
+        store.record_deleted(row_id)
+    else:
+        store.record_deleting(row_id, None)
+    return None
+
+
+def put_back(temp: bytes, original: bytes) -> bytes:
+    """Move a file from its temporary name back to where it was, or, when a file appeared there meanwhile,
+    beside it under a name of its own; returns where it is now."""
+    target = original
+    for n in range(1, 1000):
+        try:
+            rename_no_replace(temp, target)
+        except FileExistsError:
+            stem, ext = os.path.splitext(original)
+            target = stem + f" (kept by immich-uploader {n})".encode() + ext
+            continue
+        if target != original:
+            log.warning(
+                "%s: a new file appeared at its path while it was being deleted; it was kept as %s",
+                display_path(original), display_path(target),
+            )  # fmt: skip
+        return target
+    raise OSError(f"no free name to put {display_path(original)} back")
+
+
+def finish_interrupted_deletions(store: Store, scope: RunScope) -> int:
+    """A run killed mid-deletion leaves a file under its temporary name (or gone, if the kill came after the
+    unlink): put each back where it was (never over a file that appeared since), or record the deletion.
+    Returns how many rows it settled. Cheap when nothing was interrupted: one state lookup."""
+    state = f"{DELETING_STATE}:{store.scope}"
+    if store.get_state(state) is None:
+        return 0
+    settled = 0
+    for row_id, filepath, filepath_b64, sidecar_path, intent in store.interrupted_deletions():
+        what, _, temp_name = intent.partition(":")
+        if what == "sidecar" and sidecar_path:
+            original = scope.local(sidecar_path.encode("utf-8"))
+        else:
+            original = scope.path_of(filepath, filepath_b64)
+        temp = os.path.join(os.path.dirname(original), temp_name.encode())
+        if os.path.lexists(temp):
+            where = put_back(temp, original)
+            log.warning("a deletion was interrupted: %s is back in its place", display_path(where))
+            store.record_deleting(row_id, None)
+        elif what == "file" and not os.path.lexists(original):
+            store.record_deleted(row_id)  # it was confirmed and unlinked; only the record was missing
+        else:
+            store.record_deleting(row_id, None)  # the rename never happened
+        settled += 1
+    store.set_state(state, None)
+    return settled
 
 
 def organize(
@@ -413,16 +613,18 @@ def organize(
     progress: ProgressTracker,
     stop: threading.Event,
     target_id: int,
+    run_files: RunFiles,
     dry_run: bool = False,
 ) -> OrganizeSummary:
-    """Albums, then stacks, then deletion (last: a file leaves the disk only once all else is recorded).
-    A dry run changes nothing in Immich or on disk; it reports what deletion would remove."""
+    """Albums, then stacks, then deletion (last: a file leaves the disk only once all else is recorded), each
+    for this run's files only (`run_files`). A dry run changes nothing in Immich or on disk; it reports what
+    deletion would remove."""
     total = OrganizeSummary()
     albums = settings.album or settings.album_from or settings.takeout_paths
     wants_any = albums or settings.stack_raw_jpeg or settings.stack_bursts
     if not wants_any and not settings.delete_uploaded:
         return total
-    files = store.done_files()
+    files = [f for f in store.done_files() if not f.deleted and run_files.includes(f)]
     steps = []
     if not dry_run and albums:
         steps.append(update_albums(client, store, settings, files))
@@ -432,8 +634,11 @@ def organize(
         log.warning("a Takeout's zips are never changed: --delete-uploaded does nothing to them")
     elif settings.delete_uploaded and not stop.is_set():
         if steps:
-            files = store.done_files()  # with the albums and stacks just recorded
-        steps.append(delete_uploaded(client, store, settings, files, progress, stop, target_id, dry_run))
+            files = [f for f in store.done_files() if not f.deleted and run_files.includes(f)]
+        candidates, kept = deletion_candidates(files, settings, target_id, dry_run, run_files)
+        deleter = Deleter(client, store, settings, run_files, progress, stop)
+        deleter.summary.kept = kept
+        steps.append(deleter.run(candidates, dry_run) if candidates else deleter.summary)
     for step in steps:
         total.added_to_albums += step.added_to_albums
         total.albums_created += step.albums_created
@@ -443,6 +648,7 @@ def organize(
         total.kept += step.kept
         total.would_delete += step.would_delete
         total.errors += step.errors
+        total.problems += step.problems
     return total
 
 

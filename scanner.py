@@ -10,6 +10,7 @@ becomes a row with its error and a log line; it never stops the scan.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -26,15 +27,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, NamedTuple
 
 from cli import Context, ExitStatus, summary_json
-from config import Settings
-from db_manager import STATUSES, KnownFile, KnownRow, ScannedFile, Store, path_hash
-from filters import JUNK, RunScope, is_ignored
+from config import ConfigError, Settings
+from db_manager import STATUSES, KnownFile, KnownRow, RunProblem, ScannedFile, Store, path_hash
+from filters import DELETING_PREFIX, JUNK, RunScope, is_ignored
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
+    content_problem,
     date_from_filename,
     display_path,
+    extension_of,
     fingerprint_file,
     format_bytes,
     format_duration,
@@ -49,6 +52,8 @@ if TYPE_CHECKING:
 log = get_logger("scan")
 
 SAVE_EVERY_FILES = 500
+STILL_CHANGING = "still being written (it changed while it was read): read again on the next run"
+MAX_PROBLEMS = 100  # problems kept for the summary and Recent errors; the log has every one
 CLAIM_BATCH = 64
 SAVE_EVERY_S = 2.0
 
@@ -74,9 +79,12 @@ class ScanSummary:
     unchanged: int = 0
     missing: int = 0
     skipped: int = 0
+    changing: int = 0  # still being written: read again on the next run
     elsewhere: int = 0  # a shared library's files another machine was hashing
     errors: int = 0
     unavailable: list[str] = field(default_factory=list)  # source folders missing or empty (not mounted?)
+    passed_over: list[str] = field(default_factory=list)  # folders not walked that are no error (loops...)
+    problems: list[RunProblem] = field(default_factory=list)  # the errors that are no failed row, with why
     bytes_hashed: int = 0
     elapsed_s: float = 0.0
     error_files: list[str] = field(default_factory=list)
@@ -85,65 +93,216 @@ class ScanSummary:
         return summary_json(self)
 
 
-def walk_media(
-    settings: Settings,
-    on_problem: Callable[[bytes, str], None],
-    roots: Sequence[Path] | None = None,
-    scope: RunScope | None = None,
-) -> Iterator[FoundFile]:
-    """Every media file under the source folders (or `roots`). Symlinked files are followed, symlinked
-    folders are not (no loops, no double counting); unreadable folders and dangling links are reported and
-    passed over. In a shared library each file carries its path below the mount point too."""
-    shared = scope is not None and scope.shared
-    junk = JUNK
-    ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
-    for root in settings.source_dirs if roots is None else roots:
-        stack = [os.fsencode(root)]
-        root_len = len(stack[0].rstrip(b"/"))
+# Immich marks each of its storage folders (library/, upload/, thumbs/, encoded-video/, profile/, backups/)
+# with this file: what lies below is Immich's own copy of the library, never a source.
+IMMICH_MARKER = b".immich"
+
+
+class Walk:
+    """Every media file under the source folders (or `roots`), and what the walk could not see.
+
+    Real folders are walked first; folders reached through a symbolic link are walked after them, in sorted
+    order, each once: a link to a folder already walked (a loop, or a second way in) is noted and passed over,
+    so a file's path is the same from run to run. A link is followed only to a target inside a source folder or
+    owned by the link's owner (anyone who can write to a shared folder could otherwise point a link at another
+    user's files, or the system's). A folder that cannot be listed, a link whose target is gone (a disk not
+    mounted) or refused: its known rows are not marked missing (`unlistable`). A folder holding Immich's own
+    `.immich` marker is Immich's storage and is passed over. Source files named on their own are taken as a
+    folder of one. In a shared library each file carries its path below the mount point too."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        on_problem: Callable[[bytes, str, str], None],
+        scope: RunScope | None = None,
+    ) -> None:
+        self.settings = settings
+        self.on_problem = on_problem
+        self.scope = scope
+        self.unlistable: list[bytes] = []  # folders (or links to them) whose rows must not be marked missing
+        self.passed_over: list[
+            str
+        ] = []  # why folders were not walked that are no error (loops, Immich's storage)
+        self.real_roots = tuple(
+            os.fsencode(os.path.realpath(root)).rstrip(b"/") for root in settings.source_dirs
+        )
+        self._visited: set[tuple[int, int]] = set()
+        self._deferred: list[tuple[bytes, int]] = []  # (symlinked folder, length of its root's path)
+
+    def files(self, roots: Sequence[Path] | None = None) -> Iterator[FoundFile]:
+        for root in self.settings.source_dirs if roots is None else roots:
+            top = os.fsencode(root)
+            try:
+                st = os.stat(top)
+            except OSError as exc:
+                self._unlistable(
+                    top, f"cannot list folder: {exc.strerror}", "check the folder is there and readable"
+                )
+                continue
+            if stat.S_ISREG(st.st_mode):
+                found = self._file(top, st, len(os.path.dirname(top)))
+                if found is not None:
+                    yield found
+                continue
+            yield from self._tree(top, len(top.rstrip(b"/")))
+        while self._deferred:
+            batch, self._deferred = sorted(self._deferred), []
+            for link, root_len in batch:
+                yield from self._linked_folder(link, root_len)
+
+    def _linked_folder(self, link: bytes, root_len: int) -> Iterator[FoundFile]:
+        try:
+            st = os.stat(link)
+        except OSError as exc:
+            reason = (
+                "its target is gone (a disk that is not mounted?)"
+                if exc.errno == errno.ENOENT
+                else exc.strerror
+            )
+            self._unlistable(
+                link,
+                f"symbolic link to a folder not followed: {reason}",
+                "mount the disk, or remove the link",
+            )
+            return
+        if (st.st_dev, st.st_ino) in self._visited:
+            note = f"{display_path(link)}: symbolic link to a folder already walked (a loop, or a second way in): passed over"
+            self.passed_over.append(note)
+            log.info("%s", note)
+            return
+        refusal = self._link_refusal(link, st)
+        if refusal is not None:
+            self._unlistable(
+                link, refusal, "copy the files into the source folder, or give the link to the folder's owner"
+            )
+            return
+        yield from self._tree(link, root_len)
+
+    def _link_refusal(self, link: bytes, target: os.stat_result) -> str | None:
+        """Why a symbolic link may not be followed, or None: its target lies inside a source folder, or belongs
+        to the link's owner."""
+        real = os.fsencode(os.path.realpath(link))
+        if any(real == root or real.startswith(root + b"/") for root in self.real_roots):
+            return None
+        try:
+            owner = os.lstat(link).st_uid
+        except OSError as exc:
+            return f"cannot read the link: {exc.strerror}"
+        if owner == target.st_uid:
+            return None
+        return (
+            f"symbolic link to {display_path(real)}, outside the source folders and owned by another user "
+            "than the link: not followed"
+        )
+
+    def _unlistable(self, folder: bytes, reason: str, advice: str) -> None:
+        self.unlistable.append(folder.rstrip(b"/"))
+        self.on_problem(folder, reason, advice)
+
+    def _tree(self, top: bytes, root_len: int) -> Iterator[FoundFile]:
+        settings = self.settings
+        junk = JUNK
+        ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
+        include_hidden = settings.include_hidden
+        stack = [top]
         while stack:
             folder = stack.pop()
             try:
+                st = os.stat(folder)
                 with os.scandir(folder) as entries:
                     items = list(entries)
             except OSError as exc:
-                on_problem(folder, f"cannot list folder: {exc.strerror}")
+                self._unlistable(
+                    folder, f"cannot list folder: {exc.strerror}", "check its permissions (or the disk)"
+                )
+                continue
+            self._visited.add((st.st_dev, st.st_ino))
+            if any(entry.name == IMMICH_MARKER for entry in items):
+                note = (
+                    f"{display_path(folder)}: Immich's own storage (it holds a .immich marker): not scanned"
+                )
+                self.passed_over.append(note)
+                log.warning("%s", note)
                 continue
             for entry in items:
                 name = entry.name
-                if not settings.include_hidden and (name.startswith(b".") or junk.match(name)):
-                    continue
+                if not include_hidden:
+                    if name.startswith(b".") or junk.match(name):
+                        continue
+                elif name.startswith(DELETING_PREFIX):
+                    continue  # a file being deleted (organize.remove_checked), hidden or not
+
                 if ignore and is_ignored(entry.path[root_len:], name, ignore):
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(entry.path)
                         continue
-                    if entry.is_symlink() and entry.is_dir(follow_symlinks=True):
-                        log.debug("not following symlinked folder %s", display_path(entry.path))
+                    link = entry.is_symlink()
+                    if link and entry.is_dir(follow_symlinks=True):
+                        self._deferred.append((entry.path, root_len))
                         continue
                     dot = name.rfind(b".")
                     if dot <= 0:
+                        if link and not os.path.exists(entry.path):
+                            # A dangling link without an extension: a folder on a disk not mounted tonight,
+                            # most likely; what was recorded below it is unknown, not missing.
+                            self._deferred.append((entry.path, root_len))
                         continue
                     extension = name[dot + 1 :].decode("ascii", "replace").lower()
                     media_type = settings.media_kind(extension)
                     if media_type is None:
                         continue
-                    st = entry.stat(follow_symlinks=True)
+                    file_st = entry.stat(follow_symlinks=True)
                 except FileNotFoundError:
-                    on_problem(
-                        entry.path, "dangling symlink" if entry.is_symlink() else "vanished during the scan"
-                    )
+                    if entry.is_symlink():
+                        self.on_problem(
+                            entry.path, "dangling symbolic link: its target is gone", "remove the link"
+                        )
+                    else:
+                        self.on_problem(entry.path, "vanished during the scan", "")
                     continue
                 except OSError as exc:
-                    on_problem(entry.path, f"cannot read: {exc.strerror}")
+                    self.on_problem(entry.path, f"cannot read: {exc.strerror}", "check its permissions")
                     continue
-                if not stat.S_ISREG(st.st_mode):
+                if link:
+                    refusal = self._link_refusal(entry.path, file_st)
+                    if refusal is not None:
+                        self.on_problem(entry.path, refusal, "copy the file in instead of linking it")
+                        continue
+                if not stat.S_ISREG(file_st.st_mode):
                     log.debug(
                         "not a regular file: %s", display_path(entry.path)
                     )  # a FIFO would block the read
                     continue
-                stored = scope.stored(entry.path) if shared else b""  # type: ignore[union-attr]
-                yield FoundFile(entry.path, st.st_size, st.st_mtime_ns, extension, media_type, stored)
+                yield self._found(entry.path, file_st, extension, media_type)
+
+    def _file(self, path: bytes, st: os.stat_result, root_len: int) -> FoundFile | None:
+        """A source named as a file: taken if it is a photo or video."""
+        extension = extension_of(path)
+        media_type = self.settings.media_kind(extension)
+        if media_type is None:
+            self.passed_over.append(
+                f"{display_path(path)}: not a photo or video this tool sends: passed over"
+            )
+            return None
+        return self._found(path, st, extension, media_type)
+
+    def _found(self, path: bytes, st: os.stat_result, extension: str, media_type: str) -> FoundFile:
+        shared = self.scope is not None and self.scope.shared
+        stored = self.scope.stored(path) if shared else b""  # type: ignore[union-attr]
+        return FoundFile(path, st.st_size, st.st_mtime_ns, extension, media_type, stored)
+
+
+def walk_media(
+    settings: Settings,
+    on_problem: Callable[[bytes, str], None],
+    roots: Sequence[Path] | None = None,
+    scope: RunScope | None = None,
+) -> Iterator[FoundFile]:
+    """Every media file under the source folders (or `roots`): see Walk."""
+    walk = Walk(settings, lambda path, reason, _advice: on_problem(path, reason), scope)
+    return walk.files(roots)
 
 
 def bare_row(found: FoundFile) -> ScannedFile:
@@ -177,8 +336,16 @@ def describe_file(found: FoundFile, chunk_size: int, time_zone: tzinfo | None = 
             "not a video (no MPEG transport stream: a TypeScript file?)",
         )
         return row
-    fp = fingerprint_file(found.raw_path, chunk_size, keep_head=True)
+    # One read: a file seen changing (during the read, or since the walk saw it) is still being written (a
+    # camera's video copying in, a download) and is read again on the next run, never sent half-written.
+    fp = fingerprint_file(found.raw_path, chunk_size, keep_head=True, attempts=1)
+    if (fp.size_bytes, fp.mtime_ns) != (found.size_bytes, found.mtime_ns):
+        raise FileChangedError(errno.EAGAIN, STILL_CHANGING, found.raw_path)
     row.hash, row.sha1, row.file_size, row.mtime_ns = fp.sha256, fp.sha1, fp.size_bytes, fp.mtime_ns
+    problem = content_problem(found.extension, fp.head)
+    if problem is not None:
+        row.upload_status, row.last_error = "skipped", f"{problem}: not sent"
+        return row
     meta = read_metadata(found.raw_path, found.media_type, fp.head, fp.size_bytes)
     info = dict(meta.info)
     found_date = date_taken(
@@ -463,6 +630,18 @@ def _worker_start() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def immich_storage_around(real_path: str) -> str | None:
+    """The folder at or above `real_path` that holds Immich's `.immich` marker (its storage), or None."""
+    folder = real_path
+    while True:
+        if os.path.isfile(os.path.join(folder, ".immich")):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
 def distinct_roots(roots: Sequence[Path]) -> list[Path]:
     """The source folders without those inside another (one path is then never walked twice)."""
     real = [(root, os.path.realpath(root)) for root in roots]
@@ -502,12 +681,30 @@ class Scanner:
         self.summary = ScanSummary()
 
     def available_roots(self) -> list[Path]:
-        """The source folders that can be scanned. A folder that is missing or empty while the database
-        knows files in it is taken for a share that is not mounted tonight: it is reported, and none of
-        its rows is marked missing (unless `confirm_empty`). A missing folder the database knows nothing
-        of is a mistyped SOURCE_DIR."""
+        """The source folders (and files) that can be scanned. A folder that is missing or empty while the
+        database knows files in it is taken for a share that is not mounted tonight: it is reported, and none
+        of its rows is marked missing (unless `confirm_empty`). A missing folder the database knows nothing
+        of is a mistyped SOURCE_DIR. The whole system (`/`) is refused, and so is a folder inside Immich's own
+        storage (one of its parents holds Immich's `.immich` marker)."""
         roots = []
         for root in distinct_roots(self.settings.source_dirs):
+            real = os.path.realpath(root)
+            if real == "/":
+                raise ConfigError(
+                    f"SOURCE_DIR: {root} is the whole system, not a photo folder: name the folders that hold "
+                    "your photos and videos"
+                )
+            storage = immich_storage_around(real)
+            if storage is not None:
+                self._unavailable(
+                    root,
+                    f"{root} lies in Immich's own storage ({storage} holds its .immich marker): not scanned, "
+                    "Immich already has what is there",
+                )
+                continue
+            if os.path.isfile(root):
+                roots.append(root)
+                continue
             try:
                 with os.scandir(root) as entries:
                     empty = next(entries, None) is None
@@ -529,7 +726,7 @@ class Scanner:
                     f"is it mounted? Nothing was marked missing{self.confirm_hint}",
                 )
             elif missing:
-                self._unavailable(root, f"SOURCE_DIR: folder {root} does not exist")
+                self._unavailable(root, f"SOURCE_DIR: {root} does not exist")
             else:
                 roots.append(root)
         return roots
@@ -538,10 +735,12 @@ class Scanner:
         self.summary.unavailable.append(str(root))
         log.error("%s", message)
 
-    def _problem(self, raw_path: bytes, reason: str) -> None:
+    def _problem(self, raw_path: bytes, reason: str, advice: str = "") -> None:
         text = display_path(raw_path)
         self.summary.errors += 1
         self.summary.error_files.append(text)
+        if len(self.summary.problems) < MAX_PROBLEMS:
+            self.summary.problems.append(RunProblem(text, reason, advice))
         log.warning("%s: %s", text, reason, extra=FILE_EVENT)
         self.progress.file_status("error", text, reason)
 
@@ -551,6 +750,10 @@ class Scanner:
         (new, changed, or left pending by an earlier run), so the sync pipeline uploads during the scan."""
         started = time.monotonic()
         summary = self.summary
+        # A deletion a kill interrupted leaves a file under a temporary name: back in place before the walk.
+        from organize import finish_interrupted_deletions
+
+        finish_interrupted_deletions(self.store, self.scope)
         roots = self.available_roots()
         known = KnownIndex(self.store.iter_known_files())
         batch = _SaveBatch(self.store, on_upload_ready)
@@ -571,7 +774,8 @@ class Scanner:
 
         self.progress.start("scan")
         try:
-            for found in walk_media(self.settings, self._problem, roots, self.scope):
+            walk = Walk(self.settings, self._problem, self.scope)
+            for found in walk.files(roots):
                 if self.stop.is_set():
                     break
                 digest = sha256(found.key_path).digest()
@@ -612,8 +816,9 @@ class Scanner:
             describer.close()
         batch.save()
         self.progress.finish()
+        summary.passed_over = walk.passed_over
         if not self.stop.is_set():
-            self._mark_missing(known, roots)
+            self._mark_missing(known, roots, walk.unlistable)
         summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -695,24 +900,28 @@ class Scanner:
                 known.seen[index] = 0
             self._problem(found.raw_path, "vanished during the scan")
             return None
+        if isinstance(result, FileChangedError):
+            # Its row stays as it was (a new file gets none yet): the next run reads it, once it is quiet.
+            self.summary.changing += 1
+            log.info("%s: %s", display_path(found.raw_path), STILL_CHANGING)
+            return None
         row = bare_row(found)
         row.upload_status = "error"
-        row.last_error = (
-            str(result)
-            if isinstance(result, FileChangedError)
-            else f"cannot read: {result.strerror or result}"
-        )
+        row.last_error = f"cannot read: {result.strerror or result}"
         return row
 
-    def _mark_missing(self, known: KnownIndex, scanned: list[Path]) -> None:
-        """Rows under the scanned folders whose file was not found: marked missing, never deleted."""
-        roots = tuple(os.fsencode(root).rstrip(b"/") + b"/" for root in scanned)
+    def _mark_missing(self, known: KnownIndex, scanned: list[Path], unlistable: list[bytes]) -> None:
+        """Rows under the scanned folders (or of the scanned source files) whose file was not found: marked
+        missing, never deleted. Rows under a folder the walk could not list are not: they are unknown tonight."""
+        tops = [os.fsencode(root).rstrip(b"/") for root in scanned]
+        roots = tuple(top + b"/" for top in tops)
+        blind = tuple(folder + b"/" for folder in unlistable)
         unseen = known.unseen_ids() if roots else []
-        gone = [
-            row_id
-            for row_id, filepath, filepath_b64 in self.store.paths_of(unseen)
-            if self.scope.path_of(filepath, filepath_b64).startswith(roots)
-        ]
+        gone = []
+        for row_id, filepath, filepath_b64 in self.store.paths_of(unseen):
+            path = self.scope.path_of(filepath, filepath_b64)
+            if (path.startswith(roots) or path in tops) and not path.startswith(blind):
+                gone.append(row_id)
         if gone:
             self.store.set_missing(gone, missing=True)
         self.summary.missing = len(gone)
@@ -727,6 +936,11 @@ def summary_rows(summary: ScanSummary, log_file: object) -> list[tuple[str, str]
         ("unchanged", str(summary.unchanged)),
         ("missing", str(summary.missing)),
         *([("skipped", str(summary.skipped))] if summary.skipped else []),
+        *(
+            [("still changing", f"{summary.changing} (read again on the next run)")]
+            if summary.changing
+            else []
+        ),
         *([("hashed elsewhere", f"{summary.elsewhere} (by another machine)")] if summary.elsewhere else []),
         errors_row(summary.errors, log_file),
         ("hashed", f"{format_bytes(summary.bytes_hashed)} at {format_bytes(rate)}/s"),

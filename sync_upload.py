@@ -13,12 +13,13 @@ import os
 import threading
 import time
 from array import array
+from dataclasses import replace
 from typing import Any, TextIO
 
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, exit_process, run_script
 from config import ConfigError, ServerNotConfigured
 from db_manager import utc_now
-from filters import RunScope
+from filters import RunFiles, RunScope
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
@@ -55,7 +56,9 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "unavailable_sources": scan.unavailable,
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
+        "recovered": upload.recovered,
         "skipped": scan.skipped + upload.skipped,
+        "changing": scan.changing + upload.changing,
         "elsewhere": scan.elsewhere + upload.elsewhere,
         "errors": scan.errors + upload.errors,
         "scan_errors": scan.errors,
@@ -68,8 +71,23 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "added_to_albums": upload.added_to_albums,
         "stacks_created": upload.stacks_created,
         "deleted": upload.deleted,
+        "kept": upload.kept,
         "error_files": (scan.error_files + upload.error_files)[:100],
+        "problems": (scan.problems + upload.problems)[:100],
     }
+
+
+def sync_rows(scan: ScanSummary, upload: UploadSummary, log_file: object) -> list[tuple[str, str]]:
+    """The summary's lines: what the walk found, then what happened to those files, each count the same as
+    in --json (a file skipped or failed at the scan counts with the upload's skipped and errors)."""
+    both = replace(
+        upload,
+        skipped=scan.skipped + upload.skipped,
+        errors=scan.errors + upload.errors,
+        changing=scan.changing + upload.changing,
+    )
+    found = scan_rows(scan, log_file)[:5]  # found, new, changed, unchanged, missing
+    return found + [row for row in upload_rows(both, log_file) if row[0] != "processed"]
 
 
 def scan_only(ctx: Context, reason: ConfigError) -> ExitStatus:
@@ -94,11 +112,13 @@ def sync_once(ctx: Context) -> ExitStatus:
         takeout_scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
         takeout_files = TakeoutFiles(takeout_scanner.archives, ctx.store, takeout_scanner.refreshed)
     client = ImmichClient(ctx.settings, ctx.stop)
+    uploader: Uploader | None = None
     try:
         target_id = adopt_target(client, ctx.store, connect(client))
         uploader = Uploader(
             ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, scope, takeout_files
         )
+        run_files = uploader.run_files
         with server_jobs_paused(client, ctx.store, ctx.settings):
             uploader.counts_progress = False
             uploader.start()
@@ -113,18 +133,18 @@ def sync_once(ctx: Context) -> ExitStatus:
                 # What the queue had no room for during the scan waits in the database; in a shared
                 # library, so do files other machines hashed meanwhile (the workers claim each right
                 # before sending, so every machine takes its share).
-                backlog, backlog_bytes = chosen_rows(
-                    ctx.store, ctx.settings, None, False, scope, uploader.fed_ids
-                )
+                backlog, backlog_bytes = chosen_rows(ctx.store, run_files, None, False, uploader.fed_ids)
             uploader.start_progress(len(backlog), backlog_bytes)
             uploader.feed_backlog(backlog)
             upload = uploader.finish()
             ctx.progress.finish()
             upload.stopped_after_errors = uploader.aborted.is_set()
-            finish_in_immich(ctx, client, upload, target_id)
+            finish_in_immich(ctx, client, upload, target_id, run_files)
             if takeout_scanner is not None and not (ctx.stop.is_set() or upload.stopped_after_errors):
                 takeout_updates = takeout_in_immich(ctx, client, upload, target_id)
     finally:
+        if uploader is not None:
+            uploader.shutdown()  # before anything its workers use is closed
         client.close()
         if takeout_files is not None:
             takeout_files.close()
@@ -140,11 +160,7 @@ def sync_once(ctx: Context) -> ExitStatus:
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
-    log_file = ctx.settings.log_file
-    errors = errors_row(scan.errors + upload.errors, log_file)
-    rows = scan_rows(scan, log_file)[:5] + [
-        errors if label == "errors" else (label, value) for label, value in upload_rows(upload, log_file)
-    ]
+    rows = sync_rows(scan, upload, ctx.settings.log_file)
     if scan.unavailable:
         rows.append(("not scanned", ", ".join(scan.unavailable) + " (missing or empty: not mounted?)"))
     ctx.progress.summary("Sync finished", rows + takeout_rows)
@@ -158,6 +174,7 @@ def takeout_in_immich(ctx: Context, client: ImmichClient, upload: UploadSummary,
     updates = update_in_immich(client, ctx.store, target_id, ctx.stop)
     upload.errors += updates.errors
     upload.error_files += updates.error_files
+    upload.problems += updates.problems
     return updates
 
 
@@ -169,7 +186,8 @@ def takeout_dry_run(ctx: Context) -> ExitStatus:
     scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
     scan = scanner.scan()
     here = TakeoutFiles(scanner.archives)
-    rows = [r for r in select(ctx.store.pending_uploads(), ctx.settings) if here.here(r.filepath)]
+    run_files = RunFiles(ctx.settings, takeout_here=here.here)
+    rows = select(ctx.store.pending_uploads(), run_files)
     here.close()
     if ctx.stop.is_set():
         return scan_status(ctx.stop, scan)
@@ -191,7 +209,7 @@ def takeout_dry_run(ctx: Context) -> ExitStatus:
     if scan.errors:
         extra.append(errors_row(scan.errors, ctx.settings.log_file))
     notes = [f"same photo as {lead.filepath}: {copy.filepath}" for copy, lead in copies]
-    return dry_run(ctx, sent, extra, {"takeout": data}, notes)
+    return dry_run(ctx, sent, run_files, extra, {"takeout": data}, notes)
 
 
 def run_sync(ctx: Context) -> ExitStatus:
@@ -206,7 +224,8 @@ def run_sync(ctx: Context) -> ExitStatus:
         scan = scanner_for(ctx).scan()
         if ctx.stop.is_set() or scan.unavailable:
             return scan_status(ctx.stop, scan)
-        return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings))
+        run_files = RunFiles(ctx.settings)
+        return dry_run(ctx, select(ctx.store.pending_uploads(), run_files), run_files)
     try:
         ctx.settings.require_server()
     except ServerNotConfigured as missing:

@@ -53,10 +53,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 from xml.sax.saxutils import escape
 
 from config import ConfigError, Settings
-from db_manager import ScannedFile, Store, TakeoutRow, path_hash
+from db_manager import RunProblem, ScannedFile, Store, TakeoutRow, path_hash
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
-from scanner import PLAUSIBLE_YEARS, KnownIndex, ScanSummary, _SaveBatch, date_taken
+from scanner import MAX_PROBLEMS, PLAUSIBLE_YEARS, KnownIndex, ScanSummary, _SaveBatch, date_taken
 from utils import MediaMetadata, extension_of, fingerprint_stream, format_bytes, read_image_metadata
 
 if TYPE_CHECKING:
@@ -1248,8 +1248,11 @@ class TakeoutScanner:
         return [a.label for a in self.archives]
 
     def _problem(self, where: str, reason: str) -> None:
+        """One member's error: counted, listed in the summary and Recent errors (the runs table), logged."""
         self.summary.errors += 1
         self.summary.error_files.append(where)
+        if len(self.summary.problems) < MAX_PROBLEMS:
+            self.summary.problems.append(RunProblem(where, reason))
         log.warning("%s: %s", where, reason, extra=FILE_EVENT)
         self.progress.file_status("error", where, reason)
 
@@ -1723,6 +1726,7 @@ class UpdateSummary:
     waiting: int = 0  # queued, their photo not in Immich yet
     errors: int = 0
     error_files: list[str] = field(default_factory=list)
+    problems: list[RunProblem] = field(default_factory=list)
 
 
 def plan_update(
@@ -1818,7 +1822,7 @@ def apply_updates(
         sent_info = json.loads(sent_row.metadata_info or "{}")
         sent = sent_values(sent_info, sent_row.date_taken, sent_row.mtime_ns)
         try:
-            asset = client.asset(row.asset_id)
+            asset = client.asset_details(row.asset_id)
             intent = json.loads(intents[row.path_hash]) if row.path_hash in intents else None
             if intent is not None:
                 # A run stopped around its update of this asset. Untouched since it read it: the update

@@ -11,9 +11,9 @@ from typing import TextIO
 
 from cli import Context, ExitStatus, add_upload_arguments, base_parser, exit_process, run_script
 from db_manager import utc_now
-from filters import RunScope
+from filters import RunFiles
 from immich_client import ImmichClient
-from organize import server_jobs_paused
+from organize import finish_interrupted_deletions, server_jobs_paused
 from uploader import (
     Uploader,
     adopt_target,
@@ -31,12 +31,17 @@ from uploader import (
 
 def run_upload(ctx: Context) -> ExitStatus:
     ctx.args.verify = ctx.args.verify or ctx.args.reupload
+    run_files = RunFiles(ctx.settings)
+    if ctx.args.dry_run and ctx.args.verify:
+        return verify_dry_run(ctx)
     if ctx.args.dry_run:
-        return dry_run(ctx, select(ctx.store.pending_uploads(), ctx.settings, ctx.args.limit))
+        return dry_run(ctx, select(ctx.store.pending_uploads(), run_files, ctx.args.limit), run_files)
     ctx.settings.require_server()
     started = utc_now()
+    finish_interrupted_deletions(ctx.store, run_files.scope)
     client = ImmichClient(ctx.settings, ctx.stop)
     verify_status = ExitStatus.OK
+    uploader: Uploader | None = None
     try:
         target_id = adopt_target(client, ctx.store, connect(client))
         if ctx.args.verify:
@@ -46,9 +51,10 @@ def run_upload(ctx: Context) -> ExitStatus:
                 return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
             if report.trashed or report.lost:
                 verify_status = ExitStatus.FILES_FAILED
-        scope = RunScope.of(ctx.settings)
-        ids, total_bytes = chosen_rows(ctx.store, ctx.settings, ctx.args.limit, ctx.args.retry_errors, scope)
-        uploader = Uploader(ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, scope)
+        ids, total_bytes = chosen_rows(ctx.store, run_files, ctx.args.limit, ctx.args.retry_errors)
+        uploader = Uploader(
+            ctx.settings, ctx.store, client, ctx.progress, ctx.stop, target_id, run_files.scope
+        )
         with server_jobs_paused(client, ctx.store, ctx.settings):
             ctx.progress.start("upload", len(ids), total_bytes, unit="bytes")
             uploader.start()
@@ -57,8 +63,10 @@ def run_upload(ctx: Context) -> ExitStatus:
             summary = uploader.finish()
             ctx.progress.finish()
             summary.stopped_after_errors = uploader.aborted.is_set()
-            finish_in_immich(ctx, client, summary, target_id)
+            finish_in_immich(ctx, client, summary, target_id, run_files)
     finally:
+        if uploader is not None:
+            uploader.shutdown()  # before anything its workers use is closed
         client.close()
     status = exit_status(ctx.stop, uploader, summary.errors)
     if status == ExitStatus.OK:
@@ -68,6 +76,25 @@ def run_upload(ctx: Context) -> ExitStatus:
         ctx.emit_json(summary.as_json())
     ctx.progress.summary("Upload finished", summary_rows(summary, ctx.settings.log_file))
     return status
+
+
+def verify_dry_run(ctx: Context) -> ExitStatus:
+    """--verify --dry-run: the check, read-only (no target recorded, no row changed)."""
+    ctx.settings.require_server()
+    client = ImmichClient(ctx.settings, ctx.stop)
+    try:
+        user = connect(client)
+        target_id = ctx.store.find_target(user.identity)
+        if target_id is None:
+            ctx.progress.message(
+                f"this database has uploaded nothing to {ctx.settings.immich_url} yet: nothing to verify"
+            )
+            return ExitStatus.OK
+        report = verify_uploads(client, ctx.store, target_id, ctx.args.reupload, dry_run=True)
+    finally:
+        client.close()
+    report_verify(ctx, report, dry_run=True)
+    return ExitStatus.OK if report.clean else ExitStatus.FILES_FAILED
 
 
 def positive_int(text: str) -> int:

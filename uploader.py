@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import stat
 import threading
 import time
 from array import array
@@ -28,8 +29,8 @@ from typing import TYPE_CHECKING
 
 from cli import Context, ExitStatus, StartError, summary_json
 from config import Settings
-from db_manager import DatabaseError, PendingUpload, Store, UploadOutcome
-from filters import RunScope, in_sources, wanted
+from db_manager import DatabaseError, PendingUpload, RunProblem, Store, UploadOutcome
+from filters import RunFiles, RunScope
 from immich_client import (
     BULK_CHECK_BATCH,
     ApiKeyRefused,
@@ -44,9 +45,8 @@ from immich_client import (
     host_port,
 )
 from logger import FILE_EVENT, get_logger
-from organize import organize
+from organize import local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
-from scanner import FoundFile, describe_file
 from utils import (
     FileChangedError,
     format_bytes,
@@ -104,9 +104,13 @@ class UploadSummary:
     deleted: int = 0
     server_problem: str = ""  # why the run stopped early (the server went away, too many errors)
     elsewhere: int = 0  # a shared library's files another machine holds
+    changing: int = 0  # changed since their scan (still being written?): sent after the next scan
+    recovered: int = 0  # sent by an earlier run of this machine whose answer was lost: uploads of ours
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
+    kept: dict[str, int] = field(default_factory=dict)  # deletion: why files that could have gone stayed
+    problems: list[RunProblem] = field(default_factory=list)  # errors that are no failed row
 
     def as_json(self) -> dict[str, object]:
         return summary_json(self)
@@ -138,12 +142,24 @@ def connect(client: ImmichClient) -> ServerUser:
     return user
 
 
+def retry_quota_failures(store: Store, user: ServerUser) -> None:
+    """Files that failed on a full quota wait like any failure; a run that finds room on the server (the
+    admin raised the quota, files were deleted there) tries them now."""
+    if user.quota_left_bytes is None or user.quota_left_bytes > 0:
+        again = store.retry_now("quota", user.quota_left_bytes)
+        if again:
+            log.warning(
+                "the server has room again: %d files that failed on a full quota are tried now", again
+            )
+
+
 def adopt_target(client: ImmichClient, store: Store, user: ServerUser) -> int:
     """The target (this server's user) rows are recorded against. When the database last uploaded
     somewhere else (a moved or reinstalled server, a second one) or was written by an earlier version, the
     rows Immich should hold are re-checked here: what this server has is kept (by its asset ids), the rest
     goes back to pending and is sent. Going back to an earlier server re-checks the same way and sends
     only what it lacks."""
+    retry_quota_failures(store, user)
     target = store.target_id(user.identity, client.base_url, user.email)
     state = f"{TARGET_STATE}:{store.scope}"  # each machine (and shared library) moves on its own
     if store.get_state(state) == str(target):
@@ -208,10 +224,9 @@ def modified_at(row: PendingUpload) -> str:
 
 def chosen_rows(
     store: Store,
-    settings: Settings,
+    run_files: RunFiles,
     limit: int | None,
     failed_only: bool,
-    scope: RunScope,
     skip: Container[int] = (),
 ) -> tuple[array[int], int]:
     """The ids (in upload order) and total size of the rows this run uploads, streamed from the database:
@@ -220,7 +235,7 @@ def chosen_rows(
     ids: array[int] = array("q")
     total = 0
     for row in store.iter_pending_uploads(failed_only):
-        if row.id not in skip and select([row], settings, scope=scope):
+        if row.id not in skip and run_files.includes(row):
             ids.append(row.id)
             total += row.file_size
             if limit is not None and len(ids) >= limit:
@@ -228,18 +243,9 @@ def chosen_rows(
     return ids, total
 
 
-def select(
-    rows: list[PendingUpload], settings: Settings, limit: int | None = None, scope: RunScope | None = None
-) -> list[PendingUpload]:
-    """The rows this run uploads: the filters, and the folders named on the command line (upload_files.py
-    DIR… or --source-dir: without them every pending row goes, wherever it was scanned)."""
-    scope = scope or RunScope.of(settings)
-    by_folder = settings.sources.get("SOURCE_DIR") == "command line" and not scope.shared
-    chosen = []
-    for row in rows:
-        path = scope.path_of(row.filepath, row.filepath_b64)
-        if wanted(row, settings, os.fsdecode(path)) and (not by_folder or in_sources(path, settings)):
-            chosen.append(row)
+def select(rows: list[PendingUpload], run_files: RunFiles, limit: int | None = None) -> list[PendingUpload]:
+    """The rows this run uploads: those of its folders and filters (filters.RunFiles)."""
+    chosen = [row for row in rows if run_files.includes(row)]
     return chosen if limit is None else chosen[:limit]
 
 
@@ -276,6 +282,7 @@ class Uploader:
         self.settings = settings
         self.scope = scope or RunScope.of(settings)
         self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
+        self.run_files = RunFiles(settings, self.scope, takeout.here if takeout is not None else None)
         self.store = store
         self.client = client
         self.progress = progress
@@ -300,9 +307,18 @@ class Uploader:
         self.settled = [0, 0, 0]
         self.fed_ids = IdSet()  # a row is fed once, however many ways it comes
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
+        self._closing = False  # shutdown(): the workers take nothing new
+        self._offered = IdSet()  # rows whose bytes this run offered to a server that lacked them
 
     @property
     def halted(self) -> bool:
+        if self.store.run_lock_lost() and not self.aborted.is_set():
+            with self._lock:
+                self.summary.server_problem = (
+                    "another run took over this machine's lock (the database restarted while this run went on): "
+                    "stopping before the next upload"
+                )
+                self.aborted.set()
         return self.stop.is_set() or self.aborted.is_set()
 
     def _server_gone(self, exc: ImmichError) -> None:
@@ -346,9 +362,8 @@ class Uploader:
 
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
-        rows = [r for r in select(rows, self.settings, scope=self.scope) if r.id not in self.fed_ids]
-        if self.takeout is not None:
-            rows = [r for r in rows if self.takeout.here(r.filepath)]  # zips not named this time wait
+        # Rows of other folders, filters or zips wait for a run that names them.
+        rows = [r for r in rows if r.id not in self.fed_ids and self.run_files.includes(r)]
         if self.halted or not rows:
             return
         self.fed_ids.update(r.id for r in rows)
@@ -402,9 +417,19 @@ class Uploader:
             except ImmichError as exc:
                 # Not fatal: each upload's checksum header still lets the server spot duplicates.
                 log.warning("could not ask the server which files it has (%s); uploading with checksums", exc)
+        to_send: list[PendingUpload] = []
         for row in to_check:
             answer = answers.get(str(row.id))
             if answer is not None and answer.held:
+                if self._sent_by_us(row, answer.asset_id or "", row.sending_to == self.target_id):
+                    # This machine sent it in an earlier run; the answer was lost (a cut, a kill, the
+                    # database away): it is this machine's upload, as it was then.
+                    why = "sent by this machine in an earlier run, whose answer was lost"
+                    outcome = UploadOutcome(
+                        "success", answer.asset_id, json.dumps({"recovered": why}), target_id=self.target_id
+                    )
+                    self._record(row, outcome, counted_as="recovered")
+                    continue
                 trashed = " (in Immich's trash)" if answer.is_trashed else ""
                 settled.append((row, answer.asset_id or "", f"already in Immich{trashed}"))
                 continue
@@ -416,6 +441,13 @@ class Uploader:
                     continue
                 if row.sha1:
                     self._in_flight[row.sha1] = (row.id, [])
+            to_send.append(row)
+        # The server said it lacks these: from here on, its "duplicate" for them is this machine's own upload.
+        offered = [r.id for r in to_send if answers.get(str(r.id)) is not None]
+        if offered:
+            self.store.mark_sending(offered, self.target_id)
+            self._offered.update(offered)
+        for row in to_send:
             self._queue.put(row)
         if settled and self.scope.shared:
             # Another machine may have sent some of these since they were read: theirs to record.
@@ -431,6 +463,15 @@ class Uploader:
             )
             for row, _asset_id, why in settled:
                 self._note("duplicate", row, why)
+
+    def _sent_by_us(self, row: PendingUpload, asset_id: str, offered: bool) -> bool:
+        """Whether the server's "duplicate" for `row` is this machine's own upload: its bytes were offered to
+        this server when it lacked them, and no other row of this database records that asset as its upload
+        (another machine's, or a copy under another name)."""
+        if not offered or not asset_id or not row.sha1 or self.scope.shared:
+            # A shared library's row is every machine's: its "duplicate" may be another machine's upload.
+            return False
+        return not self.store.asset_recorded_for_another(row.sha1, asset_id, self.target_id, row.id)
 
     def _landed(self, row: PendingUpload, asset_id: str | None) -> None:
         """The upload of `row` ended: rows with the same content become its duplicates (without a byte
@@ -475,31 +516,15 @@ class Uploader:
         except OSError as exc:
             self._local_failure(row, f"cannot read the file: {exc.strerror}", "unreadable")
             return None
+        if not stat.S_ISREG(st.st_mode):
+            self._local_failure(row, "is no longer a regular file", "unreadable")
+            return None
         if st.st_size == row.file_size and st.st_mtime_ns == row.mtime_ns:
             return row
-        log.info("%s changed since it was scanned; hashing it again", row.filepath)
-        try:
-            scanned = describe_file(
-                FoundFile(
-                    raw,
-                    st.st_size,
-                    st.st_mtime_ns,
-                    row.extension,
-                    row.media_type or self.settings.media_kind(row.extension) or "image",
-                    self.scope.stored(raw) if self.scope.shared else b"",
-                ),
-                self.settings.hash_chunk_size,
-                self.settings.time_zone,
-            )
-        except OSError as exc:
-            self._local_failure(row, f"cannot read the file: {exc}", "unreadable")
-            return None
-        self.store.update_fingerprint(row.id, scanned)
-        if scanned.upload_status != "pending":
-            self._note(scanned.upload_status, row, scanned.last_error or "unreadable")
-            return None
-        refreshed = self.store.pending_uploads(ids=[row.id])
-        return refreshed[0] if refreshed else None
+        # Seen changing since it was fingerprinted: still being written (a copy arriving), or edited. Either
+        # way the bytes hashed are not the bytes there: the next scan reads it again, once, when it is quiet.
+        self._note("changing", row, "changed since it was scanned: sent after the next scan reads it again")
+        return None
 
     def _recheck_member(self, row: PendingUpload, takeout: TakeoutFiles) -> PendingUpload | None:
         """A zip member as it is now (zips do not change in place; a replaced one is scanned again)."""
@@ -551,6 +576,25 @@ class Uploader:
             raise self._bugs[0]
         return self.summary
 
+    def shutdown(self) -> None:
+        """Stop the workers and wait for them, whatever happened in the main thread (a bug, Ctrl+C): what they
+        use (the database, the zips, the connections) must not be closed under them. A transfer in flight is
+        finished; rows not started stay as they are."""
+        if not any(worker.is_alive() for worker in self._workers):
+            return
+        self._closing = True
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+            self._queue.task_done()
+        for _ in self._workers:
+            self._queue.put(None)
+        for worker in self._workers:
+            while worker.is_alive():  # a timeout keeps the main thread free for signals
+                worker.join(0.2)
+
     def _work(self) -> None:
         first = True
         while True:
@@ -558,7 +602,7 @@ class Uploader:
             try:
                 if row is None:
                     return
-                if self.halted:
+                if self.halted or self._closing:
                     continue  # leave it pending for the next run
                 self._work_on(row, first)
                 first = False
@@ -629,6 +673,8 @@ class Uploader:
         with self._lock:
             self._consecutive_errors = 0
         status = "success" if result.status == "created" else "duplicate"
+        if status == "duplicate" and self._sent_by_us(row, result.asset_id, row.id in self._offered):
+            status = "success"  # an earlier attempt of this run delivered it; only its answer was lost
         sidecar_text = (
             path_to_text(self.scope.stored(sidecar))[0]
             if sidecar is not None and result.sidecar_sha1
@@ -692,7 +738,7 @@ class Uploader:
                 self.aborted.set()
                 log.error("stopping: %s", self.summary.server_problem)
 
-    def _record(self, row: PendingUpload, outcome: UploadOutcome) -> None:
+    def _record(self, row: PendingUpload, outcome: UploadOutcome, counted_as: str = "") -> None:
         self.store.record_upload(row.id, outcome, count_attempt=outcome.status != "skipped")
         shown = outcome.status == "success" and self.progress.shows_each_file
         detail = outcome.error or (media_detail(row.metadata_info) if shown else "")
@@ -701,7 +747,7 @@ class Uploader:
                 self.summary.error_kinds[outcome.error_kind] = (
                     self.summary.error_kinds.get(outcome.error_kind, 0) + 1
                 )
-        self._note(outcome.status, row, detail)
+        self._note(counted_as or outcome.status, row, detail)
 
     def _note(self, status: str, row: PendingUpload, detail: str) -> None:
         with self._lock:
@@ -711,13 +757,17 @@ class Uploader:
                 self.summary.duplicates += 1
             elif status == "skipped":
                 self.summary.skipped += 1
+            elif status == "changing":
+                self.summary.changing += 1
+            elif status == "recovered":
+                self.summary.recovered += 1
             else:
                 self.summary.errors += 1
                 self.summary.error_files.append(row.filepath)
         if status == "error":
             log.warning("%s: upload failed: %s", row.filepath, detail, extra=FILE_EVENT)
         else:
-            log.info("%s: %s", row.filepath, status)
+            log.info("%s: %s%s", row.filepath, status, f" ({detail})" if status == "changing" else "")
         self.progress.file_status(status, row.filepath, detail)
         sent = row.file_size if status == "success" else 0
         with self._lock:
@@ -749,10 +799,13 @@ class VerifyReport:
         return not (self.gone or self.trashed or self.lost)
 
 
-def verify_uploads(client: ImmichClient, store: Store, target_id: int, reupload: bool) -> VerifyReport:
+def verify_uploads(
+    client: ImmichClient, store: Store, target_id: int, reupload: bool, dry_run: bool = False
+) -> VerifyReport:
     """Check every row marked uploaded to this Immich against what it holds now. Assets deleted there
     (or in its trash) are reported; with `reupload`, files still here that Immich lost go back to pending.
-    An asset the server now knows under another id (re-uploaded elsewhere) is simply recorded anew."""
+    An asset the server now knows under another id (re-uploaded elsewhere) is simply recorded anew. A dry
+    run writes nothing: it says what would be sent again."""
     report = VerifyReport()
     after = 0
     while rows := store.uploaded_rows(after, BULK_CHECK_BATCH, on_target=target_id):
@@ -772,14 +825,15 @@ def verify_uploads(client: ImmichClient, store: Store, target_id: int, reupload:
             else:
                 report.gone.append(r.filepath)
                 lost_here.append(r.id)
-        store.move_to_target(target_id, renamed, lost_here if reupload else [])
+        if not dry_run:
+            store.move_to_target(target_id, renamed, lost_here if reupload else [])
         report.requeued += len(lost_here) if reupload else 0
     for path in report.lost:
         log.error("%s: deleted here after Immich confirmed it, and no longer in Immich", path)
     return report
 
 
-def report_verify(ctx: Context, report: VerifyReport) -> None:
+def report_verify(ctx: Context, report: VerifyReport, dry_run: bool = False) -> None:
     for label, paths in (
         ("gone from Immich", report.gone),
         ("in Immich's trash", report.trashed),
@@ -793,7 +847,7 @@ def report_verify(ctx: Context, report: VerifyReport) -> None:
             "gone from Immich",
             f"{len(report.gone)}"
             + (
-                f", {report.requeued} queued to be sent again"
+                f", {report.requeued} {'would be queued' if dry_run else 'queued'} to be sent again"
                 if report.requeued
                 else (" (--reupload sends them again)" if report.gone else "")
             ),
@@ -811,7 +865,8 @@ def report_verify(ctx: Context, report: VerifyReport) -> None:
                 f"{len(report.lost)}: deleted here after Immich confirmed them, and gone from Immich since",
             )
         )
-    ctx.progress.summary("Verify: rows marked uploaded, checked with Immich", rows)
+    title = "Verify: rows marked uploaded, checked with Immich"
+    ctx.progress.summary(title + (" (dry run: nothing changed)" if dry_run else ""), rows)
 
 
 def takeout_request(request: UploadRequest, row: PendingUpload, takeout: TakeoutFiles) -> UploadRequest:
@@ -852,12 +907,19 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("time", format_duration(summary.elapsed_s)),
     ]
     extras = [
+        ("sent by an earlier run", summary.recovered),
+        ("still changing", summary.changing),
         ("sent by another machine", summary.elsewhere),
         ("added to albums", summary.added_to_albums),
         ("stacks made", summary.stacks_created),
         ("deleted locally", summary.deleted),
     ]
     rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
+    if summary.kept:
+        at = len(rows) - 2
+        rows[at:at] = [("kept locally", str(sum(summary.kept.values())))] + [
+            (f"  {count} ×", reason) for reason, count in sorted(summary.kept.items(), key=lambda kv: -kv[1])
+        ]
     if summary.server_problem:
         rows.append(("stopped", summary.server_problem))
     return rows
@@ -891,20 +953,23 @@ def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> 
 def dry_run(
     ctx: Context,
     rows: list[PendingUpload],
+    run_files: RunFiles,
     extra_rows: Sequence[tuple[str, str]] = (),
     extra_json: dict[str, object] | None = None,
     notes: Sequence[str] = (),
 ) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
-    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted.
+    has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted:
+    those Immich confirms now, and up to as many again among the files the run would send first (and, with
+    DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides.
     A Takeout adds its own lines (`extra_rows`, `extra_json`, and `notes` printed after the file list)."""
     client = None
     if ctx.settings.immich_url and ctx.settings.immich_api_key:
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
+    deletions: list[tuple[str, int]] = []
     try:
         held: dict[str, str] = {}
-        deletions: list[tuple[str, int]] = []
         if client is not None:
             user = connect(client)
             answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows if r.sha1])
@@ -912,7 +977,14 @@ def dry_run(
             target_id = ctx.store.find_target(user.identity)
             if ctx.settings.delete_uploaded and target_id is not None:
                 done = organize(
-                    client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id, dry_run=True
+                    client,
+                    ctx.store,
+                    ctx.settings,
+                    ctx.progress,
+                    ctx.stop,
+                    target_id,
+                    run_files,
+                    dry_run=True,
                 )
                 deletions = done.would_delete
     except (ServerUnreachable, StopRequested) as exc:
@@ -922,8 +994,18 @@ def dry_run(
             client.close()
     to_send = [r for r in rows if str(r.id) not in held]
     have = [r for r in rows if str(r.id) in held]
+    later: list[
+        PendingUpload
+    ] = []  # deleted once sent (or found in Immich), if the server confirms them then
+    if ctx.settings.delete_uploaded and not ctx.settings.takeout_paths:
+        roots = real_roots(ctx.settings)
+        later = [
+            r
+            for r in to_send + (have if ctx.settings.delete_duplicates else [])
+            if local_obstacle(run_files.path(r), roots) is None
+        ]
     send_bytes = sum(r.file_size for r in to_send)
-    delete_bytes = sum(size for _path, size in deletions)
+    delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
     if ctx.args.json:
         ctx.emit_json(
             {
@@ -931,7 +1013,9 @@ def dry_run(
                 "would_upload": len(to_send),
                 "bytes": send_bytes,
                 "already_in_immich": len(have),
-                "would_delete": len(deletions),
+                "would_delete": len(deletions) + len(later),
+                "would_delete_now": len(deletions),
+                "would_delete_after_upload": len(later),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
                 **(extra_json or {}),
@@ -944,6 +1028,8 @@ def dry_run(
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
+        for row in later:
+            ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
         for note in notes:
             ctx.stdout.write(f"{note}\n")
     rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
@@ -952,28 +1038,42 @@ def dry_run(
     else:
         rows_out.append(("server", "not asked (IMMICH_URL or IMMICH_API_KEY not set)"))
     if ctx.settings.delete_uploaded:
-        rows_out.append(("would delete", f"{plural(len(deletions), 'file')}, {format_bytes(delete_bytes)}"))
+        count = len(deletions) + len(later)
+        detail = f"{plural(count, 'file')}, {format_bytes(delete_bytes)}"
+        if later:
+            detail = (
+                f"up to {detail}: {len(deletions)} Immich holds now, up to {len(later)} more once sent "
+                "(each only if Immich then confirms it)"
+            )
+        rows_out.append(("would delete", detail))
     rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
 
 
-def finish_in_immich(ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int) -> None:
+def finish_in_immich(
+    ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int, run_files: RunFiles
+) -> None:
     """Albums, stacks and deletion once the uploads are recorded (skipped when the run was stopped)."""
     if ctx.stop.is_set() or summary.stopped_after_errors:
         return
     try:
-        done = organize(client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id)
+        done = organize(client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id, run_files)
     except (ServerUnreachable, StopRequested) as exc:
         log.error("albums, stacks and deletion not done: %s", exc)
         return
     except ImmichError as exc:
         log.error("albums/stacks not updated (nothing was deleted): %s", exc)
         summary.errors += 1
+        summary.problems.append(
+            RunProblem("(albums and stacks)", f"not updated: {exc}", "they are tried again on the next run")
+        )
         return
     summary.added_to_albums, summary.stacks_created, summary.deleted = (
         done.added_to_albums,
         done.stacks_created,
         done.deleted,
     )
+    summary.kept = dict(done.kept)
     summary.errors += done.errors
+    summary.problems += done.problems

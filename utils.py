@@ -101,6 +101,15 @@ _FIRST_REAL_VIDEO_YEAR = 1971
 HEAD_BYTES = 256 << 10  # the start of a file kept from the hashing read: a JPEG's header lies within it
 
 
+# What tells one file's state from another's: the same inode, size, modification and change time. ctime moves
+# with every write and metadata change and cannot be set back (an editor that restores the mtime still moves it).
+FileIdentity = tuple[int, int, int, int, int]  # st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns
+
+
+def file_identity(st: os.stat_result) -> FileIdentity:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     sha256: str  # hex; the project's identity of a file's content
@@ -108,6 +117,8 @@ class Fingerprint:
     size_bytes: int
     mtime_ns: int
     head: bytes = b""  # with keep_head: the file's first bytes, so its metadata needs no second read
+    # Of the file whose bytes were hashed (zip members: zeros); two fingerprints of the same bytes are equal.
+    identity: FileIdentity = field(default=(0, 0, 0, 0, 0), compare=False)
 
 
 class FileChangedError(OSError):
@@ -115,16 +126,17 @@ class FileChangedError(OSError):
 
 
 def fingerprint_file(
-    path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYTES, keep_head: bool = False
+    path: str | bytes, chunk_size: int = DEFAULT_HASH_CHUNK_BYTES, keep_head: bool = False, attempts: int = 2
 ) -> Fingerprint:
-    """SHA-256 and SHA-1 of a file in one read pass, with the size and mtime the hashes belong to.
+    """SHA-256 and SHA-1 of a file in one read pass, with the size, mtime and identity the hashes belong to.
 
-    A file that changes while it is read (a copy still arriving, an editor saving) is read once more; if it
-    changes again, FileChangedError. Other OSErrors (missing file, no permission) propagate unchanged.
+    A file that changes while it is read (size, mtime or ctime moved: a copy still arriving, an editor
+    saving) is read again, up to `attempts` reads in all; then FileChangedError. Other OSErrors (missing file,
+    no permission) propagate unchanged.
     """
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, not {chunk_size}")
-    for attempt in (1, 2):
+    for attempt in range(1, attempts + 1):
         fingerprint = _hash_if_unchanged(path, chunk_size, keep_head)
         if fingerprint is not None:
             return fingerprint
@@ -165,9 +177,10 @@ def _hash_if_unchanged(path: str | bytes, chunk_size: int, keep_head: bool) -> F
             sha1.update(chunk)
             total += n
         after = os.fstat(f.fileno())
-    if total != before.st_size or after.st_size != before.st_size or after.st_mtime_ns != before.st_mtime_ns:
+    identity = file_identity(after)
+    if total != before.st_size or identity != file_identity(before):
         return None
-    return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, after.st_mtime_ns, head)
+    return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, after.st_mtime_ns, head, identity)
 
 
 # --- Metadata -------------------------------------------------------------------------------------------------
@@ -722,6 +735,33 @@ def _hachoir_value(metadata: Any, key: str) -> Any:
     return None
 
 
+# Formats that are surely no photo or video: what a link to a system file, a document or an archive named
+# .jpg would hold. Anything else (exotic RAW formats included) is left for Immich to judge.
+_NOT_MEDIA_MAGIC = (
+    (b"%PDF", "a PDF document"),
+    (b"PK\x03\x04", "a zip archive"),
+    (b"\x7fELF", "a program"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"SQLite format 3\x00", "a database"),
+    (b"Rar!", "a RAR archive"),
+    (b"7z\xbc\xaf\x27\x1c", "a 7-Zip archive"),
+)
+_TEXT_BYTES = frozenset(b"\t\n\r\x0c" + bytes(range(0x20, 0x7F)))
+
+
+def content_problem(extension: str, head: bytes) -> str | None:
+    """Why a file's first bytes cannot be the photo or video its name claims (text, a document, an archive,
+    a program), or None. Only surely-not-media content is refused: a PNG named .jpg is still a photo, and a
+    format this check does not know passes (Immich judges it)."""
+    for magic, what in _NOT_MEDIA_MAGIC:
+        if head.startswith(magic):
+            return f"its content is {what}, not a photo or video"
+    sample = head[:4096]
+    if extension != "svg" and sample and all(b in _TEXT_BYTES for b in sample):
+        return "its content is text, not a photo or video"
+    return None
+
+
 def is_transport_stream(path: str | bytes) -> bool:
     """An MPEG transport stream starts with the sync byte 0x47 every 188 bytes (after a 4-byte timecode
     in 192-byte M2TS packets); a TypeScript source file named .ts does not."""
@@ -834,6 +874,37 @@ def date_from_filename(name: str) -> datetime | None:
         except ValueError:  # 2019-02-30 and the like
             continue
     return None
+
+
+def rename_no_replace(source: bytes, target: bytes) -> None:
+    """Rename `source` to `target` unless something is at `target`: then FileExistsError, and nothing moved.
+    Linux's renameat2(RENAME_NOREPLACE) where the file system has it; else a hard link and an unlink (as
+    atomic about the target); where neither works (FAT, some network shares), a check just before a rename."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is not None:
+        at_fdcwd, rename_noreplace = -100, 1
+        if renameat2(at_fdcwd, source, at_fdcwd, target, rename_noreplace) == 0:
+            return
+        code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            raise FileExistsError(code, os.strerror(code), target)
+        if code not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(code, os.strerror(code), source)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(target):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), target) from None
+        os.rename(source, target)
+        return
+    os.unlink(source)
 
 
 def sidecar_for(raw_path: bytes) -> bytes | None:

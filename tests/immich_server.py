@@ -5,11 +5,14 @@ in ../shared/immich-api.md §7b): API-key auth, the server routes (ping, version
 statistics), streaming multipart uploads that hash the file with SHA-1 while discarding its bytes, v3's zod
 validation of the upload fields (JavaScript number coercion for `duration`, UUID v4, metadata items) and the
 database's refusal of year 0000, duplicate detection (checksum header, bulk-upload-check, after the body;
-checksums decoded as Node's Buffer does), locked assets hidden from API keys, albums, stacks, one-shot fault
+checksums decoded as Node's Buffer does), locked assets hidden from API keys, a partner's assets readable but not
+the user's own, API keys without a permission (403), the trash (`DELETE /api/assets`), albums, stacks, one-shot fault
 injection (error statuses, proxy HTML pages, Retry-After, connection resets, delays) and whole-server outages. It
 runs in-process (`ImmichTestServer().start()`) or as a process (`python tests/immich_server.py --port 0 --api-key
 KEY` prints `READY http://127.0.0.1:PORT`). Every response carries the correlation-id header (`X-Correlation-ID`
 on v3, `x-immich-cid` on v2).
+
+For attacks on the client: `bulk_check_lie` makes bulk-upload-check answer "duplicate" for every checksum.
 
 For benchmarks: `request_delay_s` (`--delay-ms N`) makes every answer wait, like a slower or farther server, and
 `GET /__stand-in__/uploads` (test-only, no key, outside /api) lists every upload received as {sha1, status, size}.
@@ -106,6 +109,7 @@ class Asset:
     fields: dict[str, str]
     sidecar_sha1: str | None
     is_trashed: bool = False
+    owner_id: str = ""  # "" = the server's one user; another id = a partner's asset this user may read
     # What metadata extraction found (exiftool reads the sidecar too), and what PUT /api/assets set since.
     exif: dict[str, Any] = field(default_factory=dict)
     updated_at: str = ""  # updatedAt: moves whenever the asset changes (an update, the user's edit)
@@ -140,6 +144,9 @@ class Fault:
     html: bool
     reset: bool
     delay_s: float
+    drop_answer: bool = (
+        False  # handle the request in full (an upload is stored), then reset instead of answering
+    )
 
     def matches(self, method: str, path: str) -> bool:
         if self.method is not None and self.method.upper() != method.upper():
@@ -168,8 +175,9 @@ class FaultQueue:
         html: bool = False,
         reset: bool = False,
         delay_s: float = 0.0,
+        drop_answer: bool = False,
     ) -> Fault:
-        fault = Fault(status, count, path, method, retry_after_s, html, reset, delay_s)
+        fault = Fault(status, count, path, method, retry_after_s, html, reset, delay_s, drop_answer)
         if count > 0:
             with self._lock:
                 self._faults.append(fault)
@@ -835,6 +843,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("GET", _route("/api/api-keys/me"), "_api_key_me", False),
     ("POST", _route("/api/assets/bulk-upload-check"), "_bulk_upload_check", False),
     ("POST", _route("/api/assets"), "_upload", False),
+    ("DELETE", _route("/api/assets"), "_trash_assets", False),
     ("GET", _route("/api/assets/{id}"), "_get_asset", False),
     ("PUT", _route("/api/assets"), "_update_assets", False),
     ("GET", _route("/api/albums"), "_list_albums", False),
@@ -852,6 +861,23 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("GET", _route(STAND_IN_UPLOADS_PATH), "_stand_in_uploads", True),
     ("GET", _route(STAND_IN_ASSETS_PATH), "_stand_in_assets", True),
 ]
+
+
+# The permission each route needs from an API key (Immich's @Authenticated({permission})); a key holding
+# "all" may do everything. Routes not listed need only a valid key here.
+ROUTE_PERMISSIONS = {
+    "_users_me": "user.read",
+    "_bulk_upload_check": "asset.upload",
+    "_upload": "asset.upload",
+    "_trash_assets": "asset.delete",
+    "_get_asset": "asset.read",
+    "_list_albums": "album.read",
+    "_create_album": "album.create",
+    "_get_album": "album.read",
+    "_add_album_assets": "albumAsset.create",
+    "_add_to_albums": "albumAsset.create",
+    "_create_stack": "stack.create",
+}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -917,6 +943,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 status, payload = self._handle_api(path, query)
             except ApiError as exc:
                 status, payload = exc.status, self._error_payload(exc)
+            if fault is not None and fault.drop_answer:
+                self._reset_connection()  # done, but the answer is lost on the way (a cut cable, a proxy)
+                return
             if status == 204:
                 self._send_raw(204, b"", "application/json")
             else:
@@ -959,6 +988,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 continue
             if not public:
                 self._authenticate(query)
+                self._require_permission(ROUTE_PERMISSIONS.get(name))
             handler: Callable[[dict[str, str]], tuple[int, Any]] = getattr(self, name)
             return handler(match.groupdict())
         raise ApiError(404, "Not Found")
@@ -973,6 +1003,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise ApiError(401, "Authentication required")
         if key != self.app.api_key:
             raise ApiError(401, "Invalid API key")
+
+    def _require_permission(self, permission: str | None) -> None:
+        held = self.app.key_permissions
+        if permission is not None and "all" not in held and permission not in held:
+            raise ApiError(403, f"Missing required permission: {permission}")
 
     # --- responses -------------------------------------------------------------------------------------------
 
@@ -995,6 +1030,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, payload: Any, *, extra: dict[str, str] | None = None, drain: bool = True
     ) -> None:
+        if status == 204:  # No Content: Immich's answer to a trash request, no body at all
+            self._send_raw(status, b"", "application/json; charset=utf-8", extra, drain=drain)
+            return
         self._send_raw(
             status,
             json.dumps(payload, separators=(",", ":")).encode(),  # compact, as express sends it
@@ -1102,7 +1140,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return 200, self.app._user_json()
 
     def _api_key_me(self, _: dict[str, str]) -> tuple[int, Any]:
-        return 200, {"id": self.app.api_key_id, "name": "test", "permissions": ["all"]}
+        permissions = sorted(self.app.key_permissions)
+        return 200, {"id": self.app.api_key_id, "name": "test", "permissions": permissions}
 
     def _bulk_upload_check(self, _: dict[str, str]) -> tuple[int, Any]:
         payload = self._json_body()
@@ -1121,6 +1160,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _upload(self, _: dict[str, str]) -> tuple[int, Any]:
         app = self.app
+        app.upload_gate.wait(SOCKET_TIMEOUT_S)  # a test holds uploads here while it does something else
         headers = self._lower_headers()
         existing = app._asset_for_checksum(headers.get("x-immich-checksum", ""))
         if existing is not None:
@@ -1143,6 +1183,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise
         app._record_upload(parts.record(status, headers))
         return status, payload
+
+    def _trash_assets(self, _: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        ids = payload.get("ids") if isinstance(payload, dict) else None
+        force = payload.get("force", False) if isinstance(payload, dict) else False
+        if not isinstance(ids, list) or not all(isinstance(i, str) and _UUID_V4_RE.fullmatch(i) for i in ids):
+            raise ApiError(400, "Validation failed", [("ids", "Invalid UUID")])
+        if not isinstance(force, bool):
+            raise ApiError(400, "Validation failed", [("force", "Invalid input: expected boolean")])
+        self.app._trash(ids, force)
+        return 204, None
 
     def _get_asset(self, params: dict[str, str]) -> tuple[int, Any]:
         return 200, self.app._asset_json(self.app._asset_or_error(params["id"], "asset.read"))
@@ -1316,6 +1367,19 @@ class ImmichTestServer:
         self.updates: list[tuple[list[str], dict[str, Any]]] = []
         self.paused_queues: set[str] = set()
         self.errors: list[BaseException] = []  # unexpected exceptions inside the server (bugs), never printed
+        # What the API key may do (GET /api/api-keys/me); without "all", routes needing another permission
+        # answer 403 "Missing required permission: ..." as Immich does.
+        self.key_permissions: set[str] = {"all"}
+        # A server that lies in its bulk check (a bug, a proxy's cached answer, a host that is not the user's
+        # Immich): "random" answers every checksum "duplicate" with an asset id that exists nowhere,
+        # "any_asset" with the id of another user's asset of those bytes, else of some asset with other bytes.
+        # None: the truth.
+        self.bulk_check_lie: str | None = None
+        # The user's storage quota (None: unlimited); an upload past it answers 400 "Quota has been exceeded!".
+        self.quota_bytes: int | None = None
+        # Cleared, it holds every upload request until it is set again (a test acting while uploads are in flight).
+        self.upload_gate = threading.Event()
+        self.upload_gate.set()
         self.faults = FaultQueue()
         self.user_id = str(uuid.uuid4())
         self.api_key_id = str(uuid.uuid4())
@@ -1397,15 +1461,19 @@ class ImmichTestServer:
             asset_id = self._by_sha1.get(sha1_hex.lower())
             return self.assets.get(asset_id) if asset_id else None
 
-    def add_existing_asset(self, data: bytes, filename: str = "x.jpg") -> Asset:
-        """Pretend another tool uploaded `data` (not counted by upload_count)."""
+    def add_existing_asset(self, data: bytes, filename: str = "x.jpg", owner_id: str = "") -> Asset:
+        """Pretend another tool uploaded `data` (not counted by upload_count). With `owner_id`, the asset is
+        another user's (a partner's) that this key may read but that is not in its user's library."""
         with self._lock:
             sha1_hex = hashlib.sha1(data).hexdigest()
-            existing = self.asset_by_sha1(sha1_hex)
+            existing = None if owner_id else self.asset_by_sha1(sha1_hex)
             if existing is not None:
                 return existing
-            asset = Asset(str(uuid.uuid4()), sha1_hex, len(data), filename, {}, None)
-            self._add_asset(asset)
+            asset = Asset(str(uuid.uuid4()), sha1_hex, len(data), filename, {}, None, owner_id=owner_id)
+            if owner_id:
+                self.assets[asset.id] = asset  # readable, never this user's duplicate
+            else:
+                self._add_asset(asset)
             return asset
 
     def upload_count(self) -> int:
@@ -1450,6 +1518,14 @@ class ImmichTestServer:
 
     def _check_one(self, item_id: str, checksum: str) -> dict[str, Any]:
         asset = self._asset_for_checksum(checksum)
+        if asset is None and self.bulk_check_lie == "random":
+            asset = Asset(str(uuid.uuid4()), "", 0, "", {}, None)  # exists nowhere
+        elif asset is None and self.bulk_check_lie == "any_asset":
+            # Another user's asset of the same bytes if there is one (a partner's), else any asset at all.
+            sha1_hex = checksum_to_hex(checksum)
+            with self._lock:
+                same = [a for a in self.assets.values() if a.sha1_hex == sha1_hex]
+                asset = same[0] if same else next(iter(self.assets.values()), None)
         if asset is None:
             return {"id": item_id, "action": "accept"}
         return {
@@ -1485,6 +1561,8 @@ class ImmichTestServer:
             existing = self.asset_by_sha1(sha1_hex)
             if existing is not None:
                 return 200, {"id": existing.id, "status": "duplicate"}
+            if self.quota_bytes is not None and self._usage_bytes() + parts.size > self.quota_bytes:
+                raise ApiError(400, "Quota has been exceeded!")
             sidecar = parts.sidecar_sha1.hexdigest() if parts.sidecar_sha1 is not None else None
             # The DTO is read after multer, so a `filename` field names the asset even when it came after the file
             # (too late for the type check).
@@ -1504,14 +1582,18 @@ class ImmichTestServer:
         if video.fields.get("visibility", "timeline") == "timeline":
             video.fields["visibility"] = "hidden"
 
+    def _usage_bytes(self) -> int:
+        with self._lock:
+            return sum(a.size_bytes for a in self.assets.values() if not a.owner_id)
+
     def _user_json(self) -> dict[str, Any]:
         return {
             "id": self.user_id,
             "email": "test@example.com",
             "name": "Test",
             "isAdmin": self.admin,
-            "quotaSizeInBytes": None,
-            "quotaUsageInBytes": 0,
+            "quotaSizeInBytes": self.quota_bytes,
+            "quotaUsageInBytes": self._usage_bytes(),
             "storageLabel": "admin" if self.admin else None,
         }
 
@@ -1532,7 +1614,7 @@ class ImmichTestServer:
             duration_out = asset.fields.get("duration", "").strip() or "0:00:00.00000"
         return {
             "id": asset.id,
-            "ownerId": self.user_id,
+            "ownerId": asset.owner_id or self.user_id,
             "type": "VIDEO" if is_video(asset.filename) else "IMAGE",
             "checksum": base64.b64encode(bytes.fromhex(asset.sha1_hex)).decode(),
             "originalFileName": asset.filename,
@@ -1560,7 +1642,7 @@ class ImmichTestServer:
 
     def _statistics_json(self) -> dict[str, Any]:
         with self._lock:
-            live = [a for a in self.assets.values() if not a.is_trashed]
+            live = [a for a in self.assets.values() if not a.is_trashed and not a.owner_id]
         videos = [a for a in live if is_video(a.filename)]
         photos = [a for a in live if not is_video(a.filename)]
         usage_photos = sum(a.size_bytes for a in photos)
@@ -1649,8 +1731,11 @@ class ImmichTestServer:
     def _update_assets(self, asset_ids: list[str], payload: dict[str, Any]) -> None:
         with self._lock:
             assets = [self.assets.get(i) for i in asset_ids]
-            if any(a is None or (self.v3 and a.fields.get("visibility") == "locked") for a in assets):
-                raise ApiError(400, "Not found or no asset.update access")
+            if any(
+                a is None or a.owner_id or (self.v3 and a.fields.get("visibility") == "locked")
+                for a in assets
+            ):
+                raise ApiError(400, "Not found or no asset.update access")  # a partner's asset too
             for asset in assets:
                 assert asset is not None
                 if "isFavorite" in payload:
@@ -1664,6 +1749,20 @@ class ImmichTestServer:
                         asset.exif[name] = payload[name]
                 self._touch(asset)
             self.updates.append((list(asset_ids), dict(payload)))
+
+    def _trash(self, asset_ids: list[str], force: bool) -> None:
+        """DELETE /api/assets: into the trash (restorable), or gone for good with `force`. Ids this user does
+        not own are passed over, as Immich's access check drops them."""
+        with self._lock:
+            for asset_id in asset_ids:
+                asset = self.assets.get(asset_id)
+                if asset is None or asset.owner_id:
+                    continue
+                if force:
+                    del self.assets[asset_id]
+                    self._by_sha1.pop(asset.sha1_hex, None)
+                else:
+                    asset.is_trashed = True
 
     def _restore(self, asset_ids: list[str]) -> int:
         count = 0

@@ -86,7 +86,7 @@ def test_raw_and_jpeg_become_one_stack_with_the_jpeg_on_top(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     jpeg = library.photo("shoot/IMG_1.jpg", n=1)
-    library.write("shoot/IMG_1.CR2", b"raw data" * 200)
+    library.write("shoot/IMG_1.CR2", b"II*\x00" + b"raw data" * 200)
     library.photo("shoot/IMG_2.jpg", n=2)  # no RAW: not stacked
     status, summary = sync(server_env, "--stack-raw-jpeg")
     assert status == 0 and summary["stacks_created"] == 1
@@ -232,7 +232,7 @@ def test_delete_leaves_a_sidecar_another_file_still_needs(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     jpeg = library.photo("s/IMG_1.jpg", n=1)
-    raw = library.write("s/IMG_1.CR2", b"raw" * 300)
+    raw = library.write("s/IMG_1.CR2", b"II*\x00" + b"raw" * 300)
     shared = library.write("s/IMG_1.xmp", b"<x:xmpmeta/>")
     sync(server_env, "--only-images", "--exclude", "*.CR2")
     status, summary = sync(server_env, "--delete-uploaded", "--only-images", "--exclude", "*.CR2")
@@ -321,7 +321,7 @@ def test_sidecar_that_went_up_with_its_photo_goes_with_it(
 def test_sidecar_of_the_original_stays_when_its_converted_copy_is_deleted(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    original = library.write("c/IMG_9.HEIC", b"heic bytes" * 100)
+    original = library.write("c/IMG_9.HEIC", b"\x00\x00\x00\x18ftypheic" + b"heic bytes" * 100)
     converted = library.photo("c/IMG_9.HEIC.jpg", n=9)
     sidecar = library.write("c/IMG_9.HEIC.xmp", b"<x:xmpmeta>edits of the HEIC</x:xmpmeta>")
     status, summary = sync(server_env, "--delete-uploaded", "--exclude", "*.HEIC")
@@ -354,15 +354,16 @@ def test_sigterm_stops_deletion_at_once(
     photos = library.photos(30)
     sync(server_env)
     deleted: list[str] = []
-    real_remove = os.remove
+    real_unlink = os.unlink
 
-    def remove_then_signal(path: object) -> None:
-        real_remove(path)  # type: ignore[arg-type]
-        deleted.append(str(path))
-        if len(deleted) == 3:
-            os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from another terminal would
+    def unlink_then_signal(path: object, *args: object, **kwargs: object) -> None:
+        real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+        if b".immich-uploader-deleting-" in os.fsencode(path):  # type: ignore[arg-type]
+            deleted.append(str(path))
+            if len(deleted) == 3:
+                os.kill(os.getpid(), signal.SIGTERM)  # as `kill` from another terminal would
 
-    monkeypatch.setattr(os, "remove", remove_then_signal)
+    monkeypatch.setattr(os, "unlink", unlink_then_signal)
     status, summary = sync(server_env, "--delete-uploaded")
     assert status == 130 and summary["deleted"] == 3
     assert sum(p.exists() for p in photos) == 27
@@ -372,7 +373,7 @@ def test_failed_album_or_stack_step_holds_deletion_back(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     photo = library.photo("a/IMG_1.jpg", n=1)
-    raw = library.write("a/IMG_1.CR2", b"raw data" * 200)
+    raw = library.write("a/IMG_1.CR2", b"II*\x00" + b"raw data" * 200)
     alone = library.photo("b/IMG_2.jpg", n=2)
     immich.faults.add(status=400, path="/api/stacks", method="POST")
     status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
@@ -391,7 +392,7 @@ def test_raw_waiting_to_be_uploaded_keeps_its_jpeg_when_stacking(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     photo = library.photo("a/IMG_1.jpg", n=1)
-    raw = library.write("a/IMG_1.NEF", b"raw data" * 200)
+    raw = library.write("a/IMG_1.NEF", b"II*\x00" + b"raw data" * 200)
     status, summary = sync(
         server_env, "--stack-raw-jpeg", "--delete-uploaded", "--only-images", "--exclude", "*.NEF"
     )
@@ -501,7 +502,7 @@ def test_a_second_cover_beside_a_raw_is_not_waited_for_and_does_not_hold_the_raw
 ) -> None:
     jpeg = library.photo("a/IMG_1.jpg", n=1)
     heic = library.photo("a/IMG_1.heic", n=2)  # one cover is stacked with the RAW, the other stays alone
-    raw = library.write("a/IMG_1.DNG", b"raw data" * 200)
+    raw = library.write("a/IMG_1.DNG", b"II*\x00" + b"raw data" * 200)
     status, summary = sync(server_env, "--stack-raw-jpeg", "--delete-uploaded")
     assert status == 0 and summary["stacks_created"] == 1
     (stack,) = immich.stacks.values()
@@ -510,26 +511,209 @@ def test_a_second_cover_beside_a_raw_is_not_waited_for_and_does_not_hold_the_raw
     assert not jpeg.exists() and not heic.exists() and not raw.exists() and summary["deleted"] == 3
 
 
-def test_a_server_refusal_between_slices_stops_deletion_and_counts_what_went(
+def test_a_server_gone_between_confirmations_stops_deletion_and_counts_what_went(
     server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import organize
 
     photos = library.photos(4)
     monkeypatch.setattr(organize, "DELETE_SLICE_FILES", 2)
-    checks = 0
-    real_held_now = organize.held_now
+    sync(server_env)
+    server_env.set(SERVER_WAIT="0.5")
+    removed = 0
+    real_record = organize.Store.record_deleted
 
-    def refused_after_the_first_slice(client, items):  # type: ignore[no-untyped-def]
-        nonlocal checks
-        checks += 1
-        if checks == 3:  # the first word on all four, then the first slice's: the server now refuses
-            immich.faults.add(status=400, path="/api/assets/bulk-upload-check", method="POST")
-        return real_held_now(client, items)
+    def record_then_go_away(store, row_id):  # type: ignore[no-untyped-def]
+        nonlocal removed
+        real_record(store, row_id)
+        removed += 1
+        if removed == 2:  # the first slice went; the server is gone before the second is confirmed
+            immich.down()
 
-    monkeypatch.setattr(organize, "held_now", refused_after_the_first_slice)
+    monkeypatch.setattr(organize.Store, "record_deleted", record_then_go_away)
     status, summary = sync(server_env, "--delete-uploaded")
     assert status == 1 and summary["deleted"] == 2 and summary["errors"] == 1
     assert sum(p.exists() for p in photos) == 2
     deleted = [r for r in db_rows(server_env) if r["deleted_at"] is not None]
     assert len(deleted) == 2
+
+
+# --- deletion checks its own target (issue 22) ---------------------------------------------------------------
+
+
+def kept_reasons(summary: dict[str, object]) -> dict[str, int]:
+    return dict(summary["kept"])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("lie", ["random", "any_asset"])
+def test_a_bulk_check_that_says_duplicate_for_everything_deletes_nothing(
+    server_env: Env, library: Library, immich: ImmichTestServer, lie: str
+) -> None:
+    immich.add_existing_asset(b"some other photo's bytes")
+    photos = library.photos(4)
+    immich.bulk_check_lie = lie
+    status, summary = sync(server_env, "--delete-uploaded", "--delete-duplicates")
+    assert status == 0 and summary["duplicates"] == 4 and summary["deleted"] == 0
+    assert all(p.exists() for p in photos)
+    assert sum(kept_reasons(summary).values()) == 4
+    expected = organize_reason("KEPT_NOT_HELD") if lie == "random" else organize_reason("KEPT_OTHER_BYTES")
+    assert kept_reasons(summary) == {expected: 4}
+
+
+def organize_reason(name: str) -> str:
+    import organize
+
+    return str(getattr(organize, name))
+
+
+def test_a_database_pointed_at_a_lying_server_deletes_nothing(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photos = library.photos(5)
+    assert sync(server_env)[1]["uploaded"] == 5
+    with ImmichTestServer(api_key=API_KEY) as liar:
+        liar.bulk_check_lie = "random"
+        server_env.set(IMMICH_URL=liar.url)
+        status, summary = sync(server_env, "--delete-uploaded", "--delete-duplicates")
+        assert status == 0 and summary["deleted"] == 0 and all(p.exists() for p in photos)
+        assert kept_reasons(summary) == {organize_reason("KEPT_NOT_HELD"): 5}
+        assert liar.upload_count() == 0
+
+
+def test_a_partners_asset_of_the_same_bytes_is_no_reason_to_delete(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    immich.add_existing_asset(photo.read_bytes(), owner_id="partner-user-id")
+    immich.bulk_check_lie = "any_asset"  # answers with the partner's asset
+    status, summary = sync(server_env, "--delete-uploaded", "--delete-duplicates")
+    assert status == 0 and summary["deleted"] == 0 and photo.exists()
+    assert kept_reasons(summary) == {organize_reason("KEPT_OTHER_OWNER"): 1}
+
+
+def test_a_key_that_may_not_read_assets_deletes_nothing_and_says_why(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photos = library.photos(2)
+    immich.key_permissions = {"asset.upload", "user.read"}
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and status == 0 and summary["uploaded"] == 2 and summary["deleted"] == 0
+    assert all(p.exists() for p in photos)
+    assert kept_reasons(summary) == {organize_reason("KEPT_NO_ASSET_READ"): 2}
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--delete-uploaded")
+    assert "kept locally" in result.stderr and "asset.read" in result.stderr
+
+
+def test_a_file_renamed_onto_the_path_while_it_is_deleted_stays(
+    server_env: Env,
+    library: Library,
+    immich: ImmichTestServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    import organize
+
+    (photo,) = library.photos(1)
+    sync(server_env)
+    saved = make_jpeg(tmp_path / "editor-temp.jpg", color=(9, 9, 9))  # an editor's save, written aside
+    real_record = organize.Store.record_deleting
+
+    def save_by_rename_then_record(store, row_id, intent):  # type: ignore[no-untyped-def]
+        if intent is not None:
+            os.rename(saved, photo)  # lands between the last check and the move
+        real_record(store, row_id, intent)
+
+    monkeypatch.setattr(organize.Store, "record_deleting", save_by_rename_then_record)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 0 and photo.exists()
+    assert immich.asset_by_sha1(sha1_of(photo)) is None  # the bytes at the path were never sent
+    assert not [p for p in photo.parent.iterdir() if p.name.startswith(".immich-uploader")]
+
+
+def test_an_edit_keeping_size_and_mtime_during_the_final_check_is_not_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from immich_client import ImmichClient
+
+    (photo,) = library.photos(1)
+    sync(server_env)
+    real_asset = ImmichClient.asset
+
+    def edit_while_confirming(client, asset_id):  # type: ignore[no-untyped-def]
+        answer = real_asset(client, asset_id)
+        edit_in_place_keeping_size_and_mtime(photo)  # after the hash, before the removal
+        return answer
+
+    monkeypatch.setattr(ImmichClient, "asset", edit_while_confirming)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == 0 and photo.exists()
+    assert kept_reasons(summary) == {organize_reason("KEPT_RACED"): 1}
+
+
+def test_a_deletion_cut_short_by_a_kill_is_put_back_by_the_next_run(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    import organize
+
+    first, second = library.photos(2)
+    sync(server_env)
+    newcomer = second.read_bytes()[::-1]
+    sent_sha1 = sha1_of(second)
+    store = open_store(server_env.settings())
+    try:
+        ids = {Path(str(r["filepath"])).name: int(r["id"]) for r in store.rows()}  # type: ignore[call-overload]
+        # What a kill -9 between the move and the unlink leaves: each file under its recorded temporary name;
+        # meanwhile a new file appeared at the second one's path.
+        for path in (first, second):
+            temp = path.parent / ".immich-uploader-deleting-abc123"
+            temp = temp.with_name(temp.name + path.stem)
+            store.record_deleting(ids[path.name], f"file:{temp.name}")
+            os.rename(path, temp)
+        store.set_state(f"{organize.DELETING_STATE}:{store.scope}", "running")
+    finally:
+        store.close()
+    second.write_bytes(newcomer)
+    status, summary = sync(server_env)
+    assert status == 0 and status == 0 and summary["missing"] == 0
+    assert first.exists() and sha1_of(first) == rows(server_env)[first.name]["sha1"]
+    assert second.read_bytes() == newcomer  # never moved back over the file that appeared
+    kept = second.with_name(f"{second.stem} (kept by immich-uploader 1){second.suffix}")
+    assert kept.exists() and sha1_of(kept) == sent_sha1
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".immich-uploader")]
+    assert all(r["deleting_as"] is None for r in db_rows(server_env))
+
+
+def test_dry_run_counts_what_the_real_run_would_delete_including_files_it_sends_first(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    sent = library.photos(3)
+    sync(server_env)
+    new = library.photos(2, folder="new", start=10)
+    have = library.photo("have/x.jpg", n=50)
+    immich.add_existing_asset(have.read_bytes())
+    result = run_inprocess(
+        sync_upload.main, "--env-file", str(server_env.path), "--dry-run", "--delete-uploaded", "--json"
+    )
+    dry = json.loads(result.stdout)
+    assert dry["would_delete_now"] == 3 and dry["would_delete_after_upload"] == 2
+    assert dry["would_delete"] == 5
+    assert all(p.exists() for p in [*sent, *new, have])
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["deleted"] == dry["would_delete"] == 5 and have.exists()
+    assert kept_reasons(summary) == {organize_reason("KEPT_DUPLICATE"): 1}
+
+
+def test_files_reached_through_a_symlinked_folder_are_uploaded_but_never_deleted(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    outside = Library(tmp_path / "other-disk")
+    linked = outside.photos(2)
+    os.symlink(outside.root / "photos", library.root / "from-other-disk")
+    link_to_file = library.root / "one-more.jpg"
+    (single,) = outside.photos(1, folder="single", start=5)
+    os.symlink(single, link_to_file)
+    (own,) = library.photos(1, folder="own", start=7)
+    status, summary = sync(server_env, "--delete-uploaded")
+    assert status == 0 and summary["uploaded"] == 4 and summary["deleted"] == 1 and not own.exists()
+    assert all(p.exists() for p in [*linked, single]) and link_to_file.is_symlink()
+    assert kept_reasons(summary) == {organize_reason("KEPT_OUTSIDE"): 2, organize_reason("KEPT_LINK"): 1}

@@ -6,10 +6,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 import scan_files
 import scanner
 from db_manager import open_store
-from tests.conftest import Env, Library, rows_by_name, run_inprocess
+from tests.conftest import Env, Library, db_rows, rows_by_name, run_inprocess
 from utils import text_to_path
 
 
@@ -20,8 +22,8 @@ def scan(env: Env, *extra: str) -> tuple[int, dict[str, object], str]:
 
 def test_finds_photos_videos_and_raw_case_insensitively_and_skips_junk(env: Env, library: Library) -> None:
     library.photo("2021/IMG_0001.JPG", n=1)
-    library.write("2021/IMG_0002.CR2", b"raw-bytes" * 100)
-    library.write("2021/clip.mp4", b"not really a video" * 10)
+    library.write("2021/IMG_0002.CR2", b"II*\x00" + b"raw-bytes" * 100)
+    library.write("2021/clip.mp4", b"\x00\x00\x00\x18ftypmp42" + b"not really a video" * 10)
     library.write("2021/IMG_0001.xmp", b"<x:xmpmeta/>")  # sidecar: not a media row
     library.write("2021/notes.txt", b"hello")
     library.write(".hidden/IMG_9.jpg", b"x" * 10)
@@ -170,15 +172,155 @@ def test_non_utf8_names_and_very_long_paths_are_recorded(env: Env, library: Libr
     assert all(os.path.exists(p) for p in paths)
 
 
-def test_symlinked_files_followed_folders_not_dangling_links_passed_over(env: Env, library: Library) -> None:
+def test_symlinked_files_are_followed_and_dangling_links_are_errors(env: Env, library: Library) -> None:
     target = library.photo("real/a.jpg", n=1)
     os.symlink(target, library.root / "link_to_a.jpg")
-    os.symlink(library.root / "real", library.root / "loop")
     os.symlink(library.root / "nowhere.jpg", library.root / "dangling.jpg")
     status, summary, _ = scan(env)
     assert set(rows_by_name(env)) == {"a.jpg", "link_to_a.jpg"}
     assert summary["found"] == 2 and summary["errors"] == 1 and status == 1  # the dangling link, counted
-    assert "dangling.jpg: dangling symlink" in env.settings().log_file.read_text()
+    assert "dangling.jpg: dangling symbolic link" in env.settings().log_file.read_text()
+
+
+def test_a_symlinked_folder_is_followed_once_under_the_same_path_every_run(
+    env: Env, library: Library, tmp_path: Path
+) -> None:
+    elsewhere = Library(tmp_path / "disk2")
+    elsewhere.photos(2, folder="2019")
+    os.symlink(elsewhere.root / "2019", library.root / "b-link")
+    os.symlink(elsewhere.root / "2019", library.root / "a-link")  # a second way in: walked once, from a-link
+    library.photo("real/x.jpg", n=9)
+    os.symlink(library.root / "real", library.root / "real-again")  # into a folder walked anyway
+    os.symlink(library.root, library.root / "real" / "loop")  # back to the top
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["found"] == 3 and summary["errors"] == 0
+    paths = sorted(str(r["filepath"]) for r in db_rows(env))
+    assert paths == [
+        f"{library.root}/a-link/IMG_0000.jpg",
+        f"{library.root}/a-link/IMG_0001.jpg",
+        f"{library.root}/real/x.jpg",
+    ]
+    for _ in range(2):  # the same paths again: nothing new, nothing missing
+        status, summary, _ = scan(env)
+        assert status == 0 and summary["unchanged"] == 3 and summary["new"] == 0 and summary["missing"] == 0
+
+
+def test_a_symlinked_folder_whose_target_is_gone_leaves_its_rows_alone(
+    env: Env, library: Library, tmp_path: Path
+) -> None:
+    disk = Library(tmp_path / "usb")
+    disk.photos(2)
+    os.symlink(disk.root / "photos", library.root / "usb")
+    library.photo("here.jpg", n=5)
+    scan(env)
+    (disk.root / "photos").rename(tmp_path / "unmounted")  # the disk is not there tonight
+    status, summary, _ = scan(env)
+    assert status == 1 and summary["errors"] == 1 and summary["missing"] == 0
+    assert all(r["missing_since"] is None for r in db_rows(env))
+
+
+def test_a_folder_that_cannot_be_listed_is_its_own_error_and_its_rows_are_not_missing(
+    env: Env, library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    library.photos(2, folder="locked")
+    library.photo("open/b.jpg", n=7)
+    scan(env)
+    real_scandir = os.scandir
+    locked = os.fsencode(library.root / "locked")
+
+    def refuse_locked(path):  # type: ignore[no-untyped-def]
+        if os.fsencode(path) == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse_locked)
+    status, summary, _ = scan(env)
+    assert status == 1 and summary["errors"] == 1 and summary["missing"] == 0
+    assert all(r["missing_since"] is None for r in db_rows(env))
+
+
+def test_a_link_to_another_users_file_outside_the_sources_is_not_followed(
+    env: Env, library: Library, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("making a file of another user needs root")
+    secret = tmp_path / "other-user" / "shadow"
+    secret.parent.mkdir()
+    secret.write_bytes(b"\xff\xd8\xff" + os.urandom(300))  # even a file that looks like a photo
+    os.chown(secret, 4242, 4242)
+    os.symlink(secret, library.root / "SHADOW.jpg")
+    mine = tmp_path / "mine.jpg"
+    mine.write_bytes((library.root / library.photo("p.jpg", n=1).name).read_bytes())
+    os.symlink(mine, library.root / "link-to-mine.jpg")  # my own file: followed
+    status, summary, _ = scan(env)
+    assert set(rows_by_name(env)) == {"p.jpg", "link-to-mine.jpg"}
+    assert status == 1 and summary["errors"] == 1
+    assert "SHADOW.jpg: symbolic link to" in env.settings().log_file.read_text()
+
+
+def test_a_file_whose_content_is_not_media_is_skipped_with_its_reason(env: Env, library: Library) -> None:
+    library.write("passwd.jpg", b"root:x:0:0:root:/root:/bin/bash\n" * 20)
+    library.write("report.jpg", b"%PDF-1.7\n" + bytes(range(256)) * 4)
+    library.photo("real.jpg", n=1)
+    status, summary, _ = scan(env)
+    rows = rows_by_name(env)
+    assert status == 0 and summary["skipped"] == 2
+    assert rows["passwd.jpg"]["upload_status"] == "skipped" and "text" in str(
+        rows["passwd.jpg"]["last_error"]
+    )
+    assert "PDF" in str(rows["report.jpg"]["last_error"]) and rows["real.jpg"]["upload_status"] == "pending"
+
+
+def test_immich_own_storage_is_never_scanned(env: Env, library: Library, tmp_path: Path) -> None:
+    library.photo("mine/a.jpg", n=1)
+    for folder in ("library", "upload", "thumbs", "encoded-video"):
+        library.photo(f"nas/immich/{folder}/admin/x{folder}.jpg", n=len(folder))
+        library.write(f"nas/immich/{folder}/.immich", b"")
+    status, summary, _ = scan(env)
+    assert status == 0 and set(rows_by_name(env)) == {"a.jpg"}
+    env.set(SOURCE_DIR=library.root / "nas" / "immich" / "library" / "admin")  # a source inside it
+    status, summary, stderr = scan(env)
+    assert status == 2 and summary["found"] == 0 and "Immich's own storage" in stderr
+
+
+def test_the_whole_system_is_refused_as_a_source(env: Env) -> None:
+    env.set(SOURCE_DIR="/")
+    result = run_inprocess(scan_files.main, "--env-file", str(env.path))
+    assert result.status == 2 and "is the whole system" in result.stderr
+    assert db_rows(env) == []
+
+
+def test_single_files_as_arguments_are_a_folder_of_one(env: Env, library: Library) -> None:
+    one, two, _three = library.photos(3)
+    status, summary, _ = scan(env, str(one), str(two))
+    assert status == 0 and summary["found"] == 2 and set(rows_by_name(env)) == {one.name, two.name}
+    one.unlink()
+    status, summary, _ = scan(env, str(two))
+    assert summary["missing"] == 0  # a file not named this time is not this run's business
+    status, summary, _ = scan(env, str(one), str(two))
+    assert status == 2 and summary["missing"] == 0  # named, gone, and recorded: not mounted?
+
+
+def test_a_file_still_being_written_is_read_again_next_run_never_half(
+    env: Env, library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    growing = library.photo("video-copying-in.jpg", n=1)
+    real = scanner.fingerprint_file
+    appended = []
+
+    def written_meanwhile(path, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if not appended:
+            with open(path, "ab") as f:  # the copy goes on between the walk and the read
+                f.write(b"more")
+            appended.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(scanner, "fingerprint_file", written_meanwhile)
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["changing"] == 1 and summary["errors"] == 0 and db_rows(env) == []
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["new"] == 1
+    assert rows_by_name(env)[growing.name]["file_size"] == growing.stat().st_size
 
 
 def test_several_roots_and_ignore_patterns(env: Env, library: Library, tmp_path: Path) -> None:

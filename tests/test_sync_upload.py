@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -87,21 +88,66 @@ def test_without_a_server_it_scans_then_names_the_two_settings(env: Env, library
     assert row_statuses(env) == ["pending", "pending"]
 
 
+def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) -> None:
+    """Wait on a condition (never on the clock alone); fail with `what` if it never holds."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def uploads_arrived(server: ImmichTestServer) -> int:
+    return sum(1 for method, path in server.requests_log if (method, path) == ("POST", "/api/assets"))
+
+
 def test_second_run_while_one_is_going_exits_0_at_once(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     library.photos(2)
-    immich.faults.add(delay_s=3.0, path="/api/users/me")
+    immich.upload_gate.clear()  # the first run holds the lock, its uploads held at the server
     first = start_process("sync_upload.py", "--env-file", str(server_env.path), "--no-progress")
     try:
-        time.sleep(1.0)
-        started = time.monotonic()
+        wait_for(lambda: uploads_arrived(immich) > 0, "the first run's upload")
         second = run_process("sync_upload.py", "--env-file", str(server_env.path))
         assert second.status == 0 and "another run is in progress" in second.stderr
-        assert time.monotonic() - started < 2.5
     finally:
+        immich.upload_gate.set()
         first.wait(30)
     assert first.returncode == 0
+
+
+def test_a_database_restart_mid_run_lets_no_second_run_start_beside_it(
+    server_env: Env, library: Library, immich: ImmichTestServer, backend: str
+) -> None:
+    if backend != "mysql":
+        pytest.skip("a database server restart is a MySQL matter")
+    import pymysql
+
+    from tests.conftest import MYSQL
+
+    photos = library.photos(12)
+    server_env.set(UPLOAD_CONCURRENCY=2)
+    first = start_process("sync_upload.py", "--env-file", str(server_env.path), "--no-progress")
+    try:
+        wait_for(lambda: immich.upload_count() >= 2, "the first uploads")
+        immich.upload_gate.clear()
+        wait_for(lambda: uploads_arrived(immich) >= immich.upload_count() + 2, "uploads held in flight")
+        # What a restart does to the run: every connection it had is gone (its locks with them).
+        database = server_env.values["DB_NAME"]
+        admin = pymysql.connect(**MYSQL)
+        with admin.cursor() as cur:
+            cur.execute("SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s", (database,))
+            for (connection_id,) in cur.fetchall():
+                cur.execute(f"KILL {int(connection_id)}")
+        admin.close()
+        second = run_process("sync_upload.py", "--env-file", str(server_env.path), "--no-progress")
+        assert second.status == 0 and "another run is in progress" in second.stderr
+    finally:
+        immich.upload_gate.set()
+        first.wait(60)
+    assert first.returncode == 0, first.stderr.read() if first.stderr else ""
+    assert immich.upload_count() == len(photos)
+    assert all(count == 1 for count in bodies_per_checksum(immich).values())
 
 
 def test_sigterm_stops_cleanly_with_exit_130_and_true_rows(
@@ -155,15 +201,6 @@ def test_server_version_2_gets_device_fields_in_sync(env: Env, library: Library)
         assert status == 0 and summary["uploaded"] == 2
 
 
-def wait_for(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_watch_uploads_new_files_once_they_settle_and_survives_the_server_going_away(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
@@ -171,14 +208,14 @@ def test_watch_uploads_new_files_once_they_settle_and_survives_the_server_going_
     server_env.set(WATCH_SETTLE="0.5", MAX_RETRIES=0)
     proc = start_process("sync_upload.py", "--env-file", str(server_env.path), "--watch", "--no-progress")
     try:
-        assert wait_for(lambda: immich.upload_count() == 1)
+        wait_for(lambda: immich.upload_count() == 1, "the first upload")
         library.photo("later/new.jpg", n=5)
-        assert wait_for(lambda: immich.upload_count() == 2)
+        wait_for(lambda: immich.upload_count() == 2, "the new file's upload")
         immich.down()
         library.photo("later/while_down.jpg", n=6)
         time.sleep(2.0)  # a pass fails to connect and waits to retry
         immich.up()
-        assert wait_for(lambda: immich.upload_count() == 3, timeout_s=30)
+        wait_for(lambda: immich.upload_count() == 3, "the upload after the server came back")
     finally:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=30)
@@ -246,3 +283,106 @@ def test_files_the_upload_queue_had_no_room_for_during_the_scan_are_sent_after_i
     assert overflowed == [True]  # the scan outran the uploads: the rest waited in the database
     assert status == 0 and summary["uploaded"] == 12
     assert max(bodies_per_checksum(immich).values()) == 1 and len(bodies_per_checksum(immich)) == 12
+
+
+def test_a_failure_of_the_main_thread_mid_upload_closes_nothing_under_the_workers(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import db_manager
+    import scanner
+
+    library.photos(40)
+    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 5)
+    immich.faults.add(delay_s=0.2, count=40, path="/api/assets", method="POST")
+    saves = 0
+    real_save = scanner._SaveBatch.save
+
+    def save_then_fail(batch):  # type: ignore[no-untyped-def]
+        nonlocal saves
+        real_save(batch)
+        saves += 1
+        if saves == 2:  # uploads of the first batch are in flight
+            wait_for(lambda: uploads_arrived(immich) > 0, "an upload in flight")
+            raise RuntimeError("a bug in the scan")
+
+    alive_at_close: list[list[str]] = []
+    store_close = {name: getattr(db_manager, name).close for name in ("SqliteStore", "MysqlStore")}
+
+    def close_and_look(store):  # type: ignore[no-untyped-def]
+        alive_at_close.append([t.name for t in threading.enumerate() if t.name.startswith("upload-")])
+        store_close[type(store).__name__](store)
+
+    monkeypatch.setattr(scanner._SaveBatch, "save", save_then_fail)
+    monkeypatch.setattr(db_manager.SqliteStore, "close", close_and_look)
+    monkeypatch.setattr(db_manager.MysqlStore, "close", close_and_look)
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
+    assert result.status == 70 and "a bug in the scan" in result.stderr
+    assert alive_at_close and alive_at_close[0] == []  # every worker was stopped and joined first
+    assert immich.errors == []
+
+
+def test_the_state_database_deleted_during_a_run_stops_it_with_one_line(
+    server_env: Env, library: Library, immich: ImmichTestServer, backend: str
+) -> None:
+    if backend != "sqlite":
+        pytest.skip("a database file is a SQLite matter")
+    import threading
+
+    library.photos(6)
+    server_env.set(UPLOAD_CONCURRENCY=1)
+    database = server_env.settings().db_path
+    immich.upload_gate.clear()
+
+    def delete_the_database_mid_run() -> None:
+        wait_for(lambda: uploads_arrived(immich) > 0, "the first upload")
+        database.unlink()
+        immich.upload_gate.set()
+
+    remover = threading.Thread(target=delete_the_database_mid_run)
+    remover.start()
+    try:
+        result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
+    finally:
+        immich.upload_gate.set()
+        remover.join()
+    assert result.status == 2
+    assert "was deleted or replaced during the run" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_file_whose_answer_was_lost_is_this_machines_upload_not_a_duplicate(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photos = library.photos(3)
+    # The server stores the first upload, then the connection is cut before its answer arrives.
+    immich.faults.add(drop_answer=True, path="/api/assets", method="POST")
+    status, summary = sync(server_env, "--delete-uploaded")[:2]
+    assert status == 0 and summary["uploaded"] == 3 and summary["duplicates"] == 0
+    assert summary["deleted"] == 3 and not any(p.exists() for p in photos)
+    assert set(row_statuses(server_env)) == {"success"}
+
+
+def test_a_file_sent_by_a_run_killed_before_it_recorded_the_answer_is_this_machines_upload(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    run_process("scan_files.py", "--env-file", str(server_env.path))
+    immich.add_existing_asset(photo.read_bytes())  # what the killed run's upload left on the server
+    store = open_store(server_env.settings())
+    try:
+        (row,) = store.rows()
+        from immich_client import ImmichClient
+        from uploader import adopt_target, connect
+
+        client = ImmichClient(server_env.settings())
+        target = adopt_target(client, store, connect(client))
+        client.close()
+        store.mark_sending([int(row["id"])], target)  # it was offered to this server, which lacked it then
+    finally:
+        store.close()
+    status, summary, _ = sync(server_env, "--delete-uploaded")
+    assert (
+        status == 0 and summary["recovered"] == 1 and summary["duplicates"] == 0 and summary["deleted"] == 1
+    )
+    assert summary["uploaded"] == 0 and row_statuses(server_env) == ["success"] and immich.upload_count() == 0

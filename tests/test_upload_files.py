@@ -220,7 +220,7 @@ def test_server_down_at_start_is_one_line_exit_2(env: Env, library: Library) -> 
 def test_unsupported_types_are_skipped_with_the_reason(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    library.write("odd.xyz", b"x" * 100)
+    library.write("odd.xyz", b"\x00\x01" * 50)
     server_env.set(IMAGE_EXTENSIONS="jpg,xyz")
     scan(server_env)
     status, summary, _ = upload(server_env)
@@ -247,15 +247,18 @@ def test_dry_run_asks_the_server_and_sends_nothing_and_limit_sends_n(
     assert summary["uploaded"] == 2 and immich.upload_count() == 2
 
 
-def test_file_changed_since_scan_is_rehashed_before_sending(
+def test_file_changed_since_scan_waits_for_the_next_scan_and_is_never_sent_half_read(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     path = library.photo("a.jpg", n=1)
     scan(server_env)
-    library.photo("a.jpg", n=50)
+    library.photo("a.jpg", n=50)  # seen changing: still being written, or edited since
     os.utime(path, ns=(3_000_000_000_000_000_000, 3_000_000_000_000_000_000))
-    status, _, _ = upload(server_env)
-    assert status == 0
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["changing"] == 1 and summary["uploaded"] == 0 and not immich.assets
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1
     (asset,) = immich.assets.values()
     assert asset.sha1_hex == hashlib.sha1(path.read_bytes()).hexdigest()
 
@@ -573,3 +576,34 @@ def test_id_set_holds_exactly_the_ids_given() -> None:
     ids = uploader.IdSet()
     ids.update([0, 7, 8, 1_000_003])
     assert [i for i in (0, 1, 7, 8, 9, 1_000_002, 1_000_003, 5_000_000) if i in ids] == [0, 7, 8, 1_000_003]
+
+
+def test_files_that_failed_on_a_full_quota_are_tried_once_the_server_has_room(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    first, second = library.photos(2)
+    immich.quota_bytes = max(first.stat().st_size, second.stat().st_size) + 10  # room for one
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert summary["uploaded"] == 1 and summary["error_kinds"] == {"quota": 1}
+    status, summary, _ = upload(server_env)  # still full: the failed file waits its turn
+    assert summary["uploaded"] == 0 and summary["errors"] == 0
+    immich.quota_bytes = None  # the admin raised it
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 1 and immich.upload_count() == 2
+
+
+def test_verify_with_dry_run_checks_and_changes_nothing(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    gone, _kept = library.photos(2)
+    scan(server_env)
+    upload(server_env)
+    del immich.assets[immich.asset_by_sha1(hashlib.sha1(gone.read_bytes()).hexdigest()).id]  # type: ignore[union-attr]
+    before = statuses(server_env)
+    result = run_inprocess(
+        upload_files.main, "--env-file", str(server_env.path), "--verify", "--reupload", "--dry-run"
+    )
+    assert result.status == 1 and f"gone from Immich: {gone}" in result.stdout
+    assert "would be queued to be sent again" in result.stderr
+    assert statuses(server_env) == before and immich.upload_count() == 2
