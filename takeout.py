@@ -740,6 +740,7 @@ def open_zip(path: Path, renamed: set[int]) -> zipfile.ZipFile:
 class OpenedTakeout(NamedTuple):
     archives: list[Archive]
     passed_over: list[str]  # zips of a folder argument that are no Takeout part, and why
+    unreadable: list[tuple[str, str]]  # parts that cannot be read at all (a download cut short): (path, why)
 
 
 def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
@@ -747,6 +748,7 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
     recognised by their structure; the other zips are passed over, and said so."""
     archives: list[Archive] = []
     passed_over: list[str] = []
+    unreadable: list[tuple[str, str]] = []
     seen: set[Path] = set()
     for path in paths:
         if not path.exists():
@@ -755,7 +757,10 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
             continue
         seen.add(path.resolve())
         if not path.is_dir():
-            archives.append(Archive(path))
+            try:
+                archives.append(Archive(path))
+            except ConfigError as exc:
+                unreadable.append((str(path), _why(exc)))
             continue
         zips = sorted(p for p in path.iterdir() if p.suffix.lower() == ".zip" and p.is_file())
         parts, others = [], []
@@ -763,7 +768,10 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
             try:
                 archive = Archive(z)
             except ConfigError as exc:
-                others.append(f"{z.name} ({str(exc).rsplit('(', 1)[-1].rstrip(')')})")
+                if z.name.lower().startswith("takeout"):
+                    unreadable.append((str(z), _why(exc)))  # a part, damaged: its photos are missing
+                else:
+                    others.append(f"{z.name} ({_why(exc)})")
                 continue
             if archive.is_takeout_part():
                 parts.append(archive)
@@ -775,16 +783,27 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
             archives += parts
             passed_over += [f"{path.name}/{other}" for other in others]
         elif (
-            others
+            (others or unreadable)
             and not (path / "Takeout").is_dir()
             and path.name != "Takeout"
             and not _service_folders(path)
         ):
+            if unreadable:
+                continue  # only damaged parts here: said below, or as this run's errors
             raise ConfigError(f"--takeout: no Google Takeout in {path}: passed over {', '.join(others)}")
         else:
             archives.append(Archive(path))
             passed_over += [f"{path.name}/{other}" for other in others]
-    return OpenedTakeout(archives, passed_over)
+    if not archives and unreadable:
+        raise ConfigError(
+            "--takeout: no part can be read: " + "; ".join(f"{p} ({why})" for p, why in unreadable)
+        )
+    return OpenedTakeout(archives, passed_over, unreadable)
+
+
+def _why(exc: ConfigError) -> str:
+    """The reason inside a "not a readable zip (…)" error."""
+    return str(exc).rsplit("(", 1)[-1].rstrip(")") + "; download it again"
 
 
 def assign_labels(archives: list[Archive], store: Store) -> list[Archive]:
@@ -1232,6 +1251,7 @@ class TakeoutScanner:
         opened = open_archives(list(settings.takeout_paths))
         self.archives = assign_labels(opened.archives, store)
         self.passed_over = opened.passed_over
+        self.unreadable = opened.unreadable
         for what in self.passed_over:
             log.warning("--takeout: passed over %s", what)
         self.late = 0  # rows recorded before whose JSON (or copy with one) arrived in this run
@@ -1267,6 +1287,8 @@ class TakeoutScanner:
         started = time.monotonic()
         summary = self.summary
         self.progress.start("scan")
+        for path, why in self.unreadable:
+            self._problem(path, f"this Takeout part cannot be read: {why}")  # the other parts go on
         known = KnownIndex(self.store.iter_known_files())
         known_json = {
             bytes.fromhex(h): (i, size, mtime, error)
@@ -1907,7 +1929,7 @@ def summary_rows(
     rows = [("Google JSON", "matched to the media files:"), *report.rows()]
     rows += [("no JSON", path) for path in report.unmatched[:10]]
     if report.unmatched_total > 10:
-        rows.append(("", f"… and {report.unmatched_total - 10} more (the log lists them)"))
+        rows.append(("", f"… and {report.unmatched_total - 10} more (the log and --json list the first 100)"))
     if scanner.late:
         rows.append(
             ("JSON arrived late", f"{scanner.late} photos recorded before got their Google metadata now")

@@ -793,3 +793,19 @@ def test_an_update_immich_refuses_is_that_photo_s_error_and_is_tried_again_next_
     status, summary, _ = sync(server_env, part1, part3)
     assert status == 0 and len(immich.updates) == 1 and queued_updates(server_env) == 0
     assert asset_for(immich, photo).fields["isFavorite"] == "true"
+
+
+def test_a_part_cut_short_in_its_download_is_an_error_and_the_other_parts_are_imported(
+    server_env: Env, immich: ImmichTestServer, takeout: tuple[Path, Path]
+) -> None:
+    first, second = takeout
+    data = second.read_bytes()
+    second.write_bytes(data[: len(data) // 2])  # the browser stopped half way
+    status, summary, stderr = sync(server_env, first, second)
+    assert status == 1 and summary["errors"] == 1 and summary["uploaded"] == 13
+    assert summary["error_files"] == [str(second)] and "cannot be read" in stderr
+    status, summary, stderr = sync(server_env, first.parent)  # the folder: the same
+    assert status == 1 and summary["errors"] == 1 and summary["uploaded"] == 0
+    second.write_bytes(b"")
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(second))
+    assert result.status == 2 and "no part can be read" in result.stderr
