@@ -890,6 +890,7 @@ class FolderIndex:
     def __init__(self, entries: list[JsonEntry], media: list[Member]) -> None:
         self.entries = entries
         self.media = media
+        self._photos_by_stem: dict[str, Match] = {}
         self.exact: dict[tuple[str, str], list[JsonEntry]] = defaultdict(list)
         self.by_stem: dict[tuple[str, str], list[JsonEntry]] = defaultdict(list)
         for entry in entries:
@@ -935,6 +936,11 @@ class FolderIndex:
         self._match_cut(names, result, claimed)
         self._match_titles(names, result, claimed)
         by_full = {names[m.stored].full: result[m.stored] for m in self.media if m.stored in result}
+        self._photos_by_stem = {  # a live photo's clip finds its photo's match here
+            os.path.splitext(full)[0]: found
+            for full, found in by_full.items()
+            if found.info is not None and extension_of(full) in IMAGE_EXTENSIONS_OF_CLIPS
+        }
         for m in self.media:
             if m.stored not in result:
                 found = self._borrowed(m, names[m.stored], by_full)
@@ -1017,14 +1023,9 @@ class FolderIndex:
                     ):
                         return Match(entry.info, "edited")
         if ext.lstrip(".").lower() in CLIP_EXTENSIONS:
-            for other_full, found in by_full.items():
-                other_stem, other_ext = os.path.splitext(other_full)
-                if (
-                    found.info is not None
-                    and other_stem == stem
-                    and other_ext.lstrip(".").lower() in IMAGE_EXTENSIONS_OF_CLIPS
-                ):
-                    return Match(found.info, "motion")
+            photo = self._photos_by_stem.get(stem)
+            if photo is not None:
+                return Match(photo.info, "motion")
             entry = self._pick(self.by_stem.get((base_stem, counter), ()), m.archive)
             if entry is not None:
                 return Match(entry.info, "motion")
