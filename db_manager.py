@@ -178,6 +178,22 @@ class FailedFile(NamedTuple):
     next_attempt_at: str | None  # UTC, minutes
 
 
+class TakeoutRow(NamedTuple):
+    """A Takeout row as a late JSON, a copy's metadata or an update in Immich needs it."""
+
+    id: int
+    path_hash: str
+    filepath: str
+    upload_status: str
+    asset_id: str | None
+    target_id: int | None
+    metadata_info: str | None
+    date_taken: str | None
+    date_source: str | None
+    mtime_ns: int | None
+    sha1: str | None
+
+
 class RunProblem(NamedTuple):
     """Something a run counts as an error that is no failed row (a folder it could not list, a link it would
     not follow, a file it could not delete): kept with the run's summary, so Recent errors can list it."""
@@ -459,6 +475,7 @@ class Store:
             ("0006_machines_and_shared_libraries", self._migrate_scopes),
             ("0007_deletion_intents_and_sending", lambda: self._add_columns(SAFETY_COLUMNS)),
             ("0009_scrub_url_passwords", self._scrub_url_passwords),
+            ("0010_takeout_archives_json_updates", self._create_takeout_tables),
         ]
 
     def _scrub_url_passwords(self) -> None:
@@ -1195,6 +1212,235 @@ class Store:
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     def _column_names(self, table: str) -> list[str]: ...
+
+    # -- Google Takeout (takeout.py)
+    def _create_takeout_tables(self) -> None:
+        """Migration 0010: each Takeout archive's label and fingerprint; every JSON member read, with what it
+        said (a rerun reads none again); and the rows whose Google metadata Immich still has to get."""
+        auto = "AUTO_INCREMENT" if self.backend == "mysql" else "AUTOINCREMENT"
+        self._execute(
+            "CREATE TABLE IF NOT EXISTS takeout_archives (scope VARCHAR(120) NOT NULL, label VARCHAR(255) NOT NULL, "
+            "fingerprint CHAR(64) NOT NULL, path TEXT, PRIMARY KEY (scope, label))"
+        )
+        self._execute(
+            f"CREATE TABLE IF NOT EXISTS takeout_json (id INTEGER PRIMARY KEY {auto}, scope VARCHAR(120) NOT NULL, "
+            "path_hash CHAR(64) NOT NULL, filepath TEXT, file_size BIGINT, mtime_ns BIGINT, info TEXT, error TEXT, "
+            "UNIQUE (scope, path_hash))"
+        )
+        self._execute(
+            "CREATE TABLE IF NOT EXISTS takeout_updates (scope VARCHAR(120) NOT NULL, path_hash CHAR(64) NOT NULL, "
+            "queued_at TIMESTAMP NULL, intent TEXT, PRIMARY KEY (scope, path_hash))"
+        )
+
+    def takeout_archives(self) -> dict[str, tuple[str, str]]:
+        """label -> (fingerprint, path) of every Takeout archive this scope has seen."""
+        with self._lock:
+            rows = self._query(
+                self.sql("SELECT label, fingerprint, path FROM takeout_archives WHERE scope = ?"),
+                (self.scope,),
+            )
+        return {r[0]: (r[1], r[2] or "") for r in rows}
+
+    def set_takeout_archive(self, label: str, fingerprint: str, path: str) -> None:
+        def write() -> None:
+            self._execute(
+                self.sql("DELETE FROM takeout_archives WHERE scope = ? AND label = ?"), (self.scope, label)
+            )
+            self._execute(
+                self.sql(
+                    "INSERT INTO takeout_archives (scope, label, fingerprint, path) VALUES (?, ?, ?, ?)"
+                ),
+                (self.scope, label, fingerprint, path),
+            )
+
+        self._transaction(write)
+
+    def takeout_json_known(self) -> Iterator[tuple[str, int, int, int, str | None]]:
+        """(path_hash, id, size, mtime_ns, error) of every JSON member read before, streamed."""
+        sql = "SELECT path_hash, id, file_size, mtime_ns, error FROM takeout_json WHERE scope = ?"
+        return self._stream(self.sql(sql), (self.scope,))
+
+    def takeout_json_records(self, ids: Sequence[int]) -> dict[int, str]:
+        """id -> what these JSON members said (their record's text)."""
+        found: dict[int, str] = {}
+        for chunk in _chunks(list(ids), BATCH_ROWS):
+            sql = f"SELECT id, info FROM takeout_json WHERE id IN ({', '.join('?' * len(chunk))})"
+            with self._lock:
+                found.update((int(r[0]), r[1]) for r in self._query(self.sql(sql), chunk) if r[1])
+        return found
+
+    def save_takeout_json(
+        self, rows: Sequence[tuple[str, str, int, int, str | None, str | None]], replacing: bool = True
+    ) -> None:
+        """Record JSON members read: (path_hash, filepath, size, mtime_ns, record text, error). With
+        `replacing`, some of them were recorded before (a member that changed) and their old record goes."""
+        if not rows:
+            return
+        delete = self.sql("DELETE FROM takeout_json WHERE scope = ? AND path_hash = ?")
+        insert = self.sql(
+            "INSERT INTO takeout_json (scope, path_hash, filepath, file_size, mtime_ns, info, error) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+
+        def write() -> None:
+            for chunk in _chunks(list(rows), BATCH_ROWS):
+                if replacing:
+                    self._executemany(delete, [(self.scope, r[0]) for r in chunk])
+                self._executemany(insert, [(self.scope, *r) for r in chunk])
+
+        self._transaction(write)
+
+    def _takeout_select(self, where: str, params: Sequence[Any]) -> list[TakeoutRow]:
+        sql = (
+            "SELECT id, path_hash, filepath, upload_status, immich_asset_id, target_id, metadata_info, date_taken, "
+            f"date_source, mtime_ns, sha1 FROM media_files WHERE scope = ? AND {where}"
+        )
+        with self._lock:
+            rows = self._query(self.sql(sql), (self.scope, *params))
+        return [TakeoutRow(*_date_to_text(r, 7)) for r in rows]
+
+    def takeout_rows(self, ids: Sequence[int]) -> list[TakeoutRow]:
+        found: list[TakeoutRow] = []
+        for chunk in _chunks(list(ids), BATCH_ROWS):
+            found += self._takeout_select(f"id IN ({', '.join('?' * len(chunk))})", chunk)
+        return found
+
+    def takeout_twins(self, sha1s: Sequence[str]) -> list[TakeoutRow]:
+        """This scope's rows holding any of these contents."""
+        found: list[TakeoutRow] = []
+        for chunk in _chunks(sorted(set(sha1s)), BATCH_ROWS):
+            found += self._takeout_select(f"sha1 IN ({', '.join('?' * len(chunk))})", chunk)
+        return found
+
+    def update_takeout_rows(
+        self, updates: Sequence[tuple[int, str, str | None, str | None, str | None]], queue: Sequence[str]
+    ) -> None:
+        """Give rows the Google metadata that arrived for them ((id, metadata_info, date_taken, date_source,
+        why it is passed over now or None)) and queue rows (by path_hash) for an update in Immich, in one
+        transaction (or the caller's)."""
+        now = utc_now()
+        update = self.sql(
+            "UPDATE media_files SET metadata_info = ?, date_taken = ?, date_source = ?, updated_at = ?, "
+            "upload_status = CASE WHEN ? IS NULL THEN upload_status ELSE 'skipped' END, "
+            "last_error = CASE WHEN ? IS NULL THEN last_error ELSE ? END WHERE id = ?"
+        )
+        insert = self.sql("INSERT INTO takeout_updates (scope, path_hash, queued_at) VALUES (?, ?, ?)")
+
+        def write() -> None:
+            if updates:
+                self._executemany(
+                    update,
+                    [
+                        (text, taken, source, now, skip, skip, skip, row_id)
+                        for row_id, text, taken, source, skip in updates
+                    ],
+                )
+            # A row queued already keeps its place (and the intent of an update that may have been sent).
+            for chunk in _chunks(sorted(set(queue)), BATCH_ROWS):
+                there = self._query(
+                    self.sql(
+                        f"SELECT path_hash FROM takeout_updates WHERE scope = ? AND path_hash IN "
+                        f"({', '.join('?' * len(chunk))})"
+                    ),
+                    (self.scope, *chunk),
+                )
+                known = {r[0] for r in there}
+                self._executemany(insert, [(self.scope, h, now) for h in chunk if h not in known])
+
+        self._transaction(write)
+
+    def takeout_update_queue(self) -> list[TakeoutRow]:
+        """The rows queued for an update in Immich, oldest first."""
+        return self._takeout_select(
+            "path_hash IN (SELECT path_hash FROM takeout_updates WHERE scope = ?) ORDER BY id", (self.scope,)
+        )
+
+    def takeout_update_intents(self) -> dict[str, str]:
+        """path_hash -> the update a run was about to send when it stopped (see takeout.apply_updates)."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT path_hash, intent FROM takeout_updates WHERE scope = ? AND intent IS NOT NULL"
+                ),
+                (self.scope,),
+            )
+        return {r[0]: r[1] for r in rows}
+
+    def set_takeout_update_intent(self, path_hash_value: str, intent: str) -> None:
+        self._write_one(
+            self.sql("UPDATE takeout_updates SET intent = ? WHERE scope = ? AND path_hash = ?"),
+            (intent, self.scope, path_hash_value),
+        )
+
+    def takeout_update_count(self) -> int:
+        with self._lock:
+            rows = self._query(
+                self.sql("SELECT COUNT(*) FROM takeout_updates WHERE scope = ?"), (self.scope,)
+            )
+        return int(rows[0][0])
+
+    def takeout_sent_row(self, asset_id: str, target_id: int) -> TakeoutRow | None:
+        """The row whose upload made this asset on this target."""
+        rows = self._takeout_select(
+            "immich_asset_id = ? AND target_id = ? AND upload_status = 'success' ORDER BY id",
+            (asset_id, target_id),
+        )
+        return rows[0] if rows else None
+
+    def takeout_update_done(
+        self, path_hash_value: str, sent_row_id: int | None, sent_metadata: str | None
+    ) -> None:
+        """An update in Immich is done: off the queue, and what the asset holds now kept with the row that
+        sent it (the next update compares with that), in one transaction."""
+
+        def write() -> None:
+            self._execute(
+                self.sql("DELETE FROM takeout_updates WHERE scope = ? AND path_hash = ?"),
+                (self.scope, path_hash_value),
+            )
+            if sent_row_id is not None and sent_metadata is not None:
+                self._execute(
+                    self.sql("UPDATE media_files SET metadata_info = ?, updated_at = ? WHERE id = ?"),
+                    (sent_metadata, utc_now(), sent_row_id),
+                )
+
+        self._transaction(write)
+
+    def takeout_report(self, labels: Sequence[str], limit: int) -> tuple[dict[str, int], int, list[str], int]:
+        """How the photos of these archives were matched to their JSONs, as their rows record it: (count by
+        kind, how many were in Google's trash, the first `limit` without a JSON, how many have none)."""
+        if not labels:
+            return {}, 0, [], 0
+        label = "SUBSTR(filepath, 1, INSTR(filepath, '/') - 1)"
+        how = self._json_text("'$.takeout.match'")
+        trashed = f"CASE WHEN upload_status = 'skipped' THEN {self._json_text(chr(39) + '$.takeout.trashed' + chr(39))} END"
+        where = f"scope = ? AND missing_since IS NULL AND {label} IN ({', '.join('?' * len(labels))})"
+        with self._lock:
+            groups = self._query(
+                self.sql(f"SELECT {how}, {trashed}, COUNT(*) FROM media_files WHERE {where} GROUP BY 1, 2"),
+                (self.scope, *labels),
+            )
+            unmatched = self._query(
+                self.sql(
+                    f"SELECT filepath FROM media_files WHERE {where} AND {how} = 'none' ORDER BY id LIMIT {int(limit)}"
+                ),
+                (self.scope, *labels),
+            )
+        counts: dict[str, int] = {}
+        trashed_count = 0
+        for kind, in_trash, count in groups:
+            if kind is None:
+                continue
+            counts[str(kind)] = counts.get(str(kind), 0) + int(count)
+            if str(in_trash).lower() in ("1", "true"):
+                trashed_count += int(count)
+        return counts, trashed_count, [r[0] for r in unmatched], counts.get("none", 0)
+
+    def _json_text(self, path: str) -> str:
+        """SQL for a JSON text value of metadata_info at `path`."""
+        if self.backend == "mysql":
+            return f"CASE WHEN JSON_VALID(metadata_info) THEN JSON_UNQUOTE(JSON_EXTRACT(metadata_info, {path})) END"
+        return f"CASE WHEN json_valid(metadata_info) THEN json_extract(metadata_info, {path}) END"
 
     def record_run(self, kind: str, started_at: str, exit_status: int, summary: dict[str, Any]) -> None:
         self._write_one(

@@ -1319,6 +1319,19 @@ class ImmichClient:
         """A stack of two or more assets; the first becomes the cover."""
         return str(self._call("POST", "/stacks", json_body={"assetIds": list(asset_ids)}).get("id", ""))
 
+    # -- assets (a Takeout's metadata that arrives after its photo was sent)
+    def asset_details(self, asset_id: str) -> dict[str, Any]:
+        """GET /api/assets/{id} whole: isFavorite, visibility, updatedAt and exifInfo as the server holds
+        them now (asset() reads what deletion needs). An id that is no UUID is refused before any request."""
+        if not UUID.fullmatch(asset_id):
+            raise ImmichError(f"{asset_id!r} is not an asset id", None, "GET", "", kind="rejected")
+        return dict(self._call("GET", f"/assets/{asset_id}"))
+
+    def update_assets(self, asset_ids: Sequence[str], fields: dict[str, Any]) -> None:
+        """PUT /api/assets: set these fields (isFavorite, visibility, dateTimeOriginal, latitude, longitude,
+        description) on these assets; 204. Setting a value twice leaves it as once."""
+        self._request("PUT", "/assets", json_body={"ids": list(asset_ids), **fields})
+
     # -- background jobs
     def _has_queues_api(self) -> bool:
         return self.server.version >= (2, 3, 0)

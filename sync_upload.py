@@ -23,6 +23,7 @@ from filters import RunFiles, RunScope
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
+from progress import errors_row
 from scanner import ScanSummary, add_scan_arguments, scan_status, scanner_for
 from scanner import summary_rows as scan_rows
 from uploader import (
@@ -104,12 +105,12 @@ def sync_once(ctx: Context) -> ExitStatus:
     started_at = utc_now()
     started = time.monotonic()
     scope = RunScope.of(ctx.settings)
-    takeout_scanner, takeout_files = None, None
+    takeout_scanner, takeout_files, takeout_updates = None, None, None
     if ctx.settings.takeout_paths:
         from takeout import TakeoutFiles, TakeoutScanner
 
         takeout_scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
-        takeout_files = TakeoutFiles(takeout_scanner.archives)
+        takeout_files = TakeoutFiles(takeout_scanner.archives, ctx.store, takeout_scanner.refreshed)
     client = ImmichClient(ctx.settings, ctx.stop)
     uploader: Uploader | None = None
     try:
@@ -139,6 +140,8 @@ def sync_once(ctx: Context) -> ExitStatus:
             ctx.progress.finish()
             upload.stopped_after_errors = uploader.aborted.is_set()
             finish_in_immich(ctx, client, upload, target_id, run_files)
+            if takeout_scanner is not None and not (ctx.stop.is_set() or upload.stopped_after_errors):
+                takeout_updates = takeout_in_immich(ctx, client, upload, target_id)
     finally:
         if uploader is not None:
             uploader.shutdown()  # before anything its workers use is closed
@@ -149,34 +152,70 @@ def sync_once(ctx: Context) -> ExitStatus:
     if status in (ExitStatus.OK, ExitStatus.FILES_FAILED) and scan.unavailable:
         status = scan_status(ctx.stop, scan)
     summary = sync_summary(scan, upload, time.monotonic() - started)
+    takeout_rows: list[tuple[str, str]] = []
     if takeout_scanner is not None:
-        report = takeout_scanner.report
-        summary["takeout"] = {"matched": dict(report.counts), "unmatched": report.unmatched[:100]}
+        from takeout import report
+
+        summary["takeout"], takeout_rows = report(ctx.store, takeout_scanner, takeout_updates)
     ctx.store.record_run("sync", started_at, int(status), summary)
     if ctx.args.json:
         ctx.emit_json(summary)
     rows = sync_rows(scan, upload, ctx.settings.log_file)
     if scan.unavailable:
         rows.append(("not scanned", ", ".join(scan.unavailable) + " (missing or empty: not mounted?)"))
-    if takeout_scanner is not None:
-        rows += [("Google JSON", "matched to the media files:"), *takeout_scanner.report.rows()]
-        rows += [("no JSON", path) for path in takeout_scanner.report.unmatched[:10]]
-    ctx.progress.summary("Sync finished", rows)
+    ctx.progress.summary("Sync finished", rows + takeout_rows)
     return status
+
+
+def takeout_in_immich(ctx: Context, client: ImmichClient, upload: UploadSummary, target_id: int) -> Any:
+    """Google's metadata that arrived for photos Immich had already (a JSON in a later part, a copy's)."""
+    from takeout import update_in_immich
+
+    updates = update_in_immich(client, ctx.store, target_id, ctx.stop)
+    upload.errors += updates.errors
+    upload.error_files += updates.error_files
+    upload.problems += updates.problems
+    return updates
+
+
+def takeout_dry_run(ctx: Context) -> ExitStatus:
+    """What a Takeout's import would do: one upload per photo (an album's copy and its year folder's are
+    one), how each photo's JSON was found, and what would change in Immich."""
+    from takeout import TakeoutFiles, TakeoutScanner, one_per_content, report
+
+    scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
+    scan = scanner.scan()
+    here = TakeoutFiles(scanner.archives)
+    run_files = RunFiles(ctx.settings, takeout_here=here.here)
+    rows = select(ctx.store.pending_uploads(), run_files)
+    here.close()
+    if ctx.stop.is_set():
+        return scan_status(ctx.stop, scan)
+    sent, copies = one_per_content(rows)
+    data, takeout_rows = report(ctx.store, scanner, None)
+    waiting = ctx.store.takeout_update_count()
+    data["copies"] = len(copies)
+    data["would_update_in_immich"] = waiting
+    data["errors"] = scan.errors
+    extra = [(label, value) for label, value in takeout_rows if label != "members read"]
+    if copies:
+        extra.insert(
+            0, ("copies", f"{len(copies)} more files are copies of these (album folders): one upload each")
+        )
+    if waiting:
+        extra.append(
+            ("in Immich", f"{waiting} photos there would get Google's metadata that arrived for them")
+        )
+    if scan.errors:
+        extra.append(errors_row(scan.errors, ctx.settings.log_file))
+    notes = [f"same photo as {lead.filepath}: {copy.filepath}" for copy, lead in copies]
+    return dry_run(ctx, sent, run_files, extra, {"takeout": data}, notes)
 
 
 def run_sync(ctx: Context) -> ExitStatus:
     if ctx.settings.takeout_paths:
         if ctx.args.dry_run:
-            from takeout import TakeoutFiles, TakeoutScanner
-
-            scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
-            scanner.scan()
-            here = TakeoutFiles(scanner.archives)
-            run_files = RunFiles(ctx.settings, takeout_here=here.here)
-            rows = select(ctx.store.pending_uploads(), run_files)
-            here.close()
-            return dry_run(ctx, rows, run_files)
+            return takeout_dry_run(ctx)
         ctx.settings.require_server()
         return sync_once(ctx)
     ctx.settings.require_sources()

@@ -871,15 +871,21 @@ def report_verify(ctx: Context, report: VerifyReport, dry_run: bool = False) -> 
 
 def takeout_request(request: UploadRequest, row: PendingUpload, takeout: TakeoutFiles) -> UploadRequest:
     """A zip member's upload: streamed from its zip, named as Immich takes it, favorite and archived as in
-    Google Photos, and with a made sidecar for the place, description and date Google knew."""
+    Google Photos, and with a made sidecar for the place, description and date Google knew. The row is read
+    again first: a copy's JSON may have reached it since it was queued."""
     from takeout import sidecar_for, upload_name  # only a Takeout run pays for zipfile
 
+    changed = takeout.store is not None and row.id in takeout.refreshed
+    fresh = takeout.store.takeout_rows([row.id]) if changed else []  # type: ignore[union-attr]
+    if fresh:
+        row = row._replace(metadata_info=fresh[0].metadata_info, date_taken=fresh[0].date_taken)
     info = json.loads(row.metadata_info or "{}")
     google = info.get("takeout", {})
     has_gps = info.get("gps_latitude") is not None
     has_date = info.get("date_source") in ("exif", "video")
     return request._replace(
         filename=upload_name(os.path.basename(row.filepath)),
+        created_at=created_at(row),
         opener=takeout.opener(row.filepath),
         is_favorite=bool(google.get("favorited")),
         visibility="archive" if google.get("archived") else None,
@@ -944,11 +950,19 @@ def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> 
     return ExitStatus.FILES_FAILED if file_errors else ExitStatus.OK
 
 
-def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> ExitStatus:
+def dry_run(
+    ctx: Context,
+    rows: list[PendingUpload],
+    run_files: RunFiles,
+    extra_rows: Sequence[tuple[str, str]] = (),
+    extra_json: dict[str, object] | None = None,
+    notes: Sequence[str] = (),
+) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
     has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted:
     those Immich confirms now, and up to as many again among the files the run would send first (and, with
-    DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides."""
+    DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides.
+    A Takeout adds its own lines (`extra_rows`, `extra_json`, and `notes` printed after the file list)."""
     client = None
     if ctx.settings.immich_url and ctx.settings.immich_api_key:
         ctx.settings.require_server()
@@ -1004,6 +1018,7 @@ def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> Exi
                 "would_delete_after_upload": len(later),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
+                **(extra_json or {}),
             }
         )
     else:
@@ -1015,6 +1030,8 @@ def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> Exi
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
         for row in later:
             ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
+        for note in notes:
+            ctx.stdout.write(f"{note}\n")
     rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
     if client is not None:
         rows_out.append(("already in Immich", plural(len(have), "file")))
@@ -1029,6 +1046,7 @@ def dry_run(ctx: Context, rows: list[PendingUpload], run_files: RunFiles) -> Exi
                 "(each only if Immich then confirms it)"
             )
         rows_out.append(("would delete", detail))
+    rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import html
 import http.server
 import json
 import math
@@ -40,7 +41,7 @@ import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any, BinaryIO, NamedTuple
 
@@ -110,6 +111,9 @@ class Asset:
     sidecar_sha1: str | None
     is_trashed: bool = False
     owner_id: str = ""  # "" = the server's one user; another id = a partner's asset this user may read
+    # What metadata extraction found (exiftool reads the sidecar too), and what PUT /api/assets set since.
+    exif: dict[str, Any] = field(default_factory=dict)
+    updated_at: str = ""  # updatedAt: moves whenever the asset changes (an update, the user's edit)
 
 
 @dataclass
@@ -728,6 +732,59 @@ def validate_v3(fields: dict[str, str]) -> list[Issue]:
     return issues
 
 
+def bulk_update_issues(payload: dict[str, Any]) -> list[Issue]:
+    """AssetBulkUpdateDto as zod checks it: ids are UUIDs; each field, when present, of its type and range."""
+    issues: list[Issue] = []
+    ids = payload.get("ids")
+    if not isinstance(ids, list) or not all(isinstance(i, str) and _UUID_V4_RE.fullmatch(i) for i in ids):
+        issues.append(Issue("ids", "Invalid input: expected array of UUIDs"))
+    if "isFavorite" in payload and not isinstance(payload["isFavorite"], bool):
+        issues.append(
+            Issue(
+                "isFavorite", f"Invalid input: expected boolean, received {_js_type(payload['isFavorite'])}"
+            )
+        )
+    if "visibility" in payload and payload["visibility"] not in VISIBILITIES:
+        issues.append(Issue("visibility", "Invalid option: expected one of archive|timeline|hidden|locked"))
+    if "dateTimeOriginal" in payload and not (
+        isinstance(payload["dateTimeOriginal"], str) and is_v3_datetime(payload["dateTimeOriginal"])
+    ):
+        issues.append(Issue("dateTimeOriginal", "Invalid ISO datetime"))
+    for name, limit in (("latitude", 90), ("longitude", 180)):
+        if name in payload:
+            value = payload[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -limit <= value <= limit:
+                issues.append(Issue(name, f"Invalid input: expected number in [-{limit}, {limit}]"))
+    if "description" in payload and not isinstance(payload["description"], str):
+        issues.append(Issue("description", "Invalid input: expected string"))
+    return issues
+
+
+_XMP_VALUE = r"(?:=['\"]|>)([^'\"<]+)"
+
+
+def exif_from_sidecar(head: bytes, created_at: str | None) -> dict[str, Any]:
+    """What Immich's metadata extraction (exiftool) takes from a sidecar: its date, place and description;
+    without a date the asset's dateTimeOriginal is the fileCreatedAt it was sent with."""
+    text = head.decode("utf-8", "replace")
+    exif: dict[str, Any] = {"dateTimeOriginal": None, "latitude": None, "longitude": None, "description": ""}
+    date = re.search(r"exif:DateTimeOriginal" + _XMP_VALUE, text)
+    if date and is_v3_datetime(date.group(1).strip()):
+        exif["dateTimeOriginal"] = v3_datetime_utc(date.group(1).strip())[1]
+    elif created_at and is_v3_datetime(created_at):
+        exif["dateTimeOriginal"] = v3_datetime_utc(created_at)[1]
+    for name, key in (("GPSLatitude", "latitude"), ("GPSLongitude", "longitude")):
+        found = re.search(rf"exif:{name}" + _XMP_VALUE, text)
+        place = re.fullmatch(r"\s*(\d+),([\d.]+)([NSEW])\s*", found.group(1)) if found else None
+        if place:
+            value = int(place.group(1)) + float(place.group(2)) / 60
+            exif[key] = -value if place.group(3) in "SW" else value
+    described = re.search(r"<dc:description>.*?<rdf:li[^>]*>(.*?)</rdf:li>", text, re.DOTALL)
+    if described:
+        exif["description"] = html.unescape(described.group(1))
+    return exif
+
+
 def validate_v2(fields: dict[str, str]) -> list[tuple[str, str]]:
     issues: list[tuple[str, str]] = []
     for name in ("deviceAssetId", "deviceId"):
@@ -773,6 +830,7 @@ def _abort_socket(sock: socket.socket) -> None:
 
 
 STAND_IN_UPLOADS_PATH = "/__stand-in__/uploads"
+STAND_IN_ASSETS_PATH = "/__stand-in__/assets"
 
 QUEUE_NAMES = (
     "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
@@ -799,6 +857,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("POST", _route("/api/assets"), "_upload", False),
     ("DELETE", _route("/api/assets"), "_trash_assets", False),
     ("GET", _route("/api/assets/{id}"), "_get_asset", False),
+    ("PUT", _route("/api/assets"), "_update_assets", False),
     ("GET", _route("/api/albums"), "_list_albums", False),
     ("POST", _route("/api/albums"), "_create_album", False),
     ("PUT", _route("/api/albums/assets"), "_add_to_albums", False),
@@ -812,6 +871,7 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     # Test-only, outside /api so it cannot collide with an Immich route: what the server received, for benchmarks
     # that run it as a process.
     ("GET", _route(STAND_IN_UPLOADS_PATH), "_stand_in_uploads", True),
+    ("GET", _route(STAND_IN_ASSETS_PATH), "_stand_in_assets", True),
 ]
 
 
@@ -901,7 +961,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if fault is not None and fault.drop_answer:
                 self._reset_connection()  # done, but the answer is lost on the way (a cut cable, a proxy)
                 return
-            self._send_json(status, payload)
+            if status == 204:
+                self._send_raw(204, b"", "application/json")
+            else:
+                self._send_json(status, payload)
         except (ClientGone, OSError):
             self.close_connection = True  # client vanished mid-request: drop it quietly
         except FramingError as exc:
@@ -1168,6 +1231,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _get_asset(self, params: dict[str, str]) -> tuple[int, Any]:
         return 200, self.app._asset_json(self.app._asset_or_error(params["id"], "asset.read"))
 
+    def _update_assets(self, _: dict[str, str]) -> tuple[int, Any]:
+        """PUT /api/assets (§7c): 204, and exifInfo's date, place and description change at once."""
+        payload = self._json_body()
+        if not isinstance(payload, dict):
+            raise ApiError(400, "Validation failed", [("ids", "Invalid input: expected object")])
+        issues = bulk_update_issues(payload)
+        if issues:
+            raise ApiError(400, "Validation failed", issues)
+        self.app._update_assets([str(i) for i in payload["ids"]], payload)
+        return 204, None
+
     def _list_albums(self, _: dict[str, str]) -> tuple[int, Any]:
         with self.app._lock:
             return 200, [self.app._album_json(a) for a in self.app.albums.values()]
@@ -1257,6 +1331,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             uploads = list(self.app.uploads)
         return 200, [{"sha1": u.sha1_hex, "status": u.status, "size": u.size_bytes} for u in uploads]
 
+    def _stand_in_assets(self, _: dict[str, str]) -> tuple[int, Any]:
+        with self.app._lock:
+            assets = list(self.app.assets.values())
+        return 200, [
+            {
+                "sha1": a.sha1_hex,
+                "fileCreatedAt": self.app._date_json(a.fields.get("fileCreatedAt")),
+                "isFavorite": a.fields.get("isFavorite") == "true",
+                "visibility": a.fields.get("visibility", "timeline"),
+                "dateTimeOriginal": a.exif.get("dateTimeOriginal"),
+            }
+            for a in assets
+        ]
+
     def _restore_trash(self, _: dict[str, str]) -> tuple[int, Any]:
         payload = self._json_body()
         ids = payload.get("ids") if isinstance(payload, dict) else None
@@ -1321,6 +1409,8 @@ class ImmichTestServer:
         self.requests_log: list[tuple[str, str]] = []
         self.albums: dict[str, Album] = {}
         self.stacks: dict[str, list[str]] = {}
+        # Every PUT /api/assets that was accepted: (ids, the fields sent).
+        self.updates: list[tuple[list[str], dict[str, Any]]] = []
         self.paused_queues: set[str] = set()
         self.errors: list[BaseException] = []  # unexpected exceptions inside the server (bugs), never printed
         # What the API key may do (GET /api/api-keys/me); without "all", routes needing another permission
@@ -1342,6 +1432,7 @@ class ImmichTestServer:
         self._host, self._port = host, port
         self._lock = threading.RLock()
         self._by_sha1: dict[str, str] = {}
+        self._last_touch = datetime.now(timezone.utc)
         self._connections: set[socket.socket] = set()
         self.connections_accepted = 0  # every connection a client opened, kept alive or not
         self._down = False
@@ -1446,6 +1537,7 @@ class ImmichTestServer:
             return sum(1 for u in self.uploads if u.status == 201)
 
     def _add_asset(self, asset: Asset) -> None:
+        self._touch(asset)
         self.assets[asset.id] = asset
         self._by_sha1[asset.sha1_hex] = asset.id
 
@@ -1530,7 +1622,8 @@ class ImmichTestServer:
             # The DTO is read after multer, so a `filename` field names the asset even when it came after the file
             # (too late for the type check).
             name = fields.get("filename") or parts.asset_filename
-            asset = Asset(str(uuid.uuid4()), sha1_hex, parts.size, name, fields, sidecar)
+            exif = exif_from_sidecar(parts.sidecar_head, fields.get("fileCreatedAt"))
+            asset = Asset(str(uuid.uuid4()), sha1_hex, parts.size, name, fields, sidecar, exif=exif)
             self._add_asset(asset)
         return 201, {"id": asset.id, "status": "created"}
 
@@ -1585,8 +1678,15 @@ class ImmichTestServer:
             "isFavorite": asset.fields.get("isFavorite") == "true",
             "visibility": asset.fields.get("visibility", "timeline"),
             "isTrashed": asset.is_trashed,
+            "updatedAt": asset.updated_at,
             "duration": duration_out,
             "livePhotoVideoId": asset.fields.get("livePhotoVideoId"),
+            "exifInfo": {
+                "dateTimeOriginal": asset.exif.get("dateTimeOriginal"),
+                "latitude": asset.exif.get("latitude"),
+                "longitude": asset.exif.get("longitude"),
+                "description": asset.exif.get("description", ""),
+            },
         }
 
     def _date_json(self, value: str | None) -> str | None:
@@ -1668,6 +1768,42 @@ class ImmichTestServer:
             self.stacks[stack_id] = list(asset_ids)
             assets = [self._asset_json(self.assets[i]) for i in asset_ids]
         return {"id": stack_id, "primaryAssetId": asset_ids[0], "assets": assets}
+
+    def _touch(self, asset: Asset) -> None:
+        """A new updatedAt, later than any before (two changes in one millisecond still differ)."""
+        now = max(datetime.now(timezone.utc), self._last_touch + timedelta(milliseconds=1))
+        self._last_touch = now
+        asset.updated_at = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+    def edit_as_user(self, asset: Asset, fields: dict[str, str] | None = None, **exif: Any) -> None:
+        """What a user does to an asset in Immich's web page: its fields (isFavorite, visibility) or its
+        exifInfo (description, ...) change, and so does its updatedAt."""
+        with self._lock:
+            asset.fields.update(fields or {})
+            asset.exif.update(exif)
+            self._touch(asset)
+
+    def _update_assets(self, asset_ids: list[str], payload: dict[str, Any]) -> None:
+        with self._lock:
+            assets = [self.assets.get(i) for i in asset_ids]
+            if any(
+                a is None or a.owner_id or (self.v3 and a.fields.get("visibility") == "locked")
+                for a in assets
+            ):
+                raise ApiError(400, "Not found or no asset.update access")  # a partner's asset too
+            for asset in assets:
+                assert asset is not None
+                if "isFavorite" in payload:
+                    asset.fields["isFavorite"] = "true" if payload["isFavorite"] else "false"
+                if "visibility" in payload:
+                    asset.fields["visibility"] = payload["visibility"]
+                if "dateTimeOriginal" in payload:
+                    asset.exif["dateTimeOriginal"] = v3_datetime_utc(payload["dateTimeOriginal"])[1]
+                for name in ("latitude", "longitude", "description"):
+                    if name in payload:
+                        asset.exif[name] = payload[name]
+                self._touch(asset)
+            self.updates.append((list(asset_ids), dict(payload)))
 
     def _trash(self, asset_ids: list[str], force: bool) -> None:
         """DELETE /api/assets: into the trash (restorable), or gone for good with `force`. Ids this user does

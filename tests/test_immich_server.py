@@ -956,3 +956,79 @@ def test_tls_with_the_certificate_given(tls_files: TlsFiles) -> None:
         answer = requests.get(f"{srv.url}/api/server/ping", timeout=10, verify=str(tls_files.cert))
         assert answer.json() == {"res": "pong"}
     assert srv.errors == []
+
+
+def test_bulk_update_of_assets_answers_204_and_changes_exif_at_once(server: ImmichTestServer) -> None:
+    """§7c: PUT /api/assets with ids and fields answers 204; exifInfo's date, place and description change at
+    once, favorite and visibility too, and updatedAt moves."""
+    asset_id = upload(server, b"update me").json()["id"]
+    before = requests.get(f"{server.url}/api/assets/{asset_id}", headers=AUTH, timeout=10).json()
+    assert before["exifInfo"] == {
+        "dateTimeOriginal": "2024-01-02T03:04:05.000Z", "latitude": None, "longitude": None, "description": ""
+    }  # fmt: skip
+    fields = {"isFavorite": True, "visibility": "archive", "dateTimeOriginal": "2015-07-02T03:04:05.000Z",
+              "latitude": -33.85, "longitude": 151.2, "description": "From Google"}  # fmt: skip
+    answer = requests.put(
+        f"{server.url}/api/assets", headers=AUTH, json={"ids": [asset_id], **fields}, timeout=10
+    )
+    assert answer.status_code == 204 and answer.content == b""
+    after = requests.get(f"{server.url}/api/assets/{asset_id}", headers=AUTH, timeout=10).json()
+    assert after["isFavorite"] is True and after["visibility"] == "archive"
+    assert after["exifInfo"] == {
+        "dateTimeOriginal": "2015-07-02T03:04:05.000Z", "latitude": -33.85, "longitude": 151.2,
+        "description": "From Google",
+    }  # fmt: skip
+    assert after["updatedAt"] > before["updatedAt"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"ids": ["not-a-uuid"], "isFavorite": True}, 400, "Validation failed"),
+        ({"ids": [], "isFavorite": "true"}, 400, "Validation failed"),
+        ({"ids": [], "visibility": "gone"}, 400, "Validation failed"),
+        ({"ids": [], "latitude": 95}, 400, "Validation failed"),
+        ({"ids": [], "dateTimeOriginal": "2015-07-02 03:04:05"}, 400, "Validation failed"),
+        (
+            {"ids": ["1c0ffee0-0000-4000-8000-000000000000"], "isFavorite": True},
+            400,
+            "Not found or no asset.update access",
+        ),
+        ({"ids": [], "isFavorite": True}, 204, None),
+    ],
+)
+def test_bulk_update_refuses_what_zod_and_access_checks_refuse(
+    server: ImmichTestServer, body: dict[str, object], status: int, message: str | None
+) -> None:
+    answer = requests.put(f"{server.url}/api/assets", headers=AUTH, json=body, timeout=10)
+    assert answer.status_code == status
+    if message:
+        assert answer.json()["message"] == message
+    assert server.updates == ([] if status != 204 else [([], body)])
+
+
+def test_a_sidecar_s_place_date_and_description_are_the_asset_s_exif(server: ImmichTestServer) -> None:
+    """Immich reads a sidecar with exiftool: its values are what GET /api/assets/{id} shows in exifInfo."""
+    xmp = (
+        b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+        b"<rdf:Description rdf:about='' xmlns:exif='http://ns.adobe.com/exif/1.0/' "
+        b"xmlns:dc='http://purl.org/dc/elements/1.1/' exif:GPSLatitude='41,53.412000N' "
+        b"exif:GPSLongitude='12,29.532000W' exif:DateTimeOriginal='2019-05-02T03:04:05+00:00'>"
+        b"<dc:description><rdf:Alt><rdf:li xml:lang='x-default'>Caf&amp;e</rdf:li></rdf:Alt></dc:description>"
+        b"</rdf:Description></rdf:RDF></x:xmpmeta>"
+    )
+    answer = requests.post(
+        f"{server.url}/api/assets",
+        headers=AUTH,
+        data=DATES,
+        files={
+            "assetData": ("p.jpg", b"with sidecar", "image/jpeg"),
+            "sidecarData": ("p.jpg.xmp", xmp, "application/xml"),
+        },
+        timeout=10,
+    )
+    exif = requests.get(f"{server.url}/api/assets/{answer.json()['id']}", headers=AUTH, timeout=10).json()[
+        "exifInfo"
+    ]
+    assert exif["dateTimeOriginal"] == "2019-05-02T03:04:05.000Z" and exif["description"] == "Caf&e"
+    assert (round(exif["latitude"], 4), round(exif["longitude"], 4)) == (41.8902, -12.4922)
