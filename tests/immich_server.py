@@ -6,7 +6,10 @@ statistics), streaming multipart uploads that hash the file with SHA-1 while dis
 validation of the upload fields (JavaScript number coercion for `duration`, UUID v4, metadata items) and the
 database's refusal of year 0000, duplicate detection (checksum header, bulk-upload-check, after the body;
 checksums decoded as Node's Buffer does), locked assets hidden from API keys, a partner's assets readable but not
-the user's own, API keys without a permission (403), the trash (`DELETE /api/assets`), albums, stacks, one-shot fault
+the user's own, API keys without a permission (403), the trash (`DELETE /api/assets`), albums, stacks (merged and
+their primary changed as Immich does), live photos linked at upload or by `PUT /api/assets/{id}` (the clip hidden),
+`PUT /api/assets/copy` (with v3.1.0's deletion of a stack both assets are in already), tags (`PUT /api/tags`,
+`PUT /api/tags/assets`, §7c), one-shot fault
 injection (error statuses, proxy HTML pages, Retry-After, connection resets, delays) and whole-server outages. It
 runs in-process (`ImmichTestServer().start()`) or as a process (`python tests/immich_server.py --port 0 --api-key
 KEY` prints `READY http://127.0.0.1:PORT`). Every response carries the correlation-id header (`X-Correlation-ID`
@@ -114,6 +117,15 @@ class Asset:
     # What metadata extraction found (exiftool reads the sidecar too), and what PUT /api/assets set since.
     exif: dict[str, Any] = field(default_factory=dict)
     updated_at: str = ""  # updatedAt: moves whenever the asset changes (an update, the user's edit)
+    tag_ids: list[str] = field(default_factory=list)
+    stack_id: str | None = None
+
+
+@dataclass
+class Tag:
+    id: str
+    value: str  # the whole path, "Trips/2019/Paris"
+    parent_id: str | None
 
 
 @dataclass
@@ -760,6 +772,39 @@ def bulk_update_issues(payload: dict[str, Any]) -> list[Issue]:
     return issues
 
 
+def asset_update_issues(payload: dict[str, Any]) -> list[Issue]:
+    """What UpdateAssetDto adds to the bulk fields: a rating (-1 or 1-5, or null) and livePhotoVideoId."""
+    issues: list[Issue] = []
+    rating = payload.get("rating")
+    if rating is not None and (
+        isinstance(rating, bool) or not isinstance(rating, int) or not -1 <= rating <= 5
+    ):
+        issues.append(Issue("rating", "Invalid input: expected int in [-1, 5]", "invalid_type"))
+    elif rating == 0:
+        message = "Rating must be -1 (rejected), 1–5 (starred), or null (unrated); 0 is not valid"
+        issues.append(Issue("rating", message))
+    live = payload.get("livePhotoVideoId")
+    if live is not None and not (isinstance(live, str) and _UUID_V4_RE.fullmatch(live)):
+        issues.append(Issue("livePhotoVideoId", "Invalid UUID", "invalid_format"))
+    return issues
+
+
+def copy_issues(payload: Any) -> list[Issue]:
+    """AssetCopyDto: two UUIDs, and booleans for what to copy (each true when left out)."""
+    if not isinstance(payload, dict):
+        return [Issue("sourceId", "Invalid input: expected object", "invalid_type")]
+    issues = [
+        Issue(name, "Invalid UUID", "invalid_format")
+        for name in ("sourceId", "targetId")
+        if not (isinstance(payload.get(name), str) and _UUID_V4_RE.fullmatch(payload[name]))
+    ]
+    for name in COPY_PARTS:
+        if name in payload and not isinstance(payload[name], bool):
+            issues.append(Issue(name, "Invalid input: expected boolean", "invalid_type"))
+    return issues
+
+
+COPY_PARTS = ("sharedLinks", "albums", "sidecar", "stack", "favorite")
 _XMP_VALUE = r"(?:=['\"]|>)([^'\"<]+)"
 
 
@@ -858,12 +903,17 @@ _ROUTES: list[tuple[str, re.Pattern[str], str, bool]] = [
     ("DELETE", _route("/api/assets"), "_trash_assets", False),
     ("GET", _route("/api/assets/{id}"), "_get_asset", False),
     ("PUT", _route("/api/assets"), "_update_assets", False),
+    ("PUT", _route("/api/assets/copy"), "_copy_asset", False),  # before {id}: Nest matches routes in order
+    ("PUT", _route("/api/assets/{id}"), "_update_asset", False),
+    ("PUT", _route("/api/tags"), "_upsert_tags", False),
+    ("PUT", _route("/api/tags/assets"), "_tag_assets", False),
     ("GET", _route("/api/albums"), "_list_albums", False),
     ("POST", _route("/api/albums"), "_create_album", False),
     ("PUT", _route("/api/albums/assets"), "_add_to_albums", False),
     ("GET", _route("/api/albums/{id}"), "_get_album", False),
     ("PUT", _route("/api/albums/{id}/assets"), "_add_album_assets", False),
     ("POST", _route("/api/stacks"), "_create_stack", False),
+    ("PUT", _route("/api/stacks/{id}"), "_update_stack", False),
     ("POST", _route("/api/trash/restore/assets"), "_restore_trash", False),
     ("GET", _route("/api/queues"), "_list_queues", False),
     ("PUT", _route("/api/queues/{id}"), "_set_queue", False),
@@ -883,6 +933,12 @@ ROUTE_PERMISSIONS = {
     "_upload": "asset.upload",
     "_trash_assets": "asset.delete",
     "_get_asset": "asset.read",
+    "_update_assets": "asset.update",
+    "_update_asset": "asset.update",
+    "_copy_asset": "asset.copy",
+    "_upsert_tags": "tag.create",
+    "_tag_assets": "tag.asset",
+    "_update_stack": "stack.update",
     "_list_albums": "album.read",
     "_create_album": "album.create",
     "_get_album": "album.read",
@@ -1242,6 +1298,52 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.app._update_assets([str(i) for i in payload["ids"]], payload)
         return 204, None
 
+    def _update_asset(self, params: dict[str, str]) -> tuple[int, Any]:
+        """PUT /api/assets/{id} (UpdateAssetDto): the bulk route's fields and a rating, plus `livePhotoVideoId`,
+        which links a live photo's clip as an upload's field does (and hides it); 200 with the asset."""
+        payload = self._json_body()
+        if not isinstance(payload, dict):
+            raise ApiError(400, "Validation failed", [("id", "Invalid input: expected object")])
+        issues = [i for i in bulk_update_issues({**payload, "ids": []}) if i.field != "ids"]
+        issues += asset_update_issues(payload)
+        if issues:
+            raise ApiError(400, "Validation failed", issues)
+        asset = self.app._asset_or_error(params["id"], "asset.update")
+        return 200, self.app._asset_json(self.app._update_asset(asset, payload))
+
+    def _copy_asset(self, _: dict[str, str]) -> tuple[int, Any]:
+        """PUT /api/assets/copy (§7c): the target gets the source's albums, stack, favorite and sidecar; 204."""
+        payload = self._json_body()
+        issues = copy_issues(payload)
+        if issues:
+            raise ApiError(400, "Validation failed", issues)
+        self.app._copy(payload)
+        return 204, None
+
+    def _upsert_tags(self, _: dict[str, str]) -> tuple[int, Any]:
+        """PUT /api/tags: each value's tag, made with its parents where missing (`/` makes a hierarchy)."""
+        payload = self._json_body()
+        tags = payload.get("tags") if isinstance(payload, dict) else None
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ApiError(400, "Validation failed", [("tags", "Invalid input: expected array of strings")])
+        return 200, [self.app._tag_json(tag) for tag in self.app._upsert_tags(tags)]
+
+    def _tag_assets(self, _: dict[str, str]) -> tuple[int, Any]:
+        """PUT /api/tags/assets: ids this user may not tag or update are passed over, as Immich's checkAccess
+        drops them; `count` is the number of (tag, asset) pairs that were not there before."""
+        payload = self._json_body()
+        tag_ids = payload.get("tagIds") if isinstance(payload, dict) else None
+        asset_ids = payload.get("assetIds") if isinstance(payload, dict) else None
+        issues = [
+            Issue(name, "Invalid UUID", "invalid_format")
+            for name, ids in (("tagIds", tag_ids), ("assetIds", asset_ids))
+            if not isinstance(ids, list)
+            or not all(isinstance(i, str) and _UUID_V4_RE.fullmatch(i) for i in ids)
+        ]
+        if issues:
+            raise ApiError(400, "Validation failed", issues)
+        return 200, {"count": self.app._tag_assets(tag_ids, asset_ids)}  # type: ignore[arg-type]
+
     def _list_albums(self, _: dict[str, str]) -> tuple[int, Any]:
         with self.app._lock:
             return 200, [self.app._album_json(a) for a in self.app.albums.values()]
@@ -1284,6 +1386,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 400, "Validation failed", [("assetIds", "Too small: expected array to have >=2 items")]
             )
         return 201, self.app._create_stack([str(i) for i in ids])
+
+    def _update_stack(self, params: dict[str, str]) -> tuple[int, Any]:
+        payload = self._json_body()
+        primary = payload.get("primaryAssetId") if isinstance(payload, dict) else None
+        if primary is not None and not (isinstance(primary, str) and _UUID_V4_RE.fullmatch(primary)):
+            raise ApiError(400, "Validation failed", [("primaryAssetId", "Invalid UUID", "invalid_format")])
+        return 200, self.app._update_stack(params["id"], primary)
 
     def _require_admin(self) -> None:
         if not self.app.admin:
@@ -1408,7 +1517,10 @@ class ImmichTestServer:
         self.uploads: list[UploadRecord] = []
         self.requests_log: list[tuple[str, str]] = []
         self.albums: dict[str, Album] = {}
-        self.stacks: dict[str, list[str]] = {}
+        self.stacks: dict[str, list[str]] = {}  # stack id -> its assets' ids, the primary first
+        self.tags: dict[str, Tag] = {}
+        self.copies: list[tuple[str, str, dict[str, bool]]] = []  # every PUT /api/assets/copy done
+        self.trash_requests: list[list[str]] = []  # every DELETE /api/assets accepted: its ids
         # Every PUT /api/assets that was accepted: (ids, the fields sent).
         self.updates: list[tuple[list[str], dict[str, Any]]] = []
         self.paused_queues: set[str] = set()
@@ -1634,6 +1746,8 @@ class ImmichTestServer:
             raise ApiError(400, "Live photo video not found")
         if not is_video(video.filename):
             raise ApiError(400, "Live photo video must be a video")
+        if video.owner_id:
+            raise ApiError(400, "Live photo video does not belong to the user")
         if video.fields.get("visibility", "timeline") == "timeline":
             video.fields["visibility"] = "hidden"
 
@@ -1686,8 +1800,32 @@ class ImmichTestServer:
                 "latitude": asset.exif.get("latitude"),
                 "longitude": asset.exif.get("longitude"),
                 "description": asset.exif.get("description", ""),
+                "rating": asset.exif.get("rating"),
             },
+            "tags": [self._tag_json(self.tags[t]) for t in asset.tag_ids if t in self.tags],
+            "stack": self._stack_json(asset),
         }
+
+    def _stack_json(self, asset: Asset) -> dict[str, Any] | None:
+        """Immich's stack of an asset: null unless another member (not the primary) is in the timeline, not
+        trashed (the lateral join of AssetRepository.getById)."""
+        members = self.stacks.get(asset.stack_id or "")
+        if not members:
+            return None
+        others = [
+            i for i in members[1:]
+            if i in self.assets and not self.assets[i].is_trashed
+            and self.assets[i].fields.get("visibility", "timeline") == "timeline"
+        ]  # fmt: skip
+        if not others:
+            return None
+        return {"id": asset.stack_id, "primaryAssetId": members[0], "assetCount": len(others) + 1}
+
+    def _tag_json(self, tag: Tag) -> dict[str, Any]:
+        answer = {"id": tag.id, "name": tag.value.split("/")[-1], "value": tag.value}
+        if tag.parent_id is not None:
+            answer["parentId"] = tag.parent_id
+        return answer
 
     def _date_json(self, value: str | None) -> str | None:
         # v3 stores the instant and answers it in UTC, ms precision; v2 mode keeps the text it was sent.
@@ -1761,13 +1899,150 @@ class ImmichTestServer:
         }
 
     def _create_stack(self, asset_ids: list[str]) -> dict[str, Any]:
+        """StackRepository.create: stacks whose primary is among the assets are merged into the new one (their
+        members not in the trash come along) and deleted; the first asset is the primary."""
         with self._lock:
             if any(i not in self.assets for i in asset_ids):
                 raise ApiError(400, "Not found or no asset.update access")
+            members = list(dict.fromkeys(asset_ids))
+            for old_id, old in list(self.stacks.items()):
+                if old and old[0] in asset_ids:
+                    members += [i for i in old if i not in members and not self.assets[i].is_trashed]
+                    self._delete_stack(old_id)
             stack_id = str(uuid.uuid4())
-            self.stacks[stack_id] = list(asset_ids)
-            assets = [self._asset_json(self.assets[i]) for i in asset_ids]
+            for asset_id in members:
+                self._leave_stack(self.assets[asset_id])
+                self.assets[asset_id].stack_id = stack_id
+            self.stacks[stack_id] = members
+            assets = [self._asset_json(self.assets[i]) for i in members]
         return {"id": stack_id, "primaryAssetId": asset_ids[0], "assets": assets}
+
+    def _leave_stack(self, asset: Asset) -> None:
+        if asset.stack_id in self.stacks:
+            self.stacks[asset.stack_id].remove(asset.id)
+        asset.stack_id = None
+
+    def _delete_stack(self, stack_id: str) -> None:
+        """A stack's row goes; its assets' stackId is set to null (the foreign key's ON DELETE SET NULL)."""
+        self.stacks.pop(stack_id, None)
+        for asset in self.assets.values():
+            if asset.stack_id == stack_id:
+                asset.stack_id = None
+
+    def _update_stack(self, stack_id: str, primary: str | None) -> dict[str, Any]:
+        with self._lock:
+            members = self.stacks.get(stack_id)
+            if members is None:
+                raise ApiError(400, "Not found or no stack.update access")
+            if primary is not None:
+                if primary not in members:
+                    raise ApiError(400, "Primary asset must be in the stack")
+                members.remove(primary)
+                members.insert(0, primary)
+            assets = [self._asset_json(self.assets[i]) for i in members]
+        return {"id": stack_id, "primaryAssetId": members[0], "assets": assets}
+
+    def _owned(self, asset_id: str) -> Asset | None:
+        """The asset when this user owns it and an API key may touch it (checkOwnerAccess: trashed ones
+        too, locked ones not)."""
+        asset = self.assets.get(asset_id)
+        if asset is None or asset.owner_id or (self.v3 and asset.fields.get("visibility") == "locked"):
+            return None
+        return asset
+
+    def _copy(self, payload: dict[str, Any]) -> None:
+        """AssetService.copy, including what a real v3.1.0 does when both assets are in one stack already: the
+        stack is merged into itself and then deleted, so its assets are in no stack any more."""
+        with self._lock:
+            source, target = self._owned(payload["sourceId"]), self._owned(payload["targetId"])
+            if source is None or target is None:
+                raise ApiError(400, "Not found or no asset.copy access")
+            if source.id == target.id:
+                raise ApiError(400, "Source and target id must be distinct")
+            wanted = {name: payload.get(name, True) for name in COPY_PARTS}
+            if wanted["albums"]:
+                for album in self.albums.values():
+                    if source.id in album.asset_ids and target.id not in album.asset_ids:
+                        album.asset_ids.append(target.id)
+            if wanted["stack"] and source.stack_id is not None:
+                if target.stack_id is not None:
+                    # StackRepository.merge (every asset of the source's stack into the target's), then the
+                    # source's stack is deleted: the same stack when both were in it.
+                    for asset_id in list(self.stacks.get(source.stack_id, [])):
+                        self.assets[asset_id].stack_id = target.stack_id
+                        if asset_id not in self.stacks[target.stack_id]:
+                            self.stacks[target.stack_id].append(asset_id)
+                    self._delete_stack(source.stack_id)
+                else:
+                    target.stack_id = source.stack_id
+                    self.stacks[source.stack_id].append(target.id)
+            if wanted["favorite"]:
+                target.fields["isFavorite"] = source.fields.get("isFavorite", "false")
+            if wanted["sidecar"] and source.sidecar_sha1 is not None:
+                target.sidecar_sha1 = source.sidecar_sha1
+            self.copies.append((source.id, target.id, wanted))
+            self._touch(target)
+
+    def _update_asset(self, asset: Asset, payload: dict[str, Any]) -> Asset:
+        with self._lock:
+            if asset.owner_id:
+                raise ApiError(400, "Not found or no asset.update access")
+            if payload.get("livePhotoVideoId"):
+                self._link_live_photo(payload["livePhotoVideoId"])
+            self._apply_update(asset, payload)
+            if "livePhotoVideoId" in payload:
+                if payload["livePhotoVideoId"] is None:
+                    asset.fields.pop("livePhotoVideoId", None)
+                else:
+                    asset.fields["livePhotoVideoId"] = payload["livePhotoVideoId"]
+            self.updates.append(([asset.id], dict(payload)))
+            return asset
+
+    def _apply_update(self, asset: Asset, payload: dict[str, Any]) -> None:
+        if "isFavorite" in payload:
+            asset.fields["isFavorite"] = "true" if payload["isFavorite"] else "false"
+        if "visibility" in payload:
+            asset.fields["visibility"] = payload["visibility"]
+        if "dateTimeOriginal" in payload:
+            asset.exif["dateTimeOriginal"] = v3_datetime_utc(payload["dateTimeOriginal"])[1]
+        for name in ("latitude", "longitude", "description", "rating"):
+            if name in payload:
+                asset.exif[name] = payload[name]
+        self._touch(asset)
+
+    def _upsert_tags(self, values: list[str]) -> list[Tag]:
+        """upsertTags: each distinct value's leaf tag, its parents made on the way; empty parts are dropped
+        (`/a//b/` is a/b) and a value of no part gives nothing."""
+        found: list[Tag] = []
+        with self._lock:
+            for value in dict.fromkeys(values):
+                parent: Tag | None = None
+                for part in [p for p in value.split("/") if p]:
+                    path = f"{parent.value}/{part}" if parent else part
+                    parent = next((t for t in self.tags.values() if t.value == path), None) or self._new_tag(
+                        path, parent.id if parent else None
+                    )
+                if parent is not None:
+                    found.append(parent)
+        return found
+
+    def _new_tag(self, value: str, parent_id: str | None) -> Tag:
+        tag = Tag(str(uuid.uuid4()), value, parent_id)
+        self.tags[tag.id] = tag
+        return tag
+
+    def _tag_assets(self, tag_ids: list[str], asset_ids: list[str]) -> int:
+        count = 0
+        with self._lock:
+            tags = [t for t in dict.fromkeys(tag_ids) if t in self.tags]
+            assets = [a for a in (self._owned(i) for i in dict.fromkeys(asset_ids)) if a is not None]
+            for tag_id in tags:
+                for asset in assets:
+                    if tag_id not in asset.tag_ids:
+                        asset.tag_ids.append(tag_id)
+                        count += 1
+                        self._touch(asset)
+        return count
 
     def _touch(self, asset: Asset) -> None:
         """A new updatedAt, later than any before (two changes in one millisecond still differ)."""
@@ -1793,26 +2068,19 @@ class ImmichTestServer:
                 raise ApiError(400, "Not found or no asset.update access")  # a partner's asset too
             for asset in assets:
                 assert asset is not None
-                if "isFavorite" in payload:
-                    asset.fields["isFavorite"] = "true" if payload["isFavorite"] else "false"
-                if "visibility" in payload:
-                    asset.fields["visibility"] = payload["visibility"]
-                if "dateTimeOriginal" in payload:
-                    asset.exif["dateTimeOriginal"] = v3_datetime_utc(payload["dateTimeOriginal"])[1]
-                for name in ("latitude", "longitude", "description"):
-                    if name in payload:
-                        asset.exif[name] = payload[name]
-                self._touch(asset)
+                self._apply_update(asset, payload)
             self.updates.append((list(asset_ids), dict(payload)))
 
     def _trash(self, asset_ids: list[str], force: bool) -> None:
-        """DELETE /api/assets: into the trash (restorable), or gone for good with `force`. Ids this user does
-        not own are passed over, as Immich's access check drops them."""
+        """DELETE /api/assets: into the trash (restorable; trashing one again changes nothing), or gone for good
+        with `force`. One id this user may not delete (unknown, a partner's, locked) refuses the whole request,
+        as Immich's requireAccess does (observed on v3.1.0)."""
         with self._lock:
+            if any(self._owned(i) is None for i in asset_ids):
+                raise ApiError(400, "Not found or no asset.delete access")
+            self.trash_requests.append(list(asset_ids))
             for asset_id in asset_ids:
-                asset = self.assets.get(asset_id)
-                if asset is None or asset.owner_id:
-                    continue
+                asset = self.assets[asset_id]
                 if force:
                     del self.assets[asset_id]
                     self._by_sha1.pop(asset.sha1_hex, None)

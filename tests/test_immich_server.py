@@ -964,7 +964,8 @@ def test_bulk_update_of_assets_answers_204_and_changes_exif_at_once(server: Immi
     asset_id = upload(server, b"update me").json()["id"]
     before = requests.get(f"{server.url}/api/assets/{asset_id}", headers=AUTH, timeout=10).json()
     assert before["exifInfo"] == {
-        "dateTimeOriginal": "2024-01-02T03:04:05.000Z", "latitude": None, "longitude": None, "description": ""
+        "dateTimeOriginal": "2024-01-02T03:04:05.000Z", "latitude": None, "longitude": None, "description": "",
+        "rating": None,
     }  # fmt: skip
     fields = {"isFavorite": True, "visibility": "archive", "dateTimeOriginal": "2015-07-02T03:04:05.000Z",
               "latitude": -33.85, "longitude": 151.2, "description": "From Google"}  # fmt: skip
@@ -976,7 +977,7 @@ def test_bulk_update_of_assets_answers_204_and_changes_exif_at_once(server: Immi
     assert after["isFavorite"] is True and after["visibility"] == "archive"
     assert after["exifInfo"] == {
         "dateTimeOriginal": "2015-07-02T03:04:05.000Z", "latitude": -33.85, "longitude": 151.2,
-        "description": "From Google",
+        "description": "From Google", "rating": None,
     }  # fmt: skip
     assert after["updatedAt"] > before["updatedAt"]
 
@@ -1032,3 +1033,142 @@ def test_a_sidecar_s_place_date_and_description_are_the_asset_s_exif(server: Imm
     ]
     assert exif["dateTimeOriginal"] == "2019-05-02T03:04:05.000Z" and exif["description"] == "Caf&e"
     assert (round(exif["latitude"], 4), round(exif["longitude"], 4)) == (41.8902, -12.4922)
+
+
+# --- tags, copy, single-asset updates, stacks, trash (§7c; answers of a real v3.1.0, 2026-12-04) ----------------
+
+
+def put(srv: ImmichTestServer, path: str, body: object) -> requests.Response:
+    return requests.put(f"{srv.url}/api{path}", headers=AUTH, json=body, timeout=10)
+
+
+def test_tags_upsert_as_a_hierarchy_and_tag_assets_counting_new_pairs(server: ImmichTestServer) -> None:
+    """PUT /api/tags makes each value's tag with its parents (reused next time); PUT /api/tags/assets counts
+    the (tag, asset) pairs it added and passes over ids the user may not tag, as a real v3.1.0 answered."""
+    photo = upload(server, b"tag me").json()["id"]
+    first = put(server, "/tags", {"tags": ["Trips/2019/Paris", "Family", "Family"]})
+    assert first.status_code == 200
+    assert [(t["name"], t["value"]) for t in first.json()] == [
+        ("Paris", "Trips/2019/Paris"),
+        ("Family", "Family"),
+    ]
+    assert "parentId" in first.json()[0] and "parentId" not in first.json()[1]
+    again = put(server, "/tags", {"tags": ["Trips/2019/Paris"]}).json()
+    assert (
+        again[0]["id"] == first.json()[0]["id"] and len(server.tags) == 4
+    )  # Trips, Trips/2019, its Paris, Family
+    assert [t["value"] for t in put(server, "/tags", {"tags": ["/a//b/", ""]}).json()] == ["a/b"]
+    ids = [t["id"] for t in first.json()]
+    unknown = "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
+    assert put(server, "/tags/assets", {"tagIds": ids, "assetIds": [photo, unknown]}).json() == {"count": 2}
+    assert put(server, "/tags/assets", {"tagIds": ids, "assetIds": [photo]}).json() == {"count": 0}
+    assert put(server, "/tags/assets", {"tagIds": [unknown], "assetIds": [photo]}).json() == {"count": 0}
+    assert put(server, "/tags/assets", {"tagIds": ["x"], "assetIds": []}).status_code == 400
+    tags = get_asset(server, photo).json()["tags"]
+    assert [t["value"] for t in tags] == ["Trips/2019/Paris", "Family"]
+
+
+def test_copy_carries_albums_favorite_stack_and_sidecar_but_not_tags_or_visibility(
+    server: ImmichTestServer,
+) -> None:
+    old = requests.post(
+        f"{server.url}/api/assets", headers=AUTH, data={**DATES, "isFavorite": "true"},
+        files={"assetData": ("a.jpg", b"old"), "sidecarData": ("a.jpg.xmp", b"<x/>")}, timeout=10,
+    ).json()["id"]  # fmt: skip
+    raw = upload(server, b"raw", filename="a.dng").json()["id"]
+    new = upload(server, b"new").json()["id"]
+    album = requests.post(
+        f"{server.url}/api/albums", headers=AUTH, json={"albumName": "A", "assetIds": [old]}
+    )
+    stack = requests.post(f"{server.url}/api/stacks", headers=AUTH, json={"assetIds": [old, raw]}).json()
+    tag = put(server, "/tags", {"tags": ["T"]}).json()[0]["id"]
+    put(server, "/tags/assets", {"tagIds": [tag], "assetIds": [old]})
+    put(server, f"/assets/{old}", {"visibility": "archive", "description": "d", "rating": 4})
+    answer = put(server, "/assets/copy", {"sourceId": old, "targetId": new})
+    assert answer.status_code == 204 and answer.content == b""
+    copied = get_asset(server, new).json()
+    assert copied["isFavorite"] is True and server.albums[album.json()["id"]].asset_ids == [old, new]
+    assert copied["stack"] == {"id": stack["id"], "primaryAssetId": old, "assetCount": 3}
+    assert server.assets[new].sidecar_sha1 == hashlib.sha1(b"<x/>").hexdigest()
+    assert copied["tags"] == [] and copied["visibility"] == "timeline"
+    assert copied["exifInfo"]["description"] == "" and copied["exifInfo"]["rating"] is None
+
+
+def test_a_second_copy_between_assets_of_one_stack_deletes_the_stack(server: ImmichTestServer) -> None:
+    """A real v3.1.0 merges the source's stack into the target's and deletes the source's: when both are the
+    same stack (a copy done twice), the stack is gone."""
+    old, raw, new = (upload(server, data).json()["id"] for data in (b"old", b"raw", b"new"))
+    stack = requests.post(f"{server.url}/api/stacks", headers=AUTH, json={"assetIds": [old, raw]}).json()
+    put(server, "/assets/copy", {"sourceId": old, "targetId": new})
+    assert get_asset(server, new).json()["stack"]["id"] == stack["id"]
+    put(server, "/assets/copy", {"sourceId": old, "targetId": new})
+    assert get_asset(server, raw).json()["stack"] is None and server.stacks == {}
+    put(server, "/assets/copy", {"sourceId": old, "targetId": new, "stack": False})
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"sourceId": "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"}, "Not found or no asset.copy access"),
+        ({"sourceId": None}, "Source and target id must be distinct"),
+        ({"sourceId": "not-a-uuid"}, "Validation failed"),
+        ({"albums": "yes"}, "Validation failed"),
+    ],
+)
+def test_copy_refuses_what_a_real_server_refuses(server: ImmichTestServer, body: dict, message: str) -> None:
+    target = upload(server, b"target").json()["id"]
+    payload = {"sourceId": target, "targetId": target, **body}
+    if payload["sourceId"] is None:
+        payload["sourceId"] = target
+    answer = put(server, "/assets/copy", payload)
+    assert answer.status_code == 400 and answer.json()["message"] == message
+
+
+def test_put_asset_links_a_live_photo_and_refuses_what_immich_refuses(server: ImmichTestServer) -> None:
+    photo = upload(server, b"still").json()["id"]
+    clip = upload(server, b"motion", filename="IMG_1.MOV").json()["id"]
+    assert put(server, f"/assets/{photo}", {"livePhotoVideoId": photo}).json() == {
+        "message": "Live photo video must be a video"
+    }
+    partner = server.add_existing_asset(
+        b"partner's clip", "p.mov", owner_id="7e57a55e-0000-4000-8000-000000000001"
+    )
+    refused = put(server, f"/assets/{photo}", {"livePhotoVideoId": partner.id})
+    assert refused.status_code == 400 and refused.json() == {
+        "message": "Live photo video does not belong to the user"
+    }
+    upload_refused = upload(server, b"still 2", fields={**DATES, "livePhotoVideoId": partner.id})
+    assert upload_refused.json() == {"message": "Live photo video does not belong to the user"}
+    linked = put(server, f"/assets/{photo}", {"livePhotoVideoId": clip})
+    assert linked.status_code == 200 and linked.json()["livePhotoVideoId"] == clip
+    assert get_asset(server, clip).json()["visibility"] == "hidden"
+    zero = put(server, f"/assets/{photo}", {"rating": 0})
+    assert zero.status_code == 400 and zero.json()["errors"][0]["path"] == ["rating"]
+    assert (
+        put(server, f"/assets/{photo}", {"rating": 5, "description": "x"}).json()["exifInfo"]["rating"] == 5
+    )
+    unknown = put(server, "/assets/6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f", {"rating": 5})
+    assert unknown.json() == {"message": "Not found or no asset.update access"}
+
+
+def test_stack_primary_is_changed_and_trash_refuses_an_id_it_may_not_delete(server: ImmichTestServer) -> None:
+    a, b = upload(server, b"a").json()["id"], upload(server, b"b").json()["id"]
+    stack = requests.post(f"{server.url}/api/stacks", headers=AUTH, json={"assetIds": [a, b]}).json()["id"]
+    assert put(server, f"/stacks/{stack}", {"primaryAssetId": b}).json()["primaryAssetId"] == b
+    outsider = upload(server, b"c").json()["id"]
+    assert put(server, f"/stacks/{stack}", {"primaryAssetId": outsider}).json() == {
+        "message": "Primary asset must be in the stack"
+    }
+    assert (
+        put(server, "/stacks/6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f", {"primaryAssetId": b}).status_code == 400
+    )
+    unknown = "6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"
+    refused = requests.delete(
+        f"{server.url}/api/assets", headers=AUTH, json={"ids": [a, unknown]}, timeout=10
+    )
+    assert refused.status_code == 400 and refused.json() == {"message": "Not found or no asset.delete access"}
+    assert not server.assets[a].is_trashed
+    for _ in range(2):  # trashing one already in the trash is no error
+        done = requests.delete(f"{server.url}/api/assets", headers=AUTH, json={"ids": [a]}, timeout=10)
+        assert done.status_code == 204
+    assert get_asset(server, a).json()["isTrashed"] is True
