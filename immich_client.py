@@ -66,6 +66,7 @@ PROBE_TIMEOUT_S = 5.0
 USER_AGENT = f"immich-uploader/{VERSION}"
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ALBUM_ADD_BATCH = 1000
+TAG_BATCH = 500
 # The media-processing queues worth pausing during a big import (SDK QueueName); internal ones are left alone.
 MEDIA_QUEUES = (
     "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
@@ -385,7 +386,8 @@ class UploadRequest(NamedTuple):
     # A file that is no plain file (a member of a zip): opened by this instead of `path`, checked by its owner.
     opener: Callable[[], BinaryIO] | None = None
     sidecar_xmp: bytes | None = None  # a sidecar made for the file rather than read from disk
-    visibility: str | None = None  # "archive" for what Google Photos had archived
+    visibility: str | None = None  # "archive" (VISIBILITY, or what Google Photos had archived), "timeline"
+    live_photo_video_id: str | None = None  # the asset of this photo's motion clip: Immich links and hides it
 
 
 class UploadResult(NamedTuple):
@@ -1332,6 +1334,62 @@ class ImmichClient:
         description) on these assets; 204. Setting a value twice leaves it as once."""
         self._request("PUT", "/assets", json_body={"ids": list(asset_ids), **fields})
 
+    def update_asset(self, asset_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """PUT /api/assets/{id}: set these fields (livePhotoVideoId links a live photo's clip and hides it;
+        description, rating, visibility, isFavorite); answers the asset."""
+        self._check_id(asset_id, "PUT")
+        return dict(self._call("PUT", f"/assets/{asset_id}", json_body=fields))
+
+    def copy_asset(self, source_id: str, target_id: str, *, sidecar: bool, stack: bool) -> None:
+        """PUT /api/assets/copy: the target gets the source's albums, shared links, favorite and, as asked,
+        its stack and sidecar (204). A real v3.1.0 deletes the stack when both assets are in it already
+        (observed): pass stack=False then."""
+        for asset_id in (source_id, target_id):
+            self._check_id(asset_id, "PUT")
+        body = {"sourceId": source_id, "targetId": target_id, "sidecar": sidecar, "stack": stack}
+        self._request("PUT", "/assets/copy", json_body=body)
+
+    def trash_assets(self, asset_ids: Sequence[str]) -> None:
+        """DELETE /api/assets without force: into Immich's trash, restorable there for as long as the server
+        keeps its trash (30 days by default)."""
+        for asset_id in asset_ids:
+            self._check_id(asset_id, "DELETE")
+        self._request("DELETE", "/assets", json_body={"ids": list(asset_ids)})
+
+    def update_stack(self, stack_id: str, primary_asset_id: str) -> None:
+        self._check_id(stack_id, "PUT")
+        self._call("PUT", f"/stacks/{stack_id}", json_body={"primaryAssetId": primary_asset_id})
+
+    def upsert_tags(self, values: Sequence[str]) -> dict[str, str]:
+        """PUT /api/tags: tag value (`Trips/2019/Paris`, a hierarchy) -> its id, made where missing."""
+        found: dict[str, str] = {}
+        for start in range(0, len(values), TAG_BATCH):
+            answer = self._call(
+                "PUT", "/tags", list, json_body={"tags": list(values[start : start + TAG_BATCH])}
+            )
+            for tag in answer:
+                if (
+                    isinstance(tag, dict)
+                    and isinstance(tag.get("value"), str)
+                    and UUID.fullmatch(str(tag.get("id")))
+                ):
+                    found[tag["value"]] = str(tag["id"])
+        return found
+
+    def tag_assets(self, tag_id: str, asset_ids: Sequence[str]) -> int:
+        """PUT /api/tags/assets: tag these assets; returns how many were not tagged so before. Immich passes
+        over ids the key may not update without saying which."""
+        added = 0
+        for start in range(0, len(asset_ids), ALBUM_ADD_BATCH):
+            body = {"tagIds": [tag_id], "assetIds": list(asset_ids[start : start + ALBUM_ADD_BATCH])}
+            added += int(self._call("PUT", "/tags/assets", json_body=body).get("count", 0) or 0)
+        return added
+
+    def _check_id(self, asset_id: str, method: str) -> None:
+        """An id that is no UUID (a server's answer is not trusted to name a path) is refused before sending."""
+        if not UUID.fullmatch(asset_id):
+            raise ImmichError(f"{asset_id!r} is not an asset id", None, method, "", kind="rejected")
+
     # -- background jobs
     def _has_queues_api(self) -> bool:
         return self.server.version >= (2, 3, 0)
@@ -1391,6 +1449,8 @@ class ImmichClient:
         ]
         if req.visibility:
             fields.append(("visibility", req.visibility))
+        if req.live_photo_video_id:
+            fields.append(("livePhotoVideoId", req.live_photo_video_id))
         if self.server.needs_device_fields:
             fields += [("deviceAssetId", req.device_asset_id), ("deviceId", self.device_id)]
         headers = {"x-immich-checksum": req.sha1} if req.sha1 else {}

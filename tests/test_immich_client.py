@@ -905,3 +905,42 @@ def test_what_a_hostile_server_sends_reaches_the_console_without_control_charact
     finally:
         listener.close()
     assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))
+
+
+def test_live_photo_tags_copy_stack_and_trash_calls_reach_immich_as_it_expects_them(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    """The calls an edit's replacement, a live photo and tags make, each as §7c describes it."""
+    clip, photo, edited = tmp_path / "IMG_1.MOV", tmp_path / "IMG_1.JPG", tmp_path / "IMG_1e.JPG"
+    for path, data in ((clip, b"motion"), (photo, b"still"), (edited, b"still, edited")):
+        path.write_bytes(data)
+    clip_id = client.upload(request_for(clip)).asset_id
+    photo_id = client.upload(request_for(photo)._replace(live_photo_video_id=clip_id)).asset_id
+    assert immich.assets[photo_id].fields["livePhotoVideoId"] == clip_id
+    assert immich.assets[clip_id].fields["visibility"] == "hidden"
+    tags = client.upsert_tags(["Trips/2019/Paris", "Family"])
+    assert set(tags) == {"Trips/2019/Paris", "Family"}
+    assert (
+        client.tag_assets(tags["Family"], [photo_id]) == 1
+        and client.tag_assets(tags["Family"], [photo_id]) == 0
+    )
+    new_id = client.upload(request_for(edited)._replace(visibility="archive")).asset_id
+    assert immich.assets[new_id].fields["visibility"] == "archive"
+    client.copy_asset(photo_id, new_id, sidecar=True, stack=False)
+    assert immich.copies[-1] == (
+        photo_id,
+        new_id,
+        {**dict.fromkeys(("sharedLinks", "albums", "favorite"), True), "sidecar": True, "stack": False},
+    )
+    linked = client.update_asset(new_id, {"livePhotoVideoId": clip_id, "rating": 3})
+    assert linked["livePhotoVideoId"] == clip_id and linked["exifInfo"]["rating"] == 3
+    stack = client.create_stack([photo_id, new_id])
+    client.update_stack(stack, new_id)
+    assert immich.stacks[stack][0] == new_id
+    client.trash_assets([photo_id])
+    assert immich.assets[photo_id].is_trashed
+    with pytest.raises(ImmichError, match=r"Not found or no asset\.delete access") as refused:
+        client.trash_assets(["6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"])
+    assert refused.value.status == 400
+    with pytest.raises(ImmichError, match="is not an asset id"):
+        client.update_asset("../users/me", {})
