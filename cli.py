@@ -140,6 +140,22 @@ def add_upload_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--stack-raw-jpeg", action="store_true", help="stack each RAW file with its JPEG")
     group.add_argument("--stack-bursts", action="store_true", help="stack burst photos")
     group.add_argument(
+        "--tag",
+        metavar="NAME",
+        action="append",
+        help="tag every file NAME in Immich ('/' makes a hierarchy: Trips/Paris); repeatable (TAGS)",
+    )
+    group.add_argument(
+        "--tags-from-folder",
+        action="store_true",
+        help="tag each file with its folder path below the source, e.g. Trips/2019/Paris (TAGS_FROM_FOLDER)",
+    )
+    group.add_argument(
+        "--visibility",
+        metavar="WHERE",
+        help="archive or timeline: where uploads appear in Immich (VISIBILITY); locked is not offered",
+    )
+    group.add_argument(
         "--pause-server-jobs",
         action="store_true",
         help="pause Immich's background jobs during the run (admin)",

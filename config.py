@@ -110,6 +110,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ALBUM_FROM", "", "Album per file from its folder: 'folder' (parent folder name) or 'path' (path below the source, joined with ' / ')"),
     Setting("STACK_RAW_JPEG", "false", "Stack a RAW file and its JPEG (same name, same folder) in Immich"),
     Setting("STACK_BURSTS", "false", "Stack burst photos (…BURST…, _COVER) in Immich"),
+    Setting("TAGS", "", "Tag every file in Immich with these tags, comma-separated; '/' makes a hierarchy, e.g. Family,Trips/Paris (--tag NAME)"),
+    Setting("TAGS_FROM_FOLDER", "false", "Tag each file with its folder path below the source as a hierarchical tag, e.g. Trips/2019/Paris"),
+    Setting("VISIBILITY", "", "Where uploads appear in Immich: 'archive' or 'timeline'; empty = Immich's default (the timeline; a Takeout's archived photos archived)"),
+    Setting("REPLACE_EDITED", "true", "A photo edited after its upload replaces its earlier version in Immich (albums, favourite, stack, tags... carried over; the old one to Immich's trash); false keeps both"),
     Setting("DELETE_UPLOADED", "false", "Delete local files once Immich confirmed them (off unless you are sure)"),
     Setting("DELETE_DUPLICATES", "false", "With DELETE_UPLOADED, also delete files Immich already had"),
     Setting("PAUSE_SERVER_JOBS", "false", "Pause Immich's background jobs during the run (admin key) and resume them after"),
@@ -162,6 +166,10 @@ class Settings:
     album_from: str
     stack_raw_jpeg: bool
     stack_bursts: bool
+    tags: tuple[str, ...]
+    tags_from_folder: bool
+    visibility: str
+    replace_edited: bool
     delete_uploaded: bool
     delete_duplicates: bool
     pause_server_jobs: bool
@@ -398,6 +406,10 @@ def load_settings(
         album_from=_choice(raw, "ALBUM_FROM", ("folder", "path")),
         stack_raw_jpeg=_bool(raw, "STACK_RAW_JPEG"),
         stack_bursts=_bool(raw, "STACK_BURSTS"),
+        tags=_tags(split("TAGS")),
+        tags_from_folder=_bool(raw, "TAGS_FROM_FOLDER"),
+        visibility=_visibility(raw["VISIBILITY"]),
+        replace_edited=_bool(raw, "REPLACE_EDITED"),
         delete_uploaded=_bool(raw, "DELETE_UPLOADED"),
         delete_duplicates=_bool(raw, "DELETE_DUPLICATES"),
         pause_server_jobs=_bool(raw, "PAUSE_SERVER_JOBS"),
@@ -506,6 +518,39 @@ def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
+def _visibility(value: str) -> str:
+    """archive or timeline. Locked and hidden are refused with why: a locked asset cannot be read back with an
+    API key (Immich wants a session unlocked by its PIN), so nothing could confirm, verify, delete or replace
+    what was sent; hidden is what Immich makes of a live photo's clip."""
+    lowered = value.strip().lower()
+    if lowered in ("", "archive", "timeline"):
+        return lowered
+    if lowered == "locked":
+        raise ConfigError(
+            "VISIBILITY: locked is not offered: Immich lets an API key neither read nor change a locked asset "
+            "(that needs the PIN-unlocked session of its app), so the tool could not confirm, verify, delete "
+            "after upload or replace an edited version of what it sent; move photos to the locked folder "
+            "in Immich instead"
+        )
+    if lowered == "hidden":
+        raise ConfigError(
+            "VISIBILITY: hidden is what Immich makes of a live photo's motion clip, not a place for photos; "
+            "use archive or timeline"
+        )
+    raise ConfigError(f"VISIBILITY: {value!r} is not one of archive, timeline")
+
+
+def _tags(names: list[str]) -> tuple[str, ...]:
+    """Tag values as Immich stores them: '/' separates the levels of a hierarchy, empty levels dropped."""
+    tags = []
+    for name in names:
+        value = "/".join(part.strip() for part in name.split("/") if part.strip())
+        if not value:
+            raise ConfigError(f"TAGS: {name!r} names no tag")
+        tags.append(value)
+    return tuple(dict.fromkeys(tags))
+
+
 def _time_zone(name: str) -> tzinfo | None:
     if not name:
         return None
@@ -571,6 +616,9 @@ def settings_flags(args: Any) -> dict[str, Any]:
         "ALBUM": flag("album"),
         "STACK_RAW_JPEG": flag("stack_raw_jpeg"),
         "STACK_BURSTS": flag("stack_bursts"),
+        "TAGS": ",".join(args.tag) if getattr(args, "tag", None) else None,
+        "TAGS_FROM_FOLDER": flag("tags_from_folder"),
+        "VISIBILITY": flag("visibility"),
         "DELETE_UPLOADED": flag("delete_uploaded"),
         "DELETE_DUPLICATES": flag("delete_duplicates"),
         "PAUSE_SERVER_JOBS": flag("pause_server_jobs"),

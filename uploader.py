@@ -653,6 +653,7 @@ class Uploader:
             device_asset_id=f"{os.path.basename(row.filepath)}-{row.file_size}".replace(" ", ""),
             mtime_ns=row.mtime_ns,
             sidecar_path=sidecar,
+            visibility=self.settings.visibility or None,
         )
         if self.takeout is not None:
             request = takeout_request(request, row, self.takeout)
@@ -888,7 +889,7 @@ def takeout_request(request: UploadRequest, row: PendingUpload, takeout: Takeout
         created_at=created_at(row),
         opener=takeout.opener(row.filepath),
         is_favorite=bool(google.get("favorited")),
-        visibility="archive" if google.get("archived") else None,
+        visibility=request.visibility or ("archive" if google.get("archived") else None),
         sidecar_xmp=sidecar_for(google, has_gps, has_date),
     )
 

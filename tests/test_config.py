@@ -203,3 +203,48 @@ def test_a_password_in_immich_url_is_a_secret_like_the_key(tmp_path: Path) -> No
         with pytest.raises(ConfigError) as caught:
             normalize_url(malformed)
         assert "alice:****@nas" in str(caught.value) and "secret" not in str(caught.value)
+
+
+def test_visibility_locked_is_refused_saying_why_and_other_values_name_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="an API key neither read nor change a locked asset"):
+        load_settings(env_file=str(write_env(tmp_path, "VISIBILITY=locked\n")), environ={})
+    with pytest.raises(ConfigError, match="live photo's motion clip"):
+        load_settings(env_file=str(write_env(tmp_path, "VISIBILITY=hidden\n")), environ={})
+    with pytest.raises(ConfigError, match="'public' is not one of archive, timeline"):
+        load_settings(env_file=str(write_env(tmp_path, "VISIBILITY=public\n")), environ={})
+    assert (
+        load_settings(env_file=str(write_env(tmp_path, "VISIBILITY=Archive\n")), environ={}).visibility
+        == "archive"
+    )
+    assert load_settings(env_file=str(write_env(tmp_path, "")), environ={}).visibility == ""
+
+
+def test_a_locked_visibility_on_the_command_line_is_one_error_line(tmp_path: Path) -> None:
+    import upload_files
+
+    env = write_env(tmp_path, f"DB_PATH={tmp_path}/s.db\nLOG_FILE={tmp_path}/log\n")
+    result = run_inprocess(
+        upload_files.main, "--env-file", str(env), "--visibility", "locked", "--no-progress"
+    )
+    assert result.status == 2
+    assert (
+        result.stderr.count("\n") == 1
+        and "immich-uploader: error: VISIBILITY: locked is not offered" in result.stderr
+    )
+
+
+def test_tags_come_from_repeated_flags_and_the_setting_as_immich_values(tmp_path: Path) -> None:
+    s = load_settings(env_file=str(write_env(tmp_path, "TAGS= Family , Trips//Paris/ ,Family\n")), environ={})
+    assert s.tags == ("Family", "Trips/Paris")
+    with pytest.raises(ConfigError, match="names no tag"):
+        load_settings(env_file=str(write_env(tmp_path, "TAGS=a,/\n")), environ={})
+    import argparse
+
+    from config import settings_flags
+
+    flags = settings_flags(argparse.Namespace(tag=["Kids", "Trips/2019"], tags_from_folder=True))
+    assert flags["TAGS"] == "Kids,Trips/2019" and flags["TAGS_FROM_FOLDER"] == "true"
+    assert load_settings(flags, env_file=str(write_env(tmp_path, "")), environ={}).tags == (
+        "Kids",
+        "Trips/2019",
+    )

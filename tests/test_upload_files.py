@@ -608,3 +608,32 @@ def test_verify_with_dry_run_checks_and_changes_nothing(
     assert result.status == 1 and f"gone from Immich: {gone}" in result.stdout
     assert "would be queued to be sent again" in result.stderr
     assert statuses(server_env) == before and immich.upload_count() == 2
+
+
+def test_visibility_archive_or_timeline_is_sent_with_each_upload(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    first = library.photo("a/IMG_1.jpg", n=1)
+    scan(server_env)
+    assert upload(server_env, "--visibility", "archive")[0] == 0
+    assert (
+        immich.asset_by_sha1(hashlib.sha1(first.read_bytes()).hexdigest()).fields["visibility"] == "archive"
+    )
+    second = library.photo("a/IMG_2.jpg", n=2)
+    scan(server_env)
+    assert upload(server_env.set(VISIBILITY="timeline"))[0] == 0
+    (record,) = [
+        u
+        for u in immich.uploads
+        if u.status == 201 and u.sha1_hex == hashlib.sha1(second.read_bytes()).hexdigest()
+    ]
+    assert record.fields["visibility"] == "timeline"
+    third = library.photo("a/IMG_3.jpg", n=3)
+    scan(server_env)
+    assert upload(server_env.set(VISIBILITY=""))[0] == 0
+    (record,) = [
+        u
+        for u in immich.uploads
+        if u.status == 201 and u.sha1_hex == hashlib.sha1(third.read_bytes()).hexdigest()
+    ]
+    assert "visibility" not in record.fields  # Immich's own default
