@@ -139,6 +139,9 @@ class DoneFile(NamedTuple):
     sidecar_path: str | None  # the sidecar that went up with the file (its path and SHA-1 then)
     sidecar_sha1: str | None
     deleted: bool  # the local copy was deleted after Immich confirmed it
+    tags_done: str | None = None  # JSON list of the tags its asset was given
+    live_partner_id: int | None = None  # the row of its live photo partner
+    live_video_id: str | None = None  # a photo: the clip asset it is linked to in Immich
 
 
 class UploadedRow(NamedTuple):
@@ -295,9 +298,22 @@ TARGET_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("sidecar_sha1", "CHAR(40) NULL", "TEXT"),
 )
 
-# What was done for a row's asset in Immich (its album, its stack, the sidecar sent with it): none of it holds
-# for another asset, be it new content or the same content on another server.
-ASSET_STEP_COLUMNS = ("album_name", "album_id", "stack_id", "sidecar_path", "sidecar_sha1")
+# Migration 0011: an edited file's earlier version in Immich that its new one is to replace (JSON: the asset,
+# its target and SHA-1, the date and camera it had, how far the replacement got), the row of its live photo
+# partner (a photo's motion clip, a clip's photo) and the clip asset the photo was linked to in Immich, and
+# the tags the file's asset was given.
+FEATURE_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("replaces", "TEXT NULL", "TEXT"),
+    ("live_partner_id", "INT NULL", "INTEGER"),
+    ("live_video_id", "VARCHAR(64) NULL", "TEXT"),
+    ("tags_done", "TEXT NULL", "TEXT"),
+)
+
+# What was done for a row's asset in Immich (its album, its stack, the sidecar sent with it, its live photo's
+# link, its tags): none of it holds for another asset, be it new content or the same content on another server.
+ASSET_STEP_COLUMNS = (
+    "album_name", "album_id", "stack_id", "sidecar_path", "sidecar_sha1", "live_video_id", "tags_done",
+)  # fmt: skip
 
 # Migration 0006: whose row it is (a machine's, or a shared library's) and which machine holds it now.
 SCOPE_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -476,6 +492,7 @@ class Store:
             ("0007_deletion_intents_and_sending", lambda: self._add_columns(SAFETY_COLUMNS)),
             ("0009_scrub_url_passwords", self._scrub_url_passwords),
             ("0010_takeout_archives_json_updates", self._create_takeout_tables),
+            ("0011_edits_live_photos_tags", lambda: self._add_columns(FEATURE_COLUMNS)),
         ]
 
     def _scrub_url_passwords(self) -> None:
@@ -1061,13 +1078,21 @@ class Store:
                 self.sql(
                     "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
                     "extension, album_name, stack_id, sha1, target_id, media_type, date_taken, metadata_info, "
-                    "sidecar_path, sidecar_sha1, deleted_at FROM media_files WHERE scope = ? "
+                    "sidecar_path, sidecar_sha1, deleted_at, tags_done, live_partner_id, live_video_id "
+                    "FROM media_files WHERE scope = ? "
                     "AND upload_status IN ('success', 'duplicate') AND immich_asset_id IS NOT NULL "
                     "AND (missing_since IS NULL OR deleted_at IS NOT NULL) ORDER BY id"
                 ),
                 (self.scope,),
             )
-        return [DoneFile(*_date_to_text(r, 13)[:17], r[17] is not None) for r in rows]
+        return [DoneFile(*_date_to_text(r, 13)[:17], r[17] is not None, *r[18:21]) for r in rows]
+
+    def record_tags(self, tagged: Sequence[tuple[int, str]]) -> None:
+        """(row id, JSON list of tags) for files whose asset now carries those tags."""
+        sql = self.sql("UPDATE media_files SET tags_done = ?, updated_at = ? WHERE id = ?")
+        now = utc_now()
+        for chunk in _chunks(tagged, BATCH_ROWS):
+            self._write_many(sql, [(tags, now, row_id) for row_id, tags in chunk])
 
     def record_albums(self, added: Sequence[tuple[int, str, str]]) -> None:
         """(row id, album name, album id) for files now in that album."""

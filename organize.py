@@ -65,6 +65,7 @@ DELETE_SLICE_BYTES = 1 << 30
 class OrganizeSummary:
     added_to_albums: int = 0
     albums_created: int = 0
+    tagged: int = 0  # files whose asset got a tag it lacked
     stacks_created: int = 0
     deleted: int = 0
     deleted_bytes: int = 0
@@ -126,6 +127,64 @@ def update_albums(
                 log.warning("%s: not added to album %r: %s", file.filepath, name, error, extra=FILE_EVENT)
         store.record_albums(added)
         summary.added_to_albums += len(added)
+    return summary
+
+
+def tags_for(file: DoneFile, settings: Settings) -> tuple[str, ...]:
+    """The tags a file's asset should carry: TAGS, and with TAGS_FROM_FOLDER its folder path below the
+    source as one hierarchical tag (`Trips/2019/Paris`; a file right in the source folder gets none)."""
+    tags = list(settings.tags)
+    if settings.tags_from_folder and not settings.takeout_paths:
+        folder = os.path.dirname(file.filepath)
+        below = folder if settings.shared_library else None
+        for root in settings.source_dirs if below is None else ():
+            root_text = str(root).rstrip("/")
+            if folder.startswith(root_text + "/"):
+                below = folder[len(root_text) + 1 :]
+                break
+        value = "/".join(part.strip() for part in (below or "").split("/") if part.strip())
+        if value:
+            tags.append(value)
+    return tuple(dict.fromkeys(tags))
+
+
+def update_tags(
+    client: ImmichClient, store: Store, settings: Settings, files: list[DoneFile]
+) -> OrganizeSummary:
+    """Give each file's asset its tags (PUT /api/tags makes them, hierarchies included; PUT /api/tags/assets
+    tags the assets), remembered per file: a rerun makes no calls for files already tagged. A live photo's
+    clip is left out: Immich hides it behind its photo."""
+    summary = OrganizeSummary()
+    done: dict[int, set[str]] = {}
+    wanted: dict[str, list[DoneFile]] = defaultdict(list)
+    for file in files:
+        if file.live_partner_id is not None and file.media_type == "video":
+            continue
+        have = set(json.loads(file.tags_done)) if file.tags_done else set()
+        done[file.id] = have
+        for tag in tags_for(file, settings):
+            if tag not in have:
+                wanted[tag].append(file)
+    if not wanted:
+        return summary
+    ids = client.upsert_tags(sorted(wanted))
+    tagged: set[int] = set()
+    for tag, members in sorted(wanted.items()):
+        tag_id = ids.get(tag)
+        if tag_id is None:
+            summary.errors += 1
+            summary.problems.append(
+                RunProblem(f"(tag {tag!r})", "Immich made no such tag", "tried again next run")
+            )
+            continue
+        client.tag_assets(tag_id, list(dict.fromkeys(f.asset_id for f in members)))
+        for file in members:
+            done[file.id].add(tag)
+            tagged.add(file.id)
+    store.record_tags(
+        [(row_id, json.dumps(sorted(done[row_id]), ensure_ascii=False)) for row_id in sorted(tagged)]
+    )
+    summary.tagged = len(tagged)
     return summary
 
 
@@ -272,6 +331,7 @@ KEPT_DUPLICATE = "Immich already had it before this machine sent it (--delete-du
 KEPT_OTHER_TARGET = "recorded on another Immich server or user"
 KEPT_NO_ALBUM = "not in its album yet"
 KEPT_NO_STACK = "not stacked with its RAW/JPEG or burst yet"
+KEPT_NO_TAGS = "not tagged yet"
 KEPT_LINK = "a symbolic link (neither it nor what it points to is deleted)"
 KEPT_OUTSIDE = "lies outside the source folders' real paths (reached through a symbolic link)"
 KEPT_NOT_FILE = "not a regular file"
@@ -314,9 +374,18 @@ def deletion_candidates(
             keep(file, KEPT_NO_ALBUM)
         elif not steps_done and not partners.stacked(file):
             keep(file, KEPT_NO_STACK)
+        elif not steps_done and not tagged(file, settings):
+            keep(file, KEPT_NO_TAGS)
         else:
             candidates.append(file)
     return candidates, kept
+
+
+def tagged(file: DoneFile, settings: Settings) -> bool:
+    if file.live_partner_id is not None and file.media_type == "video":
+        return True  # a live photo's clip carries no tags (update_tags)
+    have = set(json.loads(file.tags_done)) if file.tags_done else set()
+    return set(tags_for(file, settings)) <= have
 
 
 def real_roots(settings: Settings) -> tuple[bytes, ...]:
@@ -623,7 +692,8 @@ def organize(
     deletion would remove."""
     total = OrganizeSummary()
     albums = settings.album or settings.album_from or settings.takeout_paths
-    wants_any = albums or settings.stack_raw_jpeg or settings.stack_bursts
+    tags = settings.tags or settings.tags_from_folder
+    wants_any = albums or tags or settings.stack_raw_jpeg or settings.stack_bursts
     if not wants_any and not settings.delete_uploaded:
         return total
     files = [f for f in store.done_files() if not f.deleted and run_files.includes(f)]
@@ -632,6 +702,8 @@ def organize(
         steps.append(update_albums(client, store, settings, files))
     if not dry_run and (settings.stack_raw_jpeg or settings.stack_bursts):
         steps.append(update_stacks(client, store, settings, files))
+    if not dry_run and tags:
+        steps.append(update_tags(client, store, settings, files))
     if settings.delete_uploaded and settings.takeout_paths:
         log.warning("a Takeout's zips are never changed: --delete-uploaded does nothing to them")
     elif settings.delete_uploaded and not stop.is_set():
@@ -643,6 +715,7 @@ def organize(
         steps.append(deleter.run(candidates, dry_run) if candidates else deleter.summary)
     for step in steps:
         total.added_to_albums += step.added_to_albums
+        total.tagged += step.tagged
         total.albums_created += step.albums_created
         total.stacks_created += step.stacks_created
         total.deleted += step.deleted

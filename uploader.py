@@ -103,6 +103,7 @@ class UploadSummary:
     stopped_after_errors: bool = False
     added_to_albums: int = 0
     stacks_created: int = 0
+    tagged: int = 0
     deleted: int = 0
     server_problem: str = ""  # why the run stopped early (the server went away, too many errors)
     elsewhere: int = 0  # a shared library's files another machine holds
@@ -913,6 +914,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("sent by another machine", summary.elsewhere),
         ("added to albums", summary.added_to_albums),
         ("stacks made", summary.stacks_created),
+        ("tagged", summary.tagged),
         ("deleted locally", summary.deleted),
     ]
     rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
@@ -1064,10 +1066,12 @@ def finish_in_immich(
         log.error("albums, stacks and deletion not done: %s", exc)
         return
     except ImmichError as exc:
-        log.error("albums/stacks not updated (nothing was deleted): %s", exc)
+        log.error("albums, stacks and tags not updated (nothing was deleted): %s", exc)
         summary.errors += 1
         summary.problems.append(
-            RunProblem("(albums and stacks)", f"not updated: {exc}", "they are tried again on the next run")
+            RunProblem(
+                "(albums, stacks and tags)", f"not updated: {exc}", "they are tried again on the next run"
+            )
         )
         return
     summary.added_to_albums, summary.stacks_created, summary.deleted = (
@@ -1075,6 +1079,7 @@ def finish_in_immich(
         done.stacks_created,
         done.deleted,
     )
+    summary.tagged = done.tagged
     summary.kept = dict(done.kept)
     summary.errors += done.errors
     summary.problems += done.problems

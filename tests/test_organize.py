@@ -717,3 +717,49 @@ def test_files_reached_through_a_symlinked_folder_are_uploaded_but_never_deleted
     assert status == 0 and summary["uploaded"] == 4 and summary["deleted"] == 1 and not own.exists()
     assert all(p.exists() for p in [*linked, single]) and link_to_file.is_symlink()
     assert kept_reasons(summary) == {organize_reason("KEPT_OUTSIDE"): 2, organize_reason("KEPT_LINK"): 1}
+
+
+def asset_tags(server: ImmichTestServer, path: Path) -> set[str]:
+    asset = server.asset_by_sha1(hashlib.sha1(path.read_bytes()).hexdigest())
+    assert asset is not None
+    return {server.tags[t].value for t in asset.tag_ids}
+
+
+def test_tags_and_folder_tags_are_set_once_and_a_rerun_makes_no_calls(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    paris = library.photo("Trips/2019/Paris/a.jpg", n=1)
+    top = library.photo("top.jpg", n=2)
+    have = library.photo("Trips/b.jpg", n=3)
+    immich.add_existing_asset(have.read_bytes())  # a duplicate is tagged too, as it joins albums
+    status, summary = sync(server_env, "--tag", "Family", "--tag", "Scans/1990s", "--tags-from-folder")
+    assert status == 0 and summary["tagged"] == 3
+    assert asset_tags(immich, paris) == {"Family", "Scans/1990s", "Trips/2019/Paris"}
+    assert asset_tags(immich, top) == {"Family", "Scans/1990s"}  # no folder below the source
+    assert asset_tags(immich, have) == {"Family", "Scans/1990s", "Trips"}
+    assert {t.value for t in immich.tags.values()} >= {"Trips", "Trips/2019", "Scans"}  # a hierarchy
+    assert json.loads(str(rows(server_env)["a.jpg"]["tags_done"])) == [
+        "Family",
+        "Scans/1990s",
+        "Trips/2019/Paris",
+    ]
+    before = len(calls(immich, "/api/tags"))
+    status, summary = sync(server_env, "--tag", "Family", "--tag", "Scans/1990s", "--tags-from-folder")
+    assert status == 0 and summary["tagged"] == 0 and len(calls(immich, "/api/tags")) == before
+    status, summary = sync(server_env.set(TAGS="Kids"), "--include", "*/Paris/*")  # exactly this run's files
+    assert (
+        summary["tagged"] == 1
+        and "Kids" in asset_tags(immich, paris)
+        and "Kids" not in asset_tags(immich, top)
+    )
+
+
+def test_a_file_is_deleted_only_once_it_is_tagged(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photo = library.photo("a/IMG_1.jpg", n=1)
+    immich.faults.add(status=500, path="/api/tags", count=3)  # every try of one run
+    status, summary = sync(server_env, "--tag", "Family", "--delete-uploaded")
+    assert status == 1 and photo.exists() and summary["deleted"] == 0
+    status, summary = sync(server_env, "--tag", "Family", "--delete-uploaded")
+    assert status == 0 and summary["tagged"] == 1 and summary["deleted"] == 1 and not photo.exists()
