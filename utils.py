@@ -289,6 +289,8 @@ def read_image_metadata(
                     tags.update(xmp_tags(blocks.xmp))
                 if exif_only and extension_of(path) in _HEIF_EXTENSIONS:
                     _apply_heif_size(f, meta)
+                    if (_text(_tag_values(tags, "Image Make")) or "").startswith("Apple"):
+                        tags.update(_apple_heif_tags(f, path))
                 has_metadata = exif_only or bool(tags) or has_exif_block or blocks.xmp is not None
                 has_metadata = has_metadata or meta.info.get("format") not in _PLAIN_FORMATS
     except OSError as exc:
@@ -490,7 +492,7 @@ def _apply_quicktime_metadata(path: str | bytes, meta: MediaMetadata) -> None:
     if taken is not None:
         meta.date_taken, meta.date_source = taken, "video"
         meta.info["date_taken"] = taken.isoformat()
-    for key, name in (("camera_make", "make"), ("camera_model", "model")):
+    for key, name in (("camera_make", "make"), ("camera_model", "model"), ("content_id", "content_id")):
         if tags.get(name):
             meta.info[key] = tags[name]
 
@@ -499,6 +501,7 @@ _ISO6709 = re.compile(r"\s*([+-]\d+(?:\.\d+)?)([+-]\d+(?:\.\d+)?)")
 _QUICKTIME_KEYS = {
     b"com.apple.quicktime.creationdate": "creationdate", b"com.apple.quicktime.make": "make",
     b"com.apple.quicktime.model": "model", b"com.apple.quicktime.location.ISO6709": "location",
+    b"com.apple.quicktime.content.identifier": "content_id",
 }  # fmt: skip
 _UDTA_TAGS = {b"\xa9xyz": "location", b"\xa9mak": "make", b"\xa9mod": "model"}
 _MAX_MOOV_BYTES = 64 << 20
@@ -595,6 +598,19 @@ def _read_exif_tags(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> dict
         return {}
 
 
+def _apple_heif_tags(f: BinaryIO, path: str | bytes) -> dict[str, Any]:
+    """An iPhone HEIC's maker note tags (its live photo's content identifier), which ExifRead's quick mode
+    does not read."""
+    try:
+        block = heif_exif_block(f)
+        if block is None:
+            return {}
+        return {k: v for k, v in tiff_tags(block).items() if k.startswith("MakerNote ")}
+    except (ValueError, struct.error, KeyError, IndexError) as exc:
+        log.debug("%s: HEIF maker note unreadable: %s", display_path(path), exc)
+        return {}
+
+
 def _read_tiff_tags(tiff: bytes, path: str | bytes, meta: MediaMetadata) -> dict[str, Any]:
     # A damaged block fails in many ways (struct.error, KeyError, ValueError...); like ExifRead, give up
     # on it quietly: the caller reports "EXIF block present but unreadable (corrupt)".
@@ -648,9 +664,30 @@ def tiff_tags(tiff: bytes) -> dict[str, Any]:
     if maker_note is not None:
         try:
             tags.update(_maker_note_zone(tiff, maker_note, _text(tags.get("Image Make")) or ""))
+            tags.update(_apple_maker_note(maker_note[1]))
         except (ValueError, struct.error, KeyError) as exc:  # KeyError: no byte order mark in Nikon's
             log.debug("EXIF block: maker note passed over: %s", exc)
     return tags
+
+
+_APPLE_MAKER_NOTE = b"Apple iOS\x00"
+_APPLE_CONTENT_IDENTIFIER = 0x0011
+
+
+def _apple_maker_note(data: bytes) -> dict[str, str]:
+    """The ContentIdentifier of Apple's maker note (a live photo's photo and clip carry the same one):
+    "Apple iOS\0", a version, a byte order mark, then an IFD whose offsets count from the note's start."""
+    if not data.startswith(_APPLE_MAKER_NOTE) or len(data) < 16:
+        return {}
+    order = {b"II": "<", b"MM": ">"}[data[12:14]]
+    (count,) = struct.unpack_from(order + "H", data, 14)
+    for number in range(min(count, _MAX_IFD_ENTRIES)):
+        tag, kind, n, pointer = struct.unpack_from(order + "HHII", data, 16 + 12 * number)
+        if tag == _APPLE_CONTENT_IDENTIFIER and kind == 2 and 0 < n <= 256:
+            raw = data[16 + 12 * number + 8 :][:n] if n <= 4 else data[pointer : pointer + n]
+            text = raw.split(b"\x00", 1)[0].decode("ascii", "replace").strip()
+            return {"MakerNote ContentIdentifier": text} if text else {}
+    return {}
 
 
 def _read_ifd(tiff: bytes, order: str, offset: int, prefix: str, tags: dict[str, Any]) -> dict[int, int]:
@@ -767,6 +804,70 @@ def _read_image_header(f: BinaryIO, path: str | bytes, meta: MediaMetadata) -> _
 
 _HEIF_EXTENSIONS = frozenset({"heic", "heif", "hif", "avif"})
 _HEIF_HEAD_BYTES = 256 << 10
+
+
+def heif_exif_block(f: BinaryIO) -> bytes | None:
+    """The TIFF block of a HEIF's Exif item (its `iinf` entry, its `iloc` extent in the file), or None: what
+    ExifRead reads too, but whole, maker note included (ExifRead's quick mode passes maker notes over)."""
+    f.seek(0)
+    head = f.read(_HEIF_HEAD_BYTES)
+    meta = next(((start, end) for kind, start, end in _boxes(head) if kind == b"meta"), None)
+    if meta is None:
+        return None
+    exif_item = None
+    extent = None
+    for kind, start, end in _boxes(head, meta[0] + 4, meta[1]):  # a full box: version and flags first
+        if kind == b"iinf":
+            version = head[start]
+            at = start + 4 + (2 if version == 0 else 4)
+            for entry, entry_start, _entry_end in _boxes(head, at, end):
+                entry_version = head[entry_start]
+                if entry != b"infe" or entry_version < 2:
+                    continue
+                id_size = 2 if entry_version == 2 else 4
+                item = int.from_bytes(head[entry_start + 4 : entry_start + 4 + id_size], "big")
+                item_type = head[entry_start + 4 + id_size + 2 : entry_start + 4 + id_size + 6]
+                if item_type == b"Exif":
+                    exif_item = item
+        elif kind == b"iloc":
+            extent = _iloc_extents(head, start, end)
+    if exif_item is None or extent is None or exif_item not in extent:
+        return None
+    offset, length = extent[exif_item]
+    if not 8 <= length <= _HEIF_HEAD_BYTES:
+        return None
+    f.seek(offset)
+    item = f.read(length)
+    (tiff_at,) = struct.unpack_from(">I", item, 0)  # the TIFF header's offset after this field ("Exif\0\0")
+    return item[4 + tiff_at :] if 4 + tiff_at < len(item) else None
+
+
+def _iloc_extents(data: bytes, start: int, end: int) -> dict[int, tuple[int, int]]:
+    """item id -> (file offset, length) of each single-extent item an `iloc` box stores in the file."""
+    version = data[start]
+    sizes = data[start + 4]
+    offset_size, length_size = sizes >> 4, sizes & 0x0F
+    base_size, index_size = data[start + 5] >> 4, (data[start + 5] & 0x0F) if version in (1, 2) else 0
+    at = start + 6
+
+    def number(size: int) -> int:
+        nonlocal at
+        if at + size > end:
+            raise ValueError("iloc runs past its box")
+        value = int.from_bytes(data[at : at + size], "big")
+        at += size
+        return value
+
+    found: dict[int, tuple[int, int]] = {}
+    for _ in range(number(2 if version < 2 else 4)):
+        item = number(2 if version < 2 else 4)
+        method = number(2) & 0x0F if version in (1, 2) else 0
+        number(2)  # data_reference_index
+        base = number(base_size)
+        extents = [(number(index_size), number(offset_size), number(length_size)) for _ in range(number(2))]
+        if method == 0 and len(extents) == 1:
+            found[item] = (base + extents[0][1], extents[0][2])
+    return found
 
 
 def _apply_heif_size(f: BinaryIO, meta: MediaMetadata) -> None:
@@ -1274,9 +1375,15 @@ def _gps_position(tags: dict[str, Any]) -> tuple[float, float] | None:
     return gps["gps_latitude"], gps["gps_longitude"]
 
 
+def _read_content_id(tags: dict[str, Any]) -> dict[str, Any]:
+    """Apple's ContentIdentifier: a live photo's photo and motion clip carry the same one."""
+    return {"content_id": _text(_tag_values(tags, "MakerNote ContentIdentifier"))}
+
+
 _EXIF_FIELDS: tuple[tuple[str, Callable[[dict[str, Any]], dict[str, Any]]], ...] = (
     ("date", _read_date),
     ("camera", _read_camera),
+    ("live photo", _read_content_id),
     ("exposure", _read_exposure),
     ("orientation/size", _read_orientation_and_size),
     ("GPS", _read_gps),
@@ -1293,7 +1400,7 @@ EXIFTOOL_TIMEOUT_S = 60.0  # one file's read; a damaged file that makes exiftool
 _EXIFTOOL_TAGS = (
     *IMMICH_DATE_TAGS, "TimeCreated", *_ZONE_TAGS, "DaylightSavings", "GPSDateStamp", "GPSTimeStamp",
     "GPSLatitude#", "GPSLongitude#", "Make", "Model", "AndroidMake", "AndroidModel", "ImageSize",
-    "ImageWidth", "ImageHeight",
+    "ImageWidth", "ImageHeight", "ContentIdentifier",
 )  # fmt: skip
 _EXIFTOOL_ARGS = (
     "-json",
@@ -1467,6 +1574,8 @@ def _apply_exiftool(tags: dict[str, Any] | None, is_video: bool, meta: MediaMeta
     )
     if isinstance(width, int) and isinstance(height, int) and width > 0 and height > 0:
         meta.info["width"], meta.info["height"] = width, height
+    if isinstance(tags.get("ContentIdentifier"), str) and tags["ContentIdentifier"].strip():
+        meta.info["content_id"] = tags["ContentIdentifier"].strip()
     meta.info["read_by"] = "exiftool"
 
 

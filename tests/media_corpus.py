@@ -361,6 +361,13 @@ def nikon_makernote(zone_minutes: int, daylight_saving: bool) -> bytes:
     return b"Nikon\x00\x02\x10\x00\x00" + inner
 
 
+def apple_makernote(content_identifier: str) -> bytes:
+    """Apple's maker note as an iPhone writes it: "Apple iOS\\0", version 1, "MM", then an IFD whose offsets
+    count from the note's start; ContentIdentifier (0x0011) ties a live photo's photo to its clip."""
+    entries: list[Entry] = [(0x0001, SLONG, 14), (0x0011, ASCII, content_identifier)]
+    return b"Apple iOS\x00\x00\x01MM" + _ifd(entries, 14, ">")
+
+
 def canon_makernote(zone_minutes: int) -> Callable[[int], bytes]:
     """Canon's maker note: a bare IFD whose offsets count from the EXIF block's TIFF header; TimeInfo
     (0x0035) holds the time zone in minutes, the city and daylight saving."""

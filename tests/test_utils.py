@@ -856,3 +856,53 @@ def test_a_damaged_tiff_header_is_one_warning_and_nothing_on_the_console(
     assert meta.warnings == ["not an image format Pillow recognises"]
     assert not [r for r in caplog.records if r.name.startswith("PIL")]
     assert capsys.readouterr() == ("", "")
+
+
+LIVE_ID = "1E2B3C4D-5F60-4718-92A3-B4C5D6E7F809"
+
+
+def iphone_exif() -> bytes:
+    return media_corpus.tiff_block(
+        media_corpus.camera("Apple", "iPhone 13"),
+        [
+            (media_corpus.DTO, media_corpus.ASCII, "2023:08:01 12:00:00"),
+            (media_corpus.OFFSET_ORIGINAL, media_corpus.ASCII, "+02:00"),
+            (media_corpus.MAKERNOTE, media_corpus.UNDEFINED, media_corpus.apple_makernote(LIVE_ID)),
+        ],
+    )
+
+
+@pytest.mark.parametrize("use_exiftool", [False, pytest.param(True, marks=needs_exiftool)])
+def test_a_live_photos_content_identifier_is_read_from_photo_and_clip(
+    tmp_path: Path, use_exiftool: bool
+) -> None:
+    """Apple's ContentIdentifier, in the photo's maker note (JPEG or HEIC) and the clip's QuickTime keys,
+    with or without exiftool: what pairs a live photo's two files."""
+    jpeg = tmp_path / "IMG_1.JPG"
+    jpeg.write_bytes(media_corpus.jpeg(iphone_exif()))
+    heic = tmp_path / "IMG_2.HEIC"
+    heic.write_bytes(media_corpus.heic(iphone_exif()))
+    clip = tmp_path / "IMG_2.MOV"
+    keys = {"com.apple.quicktime.content.identifier": LIVE_ID, "com.apple.quicktime.make": "Apple"}
+    clip.write_bytes(media_corpus.quicktime(datetime(2023, 8, 1, 10, 0, tzinfo=timezone.utc), keys))
+    for path, kind in ((jpeg, "image"), (heic, "image"), (clip, "video")):
+        meta = utils.read_metadata(path, kind, use_exiftool=use_exiftool)
+        assert meta.info.get("content_id") == LIVE_ID, (path.name, meta.info, meta.warnings)
+    plain = tmp_path / "plain.jpg"
+    plain.write_bytes(media_corpus.jpeg(media_corpus.tiff_block(media_corpus.camera())))
+    assert "content_id" not in utils.read_metadata(plain, "image", use_exiftool=use_exiftool).info
+
+
+def test_a_damaged_apple_maker_note_loses_only_the_content_identifier(tmp_path: Path) -> None:
+    note = media_corpus.apple_makernote(LIVE_ID)
+    for damaged in (note[:20], note[:12] + b"XX" + note[14:], note[:16] + b"\xff" * 40):
+        exif = media_corpus.tiff_block(
+            media_corpus.camera("Apple", "iPhone 13"),
+            [(media_corpus.DTO, media_corpus.ASCII, "2023:08:01 12:00:00"),
+             (media_corpus.MAKERNOTE, media_corpus.UNDEFINED, damaged)],
+        )  # fmt: skip
+        path = tmp_path / "IMG_1.JPG"
+        path.write_bytes(media_corpus.jpeg(exif))
+        meta = utils.read_metadata(path, "image", use_exiftool=False)
+        assert "content_id" not in meta.info and meta.info["camera_model"] == "iPhone 13"
+        assert meta.date_taken is not None
