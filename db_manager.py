@@ -43,6 +43,7 @@ log = get_logger("db")
 STATUSES = ("pending", "success", "duplicate", "error", "skipped")
 DONE_STATUSES = ("success", "duplicate")
 API_RESPONSE_MAX_CHARS = 4000
+LIVE_LINKS_STATE = "live_links_to_check"  # per scope: a live photo pair was recorded since the last look
 BATCH_ROWS = 1000
 CONFLICT_RETRIES = 5
 IDLE_PING_S = 10.0  # a MySQL connection unused this long is pinged before a transaction
@@ -197,6 +198,39 @@ class TakeoutRow(NamedTuple):
     sha1: str | None
 
 
+class LiveRow(NamedTuple):
+    """What live photo pairing reads of a row: its name and metadata, and where its upload stands."""
+
+    id: int
+    path_hash: str
+    filepath: str
+    extension: str
+    media_type: str | None
+    metadata_info: str | None
+    fingerprinted: bool
+    upload_status: str
+    asset_id: str | None
+    target_id: int | None
+    next_attempt_at: str | None
+    live_partner_id: int | None
+    live_video_id: str | None
+
+
+class LivePair(NamedTuple):
+    """A photo and its clip, both in Immich, whose link is still to be made there."""
+
+    photo_id: int
+    filepath: str
+    filepath_b64: str | None
+    photo_status: str
+    photo_asset_id: str
+    clip_id: int
+    clip_asset_id: str
+    metadata_info: str | None
+    media_type: str | None
+    date_taken: str | None
+
+
 class RunProblem(NamedTuple):
     """Something a run counts as an error that is no failed row (a folder it could not list, a link it would
     not follow, a file it could not delete): kept with the run's summary, so Recent errors can list it."""
@@ -218,6 +252,7 @@ class UploadOutcome(NamedTuple):
     target_id: int | None = None  # the Immich server and user the status refers to
     sidecar_path: str | None = None  # for success: the sidecar sent with the file
     sidecar_sha1: str | None = None
+    live_video_id: str | None = None  # for success: the clip asset the photo was linked to as it was sent
 
 
 # Records read from the database are NamedTuples: cheap to define at start-up and small in memory (a
@@ -849,6 +884,7 @@ class Store:
                 "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
                 "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
                 "sending_to = CASE WHEN ? = 1 THEN NULL ELSE sending_to END, "
+                "live_video_id = CASE WHEN ? = 1 THEN ? ELSE live_video_id END, "
                 "claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
             ),
             (
@@ -868,9 +904,74 @@ class Store:
                 int(done),
                 outcome.sidecar_sha1,
                 int(done),
+                int(done),
+                outcome.live_video_id,
                 now,
                 row_id,
             ),
+        )
+
+    # -- live photos
+    def live_rows(self, path_hashes: Sequence[str]) -> list[LiveRow]:
+        """This scope's rows at these paths (of files on disk), as live photo pairing reads them."""
+        found: list[LiveRow] = []
+        for chunk in _chunks(list(path_hashes), BATCH_ROWS):
+            sql = self.sql(
+                "SELECT id, path_hash, filepath, extension, media_type, metadata_info, hash <> '', upload_status, "
+                "immich_asset_id, target_id, next_attempt_at, live_partner_id, live_video_id FROM media_files "
+                f"WHERE scope = ? AND missing_since IS NULL AND path_hash IN ({', '.join('?' * len(chunk))})"
+            )
+            with self._lock:
+                rows = self._query(sql, [self.scope, *chunk])
+            found += [
+                LiveRow(int(r[0]), str(r[1]), str(r[2]), str(r[3] or ""), r[4], r[5], bool(r[6]), str(r[7]),
+                        r[8], r[9], None if r[10] is None else str(r[10])[:19], r[11], r[12])
+                for r in rows
+            ]  # fmt: skip
+        return found
+
+    def record_live_pairs(self, partners: Sequence[tuple[int, int | None]]) -> None:
+        """(row id, its live photo partner's row id or None) for rows whose pairing changed; a pair asks the
+        next organize step to link it in Immich (a state flag, so runs without pairs do not look)."""
+        sql = self.sql("UPDATE media_files SET live_partner_id = ?, updated_at = ? WHERE id = ?")
+        now = utc_now()
+        self._write_many(sql, [(partner, now, row_id) for row_id, partner in partners])
+        if any(partner is not None for _, partner in partners):
+            self.ask_to_link_live_photos()
+
+    def ask_to_link_live_photos(self) -> None:
+        """A live photo pair of this scope may be linkable in Immich now (unlinked_live_pairs looks)."""
+        self.set_state(f"{LIVE_LINKS_STATE}:{self.scope}", "1")
+
+    def unlinked_live_pairs(self, target_id: int) -> list[LivePair] | None:
+        """Pairs of this scope whose photo and clip are both in Immich (on `target_id`) and not linked as
+        recorded; None when no pair was recorded since the last look (nothing is read then)."""
+        if self.get_state(f"{LIVE_LINKS_STATE}:{self.scope}") is None:
+            return None
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT p.id, p.filepath, p.filepath_b64, p.upload_status, p.immich_asset_id, c.id, "
+                    "c.immich_asset_id, p.metadata_info, p.media_type, p.date_taken FROM media_files p "
+                    "JOIN media_files c ON c.id = p.live_partner_id WHERE p.scope = ? AND p.media_type = 'image' "
+                    "AND p.upload_status IN ('success', 'duplicate') AND p.target_id = ? "
+                    "AND p.immich_asset_id IS NOT NULL AND c.upload_status IN ('success', 'duplicate') "
+                    "AND c.target_id = ? AND c.immich_asset_id IS NOT NULL "
+                    "AND (p.live_video_id IS NULL OR p.live_video_id <> c.immich_asset_id) ORDER BY p.id"
+                ),
+                (self.scope, target_id, target_id),
+            )
+        return [LivePair(*_date_to_text(r)) for r in rows]
+
+    def live_links_looked_at(self) -> None:
+        """Every recorded pair was looked at: the next run reads none until a new one is recorded."""
+        self.set_state(f"{LIVE_LINKS_STATE}:{self.scope}", None)
+
+    def record_live_link(self, photo_id: int, clip_asset_id: str | None) -> None:
+        """The photo's asset is linked to this clip asset in Immich (None: to none this tool made)."""
+        self._write_one(
+            self.sql("UPDATE media_files SET live_video_id = ?, updated_at = ? WHERE id = ?"),
+            (clip_asset_id, utc_now(), photo_id),
         )
 
     def retry_now(self, error_kind: str, max_size_bytes: int | None = None) -> int:

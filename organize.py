@@ -35,6 +35,7 @@ from config import RAW_EXTENSIONS, Settings
 from db_manager import DoneFile, RunProblem, Store
 from filters import DELETING_PREFIX, RunFiles, RunScope
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
+from live_photos import link_live_photos
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
 from utils import (
@@ -66,6 +67,7 @@ class OrganizeSummary:
     added_to_albums: int = 0
     albums_created: int = 0
     tagged: int = 0  # files whose asset got a tag it lacked
+    live_photos: int = 0  # photos linked to their live photo clip after the upload
     stacks_created: int = 0
     deleted: int = 0
     deleted_bytes: int = 0
@@ -73,6 +75,12 @@ class OrganizeSummary:
     would_delete: list[tuple[str, int]] = field(default_factory=list)  # --dry-run: (path, size)
     errors: int = 0
     problems: list[RunProblem] = field(default_factory=list)  # the errors, each with its path and reason
+
+
+def live_clip(file: DoneFile) -> bool:
+    """A live photo's clip: Immich shows it behind its photo, so it goes into no album and gets no tag (its
+    photo does); Immich's own linking takes such clips out of albums too."""
+    return file.live_partner_id is not None and file.media_type == "video"
 
 
 def album_for(file: DoneFile, settings: Settings) -> str | None:
@@ -104,7 +112,7 @@ def update_albums(
     wanted: dict[str, list[DoneFile]] = defaultdict(list)
     for file in files:
         name = album_for(file, settings)
-        if name and file.album_name != name:
+        if name and file.album_name != name and not live_clip(file):
             wanted[name].append(file)
     if not wanted:
         return summary  # everything is where it belongs: no calls
@@ -158,7 +166,7 @@ def update_tags(
     done: dict[int, set[str]] = {}
     wanted: dict[str, list[DoneFile]] = defaultdict(list)
     for file in files:
-        if file.live_partner_id is not None and file.media_type == "video":
+        if live_clip(file):
             continue
         have = set(json.loads(file.tags_done)) if file.tags_done else set()
         done[file.id] = have
@@ -332,6 +340,7 @@ KEPT_OTHER_TARGET = "recorded on another Immich server or user"
 KEPT_NO_ALBUM = "not in its album yet"
 KEPT_NO_STACK = "not stacked with its RAW/JPEG or burst yet"
 KEPT_NO_TAGS = "not tagged yet"
+KEPT_NO_LIVE_LINK = "its live photo's other half is not in Immich and linked with it yet"
 KEPT_LINK = "a symbolic link (neither it nor what it points to is deleted)"
 KEPT_OUTSIDE = "lies outside the source folders' real paths (reached through a symbolic link)"
 KEPT_NOT_FILE = "not a regular file"
@@ -348,8 +357,24 @@ KEPT_UNCONFIRMED = "Immich could not confirm it (an error; tried again next run)
 DELETING_STATE = "deletion_in_progress"
 
 
+def live_linked(file: DoneFile, done_by_id: dict[int, DoneFile]) -> bool:
+    """A live photo's photo and clip are both in Immich, linked (or the file is none of a pair)."""
+    if file.live_partner_id is None:
+        return True
+    partner = done_by_id.get(file.live_partner_id)
+    if partner is None:
+        return False
+    photo, clip = (partner, file) if live_clip(file) else (file, partner)
+    return photo.live_video_id is not None and photo.live_video_id == clip.asset_id
+
+
 def deletion_candidates(
-    files: list[DoneFile], settings: Settings, target_id: int, steps_done: bool, run_files: RunFiles
+    files: list[DoneFile],
+    settings: Settings,
+    target_id: int,
+    steps_done: bool,
+    run_files: RunFiles,
+    done_by_id: dict[int, DoneFile] | None = None,
 ) -> tuple[list[DoneFile], Counter[str]]:
     """Files this run may delete, and why others were kept. A file that is not the run's (outside its
     sources or filters) is simply not its business; for the run's files, each reason to keep one is counted
@@ -370,19 +395,28 @@ def deletion_candidates(
             keep(file, KEPT_DUPLICATE)
         elif file.target_id != target_id or not file.sha1:
             keep(file, KEPT_OTHER_TARGET)
-        elif not steps_done and (name := album_for(file, settings)) and file.album_name != name:
+        elif (
+            not steps_done
+            and not live_clip(file)
+            and (name := album_for(file, settings))
+            and file.album_name != name
+        ):
             keep(file, KEPT_NO_ALBUM)
         elif not steps_done and not partners.stacked(file):
             keep(file, KEPT_NO_STACK)
         elif not steps_done and not tagged(file, settings):
             keep(file, KEPT_NO_TAGS)
+        elif not steps_done and not live_linked(
+            file, done_by_id if done_by_id is not None else {f.id: f for f in files}
+        ):
+            keep(file, KEPT_NO_LIVE_LINK)
         else:
             candidates.append(file)
     return candidates, kept
 
 
 def tagged(file: DoneFile, settings: Settings) -> bool:
-    if file.live_partner_id is not None and file.media_type == "video":
+    if live_clip(file):
         return True  # a live photo's clip carries no tags (update_tags)
     have = set(json.loads(file.tags_done)) if file.tags_done else set()
     return set(tags_for(file, settings)) <= have
@@ -691,12 +725,16 @@ def organize(
     for this run's files only (`run_files`). A dry run changes nothing in Immich or on disk; it reports what
     deletion would remove."""
     total = OrganizeSummary()
+    if not dry_run:
+        linked = link_live_photos(client, store, target_id, run_files, stop)
+        total.live_photos, total.errors, total.problems = linked.linked, linked.errors, list(linked.problems)
     albums = settings.album or settings.album_from or settings.takeout_paths
     tags = settings.tags or settings.tags_from_folder
     wants_any = albums or tags or settings.stack_raw_jpeg or settings.stack_bursts
     if not wants_any and not settings.delete_uploaded:
         return total
-    files = [f for f in store.done_files() if not f.deleted and run_files.includes(f)]
+    done = store.done_files()
+    files = [f for f in done if not f.deleted and run_files.includes(f)]
     steps = []
     if not dry_run and albums:
         steps.append(update_albums(client, store, settings, files))
@@ -708,8 +746,11 @@ def organize(
         log.warning("a Takeout's zips are never changed: --delete-uploaded does nothing to them")
     elif settings.delete_uploaded and not stop.is_set():
         if steps:
-            files = [f for f in store.done_files() if not f.deleted and run_files.includes(f)]
-        candidates, kept = deletion_candidates(files, settings, target_id, dry_run, run_files)
+            done = store.done_files()
+            files = [f for f in done if not f.deleted and run_files.includes(f)]
+        candidates, kept = deletion_candidates(
+            files, settings, target_id, dry_run, run_files, {f.id: f for f in done}
+        )
         deleter = Deleter(client, store, settings, run_files, progress, stop)
         deleter.summary.kept = kept
         steps.append(deleter.run(candidates, dry_run) if candidates else deleter.summary)

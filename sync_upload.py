@@ -71,6 +71,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "added_to_albums": upload.added_to_albums,
         "stacks_created": upload.stacks_created,
         "tagged": upload.tagged,
+        "live_photos": upload.live_photos,
         "deleted": upload.deleted,
         "kept": upload.kept,
         "error_files": (scan.error_files + upload.error_files)[:100],

@@ -586,6 +586,14 @@ class Archive:
         if folders is None:
             self._entries = entries  # complete: the uploader finds each row's member here
 
+    def stored_names(self) -> list[str]:
+        """Every member's path as rows store it."""
+        if self._entries is None:
+            for _member in self.members():
+                pass
+        assert self._entries is not None
+        return list(self._entries)
+
     def _entry(self, stored: str) -> Any:
         if self._entries is None:
             for _member in self.members():
@@ -936,11 +944,13 @@ class FolderIndex:
         self._match_cut(names, result, claimed)
         self._match_titles(names, result, claimed)
         by_full = {names[m.stored].full: result[m.stored] for m in self.media if m.stored in result}
-        self._photos_by_stem = {  # a live photo's clip finds its photo's match here
-            os.path.splitext(full)[0]: found
-            for full, found in by_full.items()
-            if found.info is not None and extension_of(full) in IMAGE_EXTENSIONS_OF_CLIPS
-        }
+        self._photos_by_stem = {}  # a live photo's clip finds its photo's match here
+        for full, found in by_full.items():
+            if found.info is not None and extension_of(full) in IMAGE_EXTENSIONS_OF_CLIPS:
+                stem = os.path.splitext(full)[0]
+                self._photos_by_stem[stem] = found
+                if stem[-3:].upper() == ".MP":  # Google's PXL_….MP.jpg beside its motion part PXL_….MP
+                    self._photos_by_stem.setdefault(stem[:-3], found)
         for m in self.media:
             if m.stored not in result:
                 found = self._borrowed(m, names[m.stored], by_full)
@@ -1710,6 +1720,7 @@ class TakeoutFiles:
         self.by_label = {archive.label: archive for archive in archives}
         self.store = store
         self.refreshed = refreshed if refreshed is not None else set()  # rows to read again before sending
+        self._by_folder: dict[bytes, list[bytes]] | None = None
 
     def archive_of(self, stored: str) -> Archive | None:
         return self.by_label.get(stored.split("/", 1)[0])
@@ -1732,6 +1743,17 @@ class TakeoutFiles:
     def stat(self, stored: str) -> tuple[int, int] | None:
         archive = self.archive_of(stored)
         return None if archive is None else archive.stat(stored)
+
+    def names_in(self, folder: bytes) -> list[bytes] | None:
+        """The names of the members in a folder (as rows store it), for live photo pairing."""
+        if self._by_folder is None:
+            by_folder: dict[bytes, list[bytes]] = defaultdict(list)
+            for archive in self.by_label.values():
+                for stored in archive.stored_names():
+                    where, _, name = stored.encode().rpartition(b"/")
+                    by_folder[where].append(name)
+            self._by_folder = by_folder
+        return self._by_folder.get(folder)
 
     def close(self) -> None:
         for archive in self.by_label.values():

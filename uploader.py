@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 
 from cli import Context, ExitStatus, StartError, summary_json
 from config import Settings
-from db_manager import DatabaseError, PendingUpload, RunProblem, Store, UploadOutcome
+from db_manager import DatabaseError, LiveRow, PendingUpload, RunProblem, Store, UploadOutcome
 from filters import RunFiles, RunScope
 from immich_client import (
     BULK_CHECK_BATCH,
@@ -44,6 +44,7 @@ from immich_client import (
     UploadRequest,
     host_port,
 )
+from live_photos import LivePartners, listdir, live_kind
 from logger import FILE_EVENT, get_logger
 from organize import local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
@@ -109,6 +110,7 @@ class UploadSummary:
     elsewhere: int = 0  # a shared library's files another machine holds
     changing: int = 0  # changed since their scan (still being written?): sent after the next scan
     recovered: int = 0  # sent by an earlier run of this machine whose answer was lost: uploads of ours
+    live_photos: int = 0  # photos linked to their live photo clip in Immich (as sent, or afterwards)
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
@@ -310,6 +312,17 @@ class Uploader:
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
         self._closing = False  # shutdown(): the workers take nothing new
         self._offered = IdSet()  # rows whose bytes this run offered to a server that lacked them
+        # Live photos: a clip goes first, its photo names the clip's asset (live_photos.py).
+        listing = takeout.names_in if takeout is not None else listdir
+        self.live = LivePartners(store, self.scope, settings, listing, takeout=takeout is not None)
+        self._held: dict[int, list[PendingUpload]] = {}  # clip row -> its photos, waiting for its asset
+        self._clip_assets: dict[int, str | None] = {}  # clip rows settled in this run -> asset (None: none)
+        self._link_with: dict[int, str] = {}  # photo row -> the clip asset it is sent with
+        self._paired_clips: set[int] = (
+            set()
+        )  # clip rows with a photo: sent without VISIBILITY, so Immich hides them
+        self._deferred: list[PendingUpload] = []  # photos and clips of folders the scan had not finished
+        self._live_final = False  # the scan is done: folders are as complete as they get
 
     @property
     def halted(self) -> bool:
@@ -397,11 +410,25 @@ class Uploader:
 
     def _dispatch(self, rows: list[PendingUpload]) -> None:
         """Settle rows whose content is known (in this database on this Immich, in flight, or on the
-        server), queue the rest for the workers."""
+        server), queue the rest for the workers. A photo or clip whose folder the scan has not recorded
+        whole waits for the end of the scan (its live photo partner may be among what is left)."""
         if not rows or self.halted:
             return
+        if not self._live_final:
+            ready = [
+                r
+                for r in rows
+                if self.live.ready(self.scope.path_of(r.filepath, r.filepath_b64), r.extension)
+            ]
+            if len(ready) < len(rows):
+                waiting = {r.id for r in ready}
+                self._deferred += [r for r in rows if r.id not in waiting]
+                rows = ready
+                if not rows:
+                    return
         known = self.store.assets_for_contents([r.sha1 for r in rows if r.sha1], self.target_id)
         settled: list[tuple[PendingUpload, str, str]] = []
+        trashed: set[int] = set()  # settled rows whose content lies in Immich's trash
         to_check: list[PendingUpload] = []
         for row in rows:
             if row.sha1 in known:
@@ -431,8 +458,10 @@ class Uploader:
                     )
                     self._record(row, outcome, counted_as="recovered")
                     continue
-                trashed = " (in Immich's trash)" if answer.is_trashed else ""
-                settled.append((row, answer.asset_id or "", f"already in Immich{trashed}"))
+                if answer.is_trashed:
+                    trashed.add(row.id)
+                where = " (in Immich's trash)" if answer.is_trashed else ""
+                settled.append((row, answer.asset_id or "", f"already in Immich{where}"))
                 continue
             self.summary.queued += 1
             with self._lock:
@@ -449,7 +478,7 @@ class Uploader:
             self.store.mark_sending(offered, self.target_id)
             self._offered.update(offered)
         for row in to_send:
-            self._queue.put(row)
+            self._send(row)
         if settled and self.scope.shared:
             # Another machine may have sent some of these since they were read: theirs to record.
             mine = self.store.claim_rows([r.id for r, _, _ in settled], self.settings.claim_lease_s)
@@ -462,8 +491,66 @@ class Uploader:
                 [(r.id, asset_id, json.dumps({"duplicate": why})) for r, asset_id, why in settled],
                 self.target_id,
             )
-            for row, _asset_id, why in settled:
-                self._note("duplicate", row, why)
+            for row, asset_id, why in settled:
+                self._note("duplicate", row, why, None if row.id in trashed else asset_id)
+
+    def _send(self, row: PendingUpload) -> None:
+        """Queue a row for the workers. A live photo's clip goes without VISIBILITY (Immich hides it when its
+        photo names it); a photo goes once its clip's asset is known (in this database, or once the clip this
+        run sends lands), naming it. A clip that cannot be had now (it failed and waits, or this run leaves it
+        out) lets its photo go alone: it is linked once the clip is in Immich (live_photos.link_live_photos)."""
+        partner = self.live.partner(self.scope.path_of(row.filepath, row.filepath_b64), row.id, row.extension)
+        if partner is None:
+            self._queue.put(row)
+            return
+        if live_kind(row.extension) == "clip":
+            self._paired_clips.add(row.id)
+            self._queue.put(row)
+            return
+        with self._lock:
+            if partner.id in self._clip_assets:
+                asset_id = self._clip_assets[partner.id]
+                if asset_id:
+                    self._link_with[row.id] = asset_id
+                self._queue.put(row)
+                return
+            if partner.id in self.fed_ids:
+                self._held.setdefault(partner.id, []).append(row)  # its clip is on its way
+                return
+        clip = self._clip_now(partner)
+        if isinstance(clip, str):
+            self._link_with[row.id] = clip
+        elif clip is not None:
+            with self._lock:
+                self._held.setdefault(partner.id, []).append(row)
+            self.feed(clip)  # the clip first, whatever its place in the order
+            return
+        self._queue.put(row)
+
+    def _clip_now(self, clip: LiveRow) -> str | list[PendingUpload] | None:
+        """A clip this run has not taken on: its asset on this server (an earlier run sent it, or Immich had
+        it), or its row to send now, or None when it cannot be had in this run."""
+        fresh = self.store.live_rows([clip.path_hash])
+        if not fresh or fresh[0].id != clip.id:
+            return None
+        now = fresh[0]
+        if now.upload_status in ("success", "duplicate") and now.target_id == self.target_id and now.asset_id:
+            return now.asset_id
+        rows = self.store.pending_uploads(ids=[clip.id])
+        return rows if rows and self.run_files.includes(rows[0]) else None
+
+    def _clip_settled(self, row: PendingUpload, asset_id: str | None) -> None:
+        """A clip's upload ended (sent, found in Immich, failed, passed over): the photos waiting for it go,
+        naming its asset when it has one."""
+        if live_kind(row.extension) != "clip":
+            return
+        with self._lock:
+            self._clip_assets[row.id] = asset_id
+            waiting = self._held.pop(row.id, [])
+        for photo in waiting:
+            if asset_id:
+                self._link_with[photo.id] = asset_id
+            self._queue.put(photo)
 
     def _sent_by_us(self, row: PendingUpload, asset_id: str, offered: bool) -> bool:
         """Whether the server's "duplicate" for `row` is this machine's own upload: its bytes were offered to
@@ -494,7 +581,7 @@ class Uploader:
             why = json.dumps({"duplicate": f"same content as {row.filepath}, sent once"})
             self.store.record_duplicates([(r.id, asset_id, why) for r in waiting], self.target_id)
             for other in waiting:
-                self._note("duplicate", other, f"same content as {os.path.basename(row.filepath)}")
+                self._note("duplicate", other, f"same content as {os.path.basename(row.filepath)}", asset_id)
 
     def _recheck(self, row: PendingUpload) -> PendingUpload | None:
         """The row as it is on disk now: re-hashed if the file changed since its scan, None if it vanished."""
@@ -558,13 +645,20 @@ class Uploader:
                 done.wait(0.2)
 
     def finish(self) -> UploadSummary:
-        """Wait for the queue to drain (or for a stop), then try the failed rows whose wait is over, then
-        stop the workers."""
+        """Wait for the queue to drain (or for a stop), then try the failed rows whose wait is over and the
+        photos and clips that waited for the scan to finish their folders, then stop the workers."""
         self._drain()
-        retries, self._retries = self._retries, []
-        for start in range(0, len(retries), FEED_BATCH):
-            self._dispatch(retries[start : start + FEED_BATCH])
-        self._drain()
+        while (self._retries or self._deferred) and not self.halted and not self._bugs:
+            retries, self._retries = self._retries, []
+            for start in range(0, len(retries), FEED_BATCH):
+                self._dispatch(retries[start : start + FEED_BATCH])
+            deferred, self._deferred = self._deferred, []
+            if deferred:
+                self._live_final = True
+                self.live.forget()  # the folders as the finished scan recorded them
+                for start in range(0, len(deferred), FEED_BATCH):
+                    self._dispatch(deferred[start : start + FEED_BATCH])
+            self._drain()
         for _ in self._workers:
             self._queue.put(None)
         for worker in self._workers:
@@ -635,6 +729,7 @@ class Uploader:
 
     def _upload_one(self, row: PendingUpload) -> None:
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
+        link = self._link_with.pop(row.id, None)
         sidecar = sidecar_for(raw) if self.takeout is None else None
         try:
             if sidecar is not None and os.path.getsize(sidecar) == 0:
@@ -655,23 +750,38 @@ class Uploader:
             mtime_ns=row.mtime_ns,
             sidecar_path=sidecar,
             visibility=self.settings.visibility or None,
+            live_photo_video_id=link,
         )
         if self.takeout is not None:
             request = takeout_request(request, row, self.takeout)
-        try:
-            result = self.client.upload(request)
-        except (ServerUnreachable, StopRequested) as exc:
-            self._server_gone(exc)  # nothing was decided: the row stays as it was, no attempt counted
-            return
-        except ImmichError as exc:
-            self._failed(row, exc)
-            return
-        except FileChangedError as exc:
-            self._local_failure(row, str(exc), "changed")
-            return
-        except OSError as exc:
-            self._local_failure(row, f"cannot read the file: {exc.strerror or exc}", "unreadable")
-            return
+        if row.id in self._paired_clips:
+            request = request._replace(
+                visibility=None
+            )  # Immich hides a timeline clip when its photo names it
+        while True:
+            try:
+                result = self.client.upload(request)
+                break
+            except (ServerUnreachable, StopRequested) as exc:
+                self._server_gone(exc)  # nothing was decided: the row stays as it was, no attempt counted
+                return
+            except ImmichError as exc:
+                if link and exc.status == 400 and "live photo video" in str(exc).lower():
+                    # The clip's asset is gone from Immich (or is not the user's): the photo goes alone.
+                    log.warning(
+                        "%s: Immich refused its live photo clip (%s); sent without it", row.filepath, exc
+                    )
+                    link = None
+                    request = request._replace(live_photo_video_id=None)
+                    continue
+                self._failed(row, exc)
+                return
+            except FileChangedError as exc:
+                self._local_failure(row, str(exc), "changed")
+                return
+            except OSError as exc:
+                self._local_failure(row, f"cannot read the file: {exc.strerror or exc}", "unreadable")
+                return
         with self._lock:
             self._consecutive_errors = 0
         status = "success" if result.status == "created" else "duplicate"
@@ -692,11 +802,13 @@ class Uploader:
                 # Only a name stored exactly can be found again for deletion; any other is never deleted.
                 sidecar_path=sidecar_text if sidecar_text and "\ufffd" not in sidecar_text else None,
                 sidecar_sha1=result.sidecar_sha1 if sidecar_text else None,
+                live_video_id=link if result.status == "created" else None,
             ),
         )
         if status == "success":
             with self._lock:
                 self.summary.bytes_uploaded += row.file_size
+                self.summary.live_photos += 1 if link and result.status == "created" else 0
         self._landed(row, result.asset_id)
 
     def _elsewhere(self, row: PendingUpload) -> None:
@@ -708,6 +820,7 @@ class Uploader:
         if self.counts_progress:
             self.progress.advance(1, row.file_size)
         self._landed(row, None)
+        self._clip_settled(row, None)
 
     def _local_failure(self, row: PendingUpload, message: str, kind: str) -> None:
         """A file that could not be read or changed under us: its own problem, never the server's."""
@@ -749,9 +862,9 @@ class Uploader:
                 self.summary.error_kinds[outcome.error_kind] = (
                     self.summary.error_kinds.get(outcome.error_kind, 0) + 1
                 )
-        self._note(counted_as or outcome.status, row, detail)
+        self._note(counted_as or outcome.status, row, detail, outcome.asset_id)
 
-    def _note(self, status: str, row: PendingUpload, detail: str) -> None:
+    def _note(self, status: str, row: PendingUpload, detail: str, asset_id: str | None = None) -> None:
         with self._lock:
             if status == "success":
                 self.summary.uploaded += 1
@@ -778,6 +891,7 @@ class Uploader:
             self.settled[2] += sent
         if self.counts_progress:
             self.progress.advance(1, row.file_size, sent)
+        self._clip_settled(row, asset_id if status in ("success", "duplicate", "recovered") else None)
 
     def start_progress(self, later_files: int = 0, later_bytes: int = 0) -> None:
         """The upload phase's counter: everything fed to this run and what is still to be fed (a backlog in
@@ -915,6 +1029,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("added to albums", summary.added_to_albums),
         ("stacks made", summary.stacks_created),
         ("tagged", summary.tagged),
+        ("live photos linked", summary.live_photos),
         ("deleted locally", summary.deleted),
     ]
     rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
@@ -1009,6 +1124,7 @@ def dry_run(
         ]
     send_bytes = sum(r.file_size for r in to_send)
     delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
+    clips = live_clips_of(ctx, to_send + have, run_files)
     if ctx.args.json:
         ctx.emit_json(
             {
@@ -1021,12 +1137,14 @@ def dry_run(
                 "would_delete_after_upload": len(later),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
+                "live_photos": len(clips),
                 **(extra_json or {}),
             }
         )
     else:
         for row in to_send:
-            ctx.stdout.write(f"would upload {row.filepath} ({format_bytes(row.file_size)})\n")
+            live = f" with its live photo clip {os.path.basename(clips[row.id])}" if row.id in clips else ""
+            ctx.stdout.write(f"would upload {row.filepath} ({format_bytes(row.file_size)}){live}\n")
         for row in have:
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
@@ -1040,6 +1158,8 @@ def dry_run(
         rows_out.append(("already in Immich", plural(len(have), "file")))
     else:
         rows_out.append(("server", "not asked (IMMICH_URL or IMMICH_API_KEY not set)"))
+    if clips:
+        rows_out.append(("live photos", f"{plural(len(clips), 'photo')} linked with its clip"))
     if ctx.settings.delete_uploaded:
         count = len(deletions) + len(later)
         detail = f"{plural(count, 'file')}, {format_bytes(delete_bytes)}"
@@ -1052,6 +1172,21 @@ def dry_run(
     rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
+
+
+def live_clips_of(ctx: Context, rows: Sequence[PendingUpload], run_files: RunFiles) -> dict[int, str]:
+    """Photo row -> its live photo clip's path, for what a dry run lists (a Takeout's are not looked for);
+    nothing is recorded."""
+    if ctx.settings.takeout_paths:
+        return {}
+    partners = LivePartners(ctx.store, run_files.scope, ctx.settings, listdir, record=False)
+    clips = {}
+    for row in rows:
+        if live_kind(row.extension) == "photo":
+            partner = partners.partner(run_files.path(row), row.id, row.extension)
+            if partner is not None:
+                clips[row.id] = partner.filepath
+    return clips
 
 
 def finish_in_immich(
@@ -1080,6 +1215,7 @@ def finish_in_immich(
         done.deleted,
     )
     summary.tagged = done.tagged
+    summary.live_photos += done.live_photos
     summary.kept = dict(done.kept)
     summary.errors += done.errors
     summary.problems += done.problems
