@@ -44,6 +44,7 @@ STATUSES = ("pending", "success", "duplicate", "error", "skipped")
 DONE_STATUSES = ("success", "duplicate")
 API_RESPONSE_MAX_CHARS = 4000
 LIVE_LINKS_STATE = "live_links_to_check"  # per scope: a live photo pair was recorded since the last look
+REPLACE_STATE = "replacements_to_check"  # per scope: an edited file's earlier version was recorded
 BATCH_ROWS = 1000
 CONFLICT_RETRIES = 5
 IDLE_PING_S = 10.0  # a MySQL connection unused this long is pinged before a transaction
@@ -117,6 +118,7 @@ class PendingUpload(NamedTuple):
     upload_attempts: int
     upload_status: str
     sending_to: int | None = None  # the target its bytes were offered to (the server lacked them then)
+    replaces: str | None = None  # its earlier version in Immich, which these bytes are to replace (JSON)
 
 
 class DoneFile(NamedTuple):
@@ -214,6 +216,23 @@ class LiveRow(NamedTuple):
     next_attempt_at: str | None
     live_partner_id: int | None
     live_video_id: str | None
+
+
+class ReplaceRow(NamedTuple):
+    """A file whose earlier version in Immich its new one is to replace (`replaces`, JSON)."""
+
+    id: int
+    filepath: str
+    filepath_b64: str | None
+    upload_status: str
+    asset_id: str | None
+    target_id: int | None
+    sha1: str | None
+    media_type: str | None
+    date_taken: str | None
+    metadata_info: str | None
+    sidecar_path: str | None  # the sidecar sent with the new version, if one was
+    replaces: str
 
 
 class LivePair(NamedTuple):
@@ -368,7 +387,7 @@ SAFETY_COLUMNS: tuple[tuple[str, str, str], ...] = (
 KNOWN_COLUMNS = "path_hash, id, file_size, mtime_ns, upload_status, hash <> '', missing_since IS NOT NULL"
 PENDING_COLUMNS = (
     "id, filepath, filepath_b64, file_size, mtime_ns, hash, sha1, extension, media_type, date_taken, "
-    "metadata_info, upload_attempts, upload_status, sending_to"
+    "metadata_info, upload_attempts, upload_status, sending_to, replaces"
 )
 REPORT_COLUMNS = (
     "scope", "filepath", "upload_status", "last_error", "immich_asset_id", "file_size", "date_taken", "date_source",
@@ -667,7 +686,7 @@ class Store:
             + f", last_error = CASE WHEN {same} THEN last_error ELSE ? END, "
             f"upload_status = CASE WHEN {same} THEN upload_status ELSE ? END, "
             + ", ".join(f"{c} = ?" for c in kept)
-            + ", missing_since = NULL, deleted_at = NULL, "
+            + ", missing_since = NULL, deleted_at = NULL, replaces = ?, "
             "claim_until = CASE WHEN claimed_by = ? THEN NULL ELSE claim_until END, "
             "claimed_by = CASE WHEN claimed_by = ? THEN NULL ELSE claimed_by END, updated_at = ? WHERE id = ?"
         )
@@ -679,6 +698,7 @@ class Store:
                     [(self.scope, path_hash(f.raw_path), *_scanned_values(f), now, now) for f in new],
                 )
             if changed:
+                replaces = self._replace_intents(changed)
                 self._executemany(
                     self.sql(update),
                     [
@@ -689,6 +709,7 @@ class Store:
                             f.hash,
                             f.upload_status,
                             *(getattr(f, c) for c in kept),
+                            replaces.get(row_id),
                             self.machine,
                             self.machine,
                             now,
@@ -699,6 +720,90 @@ class Store:
                 )
 
         self._transaction(write)
+
+    def _replace_intents(self, changed: Sequence[tuple[int, ScannedFile]]) -> dict[int, str | None]:
+        """What `replaces` becomes for rows scanned again (read in the scan's transaction): a file this
+        database had sent that now holds other bytes at the same path records the asset it had and the date
+        and camera it was taken with, which the rescan overwrites in the row (edits.py decides, after the new
+        bytes are in Immich, whether they replace it). An intent already there stays through more edits; a file
+        back to the bytes it had sent has nothing to replace. A Takeout's zips are not edited in place."""
+        if self.scope.startswith("t:"):
+            return {}
+        intents: dict[int, str | None] = {}
+        by_id = dict(changed)
+        for chunk in _chunks(list(by_id), BATCH_ROWS):
+            rows = self._query(
+                self.sql(
+                    "SELECT id, hash, upload_status, immich_asset_id, target_id, sha1, date_taken, metadata_info, "
+                    f"replaces FROM media_files WHERE id IN ({', '.join('?' * len(chunk))})"
+                ),
+                chunk,
+            )
+            for row_id, old_hash, status, asset_id, target_id, sha1, taken, info, replaces in rows:
+                scanned = by_id[int(row_id)]
+                if scanned.hash == old_hash or not scanned.hash:
+                    intents[int(row_id)] = replaces  # the same bytes, or none read: as it was
+                elif replaces is not None:
+                    back = json.loads(replaces).get("sha1") == scanned.sha1
+                    intents[int(row_id)] = None if back else replaces
+                elif (
+                    status == "success"
+                    and asset_id
+                    and target_id is not None
+                    and scanned.upload_status == "pending"
+                ):
+                    old = json.loads(info or "{}")
+                    intents[int(row_id)] = json.dumps(
+                        {
+                            "asset_id": asset_id, "target_id": target_id, "sha1": sha1,
+                            "date_taken": taken if isinstance(taken, str) or taken is None else str(taken)[:19],
+                            "date_used": old.get("date_used"), "date_source": old.get("date_source"),
+                            "camera_make": old.get("camera_make"), "camera_model": old.get("camera_model"),
+                        }
+                    )  # fmt: skip
+        if any(value is not None for value in intents.values()):
+            self.set_state(f"{REPLACE_STATE}:{self.scope}", "1")
+        return intents
+
+    def replacements(self) -> list[ReplaceRow] | None:
+        """Rows of this scope with an earlier version to replace in Immich; None when none was recorded since
+        the last look (nothing is read then)."""
+        if self.get_state(f"{REPLACE_STATE}:{self.scope}") is None:
+            return None
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, target_id, sha1, media_type, "
+                    "date_taken, metadata_info, sidecar_path, replaces FROM media_files "
+                    "WHERE scope = ? AND replaces IS NOT NULL ORDER BY id"
+                ),
+                (self.scope,),
+            )
+        return [ReplaceRow(*_date_to_text(r, 8)) for r in rows]
+
+    def set_replaces(self, row_id: int, replaces: str | None) -> None:
+        """A replacement's progress (JSON), or None once it is done or given up."""
+        self._write_one(
+            self.sql("UPDATE media_files SET replaces = ?, updated_at = ? WHERE id = ?"),
+            (replaces, utc_now(), row_id),
+        )
+
+    def replacements_looked_at(self) -> None:
+        self.set_state(f"{REPLACE_STATE}:{self.scope}", None)
+
+    def asset_mapped_by_others(self, asset_id: str, target_id: int, row_id: int) -> bool:
+        """Another row (of any machine) records `asset_id` on this target as where its file is: its file on disk,
+        or deleted here after Immich confirmed it (that asset is then its only copy)."""
+        with self._lock:
+            rows = self._query(
+                self.sql(
+                    "SELECT 1 FROM media_files WHERE immich_asset_id = ? AND target_id = ? AND id <> ? "
+                    "AND upload_status IN ('success', 'duplicate') AND (missing_since IS NULL OR deleted_at IS NOT NULL) "
+                    "LIMIT 1"
+                ),
+                (asset_id, target_id, row_id),
+            )
+        return bool(rows)
 
     # -- claims on a shared library's files
     def _lease_until(self, lease_s: float) -> tuple[str, list[Any]]: ...

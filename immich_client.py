@@ -420,7 +420,7 @@ class AssetState(NamedTuple):
     is_trashed: bool
 
 
-def _checksum_hex(value: Any) -> str:
+def checksum_hex(value: Any) -> str:
     """Immich answers an asset's SHA-1 in base64; anything unreadable becomes "" (which matches no file)."""
     import base64
     import binascii
@@ -1288,7 +1288,7 @@ class ImmichClient:
         answer = self._call("GET", f"/assets/{asset_id}")
         return AssetState(
             id=str(answer.get("id", "")),
-            sha1=_checksum_hex(answer.get("checksum")),
+            sha1=checksum_hex(answer.get("checksum")),
             owner_id=str(answer.get("ownerId", "")),
             is_trashed=bool(answer.get("isTrashed", False)),
         )

@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 from config import RAW_EXTENSIONS, Settings
 from db_manager import DoneFile, RunProblem, Store
+from edits import replace_edited
 from filters import DELETING_PREFIX, RunFiles, RunScope
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
 from live_photos import link_live_photos
@@ -68,6 +69,9 @@ class OrganizeSummary:
     albums_created: int = 0
     tagged: int = 0  # files whose asset got a tag it lacked
     live_photos: int = 0  # photos linked to their live photo clip after the upload
+    replaced: int = (
+        0  # earlier versions of edited files moved to Immich's trash, their new ones in their place
+    )
     stacks_created: int = 0
     deleted: int = 0
     deleted_bytes: int = 0
@@ -726,8 +730,11 @@ def organize(
     deletion would remove."""
     total = OrganizeSummary()
     if not dry_run:
+        # First: the copy carries the earlier version's albums and stack, which the steps below then find.
+        replaced = replace_edited(client, store, settings, target_id, run_files, stop)
         linked = link_live_photos(client, store, target_id, run_files, stop)
-        total.live_photos, total.errors, total.problems = linked.linked, linked.errors, list(linked.problems)
+        total.replaced, total.live_photos = replaced.replaced, linked.linked
+        total.errors, total.problems = replaced.errors + linked.errors, replaced.problems + linked.problems
     albums = settings.album or settings.album_from or settings.takeout_paths
     tags = settings.tags or settings.tags_from_folder
     wants_any = albums or tags or settings.stack_raw_jpeg or settings.stack_bursts

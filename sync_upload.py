@@ -72,6 +72,7 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "stacks_created": upload.stacks_created,
         "tagged": upload.tagged,
         "live_photos": upload.live_photos,
+        "replaced": upload.replaced,
         "deleted": upload.deleted,
         "kept": upload.kept,
         "error_files": (scan.error_files + upload.error_files)[:100],

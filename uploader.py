@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from cli import Context, ExitStatus, StartError, summary_json
 from config import Settings
 from db_manager import DatabaseError, LiveRow, PendingUpload, RunProblem, Store, UploadOutcome
+from edits import edit_reason
 from filters import RunFiles, RunScope
 from immich_client import (
     BULK_CHECK_BATCH,
@@ -111,6 +112,7 @@ class UploadSummary:
     changing: int = 0  # changed since their scan (still being written?): sent after the next scan
     recovered: int = 0  # sent by an earlier run of this machine whose answer was lost: uploads of ours
     live_photos: int = 0  # photos linked to their live photo clip in Immich (as sent, or afterwards)
+    replaced: int = 0  # edited files whose new version took the earlier one's place (that one to the trash)
     error_kinds: dict[str, int] = field(default_factory=dict)
     waiting_errors: int = 0  # failed rows whose wait is not over yet
     error_files: list[str] = field(default_factory=list)
@@ -1030,6 +1032,7 @@ def summary_rows(summary: UploadSummary, log_file: object) -> list[tuple[str, st
         ("stacks made", summary.stacks_created),
         ("tagged", summary.tagged),
         ("live photos linked", summary.live_photos),
+        ("edits replaced", summary.replaced),
         ("deleted locally", summary.deleted),
     ]
     rows[-2:-2] = [(label, str(count)) for label, count in extras if count]
@@ -1125,6 +1128,8 @@ def dry_run(
     send_bytes = sum(r.file_size for r in to_send)
     delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
     clips = live_clips_of(ctx, to_send + have, run_files)
+    edits = {r.id: edit_reason(r.replaces, r.metadata_info, ctx.settings) for r in to_send if r.replaces}
+    replacing = sum(1 for why in edits.values() if why is None)
     if ctx.args.json:
         ctx.emit_json(
             {
@@ -1138,13 +1143,22 @@ def dry_run(
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
                 "live_photos": len(clips),
+                "would_replace": replacing,
                 **(extra_json or {}),
             }
         )
     else:
         for row in to_send:
             live = f" with its live photo clip {os.path.basename(clips[row.id])}" if row.id in clips else ""
-            ctx.stdout.write(f"would upload {row.filepath} ({format_bytes(row.file_size)}){live}\n")
+            edit = ""
+            if row.id in edits:
+                why = edits[row.id]
+                edit = (
+                    f", kept beside its earlier version ({why})"
+                    if why
+                    else ", in place of its earlier version"
+                )
+            ctx.stdout.write(f"would upload {row.filepath} ({format_bytes(row.file_size)}){live}{edit}\n")
         for row in have:
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
@@ -1160,6 +1174,10 @@ def dry_run(
         rows_out.append(("server", "not asked (IMMICH_URL or IMMICH_API_KEY not set)"))
     if clips:
         rows_out.append(("live photos", f"{plural(len(clips), 'photo')} linked with its clip"))
+    if edits:
+        kept = len(edits) - replacing
+        detail = f"{plural(replacing, 'edited file')} in place of its earlier version in Immich"
+        rows_out.append(("edits", detail + (f"; {kept} kept beside it" if kept else "")))
     if ctx.settings.delete_uploaded:
         count = len(deletions) + len(later)
         detail = f"{plural(count, 'file')}, {format_bytes(delete_bytes)}"
@@ -1216,6 +1234,7 @@ def finish_in_immich(
     )
     summary.tagged = done.tagged
     summary.live_photos += done.live_photos
+    summary.replaced = done.replaced
     summary.kept = dict(done.kept)
     summary.errors += done.errors
     summary.problems += done.problems
