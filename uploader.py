@@ -320,9 +320,8 @@ class Uploader:
         self._held: dict[int, list[PendingUpload]] = {}  # clip row -> its photos, waiting for its asset
         self._clip_assets: dict[int, str | None] = {}  # clip rows settled in this run -> asset (None: none)
         self._link_with: dict[int, str] = {}  # photo row -> the clip asset it is sent with
-        self._paired_clips: set[int] = (
-            set()
-        )  # clip rows with a photo: sent without VISIBILITY, so Immich hides them
+        # Clip rows with a photo: sent without VISIBILITY, so that Immich hides them when the photo names them.
+        self._paired_clips: set[int] = set()
         self._deferred: list[PendingUpload] = []  # photos and clips of folders the scan had not finished
         self._live_final = False  # the scan is done: folders are as complete as they get
 
@@ -756,10 +755,8 @@ class Uploader:
         )
         if self.takeout is not None:
             request = takeout_request(request, row, self.takeout)
-        if row.id in self._paired_clips:
-            request = request._replace(
-                visibility=None
-            )  # Immich hides a timeline clip when its photo names it
+        if row.id in self._paired_clips:  # Immich hides a timeline clip when its photo names it
+            request = request._replace(visibility=None)
         while True:
             try:
                 result = self.client.upload(request)
