@@ -608,3 +608,18 @@ def test_verify_with_dry_run_checks_and_changes_nothing(
     assert result.status == 1 and f"gone from Immich: {gone}" in result.stdout
     assert "would be queued to be sent again" in result.stderr
     assert statuses(server_env) == before and immich.upload_count() == 2
+
+
+def test_a_dry_run_counts_copies_of_one_content_once_as_the_real_run_sends_them(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    one, _two = library.photos(2)
+    library.write("copies/one-again.jpg", one.read_bytes())
+    scan(server_env)
+    result = run_inprocess(upload_files.main, "--env-file", str(server_env.path), "--dry-run", "--json")
+    dry = json.loads(result.stdout)
+    assert dry["would_upload"] == 2 and dry["copies"] == 1
+    status, summary, _ = upload(server_env)
+    assert (
+        status == 0 and summary["uploaded"] == dry["would_upload"] and summary["duplicates"] == dry["copies"]
+    )
