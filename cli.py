@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TextIO
 from config import VERSION, ConfigError, Settings, load_settings, mask_secret, settings_flags
 from db_manager import DatabaseError, Store, migrate_store, open_store
 from immich_client import ImmichError
-from logger import FILE_EVENT, console_handler, get_logger, setup_console, setup_file
+from logger import FILE_EVENT, close_file, console_handler, get_logger, setup_console, setup_file
 from progress import ProgressTracker, select_progress
 
 log = get_logger("cli")
@@ -311,3 +311,4 @@ def run_script(
             handler.writer = handler._write
         if store is not None:
             store.close()
+        close_file()  # what runs after this run (the menu, the next test) does not write to its log

@@ -130,10 +130,7 @@ def setup_file(log_file: Path, level: str, secrets: Iterable[str] = ()) -> Path 
     for secret in secrets:
         SECRETS.add(secret)
     root = logging.getLogger(ROOT_NAME)
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.handlers.RotatingFileHandler):
-            root.removeHandler(handler)
-            handler.close()
+    close_file()
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.handlers.RotatingFileHandler(
@@ -151,3 +148,13 @@ def setup_file(log_file: Path, level: str, secrets: Iterable[str] = ()) -> Path 
     handler.addFilter(SECRETS)
     root.addHandler(handler)
     return log_file
+
+
+def close_file() -> None:
+    """Remove the log file's handler at the end of a run: what runs next in this process (the menu, the
+    next job, a test) must not write into the file of a run that is over."""
+    root = logging.getLogger(ROOT_NAME)
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.handlers.RotatingFileHandler):
+            root.removeHandler(handler)
+            handler.close()

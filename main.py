@@ -23,12 +23,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+import config
 import scan_files
 import sync_upload
 import upload_files
 from cli import ExitStatus, StartError, exit_process
 from config import (
-    PROJECT_DIR,
     VERSION,
     ConfigError,
     Settings,
@@ -409,7 +409,7 @@ class Menu:
         self.say(f"Saved {label} in {target}.")
 
     def export_report(self) -> None:
-        default = PROJECT_DIR / "reports" / f"immich-report-{datetime.now():%Y-%m-%d-%H%M}.csv"
+        default = config.PROJECT_DIR / "reports" / f"immich-report-{datetime.now():%Y-%m-%d-%H%M}.csv"
         answer = self.ask(f"Write the report to [{default}]: ")
         if answer is None:
             return

@@ -4,25 +4,27 @@ from pathlib import Path
 
 import pytest
 
+import config
 import scan_files
 from config import PROJECT_DIR, ConfigError, load_settings, normalize_url
 from tests.conftest import run_inprocess, run_process
 
 
 def write_env(tmp_path: Path, text: str) -> Path:
+    """A settings file for one test; its log goes under tmp_path unless the text names another."""
     path = tmp_path / "settings.env"
-    path.write_text(text)
+    path.write_text(text if "LOG_FILE=" in text else f"{text}LOG_FILE={tmp_path}/log.txt\n")
     return path
 
 
 def test_defaults_match_the_client_spec_except_the_fixed_upload_delay(tmp_path: Path) -> None:
-    s = load_settings(env_file=str(write_env(tmp_path, "")), environ={})
+    s = load_settings(env_file="/dev/null", environ={})
     assert s.max_consecutive_errors == 5
     # Issue 16: no fixed rest between uploads by default; the server's own answers pause the workers.
     assert s.upload_delay_s == 0.0
     assert s.server_wait_s == 300.0
     assert s.log_level == "INFO"
-    assert s.log_file == PROJECT_DIR / "logs" / "immich_uploader.log"
+    assert s.log_file == config.PROJECT_DIR / "logs" / "immich_uploader.log"
     assert s.backend == "sqlite"
     assert s.upload_concurrency == 8
     assert {"jpg", "heic", "cr2", "nef", "dng", "arw"} <= s.image_extensions
@@ -44,8 +46,8 @@ def test_sources_strongest_first_flag_environment_file_default(tmp_path: Path) -
 
 def test_relative_paths_in_settings_are_relative_to_the_project(tmp_path: Path) -> None:
     s = load_settings(env_file=str(write_env(tmp_path, "DB_PATH=data/x.db\nSOURCE_DIR=pics\n")), environ={})
-    assert s.db_path == PROJECT_DIR / "data" / "x.db"
-    assert s.source_dirs == (PROJECT_DIR / "pics",)
+    assert s.db_path == config.PROJECT_DIR / "data" / "x.db"
+    assert s.source_dirs == (config.PROJECT_DIR / "pics",)
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pexpect
 
+import config
 import main
 import scan_files
 import sync_upload
@@ -214,10 +215,7 @@ def test_report_goes_under_reports_by_default_and_the_path_is_printed(
     match = re.search(r"Wrote 1 row to (\S+\.csv)", out.getvalue())
     assert match is not None
     report = Path(match[1])
-    try:
-        assert report.parent == PROJECT_DIR / "reports" and report.exists()
-    finally:
-        report.unlink()
+    assert report.parent == config.PROJECT_DIR / "reports" and report.exists()
     assert "reports/" in (PROJECT_DIR / ".gitignore").read_text().splitlines()
 
 
