@@ -610,6 +610,7 @@ class ImmichClient:
         self.timeout = (settings.connect_timeout_s, settings.read_timeout_s)
         self.stop = stop or threading.Event()
         self.gate = ServerGate(self.base_url, settings.server_wait_s, self.backoff_s)
+        self.key_origin = str(settings.origin("IMMICH_API_KEY"))  # for the line that asks to check it
         self.headers = {
             "x-api-key": settings.immich_api_key,
             "User-Agent": USER_AGENT,
@@ -840,7 +841,7 @@ class ImmichClient:
         except ApiKeyRefused as exc:
             if exc.status != 403:
                 raise ApiKeyRefused(
-                    f"the server refused the API key ({exc}): check IMMICH_API_KEY",
+                    f"the server refused the API key ({exc}): check {self.key_origin}",
                     exc.status,
                     exc.method,
                     exc.url,

@@ -886,7 +886,8 @@ def dry_run(ctx: Context, rows: list[PendingUpload]) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
     has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted."""
     client = None
-    if ctx.settings.immich_url and ctx.settings.immich_api_key:
+    # A server setting that is set but wrong stops the dry run as it would stop the real one.
+    if ctx.settings.server_problem or (ctx.settings.immich_url and ctx.settings.immich_api_key):
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     try:
