@@ -384,7 +384,8 @@ class Menu:
         self.say(f"  a) all settings (edit {target} for the others)")
         if target.exists() and not target.is_file():
             self.say(
-                f"Settings are read from {target} in this menu (--env-file): nothing can be saved there."
+                f"Settings are read from {target}, the file this menu was started with: nothing can be "
+                "saved there."
             )
             return
         choice = (self.ask("Change which (Enter: back)? ") or "").lower()

@@ -409,9 +409,9 @@ def test_settings_screen_saves_into_the_env_a_run_from_this_folder_reads(isolate
 def test_settings_screen_with_dev_null_saves_nothing_and_says_so(isolated_project: Path) -> None:
     out = io.StringIO()
     main.main(["--env-file", "/dev/null"], stdin=io.StringIO("9\nq\n"), stdout=out)
-    assert "Settings are read from /dev/null in this menu (--env-file): nothing can be saved there." in (
-        out.getvalue()
-    )
+    assert (
+        "Settings are read from /dev/null, the file this menu was started with: nothing can be saved there."
+    ) in out.getvalue()
     assert not (config.PROJECT_DIR / ".env").exists()
 
 
