@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from config import (
     PROJECT_DIR,
     VERSION,
     ConfigError,
+    Origin,
     Settings,
     load_settings,
     mask_secret,
@@ -34,6 +36,7 @@ from logger import (
     close_file,
     console_handler,
     get_logger,
+    set_run_header,
     setup_console,
     setup_file,
 )
@@ -339,7 +342,10 @@ def run_script(
     stderr: TextIO | None = None,
     needs_lock: bool = True,
 ) -> int:
-    """Parse, configure, open the database, run `body`, map failures to exit statuses."""
+    """Parse, configure, open the database, run `body`, map failures to exit statuses. The log file says
+    where each run starts (the script, the version, the settings not at their default and where each
+    came from) and how it ended (the exit status, the summary's counts, the time taken)."""
+    started = time.monotonic()
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     args = parser.parse_args(argv)
@@ -357,6 +363,7 @@ def run_script(
     store: Store | None = None
     settings: Settings | None = None
     restore_signals: Callable[[], None] = _nothing
+    problem = ""  # the one line a run that could not start or was stopped ended with
     try:
         settings = load_settings(settings_flags(args), args.env_file, warn=log.warning)
         if args.show_config:
@@ -364,9 +371,12 @@ def run_script(
             for name, value, source in settings.display_rows():
                 stdout.write(f"{name}={value}  # {source}\n")
             return ExitStatus.OK
-        setup_file(
+        if setup_file(
             settings.log_file, settings.log_level, secrets=(settings.immich_api_key, settings.db_password)
-        )
+        ):
+            start = run_start_line(parser.prog, settings)
+            log.info("%s", start)
+            set_run_header(start)
         store = open_store(settings, migrate=False)
         stop = threading.Event()
         restore_signals = install_stop_handlers(stop)
@@ -375,40 +385,45 @@ def run_script(
             raise AlreadyRunning
         migrate_store(store)
         with claims_kept(store, settings):
-            return int(body(Context(settings, args, store, progress, stdout, stop)))
+            status = int(body(Context(settings, args, store, progress, stdout, stop)))
     except AlreadyRunning:
-        progress.message(
-            f"{prog}: another run is in progress for this machine and these folders; nothing to do"
-        )
-        return ExitStatus.OK
+        problem = "another run is in progress for this machine and these folders; nothing to do"
+        progress.message(f"{prog}: {problem}")
+        status = ExitStatus.OK
     except (ConfigError, DatabaseError, StartError) as exc:
         log.debug("cannot start", exc_info=True)
+        problem = str(exc)
         progress.message(f"{prog}: error: {exc}")
-        return ExitStatus.CANNOT_START
+        status = ExitStatus.CANNOT_START
     except KeyboardInterrupt:
+        problem = "interrupted"
         progress.message(f"{prog}: interrupted")
-        return ExitStatus.INTERRUPTED
+        status = ExitStatus.INTERRUPTED
     except ImmichError as exc:
         # The server failed a request the run could not do without (its formats, a bulk check, albums):
         # what was recorded stands, the next run goes on.
         log.debug("server failed", exc_info=True)
-        progress.message(f"{prog}: error: the server failed: {exc}")
-        return ExitStatus.TOO_MANY_ERRORS
+        problem = f"the server failed: {exc}"
+        progress.message(f"{prog}: error: {problem}")
+        status = ExitStatus.TOO_MANY_ERRORS
     except Exception as exc:
         package = missing_package_of(exc)
         if package is not None:
             log.debug("a required package is missing", exc_info=True)
-            progress.message(f"{prog}: error: {requirements_message(parser.prog, [package])}")
-            return ExitStatus.CANNOT_START
-        # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
-        log.exception("internal error", extra=FILE_EVENT)
-        if args.debug:
-            raise
-        where = settings.log_file if settings is not None else "the log file"
-        progress.message(
-            f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)"
-        )
-        return ExitStatus.INTERNAL_ERROR
+            problem = requirements_message(parser.prog, [package])
+            progress.message(f"{prog}: error: {problem}")
+            status = ExitStatus.CANNOT_START
+        else:
+            # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
+            log.exception("internal error", extra=FILE_EVENT)
+            if args.debug:
+                raise
+            where = settings.log_file if settings is not None else "the log file"
+            problem = f"internal error {exc!r}"
+            progress.message(
+                f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)"
+            )
+            status = ExitStatus.INTERNAL_ERROR
     finally:
         restore_signals()
         handler = console_handler()
@@ -416,4 +431,50 @@ def run_script(
             handler.writer = handler._write
         if store is not None:
             store.close()
-        close_file()  # what runs after this run (the menu, the next test) does not write to its log
+    if settings is not None:
+        log.info("%s", run_end_line(parser.prog, status, time.monotonic() - started, progress, problem))
+    close_file()  # what runs after this run (the menu, the next test) does not write to its log
+    return status
+
+
+def run_start_line(script: str, settings: Settings) -> str:
+    """Where a run starts in the log: the script, the version, and each setting not at its default with
+    where it came from (secrets masked)."""
+    import platform
+
+    def where(name: str, origin: Origin) -> str:
+        alias = "" if origin.name == name or origin.kind == "flag" else f"{origin.name}, "
+        if origin.kind == "file" and origin.path == settings.env_file:
+            return f"{alias}line {origin.line}"  # the file is named once, before
+        return f"{alias}{origin.where}"
+
+    changed = [f"{name}={value} ({where(name, origin)})" for name, value, origin in settings.changed_rows()]
+    return (
+        f"=== {script} {VERSION} started (pid {os.getpid()}, Python {platform.python_version()}); settings "
+        f"file {settings.env_file or 'none'}: {', '.join(changed) or 'every setting at its default'}"
+    )
+
+
+STATUS_WORDS = {
+    ExitStatus.OK: "done",
+    ExitStatus.FILES_FAILED: "some files failed",
+    ExitStatus.CANNOT_START: "could not start",
+    ExitStatus.TOO_MANY_ERRORS: "stopped",
+    ExitStatus.INTERNAL_ERROR: "internal error",
+    ExitStatus.INTERRUPTED: "interrupted",
+}
+
+
+def run_end_line(script: str, status: int, elapsed_s: float, progress: ProgressTracker, problem: str) -> str:
+    """Where a run ends in the log: its exit status, the summary's counts as the user saw them, and the
+    time it took."""
+    from utils import format_duration
+
+    words = f" ({STATUS_WORDS[status]})" if status in STATUS_WORDS else ""
+    line = f"=== {script} ended with status {status}{words} after {format_duration(elapsed_s)}"
+    if progress.last_summary is not None:
+        title, rows = progress.last_summary
+        line += f": {title}: " + ", ".join(f"{label} {value}" for label, value in rows)
+    if problem:
+        line += f"; {problem}"
+    return line

@@ -253,6 +253,24 @@ class Settings:
             rows.append((s.name, value, self.sources.get(s.name, "default")))
         return rows
 
+    def changed_rows(self) -> list[tuple[str, str, Origin]]:
+        """(name, value, origin) of each setting whose value is not its default, secrets masked: what a
+        run's first log line says."""
+        defaults = {s.name: s.default for s in SETTINGS}
+        return [
+            (name, _password_masked(value) if name == "IMMICH_URL" else value, self.origin(name))
+            for name, value, source in self.display_rows()
+            if source != "default" and self.raw.get(name) != defaults[name]
+        ]
+
+
+def _password_masked(url: str) -> str:
+    """http://alice:pw@nas -> http://alice:****@nas: a proxy's password in IMMICH_URL is a secret too."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    return url.replace(f":{parts.password}@", ":****@", 1)
+
 
 def settings_file_for(env_file: str | None) -> Path:
     """The file settings are saved to: `--env-file` if given, else the file a run reads (choose_env_file),

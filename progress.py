@@ -59,6 +59,7 @@ class ProgressTracker:
         self.done_bytes = 0
         self.sent_bytes = 0
         self.started = time.monotonic()
+        self.last_summary: tuple[str, Sequence[tuple[str, str]]] | None = None  # for the log's last line
 
     def start(
         self, phase: str, total_files: int | None = None, total_bytes: int | None = None, unit: str = "files"
@@ -119,6 +120,7 @@ class ProgressTracker:
         return not self.done_files and not self.total_files
 
     def summary(self, title: str, rows: Sequence[tuple[str, str]]) -> None:
+        self.last_summary = (title, list(rows))
         with self._lock:
             self._clear()
             width = max((len(k) for k, _ in rows), default=0)

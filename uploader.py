@@ -716,8 +716,12 @@ class Uploader:
                 self.summary.error_files.append(row.filepath)
         if status == "error":
             log.warning("%s: upload failed: %s", row.filepath, detail, extra=FILE_EVENT)
+        elif status == "skipped":
+            log.info("%s: skipped: %s", row.filepath, detail)
         else:
-            log.info("%s: %s", row.filepath, status)
+            # A line per file sent would be most of a big run's log, pushing its start out of the rotated
+            # files; the database (and main.py --report) hold every file's outcome.
+            log.debug("%s: %s", row.filepath, status)
         self.progress.file_status(status, row.filepath, detail)
         sent = row.file_size if status == "success" else 0
         with self._lock:
