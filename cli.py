@@ -440,7 +440,6 @@ def run_script(
 def run_start_line(script: str, settings: Settings) -> str:
     """Where a run starts in the log: the script, the version, and each setting not at its default with
     where it came from (secrets masked)."""
-    import platform
 
     def where(name: str, origin: Origin) -> str:
         alias = "" if origin.name == name or origin.kind == "flag" else f"{origin.name}, "
@@ -450,7 +449,7 @@ def run_start_line(script: str, settings: Settings) -> str:
 
     changed = [f"{name}={value} ({where(name, origin)})" for name, value, origin in settings.changed_rows()]
     return (
-        f"=== {script} {VERSION} started (pid {os.getpid()}, Python {platform.python_version()}); settings "
+        f"=== {script} {VERSION} started (pid {os.getpid()}, Python {sys.version.split()[0]}); settings "
         f"file {settings.env_file or 'none'}: {', '.join(changed) or 'every setting at its default'}"
     )
 

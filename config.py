@@ -300,8 +300,10 @@ def mask_secret(value: str) -> str:
 
 # A `.env` in the current folder is this tool's only when it names the server; Immich's own never does.
 SERVER_NAMES = ("IMMICH_URL", "IMMICH_API_KEY", "IMMICH_INSTANCE_URL")
-_NAMES_SERVER = re.compile(rf"^[ \t]*(?:export[ \t]+)?(?:{'|'.join(SERVER_NAMES)})\b", re.MULTILINE)
-_FIRST_WORD = re.compile(r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.]*)[ \t]*(=?)")
+BOM = "\ufeff"  # the byte-order mark some editors put first in a UTF-8 file
+# Patterns as text: re compiles (and caches) each the first time it is needed, which most runs never do.
+_NAMES_SERVER = rf"(?m)^[ \t]*(?:export[ \t]+)?(?:{'|'.join(SERVER_NAMES)})\b"
+_FIRST_WORD = r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.]*)[ \t]*(=?)"
 
 
 @dataclass(frozen=True)
@@ -368,7 +370,10 @@ def choose_env_file(explicit: str | None) -> EnvFileChoice:
     if not here.is_file() or _same_file(here, beside):
         return EnvFileChoice(fallback)
     try:
-        ours = _NAMES_SERVER.search(here.read_text(encoding="utf-8-sig", errors="replace")) is not None
+        ours = (
+            re.search(_NAMES_SERVER, here.read_text(encoding="utf-8", errors="replace").lstrip(BOM))
+            is not None
+        )
     except OSError as exc:
         return EnvFileChoice(fallback, here, f"it cannot be read ({exc.strerror})")
     if ours:
@@ -406,7 +411,7 @@ def read_env_file(path: Path, warn: Callable[[str], None] | None = None) -> EnvF
     from dotenv.parser import parse_stream
 
     try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark, as Notepad writes, is no setting
+        text = path.read_text(encoding="utf-8").lstrip(BOM)  # as Notepad writes it; no setting
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
         raise ConfigError(f"cannot read {path}: {reason}") from None
@@ -438,7 +443,7 @@ def read_env_file(path: Path, warn: Callable[[str], None] | None = None) -> EnvF
 def _bad_line(path: Path, line: int, text: str) -> str:
     """Why a line is not NAME=value, without repeating its value (it may be the API key)."""
     where = f"{path}, line {line}"
-    word = _FIRST_WORD.match(text)
+    word = re.match(_FIRST_WORD, text)
     if word and word[2]:
         value = text[word.end() :].lstrip()
         if value[:1] in ("'", '"') and value.find(value[0], 1) > 0:
@@ -669,7 +674,7 @@ WEB_APP_PAGES = frozenset(
     )
 )
 # A scheme typed or pasted wrong (http//, http:/, htp://, https//, http;//, http:\\) before the host.
-_SCHEME_SLIP = re.compile(r"(?P<word>[A-Za-z]{2,6})(?P<sep>[:;.]?[/\\]+|:)(?P<rest>.*)", re.DOTALL)
+_SCHEME_SLIP = r"(?s)(?P<word>[A-Za-z]{2,6})(?P<sep>[:;.]?[/\\]+|:)(?P<rest>.*)"
 
 
 def normalize_url(url: str) -> str:
@@ -687,8 +692,13 @@ def normalize_url(url: str) -> str:
     if not url.isprintable():
         raise ConfigError(f"IMMICH_URL: {url!r} holds an invisible character: type the address again")
     parts = urlsplit(url)
-    meant = _meant_url(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or meant != url:
+    # http://http://nas parses as the host "http:"; a plain right address is not looked at further.
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.netloc.lower() in ("http:", "https:")
+    ):
+        meant = _meant_url(url)
         hint = f": did you mean {meant}?" if meant != url and _looks_like_address(meant) else ""
         raise ConfigError(f"IMMICH_URL: {url!r} is not an http:// or https:// address {example}{hint}")
     try:
@@ -721,7 +731,7 @@ def _meant_url(url: str) -> str:
     http://http://nas -> http://nas; nas:2283 -> http://nas:2283. Unchanged when nothing can be said."""
     rest, secure, slipped = url, False, False
     while True:
-        match = _SCHEME_SLIP.fullmatch(rest)
+        match = re.fullmatch(_SCHEME_SLIP, rest)
         word = match["word"].lower() if match else ""
         # Made of h, t, p, s with both t and p: a mistyped http or https, never a host name such as nas.
         if not match or set(word) - set("htps") or not {"t", "p"} <= set(word):
