@@ -723,6 +723,15 @@ class Store:
             [*until_params, self.machine, self.scope],
         )
 
+    def expire_claims(self, machine: str) -> int:
+        """Let `machine`'s claims here run out now, as they do when its lease passes unrenewed (a machine
+        known to be dead need not be waited for; tests drive the lease's clock with it)."""
+        until, until_params = self._lease_until(-1)
+        return self._write_one(
+            self.sql(f"UPDATE media_files SET claim_until = {until} WHERE claimed_by = ? AND scope = ?"),
+            [*until_params, machine, self.scope],
+        )
+
     def release_claims(self) -> int:
         """At the end of a run: what this machine claimed and did not finish is free for others at once."""
         return self._write_one(
@@ -1606,7 +1615,7 @@ class SqliteStore(Store):
             self._execute("CREATE INDEX IF NOT EXISTS idx_status ON media_files (upload_status, date_taken)")
 
     def _lease_until(self, lease_s: float) -> tuple[str, list[Any]]:
-        return "datetime('now', ?)", [f"+{lease_s:g} seconds"]
+        return "datetime('now', ?)", [f"{lease_s:+g} seconds"]
 
     def _rekey_by_scope(self) -> None:
         self._execute("DROP INDEX IF EXISTS uk_path_hash")
@@ -2067,6 +2076,12 @@ class MysqlStore(Store):
                     )
         if self._lock_conn is not None:
             try:
+                # Released now, not when the server gets round to the closed connection: a run that starts
+                # the moment this one ends must not be told another is in progress.
+                with self._lock_conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT RELEASE_LOCK(%s)", (self._lock_name(f"run {self.scope} {self.machine}"),)
+                    )
                 self._lock_conn.close()
             except self._pymysql.err.Error:
                 pass

@@ -828,6 +828,7 @@ class ImmichClient:
         )
         self.stop = stop or threading.Event()
         self.gate = ServerGate(self.base_url, settings.server_wait_s, self.backoff_s)
+        self.key_origin = str(settings.origin("IMMICH_API_KEY"))  # for the line that asks to check it
         self.headers = {
             "x-api-key": settings.immich_api_key,
             "User-Agent": USER_AGENT,
@@ -1164,7 +1165,7 @@ class ImmichClient:
                 raise self._refused_by_proxy(exc) from None
             if exc.status != 403:
                 raise ApiKeyRefused(
-                    f"the server refused the API key ({exc}): check IMMICH_API_KEY",
+                    f"the server refused the API key ({exc}): check {self.key_origin}",
                     exc.status,
                     exc.method,
                     exc.url,

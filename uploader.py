@@ -766,8 +766,12 @@ class Uploader:
                 self.summary.error_files.append(row.filepath)
         if status == "error":
             log.warning("%s: upload failed: %s", row.filepath, detail, extra=FILE_EVENT)
+        elif status == "skipped":
+            log.info("%s: skipped: %s", row.filepath, detail)
         else:
-            log.info("%s: %s%s", row.filepath, status, f" ({detail})" if status == "changing" else "")
+            # A line per file sent would be most of a big run's log, pushing its start out of the rotated
+            # files; the database (and main.py --report) hold every file's outcome.
+            log.debug("%s: %s%s", row.filepath, status, f" ({detail})" if status == "changing" else "")
         self.progress.file_status(status, row.filepath, detail)
         sent = row.file_size if status == "success" else 0
         with self._lock:
@@ -983,7 +987,8 @@ def dry_run(
     Copies of one content count once, as the real run sends them once. A Takeout adds its own lines
     (`extra_rows`, `extra_json`)."""
     client = None
-    if ctx.settings.immich_url and ctx.settings.immich_api_key:
+    # A server setting that is set but wrong stops the dry run as it would stop the real one.
+    if ctx.settings.server_problem or (ctx.settings.immich_url and ctx.settings.immich_api_key):
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     deletions: list[tuple[str, int]] = []
