@@ -256,7 +256,7 @@ import sys
 sys.path[:] = [p for p in sys.path if "site-packages" not in p and "dist-packages" not in p]
 """
 # requests is found, but importing it fails: a broken or half-removed install, met in the middle of a run
-# (requests is imported only for https).
+# (requests is imported only for a proxy).
 REQUESTS_BROKEN = """\
 import sys
 class Broken:
@@ -269,14 +269,16 @@ sys.meta_path.insert(0, Broken)
 """
 
 
-def run_with_site(tmp_path: Path, site: str, script: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+def run_with_site(
+    tmp_path: Path, site: str, script: Path, *argv: str, **environ: str
+) -> subprocess.CompletedProcess[str]:
     folder = tmp_path / "site"
     folder.mkdir(exist_ok=True)
     (folder / "sitecustomize.py").write_text(site)
     return subprocess.run(
         [sys.executable, str(script), *argv],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={**script_environment(), "PYTHONPATH": str(folder)},
+        env={**script_environment(), "PYTHONPATH": str(folder), **environ},
     )  # fmt: skip
 
 
@@ -320,7 +322,11 @@ def test_a_package_that_fails_to_import_mid_run_is_the_same_one_line(tmp_path: P
         f"IMMICH_URL=https://127.0.0.1:9\nIMMICH_API_KEY={API_KEY}\nDB_PATH={tmp_path}/s.db\n"
         f"LOG_FILE={tmp_path}/log.txt\n"
     )
-    proc = run_with_site(tmp_path, REQUESTS_BROKEN, PROJECT_DIR / "upload_files.py", "--env-file", str(env))
+    # requests carries only requests through a proxy: one in the environment makes the run import it.
+    proc = run_with_site(
+        tmp_path, REQUESTS_BROKEN, PROJECT_DIR / "upload_files.py", "--env-file", str(env),
+        https_proxy="http://127.0.0.1:9",
+    )  # fmt: skip
     assert proc.returncode == 2
     (line,) = [unstamped(line) for line in proc.stderr.splitlines()]
     assert line.startswith(
