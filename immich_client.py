@@ -968,6 +968,12 @@ class ImmichClient:
             self._session.headers.update(self.headers)
             self._session.verify = self.verify
             self._session.trust_env = True
+            if self.verify is False:
+                # IMMICH_VERIFY_TLS=false was the user's choice: urllib3 would warn about it on stderr at
+                # every request, in words that are not the tool's.
+                import urllib3
+
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         return self._session
 
     def _send_requests(
