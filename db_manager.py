@@ -1475,6 +1475,18 @@ class Store:
         return {"kind": r[0], "started_at": str(r[1]), "finished_at": str(r[2]), "exit_status": r[3],
                 "summary": json.loads(r[4] or "{}")}  # fmt: skip
 
+    def last_run_problems(self) -> tuple[str, list[RunProblem]]:
+        """When this scope's last run finished and what it counted as errors that are no failed row (a
+        folder it could not list, a link it would not follow, a file it could not delete)."""
+        last = self.last_run()
+        if last is None:
+            return "", []
+        problems = []
+        for item in last["summary"].get("problems") or []:
+            if isinstance(item, list) and item and all(isinstance(part, str) for part in item):
+                problems.append(RunProblem(*item[:3]))
+        return last["finished_at"][:16], problems
+
 
 def _mask_strings(value: Any) -> Any:
     """A JSON value with every address in its strings shown as config.mask_url_password shows it."""

@@ -309,11 +309,14 @@ class Menu:
         return None
 
     def recent_errors(self, store: Store, _settings: Settings) -> None:
+        """Every error a run's summary counted: the failed files (rows), then what the last run counted
+        that is no file's upload (a folder it could not list, a dangling link, a file it could not delete)."""
         errors = store.recent_errors(20)
-        if not errors:
-            self.say("No failed files.")
+        finished, problems = store.last_run_problems()
+        if not errors and not problems:
+            self.say("No failed files, and the last run counted no other error.")
             return
-        lines = []
+        lines = ["Failed files" if errors else "No failed files."]
         for failed in errors:
             lines.append(f"  {failed.filepath}")
             lines.append(f"      {failed.last_error} ({plural(failed.attempts, 'attempt')})")
@@ -324,6 +327,13 @@ class Menu:
                 lines.append(
                     f"      tried again after {failed.next_attempt_at} UTC, or now with 6 > Retry errors"
                 )
+        if problems:
+            lines.append(f"Other errors of the last run ({finished} UTC)")
+            for problem in problems:
+                lines.append(f"  {problem.path}")
+                lines.append(f"      {problem.reason}")
+                if problem.advice:
+                    lines.append(f"      what to do: {problem.advice}")
         self.show(lines)
 
     def retry_errors(self, store: Store, _settings: Settings) -> None:

@@ -160,7 +160,9 @@ class ProgressTracker:
         )
         counter = f"{files} file{'s' if (self.total_files or self.done_files) != 1 else ''}"
         if self.unit == "bytes" and self.total_bytes and full_counter:
-            counter += f", {format_bytes(self.done_bytes)}/{format_bytes(self.total_bytes)}"
+            # What went over the wire, as the summary's "sent" says; files settled without sending (already
+            # in Immich, refused) complete their share of the percentage but send nothing.
+            counter += f", {format_bytes(self.sent_bytes)} sent"
         parts.append(f"[{counter}]")
         rate_bytes = self.sent_bytes if self.unit == "bytes" else self.done_bytes
         if files_rate or not rate_bytes:

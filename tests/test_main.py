@@ -148,6 +148,22 @@ def test_recent_errors_say_what_to_do_and_retry_errors_tries_them_now(
     assert statuses(server_env) == ["success"]  # tried at once, not after its wait
 
 
+def test_every_error_a_summary_counts_is_listed_under_recent_errors_with_what_to_do(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(1)
+    os.symlink(library.root / "unmounted-disk", library.root / "usb")  # a dangling folder link: no row
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
+    assert result.status == 1 and "errors      1, listed in" in "\n".join(result.lines)
+    assert statuses(server_env) == ["success"]  # no failed row: the error is the run's
+    out = io.StringIO()
+    main.main(["--env-file", str(server_env.path)], stdin=io.StringIO("5\nq\n"), stdout=out)
+    text = out.getvalue()
+    assert "No failed files." in text and "Other errors of the last run" in text
+    assert f"{library.root}/usb" in text and "its target is gone" in text
+    assert "what to do: mount the disk, or remove the link" in text
+
+
 def spawn_small_menu(env: Env, rows: int = 24) -> pexpect.spawn:
     child = pexpect.spawn(
         sys.executable,
