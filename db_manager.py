@@ -2088,12 +2088,6 @@ class MysqlStore(Store):
                     )
         if self._lock_conn is not None:
             try:
-                # Released now, not when the server gets round to the closed connection: a run that starts
-                # the moment this one ends must not be told another is in progress.
-                with self._lock_conn.cursor() as cur:
-                    cur.execute(
-                        "SELECT RELEASE_LOCK(%s)", (self._lock_name(f"run {self.scope} {self.machine}"),)
-                    )
                 self._lock_conn.close()
             except self._pymysql.err.Error:
                 pass
