@@ -87,14 +87,11 @@ def test_sync_takes_folders_url_and_key_as_arguments_and_the_key_is_never_shown(
     assert "IMMICH_API_KEY=te****ef  # command line" in shown.stdout and API_KEY not in shown.stdout
 
 
-def test_a_key_given_on_the_command_line_is_masked_in_the_process_list(
-    env: Env, library: Library, immich: ImmichTestServer
-) -> None:
-    library.photos(1)
+def process_title_while_it_runs(env: Env, immich: ImmichTestServer, *flags: str) -> tuple[str, int]:
+    """The command line `ps` shows for a sync started with `flags` (read while its first request is held
+    at the server), and the run's exit status."""
     immich.faults.add(delay_s=2.0, path="/api/users/me")
-    proc = start_process(
-        "sync_upload.py", "--env-file", str(env.path), "--url", immich.url, "--key", API_KEY, "--no-progress"
-    )
+    proc = start_process("sync_upload.py", "--env-file", str(env.path), *flags, "--no-progress")
     try:
         deadline = time.monotonic() + 10
         while ("GET", "/api/users/me") not in immich.requests_log and time.monotonic() < deadline:
@@ -102,8 +99,16 @@ def test_a_key_given_on_the_command_line_is_masked_in_the_process_list(
         cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     finally:
         proc.communicate(timeout=30)
+    return cmdline, proc.returncode
+
+
+def test_a_key_given_on_the_command_line_is_masked_in_the_process_list(
+    env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(1)
+    cmdline, status = process_title_while_it_runs(env, immich, "--url", immich.url, "--key", API_KEY)
     assert API_KEY not in cmdline and "te****ef" in cmdline
-    assert proc.returncode == 0
+    assert status == 0
 
 
 def test_upload_files_takes_folders_as_a_filter_on_what_it_sends(
@@ -215,20 +220,10 @@ def test_a_password_in_the_url_given_on_the_command_line_is_masked_in_the_proces
     env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     library.photos(1)
-    immich.faults.add(delay_s=2.0, path="/api/users/me")
     url = immich.url.replace("http://", "http://alice:s3cret-pw@")
-    proc = start_process(
-        "sync_upload.py", "--env-file", str(env.path), "--url", url, "--key", API_KEY, "--no-progress"
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while ("GET", "/api/users/me") not in immich.requests_log and time.monotonic() < deadline:
-            time.sleep(0.02)
-        cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    finally:
-        proc.communicate(timeout=30)
+    cmdline, status = process_title_while_it_runs(env, immich, "--url", url, "--key", API_KEY)
     assert "s3cret-pw" not in cmdline and "alice:****@127.0.0.1" in cmdline
-    assert proc.returncode == 0
+    assert status == 0
 
 
 # --- folders given several ways add up (issue 20) ---------------------------------------------------------
