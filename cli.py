@@ -7,18 +7,23 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from enum import IntEnum
+from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from config import (
+    PROJECT_DIR,
     VERSION,
     ConfigError,
+    Origin,
     Settings,
     load_settings,
     mask_secret,
@@ -27,7 +32,15 @@ from config import (
 )
 from db_manager import DatabaseError, Store, migrate_store, open_store
 from immich_client import ImmichError
-from logger import FILE_EVENT, console_handler, get_logger, setup_console, setup_file
+from logger import (
+    FILE_EVENT,
+    close_file,
+    console_handler,
+    get_logger,
+    set_run_header,
+    setup_console,
+    setup_file,
+)
 from progress import ProgressTracker, select_progress
 
 log = get_logger("cli")
@@ -40,6 +53,67 @@ class ExitStatus(IntEnum):
     TOO_MANY_ERRORS = 3  # MAX_CONSECUTIVE_ERRORS failures in a row: the server is likely down
     INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug; please report it with the log file
     INTERRUPTED = 130  # 128 + SIGINT: what shells report for a job stopped by Ctrl-C
+
+
+# The packages requirements.txt installs, by the name each is imported as: a Python without them (the
+# system's python3 instead of the project's .venv) is told so in one line before anything starts.
+REQUIRED_PACKAGES = {
+    "dotenv": "python-dotenv",
+    "PIL": "Pillow",
+    "exifread": "ExifRead",
+    "hachoir": "hachoir",
+    "requests": "requests",
+    "colorama": "colorama",
+    "pymysql": "PyMySQL",
+    "watchdog": "watchdog",
+}
+
+
+def missing_packages() -> list[str]:
+    """The required packages this Python cannot import; looked up without importing them (0.5 ms)."""
+    from importlib.machinery import PathFinder
+
+    return [
+        package
+        for module, package in REQUIRED_PACKAGES.items()
+        if module not in sys.modules and PathFinder.find_spec(module) is None
+    ]
+
+
+def missing_package_of(exc: BaseException) -> str | None:
+    """The required package a ModuleNotFoundError is about, if any: a failed import deep in a run is the
+    same mistake as one found at the start."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        return REQUIRED_PACKAGES.get(exc.name.split(".")[0])
+    return None
+
+
+def requirements_message(script: str, packages: list[str]) -> str:
+    """One line: what this Python lacks and how to run the tool with the Python that has it."""
+    named = ", ".join(packages[:3]) + (f" and {len(packages) - 3} more" if len(packages) > 3 else "")
+    python = sys.executable or "python3"
+    venv = PROJECT_DIR / ".venv" / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+    requirements = PROJECT_DIR / "requirements.txt"
+    install = f"{python} -m pip install -r {requirements}"
+    # The venv's python is a link to the system's: what tells them apart is the prefix a run starts in.
+    if _same_file(PROJECT_DIR / ".venv", Path(sys.prefix)):
+        how = f"install them: {install}"
+    elif venv.exists():
+        how = f"run it with the project's Python: {venv} {PROJECT_DIR / script} (or install them: {install})"
+    else:
+        how = (
+            f"set up the project's Python once: cd {PROJECT_DIR} && python3 -m venv .venv && "
+            f".venv/bin/pip install -r requirements.txt, then run .venv/bin/python {script} (or install "
+            f"them into this Python: {install})"
+        )
+    return f"this Python ({python}) lacks {named}, which the tool needs: {how}"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 class StartError(Exception):
@@ -69,6 +143,11 @@ class Context:
             log.warning("stdout was closed before the JSON summary could be written")
 
 
+ENV_FILE_HELP = (
+    "settings file (default: .env beside the scripts, or ./.env when it sets IMMICH_URL or IMMICH_API_KEY)"
+)
+
+
 def base_parser(prog: str, description: str, paths_help: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--version", action="version", version=f"immich-uploader {VERSION}")
@@ -76,10 +155,13 @@ def base_parser(prog: str, description: str, paths_help: str | None = None) -> a
     parser.add_argument("--from-menu", action="store_true", help=argparse.SUPPRESS)
     if paths_help:
         parser.add_argument("paths", nargs="*", metavar="DIR", help=paths_help)
+    parser.add_argument("--env-file", metavar="PATH", help=ENV_FILE_HELP)
     parser.add_argument(
-        "--env-file", metavar="PATH", help="settings file (default: ./.env, else .env beside the scripts)"
+        "--source-dir",
+        metavar="DIR",
+        action="append",
+        help="folder(s) to scan, comma-separated; repeatable, adding up (SOURCE_DIR)",
     )
-    parser.add_argument("--source-dir", metavar="DIR", help="folder(s) to scan, comma-separated (SOURCE_DIR)")
     parser.add_argument("--url", metavar="URL", help="Immich server address (IMMICH_URL)")
     parser.add_argument(
         "--key",
@@ -245,6 +327,15 @@ def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
     return restore
 
 
+def settings_file_lines(settings: Settings) -> list[str]:
+    """Which settings file was read, and which .env was passed over and why, as comment lines."""
+    read = settings.env_file or f"none (there is no {PROJECT_DIR / '.env'})"
+    lines = [f"# settings file: {read}"]
+    if settings.env_file_passed_over is not None:
+        lines.append(f"# passed over: {settings.env_file_passed_over}: {settings.env_file_passed_over_why}")
+    return lines
+
+
 def summary_json(summary: Any) -> dict[str, object]:
     """A run's summary dataclass (with `elapsed_s` and `error_files`) as `--json` prints it and the runs
     table keeps it: seconds to the millisecond, at most 100 failed files named."""
@@ -274,10 +365,18 @@ def run_script(
     stderr: TextIO | None = None,
     needs_lock: bool = True,
 ) -> int:
-    """Parse, configure, open the database, run `body`, map failures to exit statuses."""
+    """Parse, configure, open the database, run `body`, map failures to exit statuses. The log file says
+    where each run starts (the script, the version, the settings not at their default and where each
+    came from) and how it ended (the exit status, the summary's counts, the time taken)."""
+    started = time.monotonic()
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
     args = parser.parse_args(argv)
+    prog = "immich-uploader"
+    missing = missing_packages()
+    if missing:
+        stderr.write(f"{prog}: error: {requirements_message(parser.prog, missing)}\n")
+        return ExitStatus.CANNOT_START
     key, url = getattr(args, "key", None), getattr(args, "url", None)
     if key or (url and mask_url_password(url) != url):
         hide_secrets_from_process_list(key, url)
@@ -285,17 +384,21 @@ def run_script(
     # terminal it puts a timestamp on the line.
     progress = select_progress(stderr, enabled=not args.no_progress)
     setup_console(stderr, verbose=args.verbose, debug=args.debug).writer = progress.message
-    prog = "immich-uploader"
     store: Store | None = None
     settings: Settings | None = None
     restore_signals: Callable[[], None] = _nothing
+    problem = ""  # the one line a run that could not start or was stopped ended with
     try:
         settings = load_settings(settings_flags(args), args.env_file, warn=log.warning)
         if args.show_config:
+            stdout.write("".join(line + "\n" for line in settings_file_lines(settings)))
             for name, value, source in settings.display_rows():
                 stdout.write(f"{name}={value}  # {source}\n")
             return ExitStatus.OK
-        setup_file(settings.log_file, settings.log_level, secrets=settings.secrets)
+        if setup_file(settings.log_file, settings.log_level, secrets=settings.secrets):
+            start = run_start_line(parser.prog, settings)
+            log.info("%s", start)
+            set_run_header(start)
         store = open_store(settings, migrate=False)
         stop = threading.Event()
         restore_signals = install_stop_handlers(stop)
@@ -304,35 +407,45 @@ def run_script(
             raise AlreadyRunning
         migrate_store(store)
         with claims_kept(store, settings):
-            return int(body(Context(settings, args, store, progress, stdout, stop)))
+            status = int(body(Context(settings, args, store, progress, stdout, stop)))
     except AlreadyRunning:
-        progress.message(
-            f"{prog}: another run is in progress for this machine and these folders; nothing to do"
-        )
-        return ExitStatus.OK
+        problem = "another run is in progress for this machine and these folders; nothing to do"
+        progress.message(f"{prog}: {problem}")
+        status = ExitStatus.OK
     except (ConfigError, DatabaseError, StartError) as exc:
         log.debug("cannot start", exc_info=True)
+        problem = str(exc)
         progress.message(f"{prog}: error: {exc}")
-        return ExitStatus.CANNOT_START
+        status = ExitStatus.CANNOT_START
     except KeyboardInterrupt:
+        problem = "interrupted"
         progress.message(f"{prog}: interrupted")
-        return ExitStatus.INTERRUPTED
+        status = ExitStatus.INTERRUPTED
     except ImmichError as exc:
         # The server failed a request the run could not do without (its formats, a bulk check, albums):
         # what was recorded stands, the next run goes on.
         log.debug("server failed", exc_info=True)
-        progress.message(f"{prog}: error: the server failed: {exc}")
-        return ExitStatus.TOO_MANY_ERRORS
+        problem = f"the server failed: {exc}"
+        progress.message(f"{prog}: error: {problem}")
+        status = ExitStatus.TOO_MANY_ERRORS
     except Exception as exc:
-        # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
-        log.exception("internal error", extra=FILE_EVENT)
-        if args.debug:
-            raise
-        where = settings.log_file if settings is not None else "the log file"
-        progress.message(
-            f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)"
-        )
-        return ExitStatus.INTERNAL_ERROR
+        package = missing_package_of(exc)
+        if package is not None:
+            log.debug("a required package is missing", exc_info=True)
+            problem = requirements_message(parser.prog, [package])
+            progress.message(f"{prog}: error: {problem}")
+            status = ExitStatus.CANNOT_START
+        else:
+            # A bug, not a user's mistake: the traceback goes to the log file (and the console with --debug).
+            log.exception("internal error", extra=FILE_EVENT)
+            if args.debug:
+                raise
+            where = settings.log_file if settings is not None else "the log file"
+            problem = f"internal error {exc!r}"
+            progress.message(
+                f"{prog}: error: internal error {exc!r}; the traceback is in {where} (or run with --debug)"
+            )
+            status = ExitStatus.INTERNAL_ERROR
     finally:
         restore_signals()
         handler = console_handler()
@@ -340,3 +453,49 @@ def run_script(
             handler.writer = handler._write
         if store is not None:
             store.close()
+    if settings is not None:
+        log.info("%s", run_end_line(parser.prog, status, time.monotonic() - started, progress, problem))
+    close_file()  # what runs after this run (the menu, the next test) does not write to its log
+    return status
+
+
+def run_start_line(script: str, settings: Settings) -> str:
+    """Where a run starts in the log: the script, the version, and each setting not at its default with
+    where it came from (secrets masked)."""
+
+    def where(name: str, origin: Origin) -> str:
+        alias = "" if origin.name == name or origin.kind == "flag" else f"{origin.name}, "
+        if origin.kind == "file" and origin.path == settings.env_file:
+            return f"{alias}line {origin.line}"  # the file is named once, before
+        return f"{alias}{origin.where}"
+
+    changed = [f"{name}={value} ({where(name, origin)})" for name, value, origin in settings.changed_rows()]
+    return (
+        f"=== {script} {VERSION} started (pid {os.getpid()}, Python {sys.version.split()[0]}); settings "
+        f"file {settings.env_file or 'none'}: {', '.join(changed) or 'every setting at its default'}"
+    )
+
+
+STATUS_WORDS = {
+    ExitStatus.OK: "done",
+    ExitStatus.FILES_FAILED: "some files failed",
+    ExitStatus.CANNOT_START: "could not start",
+    ExitStatus.TOO_MANY_ERRORS: "stopped",
+    ExitStatus.INTERNAL_ERROR: "internal error",
+    ExitStatus.INTERRUPTED: "interrupted",
+}
+
+
+def run_end_line(script: str, status: int, elapsed_s: float, progress: ProgressTracker, problem: str) -> str:
+    """Where a run ends in the log: its exit status, the summary's counts as the user saw them, and the
+    time it took."""
+    from utils import format_duration
+
+    words = f" ({STATUS_WORDS[status]})" if status in STATUS_WORDS else ""
+    line = f"=== {script} ended with status {status}{words} after {format_duration(elapsed_s)}"
+    if progress.last_summary is not None:
+        title, rows = progress.last_summary
+        line += f": {title}: " + ", ".join(f"{label} {value}" for label, value in rows)
+    if problem:
+        line += f"; {problem}"
+    return line

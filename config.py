@@ -1,10 +1,13 @@
 """Every setting the uploader knows, where each value came from, and what makes one invalid.
 
 Settings are resolved once per run, strongest source first: a command-line flag, the process environment,
-the `.env` file, the built-in default. `--env-file PATH` picks the file; without it `.env` in the current
-folder is read, else `.env` beside the scripts. Relative paths written in `.env` or the environment are taken
-relative to the project folder (cron starts scripts from `/`); relative paths given as flags are taken
-relative to the current folder, as with any command. A bad value raises `ConfigError`, naming the setting.
+the settings file, the built-in default. Which file: `--env-file PATH` if given; else `.env` in the current
+folder, but only when it names this tool's server (`IMMICH_URL`, `IMMICH_API_KEY` or the official CLI's
+`IMMICH_INSTANCE_URL`: Immich's own docker-compose `.env`, often kept in the same folder, never does);
+else `.env` beside the scripts. A `.env` passed over changes no setting (`-v` and `--show-config` say so).
+Relative paths written in a file or the environment are taken relative to the project folder (cron starts
+scripts from `/`); relative paths given as flags are taken relative to the current folder, as with any
+command. A bad value raises `ConfigError`, naming the setting and where its value came from.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from dotenv import dotenv_values
+from logger import get_logger
+
+log = get_logger("config")
 
 VERSION = "0.3.0"  # the one place the tool's version is written (pyproject.toml reads it from here)
 PROJECT_DIR = Path(__file__).resolve().parent
@@ -57,7 +62,12 @@ JUNK_NAMES = (
 
 
 class ConfigError(Exception):
-    """A setting is missing or invalid; the message names it and says how to fix it."""
+    """A setting is missing or invalid; the message names it and says how to fix it. `setting` names the
+    setting at fault, so that load_settings can add where its value came from."""
+
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
 
 
 class ServerNotConfigured(ConfigError):
@@ -180,8 +190,11 @@ class Settings:
     only: str
     watch_settle_s: float
     sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+    origins: Mapping[str, Origin] = field(default_factory=dict, compare=False, repr=False)
     raw: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
-    env_file: Path | None = None
+    env_file: Path | None = None  # the settings file read (None: none)
+    env_file_passed_over: Path | None = None  # a .env in the current folder that is not this tool's
+    env_file_passed_over_why: str = ""
     server_problem: str | None = None
     takeout_paths: tuple[Path, ...] = ()  # --takeout: Google Photos Takeout zips or folders to sync
     takeout_trashed: bool = False  # --takeout-trashed: send what Google had in its trash too
@@ -218,6 +231,11 @@ class Settings:
             return "video"
         return None
 
+    def origin(self, name: str) -> Origin:
+        """Where setting `name` came from; str() of it says so in words: '--key',
+        'IMMICH_API_KEY in /home/me/immich-uploader/.env, line 2', 'IMMICH_API_KEY in the environment'."""
+        return self.origins.get(name) or Origin("default", name)
+
     def require_server(self) -> None:
         if self.server_problem:
             raise ConfigError(self.server_problem)
@@ -239,10 +257,14 @@ class Settings:
         """Set, and each a folder or a single file (a folder of one). A folder that is missing is the
         scanner's call: a share that is not mounted tonight is not a typo (scanner.Scanner.available_roots)."""
         if not self.source_dirs:
-            raise ConfigError("SOURCE_DIR is not set: give --source-dir FOLDER or set SOURCE_DIR in .env")
+            raise ConfigError(
+                "SOURCE_DIR is not set: give --source-dir FOLDER, or set SOURCE_DIR in "
+                f"{self.env_file or PROJECT_DIR / '.env'}"
+            )
         for folder in self.source_dirs:
             if folder.exists() and not (folder.is_dir() or folder.is_file()):
-                raise ConfigError(f"SOURCE_DIR: {folder} is neither a folder nor a file")
+                where = self.origin("SOURCE_DIR").after("SOURCE_DIR")
+                raise ConfigError(f"SOURCE_DIR{where}: {folder} is neither a folder nor a file")
 
     def display_rows(self) -> list[tuple[str, str, str]]:
         """(name, value, source) for every setting, secrets masked: for --show-config and the menu."""
@@ -257,10 +279,23 @@ class Settings:
             rows.append((s.name, value, self.sources.get(s.name, "default")))
         return rows
 
+    def changed_rows(self) -> list[tuple[str, str, Origin]]:
+        """(name, value, origin) of each setting whose value is not its default, secrets masked: what a
+        run's first log line says."""
+        defaults = {s.name: s.default for s in SETTINGS}
+        return [
+            (name, value, self.origin(name))  # display_rows masked the secrets and the URL's password
+            for name, value, source in self.display_rows()
+            if source != "default" and self.raw.get(name) != defaults[name]
+        ]
 
-def settings_file_for(env_file: Path | None) -> Path:
-    """The file settings are saved to: the one read, else .env beside the scripts."""
-    return env_file if env_file is not None and env_file.is_file() else PROJECT_DIR / ".env"
+
+def settings_file_for(env_file: str | None) -> Path:
+    """The file settings are saved to: `--env-file` if given, else the file a run reads (choose_env_file),
+    else .env beside the scripts (created)."""
+    if env_file:
+        return Path(env_file).expanduser()
+    return choose_env_file(None).path or PROJECT_DIR / ".env"
 
 
 def save_settings(path: Path, values: Mapping[str, str]) -> None:
@@ -294,18 +329,178 @@ def mask_url_password(url: str, *, whole_value: bool = False) -> str:
     return (_VALUE_PASSWORD if whole_value else _URL_PASSWORD).sub(r"\g<user>:****@", url)
 
 
-def find_env_file(explicit: str | None) -> Path | None:
+# A `.env` in the current folder is this tool's only when it names the server; Immich's own never does.
+SERVER_NAMES = ("IMMICH_URL", "IMMICH_API_KEY", "IMMICH_INSTANCE_URL")
+BOM = "\ufeff"  # the byte-order mark some editors put first in a UTF-8 file
+# Patterns as text: re compiles (and caches) each the first time it is needed, which most runs never do.
+_NAMES_SERVER = rf"(?m)^[ \t]*(?:export[ \t]+)?(?:{'|'.join(SERVER_NAMES)})\b"
+_FIRST_WORD = r"[ \t]*(?:export[ \t]+)?([A-Za-z_][A-Za-z0-9_.]*)[ \t]*(=?)"
+
+
+@dataclass(frozen=True)
+class EnvFileChoice:
+    """The settings file a run reads (None: none), and a `.env` it passed over, with why."""
+
+    path: Path | None
+    passed_over: Path | None = None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where one setting's value came from: a flag, the environment, a line of a file, or the default.
+    `name` is what it was given as: the setting, an alias (IMMICH_INSTANCE_URL) or a flag (--key)."""
+
+    kind: str  # "flag", "environment", "file" or "default"
+    name: str
+    path: Path | None = None
+    line: int = 0
+
+    def __str__(self) -> str:
+        """'--key', 'IMMICH_API_KEY in /home/me/.env, line 2', 'IMMICH_API_KEY in the environment'."""
+        if self.kind in ("flag", "default"):
+            return self.name
+        return f"{self.name} in {self.where}"
+
+    @property
+    def where(self) -> str:
+        if self.kind == "file":
+            return f"{self.path}, line {self.line}" if self.line else str(self.path)
+        return "the environment" if self.kind == "environment" else self.name
+
+    def after(self, setting: str) -> str:
+        """What a message about `setting` adds to say where its value came from: ' (from …)'."""
+        if self.kind == "default":
+            return ""
+        return f" (from {self.where if self.name == setting else self})"
+
+    def locate(self, message: str, setting: str) -> str:
+        """`message` about `setting`, saying where the value came from right after the setting's name:
+        'UPLOAD_CONCURRENCY (from /home/me/.env, line 3): 0 is out of range (1..64)'."""
+        if message.startswith(f"{setting}:"):
+            return f"{setting}{self.after(setting)}{message[len(setting) :]}"
+        return message + self.after(setting)
+
+
+def choose_env_file(explicit: str | None) -> EnvFileChoice:
+    """`--env-file` if given; else `.env` in the current folder when it names this tool's server; else
+    `.env` beside the scripts. A `.env` passed over is named, with why, for -v and --show-config."""
     if explicit:
         path = Path(explicit).expanduser()
         if path.is_dir():
             raise ConfigError(f"--env-file: {path} is a folder, not a settings file")
         if not path.exists():
             raise ConfigError(f"--env-file: {path} does not exist")
-        return path  # a file, or /dev/null for "no settings file at all"
-    for candidate in (Path.cwd() / ".env", PROJECT_DIR / ".env"):
-        if candidate.is_file():
-            return candidate
-    return None
+        return EnvFileChoice(path)  # a file, or /dev/null for "no settings file at all"
+    beside = PROJECT_DIR / ".env"
+    fallback = beside if beside.is_file() else None
+    try:
+        here = Path.cwd() / ".env"
+    except OSError:  # the current folder was deleted: there is no .env in it
+        return EnvFileChoice(fallback)
+    if not here.is_file() or _same_file(here, beside):
+        return EnvFileChoice(fallback)
+    try:
+        ours = (
+            re.search(_NAMES_SERVER, here.read_text(encoding="utf-8", errors="replace").lstrip(BOM))
+            is not None
+        )
+    except OSError as exc:
+        return EnvFileChoice(fallback, here, f"it cannot be read ({exc.strerror})")
+    if ours:
+        return EnvFileChoice(here)
+    return EnvFileChoice(
+        fallback,
+        here,
+        "it sets none of IMMICH_URL, IMMICH_API_KEY, IMMICH_INSTANCE_URL, so it is another program's "
+        "(Immich's own .env?)",
+    )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class EnvFileValues:
+    """A settings file's values, and the line each was set on."""
+
+    values: dict[str, str]
+    lines: dict[str, int]
+
+
+def read_env_file(path: Path, warn: Callable[[str], None] | None = None) -> EnvFileValues:
+    """Every NAME=value of a settings file. A line that is not NAME=value (a missing '=', a quote left
+    open) is a ConfigError naming the file and the line, never skipped: the setting it meant would
+    silently take its default. Names that are no setting are warned about and ignored."""
+    import io
+
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8").lstrip(BOM)  # as Notepad writes it; no setting
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"cannot read {path}: {reason}") from None
+    lines: dict[str, int] = {}
+    for binding in parse_stream(io.StringIO(text)):
+        original = binding.original.string
+        # The parser counts a binding from the blank lines before it.
+        line = binding.original.line + original[: len(original) - len(original.lstrip())].count("\n")
+        if binding.error:
+            raise ConfigError(_bad_line(path, line, original.strip()))
+        if binding.key is None:
+            continue
+        if binding.value is None and (binding.key in SETTING_NAMES or binding.key in ALIASES):
+            raise ConfigError(
+                f"{path}, line {line}: {binding.key} has no '=': write {binding.key}=value "
+                f"(or {binding.key}= for its default)"
+            )
+        lines[binding.key] = line
+        if binding.key not in SETTING_NAMES and binding.key not in ALIASES and warn is not None:
+            import difflib  # here: only a typo pays for it
+
+            close = difflib.get_close_matches(binding.key, SETTING_NAMES, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warn(f"{path}, line {line}: unknown setting {binding.key}{hint}; it is ignored")
+    values = {k: v or "" for k, v in dotenv_values(stream=io.StringIO(text)).items()}
+    return EnvFileValues(values, lines)
+
+
+def _bad_line(path: Path, line: int, text: str) -> str:
+    """Why a line is not NAME=value, without repeating its value (it may be the API key)."""
+    where = f"{path}, line {line}"
+    word = re.match(_FIRST_WORD, text)
+    if word and word[2]:
+        value = text[word.end() :].lstrip()
+        if value[:1] in ("'", '"') and value.find(value[0], 1) > 0:
+            return f"{where}: the value of {word[1]} goes on after its closing quote; quote all of it"
+        if value[:1] in ("'", '"'):
+            return f"{where}: the value of {word[1]} opens a quote it does not close; close it or remove it"
+        return f"{where}: the value of {word[1]} cannot be read; write it as {word[1]}=value"
+    if word and (word[1] in SETTING_NAMES or word[1] in ALIASES):
+        return f"{where}: {word[1]} is not followed by '=': write {word[1]}=value"
+    return f"{where} is not a setting: write each as NAME=value, e.g. IMMICH_URL=http://nas:2283"
+
+
+# Flags whose name is not the setting's in lower case with dashes (--source-dir is SOURCE_DIR's).
+FLAG_OF = {
+    "IMMICH_URL": "--url",
+    "IMMICH_API_KEY": "--key",
+    "IGNORE_PATTERNS": "--ignore",
+    "MACHINE_NAME": "--machine",
+    "UPLOAD_CONCURRENCY": "--concurrency",
+    "ALBUM_FROM": "--album-from-folder or --album-from-path",
+    "ONLY": "--only-images or --only-videos",
+}
+
+
+def flag_of(name: str) -> str:
+    return FLAG_OF.get(name, "--" + name.lower().replace("_", "-"))
 
 
 def load_settings(
@@ -317,42 +512,60 @@ def load_settings(
     """Resolve every setting; `flags` maps setting names to command-line values (None = not given), and
     TAKEOUT to the --takeout paths."""
     environ = os.environ if environ is None else environ
-    path = find_env_file(env_file)
-    file_values: dict[str, str] = {}
+    choice = choose_env_file(env_file)
+    if choice.passed_over is not None:
+        log.info("settings: passed over %s: %s", choice.passed_over, choice.why)
+    path = choice.path
+    file = EnvFileValues({}, {}) if path is None else read_env_file(path, warn)
     if path is not None:
-        try:
-            file_values = {k: v or "" for k, v in dotenv_values(path).items()}
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read {path}: {exc}") from None
-        for key in file_values:
-            if key not in SETTING_NAMES and key not in ALIASES and warn is not None:
-                import difflib  # here: only a typo pays for it
-
-                close = difflib.get_close_matches(key, SETTING_NAMES, n=1)
-                hint = f" (did you mean {close[0]}?)" if close else ""
-                warn(f"{path}: unknown setting {key}{hint}; it is ignored")
+        log.info("settings: read from %s", path)
 
     raw: dict[str, str] = {}
     sources: dict[str, str] = {}
+    origins: dict[str, Origin] = {}
     from_flag: set[str] = set()
     for s in SETTINGS:
-        value, source = s.default, "default"
+        value, source, origin = s.default, "default", Origin("default", s.name)
         # An empty value means the default (a copied .env.example stays valid when a line is blanked).
-        if file_values.get(s.name, "").strip():
-            value, source = file_values[s.name], str(path)
+        if file.values.get(s.name, "").strip():
+            value, source = file.values[s.name], str(path)
+            origin = Origin("file", s.name, path, file.lines.get(s.name, 0))
         if environ.get(s.name, "").strip():
-            value, source = environ[s.name], "environment"
+            value, source, origin = environ[s.name], "environment", Origin("environment", s.name)
         if flags and flags.get(s.name) is not None:
             value, source = str(flags[s.name]), "command line"
+            origin = Origin("flag", (flags.get("FLAG_NAMES") or {}).get(s.name) or flag_of(s.name))
             from_flag.add(s.name)
         if source == "default":
             for alias in (a for a, name in ALIASES.items() if name == s.name):
-                for where, values in ((str(path), file_values), ("environment", environ)):
+                for where, values in ((path, file.values), (None, environ)):
                     if values.get(alias, "").strip():
-                        value, source = values[alias], f"{where} ({alias})"
+                        value = values[alias]
+                        source = f"{where or 'environment'} ({alias})"
+                        origin = (
+                            Origin("file", alias, where, file.lines.get(alias, 0))
+                            if where is not None
+                            else Origin("environment", alias)
+                        )
         raw[s.name] = value.strip()
         sources[s.name] = source
+        origins[s.name] = origin
+    try:
+        return _settings(raw, sources, origins, from_flag, choice, flags or {})
+    except ConfigError as exc:
+        if exc.setting is None or exc.setting not in origins:
+            raise
+        raise ConfigError(origins[exc.setting].locate(str(exc), exc.setting), exc.setting) from None
 
+
+def _settings(
+    raw: dict[str, str],
+    sources: dict[str, str],
+    origins: dict[str, Origin],
+    from_flag: set[str],
+    choice: EnvFileChoice,
+    flags: Mapping[str, Any],
+) -> Settings:
     def path_of(name: str) -> Path:
         return _resolve_path(raw[name], relative_to_cwd=name in from_flag)
 
@@ -360,15 +573,21 @@ def load_settings(
         return [part.strip() for part in raw[name].split(",") if part.strip()]
 
     # Server settings are checked when a script needs the server (require_server), so scanning is never
-    # blocked by a URL typo.
+    # blocked by a URL typo or a key pasted with a stray character.
     server_problem = None
     try:
         url = normalize_url(raw["IMMICH_URL"])
     except ConfigError as exc:
-        url, server_problem = "", str(exc)
+        url, server_problem = "", origins["IMMICH_URL"].locate(str(exc), "IMMICH_URL")
+    key_problem = api_key_problem(raw["IMMICH_API_KEY"])
+    if key_problem and server_problem is None:
+        server_problem = f"IMMICH_API_KEY{origins['IMMICH_API_KEY'].after('IMMICH_API_KEY')} {key_problem}"
     ca_bundle = str(path_of("IMMICH_CA_BUNDLE")) if raw["IMMICH_CA_BUNDLE"] else ""
     if ca_bundle and not Path(ca_bundle).is_file() and server_problem is None:
-        server_problem = f"IMMICH_CA_BUNDLE: file {ca_bundle} does not exist"
+        server_problem = (
+            f"IMMICH_CA_BUNDLE{origins['IMMICH_CA_BUNDLE'].after('IMMICH_CA_BUNDLE')}: file {ca_bundle} "
+            "does not exist"
+        )
     settings = Settings(
         immich_url=url,
         immich_api_key=raw["IMMICH_API_KEY"],
@@ -420,24 +639,57 @@ def load_settings(
         only=_choice(raw, "ONLY", ("images", "videos")),
         watch_settle_s=_float(raw, "WATCH_SETTLE", 0.0, 86400.0),
         sources=sources,
+        origins=origins,
         raw=raw,
-        env_file=path,
+        env_file=choice.path,
+        env_file_passed_over=choice.passed_over,
+        env_file_passed_over_why=choice.why,
         server_problem=server_problem,
         takeout_paths=tuple(
-            _resolve_path(p, relative_to_cwd=True) for p in (flags or {}).get("TAKEOUT", None) or () if p
+            _resolve_path(p, relative_to_cwd=True) for p in flags.get("TAKEOUT", None) or () if p
         ),
-        takeout_trashed=bool((flags or {}).get("TAKEOUT_TRASHED")),
+        takeout_trashed=bool(flags.get("TAKEOUT_TRASHED")),
     )
     if settings.shared_library and len(settings.source_dirs) > 1:
         raise ConfigError(
             f"SHARED_LIBRARY: a shared library is one folder (its mount point here), but SOURCE_DIR names "
-            f"{len(settings.source_dirs)}: sync each folder in a run of its own"
+            f"{len(settings.source_dirs)}{origins['SOURCE_DIR'].after('SOURCE_DIR')}: sync each folder in "
+            "a run of its own",
+            "SHARED_LIBRARY",
         )
     if settings.since and settings.until and settings.since > settings.until:
+        given = [f"{n} from {origins[n].where}" for n in ("SINCE", "UNTIL") if origins[n].kind != "default"]
         raise ConfigError(
             f"SINCE ({settings.since}) is after UNTIL ({settings.until}): no file could match; swap them"
+            + (f" ({', '.join(given)})" if given else "")
         )
     return settings
+
+
+def api_key_problem(key: str) -> str | None:
+    """What makes a key unusable in an HTTP header (a zero-width space or a line break pasted with it,
+    an inner space), without repeating the key; None when it is fine. Leading and trailing whitespace is
+    stripped before this."""
+    if key.isascii() and key.isprintable() and " " not in key:
+        return None
+    for position, char in enumerate(key, 1):
+        if "!" <= char <= "~":
+            continue
+        import unicodedata  # here: only a broken key pays for it
+
+        code = f"U+{ord(char):04X}"
+        if char == " ":
+            what = "a space"
+        elif char in "\r\n":
+            what = f"a line break ({code})"
+        elif char == "\t":
+            what = f"a tab ({code})"
+        elif not char.isprintable() or unicodedata.category(char) in ("Zs", "Mn", "Me"):
+            what = f"an invisible character, {code},"
+        else:
+            what = f"a character an HTTP header cannot carry, {code} ({unicodedata.name(char, '?')}),"
+        return f"holds {what} at position {position}: copy the key again"
+    return None
 
 
 def _resolve_path(text: str, relative_to_cwd: bool) -> Path:
@@ -448,9 +700,22 @@ def _resolve_path(text: str, relative_to_cwd: bool) -> Path:
     return Path(os.path.normpath(path))
 
 
+# Pages of Immich's web app: an address copied from the browser names one of them after the server's.
+WEB_APP_PAGES = frozenset(
+    (
+        *("photos", "albums", "explore", "sharing", "search", "people", "places", "favorites", "archive"),
+        *("trash", "user-settings", "admin", "auth", "map", "memory", "utilities", "partners", "locked"),
+        *("folders", "tags", "shared-links", "share", "link", "buy", "duplicates", "library"),
+    )
+)
+# A scheme typed or pasted wrong (http//, http:/, htp://, https//, http;//, http:\\) before the host.
+_SCHEME_SLIP = r"(?s)(?P<word>[A-Za-z]{2,6})(?P<sep>[:;.]?[/\\]+|:)(?P<rest>.*)"
+
+
 def normalize_url(url: str) -> str:
     """Base URL without a trailing '/' or '/api': users paste both forms. A malformed address is refused
-    here, before any scan starts, naming what is wrong with it."""
+    here, before any scan starts, naming what is wrong with it and, for the usual slips, the address
+    meant."""
     url = url.strip().rstrip("/")
     if url.endswith("/api"):
         url = url[: -len("/api")]
@@ -458,32 +723,82 @@ def normalize_url(url: str) -> str:
         return ""
     example = "(e.g. http://nas:2283)"
     shown = mask_url_password(url, whole_value=True)  # these errors are printed and logged
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        hint = f": did you mean http://{shown.split('://')[-1]}?" if "." in url or ":" in url else ""
-        raise ConfigError(f"IMMICH_URL: {shown!r} is not an http:// or https:// address {example}{hint}")
     if any(c.isspace() for c in url):
         raise ConfigError(f"IMMICH_URL: {shown!r} contains a space {example}")
+    if not url.isprintable():
+        raise ConfigError(f"IMMICH_URL: {shown!r} holds an invisible character: type the address again")
+    parts = urlsplit(url)
+    # http://http://nas parses as the host "http:"; a plain right address is not looked at further.
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.netloc.lower() in ("http:", "https:")
+    ):
+        meant = mask_url_password(_meant_url(url), whole_value=True)
+        hint = f": did you mean {meant}?" if meant != shown and _looks_like_address(meant) else ""
+        raise ConfigError(f"IMMICH_URL: {shown!r} is not an http:// or https:// address {example}{hint}")
     try:
         parts.port  # noqa: B018 - parsing the port is the check
     except ValueError:
         raise ConfigError(f"IMMICH_URL: {shown!r} has no valid port number {example}") from None
     if not parts.hostname:
         raise ConfigError(f"IMMICH_URL: {shown!r} names no host {example}")
+    base = mask_url_password(f"{parts.scheme}://{parts.netloc}")
+    first = parts.path.strip("/").split("/")[0].lower()
+    if first == "api":
+        raise ConfigError(
+            f"IMMICH_URL: {shown!r} names a request of Immich's API, not the server: did you mean {base}?"
+        )
+    if first in WEB_APP_PAGES:
+        raise ConfigError(
+            f"IMMICH_URL: {shown!r} is a page of Immich's web app, not the server's address: did you "
+            f"mean {base}?"
+        )
     if parts.query or parts.fragment:
         raise ConfigError(
-            f"IMMICH_URL: {shown!r} should be the server's address only, without ?… or #… {example}"
+            f"IMMICH_URL: {shown!r} should be the server's address only, without ?… or #… {example}: did "
+            f"you mean {base}?"
         )
     return url
+
+
+def _meant_url(url: str) -> str:
+    """The address a slip of the scheme stands for: http//nas -> http://nas, htps://nas -> https://nas,
+    http://http://nas -> http://nas; nas:2283 -> http://nas:2283. Unchanged when nothing can be said."""
+    rest, secure, slipped = url, False, False
+    while True:
+        match = re.fullmatch(_SCHEME_SLIP, rest)
+        word = match["word"].lower() if match else ""
+        # Made of h, t, p, s with both t and p: a mistyped http or https, never a host name such as nas.
+        if not match or set(word) - set("htps") or not {"t", "p"} <= set(word):
+            break
+        if match["sep"] == ":" and (match["rest"][:1].isdigit() or not match["rest"]):
+            break  # "tp:2283": a host called tp and its port
+        secure = "s" in word
+        slipped = slipped or word not in ("http", "https") or match["sep"] != "://" or rest != url
+        rest = match["rest"]
+    if rest == url:
+        if "://" in url:
+            return "http://" + url.split("://", 1)[1]  # another scheme: ftp://nas
+        return "http://" + url if ("." in url or ":" in url) else url
+    return f"{'https' if secure else 'http'}://{rest}" if slipped else url
+
+
+def _looks_like_address(url: str) -> bool:
+    parts = urlsplit(url)
+    try:
+        return parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 1) > 0
+    except ValueError:
+        return False
 
 
 def _int(raw: Mapping[str, str], name: str, low: int, high: int) -> int:
     try:
         value = int(raw[name])
     except ValueError:
-        raise ConfigError(f"{name}: {raw[name]!r} is not a whole number") from None
+        raise ConfigError(f"{name}: {raw[name]!r} is not a whole number", name) from None
     if not low <= value <= high:
-        raise ConfigError(f"{name}: {value} is out of range ({low}..{high})")
+        raise ConfigError(f"{name}: {value} is out of range ({low}..{high})", name)
     return value
 
 
@@ -491,9 +806,9 @@ def _float(raw: Mapping[str, str], name: str, low: float, high: float) -> float:
     try:
         value = float(raw[name])
     except ValueError:
-        raise ConfigError(f"{name}: {raw[name]!r} is not a number") from None
+        raise ConfigError(f"{name}: {raw[name]!r} is not a number", name) from None
     if not low <= value <= high:
-        raise ConfigError(f"{name}: {value} is out of range ({low}..{high})")
+        raise ConfigError(f"{name}: {value} is out of range ({low}..{high})", name)
     return value
 
 
@@ -503,7 +818,7 @@ def _bool(raw: Mapping[str, str], name: str) -> bool:
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"{name}: {raw[name]!r} is not true or false")
+    raise ConfigError(f"{name}: {raw[name]!r} is not true or false", name)
 
 
 def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
@@ -515,7 +830,7 @@ def _choice(raw: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     for choice in choices:
         if value.lower() == choice.lower():
             return choice
-    raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}")
+    raise ConfigError(f"{name}: {value!r} is not one of {', '.join(choices)}", name)
 
 
 def _visibility(value: str) -> str:
@@ -560,7 +875,8 @@ def _time_zone(name: str) -> tzinfo | None:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
-            f"TIME_ZONE: {name!r} is not a time zone name (e.g. Europe/Berlin, America/New_York, UTC)"
+            f"TIME_ZONE: {name!r} is not a time zone name (e.g. Europe/Berlin, America/New_York, UTC)",
+            "TIME_ZONE",
         ) from None
 
 
@@ -570,7 +886,7 @@ def _date(raw: Mapping[str, str], name: str) -> date | None:
     try:
         return date.fromisoformat(raw[name])
     except ValueError:
-        raise ConfigError(f"{name}: {raw[name]!r} is not a date (YYYY-MM-DD)") from None
+        raise ConfigError(f"{name}: {raw[name]!r} is not a date (YYYY-MM-DD)", name) from None
 
 
 def _extensions(items: list[str]) -> frozenset[str]:
@@ -581,13 +897,15 @@ def _name(raw: Mapping[str, str], name: str) -> str:
     """A machine or library name: printable, no separators that could clash in the database's keys."""
     value = raw[name]
     if len(value) > 64 or any(not c.isprintable() or c in ":/\\" for c in value):
-        raise ConfigError(f"{name}: {value!r} must be at most 64 printable characters without : / or \\")
+        raise ConfigError(
+            f"{name}: {value!r} must be at most 64 printable characters without : / or \\", name
+        )
     return value
 
 
 def _db_name(name: str) -> str:
     if not name or not all(c.isalnum() or c in "_$" for c in name):
-        raise ConfigError(f"DB_NAME: {name!r} may hold only letters, digits, _ and $")
+        raise ConfigError(f"DB_NAME: {name!r} may hold only letters, digits, _ and $", "DB_NAME")
     return name
 
 
@@ -600,10 +918,13 @@ def settings_flags(args: Any) -> dict[str, Any]:
             return None
         return "true" if value is True else str(value)
 
-    paths = getattr(args, "paths", None)
+    # Folders add up, from --source-dir (repeatable, each may list several, comma-separated) and
+    # arguments alike.
+    given_dirs = list(getattr(args, "source_dir", None) or [])
+    paths = list(getattr(args, "paths", None) or [])
     ignore = getattr(args, "ignore", None)
-    flags = {
-        "SOURCE_DIR": ",".join(paths) if paths else flag("source_dir"),
+    flags: dict[str, Any] = {
+        "SOURCE_DIR": ",".join(given_dirs + paths) or None,
         "IMMICH_URL": flag("url"),
         "IMMICH_API_KEY": flag("key"),
         "IGNORE_PATTERNS": ",".join(ignore) if ignore else None,
@@ -632,12 +953,15 @@ def settings_flags(args: Any) -> dict[str, Any]:
     if takeout:
         flags["TAKEOUT"] = takeout  # the paths, not one value
         flags["TAKEOUT_TRASHED"] = flag("takeout_trashed")
-    if getattr(args, "album_from_folder", False):
-        flags["ALBUM_FROM"] = "folder"
-    if getattr(args, "album_from_path", False):
-        flags["ALBUM_FROM"] = "path"
-    if getattr(args, "only_images", False):
-        flags["ONLY"] = "images"
-    if getattr(args, "only_videos", False):
-        flags["ONLY"] = "videos"
+    given_as = (("--source-dir", given_dirs), ("the folders given", paths))
+    names = {"SOURCE_DIR": " and ".join(name for name, given in given_as if given)}
+    for value, setting, name in (
+        ("folder", "ALBUM_FROM", "--album-from-folder"),
+        ("path", "ALBUM_FROM", "--album-from-path"),
+        ("images", "ONLY", "--only-images"),
+        ("videos", "ONLY", "--only-videos"),
+    ):
+        if getattr(args, name[2:].replace("-", "_"), False):
+            flags[setting], names[setting] = value, name
+    flags["FLAG_NAMES"] = names  # how each was given, for messages (Origin)
     return flags

@@ -880,6 +880,15 @@ class Store:
             [*until_params, self.machine, self.scope],
         )
 
+    def expire_claims(self, machine: str) -> int:
+        """Let `machine`'s claims here run out now, as they do when its lease passes unrenewed (a machine
+        known to be dead need not be waited for; tests drive the lease's clock with it)."""
+        until, until_params = self._lease_until(-1)
+        return self._write_one(
+            self.sql(f"UPDATE media_files SET claim_until = {until} WHERE claimed_by = ? AND scope = ?"),
+            [*until_params, machine, self.scope],
+        )
+
     def release_claims(self) -> int:
         """At the end of a run: what this machine claimed and did not finish is free for others at once."""
         return self._write_one(
@@ -1697,6 +1706,18 @@ class Store:
         return {"kind": r[0], "started_at": str(r[1]), "finished_at": str(r[2]), "exit_status": r[3],
                 "summary": json.loads(r[4] or "{}")}  # fmt: skip
 
+    def last_run_problems(self) -> tuple[str, list[RunProblem]]:
+        """When this scope's last run finished and what it counted as errors that are no failed row (a
+        folder it could not list, a link it would not follow, a file it could not delete)."""
+        last = self.last_run()
+        if last is None:
+            return "", []
+        problems = []
+        for item in last["summary"].get("problems") or []:
+            if isinstance(item, list) and item and all(isinstance(part, str) for part in item):
+                problems.append(RunProblem(*item[:3]))
+        return last["finished_at"][:16], problems
+
 
 def _mask_strings(value: Any) -> Any:
     """A JSON value with every address in its strings shown as config.mask_url_password shows it."""
@@ -1837,7 +1858,7 @@ class SqliteStore(Store):
             self._execute("CREATE INDEX IF NOT EXISTS idx_status ON media_files (upload_status, date_taken)")
 
     def _lease_until(self, lease_s: float) -> tuple[str, list[Any]]:
-        return "datetime('now', ?)", [f"+{lease_s:g} seconds"]
+        return "datetime('now', ?)", [f"{lease_s:+g} seconds"]
 
     def _rekey_by_scope(self) -> None:
         self._execute("DROP INDEX IF EXISTS uk_path_hash")

@@ -830,6 +830,7 @@ class ImmichClient:
         )
         self.stop = stop or threading.Event()
         self.gate = ServerGate(self.base_url, settings.server_wait_s, self.backoff_s)
+        self.key_origin = str(settings.origin("IMMICH_API_KEY"))  # for the line that asks to check it
         self.headers = {
             "x-api-key": settings.immich_api_key,
             "User-Agent": USER_AGENT,
@@ -969,6 +970,12 @@ class ImmichClient:
             self._session.headers.update(self.headers)
             self._session.verify = self.verify
             self._session.trust_env = True
+            if self.verify is False:
+                # IMMICH_VERIFY_TLS=false was the user's choice: urllib3 would warn about it on stderr at
+                # every request, in words that are not the tool's.
+                import urllib3
+
+                urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         return self._session
 
     def _send_requests(
@@ -1166,7 +1173,7 @@ class ImmichClient:
                 raise self._refused_by_proxy(exc) from None
             if exc.status != 403:
                 raise ApiKeyRefused(
-                    f"the server refused the API key ({exc}): check IMMICH_API_KEY",
+                    f"the server refused the API key ({exc}): check {self.key_origin}",
                     exc.status,
                     exc.method,
                     exc.url,

@@ -98,6 +98,21 @@ class ConsoleHandler(logging.Handler):
             self.handleError(record)
 
 
+class RunLogHandler(logging.handlers.RotatingFileHandler):
+    """The rotating log file; each new file a run rotates into starts with that run's first line again,
+    so whatever part of a long run a file holds, it says which run, with which settings."""
+
+    run_header: str | None = None
+
+    def doRollover(self) -> None:
+        super().doRollover()
+        if self.run_header and self.stream is not None:
+            record = logging.LogRecord(
+                f"{ROOT_NAME}.cli", logging.INFO, __file__, 0, "(continued) %s", (self.run_header,), None
+            )
+            self.stream.write(self.format(record) + self.terminator)
+
+
 _console: ConsoleHandler | None = None
 
 
@@ -130,15 +145,10 @@ def setup_file(log_file: Path, level: str, secrets: Iterable[str] = ()) -> Path 
     for secret in secrets:
         SECRETS.add(secret)
     root = logging.getLogger(ROOT_NAME)
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.handlers.RotatingFileHandler):
-            root.removeHandler(handler)
-            handler.close()
+    close_file()
     try:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.handlers.RotatingFileHandler(
-            log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8"
-        )
+        handler = RunLogHandler(log_file, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS, encoding="utf-8")
     except OSError as exc:
         root.warning(
             "cannot write the log file %s (%s); logging to the console only",
@@ -151,3 +161,20 @@ def setup_file(log_file: Path, level: str, secrets: Iterable[str] = ()) -> Path 
     handler.addFilter(SECRETS)
     root.addHandler(handler)
     return log_file
+
+
+def close_file() -> None:
+    """Remove the log file's handler at the end of a run: what runs next in this process (the menu, the
+    next job, a test) must not write into the file of a run that is over."""
+    root = logging.getLogger(ROOT_NAME)
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.handlers.RotatingFileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def set_run_header(line: str) -> None:
+    """The line each rotated log file of this run starts with (the run's first line)."""
+    for handler in logging.getLogger(ROOT_NAME).handlers:
+        if isinstance(handler, RunLogHandler):
+            handler.run_header = SECRETS.redact(line)

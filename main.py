@@ -3,35 +3,41 @@
 
 Each job choice runs the same `main()` the scripts run (scan_files, upload_files, sync_upload), so no logic
 lives twice; the other choices read the state database (statistics, errors, the per-file report), ask the
-server (verify, test connection) or change the main settings in `.env`. The menu talks about its own
-entries, never about command-line flags. A screen longer than the terminal is shown a page at a time, and
-one that would push the menu off the screen waits for Enter. Ctrl+C during a job stops it cleanly and
-returns here; Ctrl+C or end of input at the prompt leaves with status 0. `--report FILE.csv` writes the
-per-file report without the menu.
+server (verify, test connection) or change the main settings in the settings file the scripts read. The
+menu talks about its own entries, never about command-line flags. A screen longer than the terminal is
+shown a page at a time, and one that would push the menu off the screen waits for Enter. Ctrl+C during a
+job stops it cleanly and returns here, as it does at any other question; Ctrl+C at the menu's own prompt
+leaves with status 130 (interrupted), `q` or end of input (Ctrl+D) with 0. `--report FILE.csv` writes the
+per-file report without the menu; a report never replaces a file that is not a report.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import getpass
+import io
 import os
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+import config
 import scan_files
 import sync_upload
 import upload_files
-from cli import ExitStatus, StartError, exit_process
+from cli import ENV_FILE_HELP, ExitStatus, StartError, exit_process, missing_packages, requirements_message
 from config import (
-    PROJECT_DIR,
     VERSION,
     ConfigError,
+    ServerNotConfigured,
     Settings,
+    api_key_problem,
     load_settings,
     normalize_url,
     save_settings,
@@ -55,9 +61,10 @@ Interactive menu (run without options):
   6  Retry errors    try every failed file now
   7  Verify          check that the files marked uploaded are still in Immich
   8  Test connection server address and version, user, accepted formats, database and row counts
-  9  Settings        the server address, API key and folders (saved in .env), and every other setting
-  10 Export report   one CSV row per file: status and reason (saved under reports/)
-  q  Quit
+  9  Settings        the server address, API key and folders (saved in the settings file the scripts
+                     read, named on the screen), and every other setting
+  10 Export report   one CSV row per file: status and reason (saved under reports/, or where you say)
+  q  Quit            (or Ctrl+D; Ctrl+C leaves with status 130, and during a job stops only the job)
 
 The scripts run the same jobs without the menu, e.g. from cron:
   python sync_upload.py [--json] [--no-progress]      exit 0 done, 1 some files failed, 2 could not start,
@@ -145,25 +152,28 @@ class Menu:
             "9": self.settings_screen,
             "10": self.export_report,
         }
-        try:
-            while True:
-                self.say(f"\nimmich-uploader {VERSION}")
-                for key, label in MENU:
-                    self.say(f"  {key:>2}) {label}")
+        while True:
+            self.say(f"\nimmich-uploader {VERSION}")
+            for key, label in MENU:
+                self.say(f"  {key:>2}) {label}")
+            try:
                 choice = self.ask("Choose: ")
-                if choice is None or choice.lower() in ("q", "quit", "exit"):
-                    self.say()
-                    return ExitStatus.OK
-                if not choice:
-                    continue  # Enter alone shows the menu again
-                action = actions.get(choice)
-                if action is None:
-                    self.say(f"'{choice}' is not a choice: type a number from the list, or q to quit.")
-                    continue
+            except KeyboardInterrupt:
+                self.say()
+                return ExitStatus.INTERRUPTED  # as a shell reports a program stopped by Ctrl+C
+            if choice is None or choice.lower() in ("q", "quit", "exit"):
+                self.say()
+                return ExitStatus.OK
+            if not choice:
+                continue  # Enter alone shows the menu again
+            action = actions.get(choice)
+            if action is None:
+                self.say(f"'{choice}' is not a choice: type a number from the list, or q to quit.")
+                continue
+            try:
                 action()
-        except KeyboardInterrupt:
-            self.say()
-            return ExitStatus.OK
+            except KeyboardInterrupt:
+                self.say("\nCancelled.")  # Ctrl+C at one of the entry's questions: back to the menu
 
     # -- jobs
     def ready(self, needs_server: bool, needs_sources: bool) -> bool:
@@ -176,9 +186,15 @@ class Menu:
         if needs_sources and not settings.source_dirs:
             self.say("No folder to scan yet: choose 9 > Settings and give the source folders.")
             return False
-        if needs_server and not (settings.immich_url and settings.immich_api_key):
-            self.say("No Immich server yet: choose 9 > Settings and give its address and API key.")
-            return False
+        if needs_server:
+            try:
+                settings.require_server()
+            except ServerNotConfigured:
+                self.say("No Immich server yet: choose 9 > Settings and give its address and API key.")
+                return False
+            except ConfigError as exc:
+                self.say(f"A setting is not right: {exc}. Choose 9 > Settings to change it.")
+                return False
         return True
 
     def job(
@@ -293,11 +309,14 @@ class Menu:
         return None
 
     def recent_errors(self, store: Store, _settings: Settings) -> None:
+        """Every error a run's summary counted: the failed files (rows), then what the last run counted
+        that is no file's upload (a folder it could not list, a dangling link, a file it could not delete)."""
         errors = store.recent_errors(20)
-        if not errors:
-            self.say("No failed files.")
+        finished, problems = store.last_run_problems()
+        if not errors and not problems:
+            self.say("No failed files, and the last run counted no other error.")
             return
-        lines = []
+        lines = ["Failed files" if errors else "No failed files."]
         for failed in errors:
             lines.append(f"  {failed.filepath}")
             lines.append(f"      {failed.last_error} ({plural(failed.attempts, 'attempt')})")
@@ -308,6 +327,13 @@ class Menu:
                 lines.append(
                     f"      tried again after {failed.next_attempt_at} UTC, or now with 6 > Retry errors"
                 )
+        if problems:
+            lines.append(f"Other errors of the last run ({finished} UTC)")
+            for problem in problems:
+                lines.append(f"  {problem.path}")
+                lines.append(f"      {problem.reason}")
+                if problem.advice:
+                    lines.append(f"      what to do: {problem.advice}")
         self.show(lines)
 
     def retry_errors(self, store: Store, _settings: Settings) -> None:
@@ -359,13 +385,19 @@ class Menu:
         except ConfigError as exc:
             self.say(f"A setting is not right: {exc}")
             settings = None
-        target = settings_file_for(settings.env_file if settings else None)
+        target = settings_file_for(self.env_file)
         if settings is not None:
             rows = {name: (value, source) for name, value, source in settings.display_rows()}
             for key, name, label in EDITABLE:
                 value, source = rows[name]
                 self.say(f"  {key}) {label:<15} {value or '(not set)'}  ({source})")
         self.say(f"  a) all settings (edit {target} for the others)")
+        if target.exists() and not target.is_file():
+            self.say(
+                f"Settings are read from {target}, the file this menu was started with: nothing can be "
+                "saved there."
+            )
+            return
         choice = (self.ask("Change which (Enter: back)? ") or "").lower()
         if choice == "a" and settings is not None:
             self.show(
@@ -394,6 +426,9 @@ class Menu:
         try:
             if name == "IMMICH_URL":
                 normalize_url(value)
+            if name == "IMMICH_API_KEY" and api_key_problem(value):
+                self.say(f"Not saved: the API key {api_key_problem(value)}.")
+                return
             if name == "SOURCE_DIR":
                 missing = [
                     p
@@ -405,17 +440,23 @@ class Menu:
         except ConfigError as exc:
             self.say(f"Not saved: {exc}")
             return
-        save_settings(target, {name: value})
+        try:
+            save_settings(target, {name: value})
+        except OSError as exc:
+            self.say(f"Not saved: cannot write {target}: {exc.strerror}.")
+            return
         self.say(f"Saved {label} in {target}.")
 
     def export_report(self) -> None:
-        default = PROJECT_DIR / "reports" / f"immich-report-{datetime.now():%Y-%m-%d-%H%M}.csv"
-        answer = self.ask(f"Write the report to [{default}]: ")
+        default = config.PROJECT_DIR / "reports" / default_report_name()
+        answer = self.ask(f"Write the report to [{default}] (a file or a folder): ")
         if answer is None:
             return
-        path = Path(answer).expanduser() if answer else default
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.with_store(lambda store, _s: self.say(write_report(store, str(path.resolve()))))
+        try:
+            path = report_target(answer or str(default))
+            self.with_store(lambda store, _s: self.say(write_report(store, path)))
+        except (ReportRefused, DatabaseError) as exc:
+            self.say(f"Not written: {exc}.")
 
 
 def machine_table(scopes: list[ScopeCounts]) -> list[str]:
@@ -451,17 +492,94 @@ def year_bars(store: Store, scope: str | None = None) -> list[str]:
     return lines
 
 
-def write_report(store: Store, path: str) -> str:
-    """One CSV row per file of every machine with its status and the reason; returns a line saying what
-    was written."""
+REPORT_HEADER = ("machine", "path", "status", "reason", *REPORT_COLUMNS[4:])
+
+
+class ReportRefused(Exception):
+    """The report cannot go where asked (a file that is no report, a folder that cannot be made)."""
+
+
+def default_report_name() -> str:
+    return f"immich-report-{datetime.now():%Y-%m-%d-%H%M}.csv"
+
+
+def report_target(answer: str) -> Path:
+    """The file a report goes to: a folder (or a name ending in /) gets the default name inside it, and
+    a missing folder is made."""
+    path = Path(os.path.abspath(Path(answer).expanduser()))
+    if path.is_dir() or answer.endswith(("/", os.sep)):
+        path = path / default_report_name()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ReportRefused(f"{path.parent} is a file, not a folder") from None
+    except OSError as exc:
+        raise ReportRefused(f"cannot make the folder {path.parent}: {exc.strerror}") from None
+    return path
+
+
+def _header_line() -> str:
+    text = io.StringIO()
+    csv.writer(text).writerow(REPORT_HEADER)
+    return text.getvalue()
+
+
+def refuse_unless_report(path: Path) -> None:
+    """A report replaces only a report: a file whose first line is not exactly the report's header (the
+    database, a log, a photo, anything else) is never overwritten."""
+    if not os.path.lexists(path):
+        return
+    if path.is_dir():
+        raise ReportRefused(f"{path} is a folder")
+    if not path.is_file():  # a device, a pipe that would block the read, a link to nothing
+        raise ReportRefused(f"{path} is not a regular file: give another file name")
+    header = _header_line()
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            first = handle.readline(len(header) + 1)
+    except (OSError, UnicodeDecodeError):
+        first = ""
+    if first != header:
+        raise ReportRefused(
+            f"{path} is not a report this tool wrote (its first line is not the report's header): give "
+            "another file name"
+        )
+
+
+def write_report(store: Store, path: Path) -> str:
+    """One CSV row per file of every machine with its status and the reason, written to a temporary file
+    beside `path` and renamed over it at the end: a failure never leaves half a report over an old one.
+    Returns a line saying what was written."""
+    refuse_unless_report(path)
+    try:
+        mode = path.stat().st_mode & 0o777  # an older report keeps its permissions
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask  # as open() would create it
+    try:
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise ReportRefused(f"cannot write in {path.parent}: {exc.strerror}") from None
     count = 0
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["machine", "path", "status", "reason", *REPORT_COLUMNS[4:]])
-        for row in store.report_rows():
-            scope, filepath, status, reason, *rest = row
-            writer.writerow([scope_label(scope), filepath, status, reason or _reason(status), *rest])
-            count += 1
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(REPORT_HEADER)
+            for row in store.report_rows():
+                scope, filepath, status, reason, *rest = row
+                writer.writerow([scope_label(scope), filepath, status, reason or _reason(status), *rest])
+                count += 1
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp, mode)
+        refuse_unless_report(path)  # again: something may have been put there meanwhile
+        os.replace(temp, path)
+    except OSError as exc:
+        raise ReportRefused(f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
     return f"Wrote {plural(count, 'row')} to {path}"
 
 
@@ -481,23 +599,31 @@ def main(argv: list[str] | None = None, stdin: TextIO | None = None, stdout: Tex
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"immich-uploader {VERSION}")
+    parser.add_argument("--env-file", metavar="PATH", help=ENV_FILE_HELP)
     parser.add_argument(
-        "--env-file", metavar="PATH", help="settings file (default: ./.env, else beside the scripts)"
+        "--report",
+        metavar="FILE.csv",
+        help="write the per-file report and exit (into a folder: under its default name); it replaces "
+        "only an earlier report",
     )
-    parser.add_argument("--report", metavar="FILE.csv", help="write the per-file report and exit")
     args = parser.parse_args(argv)
     stdout = stdout or sys.stdout
+    missing = missing_packages()
+    if missing:
+        sys.stderr.write(f"immich-uploader: error: {requirements_message('main.py', missing)}\n")
+        return ExitStatus.CANNOT_START
     setup_console(sys.stderr)
     if args.report:
         try:
+            path = report_target(args.report)
             store = open_store(load_settings(env_file=args.env_file, warn=log.warning))
-        except (ConfigError, DatabaseError) as exc:
+        except (ConfigError, DatabaseError, ReportRefused) as exc:
             sys.stderr.write(f"immich-uploader: error: {exc}\n")
             return ExitStatus.CANNOT_START
         try:
-            stdout.write(write_report(store, args.report) + "\n")
-        except OSError as exc:
-            sys.stderr.write(f"immich-uploader: error: cannot write {args.report}: {exc.strerror}\n")
+            stdout.write(write_report(store, path) + "\n")
+        except (ReportRefused, DatabaseError) as exc:
+            sys.stderr.write(f"immich-uploader: error: {exc}\n")
             return ExitStatus.CANNOT_START
         finally:
             store.close()

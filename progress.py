@@ -21,6 +21,7 @@ from utils import format_bytes, format_duration
 
 PLAIN_INTERVAL_S = 5.0
 TTY_INTERVAL_S = 0.1
+BAR_WIDTH, BAR_MIN_WIDTH = 24, 10  # characters inside the bar's brackets
 
 GREEN, YELLOW, RED, CYAN, DIM, RESET = "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[36m", "\x1b[2m", "\x1b[0m"
 STATUS_STYLE = {
@@ -58,6 +59,7 @@ class ProgressTracker:
         self.done_bytes = 0
         self.sent_bytes = 0
         self.started = time.monotonic()
+        self.last_summary: tuple[str, Sequence[tuple[str, str]]] | None = None  # for the log's last line
 
     def start(
         self, phase: str, total_files: int | None = None, total_bytes: int | None = None, unit: str = "files"
@@ -118,6 +120,7 @@ class ProgressTracker:
         return not self.done_files and not self.total_files
 
     def summary(self, title: str, rows: Sequence[tuple[str, str]]) -> None:
+        self.last_summary = (title, list(rows))
         with self._lock:
             self._clear()
             width = max((len(k) for k, _ in rows), default=0)
@@ -133,7 +136,20 @@ class ProgressTracker:
             return None
         return min(1.0, self.done_files / self.total_files) if self.total_files else 1.0
 
-    def status_line(self) -> str:
+    def status_line(self, width: int | None = None) -> str:
+        """The phase's line: phase, %, counts, speed, ETA. Given a width, it is made to fit: the less
+        useful parts go first (files/s when bytes/s is shown, then the byte counts), and only a line
+        that still does not fit is cut."""
+        line = self._line()
+        if width is None:
+            return line
+        for full_counter, files_rate in ((True, False), (False, False)):
+            if len(line) <= width:
+                break
+            line = self._line(full_counter, files_rate)
+        return line[:width]
+
+    def _line(self, full_counter: bool = True, files_rate: bool = True) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-6)
         fraction = self.fraction()
         parts = [self.phase]
@@ -143,11 +159,14 @@ class ProgressTracker:
             f"{self.done_files}/{self.total_files}" if self.total_files is not None else str(self.done_files)
         )
         counter = f"{files} file{'s' if (self.total_files or self.done_files) != 1 else ''}"
-        if self.unit == "bytes" and self.total_bytes:
-            counter += f", {format_bytes(self.done_bytes)}/{format_bytes(self.total_bytes)}"
+        if self.unit == "bytes" and self.total_bytes and full_counter:
+            # What went over the wire, as the summary's "sent" says; files settled without sending (already
+            # in Immich, refused) complete their share of the percentage but send nothing.
+            counter += f", {format_bytes(self.sent_bytes)} sent"
         parts.append(f"[{counter}]")
-        parts.append(f"{self.done_files / elapsed:.1f} files/s")
         rate_bytes = self.sent_bytes if self.unit == "bytes" else self.done_bytes
+        if files_rate or not rate_bytes:
+            parts.append(f"{self.done_files / elapsed:.1f} files/s")
         if rate_bytes:
             parts.append(f"{format_bytes(rate_bytes / elapsed)}/s")
         if fraction is not None and 0 < fraction < 1:
@@ -210,21 +229,29 @@ class TtyProgress(ProgressTracker):
             line += f"  {self._paint(DIM, detail)}"
         self.message(line)
 
-    def _bar(self) -> str:
+    def _bar(self, width: int = BAR_WIDTH) -> str:
         fraction = self.fraction()
         if fraction is None:
             return ""
-        width = 24
         filled = int(fraction * width)
         return "[" + "#" * filled + "-" * (width - filled) + "] "
+
+    def fitted_line(self, columns: int) -> str:
+        """The bar and the status line in one terminal line (the last column stays free, or the
+        terminal wraps): the whole status line first, the bar in what room is left; no bar in less than
+        BAR_MIN_WIDTH, and no bar at all when the status line itself has to give up a part."""
+        line = self._line()
+        room = columns - 1 - len(line) - 3  # the brackets and the space after them
+        if room >= BAR_MIN_WIDTH:
+            return self._bar(min(BAR_WIDTH, room)) + line
+        return self.status_line(columns - 1)
 
     def _draw(self, force: bool, final: bool = False) -> None:
         now = time.monotonic()
         if not self.phase or (not force and now - self._last < TTY_INTERVAL_S):
             return
         self._last = now
-        columns = _terminal_columns(self.stream)
-        line = (self._bar() + self.status_line())[: columns - 1]
+        line = self.fitted_line(_terminal_columns(self.stream))
         self._write("\r\x1b[K" + self._paint(CYAN, line) + ("\n" if final else ""))
         self._bar_shown = not final
 

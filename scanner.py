@@ -774,7 +774,8 @@ class Scanner:
                     f"is it mounted? Nothing was marked missing{self.confirm_hint}",
                 )
             elif missing:
-                self._unavailable(root, f"SOURCE_DIR: {root} does not exist")
+                where = self.settings.origin("SOURCE_DIR").after("SOURCE_DIR")
+                self._unavailable(root, f"SOURCE_DIR{where}: {root} does not exist")
             else:
                 roots.append(root)
         return roots

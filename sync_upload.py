@@ -184,7 +184,7 @@ def takeout_in_immich(ctx: Context, client: ImmichClient, upload: UploadSummary,
 def takeout_dry_run(ctx: Context) -> ExitStatus:
     """What a Takeout's import would do: one upload per photo (an album's copy and its year folder's are
     one), how each photo's JSON was found, and what would change in Immich."""
-    from takeout import TakeoutFiles, TakeoutScanner, one_per_content, report
+    from takeout import TakeoutFiles, TakeoutScanner, report
 
     scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
     scan = scanner.scan()
@@ -194,25 +194,18 @@ def takeout_dry_run(ctx: Context) -> ExitStatus:
     here.close()
     if ctx.stop.is_set():
         return scan_status(ctx.stop, scan)
-    sent, copies = one_per_content(rows)
     data, takeout_rows = report(ctx.store, scanner, None)
     waiting = ctx.store.takeout_update_count()
-    data["copies"] = len(copies)
     data["would_update_in_immich"] = waiting
     data["errors"] = scan.errors
     extra = [(label, value) for label, value in takeout_rows if label != "members read"]
-    if copies:
-        extra.insert(
-            0, ("copies", f"{len(copies)} more files are copies of these (album folders): one upload each")
-        )
     if waiting:
         extra.append(
             ("in Immich", f"{waiting} photos there would get Google's metadata that arrived for them")
         )
     if scan.errors:
         extra.append(errors_row(scan.errors, ctx.settings.log_file))
-    notes = [f"same photo as {lead.filepath}: {copy.filepath}" for copy, lead in copies]
-    return dry_run(ctx, sent, run_files, extra, {"takeout": data}, notes)
+    return dry_run(ctx, rows, run_files, extra, {"takeout": data})
 
 
 def run_sync(ctx: Context) -> ExitStatus:

@@ -1991,22 +1991,6 @@ def log_unmatched(report: MatchReport) -> None:
         log.info("%s: no Google JSON found (its date and place come from the file alone)", path)
 
 
-def one_per_content(rows: Sequence[Any]) -> tuple[list[Any], list[tuple[Any, Any]]]:
-    """A dry run's rows as the real run sends them: one upload per content; the other copies (an album's
-    and a year folder's) are (copy, the row sent) pairs."""
-    first: dict[str, Any] = {}
-    sent, copies = [], []
-    for row in rows:
-        lead = first.get(row.sha1) if row.sha1 else None
-        if lead is None:
-            if row.sha1:
-                first[row.sha1] = row
-            sent.append(row)
-        else:
-            copies.append((row, lead))
-    return sent, copies
-
-
 def update_in_immich(
     client: ImmichClient, store: Store, target_id: int, stop: threading.Event
 ) -> UpdateSummary:

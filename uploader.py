@@ -880,8 +880,12 @@ class Uploader:
                 self.summary.error_files.append(row.filepath)
         if status == "error":
             log.warning("%s: upload failed: %s", row.filepath, detail, extra=FILE_EVENT)
+        elif status == "skipped":
+            log.info("%s: skipped: %s", row.filepath, detail)
         else:
-            log.info("%s: %s%s", row.filepath, status, f" ({detail})" if status == "changing" else "")
+            # A line per file sent would be most of a big run's log, pushing its start out of the rotated
+            # files; the database (and main.py --report) hold every file's outcome.
+            log.debug("%s: %s%s", row.filepath, status, f" ({detail})" if status == "changing" else "")
         self.progress.file_status(status, row.filepath, detail)
         sent = row.file_size if status == "success" else 0
         with self._lock:
@@ -1068,21 +1072,41 @@ def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> 
     return ExitStatus.FILES_FAILED if file_errors else ExitStatus.OK
 
 
+def one_per_content(
+    rows: Sequence[PendingUpload],
+) -> tuple[list[PendingUpload], list[tuple[PendingUpload, PendingUpload]]]:
+    """Rows as a run sends them: one upload per content; the other copies (the same photo under another
+    name, an album's copy and its year folder's in a Takeout) as (copy, the row sent) pairs."""
+    first: dict[str, PendingUpload] = {}
+    sent: list[PendingUpload] = []
+    copies: list[tuple[PendingUpload, PendingUpload]] = []
+    for row in rows:
+        lead = first.get(row.sha1) if row.sha1 else None
+        if lead is None:
+            if row.sha1:
+                first[row.sha1] = row
+            sent.append(row)
+        else:
+            copies.append((row, lead))
+    return sent, copies
+
+
 def dry_run(
     ctx: Context,
     rows: list[PendingUpload],
     run_files: RunFiles,
     extra_rows: Sequence[tuple[str, str]] = (),
     extra_json: dict[str, object] | None = None,
-    notes: Sequence[str] = (),
 ) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
     has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted:
     those Immich confirms now, and up to as many again among the files the run would send first (and, with
     DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides.
-    A Takeout adds its own lines (`extra_rows`, `extra_json`, and `notes` printed after the file list)."""
+    Copies of one content count once, as the real run sends them once. A Takeout adds its own lines
+    (`extra_rows`, `extra_json`)."""
     client = None
-    if ctx.settings.immich_url and ctx.settings.immich_api_key:
+    # A server setting that is set but wrong stops the dry run as it would stop the real one.
+    if ctx.settings.server_problem or (ctx.settings.immich_url and ctx.settings.immich_api_key):
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     deletions: list[tuple[str, int]] = []
@@ -1110,7 +1134,7 @@ def dry_run(
     finally:
         if client is not None:
             client.close()
-    to_send = [r for r in rows if str(r.id) not in held]
+    to_send, copies = one_per_content([r for r in rows if str(r.id) not in held])
     have = [r for r in rows if str(r.id) in held]
     later: list[
         PendingUpload
@@ -1119,7 +1143,7 @@ def dry_run(
         roots = real_roots(ctx.settings)
         later = [
             r
-            for r in to_send + (have if ctx.settings.delete_duplicates else [])
+            for r in to_send + (have + [c for c, _ in copies] if ctx.settings.delete_duplicates else [])
             if local_obstacle(run_files.path(r), roots) is None
         ]
     send_bytes = sum(r.file_size for r in to_send)
@@ -1134,6 +1158,7 @@ def dry_run(
                 "would_upload": len(to_send),
                 "bytes": send_bytes,
                 "already_in_immich": len(have),
+                "copies": len(copies),
                 "would_delete": len(deletions) + len(later),
                 "would_delete_now": len(deletions),
                 "would_delete_after_upload": len(later),
@@ -1162,9 +1187,13 @@ def dry_run(
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
         for row in later:
             ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
-        for note in notes:
-            ctx.stdout.write(f"{note}\n")
+        for copy, lead in copies:
+            ctx.stdout.write(f"would record as a copy {copy.filepath} (the same bytes as {lead.filepath})\n")
     rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
+    if copies:
+        rows_out.append(
+            ("copies", f"{len(copies)} more with the same bytes as a file sent: recorded, not sent")
+        )
     if client is not None:
         rows_out.append(("already in Immich", plural(len(have), "file")))
     else:

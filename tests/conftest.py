@@ -1,5 +1,12 @@
 """Shared fixtures: a temp library of real media files, a database on each backend, the test Immich server,
-and helpers that run the scripts in-process (fast) or as real processes (signals, kill -9, cron)."""
+and helpers that run the scripts in-process (fast) or as real processes (signals, kill -9, cron).
+
+Tests never read or write the user's settings, logs or database: in-process, each test runs from a folder
+of its own with `config.PROJECT_DIR` pointing at an empty one (so a forgotten DB_PATH or LOG_FILE lands
+under tmp_path and the developer's `.env` is never read); a script run as a process gets an env file with
+DB_PATH and LOG_FILE under tmp_path. A guard fails the test, and the session, that changes the project's
+`.env`, `logs/`, `reports/` or database files anyway.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import config
 from config import PROJECT_DIR, SETTING_NAMES, Settings, load_settings
 from db_manager import Store, open_store
 from tests.immich_server import ImmichTestServer
@@ -28,9 +36,74 @@ MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The developer's own settings must never leak into a test."""
-    for name in SETTING_NAMES:
+    for name in (*SETTING_NAMES, *config.ALIASES):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("NO_COLOR", raising=False)
+
+
+@pytest.fixture(autouse=True)
+def isolated_project(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """In-process, the folder beside the scripts is an empty one and the current folder another: the
+    default settings file, log and database of a test that names none are there, not the developer's."""
+    root = tmp_path_factory.mktemp("project")
+    (root / "cwd").mkdir()
+    monkeypatch.setattr(config, "PROJECT_DIR", root)
+    monkeypatch.chdir(root / "cwd")
+    return root
+
+
+# --- the guard: nothing of the user's changes --------------------------------------------------------
+
+PROTECTED = "the project's .env, logs/, reports/ and database files"
+
+
+def project_state() -> dict[str, tuple[int, int]]:
+    """Size and mtime of each of the user's files a run could touch in the real project folder."""
+    state: dict[str, tuple[int, int]] = {}
+    candidates = [PROJECT_DIR / ".env", PROJECT_DIR / "logs", PROJECT_DIR / "reports"]
+    candidates += [p for p in PROJECT_DIR.iterdir() if ".db" in p.name]
+    for path in candidates:
+        found = [path, *path.rglob("*")] if path.is_dir() else [path]
+        for item in found:
+            try:
+                info = item.lstat()
+            except FileNotFoundError:
+                continue
+            state[str(item.relative_to(PROJECT_DIR))] = (info.st_size, info.st_mtime_ns)
+    return state
+
+
+def state_change(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]) -> str:
+    changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+    return ", ".join(
+        f"{name} ({'created' if name not in before else 'removed' if name not in after else 'changed'})"
+        for name in changed
+    )
+
+
+SESSION_START_STATE = project_state()  # taken when pytest loads this file, before any test runs
+
+
+@pytest.fixture(autouse=True)
+def users_files_untouched() -> Iterator[None]:
+    """Fails the test that changed the user's files (the session check below catches the rest)."""
+    before = project_state()
+    yield
+    change = state_change(before, project_state())
+    if change:
+        pytest.fail(f"this test changed {PROTECTED}: {change}", pytrace=False)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    change = state_change(SESSION_START_STATE, project_state())
+    if change:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        message = f"the test session changed {PROTECTED}: {change}"
+        if reporter is not None:
+            reporter.write_line(f"FAILED: {message}", red=True, bold=True)
+        else:
+            sys.stderr.write(message + "\n")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 # --- media files -------------------------------------------------------------------------------------
@@ -274,6 +347,18 @@ def start_process(script: str, *argv: str) -> subprocess.Popen[str]:
         [sys.executable, str(PROJECT_DIR / script), *argv],
         cwd="/", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=script_environment(),
     )  # fmt: skip
+
+
+def project_copy(tmp_path: Path) -> Path:
+    """The scripts in a folder of their own, for the rules about what lies beside them (their .env, their
+    .venv): the real project's are never touched."""
+    import shutil
+
+    copy = tmp_path / "immich-uploader"
+    copy.mkdir()
+    for source in PROJECT_DIR.glob("*.py"):
+        shutil.copy(source, copy / source.name)
+    return copy
 
 
 def script_environment() -> dict[str, str]:

@@ -240,7 +240,10 @@ def test_client_mysql_database_is_upgraded_in_place(tmp_path: Path) -> None:
 def test_wrong_mysql_password_is_one_line_exit_2(tmp_path: Path) -> None:
     require_mysql()
     env = tmp_path / "bad.env"
-    env.write_text(f"DB_HOST=127.0.0.1\nDB_USER=nobody_here\nDB_PASSWORD=s3cr3t-pw\nSOURCE_DIR={tmp_path}\n")
+    env.write_text(
+        f"DB_HOST=127.0.0.1\nDB_USER=nobody_here\nDB_PASSWORD=s3cr3t-pw\nSOURCE_DIR={tmp_path}\n"
+        f"LOG_FILE={tmp_path}/log.txt\n"
+    )
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
     assert result.lines[0].startswith(
@@ -251,7 +254,7 @@ def test_wrong_mysql_password_is_one_line_exit_2(tmp_path: Path) -> None:
 
 def test_unreachable_mysql_is_one_line_exit_2(tmp_path: Path) -> None:
     env = tmp_path / "down.env"
-    env.write_text(f"DB_HOST=127.0.0.1\nDB_PORT=1\nSOURCE_DIR={tmp_path}\n")
+    env.write_text(f"DB_HOST=127.0.0.1\nDB_PORT=1\nSOURCE_DIR={tmp_path}\nLOG_FILE={tmp_path}/log.txt\n")
     result = run_process("scan_files.py", "--env-file", str(env))
     assert result.status == 2
     assert (

@@ -751,12 +751,13 @@ LOGIN = b"<html><head><title>Sign in - Authelia</title></head><body><form></form
 @pytest.mark.parametrize(
     ("url_path", "answer", "expected"),
     [
-        ("/photos", (406, {"Content-Type": "text/plain"}, b"Not Acceptable"),
+        # A path of the web app the settings do not know already (those, like /photos, stop at the settings).
+        ("/my-photos", (406, {"Content-Type": "text/plain"}, b"Not Acceptable"),
          "answered 406 with 'Not Acceptable'; IMMICH_URL should be the server's address, e.g. {origin}, "
-         "without /photos"),
-        ("/photos", (200, {"Content-Type": "text/html"}, WEB_APP),
+         "without /my-photos"),
+        ("/my-photos", (200, {"Content-Type": "text/html"}, WEB_APP),
          "answered 200 with an HTML page (title: Immich); IMMICH_URL should be the server's address, e.g. "
-         "{origin}, without /photos"),
+         "{origin}, without /my-photos"),
         ("", (200, {"Content-Type": "text/html; charset=utf-8"}, LOGIN),
          "answered 200 with an HTML page (title: Sign in - Authelia); IMMICH_URL should be the address Immich "
          "answers at, e.g. http://127.0.0.1:2283 (its default port)"),
@@ -807,10 +808,10 @@ def test_a_run_given_immichs_web_app_address_says_which_address_to_set(env: Env,
         web.shutdown()
     assert result.status == 2
     assert [line for line in result.lines if "error" in line] == [
-        f"immich-uploader: error: {origin}/photos answers, but not like Immich: GET /photos/api/users/me "
-        f"answered 406 with 'Not Acceptable'; IMMICH_URL should be the server's address, e.g. {origin}, "
-        "without /photos"
+        f"immich-uploader: error: IMMICH_URL (from {env.path}, line {len(env.values) - 1}): '{origin}/photos' is a page of "
+        f"Immich's web app, not the server's address: did you mean {origin}?"
     ]
+    assert handler.paths == []  # said before anything was asked
 
 
 # --- a password in IMMICH_URL (issue 22) -------------------------------------------------------------------

@@ -763,3 +763,48 @@ def test_a_file_is_deleted_only_once_it_is_tagged(
     assert status == 1 and photo.exists() and summary["deleted"] == 0
     status, summary = sync(server_env, "--tag", "Family", "--delete-uploaded")
     assert status == 0 and summary["tagged"] == 1 and summary["deleted"] == 1 and not photo.exists()
+
+
+# --- albums and stacks for exactly this run's files (issue 20) ------------------------------------------------
+
+
+def test_an_album_gets_exactly_the_files_of_the_folder_the_run_names(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(5, folder="2021/06/Holiday")
+    wedding = library.photos(3, folder="2021/06/Wedding", start=10)
+    have = library.photo("2021/06/Wedding/from-a-guest.jpg", n=40)
+    immich.add_existing_asset(have.read_bytes())  # already in Immich: it joins the album too
+    assert sync(server_env)[0] == 0  # everything synced once, no album
+    status, summary = sync(server_env, "--album", "Wedding 2021", str(library.root / "2021/06/Wedding"))
+    assert status == 0 and summary["found"] == 4 and summary["added_to_albums"] == 4
+    by_sha1 = {a.sha1_hex: a.id for a in immich.assets.values()}
+    expected = {by_sha1[sha1_of(p)] for p in [*wedding, have]}
+    assert albums_by_name(immich) == {"Wedding 2021": expected}
+
+
+def test_albums_from_folders_are_made_only_for_this_runs_files_and_never_for_deleted_ones(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photo("Trip/a.jpg", n=1)
+    gone = library.photo("Old/b.jpg", n=2)
+    library.photo("Other/c.jpg", n=3)
+    sync(server_env, "--delete-uploaded", "--include", "*/Old/*")  # b is uploaded, then deleted here
+    assert not gone.exists()
+    status, summary = sync(server_env, "--album-from-folder", "--include", "*/Trip/*")
+    assert status == 0 and set(albums_by_name(immich)) == {"Trip"} and summary["added_to_albums"] == 1
+    status, summary = sync(server_env, "--album-from-folder")
+    assert status == 0 and set(albums_by_name(immich)) == {"Trip", "Other"}  # never "Old": deleted long ago
+
+
+def test_a_stack_partner_outside_the_run_is_left_as_it_is(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    jpeg = library.photo("shoot/IMG_1.jpg", n=1)
+    library.write("shoot/IMG_1.CR2", b"II*\x00" + b"raw data" * 200)
+    sync(server_env)  # both uploaded, no stack
+    status, summary = sync(server_env, "--stack-raw-jpeg", "--include", "*.jpg", "--delete-uploaded")
+    assert status == 0 and summary["stacks_created"] == 0 and immich.stacks == {}
+    assert jpeg.exists()  # its RAW is not this run's: it is not stacked, so the JPEG waits for it
+    status, summary = sync(server_env, "--stack-raw-jpeg")
+    assert summary["stacks_created"] == 1

@@ -24,7 +24,7 @@ def test_upload_percentage_bar_and_eta_count_bytes_and_reach_100_together() -> N
     assert (
         tty.fraction() == 1.0
         and "100%" in line
-        and "[2/2 files, 1000 B/1000 B]" in line
+        and "[2/2 files, 900 B sent]" in line  # the duplicate sent nothing, as the summary will say
         and "ETA" not in line
     )
 
@@ -65,3 +65,46 @@ def test_sync_output_outside_a_terminal_is_stamped_and_its_last_counters_equal_t
     assert re.match(r"upload 100% \[5/5 files, ", upload_line)
     rerun = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--json")
     assert not [line for line in rerun.lines if line.startswith("upload")]  # nothing to upload: no line
+
+
+def live_line_on_a_terminal(columns: int) -> str:
+    """The live line as a terminal `columns` wide receives it, half-way through a big upload."""
+    import fcntl
+    import os
+    import struct
+    import termios
+    import time
+
+    master, terminal = os.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    with os.fdopen(terminal, "w") as stream:
+        tty = TtyProgress(stream, color=False)
+        tty.start("upload", total_files=2000, total_bytes=7_000_000_000, unit="bytes")
+        tty.started = time.monotonic() - 30  # half a minute in: speeds and an ETA to show
+        tty.advance(1234, 3_300_000_000, sent_bytes=3_300_000_000)
+        tty.message("done: IMG_1234.jpg")  # a line above, the live line drawn again below it
+    drawn = b""
+    while True:  # all that was written, up to the end the closed terminal marks (EIO on Linux)
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(master)
+    return drawn.decode().rsplit("\r\x1b[K", 1)[1]
+
+
+def test_at_80_columns_the_live_line_keeps_its_speed_and_eta_and_fits() -> None:
+    line = live_line_on_a_terminal(80)
+    assert len(line) < 80
+    assert re.fullmatch(
+        r"upload 47% \[1234/2000 files, 3\.07 GiB sent\] \d+\.\d files/s \d+ MiB/s ETA \d+s", line
+    ), line
+
+
+def test_a_narrower_terminal_gives_up_the_bar_files_per_second_and_byte_counts_first() -> None:
+    assert re.fullmatch(r"upload 47% \[1234/2000 files\] \d+ MiB/s ETA \d+s", live_line_on_a_terminal(50))
+    wide = live_line_on_a_terminal(120)
+    assert wide.startswith("[###########-------------] upload 47% [1234/2000 files, ") and len(wide) < 120

@@ -366,7 +366,11 @@ def test_date_from_the_file_name_in_the_configured_time_zone(env: Env, library: 
 def test_bad_time_zone_is_one_line_exit_2(env: Env) -> None:
     env.set(TIME_ZONE="Mars/Olympus")
     result = run_inprocess(scan_files.main, "--env-file", str(env.path))
-    assert result.status == 2 and "TIME_ZONE: 'Mars/Olympus' is not a time zone name" in result.stderr
+    line = list(env.values).index("TIME_ZONE") + 1
+    assert result.status == 2
+    assert (
+        f"TIME_ZONE (from {env.path}, line {line}): 'Mars/Olympus' is not a time zone name" in result.stderr
+    )
 
 
 def test_fifos_and_other_special_files_are_passed_over(env: Env, library: Library) -> None:

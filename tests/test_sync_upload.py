@@ -229,9 +229,10 @@ def test_a_malformed_immich_url_is_reported_before_the_scan(env: Env, library: L
     env.set(IMMICH_URL="nas:2283", IMMICH_API_KEY=API_KEY)
     result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--no-progress")
     assert result.status == 2
+    line = list(env.values).index("IMMICH_URL") + 1
     assert result.lines == [
-        "immich-uploader: error: IMMICH_URL: 'nas:2283' is not an http:// or https:// address "
-        "(e.g. http://nas:2283): did you mean http://nas:2283?"
+        f"immich-uploader: error: IMMICH_URL (from {env.path}, line {line}): 'nas:2283' is not an http:// "
+        "or https:// address (e.g. http://nas:2283): did you mean http://nas:2283?"
     ]
     assert row_statuses(env) == []  # nothing was scanned first
 

@@ -750,7 +750,7 @@ def test_a_dry_run_says_what_the_import_will_do_and_the_real_run_after_it_says_h
     )
     assert dry.status == 0, dry.stderr
     would = [line for line in dry.stdout.splitlines() if line.startswith("would upload")]
-    assert len(would) == 2 and "same photo as" in dry.stdout
+    assert len(would) == 2 and "would record as a copy" in dry.stdout
     assert "a copy of a photo whose JSON lies in another folder" in dry.stderr
     status, summary, stderr = sync(server_env, part1, part2)
     assert status == 0 and summary["uploaded"] == len(would)

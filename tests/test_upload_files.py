@@ -637,3 +637,18 @@ def test_visibility_archive_or_timeline_is_sent_with_each_upload(
         if u.status == 201 and u.sha1_hex == hashlib.sha1(third.read_bytes()).hexdigest()
     ]
     assert "visibility" not in record.fields  # Immich's own default
+
+
+def test_a_dry_run_counts_copies_of_one_content_once_as_the_real_run_sends_them(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    one, _two = library.photos(2)
+    library.write("copies/one-again.jpg", one.read_bytes())
+    scan(server_env)
+    result = run_inprocess(upload_files.main, "--env-file", str(server_env.path), "--dry-run", "--json")
+    dry = json.loads(result.stdout)
+    assert dry["would_upload"] == 2 and dry["copies"] == 1
+    status, summary, _ = upload(server_env)
+    assert (
+        status == 0 and summary["uploaded"] == dry["would_upload"] and summary["duplicates"] == dry["copies"]
+    )
