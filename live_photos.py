@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 from config import Settings
 from db_manager import LiveRow, RunProblem, Store, path_hash
-from filters import RunFiles, RunScope, hidden_or_junk
+from filters import JUNK_COMPONENT, RunFiles, RunScope
 from immich_client import ImmichClient, ImmichError, ServerUnreachable, StopRequested
 from logger import FILE_EVENT, get_logger
 from utils import extension_of
@@ -261,7 +261,7 @@ class LivePartners:
                 continue
             if not self.takeout and (
                 self.settings.media_kind(extension) is None
-                or (not self.settings.include_hidden and hidden_or_junk(name))
+                or (not self.settings.include_hidden and JUNK_COMPONENT.search(b"/" + name))
             ):
                 continue
             found.append(name)

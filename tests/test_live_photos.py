@@ -136,6 +136,7 @@ def test_live_pairs_are_linked_the_clip_sent_first_and_look_alikes_left_alone(
     # immich#14459: a reset phone's IMG_0003 photo and a video shot weeks later under the same name
     lonely = iphone_photo(root / "2023/IMG_0003.JPG", WHEN, seed=3)
     later = iphone_clip(root / "2023/IMG_0003.MOV", WHEN + timedelta(days=17), seed=3)
+    library.write("2023/._IMG_0002.MOV", b"\x00\x05\x16\x07 an AppleDouble file")  # hidden: never a candidate
     # the same name in another folder is no pair either
     away = iphone_clip(root / "elsewhere/IMG_0002.MOV", WHEN + timedelta(minutes=5, seconds=1), seed=4)
     status, summary, stderr = sync(server_env, "--visibility", "archive")
