@@ -699,9 +699,25 @@ def test_an_upload_the_server_never_answers_while_answering_others_fails_after_r
         except ImmichError as exc:
             outcome.append(exc)
 
+    # The clock moves only once the upload waits for its answer (its body all sent): on a loaded machine
+    # the body may still be on its way when the server logs the request, and READ_TIMEOUT counts from then.
+    waiting = threading.Event()
+    await_answer = c._await_answer
+
+    def await_answer_noted(*args: Any) -> None:
+        def first_look() -> float:
+            now = clock()
+            waiting.set()  # after the upload took its "sent at" time
+            return now
+
+        c.gate.clock = first_look  # type: ignore[assignment]
+        return await_answer(*args)
+
+    c._await_answer = await_answer_noted  # type: ignore[method-assign]
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
-    wait_until(lambda: ("POST", "/api/assets") in immich.requests_log, "the upload")
+    assert waiting.wait(30), "the upload never waited for its answer"
+    c.gate.clock = clock
     clock.now += 1
     c._request("GET", "/server/version")  # another request answered while the upload waits
     clock.now += 2  # READ_TIMEOUT is over for the upload
