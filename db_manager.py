@@ -145,6 +145,7 @@ class DoneFile(NamedTuple):
     tags_done: str | None = None  # JSON list of the tags its asset was given
     live_partner_id: int | None = None  # the row of its live photo partner
     live_video_id: str | None = None  # a photo: the clip asset it is linked to in Immich
+    upload_date: str | None = None  # when Immich was found to hold it (UTC)
 
 
 class UploadedRow(NamedTuple):
@@ -1293,14 +1294,17 @@ class Store:
                 self.sql(
                     "SELECT id, filepath, filepath_b64, upload_status, immich_asset_id, file_size, mtime_ns, "
                     "extension, album_name, stack_id, sha1, target_id, media_type, date_taken, metadata_info, "
-                    "sidecar_path, sidecar_sha1, deleted_at, tags_done, live_partner_id, live_video_id "
-                    "FROM media_files WHERE scope = ? "
+                    "sidecar_path, sidecar_sha1, deleted_at, tags_done, live_partner_id, live_video_id, "
+                    "upload_date FROM media_files WHERE scope = ? "
                     "AND upload_status IN ('success', 'duplicate') AND immich_asset_id IS NOT NULL "
                     "AND (missing_since IS NULL OR deleted_at IS NOT NULL) ORDER BY id"
                 ),
                 (self.scope,),
             )
-        return [DoneFile(*_date_to_text(r, 13)[:17], r[17] is not None, *r[18:21]) for r in rows]
+        return [
+            DoneFile(*_date_to_text(r, 13)[:17], r[17] is not None, *r[18:21], _text_time(r[21]))
+            for r in rows
+        ]
 
     def record_tags(self, tagged: Sequence[tuple[int, str]]) -> None:
         """(row id, JSON list of tags) for files whose asset now carries those tags."""
@@ -1751,6 +1755,13 @@ def _date_to_text(row: tuple[Any, ...], index: int = 9) -> tuple[Any, ...]:
     if isinstance(values[index], datetime):
         values[index] = values[index].strftime("%Y-%m-%d %H:%M:%S")
     return tuple(values)
+
+
+def _text_time(value: Any) -> str | None:
+    """A TIMESTAMP as 'YYYY-MM-DD HH:MM:SS' text from either backend (MySQL answers a datetime)."""
+    if value is None:
+        return None
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else str(value)[:19]
 
 
 def _clip(text: str | None) -> str | None:

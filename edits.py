@@ -31,6 +31,7 @@ from db_manager import ReplaceRow, RunProblem, Store
 from filters import RunFiles
 from immich_client import ImmichClient, ImmichError, ServerUnreachable, StopRequested, checksum_hex
 from logger import FILE_EVENT, get_logger
+from tags import tag_and_check
 
 log = get_logger("edits")
 
@@ -139,7 +140,7 @@ def replace_edited(
             keep_both(store, row, summary, reason)
             continue
         try:
-            done = _replace(client, store, row, intent, summary)
+            done = _replace(client, store, row, intent, summary, stop)
         except (ServerUnreachable, StopRequested):
             raise
         except ImmichError as exc:
@@ -178,7 +179,12 @@ def keep_both(store: Store, row: ReplaceRow, summary: ReplaceSummary, reason: st
 
 
 def _replace(
-    client: ImmichClient, store: Store, row: ReplaceRow, intent: dict[str, Any], summary: ReplaceSummary
+    client: ImmichClient,
+    store: Store,
+    row: ReplaceRow,
+    intent: dict[str, Any],
+    summary: ReplaceSummary,
+    stop: threading.Event,
 ) -> bool:
     """The steps for one file; True when its earlier version went to Immich's trash now. A step is recorded
     before the next, so a kill between them repeats no step that must not be repeated."""
@@ -207,7 +213,7 @@ def _replace(
         same_stack = bool(old_stack) and old_stack.get("id") == new_stack.get("id")
         # The new version's own sidecar (sent from disk) is fresher than the old one's.
         client.copy_asset(old_id, new_id, sidecar=row.sidecar_path is None, stack=not same_stack)
-        _carry_the_rest(client, old, new, new_id)
+        _carry_the_rest(client, old, new, new_id, stop)
         if old_stack.get("primaryAssetId") == old_id and (not new_stack or same_stack):
             client.update_stack(str(old_stack["id"]), new_id)  # a trashed cover would hide the whole stack
         store.set_replaces(row.id, json.dumps({**intent, "step": "carried", "new_asset_id": new_id}))
@@ -222,12 +228,17 @@ def _replace(
     return True
 
 
-def _carry_the_rest(client: ImmichClient, old: dict[str, Any], new: dict[str, Any], new_id: str) -> None:
+def _carry_the_rest(
+    client: ImmichClient, old: dict[str, Any], new: dict[str, Any], new_id: str, stop: threading.Event
+) -> None:
     """What PUT /api/assets/copy does not carry: tags, the archive, the description and rating typed in
     Immich, the live photo clip. Values the new version has of its own are kept."""
-    for tag in old.get("tags") or []:
-        if isinstance(tag, dict) and tag.get("id"):
-            client.tag_assets(str(tag["id"]), [new_id])
+    tag_ids = {str(tag["id"]) for tag in old.get("tags") or [] if isinstance(tag, dict) and tag.get("id")}
+    if tag_ids and tag_and_check(client, {new_id: tag_ids}, {new_id}, stop):
+        raise ImmichError(
+            "Immich dropped the tags given to the new version again and again while reading its metadata",
+            None, "PUT", "/tags/assets", kind="rejected",
+        )  # fmt: skip
     fields: dict[str, Any] = {}
     if old.get("visibility") == "archive" and new.get("visibility") == "timeline":
         fields["visibility"] = "archive"

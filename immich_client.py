@@ -67,6 +67,7 @@ USER_AGENT = f"immich-uploader/{VERSION}"
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 ALBUM_ADD_BATCH = 1000
 TAG_BATCH = 500
+SEARCH_PAGE = 1000  # the most POST /api/search/metadata answers in one page
 # The media-processing queues worth pausing during a big import (SDK QueueName); internal ones are left alone.
 MEDIA_QUEUES = (
     "thumbnailGeneration", "metadataExtraction", "videoConversion", "faceDetection", "facialRecognition",
@@ -1383,14 +1384,31 @@ class ImmichClient:
                     found[tag["value"]] = str(tag["id"])
         return found
 
-    def tag_assets(self, tag_id: str, asset_ids: Sequence[str]) -> int:
-        """PUT /api/tags/assets: tag these assets; returns how many were not tagged so before. Immich passes
-        over ids the key may not update without saying which."""
+    def tag_assets(self, tag_ids: Sequence[str], asset_ids: Sequence[str]) -> int:
+        """PUT /api/tags/assets: give these assets these tags; returns how many (tag, asset) pairs were not
+        there before. Immich passes over ids the key may not update without saying which."""
         added = 0
         for start in range(0, len(asset_ids), ALBUM_ADD_BATCH):
-            body = {"tagIds": [tag_id], "assetIds": list(asset_ids[start : start + ALBUM_ADD_BATCH])}
+            body = {"tagIds": list(tag_ids), "assetIds": list(asset_ids[start : start + ALBUM_ADD_BATCH])}
             added += int(self._call("PUT", "/tags/assets", json_body=body).get("count", 0) or 0)
         return added
+
+    def tagged_assets(self, tag_id: str, created_after: str) -> set[str]:
+        """The ids of the assets created since `created_after` (ISO, UTC) that carry this tag
+        (POST /api/search/metadata, a page of 1000 at a time)."""
+        found: set[str] = set()
+        page: int | None = 1
+        while page is not None:
+            body = {"tagIds": [tag_id], "createdAfter": created_after, "size": SEARCH_PAGE, "page": page}
+            answer = self._call("POST", "/search/metadata", json_body=body).get("assets") or {}
+            found.update(str(a.get("id")) for a in answer.get("items") or [] if isinstance(a, dict))
+            next_page = answer.get("nextPage")
+            page = (
+                int(next_page)
+                if isinstance(next_page, str) and next_page.isdigit() and int(next_page) > page
+                else None
+            )
+        return found
 
     def _check_id(self, asset_id: str, method: str) -> None:
         """An id that is no UUID (a server's answer is not trusted to name a path) is refused before sending."""

@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from config import Settings
-from db_manager import LiveRow, RunProblem, Store, path_hash
+from db_manager import DoneFile, LiveRow, RunProblem, Store, path_hash
 from filters import JUNK_COMPONENT, RunFiles, RunScope
 from immich_client import ImmichClient, ImmichError, ServerUnreachable, StopRequested
 from logger import FILE_EVENT, get_logger
@@ -45,6 +45,12 @@ CLIP_EXTENSIONS = frozenset({"mov", "mp4", "m4v", "mp"})
 MAX_CLIP_S = 5.0  # an iPhone's clip lasts about 3 s (1.5 before and after the shot), Google's 1.5-3 s
 MAX_APART_S = 3.0  # between the photo's capture time and the clip's
 OWN_DATES = frozenset({"exif", "video", "takeout"})  # a capture date the file (or its JSON) states
+
+
+def live_clip(file: DoneFile) -> bool:
+    """A live photo's clip (as paired): Immich shows it behind its photo, so it goes into no album and gets no
+    tag (its photo does); Immich's own linking takes such clips out of albums too."""
+    return file.live_partner_id is not None and file.media_type == "video"
 
 
 def live_kind(extension: str) -> str | None:

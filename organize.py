@@ -36,9 +36,10 @@ from db_manager import DoneFile, RunProblem, Store
 from edits import replace_edited
 from filters import DELETING_PREFIX, RunFiles, RunScope
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
-from live_photos import link_live_photos
+from live_photos import link_live_photos, live_clip
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
+from tags import tagged, update_tags
 from utils import (
     FileIdentity,
     display_path,
@@ -79,12 +80,6 @@ class OrganizeSummary:
     would_delete: list[tuple[str, int]] = field(default_factory=list)  # --dry-run: (path, size)
     errors: int = 0
     problems: list[RunProblem] = field(default_factory=list)  # the errors, each with its path and reason
-
-
-def live_clip(file: DoneFile) -> bool:
-    """A live photo's clip: Immich shows it behind its photo, so it goes into no album and gets no tag (its
-    photo does); Immich's own linking takes such clips out of albums too."""
-    return file.live_partner_id is not None and file.media_type == "video"
 
 
 def album_for(file: DoneFile, settings: Settings) -> str | None:
@@ -139,64 +134,6 @@ def update_albums(
                 log.warning("%s: not added to album %r: %s", file.filepath, name, error, extra=FILE_EVENT)
         store.record_albums(added)
         summary.added_to_albums += len(added)
-    return summary
-
-
-def tags_for(file: DoneFile, settings: Settings) -> tuple[str, ...]:
-    """The tags a file's asset should carry: TAGS, and with TAGS_FROM_FOLDER its folder path below the
-    source as one hierarchical tag (`Trips/2019/Paris`; a file right in the source folder gets none)."""
-    tags = list(settings.tags)
-    if settings.tags_from_folder and not settings.takeout_paths:
-        folder = os.path.dirname(file.filepath)
-        below = folder if settings.shared_library else None
-        for root in settings.source_dirs if below is None else ():
-            root_text = str(root).rstrip("/")
-            if folder.startswith(root_text + "/"):
-                below = folder[len(root_text) + 1 :]
-                break
-        value = "/".join(part.strip() for part in (below or "").split("/") if part.strip())
-        if value:
-            tags.append(value)
-    return tuple(dict.fromkeys(tags))
-
-
-def update_tags(
-    client: ImmichClient, store: Store, settings: Settings, files: list[DoneFile]
-) -> OrganizeSummary:
-    """Give each file's asset its tags (PUT /api/tags makes them, hierarchies included; PUT /api/tags/assets
-    tags the assets), remembered per file: a rerun makes no calls for files already tagged. A live photo's
-    clip is left out: Immich hides it behind its photo."""
-    summary = OrganizeSummary()
-    done: dict[int, set[str]] = {}
-    wanted: dict[str, list[DoneFile]] = defaultdict(list)
-    for file in files:
-        if live_clip(file):
-            continue
-        have = set(json.loads(file.tags_done)) if file.tags_done else set()
-        done[file.id] = have
-        for tag in tags_for(file, settings):
-            if tag not in have:
-                wanted[tag].append(file)
-    if not wanted:
-        return summary
-    ids = client.upsert_tags(sorted(wanted))
-    tagged: set[int] = set()
-    for tag, members in sorted(wanted.items()):
-        tag_id = ids.get(tag)
-        if tag_id is None:
-            summary.errors += 1
-            summary.problems.append(
-                RunProblem(f"(tag {tag!r})", "Immich made no such tag", "tried again next run")
-            )
-            continue
-        client.tag_assets(tag_id, list(dict.fromkeys(f.asset_id for f in members)))
-        for file in members:
-            done[file.id].add(tag)
-            tagged.add(file.id)
-    store.record_tags(
-        [(row_id, json.dumps(sorted(done[row_id]), ensure_ascii=False)) for row_id in sorted(tagged)]
-    )
-    summary.tagged = len(tagged)
     return summary
 
 
@@ -417,13 +354,6 @@ def deletion_candidates(
         else:
             candidates.append(file)
     return candidates, kept
-
-
-def tagged(file: DoneFile, settings: Settings) -> bool:
-    if live_clip(file):
-        return True  # a live photo's clip carries no tags (update_tags)
-    have = set(json.loads(file.tags_done)) if file.tags_done else set()
-    return set(tags_for(file, settings)) <= have
 
 
 def real_roots(settings: Settings) -> tuple[bytes, ...]:
@@ -748,7 +678,8 @@ def organize(
     if not dry_run and (settings.stack_raw_jpeg or settings.stack_bursts):
         steps.append(update_stacks(client, store, settings, files))
     if not dry_run and tags:
-        steps.append(update_tags(client, store, settings, files))
+        tagging = update_tags(client, store, settings, files, stop)
+        steps.append(OrganizeSummary(tagged=tagging.tagged, errors=tagging.errors, problems=tagging.problems))
     if settings.delete_uploaded and settings.takeout_paths:
         log.warning("a Takeout's zips are never changed: --delete-uploaded does nothing to them")
     elif settings.delete_uploaded and not stop.is_set():

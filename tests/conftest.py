@@ -34,6 +34,15 @@ MYSQL = {"host": "127.0.0.1", "port": 3306, "user": "root", "password": ""}
 
 
 @pytest.fixture(autouse=True)
+def no_tag_settling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tags are looked for again after a pause that lets a real Immich finish reading an asset's metadata; the
+    stand-in's counterpart (extraction_drops_tags) is deterministic, so in-process runs need no pause."""
+    import tags
+
+    monkeypatch.setattr(tags, "TAG_SETTLE_S", 0.0)
+
+
+@pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """The developer's own settings must never leak into a test."""
     for name in (*SETTING_NAMES, *config.ALIASES):

@@ -938,8 +938,8 @@ def test_live_photo_tags_copy_stack_and_trash_calls_reach_immich_as_it_expects_t
     tags = client.upsert_tags(["Trips/2019/Paris", "Family"])
     assert set(tags) == {"Trips/2019/Paris", "Family"}
     assert (
-        client.tag_assets(tags["Family"], [photo_id]) == 1
-        and client.tag_assets(tags["Family"], [photo_id]) == 0
+        client.tag_assets([tags["Family"]], [photo_id]) == 1
+        and client.tag_assets([tags["Family"]], [photo_id]) == 0
     )
     new_id = client.upload(request_for(edited)._replace(visibility="archive")).asset_id
     assert immich.assets[new_id].fields["visibility"] == "archive"

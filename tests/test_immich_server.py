@@ -1172,3 +1172,40 @@ def test_stack_primary_is_changed_and_trash_refuses_an_id_it_may_not_delete(serv
         done = requests.delete(f"{server.url}/api/assets", headers=AUTH, json={"ids": [a]}, timeout=10)
         assert done.status_code == 204
     assert get_asset(server, a).json()["isTrashed"] is True
+
+
+def search(srv: ImmichTestServer, **body: object) -> requests.Response:
+    return requests.post(f"{srv.url}/api/search/metadata", headers=AUTH, json=body, timeout=10)
+
+
+def test_search_by_tag_finds_assets_with_it_or_one_below_it_a_page_at_a_time(
+    server: ImmichTestServer,
+) -> None:
+    ids = [upload(server, f"photo {n}".encode()).json()["id"] for n in range(5)]
+    trips, paris = (t["id"] for t in put(server, "/tags", {"tags": ["Trips", "Trips/Paris"]}).json())
+    put(server, "/tags/assets", {"tagIds": [trips], "assetIds": ids[:2]})
+    put(server, "/tags/assets", {"tagIds": [paris], "assetIds": ids[2:4]})
+    first = search(server, tagIds=[trips], size=3, page=1).json()["assets"]
+    second = search(server, tagIds=[trips], size=3, page=2).json()["assets"]
+    assert first["nextPage"] == "2" and second["nextPage"] is None
+    assert {a["id"] for a in first["items"] + second["items"]} == set(ids[:4])  # Paris is below Trips
+    assert {a["id"] for a in search(server, tagIds=[paris], size=10).json()["assets"]["items"]} == set(
+        ids[2:4]
+    )
+    assert search(server, tagIds=[trips], size=1001).json()["errors"][0]["path"] == ["size"]
+    assert (
+        search(server, tagIds=[trips], createdAfter="2999-01-01T00:00:00.000Z").json()["assets"]["items"]
+        == []
+    )
+
+
+def test_a_new_assets_metadata_extraction_can_drop_the_tags_given_meanwhile(server: ImmichTestServer) -> None:
+    """As observed on v3.1.0: the job that reads a new asset's metadata replaces its tags with the list it read
+    a moment before; the stand-in plays that job on the first tagging after an upload, when asked to."""
+    server.extraction_drops_tags = True
+    asset = upload(server, b"fresh").json()["id"]
+    tag = put(server, "/tags", {"tags": ["T"]}).json()[0]["id"]
+    assert put(server, "/tags/assets", {"tagIds": [tag], "assetIds": [asset]}).json() == {"count": 1}
+    assert get_asset(server, asset).json()["tags"] == []  # lost
+    assert put(server, "/tags/assets", {"tagIds": [tag], "assetIds": [asset]}).json() == {"count": 1}
+    assert [t["value"] for t in get_asset(server, asset).json()["tags"]] == ["T"]

@@ -808,3 +808,17 @@ def test_a_stack_partner_outside_the_run_is_left_as_it_is(
     assert jpeg.exists()  # its RAW is not this run's: it is not stacked, so the JPEG waits for it
     status, summary = sync(server_env, "--stack-raw-jpeg")
     assert summary["stacks_created"] == 1
+
+
+def test_tags_immich_drops_while_it_reads_a_new_assets_metadata_are_given_again(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    """A real v3.1.0 lost tags of freshly uploaded photos tagged at once (its metadata job replaces the asset's
+    tags with the list it read a moment before): the run looks for them and tags again what was lost."""
+    immich.extraction_drops_tags = True
+    photos = library.photos(3)
+    status, summary = sync(server_env, "--tag", "Family", "--tags-from-folder")
+    assert status == 0 and summary["tagged"] == 3
+    for photo in photos:
+        assert asset_tags(immich, photo) == {"Family", "photos"}
+    assert ("POST", "/api/search/metadata") in immich.requests_log
