@@ -298,6 +298,12 @@ class ServerGate:
                 raise self._gone(away_s)
             return max(0.0, self._retry_at - now)
 
+    def given_up(self, reason: str, away_s: float) -> ServerUnreachable:
+        """One request's answers said "away" for SERVER_WAIT (while others may have been answered)."""
+        with self._lock:
+            self._reason = reason
+            return self._gone(away_s)
+
     def _gone(self, away_s: float) -> ServerUnreachable:
         return ServerUnreachable(
             f"{self.url} has been away or busy for {format_duration(away_s)} ({self._reason}; SERVER_WAIT is "
@@ -890,6 +896,10 @@ class ImmichClient:
         url = self.api_url + path  # as messages show it
         timeout = timeout or self.timeout
         retries_left = self.max_retries if retries is None else retries
+        # When this request's own answers began to say "away" (503, 429, no connection...): it gives up after
+        # SERVER_WAIT of them, even when other requests (or pings) are answered meanwhile, which keep the
+        # gate's window open for ever (a proxy that refuses one route, and lets the rest through).
+        away_since: float | None = None
         while True:
             if patient:
                 self._wait(self.gate.pause_left_s(), method, url)
@@ -936,6 +946,9 @@ class ImmichClient:
                 log.info("%s %s answered %s", method, path, reason)
             # The server is away, or asks everyone to slow down.
             if patient:
+                away_since = asked_at if away_since is None else away_since
+                if self.gate.clock() - away_since >= max(self.gate.budget_s, MIN_SILENCE_S):
+                    raise self.gate.given_up(reason, self.gate.clock() - away_since)
                 self._wait(self.gate.failed(reason, asked_at, retry_after), method, url)
                 continue
             if retries_left <= 0:

@@ -1065,7 +1065,7 @@ def failure_rows(summary: UploadSummary) -> list[tuple[str, str]]:
 
 
 def exit_status(stop: threading.Event, uploader: Uploader, file_errors: int) -> ExitStatus:
-    if uploader.aborted.is_set():
+    if uploader.aborted.is_set() or uploader.summary.server_problem:
         return ExitStatus.TOO_MANY_ERRORS
     if stop.is_set():
         return ExitStatus.INTERRUPTED
@@ -1236,13 +1236,18 @@ def live_clips_of(ctx: Context, rows: Sequence[PendingUpload], run_files: RunFil
 def finish_in_immich(
     ctx: Context, client: ImmichClient, summary: UploadSummary, target_id: int, run_files: RunFiles
 ) -> None:
-    """Albums, stacks and deletion once the uploads are recorded (skipped when the run was stopped)."""
+    """Edits' replacements, live photo links, albums, stacks, tags and deletion once the uploads are recorded
+    (skipped when the run was stopped). A server that goes away meanwhile stops the run as it stops uploads
+    (exit 3): what is not done is done by the next run."""
     if ctx.stop.is_set() or summary.stopped_after_errors:
         return
     try:
         done = organize(client, ctx.store, ctx.settings, ctx.progress, ctx.stop, target_id, run_files)
-    except (ServerUnreachable, StopRequested) as exc:
-        log.error("albums, stacks and deletion not done: %s", exc)
+    except ServerUnreachable as exc:
+        log.error("edits, live photos, albums, stacks, tags and deletion not all done: %s", exc)
+        summary.server_problem = f"{exc} (after the uploads; the next run finishes what they left)"
+        return
+    except StopRequested:
         return
     except ImmichError as exc:
         log.error("albums, stacks and tags not updated (nothing was deleted): %s", exc)

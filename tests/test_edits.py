@@ -223,3 +223,20 @@ def test_a_kill_while_the_earlier_version_goes_to_the_trash_is_finished_by_the_n
     assert (
         len(immich.copies) == 1 and asset_of(immich, photo).id in next(iter(immich.albums.values())).asset_ids
     )
+
+
+def test_a_server_that_goes_away_between_copy_and_trash_stops_with_exit_3_and_the_next_run_finishes(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    """As a real v3.1.0 behind a proxy that answered 503 to the trash request: the run says it stopped (exit
+    3, the reason in --json), and the next run trashes the earlier version, without a second copy."""
+    photo = library.photo("IMG_1.jpg", n=1, taken=TAKEN)
+    sync(server_env)
+    old = asset_of(immich, photo)
+    edit(photo)
+    immich.faults.add(status=503, path="/api/assets", method="DELETE", count=1000)
+    status, summary, _ = sync(server_env.set(SERVER_WAIT="0.5"))
+    assert status == 3 and "after the uploads" in str(summary["server_problem"]) and not old.is_trashed
+    immich.faults.clear()
+    status, summary, _ = sync(server_env.set(SERVER_WAIT="5"))
+    assert status == 0 and summary["replaced"] == 1 and old.is_trashed and len(immich.copies) == 1

@@ -961,3 +961,18 @@ def test_live_photo_tags_copy_stack_and_trash_calls_reach_immich_as_it_expects_t
     assert refused.value.status == 400
     with pytest.raises(ImmichError, match="is not an asset id"):
         client.update_asset("../users/me", {})
+
+
+def test_a_request_a_proxy_keeps_refusing_gives_up_after_server_wait_while_pings_are_answered(
+    immich: ImmichTestServer, transport: str
+) -> None:
+    """A proxy that answers 503 to one route and lets pings through: the gate sees life (the pings) and would
+    keep the window open for ever; the request itself stops after SERVER_WAIT of "away" answers."""
+    c = make_client(immich.url, transport, SERVER_WAIT="0.5")
+    c.connect()
+    immich.faults.add(status=503, path="/api/assets", method="DELETE", count=1_000_000)
+    with pytest.raises(ServerUnreachable, match=r"503 Service Unavailable; SERVER_WAIT is 0\.5s"):
+        c.trash_assets(["6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f"])
+    if transport == "http.client":  # requests waits for an answer in one read: it sends no pings
+        assert ("GET", "/api/server/ping") in immich.requests_log  # the pings that kept the gate open
+    c.close()
