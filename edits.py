@@ -217,7 +217,12 @@ def _replace(
         if old_stack.get("primaryAssetId") == old_id and (not new_stack or same_stack):
             client.update_stack(str(old_stack["id"]), new_id)  # a trashed cover would hide the whole stack
         store.set_replaces(row.id, json.dumps({**intent, "step": "carried", "new_asset_id": new_id}))
-    client.trash_assets([old_id])
+    try:
+        client.trash_assets([old_id])
+    except ImmichError as exc:
+        if exc.status != 400 or not _gone(client, old_id):
+            raise
+        log.info("%s: its earlier version (asset %s) is no longer in Immich at all", row.filepath, old_id)
     store.set_replaces(row.id, None)
     log.info(
         "%s: its new version (asset %s) replaced the earlier one (asset %s, now in Immich's trash)",
@@ -226,6 +231,15 @@ def _replace(
         old_id,
     )
     return True
+
+
+def _gone(client: ImmichClient, asset_id: str) -> bool:
+    """The asset is no longer in Immich (its trash emptied meanwhile): nothing is left to move there."""
+    try:
+        client.asset_details(asset_id)
+    except ImmichError as exc:
+        return exc.status == 400
+    return False
 
 
 def _carry_the_rest(

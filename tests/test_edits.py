@@ -240,3 +240,20 @@ def test_a_server_that_goes_away_between_copy_and_trash_stops_with_exit_3_and_th
     immich.faults.clear()
     status, summary, _ = sync(server_env.set(SERVER_WAIT="5"))
     assert status == 0 and summary["replaced"] == 1 and old.is_trashed and len(immich.copies) == 1
+
+
+def test_an_earlier_version_deleted_for_good_before_its_trash_step_ends_the_replacement(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    """The copy done, the run stopped before the trash, and the user emptied Immich's trash meanwhile (the
+    earlier version is gone for good): the next run finishes without an error, once."""
+    photo = library.photo("IMG_1.jpg", n=1, taken=TAKEN)
+    sync(server_env)
+    old = asset_of(immich, photo)
+    edit(photo)
+    immich.faults.add(status=500, path="/api/assets", method="DELETE", count=3)  # every try of one run
+    assert sync(server_env)[0] == 1
+    immich._trash([old.id], force=True)
+    status, summary, _ = sync(server_env)
+    assert status == 0 and summary["replaced"] == 1 and old.id not in immich.assets
+    assert row_of(server_env, "IMG_1.jpg")["replaces"] is None
