@@ -92,6 +92,20 @@ def edit_reason(replaces: str, metadata_info: str | None, settings: Settings) ->
     return not_the_same_photo(json.loads(replaces), json.loads(metadata_info or "{}"))
 
 
+def planned(
+    store: Store, row_id: int, replaces: str, metadata_info: str | None, settings: Settings
+) -> str | None:
+    """What a dry run says of a file still to upload with an earlier version to replace: None when its upload
+    would replace it, else why both would stay (as far as the database can tell without uploading)."""
+    reason = edit_reason(replaces, metadata_info, settings)
+    intent = json.loads(replaces)
+    if reason is None and store.asset_mapped_by_others(
+        str(intent.get("asset_id")), intent.get("target_id"), row_id
+    ):
+        reason = "another file still maps to the earlier version's asset"
+    return reason
+
+
 def keep_both_reason(row: ReplaceRow, settings: Settings, target_id: int) -> str | None:
     """Why this row's earlier version stays beside the new one in Immich, from what the database knows (the
     server is asked later), or None when it is to be replaced."""

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from cli import Context, ExitStatus, StartError, summary_json
 from config import Settings
 from db_manager import DatabaseError, LiveRow, PendingUpload, RunProblem, Store, UploadOutcome
-from edits import edit_reason
+from edits import planned
 from filters import RunFiles, RunScope
 from immich_client import (
     BULK_CHECK_BATCH,
@@ -1149,7 +1149,11 @@ def dry_run(
     send_bytes = sum(r.file_size for r in to_send)
     delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
     clips = live_clips_of(ctx, to_send + have, run_files)
-    edits = {r.id: edit_reason(r.replaces, r.metadata_info, ctx.settings) for r in to_send if r.replaces}
+    edits = {
+        r.id: planned(ctx.store, r.id, r.replaces, r.metadata_info, ctx.settings)
+        for r in to_send
+        if r.replaces
+    }
     replacing = sum(1 for why in edits.values() if why is None)
     if ctx.args.json:
         ctx.emit_json(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -129,13 +130,19 @@ def test_an_asset_another_file_maps_to_or_immich_had_already_is_never_replaced(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
     photo = library.photo("a/IMG_1.jpg", n=1, taken=TAKEN)
-    library.write("backup/IMG_1.jpg", photo.read_bytes())  # a copy: a duplicate of the same asset
+    copy = library.write("backup/IMG_1.jpg", photo.read_bytes())  # a copy: a duplicate of the same asset
+    older = photo.stat().st_mtime_ns - 10**9
+    os.utime(copy, ns=(older, older))  # the same date taken: the newer file is sent, the copy recorded after
     had = library.photo("a/IMG_2.jpg", n=2, taken=TAKEN)
     immich.add_existing_asset(had.read_bytes(), "IMG_2.jpg")  # Immich had it: not this database's upload
     sync(server_env)
     first, theirs = asset_of(immich, photo), asset_of(immich, had)
     edit(photo)
     edit(had, color=(1, 2, 3))
+    dry = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--dry-run")
+    assert re.search(
+        r"a/IMG_1\.jpg \([^)]*\), kept beside its earlier version \(another file still maps", dry.stdout
+    )
     status, summary, _ = sync(server_env)
     assert status == 0 and summary["uploaded"] == 2 and summary["replaced"] == 0
     assert not first.is_trashed and not theirs.is_trashed and not immich.trash_requests
