@@ -809,3 +809,18 @@ def test_a_part_cut_short_in_its_download_is_an_error_and_the_other_parts_are_im
     second.write_bytes(b"")
     result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(second))
     assert result.status == 2 and "no part can be read" in result.stderr
+
+
+def test_a_takeouts_archived_photos_go_through_visibility_which_the_setting_overrides(
+    server_env: Env, immich: ImmichTestServer, takeout: tuple[Path, Path]
+) -> None:
+    """Google's archive state is sent as `visibility` (archive); --visibility sets it for every upload, Google's
+    archived ones included."""
+    y20 = f"{ROOT}/Photos from 2020"
+    status, _, stderr = sync(server_env, *takeout, extra=("--visibility", "timeline"))
+    assert status == 0, stderr
+    (record,) = [
+        u for u in immich.uploads if u.sha1_hex == hashlib.sha1(part_one()[f"{y20}/IMG_0009.jpg"]).hexdigest()
+    ]
+    assert record.fields["visibility"] == "timeline"
+    assert {u.fields.get("visibility") for u in immich.uploads if u.status == 201} == {"timeline", None}
