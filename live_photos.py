@@ -181,8 +181,8 @@ class Folder(NamedTuple):
 
 class LivePartners:
     """Each row's live photo partner, folder by folder, for the uploader. `listing(folder)` names what a
-    folder holds (bytes names; None when it cannot be listed); `stored(path)` is a path as rows store it.
-    Pairs that changed are recorded in both rows at once."""
+    folder holds (bytes names; None when it cannot be listed). Pairs that changed are recorded in both rows,
+    once the folder's files are all recorded (or the scan is over: `final`), never from half a folder."""
 
     def __init__(
         self,
@@ -202,11 +202,13 @@ class LivePartners:
         self._folders: dict[bytes, Folder] = {}
         self._lock = threading.Lock()
         self._flagged = False
+        self.final = False  # the scan is over: a folder is as complete as it gets
 
-    def forget(self) -> None:
+    def forget(self, final: bool = True) -> None:
         """Read folders again from here on (the scan has recorded more files since)."""
         with self._lock:
             self._folders.clear()
+            self.final = final
 
     def ready(self, raw_path: bytes, extension: str) -> bool:
         """False while the file's folder holds photos or clips the scan has not recorded yet: its partner
@@ -246,11 +248,12 @@ class LivePartners:
                 is not None
             ]
             pairs = pair_folder(files)
+            complete = set(keys) <= recorded
             changed = [(r.id, pairs.get(r.id)) for r in rows.values() if r.live_partner_id != pairs.get(r.id)]
-            if changed and self.record:
+            if changed and self.record and (complete or self.final):
                 self.store.record_live_pairs(changed)
                 rows = {i: r._replace(live_partner_id=pairs.get(i)) for i, r in rows.items()}
-            folder = Folder(rows, pairs, complete=set(keys) <= recorded)
+            folder = Folder(rows, pairs, complete)
         with self._lock:
             self._folders[raw_folder] = folder
         return folder

@@ -301,3 +301,29 @@ def test_a_takeouts_motion_photos_are_linked_and_a_video_with_its_own_json_is_no
         )
     assert "livePhotoVideoId" not in asset("IMG_9140.JPG").fields
     assert asset("IMG_9140.MOV").fields.get("visibility", "timeline") == "timeline"
+
+
+def test_pairs_are_never_recorded_from_half_a_folder(server_env: Env, library: Library) -> None:
+    """While the scan has not recorded every photo and clip of a folder (a third file may make a pair
+    ambiguous), nothing is recorded; once the scan is over, the pairs of what it recorded are."""
+    from filters import RunScope
+    from live_photos import LivePartners, listdir
+
+    photo = iphone_photo(library.root / "a/IMG_1.JPG", WHEN, CID)
+    iphone_clip(library.root / "a/IMG_1.MOV", WHEN, CID)
+    assert run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--dry-run").status == 0
+    iphone_photo(library.root / "a/IMG_1.HEIC", WHEN, CID, heic=True)  # not scanned yet
+    settings = server_env.settings()
+    store = open_store(settings)
+    try:
+        partners = LivePartners(store, RunScope.of(settings), settings, listdir)
+        raw = bytes(photo)
+        assert not partners.ready(raw, "jpg")
+        assert all(r["live_partner_id"] is None for r in store.rows())
+        partners.forget()  # the scan is over
+        assert partners.partner(
+            raw, next(r["id"] for r in store.rows() if r["filename"] == "IMG_1.JPG"), "jpg"
+        )
+        assert sorted(r["live_partner_id"] is not None for r in store.rows()) == [True, True]
+    finally:
+        store.close()
