@@ -388,11 +388,11 @@ class UploadRequest(NamedTuple):
     modified_at: str
     device_asset_id: str
     mtime_ns: int | None = None  # as fingerprinted: a file changed since is not sent under the old checksum
-    sidecar_path: bytes | None = None
+    sidecar_path: bytes | None = None  # where `sidecar_xmp` was read from: it is sent under that name
     is_favorite: bool = False
-    # A file that is no plain file (a member of a zip): opened by this instead of `path`, checked by its owner.
+    # Opens the bytes to send instead of `path` (a source file through its checks, a zip member); the caller checks.
     opener: Callable[[], BinaryIO] | None = None
-    sidecar_xmp: bytes | None = None  # a sidecar made for the file rather than read from disk
+    sidecar_xmp: bytes | None = None  # the sidecar's bytes: read (and checked) by the caller, or made
     visibility: str | None = None  # "archive" (VISIBILITY, or what Google Photos had archived), "timeline"
     live_photo_video_id: str | None = None  # the asset of this photo's motion clip: Immich links and hides it
 
@@ -1505,21 +1505,21 @@ class ImmichClient:
         ]
         if req.sidecar_xmp is not None:
             made = req.sidecar_xmp
+            sidecar_name = (
+                os.fsdecode(os.path.basename(req.sidecar_path))
+                if req.sidecar_path is not None
+                else req.filename + ".xmp"
+            )
             files.append(
                 FilePart(
                     "sidecarData",
-                    req.filename + ".xmp",
+                    sidecar_name,
                     None,
                     "application/xml",
                     True,
                     lambda: BytesIO(made),
                     len(made),
                 )
-            )
-        elif req.sidecar_path is not None:
-            sidecar_name = os.fsdecode(os.path.basename(req.sidecar_path))
-            files.append(
-                FilePart("sidecarData", sidecar_name, req.sidecar_path, "application/xml", hashed=True)
             )
         # `filename` (the name Immich keeps, exact in UTF-8) goes last: Immich checks each file part's
         # type by this field when it arrived before that part, and refuses a sidecar checked as a .jpg

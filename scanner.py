@@ -43,6 +43,7 @@ from utils import (
     format_bytes,
     format_duration,
     is_transport_stream,
+    link_refusal,
     path_to_text,
     read_metadata,
 )
@@ -181,21 +182,7 @@ class Walk:
         yield from self._tree(link, root_len)
 
     def _link_refusal(self, link: bytes, target: os.stat_result) -> str | None:
-        """Why a symbolic link may not be followed, or None: its target lies inside a source folder, or belongs
-        to the link's owner."""
-        real = os.fsencode(os.path.realpath(link))
-        if any(real == root or real.startswith(root + b"/") for root in self.real_roots):
-            return None
-        try:
-            owner = os.lstat(link).st_uid
-        except OSError as exc:
-            return f"cannot read the link: {exc.strerror}"
-        if owner == target.st_uid:
-            return None
-        return (
-            f"symbolic link to {display_path(real)}, outside the source folders and owned by another user "
-            "than the link: not followed"
-        )
+        return link_refusal(link, target, self.real_roots)
 
     def _unlistable(self, folder: bytes, reason: str, advice: str) -> None:
         self.unlistable.append(folder.rstrip(b"/"))

@@ -51,8 +51,10 @@ from organize import local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
+    LinkRefused,
     format_bytes,
     format_duration,
+    open_source_file,
     path_to_text,
     plural,
     sidecar_for,
@@ -83,7 +85,11 @@ FAILURE_ADVICE = {
     "auth": "the API key was refused: check IMMICH_API_KEY and that it may upload (asset.upload)",
     "unreadable": "the file could not be read here (permissions, a disk error)",
     "changed": "the file changed while it was being sent; it is sent again after the next scan",
+    "link": "a symbolic link on its path now leads outside the source folders, to another user's file: "
+    "copy the file in instead of linking it",
 }
+
+SIDECAR_MAX_BYTES = 16 << 20  # an XMP sidecar is a few KB; anything this large is no sidecar
 
 
 def retry_time(attempts: int) -> str:
@@ -288,6 +294,7 @@ class Uploader:
         self.scope = scope or RunScope.of(settings)
         self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
         self.run_files = RunFiles(settings, self.scope, takeout.here if takeout is not None else None)
+        self.real_roots = real_roots(settings)  # what the link rule allows is judged on each opened file
         self.store = store
         self.client = client
         self.progress = progress
@@ -732,14 +739,11 @@ class Uploader:
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
         link = self._link_with.pop(row.id, None)
         sidecar = sidecar_for(raw) if self.takeout is None else None
-        try:
-            if sidecar is not None and os.path.getsize(sidecar) == 0:
-                log.info(
-                    "%s: its sidecar is empty; sent without it", row.filepath
-                )  # Immich refuses empty parts
-                sidecar = None
-        except OSError:
-            sidecar = None  # gone since it was found: sent without it
+        sidecar_bytes = self._sidecar_bytes(row, sidecar) if sidecar is not None else None
+        if sidecar_bytes is None:
+            sidecar = None
+        # Opened through the same checks at each try: the file as hashed, reached as the link rule allows.
+        roots = self.real_roots
         request = UploadRequest(
             path=raw,
             filename=os.path.basename(row.filepath),
@@ -752,6 +756,8 @@ class Uploader:
             sidecar_path=sidecar,
             visibility=self.settings.visibility or None,
             live_photo_video_id=link,
+            opener=lambda: open_source_file(raw, roots, row.file_size, row.mtime_ns),
+            sidecar_xmp=sidecar_bytes,
         )
         if self.takeout is not None:
             request = takeout_request(request, row, self.takeout)
@@ -777,6 +783,10 @@ class Uploader:
                 return
             except FileChangedError as exc:
                 self._local_failure(row, str(exc), "changed")
+                return
+            except LinkRefused as exc:
+                log.warning("%s: %s: not sent", row.filepath, exc)
+                self._local_failure(row, str(exc), "link")
                 return
             except OSError as exc:
                 self._local_failure(row, f"cannot read the file: {exc.strerror or exc}", "unreadable")
@@ -820,6 +830,28 @@ class Uploader:
             self.progress.advance(1, row.file_size)
         self._landed(row, None)
         self._clip_settled(row, None)
+
+    def _sidecar_bytes(self, row: PendingUpload, sidecar: bytes) -> bytes | None:
+        """The sidecar's bytes as they will be sent (read once, through the checks a photo's own read
+        passes: a sidecar is a file of the sources too), or None to send the photo without one."""
+        try:
+            with open_source_file(sidecar, self.real_roots) as handle:
+                data = handle.read(SIDECAR_MAX_BYTES + 1)
+        except LinkRefused as exc:
+            log.warning("%s: its sidecar was not sent: %s", row.filepath, exc)
+            return None
+        except OSError as exc:
+            log.info("%s: its sidecar could not be read (%s); sent without it", row.filepath, exc)
+            return None
+        if not data:
+            log.info("%s: its sidecar is empty; sent without it", row.filepath)  # Immich refuses empty parts
+            return None
+        if len(data) > SIDECAR_MAX_BYTES:
+            log.warning(
+                "%s: its sidecar is larger than 16 MiB, no XMP sidecar; sent without it", row.filepath
+            )
+            return None
+        return data
 
     def _local_failure(self, row: PendingUpload, message: str, kind: str) -> None:
         """A file that could not be read or changed under us: its own problem, never the server's."""

@@ -19,12 +19,13 @@ import logging
 import math
 import os
 import re
+import stat
 import struct
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
 from io import BytesIO
@@ -188,6 +189,102 @@ def _hash_if_unchanged(path: str | bytes, chunk_size: int, keep_head: bool) -> F
     if total != before.st_size or identity != file_identity(before):
         return None
     return Fingerprint(sha256.hexdigest(), sha1.hexdigest(), total, after.st_mtime_ns, head, identity)
+
+
+# --- Source files and symbolic links --------------------------------------------------------------------
+
+
+class LinkRefused(OSError):
+    """A source file reached through a symbolic link the link rule refuses (see link_refusal)."""
+
+
+def is_inside(real: bytes, roots: Sequence[bytes]) -> bool:
+    """Whether a real path is one of `roots` (real paths without a trailing slash) or lies below one."""
+    return any(real == root or real.startswith(root + b"/") for root in roots)
+
+
+def link_refusal(link: bytes, target: os.stat_result, roots: Sequence[bytes]) -> str | None:
+    """Why a symbolic link may not be followed, or None: its target lies inside a source folder (`roots`,
+    real paths), or belongs to the link's owner. Anyone who can write to a shared folder could otherwise
+    point a link at another user's files, or the system's."""
+    real = os.fsencode(os.path.realpath(link))
+    if is_inside(real, roots):
+        return None
+    try:
+        owner = os.lstat(link).st_uid
+    except OSError as exc:
+        return f"cannot read the link: {exc.strerror}"
+    if owner == target.st_uid:
+        return None
+    return (
+        f"symbolic link to {display_path(real)}, outside the source folders and owned by another user "
+        "than the link: not followed"
+    )
+
+
+def _opened_real_path(fd: int, path: bytes) -> bytes:
+    """Where the opened file is: the kernel's own answer on Linux, which no later change of a link alters."""
+    try:
+        return os.readlink(b"/proc/self/fd/%d" % fd)
+    except OSError:
+        return os.fsencode(os.path.realpath(path))
+
+
+def opened_refusal(path: bytes, fd: int, roots: Sequence[bytes]) -> str | None:
+    """Why the file opened from `path` may not be read as a source file, or None.
+
+    The walk checks links when it finds them; a link's owner can point it elsewhere afterwards, before the
+    file is read. So the file actually opened is judged: inside the sources it is fine; outside them every
+    link on its path must pass the walk's rule now, and the file must lie where the last one leads (a link
+    pointed back after the open leads elsewhere)."""
+    real = _opened_real_path(fd, path)
+    if is_inside(real, roots):
+        return None
+    last_target = None
+    prefix = b""
+    for part in os.path.abspath(path).split(b"/")[1:]:
+        prefix += b"/" + part
+        try:
+            if not stat.S_ISLNK(os.lstat(prefix).st_mode):
+                continue
+            refusal = link_refusal(prefix, os.stat(prefix), roots)
+        except OSError as exc:
+            return f"cannot follow its path now: {exc.strerror}"
+        if refusal is not None:
+            return refusal
+        last_target = os.fsencode(os.path.realpath(prefix))
+    if last_target is None or not is_inside(real, (last_target,)):
+        return f"it leads to {display_path(real)} now, not to the file the scan found"
+    return None
+
+
+def open_source_file(
+    path: bytes, roots: Sequence[bytes], size_bytes: int | None = None, mtime_ns: int | None = None
+) -> BinaryIO:
+    """A source file opened for sending, judged on the open file itself rather than on an earlier look at
+    its path: a regular file, still of the size and mtime it was hashed with (when given), and reached as
+    the link rule allows. FileChangedError when it changed, LinkRefused when a link leads where it may not,
+    OSError otherwise."""
+    # O_NONBLOCK: a FIFO put at the path must not hang the open; it changes nothing for a regular file.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FileChangedError(f"{display_path(path)} is no longer a regular file")
+        if (size_bytes is not None and st.st_size != size_bytes) or (
+            mtime_ns is not None and st.st_mtime_ns != mtime_ns
+        ):
+            raise FileChangedError(
+                f"{display_path(path)} changed since it was hashed; it is checked again next run"
+            )
+        refusal = opened_refusal(path, fd, roots)
+        if refusal is not None:
+            raise LinkRefused(refusal)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 # --- Metadata -------------------------------------------------------------------------------------------------

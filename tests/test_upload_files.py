@@ -113,6 +113,54 @@ def test_fields_follow_the_current_api(server_env: Env, library: Library, immich
     assert record.sidecar_filename == "IMG_1.jpg.xmp"
 
 
+def test_a_link_pointed_at_another_users_file_after_the_scan_is_not_sent(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    """The walk checks a link when it finds it; its owner may point it elsewhere before the upload reads it.
+    Here at the same size and mtime, so nothing but the file actually opened tells."""
+    if os.geteuid() != 0:
+        pytest.skip("making files of another user needs root")
+    mallory = 4242
+    own = tmp_path / "mallory" / "own.jpg"
+    own.parent.mkdir()
+    own.write_bytes(library.photo("p.jpg", n=1).read_bytes())
+    (library.root / "p.jpg").unlink()
+    os.chown(own, mallory, mallory)
+    secret = tmp_path / "root-only" / "secret.jpg"
+    secret.parent.mkdir()
+    data = bytearray(own.read_bytes())
+    data[-10:-2] = b"SECRET!!"
+    secret.write_bytes(bytes(data))
+    os.utime(secret, ns=(own.stat().st_atime_ns, own.stat().st_mtime_ns))
+    link = library.root / "pic.jpg"
+    os.symlink(own, link)
+    os.lchown(link, mallory, mallory)
+    sidecar_secret = tmp_path / "root-only" / "notes.xmp"
+    sidecar_secret.write_bytes(b"<x:xmpmeta xmlns:x='adobe:ns:meta/'>root's words</x:xmpmeta>")
+    os.symlink(sidecar_secret, library.root / "pic.jpg.xmp")
+    os.lchown(library.root / "pic.jpg.xmp", mallory, mallory)
+    scan(server_env)
+    assert rows_by_name(server_env)["pic.jpg"]["upload_status"] == "pending"  # her own file: followed
+
+    link.unlink()
+    os.symlink(secret, link)
+    os.lchown(link, mallory, mallory)
+    status, summary, _ = upload(server_env)
+    secret_sha1 = hashlib.sha1(secret.read_bytes()).hexdigest()
+    assert all(u.sha1_hex != secret_sha1 for u in immich.uploads) and not immich.assets
+    row = rows_by_name(server_env)["pic.jpg"]
+    assert status == 1 and summary["errors"] == 1
+    assert row["upload_status"] == "error" and "symbolic link to" in str(row["last_error"])
+
+    link.unlink()
+    os.symlink(own, link)  # pointed back: sent, without the sidecar that leads to root's file
+    os.lchown(link, mallory, mallory)
+    assert run_inprocess(upload_files.main, "--env-file", str(server_env.path), "--retry-errors").status == 0
+    (record,) = [u for u in immich.uploads if u.status == 201]
+    assert record.sha1_hex == hashlib.sha1(own.read_bytes()).hexdigest()
+    assert record.sidecar_filename is None
+
+
 def test_servers_before_v3_get_device_fields(env: Env, library: Library) -> None:
     library.photos(2)
     with ImmichTestServer(api_key=API_KEY, version=(2, 7, 5)) as old:

@@ -906,3 +906,34 @@ def test_a_damaged_apple_maker_note_loses_only_the_content_identifier(tmp_path: 
         meta = utils.read_metadata(path, "image", use_exiftool=False)
         assert "content_id" not in meta.info and meta.info["camera_model"] == "iPhone 13"
         assert meta.date_taken is not None
+
+
+def test_an_opened_file_is_judged_by_where_it_is_not_by_where_its_link_leads_now(tmp_path: Path) -> None:
+    """A link pointed somewhere between the open and the check, and pointed back: the file opened is what
+    counts, and it is not where the link leads now."""
+    source = tmp_path / "source"
+    source.mkdir()
+    own_folder = tmp_path / "mine"
+    own_folder.mkdir()
+    (own_folder / "a.jpg").write_bytes(b"mine")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "a.jpg").write_bytes(b"other")
+    link = source / "a.jpg"
+    os.symlink(elsewhere / "a.jpg", link)
+    roots = (os.fsencode(os.path.realpath(source)),)
+    fd = os.open(link, os.O_RDONLY)
+    try:
+        link.unlink()
+        os.symlink(own_folder / "a.jpg", link)  # pointed back at a file it may read
+        refusal = utils.opened_refusal(os.fsencode(link), fd, roots)
+    finally:
+        os.close(fd)
+    assert refusal is not None and "not to the file the scan found" in refusal
+    with utils.open_source_file(os.fsencode(link), roots, size_bytes=4) as handle:
+        assert handle.read() == b"mine"  # the link's owner owns its target: followed
+    with pytest.raises(utils.FileChangedError):
+        utils.open_source_file(os.fsencode(link), roots, size_bytes=5)
+    os.mkfifo(source / "pipe.jpg")
+    with pytest.raises(utils.FileChangedError, match="no longer a regular file"):
+        utils.open_source_file(os.fsencode(source / "pipe.jpg"), roots)  # and no hang on the FIFO
