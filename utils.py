@@ -234,28 +234,36 @@ def opened_refusal(path: bytes, fd: int, roots: Sequence[bytes]) -> str | None:
     """Why the file opened from `path` may not be read as a source file, or None.
 
     The walk checks links when it finds them; a link's owner can point it elsewhere afterwards, before the
-    file is read. So the file actually opened is judged: inside the sources it is fine; outside them every
-    link on its path must pass the walk's rule now, and the file must lie where the last one leads (a link
-    pointed back after the open leads elsewhere)."""
+    file is read. So the file actually opened is judged: inside the sources (`roots`) it is fine; else every
+    link on its path must pass the walk's rule now and the file must lie where the last one leads, or, with
+    no link on the path, be the very file the path names. FileChangedError when it is not (a link pointed
+    back after the open, a folder swapped for a link and back, a file moved away meanwhile)."""
     real = _opened_real_path(fd, path)
     if is_inside(real, roots):
         return None
+    whole = os.path.abspath(path)
     last_target = None
     prefix = b""
-    for part in os.path.abspath(path).split(b"/")[1:]:
+    for part in whole.split(b"/")[1:]:
         prefix += b"/" + part
         try:
             if not stat.S_ISLNK(os.lstat(prefix).st_mode):
                 continue
             refusal = link_refusal(prefix, os.stat(prefix), roots)
+        except FileNotFoundError:
+            break  # gone since the open: not where its path leads now
         except OSError as exc:
             return f"cannot follow its path now: {exc.strerror}"
         if refusal is not None:
             return refusal
         last_target = os.fsencode(os.path.realpath(prefix))
-    if last_target is None or not is_inside(real, (last_target,)):
-        return f"it leads to {display_path(real)} now, not to the file the scan found"
-    return None
+    else:
+        if real == whole if last_target is None else is_inside(real, (last_target,)):
+            return None
+    raise FileChangedError(
+        f"{display_path(path)} led to {display_path(real)} when opened, not where its path leads now; "
+        "it is checked again by the next scan"
+    )
 
 
 def open_source_file(
