@@ -42,11 +42,13 @@ from progress import ProgressTracker
 from tags import tagged, update_tags
 from utils import (
     FileIdentity,
+    SourceRoots,
     display_path,
     extension_of,
     file_identity,
     fingerprint_file,
     format_bytes,
+    is_inside,
     plural,
     rename_no_replace,
 )
@@ -357,8 +359,9 @@ def deletion_candidates(
 
 
 def real_roots(settings: Settings) -> tuple[bytes, ...]:
-    """The source folders' real paths: deletion never touches anything outside them."""
-    return tuple(os.fsencode(os.path.realpath(root)).rstrip(b"/") for root in settings.source_dirs)
+    """The source folders' real paths as the link rule reaches them: deletion never touches anything outside
+    them (a source whose own path holds another user's link to elsewhere is none)."""
+    return SourceRoots.of(settings.source_dirs).paths
 
 
 def local_obstacle(raw: bytes, roots: tuple[bytes, ...]) -> str | None:
@@ -370,7 +373,13 @@ def local_obstacle(raw: bytes, roots: tuple[bytes, ...]) -> str | None:
     if not stat.S_ISREG(st.st_mode):
         return KEPT_NOT_FILE
     real = os.fsencode(os.path.realpath(raw))
-    if not any(real == root or real.startswith(root + b"/") for root in roots):
+    if not is_inside(real, roots):
+        return KEPT_OUTSIDE
+    try:
+        there = os.lstat(real)
+    except OSError:
+        return KEPT_OUTSIDE  # its real path leads nowhere here: a link into another process's view (/proc)
+    if (there.st_dev, there.st_ino) != (st.st_dev, st.st_ino):
         return KEPT_OUTSIDE
     return None
 

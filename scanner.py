@@ -35,6 +35,7 @@ from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     METADATA_READER_VERSION,
     FileChangedError,
+    SourceRoots,
     content_problem,
     date_from_filename,
     display_path,
@@ -126,15 +127,18 @@ class Walk:
         self.passed_over: list[
             str
         ] = []  # why folders were not walked that are no error (loops, Immich's storage)
-        self.real_roots = tuple(
-            os.fsencode(os.path.realpath(root)).rstrip(b"/") for root in settings.source_dirs
-        )
+        self.roots = SourceRoots.of(settings.source_dirs)  # the link rule's idea of the sources
         self._visited: set[tuple[int, int]] = set()
         self._deferred: list[tuple[bytes, int]] = []  # (symlinked folder, length of its root's path)
 
     def files(self, roots: Sequence[Path] | None = None) -> Iterator[FoundFile]:
+        refused = dict(self.roots.refused)
         for root in self.settings.source_dirs if roots is None else roots:
             top = os.fsencode(root)
+            refusal = refused.get(os.path.abspath(top))
+            if refusal is not None:  # a link on its own path leads where the link rule forbids
+                self._unlistable(top, refusal, "make the link as root, or name the folder it leads to")
+                continue
             try:
                 st = os.stat(top)
             except OSError as exc:
@@ -173,7 +177,7 @@ class Walk:
             self.passed_over.append(note)
             log.info("%s", note)
             return
-        refusal = self._link_refusal(link, st)
+        refusal = self._link_refusal(link)
         if refusal is not None:
             self._unlistable(
                 link, refusal, "copy the files into the source folder, or give the link to the folder's owner"
@@ -181,8 +185,8 @@ class Walk:
             return
         yield from self._tree(link, root_len)
 
-    def _link_refusal(self, link: bytes, target: os.stat_result) -> str | None:
-        return link_refusal(link, target, self.real_roots)
+    def _link_refusal(self, link: bytes) -> str | None:
+        return link_refusal(link, self.roots)
 
     def _unlistable(self, folder: bytes, reason: str, advice: str) -> None:
         self.unlistable.append(folder.rstrip(b"/"))
@@ -255,7 +259,7 @@ class Walk:
                     self.on_problem(entry.path, f"cannot read: {exc.strerror}", "check its permissions")
                     continue
                 if link:
-                    refusal = self._link_refusal(entry.path, file_st)
+                    refusal = self._link_refusal(entry.path)
                     if refusal is not None:
                         self.on_problem(entry.path, refusal, "copy the file in instead of linking it")
                         continue

@@ -52,6 +52,7 @@ from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
     LinkRefused,
+    SourceRoots,
     format_bytes,
     format_duration,
     open_source_file,
@@ -294,7 +295,7 @@ class Uploader:
         self.scope = scope or RunScope.of(settings)
         self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
         self.run_files = RunFiles(settings, self.scope, takeout.here if takeout is not None else None)
-        self.real_roots = real_roots(settings)  # what the link rule allows is judged on each opened file
+        self.roots = SourceRoots.of(settings.source_dirs)  # the link rule judges each file opened to send
         self.store = store
         self.client = client
         self.progress = progress
@@ -743,7 +744,7 @@ class Uploader:
         if sidecar_bytes is None:
             sidecar = None
         # Opened through the same checks at each try: the file as hashed, reached as the link rule allows.
-        roots = self.real_roots
+        roots = self.roots
         request = UploadRequest(
             path=raw,
             filename=os.path.basename(row.filepath),
@@ -835,10 +836,20 @@ class Uploader:
         """The sidecar's bytes as they will be sent (read once, through the checks a photo's own read
         passes: a sidecar is a file of the sources too), or None to send the photo without one."""
         try:
-            with open_source_file(sidecar, self.real_roots) as handle:
+            with open_source_file(sidecar, self.roots) as handle:
                 data = handle.read(SIDECAR_MAX_BYTES + 1)
         except LinkRefused as exc:
             log.warning("%s: its sidecar was not sent: %s", row.filepath, exc)
+            with (
+                self._lock
+            ):  # the photo goes (no failed row): Recent errors still says why its sidecar did not
+                self.summary.problems.append(
+                    RunProblem(
+                        os.fsdecode(sidecar),
+                        f"not sent with its photo: {exc}",
+                        "copy the sidecar in instead of linking it",
+                    )
+                )
             return None
         except OSError as exc:
             log.info("%s: its sidecar could not be read (%s); sent without it", row.filepath, exc)

@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone, tzinfo
@@ -195,7 +196,7 @@ def _hash_if_unchanged(path: str | bytes, chunk_size: int, keep_head: bool) -> F
 
 
 class LinkRefused(OSError):
-    """A source file reached through a symbolic link the link rule refuses (see link_refusal)."""
+    """A source file reached through a symbolic link the link rule refuses (see resolve_source_path)."""
 
 
 def is_inside(real: bytes, roots: Sequence[bytes]) -> bool:
@@ -203,78 +204,213 @@ def is_inside(real: bytes, roots: Sequence[bytes]) -> bool:
     return any(real == root or real.startswith(root + b"/") for root in roots)
 
 
-def link_refusal(link: bytes, target: os.stat_result, roots: Sequence[bytes]) -> str | None:
-    """Why a symbolic link may not be followed, or None: its target lies inside a source folder (`roots`,
-    real paths), or belongs to the link's owner. Anyone who can write to a shared folder could otherwise
-    point a link at another user's files, or the system's."""
-    real = os.fsencode(os.path.realpath(link))
-    if is_inside(real, roots):
-        return None
-    try:
-        owner = os.lstat(link).st_uid
-    except OSError as exc:
-        return f"cannot read the link: {exc.strerror}"
-    if owner == target.st_uid:
-        return None
-    return (
-        f"symbolic link to {display_path(real)}, outside the source folders and owned by another user "
-        "than the link: not followed"
-    )
+Identity = tuple[int, int]  # st_dev, st_ino
+MAX_LINK_HOPS = 40  # as the kernel's own limit (ELOOP)
+_O_PATH = getattr(os, "O_PATH", 0)
 
 
-def _opened_real_path(fd: int, path: bytes) -> bytes:
-    """Where the opened file is: the kernel's own answer on Linux, which no later change of a link alters."""
-    try:
-        return os.readlink(b"/proc/self/fd/%d" % fd)
-    except OSError:
-        return os.fsencode(os.path.realpath(path))
+class SourceRoots(NamedTuple):
+    """The source folders as the link rule reaches them: their real paths (for checks by path: deletion),
+    their identities (for checks on open files), and the sources whose own path the rule refuses."""
 
+    paths: tuple[bytes, ...]
+    identities: frozenset[Identity]
+    refused: tuple[tuple[bytes, str], ...] = ()
 
-def opened_refusal(path: bytes, fd: int, roots: Sequence[bytes]) -> str | None:
-    """Why the file opened from `path` may not be read as a source file, or None.
-
-    The walk checks links when it finds them; a link's owner can point it elsewhere afterwards, before the
-    file is read. So the file actually opened is judged: inside the sources (`roots`) it is fine; else every
-    link on its path must pass the walk's rule now and the file must lie where the last one leads, or, with
-    no link on the path, be the very file the path names. FileChangedError when it is not (a link pointed
-    back after the open, a folder swapped for a link and back, a file moved away meanwhile)."""
-    real = _opened_real_path(fd, path)
-    if is_inside(real, roots):
-        return None
-    whole = os.path.abspath(path)
-    last_target = None
-    prefix = b""
-    for part in whole.split(b"/")[1:]:
-        prefix += b"/" + part
-        try:
-            if not stat.S_ISLNK(os.lstat(prefix).st_mode):
+    @classmethod
+    def of(cls, sources: Sequence[str | os.PathLike[str]]) -> SourceRoots:
+        paths, identities, refused = [], set(), []
+        empty = cls((), frozenset())
+        for source in sources:
+            raw = os.fsencode(os.path.abspath(source))
+            try:
+                fd = resolve_source_path(raw, empty, read=False)
+            except LinkRefused as exc:
+                refused.append((raw, str(exc)))
                 continue
-            refusal = link_refusal(prefix, os.stat(prefix), roots)
-        except FileNotFoundError:
-            break  # gone since the open: not where its path leads now
-        except OSError as exc:
-            return f"cannot follow its path now: {exc.strerror}"
-        if refusal is not None:
-            return refusal
-        last_target = os.fsencode(os.path.realpath(prefix))
-    else:
-        if real == whole if last_target is None else is_inside(real, (last_target,)):
-            return None
-    raise FileChangedError(
-        f"{display_path(path)} led to {display_path(real)} when opened, not where its path leads now; "
-        "it is checked again by the next scan"
+            except OSError:
+                paths.append(os.fsencode(os.path.realpath(raw)).rstrip(b"/") or b"/")
+                continue  # not there (not mounted): the walk says so; nothing below it is read tonight
+            try:
+                st = os.fstat(fd)
+                identities.add((st.st_dev, st.st_ino))
+                paths.append(_verified_real_path(fd, st, raw))
+            finally:
+                os.close(fd)
+        return cls(tuple(paths), frozenset(identities), tuple(refused))
+
+
+def _verified_real_path(fd: int, st: os.stat_result, raw: bytes) -> bytes:
+    """The open file's real path, when that path leads to that very file here (a link into another
+    process's view of the files, /proc/PID/root, names a path that leads elsewhere or nowhere); else the
+    path as given, which then matches no check by path."""
+    try:
+        real = os.readlink(b"/proc/self/fd/%d" % fd)
+        there = os.stat(real)
+    except OSError:
+        return raw
+    return real.rstrip(b"/") or b"/" if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino) else raw
+
+
+class _Judge(NamedTuple):
+    """In the queue of path parts: the end of a link's target, where what it led to is judged."""
+
+    owner: int
+    link: bytes  # for messages
+
+
+def resolve_source_path(path: bytes, roots: SourceRoots, read: bool = True) -> int:
+    """A descriptor of the file (or, `read` False, the folder) at `path`, reached part by part through
+    descriptors, so no link can be pointed elsewhere between a check and the use, with every symbolic link
+    judged on what it actually leads to:
+
+    - a link owned by root or by the user running the tool is followed (they made it);
+    - another user's link only to something inside a source folder, or to something of its own; from there
+      on, everything read must be that user's too (a folder of theirs may hold another user's folder, which
+      they could not read themselves).
+
+    LinkRefused when the rule refuses the path; other OSErrors as open() raises them. Linux: elsewhere
+    (no O_PATH) the path is opened as it is."""
+    if not _O_PATH:
+        return os.open(path, (os.O_RDONLY | os.O_NONBLOCK) if read else os.O_RDONLY)
+    trusted = (0, os.geteuid())
+    parts: deque[bytes | _Judge] = deque(p for p in path.split(b"/") if p and p != b".")
+    names_left = len(parts)
+    cur = os.open(b"/" if path.startswith(b"/") else b".", _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    taint: _Judge | None = None  # another user's link led out of the sources: all must be theirs
+    hops = 0
+    judging = 0  # other users' links whose targets are being followed
+    obj = -1  # the final file, once opened
+    try:
+        while parts:
+            part = parts.popleft()
+            if isinstance(part, _Judge):
+                judging -= 1
+                taint = _judge(part, obj if obj >= 0 else cur, cur, roots)
+                continue
+            names_left -= 1
+            fd = os.open(part, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=cur)
+            st = os.fstat(fd)
+            # Inside another user's link's target only what it leads to counts (judged at its end).
+            if taint is not None and not judging and st.st_uid != taint.owner:
+                os.close(fd)
+                raise LinkRefused(
+                    f"{display_path(path)}: {display_path(part)} is not owned by the owner of the link "
+                    f"{display_path(taint.link)} that leads to it: not read"
+                )
+            if stat.S_ISLNK(st.st_mode):
+                hops += 1
+                try:
+                    target = os.readlink(b"", dir_fd=fd)
+                finally:
+                    os.close(fd)
+                if hops > MAX_LINK_HOPS:
+                    raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+                if st.st_uid not in trusted:
+                    parts.appendleft(_Judge(st.st_uid, part))
+                    judging += 1
+                pieces = [p for p in target.split(b"/") if p and p != b"."]
+                parts.extendleft(reversed(pieces))
+                names_left += len(pieces)
+                if target.startswith(b"/"):
+                    os.close(cur)
+                    cur = os.open(b"/", _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                continue
+            if names_left:
+                if not stat.S_ISDIR(st.st_mode):
+                    os.close(fd)
+                    raise NotADirectoryError(errno.ENOTDIR, "not a folder", path)
+                os.close(cur)
+                cur = fd
+                continue
+            if not read:
+                obj = fd  # what the path names, as a descriptor to judge it by
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                if stat.S_ISDIR(st.st_mode):
+                    raise IsADirectoryError(errno.EISDIR, "a folder", path)
+                raise FileChangedError(f"{display_path(path)} is no longer a regular file")
+            # The file itself, opened for reading from the same folder; the same file as just judged.
+            os.close(fd)
+            obj = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=cur)
+            now = os.fstat(obj)
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise FileChangedError(f"{display_path(path)} was replaced while it was opened")
+        if obj < 0:  # the path named a folder: it is `cur`
+            obj, cur = cur, -1
+        result, obj = obj, -1
+        return result
+    finally:
+        if obj >= 0:
+            os.close(obj)
+        if cur >= 0:
+            os.close(cur)
+
+
+def _judge(link: _Judge, reached: int, folder: int, roots: SourceRoots) -> _Judge | None:
+    """Another user's link, judged on what it led to (`reached`, in `folder`): the taint from there on."""
+    st = os.fstat(reached)
+    if _within(reached, folder, roots):
+        return None
+    if st.st_uid == link.owner:
+        return link
+    real = _verified_real_path(reached, st, b"?")
+    raise LinkRefused(
+        f"symbolic link {display_path(link.link)} leads to {display_path(real)}, outside the source folders "
+        "and owned by another user than the link: not followed"
     )
+
+
+def _within(reached: int, folder: int, roots: SourceRoots) -> bool:
+    """Whether an open file or folder is a source or lies below one, by identities up to /."""
+    st = os.fstat(reached)
+    if (st.st_dev, st.st_ino) in roots.identities:
+        return True
+    if not roots.identities:
+        return False
+    fd = os.dup(folder if not stat.S_ISDIR(st.st_mode) else reached)
+    try:
+        for _ in range(4096):
+            here = os.fstat(fd)
+            if (here.st_dev, here.st_ino) in roots.identities:
+                return True
+            parent = os.open(b"..", _O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            up = os.fstat(fd)
+            if (up.st_dev, up.st_ino) == (here.st_dev, here.st_ino):
+                return False  # at /
+        return False
+    finally:
+        os.close(fd)
+
+
+def link_refusal(link: bytes, roots: SourceRoots) -> str | None:
+    """Why the walk may not follow a symbolic link it found, or None (the rule of resolve_source_path)."""
+    try:
+        fd = resolve_source_path(link, roots, read=False)
+        try:
+            judged = os.fstat(fd)
+        finally:
+            os.close(fd)
+        walked = os.stat(link)  # what the walk itself will list: the kernel's way through the link
+    except LinkRefused as exc:
+        return str(exc)
+    except OSError as exc:
+        return f"cannot follow the link: {exc.strerror or exc}"
+    if (walked.st_dev, walked.st_ino) != (judged.st_dev, judged.st_ino):
+        return "symbolic link into another process's view of the files (/proc): not followed"
+    return None
 
 
 def open_source_file(
-    path: bytes, roots: Sequence[bytes], size_bytes: int | None = None, mtime_ns: int | None = None
+    path: bytes, roots: SourceRoots, size_bytes: int | None = None, mtime_ns: int | None = None
 ) -> BinaryIO:
-    """A source file opened for sending, judged on the open file itself rather than on an earlier look at
-    its path: a regular file, still of the size and mtime it was hashed with (when given), and reached as
-    the link rule allows. FileChangedError when it changed, LinkRefused when a link leads where it may not,
-    OSError otherwise."""
-    # O_NONBLOCK: a FIFO put at the path must not hang the open; it changes nothing for a regular file.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    """A source file opened for sending through resolve_source_path: a regular file reached as the link
+    rule allows, still of the size and mtime it was hashed with (when given). FileChangedError when it
+    changed, LinkRefused when a link leads where it may not, OSError otherwise."""
+    fd = resolve_source_path(path, roots)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -285,9 +421,6 @@ def open_source_file(
             raise FileChangedError(
                 f"{display_path(path)} changed since it was hashed; it is checked again next run"
             )
-        refusal = opened_refusal(path, fd, roots)
-        if refusal is not None:
-            raise LinkRefused(refusal)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb", buffering=0)
     except BaseException:

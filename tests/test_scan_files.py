@@ -249,13 +249,14 @@ def test_a_link_to_another_users_file_outside_the_sources_is_not_followed(
     secret.write_bytes(b"\xff\xd8\xff" + os.urandom(300))  # even a file that looks like a photo
     os.chown(secret, 4242, 4242)
     os.symlink(secret, library.root / "SHADOW.jpg")
+    os.lchown(library.root / "SHADOW.jpg", 4343, 4343)  # made by a third user (root's own links are trusted)
     mine = tmp_path / "mine.jpg"
     mine.write_bytes((library.root / library.photo("p.jpg", n=1).name).read_bytes())
     os.symlink(mine, library.root / "link-to-mine.jpg")  # my own file: followed
     status, summary, _ = scan(env)
     assert set(rows_by_name(env)) == {"p.jpg", "link-to-mine.jpg"}
     assert status == 1 and summary["errors"] == 1
-    assert "SHADOW.jpg: symbolic link to" in env.settings().log_file.read_text()
+    assert "SHADOW.jpg: symbolic link SHADOW.jpg leads to" in env.settings().log_file.read_text()
 
 
 def test_a_file_whose_content_is_not_media_is_skipped_with_its_reason(env: Env, library: Library) -> None:

@@ -150,7 +150,7 @@ def test_a_link_pointed_at_another_users_file_after_the_scan_is_not_sent(
     assert all(u.sha1_hex != secret_sha1 for u in immich.uploads) and not immich.assets
     row = rows_by_name(server_env)["pic.jpg"]
     assert status == 1 and summary["errors"] == 1
-    assert row["upload_status"] == "error" and "symbolic link to" in str(row["last_error"])
+    assert row["upload_status"] == "error" and "symbolic link pic.jpg leads to" in str(row["last_error"])
 
     link.unlink()
     os.symlink(own, link)  # pointed back: sent, without the sidecar that leads to root's file
@@ -159,6 +159,11 @@ def test_a_link_pointed_at_another_users_file_after_the_scan_is_not_sent(
     (record,) = [u for u in immich.uploads if u.status == 201]
     assert record.sha1_hex == hashlib.sha1(own.read_bytes()).hexdigest()
     assert record.sidecar_filename is None
+    store = open_store(server_env.settings())
+    try:
+        assert any("pic.jpg.xmp" in p.path for p in store.last_run_problems()[1])  # under Recent errors
+    finally:
+        store.close()
 
 
 def test_servers_before_v3_get_device_fields(env: Env, library: Library) -> None:

@@ -908,44 +908,118 @@ def test_a_damaged_apple_maker_note_loses_only_the_content_identifier(tmp_path: 
         assert meta.date_taken is not None
 
 
-def test_an_opened_file_is_judged_by_where_it_is_not_by_where_its_link_leads_now(tmp_path: Path) -> None:
-    """A link pointed somewhere between the open and the check, and pointed back: the file opened is what
-    counts, and it is not where the link leads now."""
+def _owned_link(target: Path | str, link: Path, uid: int) -> None:
+    os.symlink(target, link)
+    os.lchown(link, uid, uid)
+
+
+def _read(path: Path, roots: utils.SourceRoots) -> bytes:
+    with utils.open_source_file(os.fsencode(path), roots) as handle:
+        return handle.read()
+
+
+def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_to(tmp_path: Path) -> None:
+    """As root over a folder others can write to (uid 4242 the writer, 1000 the victim): another user's link
+    is followed only into the sources or to something of its own, and below that only to its own files;
+    links root made are followed; the magic links of /proc (another process's view) are never taken."""
+    if os.geteuid() != 0:
+        pytest.skip("making files of other users needs root")
+    writer, victim = 4242, 1000
     source = tmp_path / "source"
-    source.mkdir()
-    own_folder = tmp_path / "mine"
-    own_folder.mkdir()
-    (own_folder / "a.jpg").write_bytes(b"mine")
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "a.jpg").write_bytes(b"other")
-    link = source / "a.jpg"
-    os.symlink(elsewhere / "a.jpg", link)
-    roots = (os.fsencode(os.path.realpath(source)),)
-    fd = os.open(link, os.O_RDONLY)
-    try:
-        link.unlink()
-        os.symlink(own_folder / "a.jpg", link)  # pointed back at a file it may read
-        with pytest.raises(utils.FileChangedError, match="not where its path leads now"):
-            utils.opened_refusal(os.fsencode(link), fd, roots)
-    finally:
-        os.close(fd)
-    with utils.open_source_file(os.fsencode(link), roots, size_bytes=4) as handle:
-        assert handle.read() == b"mine"  # the link's owner owns its target: followed
-    with pytest.raises(utils.FileChangedError):
-        utils.open_source_file(os.fsencode(link), roots, size_bytes=5)
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "x.jpg").write_bytes(b"mine")
+    theirs = tmp_path / "writer"
+    (theirs / "vsub").mkdir(parents=True)
+    (theirs / "own.jpg").write_bytes(b"own")
+    os.chown(theirs, writer, writer)
+    os.chown(theirs / "own.jpg", writer, writer)
+    (theirs / "vsub" / "d.jpg").write_bytes(b"victim's, in the writer's folder")
+    os.chown(theirs / "vsub", victim, victim)
+    private = tmp_path / "victim"
+    private.mkdir(mode=0o700)
+    (private / "v.jpg").write_bytes(b"victim's")
+    os.chown(private, victim, victim)
+    nas = tmp_path / "nas"
+    nas.mkdir()
+    (nas / "n.jpg").write_bytes(b"nas")
+    os.chown(nas, victim, victim)
+    _owned_link(theirs, source / "theirs", writer)
+    _owned_link(private, source / "private", writer)
+    _owned_link(f"/proc/self/root{private}", source / "via-proc", writer)
+    _owned_link("../a/x.jpg", source / "a" / "again.jpg", writer)  # inside the sources: fine
+    _owned_link(nas, source / "nas", 0)  # root made it
     os.mkfifo(source / "pipe.jpg")
+    roots = utils.SourceRoots.of([source])
+
+    assert _read(source / "a" / "x.jpg", roots) == b"mine"
+    assert _read(source / "theirs" / "own.jpg", roots) == b"own"
+    assert _read(source / "a" / "again.jpg", roots) == b"mine"
+    assert _read(source / "nas" / "n.jpg", roots) == b"nas"
+    with pytest.raises(utils.LinkRefused, match="outside the source folders"):
+        _read(source / "private" / "v.jpg", roots)
+    with pytest.raises(utils.LinkRefused, match="not owned by the owner of the link"):
+        _read(source / "theirs" / "vsub" / "d.jpg", roots)
+    with pytest.raises(utils.LinkRefused):
+        _read(source / "via-proc" / "v.jpg", roots)
     with pytest.raises(utils.FileChangedError, match="no longer a regular file"):
-        utils.open_source_file(os.fsencode(source / "pipe.jpg"), roots)  # and no hang on the FIFO
-    plain = source / "plain.jpg"
-    plain.write_bytes(b"plain")
-    with utils.open_source_file(os.fsencode(plain), ()) as handle:  # no source folders known (upload_files)
-        assert handle.read() == b"plain"
-    moved = tmp_path / "moved.jpg"
-    fd = os.open(plain, os.O_RDONLY)
+        _read(source / "pipe.jpg", roots)  # and no hang on the FIFO
+    with pytest.raises(utils.FileChangedError):
+        utils.open_source_file(os.fsencode(source / "a" / "x.jpg"), roots, size_bytes=5)
+    assert (
+        _read(source / "a" / "x.jpg", utils.SourceRoots.of([])) == b"mine"
+    )  # no sources known (upload_files)
+
+
+def test_a_source_whose_own_path_holds_another_users_link_elsewhere_is_refused(tmp_path: Path) -> None:
+    """Someone who can write the folder holding a source swaps the source for a link to another user's
+    folder: the source is refused, not read, and nothing below it counts as inside the sources."""
+    if os.geteuid() != 0:
+        pytest.skip("making files of other users needs root")
+    share = tmp_path / "share"
+    share.mkdir()
+    private = tmp_path / "victim"
+    private.mkdir()
+    os.chown(private, 1000, 1000)
+    _owned_link(private, share / "photos", 4242)
+    roots = utils.SourceRoots.of([share / "photos"])
+    assert roots.paths == () and roots.identities == frozenset()
+    assert roots.refused and "owned by another user than the link" in roots.refused[0][1]
+
+
+def test_a_link_into_another_mount_namespace_is_neither_followed_nor_deleted_through(tmp_path: Path) -> None:
+    """/proc/PID/root leads into another process's view of the files, where someone may have mounted a
+    folder they cannot read over an empty one of theirs: the walk does not follow such a link, and deletion
+    never takes a file reached through one for a file of the sources."""
+    import shutil
+    import subprocess
+
+    from organize import KEPT_OUTSIDE, local_obstacle
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare")
+    source = tmp_path / "source"
+    (source / ".mnt").mkdir(parents=True)
+    private = tmp_path / "victim"
+    private.mkdir()
+    (private / "family.jpg").write_bytes(b"victim's")
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount --bind '{private}' '{source / '.mnt'}' && exec sleep 120"],
+    )  # fmt: skip
     try:
-        plain.rename(moved)  # out of the sources between the open and the check: not the file named
-        with pytest.raises(utils.FileChangedError):
-            utils.opened_refusal(os.fsencode(plain), fd, roots)
+        seen = Path(f"/proc/{holder.pid}/root{source}/.mnt/family.jpg")
+        for _ in range(500):  # the mount is made: the file shows through the holder's view
+            if seen.exists() or holder.poll() is not None:
+                break
+            time.sleep(0.01)
+        if not seen.exists():
+            pytest.skip("this machine does not allow mount namespaces")
+        _owned_link(f"/proc/{holder.pid}/root{source}/.mnt", source / "Album", 4242)
+        roots = utils.SourceRoots.of([source])
+        assert utils.link_refusal(os.fsencode(source / "Album"), roots) is not None
+        assert local_obstacle(os.fsencode(source / "Album" / "family.jpg"), roots.paths) == KEPT_OUTSIDE
+        with pytest.raises(FileNotFoundError):
+            _read(source / "Album" / "family.jpg", roots)  # followed in this view: the empty folder
     finally:
-        os.close(fd)
+        holder.kill()
+        holder.wait()
