@@ -44,7 +44,7 @@ from utils import (
     format_bytes,
     format_duration,
     is_transport_stream,
-    link_refusal,
+    judge_link,
     path_to_text,
     read_metadata,
 )
@@ -177,22 +177,23 @@ class Walk:
             self.passed_over.append(note)
             log.info("%s", note)
             return
-        refusal = self._link_refusal(link)
-        if refusal is not None:
+        verdict = judge_link(link, self.roots)
+        if verdict.refusal is not None:
             self._unlistable(
-                link, refusal, "copy the files into the source folder, or give the link to the folder's owner"
+                link,
+                verdict.refusal,
+                "copy the files into the source folder, or have root (or this tool's user) make the link",
             )
             return
-        yield from self._tree(link, root_len)
-
-    def _link_refusal(self, link: bytes) -> str | None:
-        return link_refusal(link, self.roots)
+        yield from self._tree(link, root_len, verdict.owner)
 
     def _unlistable(self, folder: bytes, reason: str, advice: str) -> None:
         self.unlistable.append(folder.rstrip(b"/"))
         self.on_problem(folder, reason, advice)
 
-    def _tree(self, top: bytes, root_len: int) -> Iterator[FoundFile]:
+    def _tree(self, top: bytes, root_len: int, owner: int | None = None) -> Iterator[FoundFile]:
+        """The media files below `top`; with `owner` (reached through another user's link out of the
+        sources), only what that user owns: the tool reads as root what they could not."""
         settings = self.settings
         junk = JUNK
         ignore = tuple(os.fsencode(p) for p in settings.ignore_patterns)
@@ -229,7 +230,8 @@ class Walk:
                     continue
                 try:
                     if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
+                        if owner is None or self._owned(entry, owner):
+                            stack.append(entry.path)
                         continue
                     link = entry.is_symlink()
                     if link and entry.is_dir(follow_symlinks=True):
@@ -259,16 +261,28 @@ class Walk:
                     self.on_problem(entry.path, f"cannot read: {exc.strerror}", "check its permissions")
                     continue
                 if link:
-                    refusal = self._link_refusal(entry.path)
+                    refusal = judge_link(entry.path, self.roots).refusal
                     if refusal is not None:
                         self.on_problem(entry.path, refusal, "copy the file in instead of linking it")
                         continue
+                elif owner is not None and not self._owned(entry, owner):
+                    continue
                 if not stat.S_ISREG(file_st.st_mode):
                     log.debug(
                         "not a regular file: %s", display_path(entry.path)
                     )  # a FIFO would block the read
                     continue
                 yield self._found(entry.path, file_st, extension, media_type)
+
+    def _owned(self, entry: os.DirEntry[bytes], owner: int) -> bool:
+        if entry.stat(follow_symlinks=False).st_uid == owner:
+            return True
+        self.on_problem(
+            entry.path,
+            "not owned by the owner of the symbolic link that leads here: not read",
+            "have root (or this tool's user) make the link, or copy the files in",
+        )
+        return False
 
     def _file(self, path: bytes, st: os.stat_result, root_len: int) -> FoundFile | None:
         """A source named as a file: taken if it is a photo or video."""

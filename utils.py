@@ -271,8 +271,13 @@ def resolve_source_path(path: bytes, roots: SourceRoots, read: bool = True) -> i
 
     LinkRefused when the rule refuses the path; other OSErrors as open() raises them. Linux: elsewhere
     (no O_PATH) the path is opened as it is."""
+    return _resolve(path, roots, read)[0]
+
+
+def _resolve(path: bytes, roots: SourceRoots, read: bool) -> tuple[int, int | None]:
+    """resolve_source_path, and who must own everything below what it returns (None: anyone)."""
     if not _O_PATH:
-        return os.open(path, (os.O_RDONLY | os.O_NONBLOCK) if read else os.O_RDONLY)
+        return os.open(path, (os.O_RDONLY | os.O_NONBLOCK) if read else os.O_RDONLY), None
     trusted = (0, os.geteuid())
     parts: deque[bytes | _Judge] = deque(p for p in path.split(b"/") if p and p != b".")
     names_left = len(parts)
@@ -340,7 +345,7 @@ def resolve_source_path(path: bytes, roots: SourceRoots, read: bool = True) -> i
         if obj < 0:  # the path named a folder: it is `cur`
             obj, cur = cur, -1
         result, obj = obj, -1
-        return result
+        return result, taint.owner if taint is not None else None
     finally:
         if obj >= 0:
             os.close(obj)
@@ -386,22 +391,29 @@ def _within(reached: int, folder: int, roots: SourceRoots) -> bool:
         os.close(fd)
 
 
-def link_refusal(link: bytes, roots: SourceRoots) -> str | None:
-    """Why the walk may not follow a symbolic link it found, or None (the rule of resolve_source_path)."""
+class LinkVerdict(NamedTuple):
+    refusal: str | None  # why the link may not be followed; None: it may
+    owner: int | None  # who must own everything below it (another user's link out of the sources)
+
+
+def judge_link(link: bytes, roots: SourceRoots) -> LinkVerdict:
+    """Whether the walk may follow a symbolic link it found (the rule of resolve_source_path)."""
     try:
-        fd = resolve_source_path(link, roots, read=False)
+        fd, owner = _resolve(link, roots, read=False)
         try:
             judged = os.fstat(fd)
         finally:
             os.close(fd)
         walked = os.stat(link)  # what the walk itself will list: the kernel's way through the link
     except LinkRefused as exc:
-        return str(exc)
+        return LinkVerdict(str(exc), None)
     except OSError as exc:
-        return f"cannot follow the link: {exc.strerror or exc}"
+        return LinkVerdict(f"cannot follow the link: {exc.strerror or exc}", None)
     if (walked.st_dev, walked.st_ino) != (judged.st_dev, judged.st_ino):
-        return "symbolic link into another process's view of the files (/proc): not followed"
-    return None
+        return LinkVerdict(
+            "symbolic link into another process's view of the files (/proc): not followed", None
+        )
+    return LinkVerdict(None, owner)
 
 
 def open_source_file(

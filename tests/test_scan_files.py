@@ -259,6 +259,38 @@ def test_a_link_to_another_users_file_outside_the_sources_is_not_followed(
     assert "SHADOW.jpg: symbolic link SHADOW.jpg leads to" in env.settings().log_file.read_text()
 
 
+def test_below_another_users_link_out_of_the_sources_only_their_own_files_are_read(
+    env: Env, library: Library, tmp_path: Path
+) -> None:
+    """Their folder (1777, say) may hold someone else's folder they cannot read; the tool reads as root."""
+    if os.geteuid() != 0:
+        pytest.skip("making files of other users needs root")
+    writer, victim = 4242, 1000
+    theirs = tmp_path / "theirs"
+    (theirs / "vsub").mkdir(parents=True)
+    own = theirs / "own.jpg"
+    own.write_bytes(library.photo("x.jpg", n=1).read_bytes())
+    (library.root / "x.jpg").unlink()
+    (theirs / "vsub" / "diary.jpg").write_bytes(library.photo("y.jpg", n=2).read_bytes())
+    (library.root / "y.jpg").unlink()
+    (theirs / "stray.jpg").write_bytes(library.photo("z.jpg", n=3).read_bytes())
+    (library.root / "z.jpg").unlink()
+    for path, uid in (
+        (theirs, writer),
+        (own, writer),
+        (theirs / "vsub", victim),
+        (theirs / "stray.jpg", victim),
+    ):
+        os.chown(path, uid, uid)
+    os.symlink(theirs, library.root / "Shared")
+    os.lchown(library.root / "Shared", writer, writer)
+    status, summary, _ = scan(env)
+    assert set(rows_by_name(env)) == {"own.jpg"}
+    assert status == 1 and summary["errors"] == 2  # the victim's folder and file, each listed
+    log = env.settings().log_file.read_text()
+    assert "vsub: not owned by the owner of the symbolic link" in log
+
+
 def test_a_file_whose_content_is_not_media_is_skipped_with_its_reason(env: Env, library: Library) -> None:
     library.write("passwd.jpg", b"root:x:0:0:root:/root:/bin/bash\n" * 20)
     library.write("report.jpg", b"%PDF-1.7\n" + bytes(range(256)) * 4)

@@ -1016,7 +1016,7 @@ def test_a_link_into_another_mount_namespace_is_neither_followed_nor_deleted_thr
             pytest.skip("this machine does not allow mount namespaces")
         _owned_link(f"/proc/{holder.pid}/root{source}/.mnt", source / "Album", 4242)
         roots = utils.SourceRoots.of([source])
-        assert utils.link_refusal(os.fsencode(source / "Album"), roots) is not None
+        assert utils.judge_link(os.fsencode(source / "Album"), roots).refusal is not None
         assert local_obstacle(os.fsencode(source / "Album" / "family.jpg"), roots.paths) == KEPT_OUTSIDE
         with pytest.raises(FileNotFoundError):
             _read(source / "Album" / "family.jpg", roots)  # followed in this view: the empty folder
