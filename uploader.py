@@ -1089,8 +1089,9 @@ def failure_rows(summary: UploadSummary) -> list[tuple[str, str]]:
         rows.append(
             (
                 "waiting",
-                f"{summary.waiting_errors} failed file{'s' if summary.waiting_errors != 1 else ''} are tried again "
-                "on a later run (python main.py > Retry errors tries them now)",
+                f"{plural(summary.waiting_errors, 'failed file')} "
+                f"{'is' if summary.waiting_errors == 1 else 'are'} tried again on a later run "
+                f"(python main.py > Retry errors tries {'it' if summary.waiting_errors == 1 else 'them'} now)",
             )
         )
     return rows
