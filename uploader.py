@@ -1130,13 +1130,14 @@ def dry_run(
     run_files: RunFiles,
     extra_rows: Sequence[tuple[str, str]] = (),
     extra_json: dict[str, object] | None = None,
+    scan_rows: Sequence[tuple[str, str]] = (),
 ) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
     has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted:
     those Immich confirms now, and up to as many again among the files the run would send first (and, with
     DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides.
-    Copies of one content count once, as the real run sends them once. A Takeout adds its own lines
-    (`extra_rows`, `extra_json`)."""
+    Copies of one content count once, as the real run sends them once. A sync's dry run puts what its scan
+    found first (`scan_rows`); a Takeout adds its own lines (`extra_rows`, `extra_json`)."""
     client = None
     # A server setting that is set but wrong stops the dry run as it would stop the real one.
     if ctx.settings.server_problem or (ctx.settings.immich_url and ctx.settings.immich_api_key):
@@ -1226,7 +1227,7 @@ def dry_run(
             ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
         for copy, lead in copies:
             ctx.stdout.write(f"would record as a copy {copy.filepath} (the same bytes as {lead.filepath})\n")
-    rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
+    rows_out = [*scan_rows, ("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
     if copies:
         rows_out.append(
             ("copies", f"{len(copies)} more with the same bytes as a file sent: recorded, not sent")
