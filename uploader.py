@@ -1144,12 +1144,15 @@ def dry_run(
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     deletions: list[tuple[str, int]] = []
+    target_id = None
     try:
         held: dict[str, str] = {}
+        trashed: set[str] = set()
         if client is not None:
             user = connect(client)
             answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows if r.sha1])
             held = {key: a.asset_id or "" for key, a in answers.items() if a.held}
+            trashed = {key for key, a in answers.items() if a.held and a.is_trashed}
             target_id = ctx.store.find_target(user.identity)
             if ctx.settings.delete_uploaded and target_id is not None:
                 done = organize(
@@ -1170,16 +1173,35 @@ def dry_run(
             client.close()
     to_send, copies = one_per_content([r for r in rows if str(r.id) not in held])
     have = [r for r in rows if str(r.id) in held]
-    later: list[
-        PendingUpload
-    ] = []  # deleted once sent (or found in Immich), if the server confirms them then
+    # Pending files the real run would delete too, each only if Immich confirms its asset then: those Immich
+    # holds now (recorded as duplicates, or as this machine's uploads when it sent them in an earlier run),
+    # and those it would send first, with the copies of what it sends (duplicates once it is in).
+    held_now: list[PendingUpload] = []
+    once_sent: list[PendingUpload] = []
+    copies_deleted = 0
     if ctx.settings.delete_uploaded and not ctx.settings.takeout_paths:
         roots = real_roots(ctx.settings)
-        later = [
+        duplicates = ctx.settings.delete_duplicates
+
+        def deletable(row: PendingUpload) -> bool:
+            try:
+                return local_obstacle(run_files.path(row), roots) is None
+            except OSError:
+                return False  # gone or unreadable since the scan: the real run would not delete it either
+
+        held_now = [
             r
-            for r in to_send + (have + [c for c, _ in copies] if ctx.settings.delete_duplicates else [])
-            if local_obstacle(run_files.path(r), roots) is None
+            for r in have
+            if str(r.id) not in trashed
+            and (duplicates or sent_earlier(ctx.store, run_files, r, held[str(r.id)], target_id))
+            and deletable(r)
         ]
+        once_sent = [r for r in to_send if deletable(r)]
+        if duplicates:
+            copied = [c for c, _ in copies if deletable(c)]
+            once_sent += copied
+            copies_deleted = len(copied)
+    later = held_now + once_sent
     send_bytes = sum(r.file_size for r in to_send)
     delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
     clips = live_clips_of(ctx, to_send + have, run_files)
@@ -1198,8 +1220,8 @@ def dry_run(
                 "already_in_immich": len(have),
                 "copies": len(copies),
                 "would_delete": len(deletions) + len(later),
-                "would_delete_now": len(deletions),
-                "would_delete_after_upload": len(later),
+                "would_delete_now": len(deletions) + len(held_now),
+                "would_delete_after_upload": len(once_sent),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
                 "live_photos": len(clips),
@@ -1223,7 +1245,9 @@ def dry_run(
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
-        for row in later:
+        for row in held_now:
+            ctx.stdout.write(f"would delete {row.filepath} ({format_bytes(row.file_size)})\n")
+        for row in once_sent:
             ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
         for copy, lead in copies:
             ctx.stdout.write(f"would record as a copy {copy.filepath} (the same bytes as {lead.filepath})\n")
@@ -1246,14 +1270,27 @@ def dry_run(
         count = len(deletions) + len(later)
         detail = f"{plural(count, 'file')}, {format_bytes(delete_bytes)}"
         if later:
+            among = f" ({plural(copies_deleted, 'copy')} of a file sent among them)" if copies_deleted else ""
             detail = (
-                f"up to {detail}: {len(deletions)} Immich holds now, up to {len(later)} more once sent "
-                "(each only if Immich then confirms it)"
+                f"up to {detail}: {len(deletions) + len(held_now)} Immich holds now, {len(once_sent)} once "
+                f"sent{among}; each only if Immich then confirms it"
             )
         rows_out.append(("would delete", detail))
     rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
+
+
+def sent_earlier(
+    store: Store, run_files: RunFiles, row: PendingUpload, asset_id: str, target_id: int | None
+) -> bool:
+    """Whether the real run would record `row`, which Immich holds, as this machine's upload (sent by an
+    earlier run whose answer was lost; as `Uploader._sent_by_us` decides) rather than as a duplicate."""
+    if target_id is None or row.sending_to != target_id or not asset_id or not row.sha1:
+        return False
+    if run_files.scope.shared:
+        return False
+    return not store.asset_recorded_for_another(row.sha1, asset_id, target_id, row.id)
 
 
 def live_clips_of(ctx: Context, rows: Sequence[PendingUpload], run_files: RunFiles) -> dict[int, str]:
