@@ -22,6 +22,7 @@ import stat
 import threading
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -47,7 +48,7 @@ from immich_client import (
 )
 from live_photos import LivePartners, listdir, live_kind
 from logger import FILE_EVENT, get_logger
-from organize import local_obstacle, organize, real_roots
+from organize import KEPT_DUPLICATE, KEPT_TRASHED, KEPT_UNREADABLE, local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
@@ -1144,6 +1145,7 @@ def dry_run(
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     deletions: list[tuple[str, int]] = []
+    kept: Counter[str] = Counter()  # why files the real run could delete would be kept, as its summary says
     target_id = None
     try:
         held: dict[str, str] = {}
@@ -1166,6 +1168,7 @@ def dry_run(
                     dry_run=True,
                 )
                 deletions = done.would_delete
+                kept.update(done.kept)
     except (ServerUnreachable, StopRequested) as exc:
         raise StartError(f"could not ask {ctx.settings.display_url} what it has: {exc}") from None
     finally:
@@ -1183,24 +1186,31 @@ def dry_run(
         roots = real_roots(ctx.settings)
         duplicates = ctx.settings.delete_duplicates
 
-        def deletable(row: PendingUpload) -> bool:
-            try:
-                return local_obstacle(run_files.path(row), roots) is None
-            except OSError:
-                return False  # gone or unreadable since the scan: the real run would not delete it either
+        def deletable(row: PendingUpload, reason: str | None = None) -> bool:
+            """Whether the real run would delete `row` (kept for `reason` when one is given), counting why not."""
+            if reason is None:
+                try:
+                    reason = local_obstacle(run_files.path(row), roots)
+                except FileNotFoundError:
+                    return False  # gone since the scan: neither sent nor deleted
+                except OSError:
+                    reason = KEPT_UNREADABLE
+            if reason is not None:
+                kept[reason] += 1
+            return reason is None
 
-        held_now = [
-            r
-            for r in have
-            if str(r.id) not in trashed
-            and (duplicates or sent_earlier(ctx.store, run_files, r, held[str(r.id)], target_id))
-            and deletable(r)
-        ]
+        def held_reason(row: PendingUpload) -> str | None:
+            if str(row.id) in trashed:
+                return KEPT_TRASHED
+            if duplicates or sent_earlier(ctx.store, run_files, row, held[str(row.id)], target_id):
+                return None
+            return KEPT_DUPLICATE
+
+        held_now = [r for r in have if deletable(r, held_reason(r))]
         once_sent = [r for r in to_send if deletable(r)]
-        if duplicates:
-            copied = [c for c, _ in copies if deletable(c)]
-            once_sent += copied
-            copies_deleted = len(copied)
+        copied = [c for c, _ in copies if deletable(c, None if duplicates else KEPT_DUPLICATE)]
+        once_sent += copied
+        copies_deleted = len(copied)
     later = held_now + once_sent
     send_bytes = sum(r.file_size for r in to_send)
     delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
@@ -1222,6 +1232,7 @@ def dry_run(
                 "would_delete": len(deletions) + len(later),
                 "would_delete_now": len(deletions) + len(held_now),
                 "would_delete_after_upload": len(once_sent),
+                "would_keep": dict(kept),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
                 "live_photos": len(clips),
@@ -1276,6 +1287,9 @@ def dry_run(
                 f"sent{among}; each only if Immich then confirms it"
             )
         rows_out.append(("would delete", detail))
+        if kept:
+            rows_out.append(("would keep locally", str(sum(kept.values()))))
+            rows_out += [(f"  {n} ×", reason) for reason, n in sorted(kept.items(), key=lambda kv: -kv[1])]
     rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK

@@ -870,3 +870,26 @@ def test_a_dry_run_counts_a_file_this_machine_sent_before_its_answer_was_lost_as
     assert dry["would_delete_now"] == 1 and dry["would_delete"] == 1  # without --delete-duplicates
     status, summary = sync(server_env, *argv[2:])
     assert status == 0 and summary["recovered"] == 1 and summary["deleted"] == 1 and not photo.exists()
+
+
+def test_one_deletion_count_the_dry_run_s_the_real_run_s_announcement_and_what_it_deletes(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    sent = library.photos(2, folder="sent")
+    sync(server_env)
+    new = library.photo("new/n.jpg", n=30)
+    phone = tmp_path / "PhoneSync"  # a folder outside the source, reached through a link inside it
+    linked = [make_jpeg(phone / f"p{i}.jpg", color=(i, 99, 9)) for i in range(2)]
+    os.symlink(phone, library.root / "Phone")
+    argv = ("--env-file", str(server_env.path), "--delete-uploaded")
+    dry = run_inprocess(sync_upload.main, *argv, "--dry-run")
+    assert "up to 3 files" in dry.stderr and "2 Immich holds now, 1 once sent" in dry.stderr
+    assert "Would delete" not in dry.stderr  # one count, said once
+    assert dry.stderr.count("would keep locally  2") == 1 and "outside the source folders" in dry.stderr
+    said = json.loads(run_inprocess(sync_upload.main, *argv, "--dry-run", "--json").stdout)
+    assert said["would_delete"] == 3 and sum(said["would_keep"].values()) == 2
+    real = run_inprocess(sync_upload.main, *argv, "--json")
+    summary = json.loads(real.stdout)
+    assert "Deleting up to 3 local files (" in real.stderr  # not 5: the linked ones are kept, not counted
+    assert summary["deleted"] == 3 and summary["kept"] == said["would_keep"]
+    assert not any(p.exists() for p in [*sent, new]) and all(p.exists() for p in linked)
