@@ -1145,7 +1145,7 @@ def dry_run(
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     deletions: list[tuple[str, int]] = []
-    kept: Counter[str] = Counter()  # why files the real run could delete would be kept, as its summary says
+    keeping: Counter[str] = Counter()  # why files the real run could delete would be kept, and how many
     target_id = None
     try:
         held: dict[str, str] = {}
@@ -1168,7 +1168,7 @@ def dry_run(
                     dry_run=True,
                 )
                 deletions = done.would_delete
-                kept.update(done.kept)
+                keeping.update(done.kept)
     except (ServerUnreachable, StopRequested) as exc:
         raise StartError(f"could not ask {ctx.settings.display_url} what it has: {exc}") from None
     finally:
@@ -1196,7 +1196,7 @@ def dry_run(
                 except OSError:
                     reason = KEPT_UNREADABLE
             if reason is not None:
-                kept[reason] += 1
+                keeping[reason] += 1
             return reason is None
 
         def held_reason(row: PendingUpload) -> str | None:
@@ -1232,7 +1232,7 @@ def dry_run(
                 "would_delete": len(deletions) + len(later),
                 "would_delete_now": len(deletions) + len(held_now),
                 "would_delete_after_upload": len(once_sent),
-                "would_keep": dict(kept),
+                "would_keep": dict(keeping),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
                 "live_photos": len(clips),
@@ -1287,9 +1287,9 @@ def dry_run(
                 f"sent{among}; each only if Immich then confirms it"
             )
         rows_out.append(("would delete", detail))
-        if kept:
-            rows_out.append(("would keep locally", str(sum(kept.values()))))
-            rows_out += [(f"  {n} ×", reason) for reason, n in sorted(kept.items(), key=lambda kv: -kv[1])]
+        if keeping:
+            rows_out.append(("would keep locally", str(sum(keeping.values()))))
+            rows_out += [(f"  {n} ×", reason) for reason, n in sorted(keeping.items(), key=lambda kv: -kv[1])]
     rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
