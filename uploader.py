@@ -1275,7 +1275,8 @@ def dry_run(
         rows_out.append(("live photos", f"{plural(len(clips), 'photo')} linked with its clip"))
     if edits:
         kept = len(edits) - replacing
-        detail = f"{plural(replacing, 'edited file')} in place of its earlier version in Immich"
+        whose = "its earlier version" if replacing == 1 else "their earlier versions"
+        detail = f"{plural(replacing, 'edited file')} in place of {whose} in Immich"
         rows_out.append(("edits", detail + (f"; {kept} kept beside it" if kept else "")))
     if ctx.settings.delete_uploaded:
         count = len(deletions) + len(later)

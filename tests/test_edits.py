@@ -277,5 +277,5 @@ def test_a_dry_run_that_deletes_says_what_it_keeps_beside_an_edit_kept_beside_it
     env = server_env.set(REPLACE_EDITED="false")
     result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--dry-run", "--delete-uploaded")
     assert result.status == 0, result.stderr
-    assert "1 edited file in place of its earlier version" not in result.stderr
-    assert "; 1 kept beside it" in result.stderr and "would keep locally  1" in result.stderr
+    assert "0 edited files in place of their earlier versions in Immich; 1 kept beside it" in result.stderr
+    assert "would keep locally  1" in result.stderr
