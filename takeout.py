@@ -832,6 +832,11 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
             except ConfigError as exc:
                 unreadable.append((str(path), _why(exc)))
             continue
+        if path.is_symlink():  # a folder named through a link: the walk's rule, as for a zip
+            refusal = link_refusal(os.fsencode(os.path.abspath(path)), path.stat(), real_folder(path.parent))
+            if refusal is not None:
+                unreadable.append((str(path), refusal))
+                continue
         zips = sorted(p for p in path.iterdir() if p.suffix.lower() == ".zip" and p.is_file())
         parts, others = [], []
         inside = real_folder(path)

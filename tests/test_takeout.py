@@ -953,3 +953,34 @@ def test_a_zip_that_is_a_link_to_another_users_zip_is_not_read(
         str(downloads / "takeout-20241201T100000Z-001.zip"),
     )
     assert result.status == 2 and "not followed" in result.stderr and asset_for(immich, jpeg(821)) is None
+
+
+def test_a_takeout_folder_named_through_another_users_link_to_someone_elses_folder_is_not_read(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    need_root()
+    import os
+
+    theirs = tmp_path / "victim" / "tk"
+    photo = theirs / ROOT / "Photos from 2019" / "THEIRS.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(jpeg(831))
+    for path in (photo, *photo.parents):
+        os.chown(path, 1000, 1000)
+        if path == theirs:
+            break
+    share = tmp_path / "share"
+    share.mkdir()
+    link_by(share / "tk", theirs)  # the folder the nightly job names, swapped for a link by another user
+    result = run_inprocess(
+        sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(share / "tk")
+    )
+    assert result.status == 2 and "not followed" in result.stderr
+    assert asset_for(immich, jpeg(831)) is None
+    mine = tmp_path / "mine"  # a link of its owner to its own folder is followed
+    mine.mkdir()
+    (mine / ROOT / "Photos from 2020").mkdir(parents=True)
+    (mine / ROOT / "Photos from 2020" / "MINE.jpg").write_bytes(jpeg(832))
+    (share / "mine").symlink_to(mine)
+    status, summary, _ = sync(server_env, share / "mine")
+    assert status == 0 and summary["uploaded"] == 1 and asset_for(immich, jpeg(832)) is not None
