@@ -446,12 +446,17 @@ class Deleter:
         )
 
     def run(self, candidates: list[DoneFile], dry_run: bool) -> OrganizeSummary:
-        total = sum(f.file_size for f in candidates)
-        verb = "Would delete" if dry_run else "Deleting"
-        self.progress.message(
-            f"{verb} up to {plural(len(candidates), 'local file')} ({format_bytes(total)}) that Immich holds, "
-            "each hashed again and confirmed by its asset first (DELETE_UPLOADED)"
-        )
+        """Delete the candidates that pass every check; a dry run lists them instead (its summary says how
+        many, with the files it would send first: one count, said once)."""
+        candidates = [f for f in candidates if self.local_candidate(f)]
+        if not candidates:
+            return self.summary
+        if not dry_run:
+            total = sum(f.file_size for f in candidates)
+            self.progress.message(
+                f"Deleting up to {plural(len(candidates), 'local file')} ({format_bytes(total)}) that Immich "
+                "holds, each hashed again and confirmed by its asset first (DELETE_UPLOADED)"
+            )
         from concurrent.futures import ThreadPoolExecutor
 
         if not dry_run:
@@ -484,6 +489,22 @@ class Deleter:
     @property
     def state_name(self) -> str:
         return f"{DELETING_STATE}:{self.store.scope}"
+
+    def local_candidate(self, file: DoneFile) -> bool:
+        """Whether the file on disk may be deleted at all (a regular file inside the sources' real paths),
+        before anything is announced; a file kept here is counted with its reason, one gone is not. `check`
+        looks again right before the file's removal."""
+        try:
+            obstacle = local_obstacle(self.run_files.path(file), self.real_roots)
+        except FileNotFoundError:
+            return False  # gone already; the next scan marks it missing
+        except OSError as exc:
+            self.keep(file, KEPT_UNREADABLE, str(exc.strerror or exc))
+            return False
+        if obstacle is not None:
+            self.keep(file, obstacle)
+            return False
+        return True
 
     def check(self, file: DoneFile) -> Checked | None:
         """The file, hashed now and confirmed by the server; None when it is kept (counted) or gone."""

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from array import array
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
@@ -23,7 +24,6 @@ from filters import RunFiles, RunScope
 from immich_client import ImmichClient
 from logger import get_logger
 from organize import server_jobs_paused
-from progress import errors_row
 from scanner import ScanSummary, add_scan_arguments, scan_status, scanner_for
 from scanner import summary_rows as scan_rows
 from uploader import (
@@ -78,6 +78,35 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "error_files": (scan.error_files + upload.error_files)[:100],
         "problems": (scan.problems + upload.problems)[:100],
     }
+
+
+def scan_json(scan: ScanSummary) -> dict[str, object]:
+    """What a dry run's scan found, under the keys a real run's --json uses for it."""
+    return {
+        "found": scan.found,
+        "new": scan.new,
+        "changed": scan.changed,
+        "unchanged": scan.unchanged,
+        "missing": scan.missing,
+        "unavailable_sources": scan.unavailable,
+        "skipped": scan.skipped,
+        "changing": scan.changing,
+        "elsewhere": scan.elsewhere,
+        "errors": scan.errors,
+        "scan_errors": scan.errors,
+        "error_files": scan.error_files[:100],
+        "problems": scan.problems[:100],
+    }
+
+
+def dry_scan_rows(scan: ScanSummary, log_file: object) -> list[tuple[str, str]]:
+    """A dry run's scan lines: the real run's found, new, changed, unchanged, missing, skipped and errors
+    (the scan is real: it records what it found, so the real run after it finds nothing new to say)."""
+    rows = [row for row in scan_rows(scan, log_file) if row[0] not in ("hashed", "time")]
+    if not scan.skipped:
+        at = [label for label, _ in rows].index("missing") + 1
+        rows.insert(at, ("skipped", "0"))
+    return rows
 
 
 def sync_rows(scan: ScanSummary, upload: UploadSummary, log_file: object) -> list[tuple[str, str]]:
@@ -186,6 +215,7 @@ def takeout_dry_run(ctx: Context) -> ExitStatus:
     one), how each photo's JSON was found, and what would change in Immich."""
     from takeout import TakeoutFiles, TakeoutScanner, report
 
+    started_at = utc_now()
     scanner = TakeoutScanner(ctx.settings, ctx.store, ctx.progress, ctx.stop)
     scan = scanner.scan()
     here = TakeoutFiles(scanner.archives)
@@ -193,19 +223,56 @@ def takeout_dry_run(ctx: Context) -> ExitStatus:
     rows = select(ctx.store.pending_uploads(), run_files)
     here.close()
     if ctx.stop.is_set():
-        return scan_status(ctx.stop, scan)
+        return dry_scan_only(ctx, started_at, scan)
     data, takeout_rows = report(ctx.store, scanner, None)
     waiting = ctx.store.takeout_update_count()
     data["would_update_in_immich"] = waiting
-    data["errors"] = scan.errors
     extra = [(label, value) for label, value in takeout_rows if label != "members read"]
     if waiting:
         extra.append(
             ("in Immich", f"{waiting} photos there would get Google's metadata that arrived for them")
         )
-    if scan.errors:
-        extra.append(errors_row(scan.errors, ctx.settings.log_file))
-    return dry_run(ctx, rows, run_files, extra, {"takeout": data})
+    return dry_run_after_scan(ctx, started_at, scan, rows, run_files, extra, {"takeout": data})
+
+
+def dry_run_after_scan(
+    ctx: Context,
+    started_at: str,
+    scan: ScanSummary,
+    rows: list[Any],
+    run_files: RunFiles,
+    extra_rows: Sequence[tuple[str, str]] = (),
+    extra_json: dict[str, object] | None = None,
+) -> ExitStatus:
+    """A dry run after its scan: what the scan found (its rows are recorded, as a scan's are: the real run
+    after it sends them without hashing again), then what the real run would send and delete. Its status
+    and its errors are the scan's, recorded as a run of its own (Recent errors lists them)."""
+    status = scan_status(ctx.stop, scan)
+    found = scan_json(scan)
+    try:
+        dry_run(
+            ctx, rows, run_files, extra_rows, {**found, **(extra_json or {})},
+            dry_scan_rows(scan, ctx.settings.log_file),
+        )  # fmt: skip
+    except StartError:
+        ctx.store.record_run("dry run", started_at, int(ExitStatus.CANNOT_START), found)
+        raise
+    ctx.store.record_run("dry run", started_at, int(status), found)
+    return status
+
+
+def dry_scan_only(ctx: Context, started_at: str, scan: ScanSummary) -> ExitStatus:
+    """A dry run stopped during its scan: what the scan found up to then."""
+    status = scan_status(ctx.stop, scan)
+    found = scan_json(scan)
+    ctx.store.record_run("dry run", started_at, int(status), found)
+    if ctx.args.json:
+        ctx.emit_json({"dry_run": True, **found})
+    ctx.progress.summary(
+        "Dry run stopped during its scan: nothing was sent, changed or deleted",
+        dry_scan_rows(scan, ctx.settings.log_file),
+    )
+    return status
 
 
 def run_sync(ctx: Context) -> ExitStatus:
@@ -217,11 +284,14 @@ def run_sync(ctx: Context) -> ExitStatus:
     ctx.settings.require_sources()
     if ctx.args.dry_run:
         # The scan records what it finds (so the real run only uploads); nothing is sent or marked uploaded.
+        started_at = utc_now()
         scan = scanner_for(ctx).scan()
-        if ctx.stop.is_set() or scan.unavailable:
-            return scan_status(ctx.stop, scan)
+        if ctx.stop.is_set():
+            return dry_scan_only(ctx, started_at, scan)
         run_files = RunFiles(ctx.settings)
-        return dry_run(ctx, select(ctx.store.pending_uploads(), run_files), run_files)
+        return dry_run_after_scan(
+            ctx, started_at, scan, select(ctx.store.pending_uploads(), run_files), run_files
+        )
     try:
         ctx.settings.require_server()
     except ServerNotConfigured as missing:

@@ -57,7 +57,18 @@ from db_manager import RunProblem, ScannedFile, Store, TakeoutRow, path_hash
 from logger import FILE_EVENT, get_logger
 from progress import ProgressTracker
 from scanner import MAX_PROBLEMS, PLAUSIBLE_YEARS, KnownIndex, ScanSummary, _SaveBatch, date_taken
-from utils import MediaMetadata, extension_of, fingerprint_stream, format_bytes, read_image_metadata
+from utils import (
+    FileChangedError,
+    MediaMetadata,
+    SourceRoots,
+    extension_of,
+    fingerprint_stream,
+    format_bytes,
+    judge_link,
+    read_image_metadata,
+    resolve_source_path,
+)
+from utils import LinkRefused as LinkRefusedByRule  # takeout.LinkRefused is a part's settings error
 
 if TYPE_CHECKING:
     from immich_client import ImmichClient
@@ -96,6 +107,10 @@ BROKEN_TAIL = ("\ufffd", "?")  # how a character cut in two is written, when it 
 
 class MemberError(Exception):
     """One member of a Takeout cannot be read; the message says why."""
+
+
+class LinkNotFollowed(MemberError):
+    """A file reached through a symbolic link the walk's rule refuses (or that changed since it was checked)."""
 
 
 # --- names ----------------------------------------------------------------------------------------------
@@ -437,7 +452,7 @@ class _NamesPatched(io.FileIO):
     and are not, so zipfile reads them (as cp437) instead of refusing the whole zip; `patched` holds the
     indexes of those entries, whose names are decoded again by the caller."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | int) -> None:
         super().__init__(path, "rb")
         self.patches: dict[int, bytes] = {}
         self.patched: set[int] = set()
@@ -530,20 +545,24 @@ class Archive:
     """A Takeout zip, or a folder a Takeout was extracted to. Zip members are opened through one ZipFile
     per zip, shared by the threads (zipfile reads each member through its own seek under a lock)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, roots: SourceRoots | None = None) -> None:
         self.path = path
         self.name = path.name
         self.label = path.name  # assign_labels() may make it "name (2)"
         self.is_zip = not path.is_dir()
+        # Where a symbolic link may lead without more ado (real paths): inside the folder the user named (a
+        # zip's: the folder that holds it). Any other link is followed only under the walk's rule.
+        self.roots = roots if roots is not None else real_folder(path if not self.is_zip else path.parent)
         self.reads = 0  # members opened (a rerun with nothing new opens none)
         self._zip: zipfile.ZipFile | None = None
+        self._file: BinaryIO | None = None  # the zip's open file (ZipFile leaves a file it was given open)
         self._renamed: set[int] = set()
         self._lock = threading.Lock()
         self._entries: dict[str, Any] | None = None  # stored -> ZipInfo, or the file's path in a folder
         self._fingerprint: str | None = None
         self._prefix = ""  # what an extracted folder's paths lack to start like a zip's ("Takeout/")
         if self.is_zip:
-            self._zip = open_zip(path, self._renamed)
+            self._zip, self._file = open_zip(path, self._renamed, self.roots)
         elif path.name == "Takeout" or (not (path / "Takeout").is_dir() and _service_folders(path)):
             self._prefix = "Takeout/"  # the Takeout folder itself (or renamed): its paths start below it
 
@@ -654,9 +673,12 @@ class Archive:
                 problem = ""
                 size, mtime = 0, 0
                 try:
-                    st = os.stat(full)
+                    st = os.lstat(full)
+                    if stat.S_ISLNK(st.st_mode):
+                        st = os.stat(full)
+                        problem = judge_link(os.fsencode(full), self.roots).refusal or ""
                     size, mtime = st.st_size, st.st_mtime_ns
-                    if not stat.S_ISREG(st.st_mode):
+                    if not problem and not stat.S_ISREG(st.st_mode):
                         problem = "not a regular file (a FIFO, socket or device): never opened"
                 except FileNotFoundError:
                     problem = "a broken symlink" if os.path.islink(full) else "vanished while it was listed"
@@ -672,7 +694,7 @@ class Archive:
         with self._lock:
             self.reads += 1
         if self._zip is None:
-            return _open_regular(entry)
+            return _open_regular(entry, self.roots)
         info: zipfile.ZipInfo = entry
         if info.flag_bits & 0x1:
             raise MemberError("encrypted (password-protected) in its zip: it cannot be read")
@@ -705,17 +727,34 @@ class Archive:
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+        if self._file is not None:
+            self._file.close()
 
 
-def _open_regular(path: str) -> BinaryIO:
-    """Open a file of an extracted folder without ever blocking: a FIFO put there is refused, not waited on."""
+def real_folder(path: Path) -> SourceRoots:
+    """The folder the user named, as the link rule reaches it: what lies inside it may be linked to."""
+    return SourceRoots.of([path])
+
+
+def _open_regular(path: str, roots: SourceRoots) -> BinaryIO:
+    """Open a file of an extracted folder as the walk opens a source file (`utils.resolve_source_path`): never
+    blocking (a FIFO put there is refused, not waited on), and through symbolic links only as the link rule
+    allows, judged part by part on what each link leads to (`roots`: the folder named)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        fd = resolve_source_path(os.fsencode(path), roots)
+    except LinkRefusedByRule as exc:
+        raise LinkNotFollowed(str(exc)) from None
+    except FileChangedError:
+        raise MemberError("not a regular file (a FIFO, socket or device): never opened") from None
     except OSError as exc:
         raise MemberError(f"cannot read it: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MemberError("not a regular file (a FIFO, socket or device): never opened")
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
-        raise MemberError("not a regular file (a FIFO, socket or device): never opened")
+        raise
     return os.fdopen(fd, "rb")
 
 
@@ -730,19 +769,44 @@ def _service_folders(path: Path) -> bool:
     return any(PHOTOS_SERVICE.search(p.name) for p in _subfolders(path))
 
 
-def open_zip(path: Path, renamed: set[int]) -> zipfile.ZipFile:
-    """A zip, also when some of its names claim UTF-8 and are not (their indexes land in `renamed`)."""
+class LinkRefused(ConfigError):
+    """A zip reached through a symbolic link the walk's rule refuses: never opened."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"--takeout: {path}: {why}")
+        self.why = why
+
+
+def open_zip(path: Path, renamed: set[int], roots: SourceRoots) -> tuple[zipfile.ZipFile, BinaryIO]:
+    """A zip and its open file, also when some of its names claim UTF-8 and are not (their indexes land in
+    `renamed`). The file opened is judged as a source file is: reached through a symbolic link to outside
+    `roots` (another user's zip), it is read only when the link passes the walk's rule (LinkRefused)."""
     try:
-        return zipfile.ZipFile(path)
-    except UnicodeDecodeError:
-        try:
-            patched = _NamesPatched(path)
-            renamed.update(patched.patched)
-            return zipfile.ZipFile(patched)  # type: ignore[arg-type]
-        except (zipfile.BadZipFile, OSError, UnicodeDecodeError, struct.error, AttributeError) as exc:
-            raise ConfigError(f"--takeout: {path} is not a readable zip ({exc})") from None
-    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError) as exc:
+        handle = _open_regular(str(path), roots)
+    except LinkNotFollowed as exc:
+        raise LinkRefused(path, str(exc)) from None
+    except MemberError as exc:
         raise ConfigError(f"--takeout: {path} is not a readable zip ({exc})") from None
+    try:
+        try:
+            return zipfile.ZipFile(handle), handle
+        except UnicodeDecodeError:
+            patched = None
+            try:
+                patched = _NamesPatched(os.dup(handle.fileno()))  # FileIO closes it
+                renamed.update(patched.patched)
+                opened = zipfile.ZipFile(patched)  # type: ignore[arg-type]
+            except (zipfile.BadZipFile, OSError, UnicodeDecodeError, struct.error, AttributeError) as exc:
+                if patched is not None:
+                    patched.close()
+                raise ConfigError(f"--takeout: {path} is not a readable zip ({exc})") from None
+            handle.close()
+            return opened, patched  # type: ignore[return-value]
+        except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError) as exc:
+            raise ConfigError(f"--takeout: {path} is not a readable zip ({exc})") from None
+    except BaseException:
+        handle.close()
+        raise
 
 
 class OpenedTakeout(NamedTuple):
@@ -770,13 +834,19 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
             except ConfigError as exc:
                 unreadable.append((str(path), _why(exc)))
             continue
+        if path.is_symlink():  # a folder named through a link: the walk's rule, as for a zip
+            refusal = judge_link(os.fsencode(os.path.abspath(path)), real_folder(path.parent)).refusal
+            if refusal is not None:
+                unreadable.append((str(path), refusal))
+                continue
         zips = sorted(p for p in path.iterdir() if p.suffix.lower() == ".zip" and p.is_file())
         parts, others = [], []
+        inside = real_folder(path)
         for z in zips:
             try:
-                archive = Archive(z)
+                archive = Archive(z, inside)
             except ConfigError as exc:
-                if z.name.lower().startswith("takeout"):
+                if isinstance(exc, LinkRefused) or z.name.lower().startswith("takeout"):
                     unreadable.append((str(z), _why(exc)))  # a part, damaged: its photos are missing
                 else:
                     others.append(f"{z.name} ({_why(exc)})")
@@ -810,7 +880,9 @@ def open_archives(paths: Sequence[Path]) -> OpenedTakeout:
 
 
 def _why(exc: ConfigError) -> str:
-    """The reason inside a "not a readable zip (…)" error."""
+    """The reason inside a "not a readable zip (…)" error, or why a link to a zip was not followed."""
+    if isinstance(exc, LinkRefused):
+        return exc.why
     return str(exc).rsplit("(", 1)[-1].rstrip(")") + "; download it again"
 
 

@@ -22,6 +22,7 @@ import stat
 import threading
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -47,7 +48,7 @@ from immich_client import (
 )
 from live_photos import LivePartners, listdir, live_kind
 from logger import FILE_EVENT, get_logger
-from organize import local_obstacle, organize, real_roots
+from organize import KEPT_DUPLICATE, KEPT_TRASHED, KEPT_UNREADABLE, local_obstacle, organize, real_roots
 from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
@@ -1100,8 +1101,9 @@ def failure_rows(summary: UploadSummary) -> list[tuple[str, str]]:
         rows.append(
             (
                 "waiting",
-                f"{summary.waiting_errors} failed file{'s' if summary.waiting_errors != 1 else ''} are tried again "
-                "on a later run (python main.py > Retry errors tries them now)",
+                f"{plural(summary.waiting_errors, 'failed file')} "
+                f"{'is' if summary.waiting_errors == 1 else 'are'} tried again on a later run "
+                f"(python main.py > Retry errors tries {'it' if summary.waiting_errors == 1 else 'them'} now)",
             )
         )
     return rows
@@ -1140,25 +1142,30 @@ def dry_run(
     run_files: RunFiles,
     extra_rows: Sequence[tuple[str, str]] = (),
     extra_json: dict[str, object] | None = None,
+    scan_rows: Sequence[tuple[str, str]] = (),
 ) -> ExitStatus:
     """What a run would do, changing nothing: which files would be sent (the server is asked which it
     has already, when one is configured) and, with DELETE_UPLOADED, which local files would be deleted:
     those Immich confirms now, and up to as many again among the files the run would send first (and, with
     DELETE_DUPLICATES, those Immich already has), whose deletion the server's confirmation then decides.
-    Copies of one content count once, as the real run sends them once. A Takeout adds its own lines
-    (`extra_rows`, `extra_json`)."""
+    Copies of one content count once, as the real run sends them once. A sync's dry run puts what its scan
+    found first (`scan_rows`); a Takeout adds its own lines (`extra_rows`, `extra_json`)."""
     client = None
     # A server setting that is set but wrong stops the dry run as it would stop the real one.
     if ctx.settings.server_problem or (ctx.settings.immich_url and ctx.settings.immich_api_key):
         ctx.settings.require_server()
         client = ImmichClient(ctx.settings, ctx.stop)
     deletions: list[tuple[str, int]] = []
+    keeping: Counter[str] = Counter()  # why files the real run could delete would be kept, and how many
+    target_id = None
     try:
         held: dict[str, str] = {}
+        trashed: set[str] = set()
         if client is not None:
             user = connect(client)
             answers = client.bulk_upload_check([(str(r.id), r.sha1) for r in rows if r.sha1])
             held = {key: a.asset_id or "" for key, a in answers.items() if a.held}
+            trashed = {key for key, a in answers.items() if a.held and a.is_trashed}
             target_id = ctx.store.find_target(user.identity)
             if ctx.settings.delete_uploaded and target_id is not None:
                 done = organize(
@@ -1172,6 +1179,7 @@ def dry_run(
                     dry_run=True,
                 )
                 deletions = done.would_delete
+                keeping.update(done.kept)
     except (ServerUnreachable, StopRequested) as exc:
         raise StartError(f"could not ask {ctx.settings.display_url} what it has: {exc}") from None
     finally:
@@ -1179,16 +1187,42 @@ def dry_run(
             client.close()
     to_send, copies = one_per_content([r for r in rows if str(r.id) not in held])
     have = [r for r in rows if str(r.id) in held]
-    later: list[
-        PendingUpload
-    ] = []  # deleted once sent (or found in Immich), if the server confirms them then
+    # Pending files the real run would delete too, each only if Immich confirms its asset then: those Immich
+    # holds now (recorded as duplicates, or as this machine's uploads when it sent them in an earlier run),
+    # and those it would send first, with the copies of what it sends (duplicates once it is in).
+    held_now: list[PendingUpload] = []
+    once_sent: list[PendingUpload] = []
+    copies_deleted = 0
     if ctx.settings.delete_uploaded and not ctx.settings.takeout_paths:
         roots = real_roots(ctx.settings)
-        later = [
-            r
-            for r in to_send + (have + [c for c, _ in copies] if ctx.settings.delete_duplicates else [])
-            if local_obstacle(run_files.path(r), roots) is None
-        ]
+        duplicates = ctx.settings.delete_duplicates
+
+        def deletable(row: PendingUpload, reason: str | None = None) -> bool:
+            """Whether the real run would delete `row` (kept for `reason` when one is given), counting why not."""
+            if reason is None:
+                try:
+                    reason = local_obstacle(run_files.path(row), roots)
+                except FileNotFoundError:
+                    return False  # gone since the scan: neither sent nor deleted
+                except OSError:
+                    reason = KEPT_UNREADABLE
+            if reason is not None:
+                keeping[reason] += 1
+            return reason is None
+
+        def held_reason(row: PendingUpload) -> str | None:
+            if str(row.id) in trashed:
+                return KEPT_TRASHED
+            if duplicates or sent_earlier(ctx.store, run_files, row, held[str(row.id)], target_id):
+                return None
+            return KEPT_DUPLICATE
+
+        held_now = [r for r in have if deletable(r, held_reason(r))]
+        once_sent = [r for r in to_send if deletable(r)]
+        copied = [c for c, _ in copies if deletable(c, None if duplicates else KEPT_DUPLICATE)]
+        once_sent += copied
+        copies_deleted = len(copied)
+    later = held_now + once_sent
     send_bytes = sum(r.file_size for r in to_send)
     delete_bytes = sum(size for _path, size in deletions) + sum(r.file_size for r in later)
     clips = live_clips_of(ctx, to_send + have, run_files)
@@ -1207,8 +1241,9 @@ def dry_run(
                 "already_in_immich": len(have),
                 "copies": len(copies),
                 "would_delete": len(deletions) + len(later),
-                "would_delete_now": len(deletions),
-                "would_delete_after_upload": len(later),
+                "would_delete_now": len(deletions) + len(held_now),
+                "would_delete_after_upload": len(once_sent),
+                "would_keep": dict(keeping),
                 "delete_bytes": delete_bytes,
                 "asked_server": client is not None,
                 "live_photos": len(clips),
@@ -1232,11 +1267,13 @@ def dry_run(
             ctx.stdout.write(f"already in Immich {row.filepath}\n")
         for path, size in deletions:
             ctx.stdout.write(f"would delete {path} ({format_bytes(size)})\n")
-        for row in later:
+        for row in held_now:
+            ctx.stdout.write(f"would delete {row.filepath} ({format_bytes(row.file_size)})\n")
+        for row in once_sent:
             ctx.stdout.write(f"would delete once in Immich {row.filepath} ({format_bytes(row.file_size)})\n")
         for copy, lead in copies:
             ctx.stdout.write(f"would record as a copy {copy.filepath} (the same bytes as {lead.filepath})\n")
-    rows_out = [("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
+    rows_out = [*scan_rows, ("would upload", f"{plural(len(to_send), 'file')}, {format_bytes(send_bytes)}")]
     if copies:
         rows_out.append(
             ("copies", f"{len(copies)} more with the same bytes as a file sent: recorded, not sent")
@@ -1249,20 +1286,37 @@ def dry_run(
         rows_out.append(("live photos", f"{plural(len(clips), 'photo')} linked with its clip"))
     if edits:
         kept = len(edits) - replacing
-        detail = f"{plural(replacing, 'edited file')} in place of its earlier version in Immich"
+        whose = "its earlier version" if replacing == 1 else "their earlier versions"
+        detail = f"{plural(replacing, 'edited file')} in place of {whose} in Immich"
         rows_out.append(("edits", detail + (f"; {kept} kept beside it" if kept else "")))
     if ctx.settings.delete_uploaded:
         count = len(deletions) + len(later)
         detail = f"{plural(count, 'file')}, {format_bytes(delete_bytes)}"
         if later:
+            among = f" ({plural(copies_deleted, 'copy')} of a file sent among them)" if copies_deleted else ""
             detail = (
-                f"up to {detail}: {len(deletions)} Immich holds now, up to {len(later)} more once sent "
-                "(each only if Immich then confirms it)"
+                f"up to {detail}: {len(deletions) + len(held_now)} Immich holds now, {len(once_sent)} once "
+                f"sent{among}; each only if Immich then confirms it"
             )
         rows_out.append(("would delete", detail))
+        if keeping:
+            rows_out.append(("would keep locally", str(sum(keeping.values()))))
+            rows_out += [(f"  {n} ×", reason) for reason, n in sorted(keeping.items(), key=lambda kv: -kv[1])]
     rows_out += extra_rows
     ctx.progress.summary("Dry run: nothing was sent, changed or deleted", rows_out)
     return ExitStatus.OK
+
+
+def sent_earlier(
+    store: Store, run_files: RunFiles, row: PendingUpload, asset_id: str, target_id: int | None
+) -> bool:
+    """Whether the real run would record `row`, which Immich holds, as this machine's upload (sent by an
+    earlier run whose answer was lost; as `Uploader._sent_by_us` decides) rather than as a duplicate."""
+    if target_id is None or row.sending_to != target_id or not asset_id or not row.sha1:
+        return False
+    if run_files.scope.shared:
+        return False
+    return not store.asset_recorded_for_another(row.sha1, asset_id, target_id, row.id)
 
 
 def live_clips_of(ctx: Context, rows: Sequence[PendingUpload], run_files: RunFiles) -> dict[int, str]:

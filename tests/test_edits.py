@@ -264,3 +264,18 @@ def test_an_earlier_version_deleted_for_good_before_its_trash_step_ends_the_repl
     status, summary, _ = sync(server_env)
     assert status == 0 and summary["replaced"] == 1 and old.id not in immich.assets
     assert row_of(server_env, "IMG_1.jpg")["replaces"] is None
+
+
+def test_a_dry_run_that_deletes_says_what_it_keeps_beside_an_edit_kept_beside_its_earlier_version(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    photo = library.photo("IMG_1.jpg", n=1, taken=TAKEN)
+    sync(server_env)
+    edit(photo)
+    had = library.photo("IMG_2.jpg", n=2, taken=TAKEN)
+    immich.add_existing_asset(had.read_bytes(), "IMG_2.jpg")  # kept without --delete-duplicates
+    env = server_env.set(REPLACE_EDITED="false")
+    result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--dry-run", "--delete-uploaded")
+    assert result.status == 0, result.stderr
+    assert "0 edited files in place of their earlier versions in Immich; 1 kept beside it" in result.stderr
+    assert "would keep locally  1" in result.stderr

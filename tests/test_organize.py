@@ -822,3 +822,74 @@ def test_tags_immich_drops_while_it_reads_a_new_assets_metadata_are_given_again(
     for photo in photos:
         assert asset_tags(immich, photo) == {"Family", "photos"}
     assert ("POST", "/api/search/metadata") in immich.requests_log
+
+
+def test_a_dry_run_splits_its_deletions_into_what_immich_holds_now_and_what_it_sends_first(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    first, second = library.photos(2, folder="a")
+    copy = library.write("b/copy.jpg", first.read_bytes())  # sent once, with first
+    held = library.photo("b/onserver.jpg", n=40)
+    immich.add_existing_asset(held.read_bytes())  # in Immich now, sent by another machine
+    trashed = library.photo("b/trashed.jpg", n=41)
+    immich.add_existing_asset(trashed.read_bytes()).is_trashed = True  # kept: in Immich's trash
+    argv = ("--env-file", str(server_env.path), "--delete-uploaded", "--delete-duplicates")
+    result = run_inprocess(sync_upload.main, *argv, "--dry-run", "--json")
+    dry = json.loads(result.stdout)
+    assert (dry["would_upload"], dry["copies"], dry["already_in_immich"]) == (2, 1, 2)
+    assert dry["would_delete_now"] == 1 and dry["would_delete_after_upload"] == 3 and dry["would_delete"] == 4
+    result = run_inprocess(sync_upload.main, *argv, "--dry-run")
+    assert "1 Immich holds now, 3 once sent (1 copy of a file sent among them)" in result.stderr
+    assert f"would delete {held} (" in result.stdout
+    assert all(p.exists() for p in (first, second, copy, held, trashed))
+    status, summary = sync(server_env, *argv[2:])
+    assert status == 0 and summary["deleted"] == dry["would_delete"] == 4 and trashed.exists()
+
+
+def test_a_dry_run_counts_a_file_this_machine_sent_before_its_answer_was_lost_as_its_upload(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    (photo,) = library.photos(1)
+    import scan_files
+
+    assert run_inprocess(scan_files.main, "--env-file", str(server_env.path)).status == 0
+    immich.add_existing_asset(photo.read_bytes())  # what a killed run's upload left on the server
+    from immich_client import ImmichClient
+    from uploader import adopt_target, connect
+
+    store = open_store(server_env.settings())
+    try:
+        client = ImmichClient(server_env.settings())
+        target = adopt_target(client, store, connect(client))
+        client.close()
+        store.mark_sending([int(r["id"]) for r in store.rows()], target)  # offered when Immich lacked it
+    finally:
+        store.close()
+    argv = ("--env-file", str(server_env.path), "--delete-uploaded")
+    dry = json.loads(run_inprocess(sync_upload.main, *argv, "--dry-run", "--json").stdout)
+    assert dry["would_delete_now"] == 1 and dry["would_delete"] == 1  # without --delete-duplicates
+    status, summary = sync(server_env, *argv[2:])
+    assert status == 0 and summary["recovered"] == 1 and summary["deleted"] == 1 and not photo.exists()
+
+
+def test_one_deletion_count_the_dry_run_s_the_real_run_s_announcement_and_what_it_deletes(
+    server_env: Env, library: Library, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    sent = library.photos(2, folder="sent")
+    sync(server_env)
+    new = library.photo("new/n.jpg", n=30)
+    phone = tmp_path / "PhoneSync"  # a folder outside the source, reached through a link inside it
+    linked = [make_jpeg(phone / f"p{i}.jpg", color=(i, 99, 9)) for i in range(2)]
+    os.symlink(phone, library.root / "Phone")
+    argv = ("--env-file", str(server_env.path), "--delete-uploaded")
+    dry = run_inprocess(sync_upload.main, *argv, "--dry-run")
+    assert "up to 3 files" in dry.stderr and "2 Immich holds now, 1 once sent" in dry.stderr
+    assert "Would delete" not in dry.stderr  # one count, said once
+    assert dry.stderr.count("would keep locally  2") == 1 and "outside the source folders" in dry.stderr
+    said = json.loads(run_inprocess(sync_upload.main, *argv, "--dry-run", "--json").stdout)
+    assert said["would_delete"] == 3 and sum(said["would_keep"].values()) == 2
+    real = run_inprocess(sync_upload.main, *argv, "--json")
+    summary = json.loads(real.stdout)
+    assert "Deleting up to 3 local files (" in real.stderr  # not 5: the linked ones are kept, not counted
+    assert summary["deleted"] == 3 and summary["kept"] == said["would_keep"]
+    assert not any(p.exists() for p in [*sent, new]) and all(p.exists() for p in linked)

@@ -387,3 +387,51 @@ def test_a_file_sent_by_a_run_killed_before_it_recorded_the_answer_is_this_machi
         status == 0 and summary["recovered"] == 1 and summary["duplicates"] == 0 and summary["deleted"] == 1
     )
     assert summary["uploaded"] == 0 and row_statuses(server_env) == ["success"] and immich.upload_count() == 0
+
+
+def test_a_dry_run_says_what_its_scan_found_and_the_real_run_after_it_agrees(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(2)
+    library.write("b/empty.jpg", b"")  # skipped: 0 bytes
+    library.write("b/fake.jpg", b"this is no photo\n")  # skipped: not the media its name claims
+    dangling = library.root / "b" / "dangling.jpg"
+    dangling.symlink_to(library.root / "nowhere.jpg")  # an error
+    dry = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--dry-run", "--json")
+    said = json.loads(dry.stdout)
+    assert dry.status == 1  # as the real run: a file failed
+    assert (said["found"], said["new"], said["skipped"], said["errors"]) == (4, 4, 2, 1)
+    assert said["would_upload"] == 2 and said["error_files"] == [str(dangling)]
+    assert f"error: {dangling}: dangling symbolic link" in dry.stderr  # as the real run shows it
+    lines = dry.lines
+    for row in (
+        "found              4",
+        "new                4",
+        "skipped            2",
+        "errors             1,",
+    ):
+        assert any(line.startswith("  " + row) for line in lines), (row, lines)
+    # The errors the summary counts are listed under Recent errors, as a real run's.
+    store = open_store(server_env.settings())
+    try:
+        assert [p.path for p in store.last_run_problems()[1]] == [str(dangling)]
+    finally:
+        store.close()
+    # The real run after it: the scan is done (nothing new, changed or skipped now), the rest as said.
+    status, summary, _ = sync(server_env)
+    assert status == 1 and summary["uploaded"] == said["would_upload"] and summary["errors"] == 1
+    assert (summary["found"], summary["new"], summary["unchanged"], summary["skipped"]) == (4, 0, 4, 0)
+
+
+def test_a_dry_run_with_no_progress_still_ends_with_its_scan_counts(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    library.photos(3)
+    library.write("empty.jpg", b"")
+    dry = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--dry-run", "--no-progress")
+    assert dry.status == 0, dry.stderr
+    assert dry.lines[0] == "Dry run: nothing was sent, changed or deleted"
+    assert [line.split()[0] for line in dry.lines[1:8]] == [
+        "found", "new", "changed", "unchanged", "missing", "skipped", "errors"
+    ]  # fmt: skip
+    assert "found              4" in dry.stderr and "skipped            1" in dry.stderr

@@ -824,3 +824,163 @@ def test_a_takeouts_archived_photos_go_through_visibility_which_the_setting_over
     ]
     assert record.fields["visibility"] == "timeline"
     assert {u.fields.get("visibility") for u in immich.uploads if u.status == 201} == {"timeline", None}
+
+
+# --- links made by another user ----------------------------------------------------------------------
+
+
+def other_users_file(path: Path, data: bytes, uid: int = 1000) -> Path:
+    """A file of another user, in a folder only that user can open (as /home/victim is)."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chown(path, uid, uid)
+    os.chmod(path, 0o600)
+    os.chown(path.parent, uid, uid)
+    os.chmod(path.parent, 0o700)
+    return path
+
+
+def link_by(link: Path, target: Path, uid: int = 4242) -> Path:
+    """A symbolic link made by the user `uid` (anyone who may write to the Takeout's folder)."""
+    import os
+
+    link.symlink_to(target)
+    os.lchown(link, uid, uid)
+    return link
+
+
+def need_root() -> None:
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("making files of other users needs root")
+
+
+def test_a_link_in_an_extracted_takeout_to_another_users_file_is_that_members_error(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    need_root()
+    import os
+
+    folder = tmp_path / "tk" / "Takeout" / "Google Photos" / "Photos from 2020"
+    folder.mkdir(parents=True)
+    (folder / "IMG_1.jpg").write_bytes(jpeg(801))
+    secret = other_users_file(tmp_path / "victim" / "secret.jpg", jpeg(802))
+    link_by(folder / "IMG_2.jpg", secret)  # refused: another user's file, outside the folder named
+    diary = other_users_file(
+        tmp_path / "victim2" / "diary.json", google_json("IMG_1.jpg", when(2011), description="private")
+    )
+    link_by(folder / "IMG_1.jpg.json", diary)  # refused too: nothing of it reaches Immich
+    inside = tmp_path / "tk" / ".kept" / "three.jpg"  # inside the folder named (not listed itself): followed
+    inside.parent.mkdir()
+    inside.write_bytes(jpeg(803))
+    link_by(folder / "IMG_3.jpg", inside)
+    own = tmp_path / "linker" / "four.jpg"  # the link's owner's own file: followed
+    own.parent.mkdir()
+    own.write_bytes(jpeg(804))
+    os.chown(own, 4242, 4242)
+    link_by(folder / "IMG_4.jpg", own)
+    dry = run_inprocess(
+        sync_upload.main,
+        "--env-file",
+        str(server_env.path),
+        "--dry-run",
+        "--json",
+        "--takeout",
+        str(tmp_path / "tk"),
+    )
+    said = json.loads(dry.stdout)
+    assert dry.status == 1 and said["errors"] == 2 and said["would_upload"] == 3 and said["found"] == 4
+    status, summary, stderr = sync(server_env, tmp_path / "tk")
+    assert status == 1 and summary["uploaded"] == 3 and summary["errors"] == 2
+    assert asset_for(immich, jpeg(802)) is None and asset_for(immich, jpeg(801)) is not None
+    assert all(asset_for(immich, jpeg(n)) is not None for n in (803, 804))
+    assert not any("private" in str(a.fields) for a in immich.assets.values())
+    assert f"tk/{ROOT}/Photos from 2020/IMG_2.jpg" in summary["error_files"]
+    assert "symbolic link IMG_2.jpg leads to" in stderr and "not followed" in stderr
+
+
+def test_a_link_pointed_at_another_users_file_after_the_listing_is_not_read(tmp_path: Path) -> None:
+    need_root()
+    import os
+
+    from takeout import Archive, MemberError
+
+    folder = tmp_path / "tk" / "Takeout" / "Google Photos" / "Photos from 2020"
+    folder.mkdir(parents=True)
+    own = tmp_path / "linker" / "one.jpg"
+    own.parent.mkdir()
+    own.write_bytes(jpeg(811))
+    os.chown(own, 4242, 4242)
+    link = link_by(folder / "IMG_1.jpg", own)
+    archive = Archive(tmp_path / "tk")
+    (member,) = [m for m in archive.members() if m.name == "IMG_1.jpg"]
+    assert member.problem == ""  # its owner's own file: taken
+    secret = other_users_file(tmp_path / "victim" / "secret.jpg", jpeg(812))
+    link.unlink()
+    link_by(link, secret)  # its owner points it elsewhere before it is read
+    with pytest.raises(MemberError, match="not followed"):
+        archive.open(member.stored)
+    archive.close()
+
+
+def test_a_zip_that_is_a_link_to_another_users_zip_is_not_read(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    need_root()
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    theirs = tmp_path / "victim" / "takeout-20240101T000000Z-001.zip"
+    theirs.parent.mkdir()
+    write_zip(theirs, {f"{ROOT}/Photos from 2019/THEIRS.jpg": jpeg(821)})
+    other_users_file(theirs, theirs.read_bytes())
+    link_by(downloads / "takeout-20241201T100000Z-001.zip", theirs)
+    write_zip(
+        downloads / "takeout-20241201T100000Z-002.zip", {f"{ROOT}/Photos from 2021/MINE.jpg": jpeg(822)}
+    )
+    status, summary, stderr = sync(server_env, downloads)
+    assert status == 1 and summary["uploaded"] == 1 and summary["errors"] == 1
+    assert asset_for(immich, jpeg(821)) is None and asset_for(immich, jpeg(822)) is not None
+    assert "takeout-20241201T100000Z-001.zip" in stderr and "not followed" in stderr
+    # Named on its own, it is not read either: one line, exit 2.
+    result = run_inprocess(
+        sync_upload.main,
+        "--env-file",
+        str(server_env.path),
+        "--takeout",
+        str(downloads / "takeout-20241201T100000Z-001.zip"),
+    )
+    assert result.status == 2 and "not followed" in result.stderr and asset_for(immich, jpeg(821)) is None
+
+
+def test_a_takeout_folder_named_through_another_users_link_to_someone_elses_folder_is_not_read(
+    server_env: Env, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    need_root()
+    import os
+
+    theirs = tmp_path / "victim" / "tk"
+    photo = theirs / ROOT / "Photos from 2019" / "THEIRS.jpg"
+    photo.parent.mkdir(parents=True)
+    photo.write_bytes(jpeg(831))
+    for path in (photo, *photo.parents):
+        os.chown(path, 1000, 1000)
+        if path == theirs:
+            break
+    share = tmp_path / "share"
+    share.mkdir()
+    link_by(share / "tk", theirs)  # the folder the nightly job names, swapped for a link by another user
+    result = run_inprocess(
+        sync_upload.main, "--env-file", str(server_env.path), "--takeout", str(share / "tk")
+    )
+    assert result.status == 2 and "not followed" in result.stderr
+    assert asset_for(immich, jpeg(831)) is None
+    mine = tmp_path / "mine"  # a link of its owner to its own folder is followed
+    mine.mkdir()
+    (mine / ROOT / "Photos from 2020").mkdir(parents=True)
+    (mine / ROOT / "Photos from 2020" / "MINE.jpg").write_bytes(jpeg(832))
+    (share / "mine").symlink_to(mine)
+    status, summary, _ = sync(server_env, share / "mine")
+    assert status == 0 and summary["uploaded"] == 1 and asset_for(immich, jpeg(832)) is not None
