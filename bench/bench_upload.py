@@ -22,10 +22,18 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      a NAS, a server across the LAN or a VPN); files/s for each, the fastest marked;
   4. only with IMMICH_BENCH_URL and IMMICH_BENCH_KEY in the environment: part 1's first sync and rerun against
      that real Immich (target: first sync >= 1.3x faster than the CLI), on two trees of new random files (one for
-     each tool, so neither finds the other's uploads), deleted from that server afterwards unless --real-keep.
+     each tool, so neither finds the other's uploads), deleted from that server afterwards unless --real-keep;
+  5. the server's ingest floor: `curl --parallel --parallel-max 8 -K <config>` sending the photos as bare uploads
+     (the required form fields and the file, nothing else) vs our whole first sync at the shipped defaults (a
+     fresh database each time), in interleaved pairs (who goes first alternates), the median of the pairs'
+     ratios quoted; target: ours >= 0.9x curl's speed. On the test server each run has a fresh server, so both
+     send part 1's tree; with IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree
+     of new random bytes of the same shape (--floor-files photos of ~400 KB), the server's queues paused for
+     both (this bench pauses them and resumes those it paused) and the test photos deleted afterwards.
 
     .venv/bin/python bench/bench_upload.py [--quick] [--small 2000] [--big-gib 1] [--repeat 3]
-        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep]
+        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep] [--parts 1,2,3,4,5]
+        [--floor-pairs 5] [--floor-files 1000]
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -76,6 +85,8 @@ CURL_RATIO_TARGET = 0.9
 FIRST_SPEEDUP_TARGET = 1.5
 RERUN_SPEEDUP_TARGET = 20.0
 REAL_FIRST_SPEEDUP_TARGET = 1.3
+FLOOR_RATIO_TARGET = 0.9
+CURL_PARALLEL = 8
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 _live: list[subprocess.Popen[bytes]] = []  # every process we started and have not reaped: killed on exit
@@ -314,6 +325,31 @@ class RealServer:
 
     def cpu_s(self) -> float:
         return 0.0
+
+
+def pause_queues(server: RealServer, paused: bool, names: Sequence[str] | None = None) -> list[str]:
+    """Pause (or resume) a real Immich's queues with its admin key: `names`, or every queue not yet in that
+    state; returns the names changed."""
+    opener = urllib.request.build_opener()
+    headers = {"x-api-key": server.key, "Accept": "application/json", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{server.url}/api{path}", data, headers, method=method)
+        with opener.open(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+
+    if names is None:
+        queues = call("GET", "/queues")
+        names = [str(q["name"]) for q in queues if bool(q.get("isPaused")) != paused]  # type: ignore[union-attr]
+    changed = []
+    for name in names:
+        try:
+            call("PUT", f"/queues/{name}", {"isPaused": paused})
+            changed.append(name)
+        except OSError:  # some internal queues answer 400
+            pass
+    return changed
 
 
 def bytes_received_twice(received: list[dict[str, object]]) -> int:
@@ -874,6 +910,129 @@ class Bench:
         except (requests.RequestException, KeyError, ValueError) as exc:
             self.report.note(f"real server: could not delete the test photos ({exc}); delete them by hand")
 
+    # -- part 5: the server's ingest floor, curl --parallel sending bare uploads, vs our whole first sync
+    def ingest_floor(self) -> None:
+        pairs = self.args.floor_pairs
+        self.floor_pairs(
+            f"the ingest floor on the test server: {self.args.small} photos ({self.small_bytes / MB:.0f} MB), "
+            f"our first sync (defaults, fresh DB) vs curl --parallel-max {CURL_PARALLEL} bare uploads, each on a "
+            f"fresh server, {pairs} interleaved pairs",
+            lambda: Server(self.work),
+            lambda _rep, _who: (self.small_dir, self.args.small, self.small_bytes),
+            pairs,
+        )
+        url, key = os.environ.get("IMMICH_BENCH_URL", ""), os.environ.get("IMMICH_BENCH_KEY", "")
+        if not (url and key):
+            self.report.note(
+                "ingest floor on a real Immich skipped: IMMICH_BENCH_URL/IMMICH_BENCH_KEY not set"
+            )
+            return
+        real = RealServer(url, key)
+        count = self.args.floor_files
+        sha1s: list[str] = []
+
+        def fresh_tree(rep: int, who: str) -> tuple[Path, int, int]:
+            tree = self.work / f"floor-{who}-{rep}"
+            shutil.rmtree(self.work / f"floor-{who}-{rep - 1}", ignore_errors=True)
+            nbytes = make_photo_tree(tree, count, (350_000, 450_000), self.rng, fresh=True)
+            sha1s.extend(tree_sha1s(tree))
+            return tree, count, nbytes
+
+        paused = pause_queues(real, True)
+        self.report.note(f"real server: paused queues {','.join(paused) or '(none: all were paused)'}")
+        try:
+            self.floor_pairs(
+                f"the ingest floor on a real Immich at {real.url}: {count} photos of ~400 KB, new bytes every run, "
+                f"queues paused, {pairs} interleaved pairs",
+                lambda: real,
+                fresh_tree,
+                pairs,
+            )
+        finally:
+            if not self.args.real_keep:
+                self.delete_from_real(real, sha1s)
+            resumed = pause_queues(real, False, paused)
+            self.report.note(f"real server: resumed queues {','.join(resumed)}")
+
+    def floor_pairs(
+        self,
+        title: str,
+        server_for: Callable[[], Server | RealServer],
+        tree_for: Callable[[int, str], tuple[Path, int, int]],
+        pairs: int,
+    ) -> None:
+        rows = self.report.section(title)
+        ours: list[Measured] = []
+        curls: list[Measured] = []
+        ratios: list[float] = []
+        nbytes = count = 0
+        real = False
+        for rep in range(pairs):
+            times: dict[str, float] = {}
+            for who in ("curl", "ours") if rep % 2 == 0 else ("ours", "curl"):
+                tree, count, nbytes = tree_for(rep, who)
+                with server_for() as server:
+                    if who == "curl":
+                        run = self.curl_parallel(tree, server, count)
+                        curls.append(run)
+                    else:
+                        env = self.env_file(tree, self.work / f"floor{self._n}.db", server)
+                        run = self.ours("sync_upload.py", env, server)
+                        self.check_uploaded("sync_upload.py first sync (ingest floor)", run, count)
+                        ours.append(run)
+                    times[who] = run.wall_s
+                    real = server.real
+            ratios.append(times["curl"] / times["ours"])
+            print(f"[floor] pair {rep + 1}: curl {times['curl']:.2f} s, ours {times['ours']:.2f} s, "
+                  f"ratio {ratios[-1]:.2f}x", flush=True)  # fmt: skip
+        ratio = sorted(ratios)[(len(ratios) - 1) // 2] if len(ratios) % 2 else (
+            sum(sorted(ratios)[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2)  # fmt: skip
+        curl = median_run(curls, lambda r: r.wall_s)
+        mine = median_run(ours, lambda r: r.wall_s)
+        rows.append(Row(f"curl --parallel --parallel-max {CURL_PARALLEL} -K <config> (bare uploads)", curl.wall_s,
+                        nbytes, count, curl.peak_rss, curl.cpu_s, None if real else curl.server_cpu_s))  # fmt: skip
+        rows.append(Row("ours, first sync: sync_upload.py (defaults, fresh DB)", mine.wall_s, nbytes, count,
+                        mine.peak_rss, mine.cpu_s, None if real else mine.server_cpu_s,
+                        f">= {FLOOR_RATIO_TARGET}x curl (median pair {ratio:.2f}x)",
+                        "ok" if ratio >= FLOOR_RATIO_TARGET else "MISSED"))  # fmt: skip
+        self.report.note(
+            f"{title.split(':')[0]}: curl {spread([r.wall_s for r in curls])} s, ours "
+            f"{spread([r.wall_s for r in ours])} s, pair ratios {spread(ratios)}"
+        )
+
+    def curl_parallel(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
+        """curl sending every photo of `tree` as a bare upload, CURL_PARALLEL at a time (one config file)."""
+        lines: list[str] = []
+        for path in sorted(tree.rglob("*.jpg")):
+            st = path.stat()
+            when = datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            if lines:
+                lines.append("next")
+            lines += [
+                f'url = "{server.url}/api/assets"',
+                'output = "/dev/null"',
+                "silent",
+                "show-error",
+                f'header = "x-api-key: {server.key}"',
+                'write-out = "%{http_code}\\n"',
+                f'form = "deviceAssetId={path.name}-{st.st_size}"',
+                'form = "deviceId=bench-curl"',
+                f'form = "fileCreatedAt={when}"',
+                f'form = "fileModifiedAt={when}"',
+                f'form = "assetData=@{path}"',
+            ]
+        config = self.work / "curl-floor.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        cmd = ["curl", "--parallel", "--parallel-max", str(CURL_PARALLEL), "-K", str(config)]
+        run = run_measured(cmd, self.work, env=child_environment(proxies=server.real), server=server)
+        created = run.stdout.split().count("201")
+        if created != count:
+            self.report.note(
+                f"curl --parallel: {created} of {count} answered 201 (exit {run.status}; "
+                f"{' '.join(sorted(set(run.stdout.split())))}; {run.stderr.strip()[-300:]})"
+            )
+        return run
+
 
 # --- the official CLI -------------------------------------------------------------------------------------
 
@@ -939,7 +1098,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-cli", action="store_true", help="skip the official Immich CLI comparison")
     parser.add_argument(
-        "--parts", default="1,2,3,4", help="which numbered parts of the docstring to run (default 1,2,3,4)"
+        "--parts",
+        default="1,2,3,4,5",
+        help="which numbered parts of the docstring to run (default 1,2,3,4,5)",
+    )
+    parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
+    parser.add_argument(
+        "--floor-files", type=int, help="photos per run for the real-server ingest floor (default 1000)"
     )
     parser.add_argument(
         "--real-files", type=int, help="photos per tool for the real-server part (default 200, quick 20)"
@@ -951,6 +1116,8 @@ def main(argv: list[str] | None = None) -> int:
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
     args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
+    args.floor_pairs = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
+    args.floor_files = args.floor_files if args.floor_files is not None else (40 if args.quick else 1000)
     args.real_files = args.real_files if args.real_files is not None else (20 if args.quick else 200)
     try:
         args.delays = [float(d) for d in args.delays_ms.split(",") if d.strip()]
@@ -958,8 +1125,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--delays-ms: numbers separated by commas, not {args.delays_ms!r}")
     args.size_range = (2 * MB, 5 * MB)
     args.parts = {p.strip() for p in args.parts.split(",")}
-    if not args.parts <= {"1", "2", "3", "4"}:
-        parser.error(f"--parts: numbers 1-4 separated by commas, not {','.join(sorted(args.parts))!r}")
+    if not args.parts <= {"1", "2", "3", "4", "5"}:
+        parser.error(f"--parts: numbers 1-5 separated by commas, not {','.join(sorted(args.parts))!r}")
     real = bool(os.environ.get("IMMICH_BENCH_URL") and os.environ.get("IMMICH_BENCH_KEY"))
 
     big_size = int(args.big_gib * (1 << 30))
@@ -992,7 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
         cli = None if args.no_cli or not args.parts & {"1", "4"} else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
-        if args.parts & {"1", "3", "4"}:
+        if args.parts & {"1", "3", "4", "5"}:
             print(
                 f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
                 flush=True,
@@ -1023,6 +1190,8 @@ def main(argv: list[str] | None = None) -> int:
                 bench.concurrency(template, scan, delay_ms)
         if "4" in args.parts:
             bench.real_server(cli)
+        if "5" in args.parts:
+            bench.ingest_floor()
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print_table(
             report,
