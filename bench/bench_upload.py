@@ -27,7 +27,7 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      (the required form fields and the file, nothing else) vs our whole first sync at the shipped defaults (a
      fresh database each time), in interleaved pairs (who goes first alternates), the median of the pairs'
      ratios quoted; target: ours >= 0.9x curl's speed. On the test server each run has a fresh server, so both
-     send part 1's tree; with IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree
+     send the same trees: part 1's, then --floor-files photos of ~400 KB; with IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree
      of new random bytes of the same shape (--floor-files photos of ~400 KB), the server's queues paused for
      both (this bench pauses them and resumes those it paused) and the test photos deleted afterwards.
 
@@ -87,6 +87,7 @@ RERUN_SPEEDUP_TARGET = 20.0
 REAL_FIRST_SPEEDUP_TARGET = 1.3
 FLOOR_RATIO_TARGET = 0.9
 CURL_PARALLEL = 8
+FLOOR_SIZE_RANGE = (350_000, 450_000)  # the issue's real-server measurement: 1,000 photos of ~400 KB
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 _live: list[subprocess.Popen[bytes]] = []  # every process we started and have not reaped: killed on exit
@@ -921,6 +922,17 @@ class Bench:
             lambda _rep, _who: (self.small_dir, self.args.small, self.small_bytes),
             pairs,
         )
+        count = self.args.floor_files
+        small_tree = self.work / "floor-small"
+        small_bytes = make_photo_tree(small_tree, count, FLOOR_SIZE_RANGE, self.rng)
+        self.floor_pairs(
+            f"the ingest floor on the test server: {count} photos of ~400 KB ({small_bytes / MB:.0f} MB, the "
+            f"real-server shape), each on a fresh server, {pairs} interleaved pairs",
+            lambda: Server(self.work),
+            lambda _rep, _who: (small_tree, count, small_bytes),
+            pairs,
+        )
+        shutil.rmtree(small_tree, ignore_errors=True)
         url, key = os.environ.get("IMMICH_BENCH_URL", ""), os.environ.get("IMMICH_BENCH_KEY", "")
         if not (url and key):
             self.report.note(
@@ -928,13 +940,12 @@ class Bench:
             )
             return
         real = RealServer(url, key)
-        count = self.args.floor_files
         sha1s: list[str] = []
 
         def fresh_tree(rep: int, who: str) -> tuple[Path, int, int]:
             tree = self.work / f"floor-{who}-{rep}"
             shutil.rmtree(self.work / f"floor-{who}-{rep - 1}", ignore_errors=True)
-            nbytes = make_photo_tree(tree, count, (350_000, 450_000), self.rng, fresh=True)
+            nbytes = make_photo_tree(tree, count, FLOOR_SIZE_RANGE, self.rng, fresh=True)
             sha1s.extend(tree_sha1s(tree))
             return tree, count, nbytes
 
@@ -1104,7 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
     parser.add_argument(
-        "--floor-files", type=int, help="photos per run for the real-server ingest floor (default 1000)"
+        "--floor-files", type=int, help="photos of ~400 KB per ingest-floor run (default 1000)"
     )
     parser.add_argument(
         "--real-files", type=int, help="photos per tool for the real-server part (default 200, quick 20)"
