@@ -914,6 +914,9 @@ class Bench:
     # -- part 5: the server's ingest floor, curl --parallel sending bare uploads, vs our whole first sync
     def ingest_floor(self) -> None:
         pairs = self.args.floor_pairs
+        if self.args.floor_real_only:
+            self.real_floor(pairs)
+            return
         self.floor_pairs(
             f"the ingest floor on the test server: {self.args.small} photos ({self.small_bytes / MB:.0f} MB), "
             f"our first sync (defaults, fresh DB) vs curl --parallel-max {CURL_PARALLEL} bare uploads, each on a "
@@ -933,12 +936,16 @@ class Bench:
             pairs,
         )
         shutil.rmtree(small_tree, ignore_errors=True)
+        self.real_floor(pairs)
+
+    def real_floor(self, pairs: int) -> None:
         url, key = os.environ.get("IMMICH_BENCH_URL", ""), os.environ.get("IMMICH_BENCH_KEY", "")
         if not (url and key):
             self.report.note(
                 "ingest floor on a real Immich skipped: IMMICH_BENCH_URL/IMMICH_BENCH_KEY not set"
             )
             return
+        count = self.args.floor_files
         real = RealServer(url, key)
         sha1s: list[str] = []
 
@@ -1113,6 +1120,9 @@ def main(argv: list[str] | None = None) -> int:
         default="1,2,3,4,5",
         help="which numbered parts of the docstring to run (default 1,2,3,4,5)",
     )
+    parser.add_argument(
+        "--floor-real-only", action="store_true", help="part 5 on the real server only (IMMICH_BENCH_URL)"
+    )
     parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
     parser.add_argument(
         "--floor-files", type=int, help="photos of ~400 KB per ingest-floor run (default 1000)"
@@ -1170,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
         cli = None if args.no_cli or not args.parts & {"1", "4"} else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
-        if args.parts & {"1", "3", "4", "5"}:
+        if args.parts & {"1", "3", "4"} or ("5" in args.parts and not args.floor_real_only):
             print(
                 f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
                 flush=True,
