@@ -49,6 +49,7 @@ import select
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -521,11 +522,11 @@ def loadavg() -> str:
         return "?"
 
 
-def warm_bytecode() -> None:
+def warm_bytecode(project: Path = PROJECT_DIR) -> None:
     """Import our scripts once, so the runs measured start from a written bytecode cache, as a user's do."""
     code = "import scan_files, sync_upload, upload_files"
     subprocess.run(
-        [PYTHON, "-c", code], cwd=PROJECT_DIR, env=child_environment(), capture_output=True, timeout=120
+        [PYTHON, "-c", code], cwd=project, env=child_environment(), capture_output=True, timeout=120
     )
 
 
@@ -585,8 +586,15 @@ class Bench:
             **settings,
         )
 
-    def ours(self, script: str, env_file: Path, server: Server | RealServer | None, *extra: str) -> Measured:
-        cmd = [PYTHON, str(PROJECT_DIR / script), "--env-file", str(env_file), "--json", "--no-progress"]
+    def ours(
+        self,
+        script: str,
+        env_file: Path,
+        server: Server | RealServer | None,
+        *extra: str,
+        project: Path = PROJECT_DIR,
+    ) -> Measured:
+        cmd = [PYTHON, str(project / script), "--env-file", str(env_file), "--json", "--no-progress"]
         env = child_environment(proxies=bool(server and server.real))
         run = run_measured([*cmd, *extra], self.work, env=env, server=server)
         if run.status != 0:
@@ -920,7 +928,7 @@ class Bench:
         self.floor_pairs(
             f"the ingest floor on the test server: {self.args.small} photos ({self.small_bytes / MB:.0f} MB), "
             f"our first sync (defaults, fresh DB) vs curl --parallel-max {CURL_PARALLEL} bare uploads, each on a "
-            f"fresh server, {pairs} interleaved pairs",
+            f"fresh server, {pairs} rounds in turn",
             lambda: Server(self.work),
             lambda _rep, _who: (self.small_dir, self.args.small, self.small_bytes),
             pairs,
@@ -930,7 +938,7 @@ class Bench:
         small_bytes = make_photo_tree(small_tree, count, FLOOR_SIZE_RANGE, self.rng)
         self.floor_pairs(
             f"the ingest floor on the test server: {count} photos of ~400 KB ({small_bytes / MB:.0f} MB, the "
-            f"real-server shape), each on a fresh server, {pairs} interleaved pairs",
+            f"real-server shape), each on a fresh server, {pairs} rounds in turn",
             lambda: Server(self.work),
             lambda _rep, _who: (small_tree, count, small_bytes),
             pairs,
@@ -961,7 +969,7 @@ class Bench:
         try:
             self.floor_pairs(
                 f"the ingest floor on a real Immich at {real.url}: {count} photos of ~400 KB, new bytes every run, "
-                f"queues paused, {pairs} interleaved pairs",
+                f"queues paused, {pairs} rounds in turn",
                 lambda: real,
                 fresh_tree,
                 pairs,
@@ -979,43 +987,57 @@ class Bench:
         tree_for: Callable[[int, str], tuple[Path, int, int]],
         pairs: int,
     ) -> None:
+        """`pairs` rounds of curl and ours (and, with --floor-also, that checkout's sync_upload.py), the order
+        turning each round; the median of each round's ratio to curl is quoted."""
         rows = self.report.section(title)
-        ours: list[Measured] = []
-        curls: list[Measured] = []
-        ratios: list[float] = []
+        also = self.args.floor_also
+        players = ["curl", "ours", *(["also"] if also else [])]
+        runs: dict[str, list[Measured]] = {who: [] for who in players}
+        ratios: dict[str, list[float]] = {who: [] for who in players[1:]}
         nbytes = count = 0
         real = False
         for rep in range(pairs):
-            times: dict[str, float] = {}
-            for who in ("curl", "ours") if rep % 2 == 0 else ("ours", "curl"):
+            for who in players[rep % len(players) :] + players[: rep % len(players)]:
                 tree, count, nbytes = tree_for(rep, who)
                 with server_for() as server:
                     if who == "curl":
                         run = self.curl_parallel(tree, server, count)
-                        curls.append(run)
                     else:
                         env = self.env_file(tree, self.work / f"floor{self._n}.db", server)
-                        run = self.ours("sync_upload.py", env, server)
-                        self.check_uploaded("sync_upload.py first sync (ingest floor)", run, count)
-                        ours.append(run)
-                    times[who] = run.wall_s
+                        project = Path(also) if who == "also" else PROJECT_DIR
+                        run = self.ours("sync_upload.py", env, server, project=project)
+                        self.check_uploaded(f"{who}: sync_upload.py first sync (ingest floor)", run, count)
+                    runs[who].append(run)
                     real = server.real
-            ratios.append(times["curl"] / times["ours"])
-            print(f"[floor] pair {rep + 1}: curl {times['curl']:.2f} s, ours {times['ours']:.2f} s, "
-                  f"ratio {ratios[-1]:.2f}x", flush=True)  # fmt: skip
-        ratio = sorted(ratios)[(len(ratios) - 1) // 2] if len(ratios) % 2 else (
-            sum(sorted(ratios)[len(ratios) // 2 - 1 : len(ratios) // 2 + 1]) / 2)  # fmt: skip
-        curl = median_run(curls, lambda r: r.wall_s)
-        mine = median_run(ours, lambda r: r.wall_s)
+            for who in players[1:]:
+                ratios[who].append(runs["curl"][-1].wall_s / runs[who][-1].wall_s)
+            print(f"[floor] round {rep + 1}: " + ", ".join(f"{who} {runs[who][-1].wall_s:.2f} s" for who in players)
+                  + "; ratio to curl " + ", ".join(f"{who} {ratios[who][-1]:.2f}x" for who in players[1:]),
+                  flush=True)  # fmt: skip
+        curl = median_run(runs["curl"], lambda r: r.wall_s)
         rows.append(Row(f"curl --parallel --parallel-max {CURL_PARALLEL} -K <config> (bare uploads)", curl.wall_s,
                         nbytes, count, curl.peak_rss, curl.cpu_s, None if real else curl.server_cpu_s))  # fmt: skip
-        rows.append(Row("ours, first sync: sync_upload.py (defaults, fresh DB)", mine.wall_s, nbytes, count,
-                        mine.peak_rss, mine.cpu_s, None if real else mine.server_cpu_s,
-                        f">= {FLOOR_RATIO_TARGET}x curl (median pair {ratio:.2f}x)",
-                        "ok" if ratio >= FLOOR_RATIO_TARGET else "MISSED"))  # fmt: skip
+        for who in players[1:]:
+            ratio = statistics.median(ratios[who])
+            mine = median_run(runs[who], lambda r: r.wall_s)
+            label = (
+                "ours, first sync: sync_upload.py (defaults, fresh DB)"
+                if who == "ours"
+                else f"before: {also}"
+            )
+            target = (
+                f">= {FLOOR_RATIO_TARGET}x curl (median ratio {ratio:.2f}x)"
+                if who == "ours"
+                else f"({ratio:.2f}x)"
+            )
+            verdict = ("ok" if ratio >= FLOOR_RATIO_TARGET else "MISSED") if who == "ours" else ""
+            rows.append(Row(label, mine.wall_s, nbytes, count, mine.peak_rss, mine.cpu_s,
+                            None if real else mine.server_cpu_s, target, verdict))  # fmt: skip
         self.report.note(
-            f"{title.split(':')[0]}: curl {spread([r.wall_s for r in curls])} s, ours "
-            f"{spread([r.wall_s for r in ours])} s, pair ratios {spread(ratios)}"
+            f"{title.split(': ')[0]}: "
+            + "; ".join(f"{who} {spread([r.wall_s for r in runs[who]])} s" for who in players)
+            + "; ratios to curl "
+            + "; ".join(f"{who} {spread(ratios[who])}" for who in players[1:])
         )
 
     def curl_parallel(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
@@ -1123,6 +1145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor-real-only", action="store_true", help="part 5 on the real server only (IMMICH_BENCH_URL)"
     )
+    parser.add_argument(
+        "--floor-also",
+        metavar="DIR",
+        help="part 5: also time DIR/sync_upload.py (an earlier checkout) each round",
+    )
     parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
     parser.add_argument(
         "--floor-files", type=int, help="photos of ~400 KB per ingest-floor run (default 1000)"
@@ -1177,6 +1204,8 @@ def main(argv: list[str] | None = None) -> int:
                 "(Python start-up and imports for ours, node start-up for the CLI)"
             )
         warm_bytecode()
+        if args.floor_also:
+            warm_bytecode(Path(args.floor_also))
         cli = None if args.no_cli or not args.parts & {"1", "4"} else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
