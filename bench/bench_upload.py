@@ -29,10 +29,14 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      ratios quoted; target: ours >= 0.9x curl's speed. On the test server each run has a fresh server, so both
      send the same trees: part 1's, then --floor-files photos of ~400 KB; with IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree
      of new random bytes of the same shape (--floor-files photos of ~400 KB), the server's queues paused for
-     both (this bench pauses them and resumes those it paused) and the test photos deleted afterwards.
+     both (this bench pauses them and resumes those it paused) and the test photos deleted afterwards;
+  6. a deletion run: --floor-files photos of ~400 KB (hard links to a kept copy) uploaded by a first sync, then an
+     unchanged sync (the reference) and `sync_upload.py --delete-uploaded`, which confirms each asset in Immich
+     and deletes the local files; the difference is what deleting costs. With --floor-also DIR, DIR's scripts
+     take turns with ours (parts 5 and 6).
 
     .venv/bin/python bench/bench_upload.py [--quick] [--small 2000] [--big-gib 1] [--repeat 3]
-        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep] [--parts 1,2,3,4,5]
+        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep] [--parts 1,2,3,4,5,6]
         [--floor-pairs 5] [--floor-files 1000]
 """
 
@@ -1073,6 +1077,61 @@ class Bench:
             )
         return run
 
+    # -- part 6: a deletion run (--delete-uploaded), next to an unchanged sync of the same state
+    def deletion(self) -> None:
+        count = self.args.floor_files
+        source = self.work / "delete-source"
+        nbytes = make_photo_tree(source, count, FLOOR_SIZE_RANGE, self.rng)
+        also = self.args.floor_also
+        players = ["ours", *(["also"] if also else [])]
+        rounds = self.args.repeat
+        rows = self.report.section(
+            f"a deletion run: {count} photos of ~400 KB uploaded by a first sync, then an unchanged sync and a "
+            f"sync --delete-uploaded (each file confirmed in Immich, then deleted); the test server, {rounds} "
+            "round(s), median"
+        )
+        kept: dict[str, list[Measured]] = {who: [] for who in players}
+        deleting: dict[str, list[Measured]] = {who: [] for who in players}
+        for rep in range(rounds):
+            for who in players[rep % len(players) :] + players[: rep % len(players)]:
+                project = Path(also) if who == "also" else PROJECT_DIR
+                tree = self.work / "delete-tree"
+                shutil.rmtree(tree, ignore_errors=True)
+                for path in source.rglob("*.jpg"):  # hard links: deleting one leaves the source's
+                    (tree / path.parent.name).mkdir(parents=True, exist_ok=True)
+                    os.link(path, tree / path.parent.name / path.name)
+                with Server(self.work) as server:
+                    env = self.env_file(tree, self.work / f"delete{self._n}.db", server)
+                    first = self.ours("sync_upload.py", env, server, project=project)
+                    self.check_uploaded(f"{who}: first sync before the deletion run", first, count)
+                    kept[who].append(self.ours("sync_upload.py", env, server, project=project))
+                    run = self.ours("sync_upload.py", env, server, "--delete-uploaded", project=project)
+                    left = sum(1 for _ in tree.rglob("*.jpg"))
+                    if run.status != 0 or left:
+                        self.report.note(f"{who}: deletion run exited {run.status}, {left} files left")
+                    deleting[who].append(run)
+            print(f"[delete] round {rep + 1}: " + ", ".join(
+                f"{who} unchanged {kept[who][-1].wall_s:.2f} s, deleting {deleting[who][-1].wall_s:.2f} s"
+                for who in players), flush=True)  # fmt: skip
+        for who in players:
+            name = "ours" if who == "ours" else f"before: {also}"
+            same = median_run(kept[who], lambda r: r.wall_s)
+            gone = median_run(deleting[who], lambda r: r.wall_s)
+            rows.append(Row(f"{name}: unchanged sync (reference)", same.wall_s, 0, count, same.peak_rss,
+                            same.cpu_s, same.server_cpu_s))  # fmt: skip
+            rows.append(Row(f"{name}: sync --delete-uploaded", gone.wall_s, 0, count, gone.peak_rss, gone.cpu_s,
+                            gone.server_cpu_s, f"({gone.wall_s - same.wall_s:+.2f} s for {count} deletions)"))  # fmt: skip
+        self.report.note(
+            "deletion runs (s): "
+            + "; ".join(
+                f"{who} unchanged {spread([r.wall_s for r in kept[who]])}, deleting "
+                f"{spread([r.wall_s for r in deleting[who]])}"
+                for who in players
+            )
+            + f" ({nbytes / MB:.0f} MB)"
+        )
+        shutil.rmtree(source, ignore_errors=True)
+
 
 # --- the official CLI -------------------------------------------------------------------------------------
 
@@ -1139,8 +1198,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cli", action="store_true", help="skip the official Immich CLI comparison")
     parser.add_argument(
         "--parts",
-        default="1,2,3,4,5",
-        help="which numbered parts of the docstring to run (default 1,2,3,4,5)",
+        default="1,2,3,4,5,6",
+        help="which numbered parts of the docstring to run (default 1,2,3,4,5,6)",
     )
     parser.add_argument(
         "--floor-real-only", action="store_true", help="part 5 on the real server only (IMMICH_BENCH_URL)"
@@ -1148,7 +1207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor-also",
         metavar="DIR",
-        help="part 5: also time DIR/sync_upload.py (an earlier checkout) each round",
+        help="parts 5 and 6: also time DIR/sync_upload.py (an earlier checkout) each round",
     )
     parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
     parser.add_argument(
@@ -1173,8 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--delays-ms: numbers separated by commas, not {args.delays_ms!r}")
     args.size_range = (2 * MB, 5 * MB)
     args.parts = {p.strip() for p in args.parts.split(",")}
-    if not args.parts <= {"1", "2", "3", "4", "5"}:
-        parser.error(f"--parts: numbers 1-5 separated by commas, not {','.join(sorted(args.parts))!r}")
+    if not args.parts <= {"1", "2", "3", "4", "5", "6"}:
+        parser.error(f"--parts: numbers 1-6 separated by commas, not {','.join(sorted(args.parts))!r}")
     real = bool(os.environ.get("IMMICH_BENCH_URL") and os.environ.get("IMMICH_BENCH_KEY"))
 
     big_size = int(args.big_gib * (1 << 30))
@@ -1242,6 +1301,8 @@ def main(argv: list[str] | None = None) -> int:
             bench.real_server(cli)
         if "5" in args.parts:
             bench.ingest_floor()
+        if "6" in args.parts:
+            bench.deletion()
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print_table(
             report,
