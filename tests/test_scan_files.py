@@ -602,10 +602,10 @@ def test_a_sync_hands_on_its_first_files_after_8_then_after_twice_as_many_each_t
 
     handed: list[int] = []
     batch = scanner._SaveBatch(Store(), lambda keys: handed.append(len(keys)))  # type: ignore[arg-type]
-    for n in range(1200):
+    for n in range(1100):
         path = f"/p/{n}.jpg"
         batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
         batch.save_if_due()
-    assert handed[:7] == [8, 16, 32, 64, 128, 256, scanner.SAVE_EVERY_FILES]
+    assert handed[:7] == [8, 16, 32, 64, 128, 256, 512]
     scan_only = scanner._SaveBatch(Store(), None)  # type: ignore[arg-type]
     assert scan_only.due == scanner.SAVE_EVERY_FILES
