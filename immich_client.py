@@ -469,8 +469,7 @@ class MultipartBody:
 
     Written here rather than with requests-toolbelt's encoder: that one copies every chunk twice into fresh
     objects, which measured 2x curl's CPU and 270k page faults per GiB (bench/bench_upload.py); this one
-    reads each file with readinto() into a 1 MiB buffer that each thread allocates once and reuses for every
-    upload it sends (a fresh one per upload cost 256 page faults and a 1 MiB clear a file). Its length is known up front, so the
+    reads each file with readinto() into one reused 1 MiB buffer. Its length is known up front, so the
     request carries a Content-Length; a file that shrinks mid-upload raises instead of sending a short body.
     """
 
@@ -501,6 +500,7 @@ class MultipartBody:
             self._segments.append(b"\r\n")
         self._segments.append(self._text(trailing_fields) + f"--{self.boundary}--\r\n".encode())
         self.len = sum(len(s) if isinstance(s, bytes) else self._sizes[id(s)] for s in self._segments)
+        self._buffer = bytearray(UPLOAD_READ_BYTES)
         self._index = 0
         self._handle: BinaryIO | None = None
         self._hasher: Any = None
@@ -555,8 +555,7 @@ class MultipartBody:
             self._hasher = hashlib.sha1() if part.hashed else None
         if self._left <= 0:
             return None
-        buffer = _read_buffer()  # this thread's: the chunk is sent before this thread reads the next
-        view = memoryview(buffer)[: min(self._left, len(buffer))]
+        view = memoryview(self._buffer)[: min(self._left, len(self._buffer))]
         count = self._handle.readinto(view)
         if not count:
             raise FileChangedError(errno.EAGAIN, f"{part.filename} shrank while it was being uploaded")
@@ -574,17 +573,6 @@ class MultipartBody:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-
-
-_thread_buffers = threading.local()
-
-
-def _read_buffer() -> bytearray:
-    """The calling thread's upload read buffer (UPLOAD_READ_BYTES), made on its first upload."""
-    buffer: bytearray | None = getattr(_thread_buffers, "buffer", None)
-    if buffer is None:
-        buffer = _thread_buffers.buffer = bytearray(UPLOAD_READ_BYTES)
-    return buffer
 
 
 def _readable(sock: socket.socket, timeout_s: float = 0.0) -> bool:
