@@ -593,19 +593,24 @@ def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
     assert proc.stderr.count("top level ran") == 1
 
 
-def test_a_sync_hands_on_its_first_files_after_8_then_after_twice_as_many_each_time() -> None:
+def test_a_sync_hands_rows_on_every_500_files_and_a_scan_writes_5000_at_a_time() -> None:
     from db_manager import ScannedFile
 
     class Store:
+        def __init__(self) -> None:
+            self.saved: list[int] = []
+
         def save_scanned(self, new: list[ScannedFile], changed: list[object]) -> None:
-            pass
+            self.saved.append(len(new))
 
     handed: list[int] = []
-    batch = scanner._SaveBatch(Store(), lambda keys: handed.append(len(keys)))  # type: ignore[arg-type]
-    for n in range(1100):
+    sync_store, scan_store = Store(), Store()
+    sync = scanner._SaveBatch(sync_store, lambda keys: handed.append(len(keys)))  # type: ignore[arg-type]
+    scan = scanner._SaveBatch(scan_store, None)  # type: ignore[arg-type]
+    for n in range(10_500):
         path = f"/p/{n}.jpg"
-        batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
-        batch.save_if_due()
-    assert handed[:7] == [8, 16, 32, 64, 128, 256, 512]
-    scan_only = scanner._SaveBatch(Store(), None)  # type: ignore[arg-type]
-    assert scan_only.due == scanner.SAVE_EVERY_FILES
+        for batch in (sync, scan):
+            batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
+            batch.save_if_due()
+    assert handed == [500] * 21 and sync_store.saved == [500] * 21
+    assert scan_store.saved == [5000, 5000]
