@@ -712,7 +712,7 @@ def bench_unchanged_sync(args: argparse.Namespace, work: Path, rows: list[Row | 
             None,
             None,
             count,
-            target="as fast as with a cache",
+            target="as cached",
             result=f"{plain / mine.wall_s:.2f}x the cached run's time",
         )
     )
