@@ -651,6 +651,70 @@ def tls_context(ca_bundle: str, verify: bool) -> ssl.SSLContext:
     return context
 
 
+_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")  # what the email parser takes for a field name
+
+
+def parse_header_lines(lines: list[bytes]) -> http.client.HTTPMessage:
+    """An answer's header lines (as http.client reads them, the blank line last) as http.client's
+    HTTPMessage, the same fields the email parser makes of them, for a fifth of the Python. Anything but
+    plain `Name: value` lines (continued or folded lines, a line without a name) goes to the email parser."""
+    message = http.client.HTTPMessage()
+    for raw in lines[:-1]:
+        line = raw.decode("iso-8859-1")
+        name, colon, value = line.partition(":")
+        if not colon or not _HEADER_NAME.fullmatch(name):
+            import email.parser
+
+            text = b"".join(lines).decode("iso-8859-1")
+            return email.parser.Parser(_class=http.client.HTTPMessage).parsestr(text)  # type: ignore[return-value]
+        message[name] = value.lstrip(" \t").rstrip("\r\n")
+    return message
+
+
+class _QuickResponse(http.client.HTTPResponse):
+    """http.client's answer with its header lines read by parse_header_lines: the email parser it uses took
+    a fifth of an upload thread's Python (1,000 photos of 400 KB, profiled). begin() is the standard
+    library's, less its debug prints."""
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        while True:
+            version, status, reason = self._read_status()  # type: ignore[attr-defined]
+            if status != http.client.CONTINUE:
+                break
+            http.client._read_headers(self.fp)  # type: ignore[attr-defined]
+        self.code = self.status = status
+        self.reason = reason.strip()
+        if version in ("HTTP/1.0", "HTTP/0.9"):
+            self.version = 10
+        elif version.startswith("HTTP/1."):
+            self.version = 11
+        else:
+            raise http.client.UnknownProtocol(version)
+        self.headers = self.msg = parse_header_lines(http.client._read_headers(self.fp))  # type: ignore[attr-defined]
+        encoding = self.headers.get("transfer-encoding")
+        self.chunked = bool(encoding and encoding.lower() == "chunked")  # type: ignore[assignment]
+        self.chunk_left = None
+        self.will_close = self._check_close()  # type: ignore[attr-defined]
+        self.length = None
+        length = self.headers.get("content-length")
+        if length and not self.chunked:
+            try:
+                self.length = int(length)
+            except ValueError:
+                self.length = None
+            else:
+                if self.length < 0:
+                    self.length = None
+        if status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED) or 100 <= status < 200:
+            self.length = 0
+        if self._method == "HEAD":  # type: ignore[attr-defined]
+            self.length = 0
+        if not self.will_close and not self.chunked and self.length is None:
+            self.will_close = True
+
+
 class DirectConnections:
     """Each thread's kept-alive http.client connection to the server when no proxy stands between: plain http,
     or https with a TLS context of our own (tls_context).
@@ -671,9 +735,13 @@ class DirectConnections:
 
     def open(self) -> http.client.HTTPConnection:
         """A new connection, not kept (the probe's); not connected yet."""
-        if self.scheme == "https":
-            return http.client.HTTPSConnection(self.host, self.port, context=self._tls())
-        return http.client.HTTPConnection(self.host, self.port)
+        conn = (
+            http.client.HTTPSConnection(self.host, self.port, context=self._tls())
+            if self.scheme == "https"
+            else http.client.HTTPConnection(self.host, self.port)
+        )
+        conn.response_class = _QuickResponse
+        return conn
 
     def get(self, connect_timeout_s: float) -> http.client.HTTPConnection:
         """This thread's connection; connect() waits at most `connect_timeout_s` (each write too)."""

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
+import bytecode_cache  # noqa: F401 - first: lets Python cache the tool's modules (see there)
 import config
 import scan_files
 import sync_upload

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, TextIO
 
+import bytecode_cache  # noqa: F401 - first: lets Python cache the tool's modules (see there)
 from cli import Context, ExitStatus, StartError, add_upload_arguments, base_parser, exit_process, run_script
 from config import ConfigError, ServerNotConfigured
 from db_manager import utc_now

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TextIO
 
+import bytecode_cache  # noqa: F401 - first: lets Python cache the tool's modules (see there)
 from cli import Context, ExitStatus, add_upload_arguments, base_parser, exit_process, run_script
 from db_manager import utc_now
 from filters import RunFiles

@@ -22,10 +22,22 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      a NAS, a server across the LAN or a VPN); files/s for each, the fastest marked;
   4. only with IMMICH_BENCH_URL and IMMICH_BENCH_KEY in the environment: part 1's first sync and rerun against
      that real Immich (target: first sync >= 1.3x faster than the CLI), on two trees of new random files (one for
-     each tool, so neither finds the other's uploads), deleted from that server afterwards unless --real-keep.
+     each tool, so neither finds the other's uploads), deleted from that server afterwards unless --real-keep;
+  5. the server's ingest floor: `curl --parallel --parallel-max 8 -K <config>` sending the photos as bare uploads
+     (the required form fields and the file, nothing else) vs our whole first sync at the shipped defaults (a
+     fresh database each time), in interleaved pairs (who goes first alternates), the median of the pairs'
+     ratios quoted; target: ours >= 0.9x curl's speed. On the test server each run has a fresh server, so both
+     send the same trees: part 1's, then --floor-files photos of ~400 KB; with IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree
+     of new random bytes of the same shape (--floor-files photos of ~400 KB), the server's queues paused for
+     both (this bench pauses them and resumes those it paused) and the test photos deleted afterwards;
+  6. a deletion run: --floor-files photos of ~400 KB (hard links to a kept copy) uploaded by a first sync, then an
+     unchanged sync (the reference) and `sync_upload.py --delete-uploaded`, which confirms each asset in Immich
+     and deletes the local files; the difference is what deleting costs. With --floor-also DIR, DIR's scripts
+     take turns with ours (parts 5 and 6).
 
     .venv/bin/python bench/bench_upload.py [--quick] [--small 2000] [--big-gib 1] [--repeat 3]
-        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep]
+        [--delays-ms 0,5,50] [--no-cli] [--real-files 200] [--real-keep] [--parts 1,2,3,4,5,6]
+        [--floor-pairs 5] [--floor-files 1000]
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import select
 import shutil
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,6 +63,7 @@ import urllib.request
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -76,6 +90,9 @@ CURL_RATIO_TARGET = 0.9
 FIRST_SPEEDUP_TARGET = 1.5
 RERUN_SPEEDUP_TARGET = 20.0
 REAL_FIRST_SPEEDUP_TARGET = 1.3
+FLOOR_RATIO_TARGET = 0.9
+CURL_PARALLEL = 8
+FLOOR_SIZE_RANGE = (350_000, 450_000)  # the issue's real-server measurement: 1,000 photos of ~400 KB
 PROXY_VARS = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
 
 _live: list[subprocess.Popen[bytes]] = []  # every process we started and have not reaped: killed on exit
@@ -316,6 +333,31 @@ class RealServer:
         return 0.0
 
 
+def pause_queues(server: RealServer, paused: bool, names: Sequence[str] | None = None) -> list[str]:
+    """Pause (or resume) a real Immich's queues with its admin key: `names`, or every queue not yet in that
+    state; returns the names changed."""
+    opener = urllib.request.build_opener()
+    headers = {"x-api-key": server.key, "Accept": "application/json", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{server.url}/api{path}", data, headers, method=method)
+        with opener.open(request, timeout=60) as response:
+            return json.loads(response.read() or b"null")
+
+    if names is None:
+        queues = call("GET", "/queues")
+        names = [str(q["name"]) for q in queues if bool(q.get("isPaused")) != paused]  # type: ignore[union-attr]
+    changed = []
+    for name in names:
+        try:
+            call("PUT", f"/queues/{name}", {"isPaused": paused})
+            changed.append(name)
+        except OSError:  # some internal queues answer 400
+            pass
+    return changed
+
+
 def bytes_received_twice(received: list[dict[str, object]]) -> int:
     """Files whose bytes reached the server more than once (early duplicate answers carry no body: size 0)."""
     bodies: dict[str, int] = {}
@@ -484,11 +526,11 @@ def loadavg() -> str:
         return "?"
 
 
-def warm_bytecode() -> None:
+def warm_bytecode(project: Path = PROJECT_DIR) -> None:
     """Import our scripts once, so the runs measured start from a written bytecode cache, as a user's do."""
     code = "import scan_files, sync_upload, upload_files"
     subprocess.run(
-        [PYTHON, "-c", code], cwd=PROJECT_DIR, env=child_environment(), capture_output=True, timeout=120
+        [PYTHON, "-c", code], cwd=project, env=child_environment(), capture_output=True, timeout=120
     )
 
 
@@ -548,8 +590,15 @@ class Bench:
             **settings,
         )
 
-    def ours(self, script: str, env_file: Path, server: Server | RealServer | None, *extra: str) -> Measured:
-        cmd = [PYTHON, str(PROJECT_DIR / script), "--env-file", str(env_file), "--json", "--no-progress"]
+    def ours(
+        self,
+        script: str,
+        env_file: Path,
+        server: Server | RealServer | None,
+        *extra: str,
+        project: Path = PROJECT_DIR,
+    ) -> Measured:
+        cmd = [PYTHON, str(project / script), "--env-file", str(env_file), "--json", "--no-progress"]
         env = child_environment(proxies=bool(server and server.real))
         run = run_measured([*cmd, *extra], self.work, env=env, server=server)
         if run.status != 0:
@@ -874,6 +923,215 @@ class Bench:
         except (requests.RequestException, KeyError, ValueError) as exc:
             self.report.note(f"real server: could not delete the test photos ({exc}); delete them by hand")
 
+    # -- part 5: the server's ingest floor, curl --parallel sending bare uploads, vs our whole first sync
+    def ingest_floor(self) -> None:
+        pairs = self.args.floor_pairs
+        if self.args.floor_real_only:
+            self.real_floor(pairs)
+            return
+        self.floor_pairs(
+            f"the ingest floor on the test server: {self.args.small} photos ({self.small_bytes / MB:.0f} MB), "
+            f"our first sync (defaults, fresh DB) vs curl --parallel-max {CURL_PARALLEL} bare uploads, each on a "
+            f"fresh server, {pairs} rounds in turn",
+            lambda: Server(self.work),
+            lambda _rep, _who: (self.small_dir, self.args.small, self.small_bytes),
+            pairs,
+        )
+        count = self.args.floor_files
+        small_tree = self.work / "floor-small"
+        small_bytes = make_photo_tree(small_tree, count, FLOOR_SIZE_RANGE, self.rng)
+        self.floor_pairs(
+            f"the ingest floor on the test server: {count} photos of ~400 KB ({small_bytes / MB:.0f} MB, the "
+            f"real-server shape), each on a fresh server, {pairs} rounds in turn",
+            lambda: Server(self.work),
+            lambda _rep, _who: (small_tree, count, small_bytes),
+            pairs,
+        )
+        shutil.rmtree(small_tree, ignore_errors=True)
+        self.real_floor(pairs)
+
+    def real_floor(self, pairs: int) -> None:
+        url, key = os.environ.get("IMMICH_BENCH_URL", ""), os.environ.get("IMMICH_BENCH_KEY", "")
+        if not (url and key):
+            self.report.note(
+                "ingest floor on a real Immich skipped: IMMICH_BENCH_URL/IMMICH_BENCH_KEY not set"
+            )
+            return
+        count = self.args.floor_files
+        real = RealServer(url, key)
+        sha1s: list[str] = []
+
+        def fresh_tree(rep: int, who: str) -> tuple[Path, int, int]:
+            tree = self.work / f"floor-{who}-{rep}"
+            shutil.rmtree(self.work / f"floor-{who}-{rep - 1}", ignore_errors=True)
+            nbytes = make_photo_tree(tree, count, FLOOR_SIZE_RANGE, self.rng, fresh=True)
+            sha1s.extend(tree_sha1s(tree))
+            return tree, count, nbytes
+
+        paused = pause_queues(real, True)
+        self.report.note(f"real server: paused queues {','.join(paused) or '(none: all were paused)'}")
+        try:
+            self.floor_pairs(
+                f"the ingest floor on a real Immich at {real.url}: {count} photos of ~400 KB, new bytes every run, "
+                f"queues paused, {pairs} rounds in turn",
+                lambda: real,
+                fresh_tree,
+                pairs,
+            )
+        finally:
+            if not self.args.real_keep:
+                self.delete_from_real(real, sha1s)
+            resumed = pause_queues(real, False, paused)
+            self.report.note(f"real server: resumed queues {','.join(resumed)}")
+
+    def floor_pairs(
+        self,
+        title: str,
+        server_for: Callable[[], Server | RealServer],
+        tree_for: Callable[[int, str], tuple[Path, int, int]],
+        pairs: int,
+    ) -> None:
+        """`pairs` rounds of curl and ours (and, with --floor-also, that checkout's sync_upload.py), the order
+        turning each round; the median of each round's ratio to curl is quoted."""
+        rows = self.report.section(title)
+        also = self.args.floor_also
+        players = ["curl", "ours", *(["also"] if also else [])]
+        runs: dict[str, list[Measured]] = {who: [] for who in players}
+        ratios: dict[str, list[float]] = {who: [] for who in players[1:]}
+        nbytes = count = 0
+        real = False
+        for rep in range(pairs):
+            for who in players[rep % len(players) :] + players[: rep % len(players)]:
+                tree, count, nbytes = tree_for(rep, who)
+                with server_for() as server:
+                    if who == "curl":
+                        run = self.curl_parallel(tree, server, count)
+                    else:
+                        env = self.env_file(tree, self.work / f"floor{self._n}.db", server)
+                        project = Path(also) if who == "also" else PROJECT_DIR
+                        run = self.ours("sync_upload.py", env, server, project=project)
+                        self.check_uploaded(f"{who}: sync_upload.py first sync (ingest floor)", run, count)
+                    runs[who].append(run)
+                    real = server.real
+            for who in players[1:]:
+                ratios[who].append(runs["curl"][-1].wall_s / runs[who][-1].wall_s)
+            print(f"[floor] round {rep + 1}: " + ", ".join(f"{who} {runs[who][-1].wall_s:.2f} s" for who in players)
+                  + "; ratio to curl " + ", ".join(f"{who} {ratios[who][-1]:.2f}x" for who in players[1:]),
+                  flush=True)  # fmt: skip
+        curl = median_run(runs["curl"], lambda r: r.wall_s)
+        rows.append(Row(f"curl --parallel --parallel-max {CURL_PARALLEL} -K <config> (bare uploads)", curl.wall_s,
+                        nbytes, count, curl.peak_rss, curl.cpu_s, None if real else curl.server_cpu_s))  # fmt: skip
+        for who in players[1:]:
+            ratio = statistics.median(ratios[who])
+            mine = median_run(runs[who], lambda r: r.wall_s)
+            label = (
+                "ours, first sync: sync_upload.py (defaults, fresh DB)"
+                if who == "ours"
+                else f"before: {also}"
+            )
+            target = (
+                f">= {FLOOR_RATIO_TARGET}x curl (median ratio {ratio:.2f}x)"
+                if who == "ours"
+                else f"({ratio:.2f}x)"
+            )
+            verdict = ("ok" if ratio >= FLOOR_RATIO_TARGET else "MISSED") if who == "ours" else ""
+            rows.append(Row(label, mine.wall_s, nbytes, count, mine.peak_rss, mine.cpu_s,
+                            None if real else mine.server_cpu_s, target, verdict))  # fmt: skip
+        self.report.note(
+            f"{title.split(': ')[0]}: "
+            + "; ".join(f"{who} {spread([r.wall_s for r in runs[who]])} s" for who in players)
+            + "; ratios to curl "
+            + "; ".join(f"{who} {spread(ratios[who])}" for who in players[1:])
+        )
+
+    def curl_parallel(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
+        """curl sending every photo of `tree` as a bare upload, CURL_PARALLEL at a time (one config file)."""
+        lines: list[str] = []
+        for path in sorted(tree.rglob("*.jpg")):
+            st = path.stat()
+            when = datetime.fromtimestamp(st.st_mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            if lines:
+                lines.append("next")
+            lines += [
+                f'url = "{server.url}/api/assets"',
+                'output = "/dev/null"',
+                "silent",
+                "show-error",
+                f'header = "x-api-key: {server.key}"',
+                'write-out = "%{http_code}\\n"',
+                f'form = "deviceAssetId={path.name}-{st.st_size}"',
+                'form = "deviceId=bench-curl"',
+                f'form = "fileCreatedAt={when}"',
+                f'form = "fileModifiedAt={when}"',
+                f'form = "assetData=@{path}"',
+            ]
+        config = self.work / "curl-floor.cfg"
+        config.write_text("\n".join(lines) + "\n")
+        cmd = ["curl", "--parallel", "--parallel-max", str(CURL_PARALLEL), "-K", str(config)]
+        run = run_measured(cmd, self.work, env=child_environment(proxies=server.real), server=server)
+        created = run.stdout.split().count("201")
+        if created != count:
+            self.report.note(
+                f"curl --parallel: {created} of {count} answered 201 (exit {run.status}; "
+                f"{' '.join(sorted(set(run.stdout.split())))}; {run.stderr.strip()[-300:]})"
+            )
+        return run
+
+    # -- part 6: a deletion run (--delete-uploaded), next to an unchanged sync of the same state
+    def deletion(self) -> None:
+        count = self.args.floor_files
+        source = self.work / "delete-source"
+        nbytes = make_photo_tree(source, count, FLOOR_SIZE_RANGE, self.rng)
+        also = self.args.floor_also
+        players = ["ours", *(["also"] if also else [])]
+        rounds = self.args.repeat
+        rows = self.report.section(
+            f"a deletion run: {count} photos of ~400 KB uploaded by a first sync, then an unchanged sync and a "
+            f"sync --delete-uploaded (each file confirmed in Immich, then deleted); the test server, {rounds} "
+            "round(s), median"
+        )
+        kept: dict[str, list[Measured]] = {who: [] for who in players}
+        deleting: dict[str, list[Measured]] = {who: [] for who in players}
+        for rep in range(rounds):
+            for who in players[rep % len(players) :] + players[: rep % len(players)]:
+                project = Path(also) if who == "also" else PROJECT_DIR
+                tree = self.work / "delete-tree"
+                shutil.rmtree(tree, ignore_errors=True)
+                for path in source.rglob("*.jpg"):  # hard links: deleting one leaves the source's
+                    (tree / path.parent.name).mkdir(parents=True, exist_ok=True)
+                    os.link(path, tree / path.parent.name / path.name)
+                with Server(self.work) as server:
+                    env = self.env_file(tree, self.work / f"delete{self._n}.db", server)
+                    first = self.ours("sync_upload.py", env, server, project=project)
+                    self.check_uploaded(f"{who}: first sync before the deletion run", first, count)
+                    kept[who].append(self.ours("sync_upload.py", env, server, project=project))
+                    run = self.ours("sync_upload.py", env, server, "--delete-uploaded", project=project)
+                    left = sum(1 for _ in tree.rglob("*.jpg"))
+                    if run.status != 0 or left:
+                        self.report.note(f"{who}: deletion run exited {run.status}, {left} files left")
+                    deleting[who].append(run)
+            print(f"[delete] round {rep + 1}: " + ", ".join(
+                f"{who} unchanged {kept[who][-1].wall_s:.2f} s, deleting {deleting[who][-1].wall_s:.2f} s"
+                for who in players), flush=True)  # fmt: skip
+        for who in players:
+            name = "ours" if who == "ours" else f"before: {also}"
+            same = median_run(kept[who], lambda r: r.wall_s)
+            gone = median_run(deleting[who], lambda r: r.wall_s)
+            rows.append(Row(f"{name}: unchanged sync (reference)", same.wall_s, 0, count, same.peak_rss,
+                            same.cpu_s, same.server_cpu_s))  # fmt: skip
+            rows.append(Row(f"{name}: sync --delete-uploaded", gone.wall_s, 0, count, gone.peak_rss, gone.cpu_s,
+                            gone.server_cpu_s, f"({gone.wall_s - same.wall_s:+.2f} s for {count} deletions)"))  # fmt: skip
+        self.report.note(
+            "deletion runs (s): "
+            + "; ".join(
+                f"{who} unchanged {spread([r.wall_s for r in kept[who]])}, deleting "
+                f"{spread([r.wall_s for r in deleting[who]])}"
+                for who in players
+            )
+            + f" ({nbytes / MB:.0f} MB)"
+        )
+        shutil.rmtree(source, ignore_errors=True)
+
 
 # --- the official CLI -------------------------------------------------------------------------------------
 
@@ -939,7 +1197,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-cli", action="store_true", help="skip the official Immich CLI comparison")
     parser.add_argument(
-        "--parts", default="1,2,3,4", help="which numbered parts of the docstring to run (default 1,2,3,4)"
+        "--parts",
+        default="1,2,3,4,5,6",
+        help="which numbered parts of the docstring to run (default 1,2,3,4,5,6)",
+    )
+    parser.add_argument(
+        "--floor-real-only", action="store_true", help="part 5 on the real server only (IMMICH_BENCH_URL)"
+    )
+    parser.add_argument(
+        "--floor-also",
+        metavar="DIR",
+        help="parts 5 and 6: also time DIR/sync_upload.py (an earlier checkout) each round",
+    )
+    parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
+    parser.add_argument(
+        "--floor-files", type=int, help="photos of ~400 KB per ingest-floor run (default 1000)"
     )
     parser.add_argument(
         "--real-files", type=int, help="photos per tool for the real-server part (default 200, quick 20)"
@@ -951,6 +1223,8 @@ def main(argv: list[str] | None = None) -> int:
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
     args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
+    args.floor_pairs = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
+    args.floor_files = args.floor_files if args.floor_files is not None else (40 if args.quick else 1000)
     args.real_files = args.real_files if args.real_files is not None else (20 if args.quick else 200)
     try:
         args.delays = [float(d) for d in args.delays_ms.split(",") if d.strip()]
@@ -958,8 +1232,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--delays-ms: numbers separated by commas, not {args.delays_ms!r}")
     args.size_range = (2 * MB, 5 * MB)
     args.parts = {p.strip() for p in args.parts.split(",")}
-    if not args.parts <= {"1", "2", "3", "4"}:
-        parser.error(f"--parts: numbers 1-4 separated by commas, not {','.join(sorted(args.parts))!r}")
+    if not args.parts <= {"1", "2", "3", "4", "5", "6"}:
+        parser.error(f"--parts: numbers 1-6 separated by commas, not {','.join(sorted(args.parts))!r}")
     real = bool(os.environ.get("IMMICH_BENCH_URL") and os.environ.get("IMMICH_BENCH_KEY"))
 
     big_size = int(args.big_gib * (1 << 30))
@@ -989,10 +1263,12 @@ def main(argv: list[str] | None = None) -> int:
                 "(Python start-up and imports for ours, node start-up for the CLI)"
             )
         warm_bytecode()
+        if args.floor_also:
+            warm_bytecode(Path(args.floor_also))
         cli = None if args.no_cli or not args.parts & {"1", "4"} else install_cli(report)
         if args.no_cli:
             report.note("official CLI skipped (--no-cli)")
-        if args.parts & {"1", "3", "4"}:
+        if args.parts & {"1", "3", "4"} or ("5" in args.parts and not args.floor_real_only):
             print(
                 f"[data] {args.small} photo-sized files (2-5 MB, random bytes after a JPEG header) in {work}",
                 flush=True,
@@ -1023,6 +1299,10 @@ def main(argv: list[str] | None = None) -> int:
                 bench.concurrency(template, scan, delay_ms)
         if "4" in args.parts:
             bench.real_server(cli)
+        if "5" in args.parts:
+            bench.ingest_floor()
+        if "6" in args.parts:
+            bench.deletion()
         curl_version = subprocess.run(["curl", "--version"], capture_output=True, text=True).stdout.split()[1]
         print_table(
             report,

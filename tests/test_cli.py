@@ -375,3 +375,22 @@ def test_a_dry_run_stops_on_a_wrong_server_setting_as_the_real_run_would(
     assert result.status == 2
     assert result.lines[-1].startswith(f"immich-uploader: error: {said}")
     assert "not asked" not in result.stderr
+
+
+def test_the_scripts_cache_the_tools_bytecode_where_pythondontwritebytecode_is_set(tmp_path: Path) -> None:
+    """Container images set PYTHONDONTWRITEBYTECODE=1: without a cache every run compiles the tool again."""
+    from tests.conftest import project_copy, script_environment
+
+    scripts = project_copy(tmp_path)
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    env_file = tmp_path / "run.env"
+    env_file.write_text(f"SOURCE_DIR={pics}\nDB_PATH={tmp_path}/s.db\nLOG_FILE={tmp_path}/log.txt\n")
+    proc = subprocess.run(
+        [sys.executable, str(scripts / "scan_files.py"), "--env-file", str(env_file), "--no-progress"],
+        capture_output=True, text=True, timeout=120,
+        env={**script_environment(), "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    cached = {p.name.split(".")[0] for p in (scripts / "__pycache__").glob("*.pyc")}
+    assert {"scanner", "db_manager", "cli", "config", "utils"} <= cached

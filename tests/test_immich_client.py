@@ -976,3 +976,34 @@ def test_a_request_a_proxy_keeps_refusing_gives_up_after_server_wait_while_pings
     if transport == "http.client":  # requests waits for an answer in one read: it sends no pings
         assert ("GET", "/api/server/ping") in immich.requests_log  # the pings that kept the gate open
     c.close()
+
+
+def test_answer_headers_are_parsed_as_the_email_parser_parses_them() -> None:
+    import email.parser
+    import http.client
+
+    from immich_client import parse_header_lines
+
+    blocks = [
+        [b"Content-Type: application/json; charset=utf-8\r\n", b"Content-Length: 42\r\n", b"\r\n"],
+        [
+            b"X-Empty:\r\n",
+            b"Set-Cookie: a=1\r\n",
+            b"set-cookie: b=2\r\n",
+            b"Date:  Sat, 05 Dec 2026\t \r\n",
+            b"\r\n",
+        ],
+        [b"Folded: one\r\n", b"  two\r\n", b"Connection: close\r\n", b"\r\n"],
+        [b"no colon here\r\n", b"Content-Length: 3\r\n", b"\r\n"],
+        [b"Caf\xe9: latin-1 name\r\n", b"Retry-After: 5\r\n", b"\n"],
+        [b"Content-Length: 0\r\n", b""],
+        [b"\r\n"],
+    ]
+    for lines in blocks:
+        expected = email.parser.Parser(_class=http.client.HTTPMessage).parsestr(
+            b"".join(lines).decode("iso-8859-1")
+        )
+        got = parse_header_lines(lines)
+        assert isinstance(got, http.client.HTTPMessage)
+        assert got.items() == expected.items(), lines
+        assert got.get("content-length") == expected.get("content-length")

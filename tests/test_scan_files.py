@@ -582,3 +582,68 @@ def test_a_fallback_date_later_than_the_mtime_gives_way_to_it_as_immich_does(
     assert rows["IMG_20190504_101500.jpg"]["date_source"] == "mtime"
     assert rows["modified_earlier.jpg"]["date_source"] == "exif-modified"
     assert kept.stat().st_mtime > 1_500_000_000
+
+
+def test_large_files_are_hashed_on_threads_without_starting_worker_processes(
+    env: Env, library: Library
+) -> None:
+    import scanner as module
+
+    for n in range(40):
+        library.write(f"videos/clip_{n:02d}.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(300_000))
+    env.set(HASH_WORKERS=2)
+    started: list[int] = []
+    real = module.start_process_pool
+    module.start_process_pool = lambda workers: started.append(workers) or real(workers)  # type: ignore[assignment]
+    try:
+        status, summary, _ = scan(env)
+    finally:
+        module.start_process_pool = real  # type: ignore[assignment]
+    assert status == 0 and summary["new"] == 40 and started == []
+    assert all(len(str(r["hash"])) == 64 for r in rows_by_name(env).values())
+
+
+def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
+    """multiprocessing runs the main script again in each worker (as __mp_main__) unless told otherwise:
+    a script's imports and top-level code are not the workers' business."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
+        "print('top level ran', file=sys.stderr)\n"
+        "import scanner\n"
+        "if __name__ == '__main__':\n"
+        "    pool = scanner.start_process_pool(2)\n"
+        "    print(pool.submit(eval, \"vars(__import__('sys').modules['__main__']).get('__file__')\").result())\n"
+        "    pool.shutdown()\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "None"  # the workers' __main__ is their own, not the script
+    assert proc.stderr.count("top level ran") == 1
+
+
+def test_a_sync_hands_rows_on_every_500_files_and_a_scan_writes_5000_at_a_time() -> None:
+    from db_manager import ScannedFile
+
+    class Store:
+        def __init__(self) -> None:
+            self.saved: list[int] = []
+
+        def save_scanned(self, new: list[ScannedFile], changed: list[object]) -> None:
+            self.saved.append(len(new))
+
+    handed: list[int] = []
+    sync_store, scan_store = Store(), Store()
+    sync = scanner._SaveBatch(sync_store, lambda keys: handed.append(len(keys)))  # type: ignore[arg-type]
+    scan = scanner._SaveBatch(scan_store, None)  # type: ignore[arg-type]
+    for n in range(10_500):
+        path = f"/p/{n}.jpg"
+        for batch in (sync, scan):
+            batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
+            batch.save_if_due()
+    assert handed == [500] * 21 and sync_store.saved == [500] * 21
+    assert scan_store.saved == [5000, 5000]

@@ -272,7 +272,7 @@ def test_files_the_upload_queue_had_no_room_for_during_the_scan_are_sent_after_i
 
     library.photos(12)
     monkeypatch.setattr(uploader, "FEED_BATCH", 2)
-    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 2)  # the scan hands over two files at a time
+    monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 2)  # the scan hands over two files at a time
     server_env.set(UPLOAD_CONCURRENCY=1)
     immich.faults.add(delay_s=0.05, count=12, path="/api/assets", method="POST")
     overflowed = []
@@ -295,7 +295,7 @@ def test_a_failure_of_the_main_thread_mid_upload_closes_nothing_under_the_worker
     import scanner
 
     library.photos(40)
-    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 5)
+    monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 5)
     immich.faults.add(delay_s=0.2, count=40, path="/api/assets", method="POST")
     saves = 0
     real_save = scanner._SaveBatch.save
