@@ -403,6 +403,8 @@ class UploadResult(NamedTuple):
     http_status: int
     body: str
     sidecar_sha1: str | None = None  # SHA-1 of the sidecar bytes as they were sent
+    # An earlier body of this request went out whole and its answer was lost: a "duplicate" may be its own.
+    earlier_body_sent: bool = False
 
 
 class CheckResult(NamedTuple):
@@ -518,6 +520,11 @@ class MultipartBody:
     @property
     def content_type(self) -> str:
         return f"multipart/form-data; boundary={self.boundary}"
+
+    @property
+    def complete(self) -> bool:
+        """Every byte of the body was handed to the connection (whatever became of its answer)."""
+        return self._index >= len(self._segments)
 
     def __len__(self) -> int:
         return self.len
@@ -1616,7 +1623,8 @@ class ImmichClient:
             except ImmichError:
                 return None
             if check is not None and check.held:
-                return UploadResult("duplicate", check.asset_id or "", 200, json.dumps(check.raw))
+                sent = any(b.complete for b in bodies)
+                return UploadResult("duplicate", check.asset_id or "", 200, json.dumps(check.raw), None, sent)
             return None
 
         try:
@@ -1630,5 +1638,10 @@ class ImmichClient:
         status = "duplicate" if answer.status_code == 200 and body.get("status") == "duplicate" else "created"
         sidecar_sha1 = bodies[-1].sha1s.get("sidecarData") if bodies and status == "created" else None
         return UploadResult(
-            status, str(body.get("id", "")), answer.status_code, answer.text[:2000], sidecar_sha1
+            status,
+            str(body.get("id", "")),
+            answer.status_code,
+            answer.text[:2000],
+            sidecar_sha1,
+            any(b.complete for b in bodies[:-1]),
         )

@@ -323,6 +323,7 @@ class Uploader:
         self.overflowed = False  # feed_if_room() found no room: rows wait in the database
         self._closing = False  # shutdown(): the workers take nothing new
         self._offered = IdSet()  # rows whose bytes this run offered to a server that lacked them
+        self._tried = IdSet()  # rows whose upload this run began and lost without an answer
         # Live photos: a clip goes first, its photo names the clip's asset (live_photos.py).
         listing = takeout.names_in if takeout is not None else listdir
         self.live = LivePartners(store, self.scope, settings, listing, takeout=takeout is not None)
@@ -770,6 +771,8 @@ class Uploader:
                 result = self.client.upload(request)
                 break
             except (ServerUnreachable, StopRequested) as exc:
+                with self._lock:
+                    self._tried.update((row.id,))
                 self._server_gone(exc)  # nothing was decided: the row stays as it was, no attempt counted
                 return
             except ImmichError as exc:
@@ -781,6 +784,8 @@ class Uploader:
                     link = None
                     request = request._replace(live_photo_video_id=None)
                     continue
+                with self._lock:
+                    self._tried.update((row.id,))
                 self._failed(row, exc)
                 return
             except FileChangedError as exc:
@@ -796,7 +801,14 @@ class Uploader:
         with self._lock:
             self._consecutive_errors = 0
         status = "success" if result.status == "created" else "duplicate"
-        if status == "duplicate" and self._sent_by_us(row, result.asset_id, row.id in self._offered):
+        # "duplicate" is this machine's own upload only when an earlier attempt of this run may have landed
+        # (an answer lost); on a first attempt the server got those bytes from someone else meanwhile.
+        earlier = result.earlier_body_sent or row.id in self._tried
+        if (
+            status == "duplicate"
+            and earlier
+            and self._sent_by_us(row, result.asset_id, row.id in self._offered)
+        ):
             status = "success"  # an earlier attempt of this run delivered it; only its answer was lost
         sidecar_text = (
             path_to_text(self.scope.stored(sidecar))[0]

@@ -15,7 +15,7 @@ import scan_files
 import upload_files
 import uploader
 from db_manager import open_store
-from tests.conftest import API_KEY, Env, Library, rows_by_name, run_inprocess, unstamped
+from tests.conftest import API_KEY, Env, Library, rows_by_name, run_inprocess, start_process, unstamped
 from tests.immich_server import ImmichTestServer
 
 
@@ -164,6 +164,32 @@ def test_a_link_pointed_at_another_users_file_after_the_scan_is_not_sent(
         assert any("pic.jpg.xmp" in p.path for p in store.last_run_problems()[1])  # under Recent errors
     finally:
         store.close()
+
+
+def test_content_another_client_sends_while_this_one_is_sending_it_is_a_duplicate_not_our_upload(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    """Between the bulk check ("lacking") and the upload's answer another machine's upload of the same bytes
+    lands: the server's "duplicate" on this first attempt is theirs, not a lost answer of ours."""
+    photo = library.photo("IMG_1.jpg", n=1)
+    scan(server_env)
+    immich.upload_gate.clear()  # our upload waits at the server, its bulk check already answered
+    run = start_process("upload_files.py", "--env-file", str(server_env.path), "--json", "--no-progress")
+    try:
+        for _ in range(3000):  # until our upload has reached the server
+            if ("POST", "/api/assets") in immich.requests_log or run.poll() is not None:
+                break
+            time.sleep(0.01)
+        assert ("POST", "/api/assets") in immich.requests_log
+        theirs = immich.add_existing_asset(photo.read_bytes(), "IMG_1.jpg")  # another machine's, meanwhile
+    finally:
+        immich.upload_gate.set()
+    out, err = run.communicate(timeout=60)
+    summary = json.loads(out)
+    assert run.returncode == 0, err
+    assert summary["duplicates"] == 1 and summary["uploaded"] == 0 and summary.get("recovered", 0) == 0
+    row = rows_by_name(server_env)["IMG_1.jpg"]
+    assert row["upload_status"] == "duplicate" and row["immich_asset_id"] == theirs.id
 
 
 def test_servers_before_v3_get_device_fields(env: Env, library: Library) -> None:
