@@ -48,13 +48,9 @@ WATCH_RETRY_MAX_S = 600.0
 
 
 def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> dict[str, object]:
+    """The scan's keys (scan_json), with what the upload adds to them, and the upload's own."""
     return {
-        "found": scan.found,
-        "new": scan.new,
-        "changed": scan.changed,
-        "unchanged": scan.unchanged,
-        "missing": scan.missing,
-        "unavailable_sources": scan.unavailable,
+        **scan_json(scan),
         "uploaded": upload.uploaded,
         "duplicates": upload.duplicates,
         "recovered": upload.recovered,
@@ -62,7 +58,6 @@ def sync_summary(scan: ScanSummary, upload: UploadSummary, elapsed_s: float) -> 
         "changing": scan.changing + upload.changing,
         "elsewhere": scan.elsewhere + upload.elsewhere,
         "errors": scan.errors + upload.errors,
-        "scan_errors": scan.errors,
         "upload_errors": upload.errors,
         "bytes_uploaded": upload.bytes_uploaded,
         "elapsed_s": round(elapsed_s, 3),
