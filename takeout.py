@@ -65,8 +65,8 @@ from utils import (
     fingerprint_stream,
     format_bytes,
     judge_link,
+    open_source_file,
     read_image_metadata,
-    resolve_source_path,
 )
 from utils import LinkRefused as LinkRefusedByRule  # takeout.LinkRefused is a part's settings error
 
@@ -737,25 +737,17 @@ def real_folder(path: Path) -> SourceRoots:
 
 
 def _open_regular(path: str, roots: SourceRoots) -> BinaryIO:
-    """Open a file of an extracted folder as the walk opens a source file (`utils.resolve_source_path`): never
+    """Open a file of an extracted folder as a source file is opened (`utils.open_source_file`): never
     blocking (a FIFO put there is refused, not waited on), and through symbolic links only as the link rule
     allows, judged part by part on what each link leads to (`roots`: the folder named)."""
     try:
-        fd = resolve_source_path(os.fsencode(path), roots)
+        return open_source_file(os.fsencode(path), roots, buffering=-1)
     except LinkRefusedByRule as exc:
         raise LinkNotFollowed(str(exc)) from None
     except FileChangedError:
         raise MemberError("not a regular file (a FIFO, socket or device): never opened") from None
     except OSError as exc:
         raise MemberError(f"cannot read it: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise MemberError("not a regular file (a FIFO, socket or device): never opened")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return os.fdopen(fd, "rb")
 
 
 def _subfolders(path: Path) -> list[Path]:

@@ -564,13 +564,7 @@ class Uploader:
             self._queue.put(photo)
 
     def _sent_by_us(self, row: PendingUpload, asset_id: str, offered: bool) -> bool:
-        """Whether the server's "duplicate" for `row` is this machine's own upload: its bytes were offered to
-        this server when it lacked them, and no other row of this database records that asset as its upload
-        (another machine's, or a copy under another name)."""
-        if not offered or not asset_id or not row.sha1 or self.scope.shared:
-            # A shared library's row is every machine's: its "duplicate" may be another machine's upload.
-            return False
-        return not self.store.asset_recorded_for_another(row.sha1, asset_id, self.target_id, row.id)
+        return own_upload(self.store, self.scope.shared, row, asset_id, self.target_id, offered)
 
     def _landed(self, row: PendingUpload, asset_id: str | None) -> None:
         """The upload of `row` ended: rows with the same content become its duplicates (without a byte
@@ -853,9 +847,8 @@ class Uploader:
                 data = handle.read(SIDECAR_MAX_BYTES + 1)
         except LinkRefused as exc:
             log.warning("%s: its sidecar was not sent: %s", row.filepath, exc)
-            with (
-                self._lock
-            ):  # the photo goes (no failed row): Recent errors still says why its sidecar did not
+            # The photo goes (no failed row): Recent errors still says why its sidecar did not.
+            with self._lock:
                 self.summary.problems.append(
                     RunProblem(
                         os.fsdecode(sidecar),
@@ -1225,7 +1218,11 @@ def dry_run(
         def held_reason(row: PendingUpload) -> str | None:
             if str(row.id) in trashed:
                 return KEPT_TRASHED
-            if duplicates or sent_earlier(ctx.store, run_files, row, held[str(row.id)], target_id):
+            # As the real run decides: sent by an earlier run whose answer was lost, it is this machine's.
+            offered = target_id is not None and row.sending_to == target_id
+            if duplicates or own_upload(
+                ctx.store, run_files.scope.shared, row, held[str(row.id)], target_id, offered
+            ):
                 return None
             return KEPT_DUPLICATE
 
@@ -1319,14 +1316,14 @@ def dry_run(
     return ExitStatus.OK
 
 
-def sent_earlier(
-    store: Store, run_files: RunFiles, row: PendingUpload, asset_id: str, target_id: int | None
+def own_upload(
+    store: Store, shared: bool, row: PendingUpload, asset_id: str, target_id: int | None, offered: bool
 ) -> bool:
-    """Whether the real run would record `row`, which Immich holds, as this machine's upload (sent by an
-    earlier run whose answer was lost; as `Uploader._sent_by_us` decides) rather than as a duplicate."""
-    if target_id is None or row.sending_to != target_id or not asset_id or not row.sha1:
-        return False
-    if run_files.scope.shared:
+    """Whether the server's "duplicate" for `row` is this machine's own upload: its bytes were offered to
+    this server when it lacked them, and no other row of this database records that asset as its upload
+    (another machine's, or a copy under another name). A shared library's row is every machine's: its
+    "duplicate" may be another machine's upload."""
+    if not offered or target_id is None or not asset_id or not row.sha1 or shared:
         return False
     return not store.asset_recorded_for_another(row.sha1, asset_id, target_id, row.id)
 

@@ -356,7 +356,7 @@ def _resolve(path: bytes, roots: SourceRoots, read: bool) -> tuple[int, int | No
 def _judge(link: _Judge, reached: int, folder: int, roots: SourceRoots) -> _Judge | None:
     """Another user's link, judged on what it led to (`reached`, in `folder`): the taint from there on."""
     st = os.fstat(reached)
-    if _within(reached, folder, roots):
+    if _within(reached, st, folder, roots):
         return None
     if st.st_uid == link.owner:
         return link
@@ -367,9 +367,8 @@ def _judge(link: _Judge, reached: int, folder: int, roots: SourceRoots) -> _Judg
     )
 
 
-def _within(reached: int, folder: int, roots: SourceRoots) -> bool:
-    """Whether an open file or folder is a source or lies below one, by identities up to /."""
-    st = os.fstat(reached)
+def _within(reached: int, st: os.stat_result, folder: int, roots: SourceRoots) -> bool:
+    """Whether an open file or folder (`st` its stat) is a source or lies below one, by identities up to /."""
     if (st.st_dev, st.st_ino) in roots.identities:
         return True
     if not roots.identities:
@@ -417,11 +416,15 @@ def judge_link(link: bytes, roots: SourceRoots) -> LinkVerdict:
 
 
 def open_source_file(
-    path: bytes, roots: SourceRoots, size_bytes: int | None = None, mtime_ns: int | None = None
+    path: bytes,
+    roots: SourceRoots,
+    size_bytes: int | None = None,
+    mtime_ns: int | None = None,
+    buffering: int = 0,
 ) -> BinaryIO:
-    """A source file opened for sending through resolve_source_path: a regular file reached as the link
+    """A source file opened for reading through resolve_source_path: a regular file reached as the link
     rule allows, still of the size and mtime it was hashed with (when given). FileChangedError when it
-    changed, LinkRefused when a link leads where it may not, OSError otherwise."""
+    changed (or is no regular file), LinkRefused when a link leads where it may not, OSError otherwise."""
     fd = resolve_source_path(path, roots)
     try:
         st = os.fstat(fd)
@@ -434,7 +437,7 @@ def open_source_file(
                 f"{display_path(path)} changed since it was hashed; it is checked again next run"
             )
         os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb", buffering=0)
+        return os.fdopen(fd, "rb", buffering=buffering)
     except BaseException:
         os.close(fd)
         raise
