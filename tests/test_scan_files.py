@@ -482,22 +482,27 @@ def test_known_index_finds_each_row_by_its_full_path_hash_in_any_order() -> None
     assert sorted(index.unseen_ids()) == [2, 4]  # 3 is missing already
 
 
-def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(env: Env, library: Library) -> None:
-    import scanner as module
+@pytest.fixture
+def pool_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The worker counts of every process pool the scan starts."""
+    started: list[int] = []
+    real = scanner.start_process_pool
+    monkeypatch.setattr(
+        scanner, "start_process_pool", lambda workers: started.append(workers) or real(workers)
+    )
+    return started
 
+
+def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(
+    env: Env, library: Library, pool_starts: list[int]
+) -> None:
     library.photos(90)
     damaged = bytearray(library.photo("bad/corrupt_exif.jpg", n=200).read_bytes())
     damaged[30:60] = b"\xff" * 30
     (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(damaged))
     env.set(HASH_WORKERS=2)
-    started: list[int] = []
-    real = module.start_process_pool
-    module.start_process_pool = lambda workers: started.append(workers) or real(workers)  # type: ignore[assignment]
-    try:
-        status, summary, _ = scan(env)
-    finally:
-        module.start_process_pool = real  # type: ignore[assignment]
-    assert started == [2] and status == 0 and summary["new"] == 91
+    status, summary, _ = scan(env)
+    assert pool_starts == [2] and status == 0 and summary["new"] == 91
     rows = rows_by_name(env)
     assert all(len(str(r["hash"])) == 64 and r["sha1"] for r in rows.values())
     assert json.loads(str(rows["IMG_0042.jpg"]["metadata_info"]))["camera_make"] == "Canon"
@@ -585,21 +590,13 @@ def test_a_fallback_date_later_than_the_mtime_gives_way_to_it_as_immich_does(
 
 
 def test_large_files_are_hashed_on_threads_without_starting_worker_processes(
-    env: Env, library: Library
+    env: Env, library: Library, pool_starts: list[int]
 ) -> None:
-    import scanner as module
-
     for n in range(40):
         library.write(f"videos/clip_{n:02d}.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(300_000))
     env.set(HASH_WORKERS=2)
-    started: list[int] = []
-    real = module.start_process_pool
-    module.start_process_pool = lambda workers: started.append(workers) or real(workers)  # type: ignore[assignment]
-    try:
-        status, summary, _ = scan(env)
-    finally:
-        module.start_process_pool = real  # type: ignore[assignment]
-    assert status == 0 and summary["new"] == 40 and started == []
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["new"] == 40 and pool_starts == []
     assert all(len(str(r["hash"])) == 64 for r in rows_by_name(env).values())
 
 
