@@ -358,6 +358,33 @@ def test_fingerprint_matches_hashlib(tmp_path: Path, size: int, chunk_size: int)
     )
 
 
+class ShortReadsOs:
+    """utils' view of the os module on a file system that hands out at most 100 bytes a read (some network
+    file systems do): a short read is no end of file."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    def read(self, fd: int, n: int) -> bytes:
+        return os.read(fd, min(n, 100))
+
+    def readv(self, fd: int, buffers: list[memoryview]) -> int:
+        return os.readv(fd, [buffers[0][:100]])
+
+
+@pytest.mark.parametrize("size", [1000, 10000], ids=["small", "chunked"])
+def test_fingerprint_reads_on_after_short_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    monkeypatch.setattr(utils, "os", ShortReadsOs())
+    fingerprint = fingerprint_file(str(path), 4096, keep_head=True)
+    assert (fingerprint.sha256, fingerprint.size_bytes) == (hashlib.sha256(data).hexdigest(), size)
+    assert fingerprint.head == data[:100] if size > 4096 else fingerprint.head == data
+
+
 def test_fingerprint_accepts_a_non_utf8_bytes_path(tmp_path: Path) -> None:
     path = os.path.join(os.fsencode(tmp_path), b"\xff\xfe.jpg")
     with open(path, "wb") as f:
@@ -370,24 +397,34 @@ def test_fingerprint_of_a_missing_file_raises_file_not_found(tmp_path: Path) -> 
         fingerprint_file(tmp_path / "gone.jpg")
 
 
-class ChangingFile:
-    """A file opened by fingerprint_file that another program changes right after the first chunk is read."""
+class ChangingOs:
+    """utils' view of the os module, where another program changes the file right after the first read of
+    each hash pass (`changes`: one per pass, "append" or "touch", "" for none)."""
 
-    def __init__(self, path: str, change: str) -> None:
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by __exit__)
-        self._path, self._change = path, change
+    def __init__(self, path: str, changes: list[str]) -> None:
+        self._path, self._changes = path, changes
+        self.passes = 0
+        self._change = ""
 
-    def __enter__(self) -> ChangingFile:
-        return self
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
 
-    def __exit__(self, *exc: object) -> None:
-        self._file.close()
+    def open(self, path: str, flags: int) -> int:
+        self.passes += 1
+        self._change = self._changes.pop() if self._changes else ""
+        return os.open(path, flags)
 
-    def fileno(self) -> int:
-        return self._file.fileno()
+    def read(self, fd: int, n: int) -> bytes:
+        data = os.read(fd, n)
+        self._after_read()
+        return data
 
-    def readinto(self, buffer: memoryview) -> int:
-        n = self._file.readinto(buffer)
+    def readv(self, fd: int, buffers: list[memoryview]) -> int:
+        n = os.readv(fd, buffers)
+        self._after_read()
+        return n
+
+    def _after_read(self) -> None:
         if self._change == "append":
             with open(self._path, "ab") as writer:
                 writer.write(b"more")
@@ -395,44 +432,42 @@ class ChangingFile:
             st = os.stat(self._path)
             os.utime(self._path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
         self._change = ""
-        return n
 
 
-def change_during_reads(monkeypatch: pytest.MonkeyPatch, change: str, times: int) -> list[str]:
-    """The next `times` hash passes see the file change (`change` is "append" or "touch") under them.
-    Returns the list of files opened, one per pass."""
-    changes = [change] * times
-    opened: list[str] = []
-
-    def fake_open(path: str, mode: str, buffering: int) -> ChangingFile:
-        opened.append(path)
-        return ChangingFile(path, changes.pop() if changes else "")
-
-    monkeypatch.setattr(utils, "open", fake_open, raising=False)
-    return opened
+def change_during_reads(monkeypatch: pytest.MonkeyPatch, path: Path, change: str, times: int) -> ChangingOs:
+    """The next `times` hash passes see the file change (`change` is "append" or "touch") under them."""
+    changing = ChangingOs(str(path), [change] * times)
+    monkeypatch.setattr(utils, "os", changing)
+    return changing
 
 
+# A file smaller than a hash chunk is read whole at once, a larger one chunk by chunk: both are covered.
+SIZES = pytest.mark.parametrize("size", [1000, 10000], ids=["small", "chunked"])
+
+
+@SIZES
 @pytest.mark.parametrize("change", ["append", "touch"])
 def test_fingerprint_reads_again_when_the_file_changes_during_the_read(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, size: int
 ) -> None:
     path = tmp_path / "f.bin"
-    path.write_bytes(b"x" * 10000)
-    opened = change_during_reads(monkeypatch, change, times=1)
+    path.write_bytes(b"x" * size)
+    changing = change_during_reads(monkeypatch, path, change, times=1)
     fingerprint = fingerprint_file(str(path), 4096)
-    assert len(opened) == 2
+    assert changing.passes == 2
     data = path.read_bytes()
     assert fingerprint.sha256 == hashlib.sha256(data).hexdigest()  # the content after the change
     assert (fingerprint.size_bytes, fingerprint.mtime_ns) == (len(data), path.stat().st_mtime_ns)
 
 
+@SIZES
 @pytest.mark.parametrize("change", ["append", "touch"])
 def test_fingerprint_raises_file_changed_when_it_changes_on_both_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, change: str, size: int
 ) -> None:
     path = tmp_path / "f.bin"
-    path.write_bytes(b"x" * 10000)
-    change_during_reads(monkeypatch, change, times=2)
+    path.write_bytes(b"x" * size)
+    change_during_reads(monkeypatch, path, change, times=2)
     with pytest.raises(FileChangedError, match="file changed while being read") as caught:
         fingerprint_file(str(path), 4096)
     assert isinstance(caught.value, OSError)
