@@ -400,6 +400,75 @@ SCANNED_FIELDS = (
 )  # fmt: skip
 
 
+RECORD_UPLOAD_SQL = (
+    "UPDATE media_files SET upload_status = ?, immich_asset_id = COALESCE(?, immich_asset_id), "
+    "api_response = ?, last_error = ?, error_kind = ?, next_attempt_at = ?, "
+    "upload_attempts = upload_attempts + ?, "
+    "upload_date = CASE WHEN ? = 1 THEN ? ELSE upload_date END, "
+    "target_id = CASE WHEN ? = 1 THEN ? ELSE target_id END, "
+    "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
+    "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
+    "sending_to = CASE WHEN ? = 1 THEN NULL ELSE sending_to END, "
+    "live_video_id = CASE WHEN ? = 1 THEN ? ELSE live_video_id END, "
+    "claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
+)
+OUTCOME_BATCH_ROWS = 64
+OUTCOME_WAIT_S = 0.5
+
+
+class _PendingOutcomes:
+    """Upload results waiting for their commit (Store.record_upload), behind a lock of their own: adding
+    one never waits for the store."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._rows: list[tuple[Any, ...]] = []
+        self._since = 0.0
+
+    def add(self, values: tuple[Any, ...]) -> bool:
+        """Queue one; True when the batch is due."""
+        with self._lock:
+            if not self._rows:
+                self._since = time.monotonic()
+            self._rows.append(values)
+            return len(self._rows) >= OUTCOME_BATCH_ROWS or time.monotonic() - self._since >= OUTCOME_WAIT_S
+
+    def due(self) -> bool:
+        with self._lock:
+            return bool(self._rows) and time.monotonic() - self._since >= OUTCOME_WAIT_S
+
+    def take(self) -> list[tuple[Any, ...]]:
+        with self._lock:
+            rows, self._rows = self._rows, []
+            return rows
+
+
+class _StoreLock:
+    """The store's reentrant lock. Whoever takes it first (not from inside another use of the store) commits
+    the waiting upload results before going on, so no read misses them and no transaction of another
+    thread takes them in (to lose them with its own rollback)."""
+
+    def __init__(self, flush: Callable[[], None]) -> None:
+        self._lock = threading.RLock()
+        self._flush = flush
+        self._depth = 0  # changed only by the thread holding the lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._depth += 1
+        if self._depth == 1:
+            try:
+                self._flush()
+            except BaseException:
+                self._depth -= 1
+                self._lock.release()
+                raise
+
+    def __exit__(self, *exc: object) -> None:
+        self._depth -= 1
+        self._lock.release()
+
+
 class Store:
     """The interface both backends share. Every public method is thread-safe and commits its own work."""
 
@@ -412,7 +481,8 @@ class Store:
     autocommits = False  # a statement outside a transaction is committed on its own
 
     def __init__(self, scope: str = "m:local", machine: str = "local") -> None:
-        self._lock = threading.RLock()
+        self._lock = _StoreLock(self._flush_outcomes)
+        self._outcomes = _PendingOutcomes()
         self._in_transaction = False
         self.scope = scope  # whose rows this run works on (config.Settings.scope)
         self.machine = machine
@@ -985,46 +1055,63 @@ class Store:
         return int(count or 0), None if due is None else str(due)[:19]
 
     def record_upload(self, row_id: int, outcome: UploadOutcome, count_attempt: bool = True) -> None:
-        """Record one upload's result and commit at once. A file Immich has now carries the target it is
-        on and the sidecar that went up with it (none for a duplicate: the server kept its own)."""
+        """Record one upload's result. A file Immich has now carries the target it is on and the sidecar that
+        went up with it (none for a duplicate: the server kept its own).
+
+        Results are committed OUTCOME_BATCH_ROWS at a time (or once the oldest has waited OUTCOME_WAIT_S),
+        and before any other use of the store, so everything this process reads or writes next sees them.
+        A commit per upload queued the eight upload threads behind one another: upload_files.py sending
+        1,000 photos of 400 KB to the test server took 2.4-2.7 s, 1.6-1.7 s with batches.
+        A kill loses at most the last batch, and nothing is sent twice for it: each of those rows was marked
+        `sending_to` its target before its bytes went, so the next run's check finds them in Immich as
+        this machine's own uploads."""
         now = utc_now()
         done = outcome.status in DONE_STATUSES
-        self._write_one(
-            self.sql(
-                "UPDATE media_files SET upload_status = ?, immich_asset_id = COALESCE(?, immich_asset_id), "
-                "api_response = ?, last_error = ?, error_kind = ?, next_attempt_at = ?, "
-                "upload_attempts = upload_attempts + ?, "
-                "upload_date = CASE WHEN ? = 1 THEN ? ELSE upload_date END, "
-                "target_id = CASE WHEN ? = 1 THEN ? ELSE target_id END, "
-                "sidecar_path = CASE WHEN ? = 1 THEN ? ELSE sidecar_path END, "
-                "sidecar_sha1 = CASE WHEN ? = 1 THEN ? ELSE sidecar_sha1 END, "
-                "sending_to = CASE WHEN ? = 1 THEN NULL ELSE sending_to END, "
-                "live_video_id = CASE WHEN ? = 1 THEN ? ELSE live_video_id END, "
-                "claimed_by = NULL, claim_until = NULL, updated_at = ? WHERE id = ?"
-            ),
-            (
-                outcome.status,
-                outcome.asset_id,
-                _clip(outcome.api_response),
-                _clip(outcome.error),
-                outcome.error_kind,
-                outcome.retry_at,
-                1 if count_attempt else 0,
-                int(done),
-                now,
-                int(done),
-                outcome.target_id,
-                int(done),
-                outcome.sidecar_path,
-                int(done),
-                outcome.sidecar_sha1,
-                int(done),
-                int(done),
-                outcome.live_video_id,
-                now,
-                row_id,
-            ),
+        values = (
+            outcome.status,
+            outcome.asset_id,
+            _clip(outcome.api_response),
+            _clip(outcome.error),
+            outcome.error_kind,
+            outcome.retry_at,
+            1 if count_attempt else 0,
+            int(done),
+            now,
+            int(done),
+            outcome.target_id,
+            int(done),
+            outcome.sidecar_path,
+            int(done),
+            outcome.sidecar_sha1,
+            int(done),
+            int(done),
+            outcome.live_video_id,
+            now,
+            row_id,
         )
+        if self._outcomes.add(values):
+            self._flush_outcomes()
+
+    def flush_outcomes(self, due_only: bool = False) -> None:
+        """Commit the upload results still waiting (see record_upload); with `due_only`, only once the oldest
+        has waited OUTCOME_WAIT_S (the uploader's main thread asks while long uploads run)."""
+        if due_only and not self._outcomes.due():
+            return
+        with self._lock:
+            pass  # taking the lock commits them
+
+    def _flush_before_close(self) -> None:
+        try:
+            self.flush_outcomes()
+        except DatabaseError as exc:
+            # The run is ending on this error already (its own line says so); those files are in Immich and
+            # the next run finds them there as this machine's uploads.
+            log.error("the last upload results could not be recorded: %s", exc)
+
+    def _flush_outcomes(self) -> None:
+        rows = self._outcomes.take()
+        if rows:
+            self._write_many(self.sql(RECORD_UPLOAD_SQL), rows)
 
     # -- live photos
     def live_rows(self, path_hashes: Sequence[str]) -> list[LiveRow]:
@@ -1904,6 +1991,7 @@ class SqliteStore(Store):
             self._lock_file = None
 
     def close(self) -> None:
+        self._flush_before_close()
         # Under the store's lock: never in the middle of another thread's statement (closing a connection
         # under a running statement can crash the interpreter); a later call fails as a DatabaseError.
         with self._lock:
@@ -2336,6 +2424,7 @@ class MysqlStore(Store):
             self._lock_conn = None
 
     def close(self) -> None:
+        self._flush_before_close()
         with self._lock:  # never in the middle of another thread's statement
             self.release_run_lock()
             try:

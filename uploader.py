@@ -645,9 +645,13 @@ class Uploader:
         # Woken the moment the last row is done (a 20 ms poll cost every run 10-20 ms at its end); the
         # timeout keeps the main thread checking for bugs and free for signals.
         done = self._queue.all_tasks_done
-        with done:
-            while self._queue.unfinished_tasks and not self._bugs:
+        while True:
+            with done:
+                if not self._queue.unfinished_tasks or self._bugs:
+                    return
                 done.wait(0.2)
+            # Results of finished uploads wait for their batch's commit; not for the length of a long upload.
+            self.store.flush_outcomes(due_only=True)
 
     def finish(self) -> UploadSummary:
         """Wait for the queue to drain (or for a stop), then try the failed rows whose wait is over and the

@@ -19,7 +19,15 @@ from db_manager import (
     open_store,
     path_hash,
 )
-from tests.conftest import MYSQL, Env, drop_mysql_database, require_mysql, run_inprocess, run_process
+from tests.conftest import (
+    MYSQL,
+    Env,
+    db_rows,
+    drop_mysql_database,
+    require_mysql,
+    run_inprocess,
+    run_process,
+)
 from utils import path_to_text, text_to_path
 
 
@@ -89,6 +97,38 @@ def test_pending_uploads_newest_first_and_results_commit(store: Store) -> None:
     assert row["upload_status"] == "error" and row["upload_attempts"] == 1 and row["last_error"] == "500 boom"
     done = store.row(pending[0].id)
     assert done["immich_asset_id"] == "asset-1" and done["upload_date"] is not None
+
+
+def test_upload_results_are_committed_in_batches_and_before_any_other_use_of_the_store(
+    env: Env, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit per upload queued the upload threads behind one another. Results wait for a batch, and any
+    use of the store commits them first, so nothing this process reads or writes next misses them."""
+    import db_manager
+
+    store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(3)], [])
+    ids = [p.id for p in store.pending_uploads()]
+    other = open_store(env.settings())  # another connection: what another machine (or the next run) reads
+    try:
+        store.record_upload(ids[0], UploadOutcome("success", asset_id="asset-0"))
+        store.record_upload(ids[1], UploadOutcome("success", asset_id="asset-1"))
+        assert [r["upload_status"] for r in other.rows()] == ["pending"] * 3  # waiting for their batch
+        assert store.row(ids[0])["immich_asset_id"] == "asset-0"  # this store's next use commits them
+        assert [r["upload_status"] for r in other.rows()] == ["success", "success", "pending"]
+        monkeypatch.setattr(db_manager, "OUTCOME_BATCH_ROWS", 1)
+        store.record_upload(ids[2], UploadOutcome("error", error="500 boom"))  # a full batch: at once
+        assert [r["upload_status"] for r in other.rows()] == ["success", "success", "error"]
+    finally:
+        other.close()
+
+
+def test_closing_the_store_commits_the_upload_results_still_waiting(env: Env) -> None:
+    store = open_store(env.settings())
+    store.save_scanned([scanned("/p/a.jpg")], [])
+    store.record_upload(store.pending_uploads()[0].id, UploadOutcome("success", asset_id="asset-1"))
+    store.close()
+    (row,) = db_rows(env)
+    assert row["upload_status"] == "success" and row["immich_asset_id"] == "asset-1"
 
 
 def test_missing_files_are_marked_never_deleted(store: Store) -> None:
@@ -304,7 +344,7 @@ def test_mysql_single_write_lost_to_a_dropped_connection_is_made_on_a_new_one(en
         killer.close()
         store.record_upload(
             row_id, UploadOutcome("success", asset_id="asset-1")
-        )  # one autocommitted statement
+        )  # committed by the read below
         assert (
             store.row(row_id)["upload_status"] == "success"
             and store.row(row_id)["immich_asset_id"] == "asset-1"

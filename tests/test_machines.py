@@ -192,6 +192,7 @@ def test_a_file_another_machine_sent_meanwhile_is_counted_elsewhere_not_as_a_dup
         target = m1.target_id("user-1", immich.url, "test@example.com")
         (stale,) = m1.pending_uploads()  # m1 read it as pending...
         m2.record_upload(stale.id, UploadOutcome("success", asset_id="sent-by-m2", target_id=target))
+        m2.flush_outcomes()  # committed with its batch
         uploader = uploader.Uploader(
             settings_m1, m1, client, ProgressTracker(), threading.Event(), target
         )  # ...and m2 sent it meanwhile

@@ -364,6 +364,52 @@ def test_a_file_whose_answer_was_lost_is_this_machines_upload_not_a_duplicate(
     assert set(row_statuses(server_env)) == {"success"}
 
 
+def test_a_finished_upload_is_recorded_while_a_long_one_beside_it_still_runs(
+    server_env: Env, library: Library, immich: ImmichTestServer, backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upload results wait for a batch's commit (db_manager.Store.record_upload), but not for the end of a
+    long upload beside them: once one has waited OUTCOME_WAIT_S, the main thread commits it."""
+    if backend != "sqlite":
+        pytest.skip("the same Store code on both backends; read here through a second SQLite connection")
+    import sqlite3
+    import threading
+
+    import db_manager
+
+    monkeypatch.setattr(db_manager, "OUTCOME_WAIT_S", 0.05)
+    library.photos(2)
+    server_env.set(UPLOAD_CONCURRENCY=2)
+    released = threading.Event()
+    immich.faults.add(path="/api/assets", method="POST", hold=released)  # the first upload: a long one
+    database = server_env.settings().db_path
+    seen: list[list[str]] = []
+
+    def committed() -> list[str]:
+        if not database.exists():
+            return []
+        reader = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+        try:
+            return sorted(str(r[0]) for r in reader.execute("SELECT upload_status FROM media_files"))
+        except sqlite3.OperationalError:  # no table yet
+            return []
+        finally:
+            reader.close()
+
+    def watch_then_release() -> None:
+        try:
+            wait_for(lambda: committed() == ["pending", "success"], "the other upload's result committed")
+            seen.append(committed())
+        finally:
+            released.set()
+
+    watcher = threading.Thread(target=watch_then_release)
+    watcher.start()
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
+    watcher.join()
+    assert seen == [["pending", "success"]]  # committed while the held upload was still running
+    assert result.status == 0 and row_statuses(server_env) == ["success", "success"]
+
+
 def test_a_file_sent_by_a_run_killed_before_it_recorded_the_answer_is_this_machines_upload(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
