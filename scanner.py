@@ -72,6 +72,7 @@ STILL_CHANGING = "still being written (it changed while it was read): read again
 MAX_PROBLEMS = 100  # problems kept for the summary and Recent errors; the log has every one
 CLAIM_BATCH = 64
 SAVE_EVERY_S = 2.0
+HAND_ON_POLL_S = 0.1  # while the scan waits for a file's hash, written rows are handed on this often
 
 
 class FoundFile(NamedTuple):
@@ -526,9 +527,13 @@ class _SaveBatch:
             self.ready.append(path_hash(scanned.raw_path))
         self.files += 1
 
-    def save_if_due(self) -> None:
+    def hand_on_written(self) -> None:
+        """Hand on the rows of a write that is done (none waits for one under way)."""
         if self._writing is not None and self._writing[0].done():
             self._settle()
+
+    def save_if_due(self) -> None:
+        self.hand_on_written()
         waiting = self.files
         if waiting >= self.due or (waiting and time.monotonic() - self.last_save > SAVE_EVERY_S):
             self.save()
@@ -1078,7 +1083,14 @@ class Scanner:
     def _collect_job(self, job: Job, known: KnownIndex, batch: _SaveBatch) -> int:
         """Record a described batch in walk order; returns how many files it held."""
         items, future = job
-        for (found, work), result in zip(items, future.result(), strict=True):
+        while True:
+            try:
+                results = future.result(timeout=HAND_ON_POLL_S)
+                break
+            except TimeoutError:
+                # A long hash (a video of many gigabytes): rows written meanwhile go to the uploads now.
+                batch.hand_on_written()
+        for (found, work), result in zip(items, results, strict=True):
             self._collect(found, work, result, known, batch)
         return len(items)
 

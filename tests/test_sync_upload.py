@@ -411,6 +411,44 @@ def test_a_finished_upload_is_recorded_while_a_long_one_beside_it_still_runs(
     assert result.status == 0 and row_statuses(server_env) == ["success", "success"]
 
 
+def test_rows_written_are_handed_to_the_uploads_while_a_big_file_is_still_being_hashed(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan writes its rows on a writer thread and hands them on once written: not only when the next
+    file's hashing is done (a video of many gigabytes), or a sync's uploads would wait for it."""
+    import threading
+
+    import scanner
+
+    monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 1)
+    library.photos(3)
+    library.photo("photos/later/big.jpg", n=9)  # walked after the three: a subfolder comes later
+    hashed = threading.Event()
+    real_describe = scanner.describe_file
+
+    def slow_for_the_big_one(found, *args):  # type: ignore[no-untyped-def]
+        if found.raw_path.endswith(b"big.jpg"):
+            hashed.wait(60)
+        return real_describe(found, *args)
+
+    monkeypatch.setattr(scanner, "describe_file", slow_for_the_big_one)
+    seen: list[int] = []
+
+    def watch_then_release() -> None:
+        try:
+            wait_for(lambda: immich.upload_count() >= 3, "the three photos uploaded while big.jpg is hashed")
+            seen.append(immich.upload_count())
+        finally:
+            hashed.set()
+
+    watcher = threading.Thread(target=watch_then_release)
+    watcher.start()
+    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
+    watcher.join()
+    assert seen == [3]  # uploaded before the big file's hashing ended
+    assert result.status == 0 and immich.upload_count() == 4
+
+
 def test_a_file_sent_by_a_run_killed_before_it_recorded_the_answer_is_this_machines_upload(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
