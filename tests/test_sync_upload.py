@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -11,7 +12,16 @@ import pytest
 
 import sync_upload
 from db_manager import open_store
-from tests.conftest import API_KEY, Env, Library, run_inprocess, run_process, start_process, unstamped
+from tests.conftest import (
+    API_KEY,
+    Env,
+    Library,
+    Result,
+    run_inprocess,
+    run_process,
+    start_process,
+    unstamped,
+)
 from tests.immich_server import ImmichTestServer
 
 SUMMARY_KEYS = (
@@ -94,6 +104,28 @@ def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60) ->
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def sync_watching(
+    env: Env, until: Callable[[], bool], what: str, look: Callable[[], object], release: threading.Event
+) -> tuple[list[object], Result]:
+    """A sync run in this process while a watcher waits for `until`, notes `look()` then and sets `release`
+    (what the test holds the run on). Returns what the watcher saw (nothing if `until` never held) and the
+    run's result."""
+    seen: list[object] = []
+
+    def watch_then_release() -> None:
+        try:
+            wait_for(until, what)
+            seen.append(look())
+        finally:
+            release.set()
+
+    watcher = threading.Thread(target=watch_then_release)
+    watcher.start()
+    result = run_inprocess(sync_upload.main, "--env-file", str(env.path), "--no-progress")
+    watcher.join()
+    return seen, result
 
 
 def uploads_arrived(server: ImmichTestServer) -> int:
@@ -373,7 +405,6 @@ def test_a_finished_upload_is_recorded_while_a_long_one_beside_it_still_runs(
     if backend != "sqlite":
         pytest.skip("the same Store code on both backends; read here through a second SQLite connection")
     import sqlite3
-    import threading
 
     import db_manager
 
@@ -383,7 +414,6 @@ def test_a_finished_upload_is_recorded_while_a_long_one_beside_it_still_runs(
     released = threading.Event()
     immich.faults.add(path="/api/assets", method="POST", hold=released)  # the first upload: a long one
     database = server_env.settings().db_path
-    seen: list[list[str]] = []
 
     def committed() -> list[str]:
         if not database.exists():
@@ -396,17 +426,9 @@ def test_a_finished_upload_is_recorded_while_a_long_one_beside_it_still_runs(
         finally:
             reader.close()
 
-    def watch_then_release() -> None:
-        try:
-            wait_for(lambda: committed() == ["pending", "success"], "the other upload's result committed")
-            seen.append(committed())
-        finally:
-            released.set()
-
-    watcher = threading.Thread(target=watch_then_release)
-    watcher.start()
-    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
-    watcher.join()
+    seen, result = sync_watching(
+        server_env, lambda: committed() == ["pending", "success"], "the other's result", committed, released
+    )
     assert seen == [["pending", "success"]]  # committed while the held upload was still running
     assert result.status == 0 and row_statuses(server_env) == ["success", "success"]
 
@@ -416,8 +438,6 @@ def test_rows_written_are_handed_to_the_uploads_while_a_big_file_is_still_being_
 ) -> None:
     """The scan writes its rows on a writer thread and hands them on once written: not only when the next
     file's hashing is done (a video of many gigabytes), or a sync's uploads would wait for it."""
-    import threading
-
     import scanner
 
     monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 1)
@@ -432,19 +452,9 @@ def test_rows_written_are_handed_to_the_uploads_while_a_big_file_is_still_being_
         return real_describe(found, *args)
 
     monkeypatch.setattr(scanner, "describe_file", slow_for_the_big_one)
-    seen: list[int] = []
-
-    def watch_then_release() -> None:
-        try:
-            wait_for(lambda: immich.upload_count() >= 3, "the three photos uploaded while big.jpg is hashed")
-            seen.append(immich.upload_count())
-        finally:
-            hashed.set()
-
-    watcher = threading.Thread(target=watch_then_release)
-    watcher.start()
-    result = run_inprocess(sync_upload.main, "--env-file", str(server_env.path), "--no-progress")
-    watcher.join()
+    seen, result = sync_watching(
+        server_env, lambda: immich.upload_count() >= 3, "three uploads", immich.upload_count, hashed
+    )
     assert seen == [3]  # uploaded before the big file's hashing ended
     assert result.status == 0 and immich.upload_count() == 4
 
