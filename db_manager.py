@@ -1090,7 +1090,7 @@ class Store:
             row_id,
         )
         if self._outcomes.add(values):
-            self._flush_outcomes()
+            self.flush_outcomes()  # under the store's lock: batches commit in the order they were taken
 
     def flush_outcomes(self, due_only: bool = False) -> None:
         """Commit the upload results still waiting (see record_upload); with `due_only`, only once the oldest

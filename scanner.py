@@ -61,7 +61,7 @@ log = get_logger("scan")
 # 20,000 small photos: first scan 2.96 s with 5,000 rows a transaction, 3.69 s with 500 (bench_scan.py).
 # A large database takes a twentieth of its rows a transaction: each row's entries in the indexes of random
 # keys (path, SHA-256, SHA-1) dirty pages all over them, and a page written once for many rows is written
-# once. A first scan of 1,000,000 files: 168 s at 5,000 rows (and a checkpoint every 40 MB of WAL), 107 s.
+# once. A first scan of 1,000,000 files: 168 s at 5,000 rows (and a checkpoint every 40 MB of WAL), 102 s.
 SAVE_EVERY_FILES = 5000
 SAVE_EVERY_PART = 20
 # A sync saves and hands rows on to the uploads every 500 files. Handing on the first 8 at once, then twice
