@@ -12,7 +12,7 @@ import scan_files
 import scanner
 from db_manager import open_store
 from tests.conftest import Env, Library, db_rows, rows_by_name, run_inprocess
-from utils import text_to_path
+from utils import METADATA_READER_VERSION, text_to_path
 
 
 def scan(env: Env, *extra: str) -> tuple[int, dict[str, object], str]:
@@ -566,6 +566,26 @@ def test_rows_an_older_metadata_reader_wrote_are_read_again_once_without_hashing
     info = json.loads(str(row["metadata_info"]))
     assert info["date_taken"] == "2023-07-14T18:30:05.123000-05:00" and info["reader"] == 2
     assert scan(env)[1]["reread"] == 0  # once
+
+
+def test_a_first_scan_does_not_look_for_rows_of_an_older_reader(
+    env: Env, library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own rows are all there are: looking would read every row's metadata text (the whole table)."""
+    import db_manager
+
+    looked: list[int] = []
+    monkeypatch.setattr(
+        db_manager.Store, "rows_read_before", lambda self, version: looked.append(version) or []
+    )
+    library.photos(2)
+    assert scan(env)[1]["reread"] == 0
+    assert looked == []
+    store = open_store(env.settings())
+    try:
+        assert store.get_state(f"metadata_reader:{store.scope}") == str(METADATA_READER_VERSION)
+    finally:
+        store.close()
 
 
 def test_a_fallback_date_later_than_the_mtime_gives_way_to_it_as_immich_does(
