@@ -48,6 +48,12 @@ log = get_logger("immich")
 # Answers that mean "the server is away or busy right now": waited for, never held against a file.
 AWAY_STATUSES = frozenset({429, 502, 503, 504})
 UPLOAD_READ_BYTES = 1 << 20
+# The x-immich-checksum header costs Immich a database lookup before it reads the body (v3.1.0's upload
+# interceptor): 0.8-1.3 ms of its CPU an upload, measured on a real v3.1.0 (uploads of 100 KB, one at a time,
+# Immich's and PostgreSQL's processes: 8.8-9.2 ms with it, 7.9-8.1 without). After the bulk check it only
+# saves a transfer in a race, or on a retry whose earlier attempt may have landed: sent there, and on files
+# whose transfer outweighs that lookup by far.
+CHECKSUM_HEADER_MIN_BYTES = 8 << 20
 BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
 MAX_AWAY_PAUSE_S = 30.0
@@ -1579,7 +1585,6 @@ class ImmichClient:
             fields.append(("livePhotoVideoId", req.live_photo_video_id))
         if self.server.needs_device_fields:
             fields += [("deviceAssetId", req.device_asset_id), ("deviceId", self.device_id)]
-        headers = {"x-immich-checksum": req.sha1} if req.sha1 else {}
         files = [
             FilePart(
                 "assetData",
@@ -1624,8 +1629,11 @@ class ImmichClient:
                     f"{req.filename} changed since it was hashed; it is checked again next run"
                 )
             body = MultipartBody(fields, files, self._flowing(on_bytes), trailing)
+            headers = {"Content-Type": body.content_type}
+            if req.sha1 and (bodies or req.size_bytes >= CHECKSUM_HEADER_MIN_BYTES):
+                headers["x-immich-checksum"] = req.sha1
             bodies.append(body)
-            return body, {**headers, "Content-Type": body.content_type}
+            return body, headers
 
         def recover() -> Any:
             # The server may answer "duplicate" from the checksum header and drop the body mid-stream.
