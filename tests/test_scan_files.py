@@ -643,7 +643,8 @@ def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
     assert proc.stderr.count("top level ran") == 1
 
 
-def test_a_sync_hands_rows_on_every_500_files_and_a_scan_writes_5000_at_a_time() -> None:
+def test_a_sync_hands_its_first_64_rows_on_then_every_500_and_a_scan_writes_5000_at_a_time() -> None:
+    """A sync's first uploads start early, while the scan goes on; then larger batches, each a transaction."""
     from db_manager import ScannedFile
 
     class Store:
@@ -662,7 +663,7 @@ def test_a_sync_hands_rows_on_every_500_files_and_a_scan_writes_5000_at_a_time()
         for batch in (sync, scan):
             batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
             batch.save_if_due()
-    assert handed == [500] * 21 and sync_store.saved == [500] * 21
+    assert handed == [64] + [500] * 20 and sync_store.saved == [64] + [500] * 20
     assert scan_store.saved == [5000, 5000]
 
 
