@@ -50,9 +50,9 @@ AWAY_STATUSES = frozenset({429, 502, 503, 504})
 UPLOAD_READ_BYTES = 1 << 20
 # The x-immich-checksum header costs Immich a database lookup before it reads the body (v3.1.0's upload
 # interceptor): 0.8-1.3 ms of its CPU an upload, measured on a real v3.1.0 (uploads of 100 KB, one at a time,
-# Immich's and PostgreSQL's processes: 8.8-9.2 ms with it, 7.9-8.1 without). After the bulk check it only
-# saves a transfer in a race, or on a retry whose earlier attempt may have landed: sent there, and on files
-# whose transfer outweighs that lookup by far.
+# Immich's and PostgreSQL's processes: 8.8-9.2 ms with it, 7.9-8.1 without). After a bulk check it only saves
+# a transfer in a race, so it goes where an earlier attempt may have landed (a retry; a file an earlier run was
+# sending when it stopped), where no bulk check spoke, and with files whose transfer outweighs the lookup.
 CHECKSUM_HEADER_MIN_BYTES = 8 << 20
 BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
@@ -401,6 +401,9 @@ class UploadRequest(NamedTuple):
     sidecar_xmp: bytes | None = None  # the sidecar's bytes: read (and checked) by the caller, or made
     visibility: str | None = None  # "archive" (VISIBILITY, or what Google Photos had archived), "timeline"
     live_photo_video_id: str | None = None  # the asset of this photo's motion clip: Immich links and hides it
+    # Ask Immich to look the checksum up before it reads the body (see CHECKSUM_HEADER_MIN_BYTES): an earlier
+    # attempt may have landed, or no bulk check spoke for this file.
+    checksum_first: bool = False
 
 
 class UploadResult(NamedTuple):
@@ -1630,7 +1633,7 @@ class ImmichClient:
                 )
             body = MultipartBody(fields, files, self._flowing(on_bytes), trailing)
             headers = {"Content-Type": body.content_type}
-            if req.sha1 and (bodies or req.size_bytes >= CHECKSUM_HEADER_MIN_BYTES):
+            if req.sha1 and (bodies or req.checksum_first or req.size_bytes >= CHECKSUM_HEADER_MIN_BYTES):
                 headers["x-immich-checksum"] = req.sha1
             bodies.append(body)
             return body, headers

@@ -132,6 +132,42 @@ def test_the_checksum_header_goes_with_large_files_only(
     assert headers["large.jpg"]["x-immich-checksum"] == hashlib.sha1(large.read_bytes()).hexdigest()
 
 
+def test_a_file_an_earlier_run_was_sending_carries_the_checksum(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    """A run killed mid-upload leaves its file marked as being sent: that upload may still be landing when
+    the next run asks, so the next run's upload lets Immich check the checksum before the body."""
+    library.photo("first.jpg", n=1)
+    scan(server_env)
+    assert upload(server_env)[0] == 0
+    marked = library.photo("marked.jpg", n=2)
+    library.photo("fresh.jpg", n=3)
+    scan(server_env)
+    store = open_store(server_env.settings())
+    try:
+        rows = {r["filename"]: r for r in store.rows()}
+        store.mark_sending([int(rows["marked.jpg"]["id"])], int(rows["first.jpg"]["target_id"]))
+    finally:
+        store.close()
+    assert upload(server_env)[0] == 0
+    headers = {u.fields["filename"]: u.headers for u in immich.uploads if u.status == 201}
+    assert headers["marked.jpg"]["x-immich-checksum"] == hashlib.sha1(marked.read_bytes()).hexdigest()
+    assert "x-immich-checksum" not in headers["fresh.jpg"]
+
+
+def test_without_a_bulk_check_every_upload_carries_the_checksum(
+    server_env: Env, library: Library, immich: ImmichTestServer
+) -> None:
+    """The bulk check failed: the checksum header is then the only way Immich spots a file it has before
+    the body is sent."""
+    library.photos(2)
+    immich.faults.add(status=500, count=10, path="/api/assets/bulk-upload-check", method="POST")
+    scan(server_env)
+    status, summary, _ = upload(server_env)
+    assert status == 0 and summary["uploaded"] == 2
+    assert all("x-immich-checksum" in u.headers for u in immich.uploads)
+
+
 def test_a_retry_carries_the_checksum(server_env: Env, library: Library, immich: ImmichTestServer) -> None:
     """An attempt cut off may still land while the retry goes (the server writing the file when the
     connection broke): the header lets Immich answer "duplicate" then, before the body is sent again."""
