@@ -50,9 +50,10 @@ AWAY_STATUSES = frozenset({429, 502, 503, 504})
 UPLOAD_READ_BYTES = 1 << 20
 # The x-immich-checksum header costs Immich a database lookup before it reads the body (v3.1.0's upload
 # interceptor): 0.8-1.3 ms of its CPU an upload, measured on a real v3.1.0 (uploads of 100 KB, one at a time,
-# Immich's and PostgreSQL's processes: 8.8-9.2 ms with it, 7.9-8.1 without). After a bulk check it only saves
-# a transfer in a race, so it goes where an earlier attempt may have landed (a retry; a file an earlier run was
-# sending when it stopped), where no bulk check spoke, and with files whose transfer outweighs the lookup.
+# Immich's and PostgreSQL's processes: 8.8-9.2 ms with it, 7.9-8.1 without). After a bulk check it only
+# saves a transfer in a race, so it goes where an earlier attempt may have landed (a retry; a file an earlier
+# run was sending when it stopped), where no bulk check spoke, and with files whose transfer outweighs the
+# lookup.
 CHECKSUM_HEADER_MIN_BYTES = 8 << 20
 BULK_CHECK_BATCH = 5000
 MAX_RETRY_AFTER_S = 300.0
@@ -493,8 +494,9 @@ class MultipartBody:
 
     Written here rather than with requests-toolbelt's encoder: that one copies every chunk twice into fresh
     objects, which measured 2x curl's CPU and 270k page faults per GiB (bench/bench_upload.py); this one
-    reads each file with readinto() into its thread's reused 1 MiB buffer. Its length is known up front, so the
-    request carries a Content-Length; a file that shrinks mid-upload raises instead of sending a short body.
+    reads each file with readinto() into its thread's reused 1 MiB buffer. Its length is known up front, so
+    the request carries a Content-Length; a file that shrinks mid-upload raises instead of sending a short
+    body.
     """
 
     def __init__(

@@ -759,8 +759,8 @@ class Uploader:
             live_photo_video_id=link,
             opener=lambda: open_source_file(raw, roots, row.file_size, row.mtime_ns),
             sidecar_xmp=sidecar_bytes,
-            # An earlier run was sending it when it stopped (its upload may still be landing), or the bulk check
-            # did not answer for it: Immich checks the checksum before the body.
+            # An earlier run was sending it when it stopped (its upload may still be landing), or the bulk
+            # check did not answer for it: Immich checks the checksum before the body.
             checksum_first=row.sending_to == self.target_id or row.id not in self._offered,
         )
         if self.takeout is not None:

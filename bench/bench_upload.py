@@ -323,9 +323,9 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 class RealServer:
-    """A real Immich named by IMMICH_BENCH_URL / IMMICH_BENCH_KEY: not started, not fresh. On this machine, its
-    CPU figure is the machine's less the client's (Immich, its database, and anything else running); no figure
-    for one elsewhere."""
+    """A real Immich named by IMMICH_BENCH_URL / IMMICH_BENCH_KEY: not started, not fresh. On this machine,
+    its CPU figure is the machine's less the client's (Immich, its database, and anything else running); no
+    figure for one elsewhere."""
 
     real = True
 
@@ -1336,8 +1336,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  Python {sys.version.split()[0]}, curl {curl_version}; time = process wall time unless the "
                 "section says otherwise;",
                 "  CPU = user+sys of the client process and its helpers (the scan's worker pool), start-up included;",
-                "  srv CPU = the test server's (a real Immich on this machine: the machine's busy CPU less the",
-                "  client's); peak RSS = the highest VmHWM of the process, or of the sum of VmRSS",
+                "  srv CPU = the test server's (a real Immich on this machine: the machine's busy CPU less",
+                "  the client's); peak RSS = the highest VmHWM of the process, or of the sum of VmRSS",
                 "  over it and its helpers, polled every 20 ms;",
                 f"  {time.perf_counter() - started:.0f} s in all; 1-min load average {load_before} before, {loadavg()} "
                 "after: other work on the machine adds noise)",
