@@ -503,11 +503,7 @@ class _SaveBatch:
         self.files = 0  # files waiting: each row to write, each unchanged file to hand on
         self.last_save = time.monotonic()
         self.rows = rows_before  # rows of the database (known before, or written since): see SAVE_EVERY_PART
-        self.due = (
-            min(HANDOFF_FIRST_FILES, HANDOFF_EVERY_FILES)
-            if on_upload_ready is not None
-            else self._scan_batch()
-        )
+        self.due = self._next_due(first=True)
         self._writer: Executor | None = None
         self._writing: tuple[Future[None], list[str]] | None = None  # the write under way, its rows' keys
 
@@ -552,7 +548,7 @@ class _SaveBatch:
         self.files = 0
         self.last_save = time.monotonic()
         self.rows += len(new)
-        self.due = self._scan_batch() if self.on_upload_ready is None else HANDOFF_EVERY_FILES
+        self.due = self._next_due()
         if not self.in_background:
             self._write(new, changed, reappeared)
             self._hand_on(ready)
@@ -564,8 +560,12 @@ class _SaveBatch:
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-writer")
         self._writing = (self._writer.submit(self._write, new, changed, reappeared), ready)
 
-    def _scan_batch(self) -> int:
-        return max(SAVE_EVERY_FILES, self.rows // SAVE_EVERY_PART)
+    def _next_due(self, first: bool = False) -> int:
+        """Files to wait for before the next save: a scan's share of the database, a sync's hand-on (the
+        first one early, never later than the others)."""
+        if self.on_upload_ready is None:
+            return max(SAVE_EVERY_FILES, self.rows // SAVE_EVERY_PART)
+        return min(HANDOFF_FIRST_FILES, HANDOFF_EVERY_FILES) if first else HANDOFF_EVERY_FILES
 
     def finish(self) -> None:
         """Save what waits and wait for every write; a write's error is raised here."""
