@@ -263,6 +263,7 @@ class Server:
 
     key = API_KEY
     real = False
+    measures_cpu = True
 
     def __init__(self, work: Path, delay_ms: float = 0.0) -> None:
         self.work = work
@@ -1007,16 +1008,12 @@ class Bench:
         tree_for: Callable[[int, str], tuple[Path, int, int]],
         pairs: int,
     ) -> None:
-        """`pairs` rounds (rounded up to a multiple of the players) of curl and ours (and, with --floor-also,
-        that checkout's sync_upload.py), the order turning each round; the median of each round's ratio to
-        curl is quoted."""
+        """`pairs` rounds (a multiple of the players: see parse_args) of curl and ours (and, with
+        --floor-also, that checkout's sync_upload.py), the order turning each round; the median of each
+        round's ratio to curl is quoted."""
         rows = self.report.section(title)
         also = self.args.floor_also
         players = ["curl", "ours", *(["also"] if also else [])]
-        # Each takes each place in the order equally often: a real server's state drifts over a round (its
-        # database grows by every run), and a place taken more often showed as a 0.5 s difference between two
-        # builds that sent the same requests.
-        pairs = -(-pairs // len(players)) * len(players)
         runs: dict[str, list[Measured]] = {who: [] for who in players}
         ratios: dict[str, list[float]] = {who: [] for who in players[1:]}
         nbytes = count = 0
@@ -1033,7 +1030,7 @@ class Bench:
                         run = self.ours("sync_upload.py", env, server, project=project)
                         self.check_uploaded(f"{who}: sync_upload.py first sync (ingest floor)", run, count)
                     runs[who].append(run)
-                    measured = not server.real or server.measures_cpu  # type: ignore[union-attr]
+                    measured = server.measures_cpu
             for who in players[1:]:
                 ratios[who].append(runs["curl"][-1].wall_s / runs[who][-1].wall_s)
             print(f"[floor] round {rep + 1}: " + ", ".join(f"{who} {runs[who][-1].wall_s:.2f} s" for who in players)
@@ -1041,7 +1038,7 @@ class Bench:
                   flush=True)  # fmt: skip
         curl = median_run(runs["curl"], lambda r: r.wall_s)
         rows.append(Row(f"curl --parallel --parallel-max {CURL_PARALLEL} -K <config> (bare uploads)", curl.wall_s,
-                        nbytes, count, curl.peak_rss, curl.cpu_s, None if not measured else curl.server_cpu_s))  # fmt: skip
+                        nbytes, count, curl.peak_rss, curl.cpu_s, curl.server_cpu_s if measured else None))  # fmt: skip
         for who in players[1:]:
             ratio = statistics.median(ratios[who])
             mine = median_run(runs[who], lambda r: r.wall_s)
@@ -1057,7 +1054,7 @@ class Bench:
             )
             verdict = ("ok" if ratio >= FLOOR_RATIO_TARGET else "MISSED") if who == "ours" else ""
             rows.append(Row(label, mine.wall_s, nbytes, count, mine.peak_rss, mine.cpu_s,
-                            None if not measured else mine.server_cpu_s, target, verdict))  # fmt: skip
+                            mine.server_cpu_s if measured else None, target, verdict))  # fmt: skip
         self.report.note(
             f"{title.split(': ')[0]}: "
             + "; ".join(f"{who} {spread([r.wall_s for r in runs[who]])} s" for who in players)
@@ -1230,7 +1227,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="parts 5 and 6: also time DIR/sync_upload.py (an earlier checkout) each round",
     )
-    parser.add_argument("--floor-pairs", type=int, help="pairs for the ingest floor (default 5, quick 1)")
+    parser.add_argument(
+        "--floor-pairs",
+        type=int,
+        help="rounds for the ingest floor, rounded up to a multiple of its players (default 5, quick 1)",
+    )
     parser.add_argument(
         "--floor-files", type=int, help="photos of ~400 KB per ingest-floor run (default 1000)"
     )
@@ -1244,7 +1245,13 @@ def main(argv: list[str] | None = None) -> int:
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
     args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
-    args.floor_pairs = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
+    # The ingest floor's rounds: a multiple of its players (curl, ours, --floor-also), so each takes each
+    # place in the order equally often. A real server's state drifts over a round (its database grows by
+    # every run), and a place taken more often showed as a 0.5 s difference between two builds that sent the
+    # same requests.
+    players = 3 if args.floor_also else 2
+    rounds = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
+    args.floor_pairs = -(-rounds // players) * players
     args.floor_files = args.floor_files if args.floor_files is not None else (40 if args.quick else 1000)
     args.real_files = args.real_files if args.real_files is not None else (20 if args.quick else 200)
     try:
