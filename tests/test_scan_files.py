@@ -643,26 +643,37 @@ def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
     assert proc.stderr.count("top level ran") == 1
 
 
-def test_a_sync_hands_its_first_64_rows_on_then_every_500_and_a_scan_writes_5000_at_a_time() -> None:
-    """A sync's first uploads start early, while the scan goes on; then larger batches, each a transaction."""
+class _SavesCounted:
+    """A Store stand-in for _SaveBatch: keeps how many new rows each save wrote."""
+
+    def __init__(self) -> None:
+        self.saved: list[int] = []
+
+    def save_scanned(self, new: list[object], changed: list[object]) -> None:
+        self.saved.append(len(new))
+
+
+def _add_new_files(batches: list[scanner._SaveBatch], count: int) -> None:
+    """`count` new files, each added to every batch (and each batch saved when due)."""
     from db_manager import ScannedFile
 
-    class Store:
-        def __init__(self) -> None:
-            self.saved: list[int] = []
-
-        def save_scanned(self, new: list[ScannedFile], changed: list[object]) -> None:
-            self.saved.append(len(new))
-
-    handed: list[int] = []
-    sync_store, scan_store = Store(), Store()
-    sync = scanner._SaveBatch(sync_store, lambda keys: handed.append(len(keys)))  # type: ignore[arg-type]
-    scan = scanner._SaveBatch(scan_store, None)  # type: ignore[arg-type]
-    for n in range(10_500):
+    for n in range(count):
         path = f"/p/{n}.jpg"
-        for batch in (sync, scan):
+        for batch in batches:
             batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
             batch.save_if_due()
+
+
+def test_a_sync_hands_its_first_64_rows_on_then_every_500_and_a_scan_writes_5000_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sync's first uploads start early, while the scan goes on; then larger batches, each a transaction."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)  # by count alone: a slow machine must not add saves
+    handed: list[int] = []
+    sync_store, scan_store = _SavesCounted(), _SavesCounted()
+    sync = scanner._SaveBatch(sync_store, lambda keys: handed.append(len(keys)))  # type: ignore[arg-type]
+    scan = scanner._SaveBatch(scan_store, None)  # type: ignore[arg-type]
+    _add_new_files([sync, scan], 10_500)
     assert handed == [64] + [500] * 20 and sync_store.saved == [64] + [500] * 20
     assert scan_store.saved == [5000, 5000]
 
@@ -672,20 +683,8 @@ def test_a_scan_into_a_large_database_writes_a_twentieth_of_its_rows_at_a_time(
 ) -> None:
     """Each row dirties index pages all over a large database: bigger transactions write each page once for
     more rows (a first scan of 1,000,000 files: 168 s at 5,000 rows a transaction, 102 s)."""
-    from db_manager import ScannedFile
-
-    class Store:
-        def __init__(self) -> None:
-            self.saved: list[int] = []
-
-        def save_scanned(self, new: list[ScannedFile], changed: list[object]) -> None:
-            self.saved.append(len(new))
-
     monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)  # by count alone here
-    store = Store()
+    store = _SavesCounted()
     batch = scanner._SaveBatch(store, None, rows_before=200_000)  # type: ignore[arg-type]
-    for n in range(30_000):
-        path = f"/p/{n}.jpg"
-        batch.add(None, ScannedFile(path.encode(), path, None, f"{n}.jpg", "/p", "jpg", "image", 1, 1))
-        batch.save_if_due()
+    _add_new_files([batch], 30_000)
     assert store.saved == [10_000, 10_500]  # 200,000 rows: 10,000 at a time; 210,000: 10,500
