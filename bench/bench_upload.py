@@ -25,11 +25,14 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      each tool, so neither finds the other's uploads), deleted from that server afterwards unless --real-keep;
   5. the server's ingest floor: `curl --parallel --parallel-max 8 -K <config>` sending the photos as bare uploads
      (the required form fields and the file, nothing else) vs our whole first sync at the shipped defaults (a
-     fresh database each time), in interleaved pairs (who goes first alternates), the median of the pairs'
-     ratios quoted; target: ours >= 0.9x curl's speed. On the test server each run has a fresh server, so both
-     send the same trees: part 1's, then --floor-files photos of ~400 KB; with IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree
-     of new random bytes of the same shape (--floor-files photos of ~400 KB), the server's queues paused for
-     both (this bench pauses them and resumes those it paused) and the test photos deleted afterwards;
+     fresh database each time), in rounds whose order turns, the median of the rounds' ratios quoted; target:
+     ours >= 0.9x curl's speed. A third player runs the same curl with `openssl dgst`'s SHA-256 and SHA-1 of
+     the same files beside it, from the same start: the floor for a client that must fingerprint what it sends, on the
+     cores the server uses too (our ratio to it is quoted beside). On the test server each run has a fresh
+     server, so all send the same trees: part 1's, then --floor-files photos of ~400 KB; with
+     IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree of new random bytes of
+     the same shape (--floor-files photos of ~400 KB), the server's queues paused for all (this bench pauses
+     them and resumes those it paused) and the test photos deleted afterwards;
   6. a deletion run: --floor-files photos of ~400 KB (hard links to a kept copy) uploaded by a first sync, then an
      unchanged sync (the reference) and `sync_upload.py --delete-uploaded`, which confirms each asset in Immich
      and deletes the local files; the difference is what deleting costs. With --floor-also DIR, DIR's scripts
@@ -1013,9 +1016,10 @@ class Bench:
         round's ratio to curl is quoted."""
         rows = self.report.section(title)
         also = self.args.floor_also
-        players = ["curl", "ours", *(["also"] if also else [])]
+        players = ["curl", "hashing", "ours", *(["also"] if also else [])]
         runs: dict[str, list[Measured]] = {who: [] for who in players}
         ratios: dict[str, list[float]] = {who: [] for who in players[1:]}
+        to_hashing: list[float] = []  # ours against the hashing client's floor, round by round
         nbytes = count = 0
         measured = False
         for rep in range(pairs):
@@ -1024,6 +1028,8 @@ class Bench:
                 with server_for() as server:
                     if who == "curl":
                         run = self.curl_parallel(tree, server, count)
+                    elif who == "hashing":
+                        run = self.curl_and_hashes(tree, server, count)
                     else:
                         env = self.env_file(tree, self.work / f"floor{self._n}.db", server)
                         project = Path(also) if who == "also" else PROJECT_DIR
@@ -1033,6 +1039,7 @@ class Bench:
                     measured = server.measures_cpu
             for who in players[1:]:
                 ratios[who].append(runs["curl"][-1].wall_s / runs[who][-1].wall_s)
+            to_hashing.append(runs["hashing"][-1].wall_s / runs["ours"][-1].wall_s)
             print(f"[floor] round {rep + 1}: " + ", ".join(f"{who} {runs[who][-1].wall_s:.2f} s" for who in players)
                   + "; ratio to curl " + ", ".join(f"{who} {ratios[who][-1]:.2f}x" for who in players[1:]),
                   flush=True)  # fmt: skip
@@ -1042,13 +1049,13 @@ class Bench:
         for who in players[1:]:
             ratio = statistics.median(ratios[who])
             mine = median_run(runs[who], lambda r: r.wall_s)
-            label = (
-                "ours, first sync: sync_upload.py (defaults, fresh DB)"
-                if who == "ours"
-                else f"before: {also}"
-            )
+            label = {
+                "hashing": "the same curl beside openssl's SHA-256 and SHA-1 of the files (a hashing client's floor)",
+                "ours": "ours, first sync: sync_upload.py (defaults, fresh DB)",
+            }.get(who, f"before: {also}")
             target = (
-                f">= {FLOOR_RATIO_TARGET}x curl (median ratio {ratio:.2f}x)"
+                f">= {FLOOR_RATIO_TARGET}x curl (median ratio {ratio:.2f}x; "
+                f"{statistics.median(to_hashing):.2f}x the hashing floor)"
                 if who == "ours"
                 else f"({ratio:.2f}x)"
             )
@@ -1093,6 +1100,36 @@ class Bench:
                 f"curl --parallel: {created} of {count} answered 201 (exit {run.status}; "
                 f"{' '.join(sorted(set(run.stdout.split())))}; {run.stderr.strip()[-300:]})"
             )
+        return run
+
+    def curl_and_hashes(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
+        """curl_parallel with SHA-256 and SHA-1 of the same files made beside it, from the same start: the floor
+        for a client that must fingerprint what it sends (as ours must, for its record and for Immich's checksum)
+        on the cores the server uses too. The hashes are `openssl dgst`'s, the library hashlib uses (coreutils'
+        sha256sum here has no SHA extensions: 340 MB/s against 1.6 GB/s). Wall time until all three are done;
+        CPU time of all three."""
+        listing = self.work / "hash-floor.list"
+        listing.write_bytes(b"\0".join(bytes(p) for p in sorted(tree.rglob("*.jpg"))))
+        server_before = server.cpu_s()
+        started = time.perf_counter()
+        with listing.open("rb") as names_for_256, listing.open("rb") as names_for_1:
+            hashers = [
+                subprocess.Popen(
+                    ["xargs", "-0", "-n", "256", "openssl", "dgst", f"-{digest}"],
+                    stdin=names,
+                    stdout=subprocess.DEVNULL,
+                    env=child_environment(),
+                )
+                for digest, names in (("sha256", names_for_256), ("sha1", names_for_1))
+            ]
+            run = self.curl_parallel(tree, server, count)
+            hash_cpu = 0.0
+            for hasher in hashers:
+                _, _, usage = os.wait4(hasher.pid, 0)
+                hash_cpu += usage.ru_utime + usage.ru_stime
+        run.wall_s = time.perf_counter() - started
+        run.cpu_s += hash_cpu
+        run.server_cpu_s = server_cpu_during(server, server_before, run.cpu_s)
         return run
 
     # -- part 6: a deletion run (--delete-uploaded), next to an unchanged sync of the same state
@@ -1245,11 +1282,11 @@ def main(argv: list[str] | None = None) -> int:
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
     args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
-    # The ingest floor's rounds: a multiple of its players (curl, ours, --floor-also), so each takes each
-    # place in the order equally often. A real server's state drifts over a round (its database grows by
-    # every run), and a place taken more often showed as a 0.5 s difference between two builds that sent the
-    # same requests.
-    players = 3 if args.floor_also else 2
+    # The ingest floor's rounds: a multiple of its players (curl, curl with hashes, ours, --floor-also), so
+    # each takes each place in the order equally often. A real server's state drifts over a round (its
+    # database grows by every run), and a place taken more often showed as a 0.5 s difference between two
+    # builds that sent the same requests.
+    players = 4 if args.floor_also else 3
     rounds = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
     args.floor_pairs = -(-rounds // players) * players
     args.floor_files = args.floor_files if args.floor_files is not None else (40 if args.quick else 1000)
