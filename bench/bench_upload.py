@@ -1069,8 +1069,11 @@ class Bench:
             + "; ".join(f"{who} {spread(ratios[who])}" for who in players[1:])
         )
 
-    def curl_parallel(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
-        """curl sending every photo of `tree` as a bare upload, CURL_PARALLEL at a time (one config file)."""
+    def curl_parallel(
+        self, tree: Path, server: Server | RealServer, count: int, beside: Callable[[], object] | None = None
+    ) -> Measured:
+        """curl sending every photo of `tree` as a bare upload, CURL_PARALLEL at a time (one config file).
+        `beside` is called right before curl starts (its config written)."""
         lines: list[str] = []
         for path in sorted(tree.rglob("*.jpg")):
             st = path.stat()
@@ -1093,6 +1096,8 @@ class Bench:
         config = self.work / "curl-floor.cfg"
         config.write_text("\n".join(lines) + "\n")
         cmd = ["curl", "--parallel", "--parallel-max", str(CURL_PARALLEL), "-K", str(config)]
+        if beside is not None:
+            beside()
         run = run_measured(cmd, self.work, env=child_environment(proxies=server.real), server=server)
         created = run.stdout.split().count("201")
         if created != count:
@@ -1106,30 +1111,54 @@ class Bench:
         """curl_parallel with SHA-256 and SHA-1 of the same files made beside it, from the same start: the floor
         for a client that must fingerprint what it sends (as ours must, for its record and for Immich's checksum)
         on the cores the server uses too. The hashes are `openssl dgst`'s, the library hashlib uses (coreutils'
-        sha256sum here has no SHA extensions: 340 MB/s against 1.6 GB/s). Wall time until all three are done;
-        CPU time of all three."""
+        sha256sum here has no SHA extensions: 340 MB/s against 1.6 GB/s). Wall time from curl's start until all
+        three are done; CPU time of all three. A hash run that fails is noted (its row is then curl's alone)."""
         listing = self.work / "hash-floor.list"
         listing.write_bytes(b"\0".join(bytes(p) for p in sorted(tree.rglob("*.jpg"))))
-        server_before = server.cpu_s()
-        started = time.perf_counter()
-        with listing.open("rb") as names_for_256, listing.open("rb") as names_for_1:
-            hashers = [
-                subprocess.Popen(
-                    ["xargs", "-0", "-n", "256", "openssl", "dgst", f"-{digest}"],
-                    stdin=names,
-                    stdout=subprocess.DEVNULL,
-                    env=child_environment(),
-                )
-                for digest, names in (("sha256", names_for_256), ("sha1", names_for_1))
-            ]
-            run = self.curl_parallel(tree, server, count)
+        hashers: list[subprocess.Popen[bytes]] = []
+        started = [0.0, server.cpu_s()]
+        # Their errors go to a file: a pipe nobody reads while they run would stop them once full.
+        with tempfile.TemporaryFile(dir=self.work) as errors:
+
+            def start_hashers() -> None:
+                started[:] = [time.perf_counter(), server.cpu_s()]
+                for digest in ("sha256", "sha1"):
+                    with listing.open("rb") as names:
+                        hasher = subprocess.Popen(
+                            ["xargs", "-0", "-n", "256", "openssl", "dgst", f"-{digest}"],
+                            stdin=names,
+                            stdout=subprocess.DEVNULL,
+                            stderr=errors,
+                            env=child_environment(),
+                        )
+                    hashers.append(hasher)
+                    _live.append(hasher)
+
             hash_cpu = 0.0
-            for hasher in hashers:
-                _, _, usage = os.wait4(hasher.pid, 0)
-                hash_cpu += usage.ru_utime + usage.ru_stime
-        run.wall_s = time.perf_counter() - started
+            try:
+                run = self.curl_parallel(tree, server, count, beside=start_hashers)
+                for hasher in hashers:
+                    _, wait_status, usage = os.wait4(hasher.pid, 0)
+                    hasher.returncode = os.waitstatus_to_exitcode(wait_status)
+                    hash_cpu += usage.ru_utime + usage.ru_stime
+            finally:
+                for hasher in hashers:
+                    if hasher.returncode is None:  # curl's run failed: they are not waited for
+                        hasher.kill()
+                        hasher.wait()
+                    _live.remove(hasher)
+            failed = [h for h in hashers if h.returncode != 0]
+            if failed:
+                errors.seek(0)
+                said = dict.fromkeys(errors.read().decode("utf-8", "replace").split("\n"))  # each line once
+                self.report.note(
+                    "hashing floor: "
+                    + ", ".join(f"{' '.join(map(str, h.args))} exited {h.returncode}" for h in failed)
+                    + f": {'; '.join(line for line in said if line)[-300:]}"
+                )
+        run.wall_s = time.perf_counter() - started[0]
         run.cpu_s += hash_cpu
-        run.server_cpu_s = server_cpu_during(server, server_before, run.cpu_s)
+        run.server_cpu_s = server_cpu_during(server, started[1], run.cpu_s)
         return run
 
     # -- part 6: a deletion run (--delete-uploaded), next to an unchanged sync of the same state

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from logger import LOG_MAX_BYTES, ConsoleHandler, RunLogHandler, get_logger, setup_console, setup_file
+from logger import (
+    LOG_MAX_BYTES,
+    ConsoleHandler,
+    RunLogHandler,
+    close_file,
+    get_logger,
+    setup_console,
+    setup_file,
+)
 from tests.conftest import API_KEY, Env, Library, run_inprocess
 from tests.immich_server import ImmichTestServer
 
@@ -45,30 +53,38 @@ def test_the_log_file_rotates(tmp_path: Path) -> None:
     assert handler.maxBytes == LOG_MAX_BYTES and handler.backupCount >= 3
 
 
-def test_a_debug_line_is_built_only_when_a_handler_writes_debug_lines(tmp_path: Path) -> None:
+def test_a_line_is_built_only_when_a_handler_writes_its_level(tmp_path: Path) -> None:
     import io
 
     root = logging.getLogger("immich_uploader")
     level_before = root.level
-    # pytest's own capture handlers (which take every level) are set aside: the tool's handlers decide.
+    # pytest attaches its capture handlers (which take every level) to loggers that do not propagate, as
+    # the tool's does once a test set it up: set aside here, so the tool's own handlers decide.
     foreign = [h for h in root.handlers if not isinstance(h, ConsoleHandler | RunLogHandler)]
     for handler in foreign:
         root.removeHandler(handler)
+    upload = get_logger("upload")
     try:
         setup_console(io.StringIO())
         setup_file(tmp_path / "info.txt", "INFO")
         # One per file sent: no record built (a stack walk, a LogRecord) only to be dropped by every handler.
-        assert not get_logger("upload").isEnabledFor(logging.DEBUG)
-        assert get_logger("upload").isEnabledFor(logging.INFO)
+        assert not upload.isEnabledFor(logging.DEBUG)
+        assert upload.isEnabledFor(logging.INFO)
+        close_file()  # the console alone (WARNING) is left
+        assert not upload.isEnabledFor(logging.INFO)
+        assert upload.isEnabledFor(logging.WARNING)
+        setup_console(io.StringIO(), verbose=True)  # -v, no log file
+        assert upload.isEnabledFor(logging.INFO) and not upload.isEnabledFor(logging.DEBUG)
         setup_file(tmp_path / "debug.txt", "DEBUG")
-        get_logger("upload").debug("kept at LOG_LEVEL=DEBUG")
+        upload.debug("kept at LOG_LEVEL=DEBUG")
         for handler in root.handlers:
             handler.flush()
         assert "kept at LOG_LEVEL=DEBUG" in (tmp_path / "debug.txt").read_text()
         setup_console(io.StringIO(), debug=True)  # --debug: the console shows them, whatever the file keeps
         setup_file(tmp_path / "info.txt", "INFO")
-        assert get_logger("upload").isEnabledFor(logging.DEBUG)
+        assert upload.isEnabledFor(logging.DEBUG)
     finally:
+        close_file()
         for handler in foreign:
             root.addHandler(handler)
         root.setLevel(level_before)
