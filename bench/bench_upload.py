@@ -27,9 +27,9 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      (the required form fields and the file, nothing else) vs our whole first sync at the shipped defaults (a
      fresh database each time), in rounds whose order turns, the median of the rounds' ratios quoted; target:
      ours >= 0.9x curl's speed. A third player runs the same curl with `openssl dgst`'s SHA-256 and SHA-1 of
-     the same files beside it, from the same start: the floor for a client that must fingerprint what it sends, on the
-     cores the server uses too (our ratio to it is quoted beside). On the test server each run has a fresh
-     server, so all send the same trees: part 1's, then --floor-files photos of ~400 KB; with
+     the same files beside it, from the same start: the floor for a client that must fingerprint what it
+     sends, on the cores the server uses too (our ratio to it is quoted beside). On the test server each run
+     has a fresh server, so all send the same trees: part 1's, then --floor-files photos of ~400 KB; with
      IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree of new random bytes of
      the same shape (--floor-files photos of ~400 KB), the server's queues paused for all (this bench pauses
      them and resumes those it paused) and the test photos deleted afterwards;
@@ -258,6 +258,12 @@ def server_cpu_during(server: Server | RealServer, before_s: float, client_cpu_s
     """The server's CPU time since `before_s`; a local real server's is the machine's less the client's."""
     used = server.cpu_s() - before_s
     return max(0.0, used - client_cpu_s) if server.real else used
+
+
+def floor_players(also: bool) -> list[str]:
+    """Who takes part in the ingest floor's rounds (part 5), in the first round's order: curl, curl beside
+    the hashes a fingerprinting client makes, our first sync, and with --floor-also an earlier checkout's."""
+    return ["curl", "hashing", "ours", *(["also"] if also else [])]
 
 
 class Server:
@@ -1011,12 +1017,12 @@ class Bench:
         tree_for: Callable[[int, str], tuple[Path, int, int]],
         pairs: int,
     ) -> None:
-        """`pairs` rounds (a multiple of the players: see parse_args) of curl and ours (and, with
-        --floor-also, that checkout's sync_upload.py), the order turning each round; the median of each
-        round's ratio to curl is quoted."""
+        """`pairs` rounds (a multiple of the players: see parse_args) of curl, curl beside the hashes, ours
+        (and, with --floor-also, that checkout's sync_upload.py), the order turning each round; the median of
+        each round's ratio to curl is quoted."""
         rows = self.report.section(title)
         also = self.args.floor_also
-        players = ["curl", "hashing", "ours", *(["also"] if also else [])]
+        players = floor_players(bool(also))
         runs: dict[str, list[Measured]] = {who: [] for who in players}
         ratios: dict[str, list[float]] = {who: [] for who in players[1:]}
         to_hashing: list[float] = []  # ours against the hashing client's floor, round by round
@@ -1116,7 +1122,7 @@ class Bench:
         listing = self.work / "hash-floor.list"
         listing.write_bytes(b"\0".join(bytes(p) for p in sorted(tree.rglob("*.jpg"))))
         hashers: list[subprocess.Popen[bytes]] = []
-        started = [0.0, server.cpu_s()]
+        started = [0.0, 0.0]  # when curl and the hashes started; the server's CPU time then
         # Their errors go to a file: a pipe nobody reads while they run would stop them once full.
         with tempfile.TemporaryFile(dir=self.work) as errors:
 
@@ -1311,11 +1317,10 @@ def main(argv: list[str] | None = None) -> int:
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
     args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
-    # The ingest floor's rounds: a multiple of its players (curl, curl with hashes, ours, --floor-also), so
-    # each takes each place in the order equally often. A real server's state drifts over a round (its
-    # database grows by every run), and a place taken more often showed as a 0.5 s difference between two
-    # builds that sent the same requests.
-    players = 4 if args.floor_also else 3
+    # The ingest floor's rounds: a multiple of its players, so each takes each place in the order equally
+    # often. A real server's state drifts over a round (its database grows by every run), and a place taken
+    # more often showed as a 0.5 s difference between two builds that sent the same requests.
+    players = len(floor_players(bool(args.floor_also)))
     rounds = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
     args.floor_pairs = -(-rounds // players) * players
     args.floor_files = args.floor_files if args.floor_files is not None else (40 if args.quick else 1000)
