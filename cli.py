@@ -31,7 +31,6 @@ from config import (
     settings_flags,
 )
 from db_manager import DatabaseError, Store, migrate_store, open_store
-from immich_client import ImmichError
 from logger import (
     FILE_EVENT,
     close_file,
@@ -353,6 +352,13 @@ def exit_process(status: int) -> NoReturn:
     sys.exit(status)
 
 
+def _server_errors() -> tuple[type[Exception], ...]:
+    """The HTTP client's error, where a run loaded it: a scan alone never imports the client (its import is
+    a fifth of a scan's start-up), and what was never imported raised nothing."""
+    client = sys.modules.get("immich_client")
+    return (client.ImmichError,) if client is not None else ()
+
+
 def _nothing() -> None:
     return None
 
@@ -421,7 +427,7 @@ def run_script(
         problem = "interrupted"
         progress.message(f"{prog}: interrupted")
         status = ExitStatus.INTERRUPTED
-    except ImmichError as exc:
+    except _server_errors() as exc:
         # The server failed a request the run could not do without (its formats, a bulk check, albums):
         # what was recorded stands, the next run goes on.
         log.debug("server failed", exc_info=True)

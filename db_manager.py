@@ -45,6 +45,7 @@ DONE_STATUSES = ("success", "duplicate")
 API_RESPONSE_MAX_CHARS = 4000
 LIVE_LINKS_STATE = "live_links_to_check"  # per scope: a live photo pair was recorded since the last look
 REPLACE_STATE = "replacements_to_check"  # per scope: an edited file's earlier version was recorded
+DELETING_STATE = "deletion_in_progress"  # per scope: a run is deleting files (organize.Deleter)
 BATCH_ROWS = 1000
 CONFLICT_RETRIES = 5
 IDLE_PING_S = 10.0  # a MySQL connection unused this long is pinged before a transaction
@@ -660,6 +661,10 @@ class Store:
         with self._lock:
             rows = self._query(self.sql("SELECT value FROM tool_state WHERE name = ?"), (name,))
         return rows[0][0] if rows else None
+
+    def deletion_interrupted(self) -> bool:
+        """Whether a run of this scope ended in the middle of deleting files (organize sets the state)."""
+        return self.get_state(f"{DELETING_STATE}:{self.scope}") is not None
 
     def set_state(self, name: str, value: str | None) -> None:
         # One statement: machines starting together each write their state, and a DELETE then INSERT

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from config import RAW_EXTENSIONS, Settings
-from db_manager import DoneFile, RunProblem, Store
+from db_manager import DELETING_STATE, DoneFile, RunProblem, Store
 from edits import replace_edited
 from filters import DELETING_PREFIX, RunFiles, RunScope
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
@@ -297,7 +297,6 @@ KEPT_TRASHED = "in Immich's trash (restore it there to delete the file here)"
 KEPT_NO_ASSET_READ = "the API key may not read assets (give it asset.read to confirm before deleting)"
 KEPT_NO_USER = "the API key may not read its user (give it user.read to confirm the owner)"
 KEPT_UNCONFIRMED = "Immich could not confirm it (an error; tried again next run)"
-DELETING_STATE = "deletion_in_progress"
 
 
 def live_linked(file: DoneFile, done_by_id: dict[int, DoneFile]) -> bool:
@@ -651,8 +650,7 @@ def finish_interrupted_deletions(store: Store, scope: RunScope) -> int:
     """A run killed mid-deletion leaves a file under its temporary name (or gone, if the kill came after the
     unlink): put each back where it was (never over a file that appeared since), or record the deletion.
     Returns how many rows it settled. Cheap when nothing was interrupted: one state lookup."""
-    state = f"{DELETING_STATE}:{store.scope}"
-    if store.get_state(state) is None:
+    if not store.deletion_interrupted():
         return 0
     settled = 0
     for row_id, filepath, filepath_b64, sidecar_path, intent in store.interrupted_deletions():
@@ -671,7 +669,7 @@ def finish_interrupted_deletions(store: Store, scope: RunScope) -> int:
         else:
             store.record_deleting(row_id, None)  # the rename never happened
         settled += 1
-    store.set_state(state, None)
+    store.set_state(f"{DELETING_STATE}:{store.scope}", None)
     return settled
 
 

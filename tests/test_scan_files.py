@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -620,6 +621,26 @@ def test_large_files_are_hashed_on_threads_without_starting_worker_processes(
     assert all(len(str(r["hash"])) == 64 for r in rows_by_name(env).values())
 
 
+def test_a_scan_alone_does_not_load_the_http_client_or_the_deletion_code(env: Env, library: Library) -> None:
+    """Importing them was a fifth of a scan's start-up; a scan needs the deletion code only to finish a
+    deletion a kill interrupted (test_organize covers that it still does)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_DIR, script_environment
+
+    library.photos(2)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", str(PROJECT_DIR / "scan_files.py"), "--env-file", str(env.path), "--json"],
+        cwd="/", capture_output=True, text=True, timeout=120, env=script_environment(),
+    )  # fmt: skip
+    assert proc.returncode == 0 and json.loads(proc.stdout)["new"] == 2
+    imported = {
+        line.rpartition("|")[2].strip() for line in proc.stderr.splitlines() if line.startswith("import time")
+    }
+    assert {"scanner", "db_manager"} <= imported and not {"immich_client", "organize"} & imported
+
+
 def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
     """multiprocessing runs the main script again in each worker (as __mp_main__) unless told otherwise:
     a script's imports and top-level code are not the workers' business."""
@@ -676,6 +697,39 @@ def test_a_sync_hands_its_first_64_rows_on_then_every_500_and_a_scan_writes_5000
     _add_new_files([sync, scan], 10_500)
     assert handed == [64] + [500] * 20 and sync_store.saved == [64] + [500] * 20
     assert scan_store.saved == [5000, 5000]
+
+
+def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_are_described(
+    env: Env, library: Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scan's last write no longer waits for the last files' hashes: what was collected when the walk
+    ended goes to the writer at once (the last 5,000 rows of a first scan took a tenth of a second after the
+    hashing was done), and the files still being described follow in a last small write."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 10**6)  # saved at the walk's end and the last only
+    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)
+    monkeypatch.setattr(scanner.Describer, "BATCH_FILES", 4)  # a read-ahead of 64 files
+    events: list[tuple[str, int]] = []
+    save, collect_job = scanner._SaveBatch.save, scanner.Scanner._collect_job
+
+    def saving(self: scanner._SaveBatch) -> None:
+        events.append(("save", len(self.new)))
+        save(self)
+
+    def collecting(self: scanner.Scanner, job: scanner.Job, *args: Any) -> int:
+        events.append(("collect", len(job[0])))
+        return collect_job(self, job, *args)
+
+    monkeypatch.setattr(scanner._SaveBatch, "save", saving)
+    monkeypatch.setattr(scanner.Scanner, "_collect_job", collecting)
+    library.photos(100)
+    env.set(HASH_WORKERS=1)  # files one by one on a thread: a job a file
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["new"] == 100 and len(rows_by_name(env)) == 100
+    saves = [(at, rows) for at, (kind, rows) in enumerate(events) if kind == "save"]
+    (walk_end, at_walk_end), (last, at_last) = saves
+    assert at_walk_end == 100 - 64 and at_last == 64  # the read-ahead was still being described
+    assert sum(n for kind, n in events[walk_end:last] if kind == "collect") == 64
+    assert last == len(events) - 1
 
 
 def test_a_scan_into_a_large_database_writes_a_twentieth_of_its_rows_at_a_time(
