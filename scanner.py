@@ -813,16 +813,41 @@ def start_process_pool(workers: int) -> Executor:
         from importlib.machinery import ModuleSpec
 
         main.__spec__ = ModuleSpec("__main__", None)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_start)
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),)
+    )
 
 
 def _worker_ready() -> None:
     """A no-op: run once by each new worker process, so the pool has them all before files come."""
 
 
-def _worker_start() -> None:
+def _worker_start(scan_pid: int) -> None:
     # Ctrl+C reaches the whole process group: the main process decides, workers must not print tracebacks.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with(scan_pid)
+
+
+def _exit_with(scan_pid: int) -> None:
+    """End this worker when the scan's process ends, however it ends. A scan killed with -9 (or by the
+    out-of-memory killer) closes nothing: its workers waited forever to hand on results nobody reads, and
+    the fork server and resource tracker waited for them, four processes left behind by each kill. A pidfd
+    becomes readable when that process exits (Linux 5.3 and newer; elsewhere the workers stay as before)."""
+    try:
+        pidfd = os.pidfd_open(scan_pid)
+    except ProcessLookupError:
+        os._exit(1)  # the scan ended while this worker was starting
+    except (AttributeError, OSError) as exc:
+        log.debug("hash worker %d cannot watch the scan's process: %s", os.getpid(), exc)
+        return
+    threading.Thread(target=_exit_when_readable, args=(pidfd,), name="scan-watch", daemon=True).start()
+
+
+def _exit_when_readable(pidfd: int) -> None:
+    import select
+
+    select.select([pidfd], [], [])
+    os._exit(1)
 
 
 def immich_storage_around(real_path: str) -> str | None:

@@ -641,6 +641,45 @@ def test_a_scan_alone_does_not_load_the_http_client_or_the_deletion_code(env: En
     assert {"scanner", "db_manager"} <= imported and not {"immich_client", "organize"} & imported
 
 
+def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path) -> None:
+    """kill -9 (or the out-of-memory killer) closes nothing: the workers waited forever to hand on results, and
+    the fork server and the resource tracker with them, four processes left behind by each kill."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
+        "import scanner\n"
+        "if __name__ == '__main__':\n"
+        "    pool = scanner.start_process_pool(2)\n"
+        "    for ready in [pool.submit(scanner._worker_ready) for _ in range(2)]:\n"
+        "        ready.result()\n"
+        "    print(*pool._processes, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    workers = [int(pid) for pid in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 60  # a condition waited on; the deadline only stops a hung test
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in workers if running(pid)]
+
+
 def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
     """multiprocessing runs the main script again in each worker (as __mp_main__) unless told otherwise:
     a script's imports and top-level code are not the workers' business."""
