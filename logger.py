@@ -181,6 +181,14 @@ def close_file() -> None:
     _fit_level(root)
 
 
+def forget_handlers() -> None:
+    """In a process forked from a run (a hash worker): the handlers are the run's, its log file (which it
+    rotates) and its console. They are dropped unclosed, so the fork writes and flushes nothing of theirs."""
+    root = logging.getLogger(ROOT_NAME)
+    root.handlers.clear()
+    _fit_level(root)
+
+
 def set_run_header(line: str) -> None:
     """The line each rotated log file of this run starts with (the run's first line)."""
     for handler in logging.getLogger(ROOT_NAME).handlers:

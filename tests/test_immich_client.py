@@ -915,12 +915,17 @@ def test_what_a_hostile_server_sends_reaches_the_console_without_control_charact
             conn.sendall(b"\x1b[2J\x1b]0;owned\x07 200 OK\r\n\r\n")  # clear the screen, set the title
             conn.close()
 
-    threading.Thread(target=answer_garbage, daemon=True).start()
+    answering = threading.Thread(target=answer_garbage, daemon=True)
+    answering.start()
     try:
         with pytest.raises(ServerUnreachable) as caught:
             make_client(f"http://127.0.0.1:{listener.getsockname()[1]}", transport).connect()
     finally:
+        listener.shutdown(
+            socket.SHUT_RDWR
+        )  # wakes its accept(); a close alone left the thread blocked for good
         listener.close()
+        answering.join()
     assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))
 
 

@@ -484,18 +484,21 @@ def test_known_index_finds_each_row_by_its_full_path_hash_in_any_order() -> None
 
 
 @pytest.fixture
-def pool_starts(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The worker counts of every process pool the scan starts."""
-    started: list[int] = []
+def pool_starts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
+    """Each process pool the scan starts: its worker count and how they start ("fork", "fork server")."""
+    started: list[tuple[int, str]] = []
     real = scanner.start_process_pool
-    monkeypatch.setattr(
-        scanner, "start_process_pool", lambda workers: started.append(workers) or real(workers)
-    )
+
+    def start(workers: int, fork: bool = False) -> Any:
+        started.append((workers, "fork" if fork else "fork server"))
+        return real(workers, fork)
+
+    monkeypatch.setattr(scanner, "start_process_pool", start)
     return started
 
 
 def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(
-    env: Env, library: Library, pool_starts: list[int]
+    env: Env, library: Library, pool_starts: list[tuple[int, str]], backend: str
 ) -> None:
     library.photos(90)
     damaged = bytearray(library.photo("bad/corrupt_exif.jpg", n=200).read_bytes())
@@ -503,12 +506,67 @@ def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(
     (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(damaged))
     env.set(HASH_WORKERS=2)
     status, summary, _ = scan(env)
-    assert pool_starts == [2] and status == 0 and summary["new"] == 91
+    import threading
+
+    # Forked where the scan runs no other thread; a MariaDB run keeps its lease on a thread of its own.
+    expected = [(2, "fork" if backend == "sqlite" else "fork server")]
+    assert pool_starts == expected, f"threads left by earlier tests? {threading.enumerate()}"
+    assert status == 0 and summary["new"] == 91
     rows = rows_by_name(env)
     assert all(len(str(r["hash"])) == 64 and r["sha1"] for r in rows.values())
     assert json.loads(str(rows["IMG_0042.jpg"]["metadata_info"]))["camera_make"] == "Canon"
     log_text = env.settings().log_file.read_text()
     assert "corrupt_exif.jpg: metadata partly unreadable" in log_text  # told by the worker, logged here
+
+
+def test_workers_come_from_the_fork_server_while_another_thread_runs(
+    env: Env, library: Library, pool_starts: list[tuple[int, str]]
+) -> None:
+    """A fork copies the locks other threads hold (an upload's, the log's), held forever in the copy: beside
+    a sync's uploads the workers come from the fork server; a scan alone forks them (the test above)."""
+    import threading
+
+    library.photos(40)
+    env.set(HASH_WORKERS=2)
+    done = threading.Event()
+    beside = threading.Thread(target=done.wait, name="an upload")
+    beside.start()
+    try:
+        status, summary, _ = scan(env)
+    finally:
+        done.set()
+        beside.join()
+    assert pool_starts == [(2, "fork server")] and status == 0 and summary["new"] == 40
+
+
+def _log_from_a_worker(text: str) -> int:
+    from logger import get_logger
+
+    get_logger("scan").warning("%s", text)
+    return os.getpid()
+
+
+def test_forked_workers_leave_the_log_to_the_scan(tmp_path: Path) -> None:
+    """A forked worker starts with the scan's handlers: it would write into the scan's log file (and rotate it
+    under the scan) and flush the scan's console. It drops them; what a worker notices reaches the log through
+    the scan (its rows' warnings)."""
+    import logger
+
+    log_file = tmp_path / "run.log"
+    logger.setup_file(log_file, "DEBUG")
+    try:
+        pool = scanner.start_process_pool(2, fork=True)
+        try:
+            worker = pool.submit(_log_from_a_worker, "written by a worker").result()
+        finally:
+            pool.shutdown()
+        logger.get_logger("scan").warning("written by the scan")
+    finally:
+        logger.close_file()
+    assert worker != os.getpid()
+    lines = log_file.read_text().splitlines()
+    assert any("written by the scan" in line for line in lines)
+    assert not any("written by a worker" in line for line in lines)
 
 
 def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, library: Library) -> None:
@@ -611,7 +669,7 @@ def test_a_fallback_date_later_than_the_mtime_gives_way_to_it_as_immich_does(
 
 
 def test_large_files_are_hashed_on_threads_without_starting_worker_processes(
-    env: Env, library: Library, pool_starts: list[int]
+    env: Env, library: Library, pool_starts: list[tuple[int, str]]
 ) -> None:
     for n in range(40):
         library.write(f"videos/clip_{n:02d}.mp4", b"\x00\x00\x00\x18ftypmp42" + os.urandom(300_000))
@@ -641,9 +699,11 @@ def test_a_scan_alone_does_not_load_the_http_client_or_the_deletion_code(env: En
     assert {"scanner", "db_manager"} <= imported and not {"immich_client", "organize"} & imported
 
 
-def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fork", [False, True], ids=["fork server", "forked"])
+def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path, fork: bool) -> None:
     """kill -9 (or the out-of-memory killer) closes nothing: the workers waited forever to hand on results, and
-    the fork server and the resource tracker with them, four processes left behind by each kill."""
+    the fork server and the resource tracker with them, four processes left behind by each kill (forked ones
+    would also keep the run's lock)."""
     import signal
     import subprocess
     import sys
@@ -655,7 +715,7 @@ def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path) -> None:
         f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
         "import scanner\n"
         "if __name__ == '__main__':\n"
-        "    pool = scanner.start_process_pool(2)\n"
+        f"    pool = scanner.start_process_pool(2, fork={fork})\n"
         "    for ready in [pool.submit(scanner._worker_ready) for _ in range(2)]:\n"
         "        ready.result()\n"
         "    print(*pool._processes, flush=True)\n"
@@ -671,13 +731,41 @@ def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path) -> None:
     def running(pid: int) -> bool:
         try:
             return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-        except FileNotFoundError:
+        except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
             return False
 
     deadline = time.monotonic() + 60  # a condition waited on; the deadline only stops a hung test
     while any(running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [pid for pid in workers if running(pid)]
+
+
+def test_workers_from_the_fork_server_run_this_scanner_whatever_the_current_folder(tmp_path: Path) -> None:
+    """Python 3.11's fork server looks for the modules it preloads in the current folder: run from another
+    copy of the tool, the workers ran that copy's scanner (and died where it differed)."""
+    import subprocess
+    import sys
+
+    other_copy = tmp_path / "old-immich-uploader"
+    other_copy.mkdir()
+    (other_copy / "scanner.py").write_text("def _worker_ready():\n    raise SystemExit('the other copy')\n")
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
+        "import scanner\n"
+        "if __name__ == '__main__':\n"
+        "    pool = scanner.start_process_pool(2)\n"
+        "    for ready in [pool.submit(scanner._worker_ready) for _ in range(2)]:\n"
+        "        ready.result()\n"
+        "    print(pool.submit(eval, \"__import__('sys').modules['scanner'].__file__\").result())\n"
+        "    pool.shutdown()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=other_copy, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == scanner.__file__
 
 
 def test_worker_processes_do_not_run_the_script_again(tmp_path: Path) -> None:
