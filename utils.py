@@ -34,11 +34,13 @@ from numbers import Rational
 from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from config import RAW_EXTENSIONS
+from logger import get_logger
 
 if TYPE_CHECKING:
     from PIL import ImageFile
 
-log = logging.getLogger(__name__)
+# Under the tool's logger: a plain "utils" logger reached no handler, so LOG_LEVEL=DEBUG never showed its lines.
+log = get_logger("utils")
 
 DEFAULT_HASH_CHUNK_BYTES = 1 << 20
 

@@ -569,6 +569,21 @@ def test_forked_workers_leave_the_log_to_the_scan(tmp_path: Path) -> None:
     assert not any("written by a worker" in line for line in lines)
 
 
+def test_the_metadata_readers_debug_lines_reach_the_log_at_log_level_debug(
+    env: Env, library: Library
+) -> None:
+    """What the reader noticed about a file, in its own words, for whoever turns LOG_LEVEL to DEBUG (files
+    described on threads; worker processes keep no handlers: their rows' warnings reach the log)."""
+    damaged = bytearray(library.photo("bad/corrupt_exif.jpg", n=200).read_bytes())
+    damaged[30:60] = b"\xff" * 30
+    (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(damaged))
+    env.set(HASH_WORKERS=1, LOG_LEVEL="DEBUG")
+    status, summary, _ = scan(env)
+    assert status == 0 and summary["new"] == 1
+    told = [line for line in env.settings().log_file.read_text().splitlines() if "corrupt_exif.jpg" in line]
+    assert any("DEBUG" in line and "immich_uploader.utils" in line and "EXIF block" in line for line in told)
+
+
 def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, library: Library) -> None:
     import io
     import threading
