@@ -797,7 +797,7 @@ class Describer:
         try:
             self._processes = start_process_pool(self.workers, fork=True)
         except (OSError, ValueError, RuntimeError) as exc:
-            log.info("scanning on threads only: cannot start worker processes (%s)", exc)
+            log.info("cannot fork worker processes (%s): the fork server starts them", exc)
 
     def _start_processes(self) -> None:
         """Start the process pool and each of its workers (off the walk's thread); on failure, threads only."""
@@ -839,12 +839,19 @@ def start_process_pool(workers: int, fork: bool = False) -> Executor:
             initargs=(os.getpid(), True),
         )
         # A forked pool forks all its workers at its first task. This process's objects, frozen meanwhile,
-        # are left out of the workers' garbage collections, which would copy the pages they lie on.
-        gc.freeze()
+        # are left out of the workers' garbage collections, which would copy the pages they lie on. A worker
+        # that could not be forked, or died starting, ends the pool here (the caller goes on with threads).
         try:
-            pool.submit(_worker_ready)
-        finally:
-            gc.unfreeze()
+            gc.freeze()
+            try:
+                ready = [pool.submit(_worker_ready) for _ in range(workers)]
+            finally:
+                gc.unfreeze()
+            for future in ready:
+                future.result()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
         return pool
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     context = multiprocessing.get_context(method)
@@ -884,14 +891,33 @@ def _worker_start(scan_pid: int, forked: bool) -> None:
     if forked:  # the scan's own handlers (its stop on SIGTERM, its log file and console) are not the worker's
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         forget_handlers()
+        if _killed_with_parent(scan_pid):
+            return
     _exit_with(scan_pid)
+
+
+def _killed_with_parent(scan_pid: int) -> bool:
+    """A forked worker is the scan's child: the kernel kills it when the scan ends (Linux's parent-death
+    signal, on every kernel). It must: it shares the scan's run lock, which a worker left behind would hold."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        done = ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError) as exc:
+        log.debug("hash worker %d cannot ask to end with the scan: %s", os.getpid(), exc)
+        return False
+    if done and os.getppid() != scan_pid:
+        os._exit(1)  # the scan ended before the signal was asked for
+    return done
 
 
 def _exit_with(scan_pid: int) -> None:
     """End this worker when the scan's process ends, however it ends. A scan killed with -9 (or by the
     out-of-memory killer) closes nothing: its workers waited forever to hand on results nobody reads, and
     the fork server and resource tracker waited for them, four processes left behind by each kill. A pidfd
-    becomes readable when that process exits (Linux 5.3 and newer; elsewhere the workers stay as before)."""
+    becomes readable when that process exits (Linux 5.3 and newer; elsewhere the workers stay as before).
+    A worker from the fork server is not the scan's child: the parent-death signal would watch the server."""
     try:
         pidfd = os.pidfd_open(scan_pid)
     except ProcessLookupError:

@@ -1502,11 +1502,22 @@ class _HTTPServer(http.server.ThreadingHTTPServer):
 
     def __init__(self, address: tuple[str, int], app: ImmichTestServer) -> None:
         self.app = app
+        self.handlers: list[threading.Thread] = []  # stop() joins them once their connections are cut
         self.tls_context: ssl.SSLContext | None = None
         if app.tls is not None:
             self.tls_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             self.tls_context.load_cert_chain(*app.tls)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # As ThreadingMixIn does, keeping each thread: one left serving a cut connection after stop() would
+        # outlive its test (and a scan that forks only where it runs alone would see it in the next test).
+        handler = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        self.handlers = [thread for thread in self.handlers if thread.is_alive()]
+        self.handlers.append(handler)
+        handler.start()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         """With TLS, each connection is wrapped here and shakes hands in its own thread (_Handler.setup):
@@ -1627,6 +1638,8 @@ class ImmichTestServer:
         self._abort_connections()  # keep-alive connections would otherwise go on being served
         if self._thread is not None:
             self._thread.join(timeout=5)
+        for handler in httpd.handlers:
+            handler.join(timeout=5)
 
     def __enter__(self) -> ImmichTestServer:
         return self.start()

@@ -50,6 +50,24 @@ def test_a_bug_is_one_line_exit_70_with_the_traceback_in_the_log(
     assert "Traceback" in (env.settings().log_file).read_text()
 
 
+def test_a_server_failure_is_one_line_and_exit_3_though_the_client_was_imported_late(
+    env: Env, library: Library, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """cli catches the client's error without importing the client (a scan never needs it): a run that loads
+    it during its work and fails on the server gets the server's line and status 3, not "internal error"."""
+    library.photos(1)
+
+    def server_fails(*_args: object, **_kwargs: object) -> None:
+        from immich_client import ImmichError
+
+        raise ImmichError("503 the server is restarting", status=503)
+
+    monkeypatch.setattr(scanner.Scanner, "scan", server_fails)
+    result = run_inprocess(scan_files.main, "--env-file", str(env.path))
+    assert result.status == 3
+    assert result.lines[-1] == "immich-uploader: error: the server failed: 503 the server is restarting"
+
+
 # --- habits from the official CLI and immich-go (issue 11) ------------------------------------------------
 
 

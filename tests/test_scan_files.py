@@ -506,17 +506,67 @@ def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(
     (library.root / "bad/corrupt_exif.jpg").write_bytes(bytes(damaged))
     env.set(HASH_WORKERS=2)
     status, summary, _ = scan(env)
+    import multiprocessing
     import threading
 
     # Forked where the scan runs no other thread; a MariaDB run keeps its lease on a thread of its own.
     expected = [(2, "fork" if backend == "sqlite" else "fork server")]
     assert pool_starts == expected, f"threads left by earlier tests? {threading.enumerate()}"
     assert status == 0 and summary["new"] == 91
+    assert multiprocessing.active_children() == []  # the scan ended its workers
     rows = rows_by_name(env)
     assert all(len(str(r["hash"])) == 64 and r["sha1"] for r in rows.values())
     assert json.loads(str(rows["IMG_0042.jpg"]["metadata_info"]))["camera_make"] == "Canon"
     log_text = env.settings().log_file.read_text()
     assert "corrupt_exif.jpg: metadata partly unreadable" in log_text  # told by the worker, logged here
+
+
+def _die_starting(scan_pid: int, forked: bool) -> None:
+    os._exit(3)
+
+
+def test_forked_workers_that_die_starting_end_their_pool_and_the_fork_server_starts_others(
+    env: Env,
+    library: Library,
+    pool_starts: list[tuple[int, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    """A worker that cannot be forked, or dies at its start, ends its pool at once (no half-made pool, no
+    process left); the scan goes on as beside threads, and says why in the log."""
+    import multiprocessing
+
+    if backend != "sqlite":
+        pytest.skip("a MariaDB run's lease thread: its workers come from the fork server anyway")
+    monkeypatch.setattr(scanner, "_worker_start", _die_starting)  # forked, the workers run this one
+    library.photos(40)
+    env.set(HASH_WORKERS=2)
+    status, summary, _ = scan(env)
+    assert pool_starts == [(2, "fork"), (2, "fork server")] and status == 0 and summary["new"] == 40
+    assert len(rows_by_name(env)) == 40 and multiprocessing.active_children() == []
+    assert "cannot fork worker processes" in env.settings().log_file.read_text()
+
+
+def test_a_forked_worker_ends_on_sigterm_as_a_process_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It starts with the scan's own SIGTERM handler (which only asks the scan to stop, in the scan): a
+    service stopping the whole group would wait on workers that shrug it off."""
+    import signal
+    import time
+
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        pool = scanner.start_process_pool(1, fork=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    try:
+        (worker,) = list(pool._processes.values())  # type: ignore[attr-defined]
+        os.kill(worker.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 60  # a condition waited on; the deadline only stops a hung test
+        while worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert worker.exitcode == -signal.SIGTERM
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def test_workers_come_from_the_fork_server_while_another_thread_runs(
@@ -716,9 +766,10 @@ def test_a_scan_alone_does_not_load_the_http_client_or_the_deletion_code(env: En
 
 @pytest.mark.parametrize("fork", [False, True], ids=["fork server", "forked"])
 def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path, fork: bool) -> None:
-    """kill -9 (or the out-of-memory killer) closes nothing: the workers waited forever to hand on results, and
-    the fork server and the resource tracker with them, four processes left behind by each kill (forked ones
-    would also keep the run's lock)."""
+    """kill -9 (or the out-of-memory killer) closes nothing: the workers waited forever to hand on results
+    (the fork server and the resource tracker waited for them: four processes left by each kill). Forked
+    workers share the run's lock, which one left behind would hold for good."""
+    import select
     import signal
     import subprocess
     import sys
@@ -738,21 +789,31 @@ def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path, fork: bool
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    workers = [int(pid) for pid in proc.stdout.readline().split()]
-    assert len(workers) == 2
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
 
-    def running(pid: int) -> bool:
+    def started(pid: int) -> str | None:
+        """The process's start time, which tells it from a later process given the same number."""
         try:
-            return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
         except (FileNotFoundError, ProcessLookupError):  # gone, or going while read
-            return False
+            return None
+        return None if fields[0] == "Z" else fields[19]
 
-    deadline = time.monotonic() + 60  # a condition waited on; the deadline only stops a hung test
-    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not [pid for pid in workers if running(pid)]
+    workers: dict[int, str | None] = {}
+    try:
+        assert select.select([proc.stdout], [], [], 120)[0], "the workers did not start"
+        workers = {int(pid): started(int(pid)) for pid in proc.stdout.readline().split()}
+        assert len(workers) == 2 and None not in workers.values()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 60  # a condition waited on; the deadline only stops a hung test
+        while any(started(pid) == since for pid, since in workers.items()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid, since in workers.items() if started(pid) == since]
+    finally:
+        proc.kill()
+        for pid, since in workers.items():
+            if started(pid) == since:
+                os.kill(pid, signal.SIGKILL)  # what this test found left behind is not left to the next
 
 
 def test_workers_from_the_fork_server_run_this_scanner_whatever_the_current_folder(tmp_path: Path) -> None:
