@@ -662,8 +662,12 @@ class Store:
             rows = self._query(self.sql("SELECT value FROM tool_state WHERE name = ?"), (name,))
         return rows[0][0] if rows else None
 
+    def set_deleting(self, running: bool) -> None:
+        """Recorded while a run of this scope deletes files (organize.Deleter), cleared once none is left under
+        a temporary name: a state still set at the next run's start says a kill interrupted it."""
+        self.set_state(f"{DELETING_STATE}:{self.scope}", "running" if running else None)
+
     def deletion_interrupted(self) -> bool:
-        """Whether a run of this scope ended in the middle of deleting files (organize sets the state)."""
         return self.get_state(f"{DELETING_STATE}:{self.scope}") is not None
 
     def set_state(self, name: str, value: str | None) -> None:

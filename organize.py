@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from config import RAW_EXTENSIONS, Settings
-from db_manager import DELETING_STATE, DoneFile, RunProblem, Store
+from db_manager import DoneFile, RunProblem, Store
 from edits import replace_edited
 from filters import DELETING_PREFIX, RunFiles, RunScope
 from immich_client import MEDIA_QUEUES, ImmichClient, ImmichError, ServerUnreachable, StopRequested
@@ -459,7 +459,7 @@ class Deleter:
         from concurrent.futures import ThreadPoolExecutor
 
         if not dry_run:
-            self.store.set_state(self.state_name, "running")
+            self.store.set_deleting(True)
         try:
             with ThreadPoolExecutor(self.settings.upload_concurrency, thread_name_prefix="confirm") as pool:
                 for chunk in _slices(candidates):
@@ -480,14 +480,10 @@ class Deleter:
             self.summary.problems.append(RunProblem("(deletion)", str(exc), "the next run goes on"))
             log.error("deletion stopped: %s; the files not yet deleted stay", exc)
         if not dry_run:
-            self.store.set_state(self.state_name, None)
+            self.store.set_deleting(False)
         if self.stop.is_set():
             log.warning("deletion stopped as asked; the files not yet deleted stay")
         return self.summary
-
-    @property
-    def state_name(self) -> str:
-        return f"{DELETING_STATE}:{self.store.scope}"
 
     def local_candidate(self, file: DoneFile) -> bool:
         """Whether the file on disk may be deleted at all (a regular file inside the sources' real paths),
@@ -669,7 +665,7 @@ def finish_interrupted_deletions(store: Store, scope: RunScope) -> int:
         else:
             store.record_deleting(row_id, None)  # the rename never happened
         settled += 1
-    store.set_state(f"{DELETING_STATE}:{store.scope}", None)
+    store.set_deleting(False)
     return settled
 
 

@@ -653,8 +653,6 @@ def test_an_edit_keeping_size_and_mtime_during_the_final_check_is_not_deleted(
 def test_a_deletion_cut_short_by_a_kill_is_put_back_by_the_next_run(
     server_env: Env, library: Library, immich: ImmichTestServer
 ) -> None:
-    import organize
-
     first, second = library.photos(2)
     sync(server_env)
     newcomer = second.read_bytes()[::-1]
@@ -669,7 +667,7 @@ def test_a_deletion_cut_short_by_a_kill_is_put_back_by_the_next_run(
             temp = temp.with_name(temp.name + path.stem)
             store.record_deleting(ids[path.name], f"file:{temp.name}")
             os.rename(path, temp)
-        store.set_state(f"{organize.DELETING_STATE}:{store.scope}", "running")
+        store.set_deleting(True)
     finally:
         store.close()
     second.write_bytes(newcomer)
