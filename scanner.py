@@ -745,10 +745,11 @@ class Describer:
         if self._waiting_to_fork:
             self._batch.append((found, work))
             self._batch_bytes += found.size_bytes
-            if found.size_bytes < self.PROCESS_BELOW and len(self._batch) < self.DECIDE_AFTER:
+            small = found.size_bytes < self.PROCESS_BELOW
+            if small and len(self._batch) < self.DECIDE_AFTER:
                 return None
             self._waiting_to_fork = False
-            if found.size_bytes < self.PROCESS_BELOW and may_fork_workers():
+            if small and may_fork_workers():
                 self._fork_processes()
             return self.flush()  # to the workers, or (a large file, or a thread started meanwhile) threads
         pool = self._pool()

@@ -921,9 +921,8 @@ def test_what_a_hostile_server_sends_reaches_the_console_without_control_charact
         with pytest.raises(ServerUnreachable) as caught:
             make_client(f"http://127.0.0.1:{listener.getsockname()[1]}", transport).connect()
     finally:
-        listener.shutdown(
-            socket.SHUT_RDWR
-        )  # wakes its accept(); a close alone left the thread blocked for good
+        # Wakes its accept(): a close alone left the thread blocked for good.
+        listener.shutdown(socket.SHUT_RDWR)
         listener.close()
         answering.join()
     assert all(c.isprintable() for c in str(caught.value)), repr(str(caught.value))

@@ -764,6 +764,21 @@ def test_a_scan_alone_does_not_load_the_http_client_or_the_deletion_code(env: En
     assert {"scanner", "db_manager"} <= imported and not {"immich_client", "organize"} & imported
 
 
+def _pool_script(path: Path, start_args: str, *lines: str) -> Path:
+    """A script that starts this scanner's process pool (`start_process_pool(start_args)`), waits for its two
+    workers, then runs `lines`."""
+    path.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
+        "import scanner\n"
+        "if __name__ == '__main__':\n"
+        f"    pool = scanner.start_process_pool({start_args})\n"
+        "    for ready in [pool.submit(scanner._worker_ready) for _ in range(2)]:\n"
+        "        ready.result()\n" + "".join(f"    {line}\n" for line in lines)
+    )
+    return path
+
+
 @pytest.mark.parametrize("fork", [False, True], ids=["fork server", "forked"])
 def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path, fork: bool) -> None:
     """kill -9 (or the out-of-memory killer) closes nothing: the workers waited forever to hand on results
@@ -775,17 +790,8 @@ def test_worker_processes_end_when_the_scan_is_killed(tmp_path: Path, fork: bool
     import sys
     import time
 
-    script = tmp_path / "script.py"
-    script.write_text(
-        "import sys, time\n"
-        f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
-        "import scanner\n"
-        "if __name__ == '__main__':\n"
-        f"    pool = scanner.start_process_pool(2, fork={fork})\n"
-        "    for ready in [pool.submit(scanner._worker_ready) for _ in range(2)]:\n"
-        "        ready.result()\n"
-        "    print(*pool._processes, flush=True)\n"
-        "    time.sleep(600)\n"
+    script = _pool_script(
+        tmp_path / "script.py", f"2, fork={fork}", "print(*pool._processes, flush=True)", "time.sleep(600)"
     )
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
@@ -825,17 +831,11 @@ def test_workers_from_the_fork_server_run_this_scanner_whatever_the_current_fold
     other_copy = tmp_path / "old-immich-uploader"
     other_copy.mkdir()
     (other_copy / "scanner.py").write_text("def _worker_ready():\n    raise SystemExit('the other copy')\n")
-    script = tmp_path / "script.py"
-    script.write_text(
-        "import sys\n"
-        f"sys.path.insert(0, {os.path.dirname(scanner.__file__)!r})\n"
-        "import scanner\n"
-        "if __name__ == '__main__':\n"
-        "    pool = scanner.start_process_pool(2)\n"
-        "    for ready in [pool.submit(scanner._worker_ready) for _ in range(2)]:\n"
-        "        ready.result()\n"
-        "    print(pool.submit(eval, \"__import__('sys').modules['scanner'].__file__\").result())\n"
-        "    pool.shutdown()\n"
+    script = _pool_script(
+        tmp_path / "script.py",
+        "2",
+        "print(pool.submit(eval, \"__import__('sys').modules['scanner'].__file__\").result())",
+        "pool.shutdown()",
     )
     proc = subprocess.run(
         [sys.executable, str(script)], cwd=other_copy, capture_output=True, text=True, timeout=120
