@@ -509,6 +509,10 @@ class Store:
     def migration_lock(self) -> Iterator[None]:
         yield  # SQLite: the run lock is already the database's one lock
 
+    def checkpoint_in_background(self) -> None:
+        """Start copying what was written so far into the database file while the run goes on (SQLite's
+        WAL); close() waits for it. Nothing to do on MySQL."""
+
     def close(self) -> None: ...
 
     def describe(self) -> str:
@@ -1885,6 +1889,7 @@ class SqliteStore(Store):
         super().__init__(scope, machine)
         self.path = path
         self._lock_file: Any = None
+        self._checkpointer: threading.Thread | None = None
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are opened explicitly by atomic().
@@ -2002,8 +2007,29 @@ class SqliteStore(Store):
             self._lock_file.close()
             self._lock_file = None
 
+    def checkpoint_in_background(self) -> None:
+        # Closing the last connection copies the whole WAL into the database file and syncs both: after a
+        # first scan of 20,000 small photos, 70-100 ms on one core once the scan is done, most of it waiting
+        # for the disk. A checkpoint on a connection of its own copies what is written while the scan's last
+        # files are described (PASSIVE: it waits for no reader or writer); the close copies only the rest.
+        if self._checkpointer is None or not self._checkpointer.is_alive():
+            self._checkpointer = threading.Thread(target=self._checkpoint, name="checkpoint", daemon=True)
+            self._checkpointer.start()
+
+    def _checkpoint(self) -> None:
+        try:
+            conn = sqlite3.connect(str(self.path), isolation_level=None, timeout=30)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:  # nothing is lost: the close copies it all instead
+            log.debug("the checkpoint in the background failed: %s", exc)
+
     def close(self) -> None:
         self._flush_before_close()
+        if self._checkpointer is not None:
+            self._checkpointer.join()  # before the close: the last connection to close finishes the WAL
         # Under the store's lock: never in the middle of another thread's statement (closing a connection
         # under a running statement can crash the interpreter); a later call fails as a DatabaseError.
         with self._lock:

@@ -536,13 +536,20 @@ class _SaveBatch:
         if self._writing is not None and self._writing[0].done():
             self._settle()
 
+    def save_if_idle(self) -> None:
+        """Save what waits unless a write is under way: once the walk is over, so that little is left to
+        write after the last file is described."""
+        if self.files and (self._writing is None or self._writing[0].done()):
+            self.save()
+
     def save_if_due(self) -> None:
         self.hand_on_written()
         waiting = self.files
         if waiting >= self.due or (waiting and time.monotonic() - self.last_save > SAVE_EVERY_S):
             self.save()
 
-    def save(self) -> None:
+    def save(self, then_checkpoint: bool = False) -> None:
+        """Write what waits (`then_checkpoint`: and then start copying the database's WAL into its file)."""
         new, changed, reappeared, ready = self.new, self.changed, self.reappeared, self.ready
         self.new, self.changed, self.reappeared, self.ready = [], [], [], []
         self.files = 0
@@ -550,7 +557,7 @@ class _SaveBatch:
         self.rows += len(new)
         self.due = self._next_due()
         if not self.in_background:
-            self._write(new, changed, reappeared)
+            self._write(new, changed, reappeared, then_checkpoint)
             self._hand_on(ready)
             return
         self._settle()  # one write at a time: rows reach the database in the order they were found
@@ -558,7 +565,7 @@ class _SaveBatch:
             from concurrent.futures import ThreadPoolExecutor
 
             self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-writer")
-        self._writing = (self._writer.submit(self._write, new, changed, reappeared), ready)
+        self._writing = (self._writer.submit(self._write, new, changed, reappeared, then_checkpoint), ready)
 
     def _next_due(self, first: bool = False) -> int:
         """Files to wait for before the next save: a scan's share of the database, a sync's hand-on (the
@@ -596,12 +603,18 @@ class _SaveBatch:
         self._hand_on(ready)
 
     def _write(
-        self, new: list[ScannedFile], changed: list[tuple[int, ScannedFile]], reappeared: list[int]
+        self,
+        new: list[ScannedFile],
+        changed: list[tuple[int, ScannedFile]],
+        reappeared: list[int],
+        then_checkpoint: bool = False,
     ) -> None:
         if new or changed:
             self.store.save_scanned(new, changed)
         if reappeared:
             self.store.set_missing(reappeared, missing=False)
+        if then_checkpoint:
+            self.store.checkpoint_in_background()
 
     def _hand_on(self, ready: list[str]) -> None:
         if ready and self.on_upload_ready:
@@ -1068,7 +1081,9 @@ class Scanner:
         describer = Describer(self.settings)
         in_flight: deque[Job] = deque()
         waiting = 0  # files in flight
-        read_ahead = max(64, describer.workers * 2 * Describer.BATCH_FILES)
+        # Bounded read-ahead keeps memory flat however many files are waiting; the further the walk runs
+        # ahead, the sooner it ends, and the more of the write at its end is done while files are described.
+        read_ahead = max(64, describer.workers * 8 * Describer.BATCH_FILES)
         bytes_to_hash = 0
         unchanged_since_shown = 0
         to_claim: list[tuple[FoundFile, int | None]] = []  # a shared library's files, claimed in batches
@@ -1108,7 +1123,6 @@ class Scanner:
                         to_claim = []
                 else:
                     submit(found, Work(index, None if index is None else known.ids[index]))
-                # Bounded read-ahead keeps memory flat however many files are waiting.
                 while waiting > read_ahead and in_flight:
                     waiting -= self._collect_job(in_flight.popleft(), known, batch)
             for claimed in self._claim(to_claim, known):
@@ -1118,10 +1132,13 @@ class Scanner:
             job = describer.flush()
             if job is not None:
                 in_flight.append(job)
-            if batch.files:  # written while the last files are described, not after (a tenth of a second)
-                batch.save()
+            # What the walk left is written while the last files are described, not after (a tenth of a second),
+            # and then copied into the database file; their own rows are written as they come.
+            if batch.files:
+                batch.save(then_checkpoint=True)
             while in_flight:
                 self._collect_job(in_flight.popleft(), known, batch)
+                batch.save_if_idle()
             batch.finish()
         finally:
             describer.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,69 @@ def test_closing_the_store_commits_the_upload_results_still_waiting(env: Env) ->
     store.close()
     (row,) = db_rows(env)
     assert row["upload_status"] == "success" and row["immich_asset_id"] == "asset-1"
+
+
+def _checkpoint_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "checkpoint"]
+
+
+def test_a_checkpoint_in_the_background_copies_the_rows_into_the_database_file(tmp_path: Path) -> None:
+    """A first scan starts one when its walk ends, so that closing the store (which copies what SQLite's WAL
+    holds into the database file, and syncs both) is short once the last file is described."""
+    path = tmp_path / "state.db"
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    try:
+        store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(2000)], [])
+        page_size, pages = (
+            store.conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count")
+        )  # type: ignore[attr-defined]
+        assert path.stat().st_size < page_size * pages  # the rows are in the WAL only
+        store.checkpoint_in_background()
+        store.save_scanned([scanned("/p/during.jpg")], [])  # the store's own connection goes on meanwhile
+        for thread in _checkpoint_threads():
+            thread.join(timeout=60)
+        assert path.stat().st_size >= page_size * pages
+    finally:
+        store.close()
+    assert len(store_rows(path)) == 2001
+
+
+def test_closing_the_store_waits_for_its_checkpoint_and_leaves_no_wal(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(500)], [])
+    store.checkpoint_in_background()
+    store.close()
+    assert _checkpoint_threads() == []
+    assert not Path(f"{path}-wal").exists()
+    assert len(store_rows(path)) == 500
+
+
+def test_a_checkpoint_that_fails_is_logged_and_costs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "state.db"
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    store.save_scanned([scanned("/p/a.jpg")], [])
+
+    def refused(*_args: object, **_kwargs: object) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(sqlite3, "connect", refused)
+    with caplog.at_level(logging.DEBUG, logger="immich_uploader.db"):
+        store.checkpoint_in_background()
+        store.close()
+    monkeypatch.undo()
+    assert "the checkpoint in the background failed: unable to open database file" in caplog.text
+    assert len(store_rows(path)) == 1
+
+
+def store_rows(path: Path) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT filepath FROM media_files").fetchall()
+    finally:
+        conn.close()
 
 
 def test_missing_files_are_marked_never_deleted(store: Store) -> None:

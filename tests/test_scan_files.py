@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import pytest
 
 import scan_files
 import scanner
-from db_manager import open_store
+from db_manager import SqliteStore, Store, open_store
 from tests.conftest import Env, Library, db_rows, rows_by_name, run_inprocess
 from utils import METADATA_READER_VERSION, text_to_path
 
@@ -507,7 +509,6 @@ def test_a_big_first_scan_runs_on_worker_processes_with_the_same_rows(
     env.set(HASH_WORKERS=2)
     status, summary, _ = scan(env)
     import multiprocessing
-    import threading
 
     # Forked where the scan runs no other thread; a MariaDB run keeps its lease on a thread of its own.
     expected = [(2, "fork" if backend == "sqlite" else "fork server")]
@@ -574,7 +575,6 @@ def test_workers_come_from_the_fork_server_while_another_thread_runs(
 ) -> None:
     """A fork copies the locks other threads hold (an upload's, the log's), held forever in the copy: beside
     a sync's uploads the workers come from the fork server; a scan alone forks them (the test above)."""
-    import threading
 
     library.photos(40)
     env.set(HASH_WORKERS=2)
@@ -636,7 +636,6 @@ def test_the_metadata_readers_debug_lines_reach_the_log_at_log_level_debug(
 
 def test_a_terminal_shows_each_new_file_with_its_camera_and_size(env: Env, library: Library) -> None:
     import io
-    import threading
 
     from progress import PlainProgress, TtyProgress
 
@@ -907,32 +906,70 @@ def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_ar
 ) -> None:
     """The scan's last write no longer waits for the last files' hashes: what was collected when the walk
     ended goes to the writer at once (the last 5,000 rows of a first scan took a tenth of a second after the
-    hashing was done), and the files still being described follow in a last small write."""
-    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 10**6)  # saved at the walk's end and the last only
+    hashing was done), then SQLite's WAL starts being copied into the database file, and the files still
+    being described follow in small writes, so that little is left to do once the last one is."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 10**6)  # saved at the walk's end and after it only
     monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)
     monkeypatch.setattr(scanner.Describer, "BATCH_FILES", 4)  # a read-ahead of 64 files
     events: list[tuple[str, int]] = []
     save, collect_job = scanner._SaveBatch.save, scanner.Scanner._collect_job
 
-    def saving(self: scanner._SaveBatch) -> None:
+    def saving(self: scanner._SaveBatch, then_checkpoint: bool = False) -> None:
         events.append(("save", len(self.new)))
-        save(self)
+        save(self, then_checkpoint)
 
     def collecting(self: scanner.Scanner, job: scanner.Job, *args: Any) -> int:
         events.append(("collect", len(job[0])))
         return collect_job(self, job, *args)
 
+    for backend in (Store, SqliteStore):
+        checkpoint = backend.checkpoint_in_background
+
+        def checkpointing(self: Store, checkpoint: Callable[[Store], None] = checkpoint) -> None:
+            events.append(("checkpoint", 0))
+            checkpoint(self)
+
+        monkeypatch.setattr(backend, "checkpoint_in_background", checkpointing)
     monkeypatch.setattr(scanner._SaveBatch, "save", saving)
     monkeypatch.setattr(scanner.Scanner, "_collect_job", collecting)
     library.photos(100)
     env.set(HASH_WORKERS=1)  # files one by one on a thread: a job a file
     status, summary, _ = scan(env)
     assert status == 0 and summary["new"] == 100 and len(rows_by_name(env)) == 100
-    saves = [(at, rows) for at, (kind, rows) in enumerate(events) if kind == "save"]
-    (walk_end, at_walk_end), (last, at_last) = saves
-    assert at_walk_end == 100 - 64 and at_last == 64  # the read-ahead was still being described
-    assert sum(n for kind, n in events[walk_end:last] if kind == "collect") == 64
-    assert last == len(events) - 1
+    saves = [at for at, (kind, _) in enumerate(events) if kind == "save"]
+    walk_end = saves[0]
+    assert events[walk_end] == ("save", 100 - 64)  # the read-ahead was still being described
+    assert sum(n for kind, n in events[walk_end:] if kind == "collect") == 64
+    assert sum(n for kind, n in events[walk_end + 1 :] if kind == "save") == 64
+    checkpoints = [at for at, (kind, _) in enumerate(events) if kind == "checkpoint"]
+    assert len(checkpoints) == 1 and checkpoints[0] > walk_end
+    assert events[-1][0] == "save"
+
+
+def test_after_the_walk_rows_are_written_whenever_the_writer_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the walk is over, each collected batch of rows goes to the writer unless a write is under way
+    (the rows then join the next): what is left when the last file is described is one small write."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)  # by the writer alone here
+    release = threading.Event()
+
+    class SlowStore(_SavesCounted):
+        def save_scanned(self, new: list[object], changed: list[object]) -> None:
+            release.wait(timeout=60)
+            super().save_scanned(new, changed)
+
+    store = SlowStore()
+    batch = scanner._SaveBatch(store, None, in_background=True)  # type: ignore[arg-type]
+    try:
+        _add_new_files([batch], 10)
+        batch.save_if_idle()  # the writer is free: 10 rows go
+        _add_new_files([batch], 5)
+        batch.save_if_idle()  # the first write is under way: these wait
+        assert batch.files == 5
+        release.set()
+        batch.finish()
+    finally:
+        batch.close()
+    assert store.saved == [10, 5]
 
 
 def test_a_scan_into_a_large_database_writes_a_twentieth_of_its_rows_at_a_time(
