@@ -1295,7 +1295,7 @@ class TakeoutSaveBatch(_SaveBatch):
         super().__init__(store, on_upload_ready)
         self.scanner = scanner
 
-    def save(self) -> None:
+    def save(self, then_checkpoint: bool = False) -> None:
         if self.new or self.changed:
             updates, queue = self.scanner.merge_with_twins(
                 [*self.new, *(f for _, f in self.changed)], {i for i, _ in self.changed}
@@ -1305,7 +1305,7 @@ class TakeoutSaveBatch(_SaveBatch):
                 if updates or queue:
                     self.store.update_takeout_rows(updates, queue)
             self.new, self.changed = [], []
-        super().save()
+        super().save(then_checkpoint)
 
 
 class TakeoutScanner:
