@@ -946,9 +946,12 @@ def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_ar
     assert events[-1][0] == "save"
 
 
-def test_after_the_walk_rows_are_written_whenever_the_writer_is_free(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Once the walk is over, each collected batch of rows goes to the writer unless a write is under way
-    (the rows then join the next): what is left when the last file is described is one small write."""
+def test_after_the_walk_a_scans_rows_are_written_whenever_the_writer_is_free(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the walk is over, a worker's batch of rows goes to the writer unless a write is under way (the
+    rows then join the next): what is left when the last file is described is one small write. A sync's
+    rows keep their hand-on sizes: each hand-on asks the server which files it has."""
     monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)  # by the writer alone here
     release = threading.Event()
 
@@ -957,19 +960,28 @@ def test_after_the_walk_rows_are_written_whenever_the_writer_is_free(monkeypatch
             release.wait(timeout=60)
             super().save_scanned(new, changed)
 
-    store = SlowStore()
+    store, sync_store = SlowStore(), _SavesCounted()
     batch = scanner._SaveBatch(store, None, in_background=True)  # type: ignore[arg-type]
+    sync = scanner._SaveBatch(sync_store, lambda keys: None, in_background=True)  # type: ignore[arg-type]
     try:
-        _add_new_files([batch], 10)
-        batch.save_if_idle()  # the writer is free: 10 rows go
-        _add_new_files([batch], 5)
+        _add_new_files([batch, sync], 50)
+        batch.save_if_idle()
+        sync.save_if_idle()
+        assert store.saved == [] and batch.files == 50  # fewer rows than a batch: not worth a write
+        _add_new_files([batch, sync], 150)
+        batch.save_if_idle()  # the writer is free: 200 rows go
+        sync.save_if_idle()
+        _add_new_files([batch], 150)
         batch.save_if_idle()  # the first write is under way: these wait
-        assert batch.files == 5
+        assert batch.files == 150
         release.set()
         batch.finish()
+        sync.finish()
     finally:
         batch.close()
-    assert store.saved == [10, 5]
+        sync.close()
+    assert store.saved == [200, 150]
+    assert sync_store.saved == [64, 136]  # its first hand-on, then the rest at its end
 
 
 def test_a_scan_into_a_large_database_writes_a_twentieth_of_its_rows_at_a_time(
