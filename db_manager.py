@@ -1890,6 +1890,8 @@ class SqliteStore(Store):
         self.path = path
         self._lock_file: Any = None
         self._checkpointer: threading.Thread | None = None
+        self._checkpoint_guard = threading.Lock()
+        self._closing = False
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are opened explicitly by atomic().
@@ -2012,9 +2014,16 @@ class SqliteStore(Store):
         # first scan of 20,000 small photos, 70-100 ms on one core once the scan is done, most of it waiting
         # for the disk. A checkpoint on a connection of its own copies what is written while the scan's last
         # files are described (PASSIVE: it waits for no reader or writer); the close copies only the rest.
-        if self._checkpointer is None or not self._checkpointer.is_alive():
-            self._checkpointer = threading.Thread(target=self._checkpoint, name="checkpoint", daemon=True)
-            self._checkpointer.start()
+        with self._checkpoint_guard:
+            if self._closing or (self._checkpointer is not None and self._checkpointer.is_alive()):
+                return
+            thread = threading.Thread(target=self._checkpoint, name="checkpoint", daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had (a limit on processes): the close does it all
+                log.debug("no checkpoint in the background: %s", exc)
+                return
+            self._checkpointer = thread
 
     def _checkpoint(self) -> None:
         try:
@@ -2028,8 +2037,11 @@ class SqliteStore(Store):
 
     def close(self) -> None:
         self._flush_before_close()
-        if self._checkpointer is not None:
-            self._checkpointer.join()  # before the close: the last connection to close finishes the WAL
+        with self._checkpoint_guard:
+            self._closing = True  # no checkpoint starts after this one (a write still under way may ask)
+            checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.join()  # before the close: the last connection to close finishes the WAL
         # Under the store's lock: never in the middle of another thread's statement (closing a connection
         # under a running statement can crash the interpreter); a later call fails as a DatabaseError.
         with self._lock:

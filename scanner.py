@@ -64,7 +64,6 @@ log = get_logger("scan")
 # once. A first scan of 1,000,000 files: 168 s at 5,000 rows (and a checkpoint every 40 MB of WAL), 102 s.
 SAVE_EVERY_FILES = 5000
 SAVE_EVERY_PART = 20
-SAVE_WHEN_IDLE_FILES = 128  # once the walk is over: a worker's batch of small files
 # A sync saves and hands rows on to the uploads every 500 files, the first time after 64: a real server then
 # starts while the scan goes on (1,000 photos of 400 KB, a real Immich v3.1.0 on the same two cores: 0.83x
 # against 0.79x of curl's ingest floor over 6 rounds, 0.76x against 0.73x over 9, in turns). The test server,
@@ -537,14 +536,6 @@ class _SaveBatch:
         if self._writing is not None and self._writing[0].done():
             self._settle()
 
-    def save_if_idle(self) -> None:
-        """A scan's rows, once its walk is over: saved unless a write is under way, so that little is left
-        to write after the last file is described. A sync keeps its hand-on sizes (each hand-on asks the
-        server which files it has), and a write of a few rows costs more than it saves."""
-        idle = self._writing is None or self._writing[0].done()
-        if self.on_upload_ready is None and self.files >= SAVE_WHEN_IDLE_FILES and idle:
-            self.save()
-
     def save_if_due(self) -> None:
         self.hand_on_written()
         waiting = self.files
@@ -776,6 +767,13 @@ class Describer:
         if len(self._batch) >= self.BATCH_FILES or self._batch_bytes >= self.BATCH_BYTES:
             return self.flush()
         return None
+
+    def read_ahead(self) -> int:
+        """How many files the walk may run ahead of the results: a bound keeps memory flat, and a stop
+        waits for the files in flight. Two batches a worker; eight on worker processes, whose files are
+        small: the walk then ends sooner, and more of the write at its end is done while files are
+        described (a stop waits 2,048 small files on two workers, about 60 ms)."""
+        return max(64, self.workers * (8 if self._processes is not None else 2) * self.BATCH_FILES)
 
     def flush(self) -> Job | None:
         if not self._batch:
@@ -1084,9 +1082,6 @@ class Scanner:
         describer = Describer(self.settings)
         in_flight: deque[Job] = deque()
         waiting = 0  # files in flight
-        # Bounded read-ahead keeps memory flat however many files are waiting; the further the walk runs
-        # ahead, the sooner it ends, and the more of the write at its end is done while files are described.
-        read_ahead = max(64, describer.workers * 8 * Describer.BATCH_FILES)
         bytes_to_hash = 0
         unchanged_since_shown = 0
         to_claim: list[tuple[FoundFile, int | None]] = []  # a shared library's files, claimed in batches
@@ -1126,7 +1121,7 @@ class Scanner:
                         to_claim = []
                 else:
                     submit(found, Work(index, None if index is None else known.ids[index]))
-                while waiting > read_ahead and in_flight:
+                while waiting > describer.read_ahead() and in_flight:
                     waiting -= self._collect_job(in_flight.popleft(), known, batch)
             for claimed in self._claim(to_claim, known):
                 submit(*claimed)
@@ -1136,12 +1131,11 @@ class Scanner:
             if job is not None:
                 in_flight.append(job)
             # What the walk left is written while the last files are described, not after (a tenth of a second),
-            # and then copied into the database file; their own rows are written as they come.
+            # and then copied into the database file, so that closing it has less to do.
             if batch.files:
                 batch.save(then_checkpoint=True)
             while in_flight:
                 self._collect_job(in_flight.popleft(), known, batch)
-                batch.save_if_idle()
             batch.finish()
         finally:
             describer.close()

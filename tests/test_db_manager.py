@@ -16,6 +16,7 @@ from db_manager import (
     DatabaseError,
     KnownFile,
     ScannedFile,
+    SqliteStore,
     Store,
     UploadOutcome,
     open_store,
@@ -186,6 +187,47 @@ def test_a_checkpoint_that_fails_is_logged_and_costs_nothing(
     monkeypatch.undo()
     assert "the checkpoint in the background failed: unable to open database file" in caplog.text
     assert len(store_rows(path)) == 1
+
+
+def test_no_thread_for_a_checkpoint_costs_the_run_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A limit on processes (a container's) refuses the thread: the close copies everything, as before."""
+    path = tmp_path / "state.db"
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    store.save_scanned([scanned("/p/a.jpg")], [])
+    start = threading.Thread.start
+
+    def refused(thread: threading.Thread) -> None:
+        if thread.name == "checkpoint":
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refused)
+    with caplog.at_level(logging.DEBUG, logger="immich_uploader.db"):
+        store.checkpoint_in_background()
+        store.close()
+    assert "no checkpoint in the background: can't start new thread" in caplog.text
+    assert len(store_rows(path)) == 1 and not Path(f"{path}-wal").exists()
+
+
+def test_no_checkpoint_starts_once_the_store_is_closing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write still under way when the run stops (a second Ctrl+C) may ask for one after the close began."""
+    path = tmp_path / "state.db"
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    store.save_scanned([scanned("/p/a.jpg")], [])
+    store.close()
+    release = threading.Event()
+    monkeypatch.setattr(
+        SqliteStore, "_checkpoint", lambda _store: release.wait(timeout=60)
+    )  # alive if started
+    try:
+        store.checkpoint_in_background()
+        assert _checkpoint_threads() == []
+    finally:
+        release.set()
 
 
 def store_rows(path: Path) -> list[tuple[object, ...]]:

@@ -13,7 +13,7 @@ import pytest
 
 import scan_files
 import scanner
-from db_manager import SqliteStore, Store, open_store
+from db_manager import DatabaseError, SqliteStore, Store, open_store
 from tests.conftest import Env, Library, db_rows, rows_by_name, run_inprocess
 from utils import METADATA_READER_VERSION, text_to_path
 
@@ -907,26 +907,27 @@ def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_ar
     """The scan's last write no longer waits for the last files' hashes: what was collected when the walk
     ended goes to the writer at once (the last 5,000 rows of a first scan took a tenth of a second after the
     hashing was done), then SQLite's WAL starts being copied into the database file, and the files still
-    being described follow in small writes, so that little is left to do once the last one is."""
-    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 10**6)  # saved at the walk's end and after it only
+    being described follow in a last small write."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_FILES", 10**6)  # saved at the walk's end and the last only
     monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)
     monkeypatch.setattr(scanner.Describer, "BATCH_FILES", 4)  # a read-ahead of 64 files
-    events: list[tuple[str, int]] = []
+    events: list[tuple[str, int, bool]] = []  # on the scan's thread, in order
+    checkpoints: list[Store] = []  # on the writer's
     save, collect_job = scanner._SaveBatch.save, scanner.Scanner._collect_job
 
     def saving(self: scanner._SaveBatch, then_checkpoint: bool = False) -> None:
-        events.append(("save", len(self.new)))
+        events.append(("save", len(self.new), then_checkpoint))
         save(self, then_checkpoint)
 
     def collecting(self: scanner.Scanner, job: scanner.Job, *args: Any) -> int:
-        events.append(("collect", len(job[0])))
+        events.append(("collect", len(job[0]), False))
         return collect_job(self, job, *args)
 
     for backend in (Store, SqliteStore):
         checkpoint = backend.checkpoint_in_background
 
         def checkpointing(self: Store, checkpoint: Callable[[Store], None] = checkpoint) -> None:
-            events.append(("checkpoint", 0))
+            checkpoints.append(self)
             checkpoint(self)
 
         monkeypatch.setattr(backend, "checkpoint_in_background", checkpointing)
@@ -936,52 +937,58 @@ def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_ar
     env.set(HASH_WORKERS=1)  # files one by one on a thread: a job a file
     status, summary, _ = scan(env)
     assert status == 0 and summary["new"] == 100 and len(rows_by_name(env)) == 100
-    saves = [at for at, (kind, _) in enumerate(events) if kind == "save"]
-    walk_end = saves[0]
-    assert events[walk_end] == ("save", 100 - 64)  # the read-ahead was still being described
-    assert sum(n for kind, n in events[walk_end:] if kind == "collect") == 64
-    assert sum(n for kind, n in events[walk_end + 1 :] if kind == "save") == 64
-    checkpoints = [at for at, (kind, _) in enumerate(events) if kind == "checkpoint"]
-    assert len(checkpoints) == 1 and checkpoints[0] > walk_end
-    assert events[-1][0] == "save"
+    saves = [
+        (at, rows, then_checkpoint)
+        for at, (kind, rows, then_checkpoint) in enumerate(events)
+        if kind == "save"
+    ]
+    (walk_end, at_walk_end, checkpoint_then), (last, at_last, _) = saves
+    assert at_walk_end == 100 - 64 and at_last == 64  # the read-ahead was still being described
+    assert sum(n for kind, n, _ in events[walk_end:last] if kind == "collect") == 64
+    assert last == len(events) - 1
+    assert checkpoint_then and len(checkpoints) == 1
 
 
-def test_after_the_walk_a_scans_rows_are_written_whenever_the_writer_is_free(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Once the walk is over, a worker's batch of rows goes to the writer unless a write is under way (the
-    rows then join the next): what is left when the last file is described is one small write. A sync's
-    rows keep their hand-on sizes: each hand-on asks the server which files it has."""
-    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)  # by the writer alone here
-    release = threading.Event()
+class _StoreCalls:
+    """A Store stand-in for _SaveBatch: keeps its calls in order (a write may be made to fail)."""
 
-    class SlowStore(_SavesCounted):
-        def save_scanned(self, new: list[object], changed: list[object]) -> None:
-            release.wait(timeout=60)
-            super().save_scanned(new, changed)
+    def __init__(self, failing: bool = False) -> None:
+        self.calls: list[str] = []
+        self.failing = failing
 
-    store, sync_store = SlowStore(), _SavesCounted()
+    def save_scanned(self, new: list[object], changed: list[object]) -> None:
+        if self.failing:
+            raise DatabaseError("disk full")
+        self.calls.append(f"save {len(new)}")
+
+    def checkpoint_in_background(self) -> None:
+        self.calls.append("checkpoint")
+
+
+def test_the_checkpoint_asked_with_a_save_starts_once_its_rows_are_written() -> None:
+    store = _StoreCalls()
     batch = scanner._SaveBatch(store, None, in_background=True)  # type: ignore[arg-type]
-    sync = scanner._SaveBatch(sync_store, lambda keys: None, in_background=True)  # type: ignore[arg-type]
     try:
-        _add_new_files([batch, sync], 50)
-        batch.save_if_idle()
-        sync.save_if_idle()
-        assert store.saved == [] and batch.files == 50  # fewer rows than a batch: not worth a write
-        _add_new_files([batch, sync], 150)
-        batch.save_if_idle()  # the writer is free: 200 rows go
-        sync.save_if_idle()
-        _add_new_files([batch], 150)
-        batch.save_if_idle()  # the first write is under way: these wait
-        assert batch.files == 150
-        release.set()
+        _add_new_files([batch], 10)
+        batch.save(then_checkpoint=True)
+        _add_new_files([batch], 5)
         batch.finish()
-        sync.finish()
     finally:
         batch.close()
-        sync.close()
-    assert store.saved == [200, 150]
-    assert sync_store.saved == [64, 136]  # its first hand-on, then the rest at its end
+    assert store.calls == ["save 10", "checkpoint", "save 5"]
+
+
+def test_a_write_that_failed_starts_no_checkpoint() -> None:
+    store = _StoreCalls(failing=True)
+    batch = scanner._SaveBatch(store, None, in_background=True)  # type: ignore[arg-type]
+    try:
+        _add_new_files([batch], 10)
+        batch.save(then_checkpoint=True)
+        with pytest.raises(DatabaseError):
+            batch.finish()
+    finally:
+        batch.close()
+    assert store.calls == []
 
 
 def test_a_scan_into_a_large_database_writes_a_twentieth_of_its_rows_at_a_time(
