@@ -134,15 +134,20 @@ def test_closing_the_store_commits_the_upload_results_still_waiting(env: Env) ->
     assert row["upload_status"] == "success" and row["immich_asset_id"] == "asset-1"
 
 
+def sqlite_store(tmp_path: Path) -> tuple[Path, Store]:
+    """A new SQLite store of its own (the checkpoint's tests: SQLite only) and its database file."""
+    path = tmp_path / "state.db"
+    return path, open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+
+
 def _checkpoint_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "checkpoint"]
 
 
 def test_a_checkpoint_in_the_background_copies_the_rows_into_the_database_file(tmp_path: Path) -> None:
-    """A first scan starts one when its walk ends, so that closing the store (which copies what SQLite's WAL
+    """A scan starts one when its walk ends, so that closing the store (which copies what SQLite's WAL
     holds into the database file, and syncs both) is short once the last file is described."""
-    path = tmp_path / "state.db"
-    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    path, store = sqlite_store(tmp_path)
     try:
         store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(2000)], [])
         page_size, pages = (
@@ -160,8 +165,7 @@ def test_a_checkpoint_in_the_background_copies_the_rows_into_the_database_file(t
 
 
 def test_closing_the_store_waits_for_its_checkpoint_and_leaves_no_wal(tmp_path: Path) -> None:
-    path = tmp_path / "state.db"
-    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    path, store = sqlite_store(tmp_path)
     store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(500)], [])
     store.checkpoint_in_background()
     store.close()
@@ -173,8 +177,7 @@ def test_closing_the_store_waits_for_its_checkpoint_and_leaves_no_wal(tmp_path: 
 def test_a_checkpoint_that_fails_is_logged_and_costs_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "state.db"
-    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    path, store = sqlite_store(tmp_path)
     store.save_scanned([scanned("/p/a.jpg")], [])
 
     def refused(*_args: object, **_kwargs: object) -> sqlite3.Connection:
@@ -193,8 +196,7 @@ def test_no_thread_for_a_checkpoint_costs_the_run_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A limit on processes (a container's) refuses the thread: the close copies everything, as before."""
-    path = tmp_path / "state.db"
-    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    path, store = sqlite_store(tmp_path)
     store.save_scanned([scanned("/p/a.jpg")], [])
     start = threading.Thread.start
 
@@ -215,8 +217,7 @@ def test_no_checkpoint_starts_once_the_store_is_closing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A write still under way when the run stops (a second Ctrl+C) may ask for one after the close began."""
-    path = tmp_path / "state.db"
-    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    _, store = sqlite_store(tmp_path)
     store.save_scanned([scanned("/p/a.jpg")], [])
     store.close()
     release = threading.Event()
