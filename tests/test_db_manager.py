@@ -134,10 +134,20 @@ def test_closing_the_store_commits_the_upload_results_still_waiting(env: Env) ->
     assert row["upload_status"] == "success" and row["immich_asset_id"] == "asset-1"
 
 
-def sqlite_store(tmp_path: Path) -> tuple[Path, Store]:
+def sqlite_store(tmp_path: Path) -> tuple[Path, SqliteStore]:
     """A new SQLite store of its own (the checkpoint's tests: SQLite only) and its database file."""
     path = tmp_path / "state.db"
-    return path, open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
+    assert isinstance(store, SqliteStore)
+    return path, store
+
+
+def checkpoint_then_close(store: Store, caplog: pytest.LogCaptureFixture) -> str:
+    """Ask for a checkpoint in the background and close the store; what the store logged meanwhile."""
+    with caplog.at_level(logging.DEBUG, logger="immich_uploader.db"):
+        store.checkpoint_in_background()
+        store.close()
+    return caplog.text
 
 
 def _checkpoint_threads() -> list[threading.Thread]:
@@ -152,7 +162,7 @@ def test_a_checkpoint_in_the_background_copies_the_rows_into_the_database_file(t
         store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(2000)], [])
         page_size, pages = (
             store.conn.execute(f"PRAGMA {name}").fetchone()[0] for name in ("page_size", "page_count")
-        )  # type: ignore[attr-defined]
+        )
         assert path.stat().st_size < page_size * pages  # the rows are in the WAL only
         store.checkpoint_in_background()
         store.save_scanned([scanned("/p/during.jpg")], [])  # the store's own connection goes on meanwhile
@@ -184,11 +194,9 @@ def test_a_checkpoint_that_fails_is_logged_and_costs_nothing(
         raise sqlite3.OperationalError("unable to open database file")
 
     monkeypatch.setattr(sqlite3, "connect", refused)
-    with caplog.at_level(logging.DEBUG, logger="immich_uploader.db"):
-        store.checkpoint_in_background()
-        store.close()
+    logged = checkpoint_then_close(store, caplog)
     monkeypatch.undo()
-    assert "the checkpoint in the background failed: unable to open database file" in caplog.text
+    assert "the checkpoint in the background failed: unable to open database file" in logged
     assert len(store_rows(path)) == 1
 
 
@@ -206,10 +214,7 @@ def test_no_thread_for_a_checkpoint_costs_the_run_nothing(
         start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", refused)
-    with caplog.at_level(logging.DEBUG, logger="immich_uploader.db"):
-        store.checkpoint_in_background()
-        store.close()
-    assert "no checkpoint in the background: can't start new thread" in caplog.text
+    assert "no checkpoint in the background: can't start new thread" in checkpoint_then_close(store, caplog)
     assert len(store_rows(path)) == 1 and not Path(f"{path}-wal").exists()
 
 
