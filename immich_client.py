@@ -39,7 +39,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 
 from config import VERSION, Settings
 from logger import get_logger
-from utils import FileChangedError, format_duration
+from utils import FileChangedError, format_duration, read_buffer
 
 if TYPE_CHECKING:
     import requests
@@ -476,25 +476,12 @@ class FilePart(NamedTuple):
         return self.size if self.opener is not None else os.stat(self.path or b"").st_size
 
 
-_thread_buffers = threading.local()
-
-
-def _read_buffer() -> bytearray:
-    """This thread's buffer for reading files into: a body's chunk is sent before its next is read, and a
-    thread sends one body at a time, so one serves all. A new 1 MiB per upload cost more CPU than the
-    rest of the body's work for a photo of 400 KB (zeroed, then its pages faulted in by the read)."""
-    buffer: bytearray | None = getattr(_thread_buffers, "buffer", None)
-    if buffer is None:
-        buffer = _thread_buffers.buffer = bytearray(UPLOAD_READ_BYTES)
-    return buffer
-
-
 class MultipartBody:
     """A multipart/form-data body streamed from disk: text fields, the file parts, then trailing fields.
 
     Written here rather than with requests-toolbelt's encoder: that one copies every chunk twice into fresh
     objects, which measured 2x curl's CPU and 270k page faults per GiB (bench/bench_upload.py); this one
-    reads each file with readinto() into its thread's reused 1 MiB buffer. Its length is known up front, so
+    reads each file with readinto() into its thread's reused buffer (utils.read_buffer). Its length is known up front, so
     the request carries a Content-Length; a file that shrinks mid-upload raises instead of sending a short
     body.
     """
@@ -585,8 +572,7 @@ class MultipartBody:
             self._hasher = hashlib.sha1() if part.hashed else None
         if self._left <= 0:
             return None
-        buffer = _read_buffer()
-        view = memoryview(buffer)[: min(self._left, len(buffer))]
+        view = read_buffer(min(self._left, UPLOAD_READ_BYTES))
         count = self._handle.readinto(view)
         if not count:
             raise FileChangedError(errno.EAGAIN, f"{part.filename} shrank while it was being uploaded")
