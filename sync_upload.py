@@ -154,7 +154,8 @@ def sync_once(ctx: Context) -> ExitStatus:
             scan = scanner.scan(
                 on_upload_ready=lambda keys: uploader.feed_if_room(
                     lambda: ctx.store.pending_uploads(path_hashes=keys)
-                )
+                ),
+                uploads_dry=uploader.running_dry,
             )
             backlog, backlog_bytes = array("q"), 0
             if scope.shared or uploader.overflowed:

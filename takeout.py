@@ -1290,9 +1290,13 @@ class TakeoutSaveBatch(_SaveBatch):
     transaction that saves the batch."""
 
     def __init__(
-        self, store: Store, on_upload_ready: Callable[[list[str]], None] | None, scanner: TakeoutScanner
+        self,
+        store: Store,
+        on_upload_ready: Callable[[list[str]], None] | None,
+        scanner: TakeoutScanner,
+        uploads_dry: Callable[[], bool] | None = None,
     ) -> None:
-        super().__init__(store, on_upload_ready)
+        super().__init__(store, on_upload_ready, uploads_dry=uploads_dry)
         self.scanner = scanner
 
     def save(self, then_checkpoint: bool = False) -> None:
@@ -1358,7 +1362,11 @@ class TakeoutScanner:
         kind = self.settings.media_kind(ext)
         return None if kind is None else (kind, ext)
 
-    def scan(self, on_upload_ready: Callable[[list[str]], None] | None = None) -> ScanSummary:
+    def scan(
+        self,
+        on_upload_ready: Callable[[list[str]], None] | None = None,
+        uploads_dry: Callable[[], bool] | None = None,
+    ) -> ScanSummary:
         started = time.monotonic()
         summary = self.summary
         self.progress.start("scan")
@@ -1369,7 +1377,7 @@ class TakeoutScanner:
             bytes.fromhex(h): (i, size, mtime, error)
             for h, i, size, mtime, error in self.store.takeout_json_known()
         }
-        batch = TakeoutSaveBatch(self.store, on_upload_ready, self)
+        batch = TakeoutSaveBatch(self.store, on_upload_ready, self, uploads_dry)
         new_json: list[Member] = []
         to_describe: list[tuple[Member, tuple[str, str], int | None]] = []
         touched: set[str] = set()

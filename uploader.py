@@ -362,6 +362,10 @@ class Uploader:
         flat however large the backlog."""
         return self._queue.qsize() < FEED_BATCH
 
+    def running_dry(self) -> bool:
+        """Whether the workers are about to run out of rows: fewer wait in the queue than there are workers."""
+        return self._queue.qsize() < self.settings.upload_concurrency
+
     def wait_for_room(self) -> None:
         """Block until the queue wants more rows (or the run ends). Main thread: it polls, so signals land."""
         while not self.has_room() and not self.halted and not self._bugs:

@@ -901,6 +901,54 @@ def test_a_sync_hands_its_first_64_rows_on_then_every_500_and_a_scan_writes_5000
     assert scan_store.saved == [5000, 5000]
 
 
+def test_a_sync_hands_rows_on_sooner_while_its_uploads_run_dry_but_never_fewer_than_64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rows that wait for the 500th file leave the server idle while they are hashed: once the uploads say
+    they are running out, what waits goes to them at the next file, 64 rows at the least (a slow disk must
+    not make a bulk check a file). Uploads that have rows to send change nothing."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)
+    dry = [False]
+    handed: list[int] = []
+    store = _SavesCounted()
+    batch = scanner._SaveBatch(store, lambda keys: handed.append(len(keys)), uploads_dry=lambda: dry[0])  # type: ignore[arg-type]
+    _add_new_files([batch], 64 + 100)  # the first hand-on; then 100 wait while the uploads are busy
+    assert handed == [64]
+    dry[0] = True
+    _add_new_files([batch], 1)
+    assert handed == [64, 101] and store.saved == [64, 101]
+    _add_new_files([batch], 63)  # running dry again: too few to hand on
+    assert handed == [64, 101]
+    _add_new_files([batch], 1)
+    assert handed == [64, 101, 64] and store.saved == [64, 101, 64]
+
+
+def test_a_save_for_dry_uploads_never_waits_for_a_write_under_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan's thread hands rows on early only when that costs it nothing: with a write still running,
+    the rows wait for the next file after it (or the usual count)."""
+    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)
+    release = threading.Event()
+    store = _SavesCounted()
+    write = scanner._SaveBatch._write
+
+    def slow_write(self: scanner._SaveBatch, *args: Any) -> None:
+        release.wait(60)
+        write(self, *args)
+
+    monkeypatch.setattr(scanner._SaveBatch, "_write", slow_write)
+    batch = scanner._SaveBatch(store, lambda keys: None, in_background=True, uploads_dry=lambda: True)  # type: ignore[arg-type]
+    try:
+        _add_new_files([batch], 64)  # the first save: its write waits
+        _add_new_files([batch], 100)
+        assert store.saved == [] and batch.files == 100  # not saved: that would wait for the write
+        release.set()
+        batch.finish()
+    finally:
+        release.set()
+        batch.close()
+    assert store.saved == [64, 100]
+
+
 def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_are_described(
     env: Env, library: Library, monkeypatch: pytest.MonkeyPatch
 ) -> None:

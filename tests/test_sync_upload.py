@@ -319,6 +319,31 @@ def test_files_the_upload_queue_had_no_room_for_during_the_scan_are_sent_after_i
     assert max(bodies_per_checksum(immich).values()) == 1 and len(bodies_per_checksum(immich)) == 12
 
 
+def test_a_sync_hands_rows_on_as_soon_as_its_uploads_run_dry(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploads tell the scan when they run out of rows: idle at the start, they get the first 4 here,
+    not the 12 the counts alone would wait for."""
+    import scanner
+
+    library.photos(12)
+    monkeypatch.setattr(scanner, "HANDOFF_FIRST_FILES", 10**6)
+    monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 10**6)
+    monkeypatch.setattr(scanner, "HANDOFF_DRY_MIN_FILES", 4)
+    handed: list[int] = []
+    hand_on = scanner._SaveBatch._hand_on
+
+    def recorded(self: scanner._SaveBatch, ready: list[str]) -> None:
+        handed.append(len(ready))
+        hand_on(self, ready)
+
+    monkeypatch.setattr(scanner._SaveBatch, "_hand_on", recorded)
+    status, summary, _ = sync(server_env)
+    assert status == 0 and summary["uploaded"] == 12
+    assert handed[0] == 4 and sum(handed) == 12
+    assert max(bodies_per_checksum(immich).values()) == 1 and len(bodies_per_checksum(immich)) == 12
+
+
 def test_a_failure_of_the_main_thread_mid_upload_closes_nothing_under_the_workers(
     server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
