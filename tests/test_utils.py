@@ -370,18 +370,23 @@ def test_files_are_read_into_a_page_aligned_buffer_reused_by_its_thread() -> Non
     """The kernel copies a file into a buffer 8 to 24 bytes into a cache line five times slower (AMD EPYC),
     and a bytearray's bytes start 16 bytes into one: reads go into page-aligned memory, one buffer a thread
     (a new one per file costs its zeroing and page faults), grown when a larger read asks."""
-    first = utils.read_buffer(400_000)
-    assert len(first) == 400_000 and _address(first) % mmap.PAGESIZE == 0
-    again = utils.read_buffer(1000)
-    assert len(again) == 1000 and _address(again) == _address(first)
-    grown = utils.read_buffer(3 << 20)
-    assert len(grown) == 3 << 20 and _address(grown) % mmap.PAGESIZE == 0
-    assert bytes(first[:4]) == bytes(4)  # the smaller one it replaced is still there, as it was
-    elsewhere: list[int] = []
-    thread = threading.Thread(target=lambda: elsewhere.append(_address(utils.read_buffer(1000))))
+    seen: dict[str, memoryview] = {}
+
+    def reads() -> None:  # on a thread of its own: no earlier read left it a buffer
+        seen["first"] = utils.read_buffer(400_000)
+        seen["first"][:4] = b"kept"
+        seen["again"] = utils.read_buffer(1000)
+        seen["grown"] = utils.read_buffer(3 << 20)
+
+    thread = threading.Thread(target=reads)
     thread.start()
     thread.join()
-    assert elsewhere[0] != _address(utils.read_buffer(1000))
+    first, again, grown = seen["first"], seen["again"], seen["grown"]
+    assert len(first) == 400_000 and _address(first) % mmap.PAGESIZE == 0
+    assert len(again) == 1000 and _address(again) == _address(first)
+    assert len(grown) == 3 << 20 and _address(grown) % mmap.PAGESIZE == 0
+    assert bytes(first[:4]) == b"kept"  # the smaller one it replaced is still there, as it was
+    assert _address(utils.read_buffer(1000)) not in {_address(first), _address(grown)}  # this thread's own
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
