@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import errno
 import hashlib
+import http.client
 import http.server
 import io
 import socket
@@ -32,6 +33,9 @@ from immich_client import (
     ServerUnreachable,
     TlsProblem,
     UploadRequest,
+    host_header,
+    request_head,
+    send_request,
 )
 from logger import ROOT_NAME
 from tests.conftest import API_KEY, MYSQL, Env, Library, TlsFiles, run_inprocess
@@ -1011,3 +1015,72 @@ def test_answer_headers_are_parsed_as_the_email_parser_parses_them() -> None:
         assert isinstance(got, http.client.HTTPMessage)
         assert got.items() == expected.items(), lines
         assert got.get("content-length") == expected.get("content-length")
+
+
+def test_a_request_head_is_written_as_http_client_writes_it() -> None:
+    """The request line, Host and Accept-Encoding first, then the headers in order: one piece, one send."""
+    head = request_head(
+        "POST", "/api/assets", "photos.example:2283", {"x-api-key": "k", "Content-Length": "5"}
+    )
+    assert head == (
+        b"POST /api/assets HTTP/1.1\r\nHost: photos.example:2283\r\nAccept-Encoding: identity\r\n"
+        b"x-api-key: k\r\nContent-Length: 5\r\n\r\n"
+    )
+
+
+def test_a_request_goes_out_byte_for_byte_as_http_client_sent_it() -> None:
+    """What the server receives is what it received before the request was written by hand."""
+    sent: list[bytes] = []
+
+    class Capture:
+        def sendall(self, data: bytes) -> None:
+            sent.append(bytes(data))
+
+    headers = {"x-api-key": "k", "User-Agent": "u", "Content-Type": "application/json", "Content-Length": "9"}
+    conn = http.client.HTTPConnection("127.0.0.1", 2283)
+    conn.sock = Capture()  # type: ignore[assignment]
+    conn.request("PUT", "/api/assets", b'{"a": 1}\n', headers)
+    theirs = b"".join(sent)
+    sent.clear()
+    head = request_head("PUT", "/api/assets", host_header("127.0.0.1", 2283, 80), headers)
+    send_request(Capture(), head, b'{"a": 1}\n')  # type: ignore[arg-type]
+    assert b"".join(sent) == theirs
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [
+        ("photos.example", 80, "photos.example"),
+        ("photos.example", 2283, "photos.example:2283"),
+        ("::1", 2283, "[::1]:2283"),
+        ("bücher.example", 443, "xn--bcher-kva.example"),
+    ],
+)
+def test_the_host_header_names_the_server_as_http_client_names_it(
+    host: str, port: int, expected: str
+) -> None:
+    default_port = 443 if host.startswith("bücher") else 80
+    assert host_header(host, port, default_port) == expected
+    if host.isascii():  # what http.client itself puts in the Host header of the same connection
+        conn = http.client.HTTPConnection(host, port)
+        conn.putrequest("GET", "/")
+        assert f"Host: {expected}".encode() in b"".join(conn._buffer)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("target", "headers"),
+    [
+        ("/api/assets HTTP/1.1\r\nx-evil: 1", {}),
+        ("/api/assets/a b", {}),
+        ("/api/assets/é", {}),
+        ("/api/assets", {"x-api-key": "key\r\nx-evil: 1"}),
+        ("/api/assets", {"x-api-key": "key\nx-evil: 1"}),
+        ("/api/assets", {"x-evil\r\nx": "1"}),
+        ("/api/assets", {"x-a:b": "1"}),
+    ],
+)
+def test_a_request_that_would_inject_a_line_is_refused_before_anything_is_sent(
+    target: str, headers: dict[str, str]
+) -> None:
+    with pytest.raises(ValueError):
+        request_head("GET", target, "photos.example", headers)
