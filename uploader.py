@@ -334,6 +334,7 @@ class Uploader:
         self._paired_clips: set[int] = set()
         self._deferred: list[PendingUpload] = []  # photos and clips of folders the scan had not finished
         self._live_final = False  # the scan is done: folders are as complete as they get
+        self._feeds_send = True  # the last feed queued rows to send (see running_dry)
 
     @property
     def halted(self) -> bool:
@@ -363,8 +364,10 @@ class Uploader:
         return self._queue.qsize() < FEED_BATCH
 
     def running_dry(self) -> bool:
-        """Whether the workers are about to run out of rows: fewer wait in the queue than there are workers."""
-        return self._queue.qsize() < self.settings.upload_concurrency
+        """Whether rows handed on now would keep the workers busy: fewer wait in the queue than there are
+        workers, and the last rows handed on gave them some to send (rows Immich has, or that wait for their
+        live photo partner, never reach the queue: handing those on early only adds bulk checks)."""
+        return self._feeds_send and not self.halted and self._queue.qsize() < self.settings.upload_concurrency
 
     def wait_for_room(self) -> None:
         """Block until the queue wants more rows (or the run ends). Main thread: it polls, so signals land."""
@@ -391,6 +394,13 @@ class Uploader:
 
     def feed(self, rows: list[PendingUpload]) -> None:
         """Re-check `rows` and settle or queue each. Called from one thread (main)."""
+        queued_before = self.summary.queued
+        try:
+            self._feed(rows)
+        finally:
+            self._feeds_send = self.summary.queued > queued_before
+
+    def _feed(self, rows: list[PendingUpload]) -> None:
         # Rows of other folders, filters or zips wait for a run that names them.
         rows = [r for r in rows if r.id not in self.fed_ids and self.run_files.includes(r)]
         if self.halted or not rows:

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -342,6 +343,39 @@ def test_a_sync_hands_rows_on_as_soon_as_its_uploads_run_dry(
     assert status == 0 and summary["uploaded"] == 12
     assert handed[0] == 4 and sum(handed) == 12
     assert max(bodies_per_checksum(immich).values()) == 1 and len(bodies_per_checksum(immich)) == 12
+
+
+def test_rows_immich_has_already_are_not_handed_on_early_again_and_again(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows the bulk check settles never reach the upload queue, which then stays dry: once a hand-on queued
+    nothing to send, the scan goes back to its counts, instead of a bulk check every 4 files here (a second
+    machine's first sync of photos already in Immich: 46 bulk checks for 3,000 photos instead of 8)."""
+    import scanner
+
+    for photo in library.photos(12):
+        immich.add_existing_asset(photo.read_bytes())
+    monkeypatch.setattr(scanner, "HANDOFF_FIRST_FILES", 10**6)
+    monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 10**6)
+    monkeypatch.setattr(scanner, "HANDOFF_DRY_MIN_FILES", 4)
+    handed: list[int] = []
+    hand_on = scanner._SaveBatch._hand_on
+
+    def recorded(self: scanner._SaveBatch, ready: list[str]) -> None:
+        handed.append(len(ready))
+        hand_on(self, ready)
+
+    init = scanner._SaveBatch.__init__
+
+    def writing_in_turn(self: scanner._SaveBatch, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        self.in_background = False  # each hand-on done before the next file: nothing left to timing
+
+    monkeypatch.setattr(scanner._SaveBatch, "_hand_on", recorded)
+    monkeypatch.setattr(scanner._SaveBatch, "__init__", writing_in_turn)
+    status, summary, _ = sync(server_env)
+    assert status == 0 and summary["duplicates"] == 12 and immich.upload_count() == 0
+    assert handed == [4, 8]
 
 
 def test_a_failure_of_the_main_thread_mid_upload_closes_nothing_under_the_workers(
