@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import functools
 import hashlib
 import http.client
 import json
@@ -735,17 +736,21 @@ class _QuickResponse(http.client.HTTPResponse):
 # What http.client refuses in a request line or header (a header injected through a value, a path with a space).
 _BAD_IN_TARGET = re.compile(r"[\x00-\x20\x7f]")
 _BAD_IN_HEADER = re.compile(r"[\x00\r\n]")
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110's token: what a header name may be
 
 
 def host_header(host: str, port: int, default_port: int) -> str:
-    """The Host header http.client sends for a connection: an IPv6 address in brackets, the port unless it is
-    the scheme's, a name beyond ASCII in IDNA."""
+    """The Host header http.client sends for a connection: an IPv6 address in brackets without its zone
+    (`%eth0`), the port unless it is the scheme's, a name beyond ASCII in IDNA. ValueError for a host with a
+    control character, as http.client refuses it."""
+    if _BAD_IN_TARGET.search(host):
+        raise ValueError(f"invalid host {host!r}")
     try:
         name = host.encode("ascii").decode()
     except UnicodeEncodeError:
         name = host.encode("idna").decode("ascii")
     if ":" in name:
-        name = f"[{name}]"
+        name = f"[{name.partition('%')[0]}]"
     return name if port == default_port else f"{name}:{port}"
 
 
@@ -756,9 +761,14 @@ def request_head(method: str, target: str, host: str, headers: dict[str, str]) -
     refuses too: a control character in the path, a line break in a header."""
     if _BAD_IN_TARGET.search(target) or not target.isascii() or _BAD_IN_TARGET.search(method):
         raise ValueError(f"cannot send {method} {target!r}: not a valid request line")
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}", "Accept-Encoding: identity"]
+    lines = [f"{method} {target} HTTP/1.1"]
+    given = {name.lower() for name in headers}
+    if "host" not in given:
+        lines.append(f"Host: {host}")
+    if "accept-encoding" not in given:
+        lines.append("Accept-Encoding: identity")
     for name, value in headers.items():
-        if _BAD_IN_HEADER.search(name) or _BAD_IN_HEADER.search(value) or ":" in name:
+        if not _HEADER_TOKEN.fullmatch(name) or _BAD_IN_HEADER.search(value):
             raise ValueError(f"invalid HTTP header {name!r}")
         lines.append(f"{name}: {value}")
     lines += ("", "")
@@ -789,11 +799,15 @@ class DirectConnections:
 
     def __init__(self, scheme: str, host: str, port: int, tls: Callable[[], ssl.SSLContext]) -> None:
         self.scheme, self.host, self.port = scheme, host, port
-        self.host_header = host_header(host, port, 443 if scheme == "https" else 80)
         self._tls = tls
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+
+    @functools.cached_property
+    def host_header(self) -> str:
+        """Worked out at the first request, as http.client does: a name IDNA cannot encode fails there."""
+        return host_header(self.host, self.port, 443 if self.scheme == "https" else 80)
 
     def open(self) -> http.client.HTTPConnection:
         """A new connection, not kept (the probe's); not connected yet."""
@@ -1181,6 +1195,7 @@ class ImmichClient:
             headers["Content-Type"] = "application/json"
         if body is not None:
             headers["Content-Length"] = str(len(body))  # never chunked: Immich and proxies want a length
+
         # As urllib3 does: the connection and each write wait at most the connect timeout (never past
         # SERVER_WAIT when the server is away), the answer the read timeout.
         connect_s = timeout[0]

@@ -45,6 +45,7 @@ log = get_logger("utils")
 
 DEFAULT_HASH_CHUNK_BYTES = 1 << 20
 _thread_buffers = threading.local()
+READ_BUFFER_KEPT_BYTES = 4 << 20  # a long-lived thread keeps no more than this for its reads
 
 # ExifRead warns through its own logger about every odd tag and "File format not recognized" for each file
 # without EXIF; those would flood the console. What matters to us comes back in MediaMetadata.warnings.
@@ -151,7 +152,10 @@ def aligned_buffer(size_bytes: int) -> memoryview:
 
 def read_buffer(size_bytes: int) -> memoryview:
     """This thread's aligned buffer for reading files into, `size_bytes` long (a file's bytes are used before
-    the thread reads its next, so one serves all: a new one per file costs its zeroing and page faults)."""
+    the thread reads its next, so one serves all: a new one per file costs its zeroing and page faults). One
+    larger than READ_BUFFER_KEPT_BYTES (a HASH_CHUNK_SIZE set high) is the caller's alone, not kept."""
+    if size_bytes > READ_BUFFER_KEPT_BYTES:
+        return aligned_buffer(size_bytes)
     buffer: memoryview | None = getattr(_thread_buffers, "buffer", None)
     if buffer is None or len(buffer) < size_bytes:
         buffer = _thread_buffers.buffer = aligned_buffer(size_bytes)

@@ -1028,6 +1028,12 @@ def test_a_request_head_is_written_as_http_client_writes_it() -> None:
     )
 
 
+def test_a_host_or_accept_encoding_given_is_sent_once() -> None:
+    head = request_head("GET", "/api/x", "a.example", {"Host": "b.example", "accept-encoding": "gzip"})
+    assert head.count(b"Host:") == 1 and b"Host: b.example" in head
+    assert head.lower().count(b"accept-encoding:") == 1 and b"accept-encoding: gzip" in head
+
+
 def test_a_request_goes_out_byte_for_byte_as_http_client_sent_it() -> None:
     """What the server receives is what it received before the request was written by hand."""
     sent: list[bytes] = []
@@ -1053,6 +1059,7 @@ def test_a_request_goes_out_byte_for_byte_as_http_client_sent_it() -> None:
         ("photos.example", 80, "photos.example"),
         ("photos.example", 2283, "photos.example:2283"),
         ("::1", 2283, "[::1]:2283"),
+        ("fe80::1%eth0", 2283, "[fe80::1]:2283"),  # a link-local address's zone stays on this machine
         ("bücher.example", 443, "xn--bcher-kva.example"),
     ],
 )
@@ -1077,6 +1084,9 @@ def test_the_host_header_names_the_server_as_http_client_names_it(
         ("/api/assets", {"x-api-key": "key\nx-evil: 1"}),
         ("/api/assets", {"x-evil\r\nx": "1"}),
         ("/api/assets", {"x-a:b": "1"}),
+        ("/api/assets", {"": "1"}),
+        ("/api/assets", {" x-api-key": "1"}),
+        ("/api/assets", {"x-clé": "1"}),
     ],
 )
 def test_a_request_that_would_inject_a_line_is_refused_before_anything_is_sent(

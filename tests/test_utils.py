@@ -377,6 +377,8 @@ def test_files_are_read_into_a_page_aligned_buffer_reused_by_its_thread() -> Non
         seen["first"][:4] = b"kept"
         seen["again"] = utils.read_buffer(1000)
         seen["grown"] = utils.read_buffer(3 << 20)
+        seen["large"] = utils.read_buffer(utils.READ_BUFFER_KEPT_BYTES + 1)  # a HASH_CHUNK_SIZE set high
+        seen["after"] = utils.read_buffer(1000)
 
     thread = threading.Thread(target=reads)
     thread.start()
@@ -386,6 +388,8 @@ def test_files_are_read_into_a_page_aligned_buffer_reused_by_its_thread() -> Non
     assert len(again) == 1000 and _address(again) == _address(first)
     assert len(grown) == 3 << 20 and _address(grown) % mmap.PAGESIZE == 0
     assert bytes(first[:4]) == b"kept"  # the smaller one it replaced is still there, as it was
+    large = seen["large"]
+    assert _address(large) % mmap.PAGESIZE == 0 and _address(seen["after"]) == _address(grown)  # not kept
     assert _address(utils.read_buffer(1000)) not in {_address(first), _address(grown)}  # this thread's own
 
 
