@@ -320,14 +320,10 @@ def test_files_the_upload_queue_had_no_room_for_during_the_scan_are_sent_after_i
     assert max(bodies_per_checksum(immich).values()) == 1 and len(bodies_per_checksum(immich)) == 12
 
 
-def test_a_sync_hands_rows_on_as_soon_as_its_uploads_run_dry(
-    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The uploads tell the scan when they run out of rows: idle at the start, they get the first 4 here,
-    not the 12 the counts alone would wait for."""
+def hand_ons_when_dry_after_4(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The scan hands rows on only when the uploads run dry, 4 at the least; returns the sizes it handed on."""
     import scanner
 
-    library.photos(12)
     monkeypatch.setattr(scanner, "HANDOFF_FIRST_FILES", 10**6)
     monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 10**6)
     monkeypatch.setattr(scanner, "HANDOFF_DRY_MIN_FILES", 4)
@@ -339,6 +335,16 @@ def test_a_sync_hands_rows_on_as_soon_as_its_uploads_run_dry(
         hand_on(self, ready)
 
     monkeypatch.setattr(scanner._SaveBatch, "_hand_on", recorded)
+    return handed
+
+
+def test_a_sync_hands_rows_on_as_soon_as_its_uploads_run_dry(
+    server_env: Env, library: Library, immich: ImmichTestServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The uploads tell the scan when they run out of rows: idle at the start, they get the first 4 here,
+    not the 12 the counts alone would wait for."""
+    library.photos(12)
+    handed = hand_ons_when_dry_after_4(monkeypatch)
     status, summary, _ = sync(server_env)
     assert status == 0 and summary["uploaded"] == 12
     assert handed[0] == 4 and sum(handed) == 12
@@ -355,23 +361,13 @@ def test_rows_immich_has_already_are_not_handed_on_early_again_and_again(
 
     for photo in library.photos(12):
         immich.add_existing_asset(photo.read_bytes())
-    monkeypatch.setattr(scanner, "HANDOFF_FIRST_FILES", 10**6)
-    monkeypatch.setattr(scanner, "HANDOFF_EVERY_FILES", 10**6)
-    monkeypatch.setattr(scanner, "HANDOFF_DRY_MIN_FILES", 4)
-    handed: list[int] = []
-    hand_on = scanner._SaveBatch._hand_on
-
-    def recorded(self: scanner._SaveBatch, ready: list[str]) -> None:
-        handed.append(len(ready))
-        hand_on(self, ready)
-
+    handed = hand_ons_when_dry_after_4(monkeypatch)
     init = scanner._SaveBatch.__init__
 
     def writing_in_turn(self: scanner._SaveBatch, *args: Any, **kwargs: Any) -> None:
         init(self, *args, **kwargs)
         self.in_background = False  # each hand-on done before the next file: nothing left to timing
 
-    monkeypatch.setattr(scanner._SaveBatch, "_hand_on", recorded)
     monkeypatch.setattr(scanner._SaveBatch, "__init__", writing_in_turn)
     status, summary, _ = sync(server_env)
     assert status == 0 and summary["duplicates"] == 12 and immich.upload_count() == 0
