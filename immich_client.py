@@ -482,9 +482,9 @@ class MultipartBody:
 
     Written here rather than with requests-toolbelt's encoder: that one copies every chunk twice into fresh
     objects, which measured 2x curl's CPU and 270k page faults per GiB (bench/bench_upload.py); this one
-    reads each file with readinto() into its thread's reused buffer (utils.read_buffer). Its length is known up front, so
-    the request carries a Content-Length; a file that shrinks mid-upload raises instead of sending a short
-    body.
+    reads each file with readinto() into its thread's reused buffer (utils.read_buffer). Its length is known
+    up front, so the request carries a Content-Length; a file that shrinks mid-upload raises instead of
+    sending a short body.
     """
 
     def __init__(
@@ -1195,7 +1195,6 @@ class ImmichClient:
             headers["Content-Type"] = "application/json"
         if body is not None:
             headers["Content-Length"] = str(len(body))  # never chunked: Immich and proxies want a length
-
         # As urllib3 does: the connection and each write wait at most the connect timeout (never past
         # SERVER_WAIT when the server is away), the answer the read timeout.
         connect_s = timeout[0]

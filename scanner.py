@@ -484,7 +484,8 @@ def with_zone(moment: datetime, time_zone: tzinfo | None) -> datetime:
 
 class _SaveBatch:
     """Rows waiting to be written: saved every SAVE_EVERY_FILES files or SAVE_EVERY_S seconds, one
-    transaction each (a sync's after HANDOFF_FIRST_FILES, then every HANDOFF_EVERY_FILES); after each save
+    transaction each (a sync's after HANDOFF_FIRST_FILES, then every HANDOFF_EVERY_FILES, or sooner when
+    `uploads_dry` says the uploads are running out of rows); after each save
     the rows that need uploading are handed on. With `in_background`, each transaction runs on a writer
     thread while the scan goes on (a write of 5,000 rows took a tenth of a second, in which the hashing
     workers ran dry), one at a time and in order; the rows are handed on from the scan's own thread once
