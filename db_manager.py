@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -100,6 +100,11 @@ class ScannedFile:
     upload_status: str = "pending"
     last_error: str | None = None
     warnings: list[str] = field(default_factory=list)  # metadata problems, for the log (not a column)
+
+    def __reduce__(self) -> tuple[type[ScannedFile], tuple[Any, ...]]:
+        # Pickled as its values (a scan's workers send every row back): half the cost of the default, which
+        # sends a dict of the field names and sets each one back.
+        return ScannedFile, _scanned_file_values(self)
 
 
 class PendingUpload(NamedTuple):
@@ -623,7 +628,16 @@ class Store:
             ("0009_scrub_url_passwords", self._scrub_url_passwords),
             ("0010_takeout_archives_json_updates", self._create_takeout_tables),
             ("0011_edits_live_photos_tags", lambda: self._add_columns(FEATURE_COLUMNS)),
+            ("0012_claims_index_of_claimed_rows", self._index_claimed_rows_only),
         ]
+
+    def _index_claimed_rows_only(self) -> None:
+        """SQLite: idx_claims holds only the rows a machine has claimed (every lookup is `claimed_by = ?`),
+        not a NULL entry for each of a first scan's rows (a tenth of its inserts' cost). MySQL has no
+        partial indexes: its index stays."""
+        if self.backend == "sqlite":
+            self._execute("DROP INDEX IF EXISTS idx_claims")
+            self._execute("CREATE INDEX idx_claims ON media_files (claimed_by) WHERE claimed_by IS NOT NULL")
 
     def _scrub_url_passwords(self) -> None:
         """Earlier versions stored IMMICH_URL as written, the password of a user:password@ in it included,
@@ -1847,6 +1861,9 @@ def scope_label(scope: str) -> str:
 
 
 _scanned_values: Callable[[ScannedFile], tuple[Any, ...]] = operator.attrgetter(*SCANNED_FIELDS)  # one C call
+_scanned_file_values: Callable[[ScannedFile], tuple[Any, ...]] = operator.attrgetter(
+    *(f.name for f in fields(ScannedFile))
+)
 
 
 def _date_to_text(row: tuple[Any, ...], index: int = 9) -> tuple[Any, ...]:

@@ -44,6 +44,19 @@ def scanned(path: str | bytes, size: int = 10, mtime_ns: int = 1, **kw: object) 
     )  # fmt: skip
 
 
+def test_a_scanned_row_comes_back_whole_from_a_worker_process() -> None:
+    """Rows cross from the scan's worker processes pickled as their values: every field comes back."""
+    import pickle
+    from dataclasses import fields
+
+    row = scanned(
+        b"/p/\xff.jpg", date_source="exif", metadata_info="{}", upload_status="skipped", last_error="why",
+        warnings=["odd"],
+    )  # fmt: skip
+    assert all(getattr(row, f.name) != f.default for f in fields(ScannedFile) if f.name != "warnings")
+    assert pickle.loads(pickle.dumps(row, pickle.HIGHEST_PROTOCOL)) == row
+
+
 def test_new_database_is_created_and_migrated(store: Store) -> None:
     assert list(store.iter_known_files()) == []
     assert store.migrate() == []  # applying twice does nothing
@@ -140,6 +153,30 @@ def sqlite_store(tmp_path: Path) -> tuple[Path, SqliteStore]:
     store = open_store(load_settings(flags={"DB_PATH": str(path)}, env_file=None, environ={}))
     assert isinstance(store, SqliteStore)
     return path, store
+
+
+def test_sqlite_indexes_only_claimed_rows_and_finds_a_machines_claims_by_it(tmp_path: Path) -> None:
+    """A first scan writes no entry into idx_claims for each of its rows (none is claimed), and renewing
+    or releasing a machine's claims still searches that index, not the table."""
+    path, store = sqlite_store(tmp_path)
+    try:
+        store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(50)], [])
+        assert store.claim_rows([1, 2], lease_s=60, waiting_only=False) == {1, 2}
+    finally:
+        store.close()
+    conn = sqlite3.connect(path)
+    try:
+        claimed = "SELECT count(*) FROM media_files INDEXED BY idx_claims WHERE claimed_by IS NOT NULL"
+        assert conn.execute(claimed).fetchone() == (2,)
+        (_, _, _, plan), *_ = conn.execute(
+            "EXPLAIN QUERY PLAN UPDATE media_files SET claim_until = NULL WHERE claimed_by = ? AND scope = ?",
+            ("m", "s"),
+        ).fetchall()
+        assert "USING INDEX idx_claims" in plan
+        (index_sql,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'idx_claims'").fetchone()
+        assert "WHERE claimed_by IS NOT NULL" in index_sql
+    finally:
+        conn.close()
 
 
 def checkpoint_then_close(store: Store, caplog: pytest.LogCaptureFixture) -> str:
