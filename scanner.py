@@ -447,13 +447,15 @@ def date_taken(
     out of range (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash.
     A name's or ModifyDate's date later than the mtime gives way to the mtime: Immich, finding no capture date,
     shows the earlier of the fileCreatedAt sent and the file's mtime."""
-    candidates: list[tuple[datetime | int | None, str]] = [
+    candidates: tuple[tuple[datetime | int | None, str], ...] = (
         (exif_or_video, source),
-        (date_from_filename(filename), "filename"),
+        (None, "filename"),  # read from the name only when the file's own date is not usable (a regex a file)
         (modified, "exif-modified"),
         (mtime_ns, "mtime"),
-    ]
-    for value, origin in candidates:
+    )
+    for place, (value, origin) in enumerate(candidates):
+        if place == 1:
+            value = date_from_filename(filename)
         if value is None:
             continue
         try:
