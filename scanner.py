@@ -75,9 +75,6 @@ HANDOFF_EVERY_FILES = 500
 # hashed (1,000 photos of 400 KB on the test server: the uploads stood still for a third of a second after
 # the first 64). No fewer than this many, so a slow disk does not make a bulk check a file.
 HANDOFF_DRY_MIN_FILES = 64
-# Once the walk is over, what the last files described leave is written whenever the writer is idle (at least
-# this many rows): the write left for the scan's end, where nothing runs beside it, is then a small one.
-DRAIN_SAVE_MIN_FILES = 256
 STILL_CHANGING = "still being written (it changed while it was read): read again on the next run"
 MAX_PROBLEMS = 100  # problems kept for the summary and Recent errors; the log has every one
 CLAIM_BATCH = 64
@@ -518,7 +515,6 @@ class _SaveBatch:
         self.due = self._next_due(first=True)
         self._writer: Executor | None = None
         self._writing: tuple[Future[None], list[str]] | None = None  # the write under way, its rows' keys
-        self.walk_over = False  # set by the scan: the rest is saved as the writer comes free (see _due)
 
     def unchanged(self, known: KnownIndex, i: int, digest: bytes) -> None:
         """An unchanged file: nothing to write, unless its row was marked missing, or waits for an upload
@@ -555,17 +551,13 @@ class _SaveBatch:
             self.save()
 
     def _due(self) -> bool:
-        """Whether what waits is to be saved now: by count, by time, or (if a save now costs the scan no wait
-        for one under way) once the walk is over, or for uploads running out of rows."""
+        """Whether what waits is to be saved now: by count, by time, or for uploads running out of rows (if
+        a save now costs the scan no wait for one under way)."""
         waiting = self.files
         if waiting >= self.due or (waiting and time.monotonic() - self.last_save > SAVE_EVERY_S):
             return True
-        if self._writing is not None:
-            return False
-        if self.walk_over and waiting >= DRAIN_SAVE_MIN_FILES:
-            return True
         dry = self.uploads_dry
-        return waiting >= HANDOFF_DRY_MIN_FILES and dry is not None and dry()
+        return waiting >= HANDOFF_DRY_MIN_FILES and dry is not None and self._writing is None and dry()
 
     def save(self, then_checkpoint: bool = False) -> None:
         """Write what waits (`then_checkpoint`: and then start copying the database's WAL into its file)."""
@@ -1166,7 +1158,6 @@ class Scanner:
             # and then copied into the database file, so that closing it has less to do.
             if batch.files:
                 batch.save(then_checkpoint=True)
-            batch.walk_over = True
             while in_flight:
                 self._collect_job(in_flight.popleft(), known, batch)
             batch.finish()

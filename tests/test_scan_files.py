@@ -949,45 +949,6 @@ def test_a_save_for_dry_uploads_never_waits_for_a_write_under_way(monkeypatch: p
     assert store.saved == [64, 100]
 
 
-def test_once_the_walk_is_over_rows_are_written_whenever_the_writer_is_free(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """After the walk, the last files' rows go to the writer as soon as it is free (256 at the least, so
-    each transaction still holds many), not all in one write at the scan's end, where nothing runs beside
-    it; a write under way is never waited for."""
-    monkeypatch.setattr(scanner, "SAVE_EVERY_S", 3600.0)
-    release = threading.Event()
-    store = _SavesCounted()
-    write = scanner._SaveBatch._write
-
-    def slow_write(self: scanner._SaveBatch, *args: Any) -> None:
-        release.wait(60)
-        write(self, *args)
-
-    monkeypatch.setattr(scanner._SaveBatch, "_write", slow_write)
-    batch = scanner._SaveBatch(store, None, in_background=True)  # type: ignore[arg-type]
-    try:
-        _add_new_files([batch], 10)
-        batch.save()  # the walk's end: what waited goes to the writer, which is held
-        batch.walk_over = True
-        _add_new_files([batch], 300)
-        assert batch.files == 300  # not saved: that would wait for the write under way
-        release.set()
-        batch._writing[0].result()  # type: ignore[index]
-        _add_new_files([batch], 1)
-        assert batch.files == 0
-        _add_new_files([batch], 255)
-        batch._writing[0].result()  # type: ignore[index]
-        _add_new_files([batch], 1)
-        assert batch.files == 0  # the 256th: written
-        _add_new_files([batch], 7)
-        batch.finish()
-    finally:
-        release.set()
-        batch.close()
-    assert store.saved == [10, 301, 256, 7]
-
-
 def test_the_rows_waiting_when_the_walk_ends_are_written_while_the_last_files_are_described(
     env: Env, library: Library, monkeypatch: pytest.MonkeyPatch
 ) -> None:
