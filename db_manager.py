@@ -20,6 +20,7 @@ file can be opened again (utils.path_to_text / text_to_path).
 
 from __future__ import annotations
 
+import copyreg
 import hashlib
 import json
 import operator
@@ -101,10 +102,13 @@ class ScannedFile:
     last_error: str | None = None
     warnings: list[str] = field(default_factory=list)  # metadata problems, for the log (not a column)
 
-    def __reduce__(self) -> tuple[type[ScannedFile], tuple[Any, ...]]:
+    def __reduce__(self) -> tuple[Any, ...]:
         # Pickled as its values (a scan's workers send every row back): half the cost of the default, which
-        # sends a dict of the field names and sets each one back.
-        return ScannedFile, _scanned_file_values(self)
+        # sends a dict of the field names and sets each one back. A subclass, or an attribute set beside the
+        # fields, goes the default way (nothing makes one today).
+        if type(self) is ScannedFile and len(self.__dict__) == _SCANNED_FILE_FIELDS:
+            return ScannedFile, _scanned_file_values(self)
+        return copyreg.__newobj__, (type(self),), self.__dict__
 
 
 class PendingUpload(NamedTuple):
@@ -636,8 +640,11 @@ class Store:
         not a NULL entry for each of a first scan's rows (a tenth of its inserts' cost). MySQL has no
         partial indexes: its index stays."""
         if self.backend == "sqlite":
-            self._execute("DROP INDEX IF EXISTS idx_claims")
-            self._execute("CREATE INDEX idx_claims ON media_files (claimed_by) WHERE claimed_by IS NOT NULL")
+            with self.atomic():  # one transaction: never a table without the index, nor two runs creating it
+                self._execute("DROP INDEX IF EXISTS idx_claims")
+                self._execute(
+                    "CREATE INDEX IF NOT EXISTS idx_claims ON media_files (claimed_by) WHERE claimed_by IS NOT NULL"
+                )
 
     def _scrub_url_passwords(self) -> None:
         """Earlier versions stored IMMICH_URL as written, the password of a user:password@ in it included,
@@ -1864,6 +1871,7 @@ _scanned_values: Callable[[ScannedFile], tuple[Any, ...]] = operator.attrgetter(
 _scanned_file_values: Callable[[ScannedFile], tuple[Any, ...]] = operator.attrgetter(
     *(f.name for f in fields(ScannedFile))
 )
+_SCANNED_FILE_FIELDS = len(fields(ScannedFile))
 
 
 def _date_to_text(row: tuple[Any, ...], index: int = 9) -> tuple[Any, ...]:

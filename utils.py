@@ -718,7 +718,7 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
             elif segment.startswith(b"Exif\x00\x00"):
                 if header.exif is None:
                     header.exif = segment[6:]
-                else:
+                elif len(header.more_exif) < _MAX_RESYNCS:  # a few, not a file made of them
                     header.more_exif.append(segment[6:])
             elif segment.startswith(_XMP_SIGNATURE) and header.xmp is None:
                 header.xmp = segment[len(_XMP_SIGNATURE) :]
@@ -733,16 +733,20 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
 _XMP_SIGNATURE = b"http://ns.adobe.com/xap/1.0/\x00"
 _MARKER_SEARCH_BYTES = 64 << 10  # how far past a damaged segment the next marker is looked for
 _MAX_RESYNCS = 8
-_JPEG_READ_BYTES = (
-    512  # a header read from a file goes on in pieces of this size (more where a segment needs it)
-)
+# A header read from a file goes on in pieces of this size (more where a segment needs it), up to where it
+# stops: far beyond any camera's or editor's (a phone's depth map in extended XMP is a few MB).
+_JPEG_READ_BYTES = 512
+_MAX_JPEG_HEADER_BYTES = 64 << 20
 
 
 def _read_on(data: bytes, at: int, f: BinaryIO, wanted: int) -> tuple[bytes, int]:
-    """The window from `at` on with at least `wanted` bytes, read on from `f` (fewer at the file's end)."""
+    """The window from `at` on with at least `wanted` bytes, read on from `f` (fewer at the file's end, and
+    nothing more past _MAX_JPEG_HEADER_BYTES: a file of endless tiny segments is not walked to its end)."""
     rest = data[at:]
     if len(rest) >= wanted:
         return data, at
+    if f.tell() > _MAX_JPEG_HEADER_BYTES:
+        return rest, 0
     return rest + _read_at_least(f, max(wanted - len(rest), _JPEG_READ_BYTES)), 0
 
 

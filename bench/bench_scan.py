@@ -20,8 +20,8 @@ process. Parts:
      Also vs the official CLI's unchanged rerun on the same tree (installed by bench_upload.install_cli;
      skipped with a note if that fails or --no-cli); target: >= 20x faster;
   4. first scan of 20,000 small photos (160x120 JPEGs with EXIF made by Pillow, ~4 KB each) vs a bare Python
-     walk in one process that reads and hashes (SHA-256 + SHA-1) the same files, taking turns (7 pairs), fresh database
-     each time, median of the ratios; target: within 4x the walk;
+     walk in one process that reads and hashes (SHA-256 + SHA-1) the same files, taking turns (7 pairs), fresh
+     database each time, median of the ratios; target: within 4x the walk;
   5. --million: a library of 1,000,000 tiny .jpg files (16 bytes each: start, a comment with the file number,
      end) built ONCE under /tmp/immich_bench_1m/ and kept for later runs (not deleted; the part is skipped with
      a note when the disk has too little room to build it): peak RSS of the first scan_files.py (target

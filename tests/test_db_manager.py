@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,15 @@ def test_a_scanned_row_comes_back_whole_from_a_worker_process() -> None:
     )  # fmt: skip
     assert all(getattr(row, f.name) != f.default for f in fields(ScannedFile) if f.name != "warnings")
     assert pickle.loads(pickle.dumps(row, pickle.HIGHEST_PROTOCOL)) == row
+    row.note = "set beside the fields"  # type: ignore[attr-defined]
+    assert pickle.loads(pickle.dumps(row)).note == "set beside the fields"
+    marked = _Marked(**{f.name: getattr(row, f.name) for f in fields(ScannedFile)}, mark=7)
+    assert pickle.loads(pickle.dumps(marked)) == marked
+
+
+@dataclass
+class _Marked(ScannedFile):
+    mark: int = 0
 
 
 def test_new_database_is_created_and_migrated(store: Store) -> None:
@@ -157,8 +167,17 @@ def sqlite_store(tmp_path: Path) -> tuple[Path, SqliteStore]:
 
 def test_sqlite_indexes_only_claimed_rows_and_finds_a_machines_claims_by_it(tmp_path: Path) -> None:
     """A first scan writes no entry into idx_claims for each of its rows (none is claimed), and renewing
-    or releasing a machine's claims still searches that index, not the table."""
+    or releasing a machine's claims still searches that index, not the table. A database whose index
+    an earlier version made over every row gets the new one."""
     path, store = sqlite_store(tmp_path)
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        "DROP INDEX idx_claims; CREATE INDEX idx_claims ON media_files (claimed_by); "
+        "DELETE FROM schema_migrations WHERE name LIKE '0012%';"
+    )
+    conn.close()
+    _, store = sqlite_store(tmp_path)
     try:
         store.save_scanned([scanned(f"/p/{n}.jpg") for n in range(50)], [])
         assert store.claim_rows([1, 2], lease_s=60, waiting_only=False) == {1, 2}

@@ -727,6 +727,43 @@ def test_a_jpeg_header_reads_the_same_from_memory_as_from_its_file(tmp_path: Pat
         assert in_memory == from_file == from_stream, case
 
 
+def _sof_then_scan(height: int = 48, width: int = 64) -> bytes:
+    return b"\xff\xc0\x00\x11\x08" + struct.pack(">HH", height, width) + b"\x03" + bytes(9) + b"\xff\xda"
+
+
+@pytest.mark.parametrize(("gap", "found"), [(65534, True), (65535, False)])
+def test_after_a_lying_length_the_next_marker_is_looked_for_64_kib_ahead_and_no_further(
+    gap: int, found: bool
+) -> None:
+    """A byte where a marker must be: the next marker (0xFF, then neither 0x00 nor 0xFF) is looked for in the
+    64 KiB after it, its code byte included, in memory and from a file alike."""
+    data = b"\xff\xd8" + b"\x00" + bytes(gap) + _sof_then_scan()
+    for header in (utils._read_jpeg_header(data), utils._read_jpeg_header(b"", io.BytesIO(data))):
+        assert header is not None
+        assert (header.width, header.height, header.complete) == ((64, 48, True) if found else (0, 0, False))
+
+
+def test_a_file_of_endless_exif_segments_keeps_a_few_of_them() -> None:
+    segment = b"\xff\xe1\x00\x10Exif\x00\x00" + bytes(8)
+    header = utils._read_jpeg_header(b"\xff\xd8" + segment * 1000 + _sof_then_scan())
+    assert header is not None and header.complete and header.exif == bytes(8)
+    assert len(header.more_exif) == utils._MAX_RESYNCS
+
+
+def test_a_file_of_endless_tiny_segments_is_not_walked_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Comments of no length one after another, valid each: the header read from the file stops at
+    _MAX_JPEG_HEADER_BYTES (64 MiB; 1 MiB here), not at the file's end."""
+    monkeypatch.setattr(utils, "_MAX_JPEG_HEADER_BYTES", 1 << 20)
+    path = tmp_path / "endless.jpg"
+    path.write_bytes(b"\xff\xd8" + b"\xff\xfe\x00\x02" * (1 << 20))  # 4 MiB
+    read_bytes = count_reads(monkeypatch)
+    meta = read_image_metadata(path)
+    assert sum(read_bytes) <= (1 << 20) + 2 * utils._JPEG_READ_BYTES < path.stat().st_size
+    assert meta.warnings  # no size found: the header was cut short
+
+
 class _CountingFile:
     """A file whose reads are counted (bytes returned by each read)."""
 
