@@ -427,6 +427,8 @@ def describe_metadata(
 # One encoder for every row: json.dumps with options builds a new one per call (a tenth of the describe cost).
 _encode_info = json.JSONEncoder(default=str, ensure_ascii=False).encode
 
+# The name's date, read only when the file's own date is not usable (a regex a file).
+_FROM_FILE_NAME = object()
 PLAUSIBLE_YEARS = range(1826, 2201)  # from the first photograph; a camera clock can be set far ahead
 
 
@@ -444,14 +446,14 @@ def date_taken(
     out of range (year 9999 with an offset, a clock reset to 1904) is passed over with a warning, never a crash.
     A name's or ModifyDate's date later than the mtime gives way to the mtime: Immich, finding no capture date,
     shows the earlier of the fileCreatedAt sent and the file's mtime."""
-    candidates: tuple[tuple[datetime | int | None, str], ...] = (
+    candidates: tuple[tuple[datetime | int | object | None, str], ...] = (
         (exif_or_video, source),
-        (None, "filename"),  # read from the name only when the file's own date is not usable (a regex a file)
+        (_FROM_FILE_NAME, "filename"),
         (modified, "exif-modified"),
         (mtime_ns, "mtime"),
     )
-    for place, (value, origin) in enumerate(candidates):
-        if place == 1:
+    for value, origin in candidates:
+        if value is _FROM_FILE_NAME:
             value = date_from_filename(filename)
         if value is None:
             continue

@@ -662,8 +662,7 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
                 break
             at = after
         if end - at < 4 and f is not None:  # a marker and its length: from the file when the window ends
-            data, at = _read_on(data, at, f, 4)
-            end = len(data)
+            data, at, end = _read_on(data, at, f, 4)
         if at >= end:
             return header
         if data[at] != 0xFF:
@@ -674,8 +673,7 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
                 return header
             at += 1
             if f is not None:
-                data, at = _read_on(data, at, f, _MARKER_SEARCH_BYTES)
-                end = len(data)
+                data, at, end = _read_on(data, at, f, _MARKER_SEARCH_BYTES)
             at = _next_marker(data, at, min(end, at + _MARKER_SEARCH_BYTES))
             if at < 0:
                 return header
@@ -683,8 +681,7 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
             at += 1
         while True:  # fill bytes
             if at >= end and f is not None:
-                data, at = _read_on(data, at, f, 1)
-                end = len(data)
+                data, at, end = _read_on(data, at, f, 1)
             if at >= end:
                 return header
             if data[at] != 0xFF:
@@ -698,8 +695,7 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
             header.complete = True
             return header
         if end - at < 2 and f is not None:
-            data, at = _read_on(data, at, f, 2)
-            end = len(data)
+            data, at, end = _read_on(data, at, f, 2)
         if end - at < 2:
             return header
         length = (data[at] << 8 | data[at + 1]) - 2
@@ -708,8 +704,7 @@ def _read_jpeg_header(data: bytes, f: BinaryIO | None = None) -> JpegHeader | No
             return header
         if code == 0xE1 or (code in _JPEG_SOF and not header.width):
             if end - at < length and f is not None:
-                data, at = _read_on(data, at, f, length)
-                end = len(data)
+                data, at, end = _read_on(data, at, f, length)
             segment = data[at : at + length]
             if code != 0xE1:
                 if len(segment) >= 5:
@@ -739,15 +734,16 @@ _JPEG_READ_BYTES = 512
 _MAX_JPEG_HEADER_BYTES = 64 << 20
 
 
-def _read_on(data: bytes, at: int, f: BinaryIO, wanted: int) -> tuple[bytes, int]:
+def _read_on(data: bytes, at: int, f: BinaryIO, wanted: int) -> tuple[bytes, int, int]:
     """The window from `at` on with at least `wanted` bytes, read on from `f` (fewer at the file's end, and
-    nothing more past _MAX_JPEG_HEADER_BYTES: a file of endless tiny segments is not walked to its end)."""
+    nothing more past _MAX_JPEG_HEADER_BYTES: a file of endless tiny segments is not walked to its end), as
+    (window, where `at` now is in it, its end)."""
     rest = data[at:]
     if len(rest) >= wanted:
-        return data, at
-    if f.tell() > _MAX_JPEG_HEADER_BYTES:
-        return rest, 0
-    return rest + _read_at_least(f, max(wanted - len(rest), _JPEG_READ_BYTES)), 0
+        return data, at, len(data)
+    if f.tell() <= _MAX_JPEG_HEADER_BYTES:
+        rest += _read_at_least(f, max(wanted - len(rest), _JPEG_READ_BYTES))
+    return rest, 0, len(rest)
 
 
 def _read_at_least(f: BinaryIO, size: int) -> bytes:
