@@ -28,7 +28,10 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      fresh database each time), in rounds whose order turns, the median of the rounds' ratios quoted; target:
      ours >= 0.9x curl's speed. A third player runs the same curl with `openssl dgst`'s SHA-256 and SHA-1 of
      the same files beside it, from the same start: the floor for a client that must fingerprint what it
-     sends, on the cores the server uses too (our ratio to it is quoted beside). On the test server each run
+     sends, on the cores the server uses too (our ratio to it is quoted beside). On the test server two more
+     rows split ours: its upload alone (upload_files.py after a scan: no hashing beside it) and
+     bench/bare_sender.py, a bare Python client sending our requests from 8 threads on raw sockets with no
+     checks and no records (what sending costs Python here). On the test server each run
      has a fresh server, so all send the same trees: part 1's, then --floor-files photos of ~400 KB; with
      IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree of new random bytes of
      the same shape (--floor-files photos of ~400 KB), the server's queues paused for all (this bench pauses
@@ -77,6 +80,7 @@ from config import SETTING_NAMES, SETTINGS  # noqa: E402
 
 PYTHON = sys.executable
 SERVER_SCRIPT = PROJECT_DIR / "tests" / "immich_server.py"
+BARE_SENDER = PROJECT_DIR / "bench" / "bare_sender.py"
 NODE_DIR = PROJECT_DIR / "bench" / "_work" / "node"
 NODE_BIN = NODE_DIR / "node_modules" / "node" / "bin" / "node"
 CLI_JS = NODE_DIR / "node_modules" / "@immich" / "cli" / "dist" / "index.js"
@@ -260,10 +264,19 @@ def server_cpu_during(server: Server | RealServer, before_s: float, client_cpu_s
     return max(0.0, used - client_cpu_s) if server.real else used
 
 
-def floor_players(also: bool) -> list[str]:
+def floor_players(also: bool, parts: bool = False) -> list[str]:
     """Who takes part in the ingest floor's rounds (part 5), in the first round's order: curl, curl beside
-    the hashes a fingerprinting client makes, our first sync, and with --floor-also an earlier checkout's."""
-    return ["curl", "hashing", "ours", *(["also"] if also else [])]
+    the hashes a fingerprinting client makes, our first sync; with `parts` (the test server) our upload alone
+    and a bare Python sender, which split what ours takes beyond curl into its parts; with --floor-also an
+    earlier checkout's sync."""
+    return ["curl", "hashing", "ours", *(["upload", "bare"] if parts else []), *(["also"] if also else [])]
+
+
+def floor_rounds(asked: int, players: int) -> int:
+    """The ingest floor's rounds: a multiple of its players, so each takes each place in the order equally
+    often. A real server's state drifts over a round (its database grows by every run), and a place taken
+    more often showed as a 0.5 s difference between two builds that sent the same requests."""
+    return -(-max(1, asked) // players) * players
 
 
 class Server:
@@ -951,32 +964,35 @@ class Bench:
 
     # -- part 5: the server's ingest floor, curl --parallel sending bare uploads, vs our whole first sync
     def ingest_floor(self) -> None:
-        pairs = self.args.floor_pairs
         if self.args.floor_real_only:
-            self.real_floor(pairs)
+            self.real_floor()
             return
+        players = floor_players(bool(self.args.floor_also), parts=True)
+        rounds = floor_rounds(self.args.floor_pairs, len(players))
         self.floor_pairs(
             f"the ingest floor on the test server: {self.args.small} photos ({self.small_bytes / MB:.0f} MB), "
             f"our first sync (defaults, fresh DB) vs curl --parallel-max {CURL_PARALLEL} bare uploads, each on a "
-            f"fresh server, {pairs} rounds in turn",
+            f"fresh server, {rounds} rounds in turn",
             lambda: Server(self.work),
             lambda _rep, _who: (self.small_dir, self.args.small, self.small_bytes),
-            pairs,
+            rounds,
+            players,
         )
         count = self.args.floor_files
         small_tree = self.work / "floor-small"
         small_bytes = make_photo_tree(small_tree, count, FLOOR_SIZE_RANGE, self.rng)
         self.floor_pairs(
             f"the ingest floor on the test server: {count} photos of ~400 KB ({small_bytes / MB:.0f} MB, the "
-            f"real-server shape), each on a fresh server, {pairs} rounds in turn",
+            f"real-server shape), each on a fresh server, {rounds} rounds in turn",
             lambda: Server(self.work),
             lambda _rep, _who: (small_tree, count, small_bytes),
-            pairs,
+            rounds,
+            players,
         )
         shutil.rmtree(small_tree, ignore_errors=True)
-        self.real_floor(pairs)
+        self.real_floor()
 
-    def real_floor(self, pairs: int) -> None:
+    def real_floor(self) -> None:
         url, key = os.environ.get("IMMICH_BENCH_URL", ""), os.environ.get("IMMICH_BENCH_KEY", "")
         if not (url and key):
             self.report.note(
@@ -994,15 +1010,18 @@ class Bench:
             sha1s.extend(tree_sha1s(tree))
             return tree, count, nbytes
 
+        players = floor_players(bool(self.args.floor_also))
+        rounds = floor_rounds(self.args.floor_pairs, len(players))
         paused = pause_queues(real, True)
         self.report.note(f"real server: paused queues {','.join(paused) or '(none: all were paused)'}")
         try:
             self.floor_pairs(
                 f"the ingest floor on a real Immich at {real.url}: {count} photos of ~400 KB, new bytes every run, "
-                f"queues paused, {pairs} rounds in turn",
+                f"queues paused, {rounds} rounds in turn",
                 lambda: real,
                 fresh_tree,
-                pairs,
+                rounds,
+                players,
             )
         finally:
             if not self.args.real_keep:
@@ -1015,27 +1034,36 @@ class Bench:
         title: str,
         server_for: Callable[[], Server | RealServer],
         tree_for: Callable[[int, str], tuple[Path, int, int]],
-        pairs: int,
+        rounds: int,
+        players: list[str],
     ) -> None:
-        """`pairs` rounds (a multiple of the players: see parse_args) of curl, curl beside the hashes, ours
-        (and, with --floor-also, that checkout's sync_upload.py), the order turning each round; the median of
-        each round's ratio to curl is quoted."""
+        """`rounds` rounds (a multiple of the players: floor_rounds) of the `players` (floor_players), the order
+        turning each round; the median of each round's ratio to curl is quoted."""
         rows = self.report.section(title)
         also = self.args.floor_also
-        players = floor_players(bool(also))
         runs: dict[str, list[Measured]] = {who: [] for who in players}
         ratios: dict[str, list[float]] = {who: [] for who in players[1:]}
         to_hashing: list[float] = []  # ours against the hashing client's floor, round by round
         nbytes = count = 0
         measured = False
-        for rep in range(pairs):
+        scanned: dict[Path, Path] = {}  # tree -> its scanned database, for the upload alone
+        for rep in range(rounds):
             for who in players[rep % len(players) :] + players[: rep % len(players)]:
                 tree, count, nbytes = tree_for(rep, who)
+                if who == "upload" and tree not in scanned:
+                    scanned[tree] = self.scan_template(tree, f"floor-{len(scanned)}")[0]
                 with server_for() as server:
                     if who == "curl":
                         run = self.curl_parallel(tree, server, count)
                     elif who == "hashing":
                         run = self.curl_and_hashes(tree, server, count)
+                    elif who == "bare":
+                        run = self.bare_sender(tree, server, count)
+                    elif who == "upload":
+                        db = self.work / f"floor{self._n}.db"
+                        copy_db(scanned[tree], db)
+                        run = self.ours("upload_files.py", self.env_file(tree, db, server), server)
+                        self.check_uploaded("upload_files.py after a scan (ingest floor)", run, count)
                     else:
                         env = self.env_file(tree, self.work / f"floor{self._n}.db", server)
                         project = Path(also) if who == "also" else PROJECT_DIR
@@ -1058,6 +1086,8 @@ class Bench:
             label = {
                 "hashing": "the same curl beside openssl's SHA-256 and SHA-1 of the files (a hashing client's floor)",
                 "ours": "ours, first sync: sync_upload.py (defaults, fresh DB)",
+                "upload": "  its upload alone: upload_files.py after a scan (no hashing beside it)",
+                "bare": "  a bare Python sender: 8 threads, raw sockets, our requests, no checks (bare_sender.py)",
             }.get(who, f"before: {also}")
             target = (
                 f">= {FLOOR_RATIO_TARGET}x curl (median ratio {ratio:.2f}x; "
@@ -1074,6 +1104,17 @@ class Bench:
             + "; ratios to curl "
             + "; ".join(f"{who} {spread(ratios[who])}" for who in players[1:])
         )
+
+    def bare_sender(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
+        """bench/bare_sender.py sending every photo of `tree`: what sending costs a Python client that does
+        nothing else (no checks, no records), CURL_PARALLEL threads like curl's transfers."""
+        cmd = [PYTHON, str(BARE_SENDER), server.url, server.key, str(tree), "--parallel", str(CURL_PARALLEL)]
+        run = run_measured(cmd, self.work, env=child_environment(), server=server)
+        if run.status != 0 or run.stdout.strip() != f"created {count} of {count}":
+            self.report.note(
+                f"bare_sender.py: {run.stdout.strip()} (exit {run.status}) {run.stderr.strip()[-300:]}"
+            )
+        return run
 
     def curl_parallel(
         self, tree: Path, server: Server | RealServer, count: int, beside: Callable[[], object] | None = None
@@ -1317,12 +1358,7 @@ def main(argv: list[str] | None = None) -> int:
     args.big_gib = args.big_gib if args.big_gib is not None else (0.125 if args.quick else 1.0)
     args.small = args.small if args.small is not None else (40 if args.quick else 2000)
     args.repeat = max(1, args.repeat if args.repeat is not None else (1 if args.quick else 3))
-    # The ingest floor's rounds: a multiple of its players, so each takes each place in the order equally
-    # often. A real server's state drifts over a round (its database grows by every run), and a place taken
-    # more often showed as a 0.5 s difference between two builds that sent the same requests.
-    players = len(floor_players(bool(args.floor_also)))
-    rounds = max(1, args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5))
-    args.floor_pairs = -(-rounds // players) * players
+    args.floor_pairs = args.floor_pairs if args.floor_pairs is not None else (1 if args.quick else 5)
     args.floor_files = args.floor_files if args.floor_files is not None else (40 if args.quick else 1000)
     args.real_files = args.real_files if args.real_files is not None else (20 if args.quick else 200)
     try:

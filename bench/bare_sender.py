@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""A bare Python upload client, the ingest floor's reference for our upload path (bench_upload.py part 5).
+
+It sends every .jpg under a folder to an Immich-compatible server as our uploader's requests do (the same
+request line, headers, form fields in the same order, a 70-character boundary, one kept-alive connection per
+worker), from `--parallel` threads on raw sockets, and does nothing else: no database, no bulk check, no
+hashing, no link rule, no sidecar look, no timeouts, no retries, no record of what happened beyond a count.
+What it takes is what any Python client on these cores pays for sending; what our upload_files.py takes beyond
+it is the cost of our checks and records. Prints `created N of M`; exit status 1 when any was not created.
+
+    python bench/bare_sender.py URL API_KEY FOLDER [--parallel 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import socket
+import sys
+import threading
+import urllib.parse
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def form_field(boundary: str, name: str, value: str) -> bytes:
+    return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+
+
+def send_all(host: str, port: int, key: str, files: queue.Queue[Path], created: list[int]) -> None:
+    """One worker: its own connection, one request at a time, until the queue is empty."""
+    boundary = os.urandom(35).hex()
+    sock = socket.create_connection((host, port))
+    answers = sock.makefile("rb")
+    buffer = bytearray()  # grown to the largest file yet: each is read whole, in one call
+    mine = 0
+    try:
+        while True:
+            try:
+                path = files.get_nowait()
+            except queue.Empty:
+                break
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                st = os.fstat(fd)
+                if len(buffer) < st.st_size:
+                    buffer = bytearray(st.st_size)
+                size = os.readv(fd, [memoryview(buffer)[: st.st_size]])
+                mtime = st.st_mtime
+            finally:
+                os.close(fd)
+            when = datetime.fromtimestamp(mtime, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+            fields = b"".join(
+                form_field(boundary, name, value)
+                for name, value in (
+                    ("fileCreatedAt", when),
+                    ("fileModifiedAt", when),
+                    ("isFavorite", "false"),
+                )
+            )
+            part = (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="assetData"; filename="{path.name}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            tail = b"\r\n" + form_field(boundary, "filename", path.name) + f"--{boundary}--\r\n".encode()
+            length = len(fields) + len(part) + size + len(tail)
+            head = (
+                f"POST /api/assets HTTP/1.1\r\nHost: {host}:{port}\r\nAccept-Encoding: identity\r\n"
+                f"x-api-key: {key}\r\nUser-Agent: bare-sender\r\nAccept: application/json\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {length}\r\n\r\n"
+            ).encode()
+            sock.sendall(head + fields + part)
+            sock.sendall(memoryview(buffer)[:size])
+            sock.sendall(tail)
+            status = answers.readline()
+            body_length = 0
+            while (line := answers.readline()) not in (b"\r\n", b""):
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    body_length = int(value)
+            answers.read(body_length)
+            mine += status.split(b" ")[1:2] == [b"201"]
+    finally:
+        sock.close()
+        created.append(mine)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("url")
+    parser.add_argument("api_key")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--parallel", type=int, default=8)
+    args = parser.parse_args(argv)
+    url = urllib.parse.urlsplit(args.url)
+    if url.scheme != "http" or not url.hostname:
+        parser.error("an http:// URL (this reference speaks no TLS)")
+    files: queue.Queue[Path] = queue.Queue()
+    paths = sorted(args.folder.rglob("*.jpg"))
+    for path in paths:
+        files.put(path)
+    created: list[int] = []
+    workers = [
+        threading.Thread(target=send_all, args=(url.hostname, url.port or 80, args.api_key, files, created))
+        for _ in range(args.parallel)
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    print(f"created {sum(created)} of {len(paths)}")
+    return 0 if sum(created) == len(paths) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
