@@ -1050,8 +1050,8 @@ class Bench:
         for rep in range(rounds):
             for who in players[rep % len(players) :] + players[: rep % len(players)]:
                 tree, count, nbytes = tree_for(rep, who)
-                if who == "upload" and tree not in scanned:
-                    scanned[tree] = self.scan_template(tree, f"floor-{len(scanned)}")[0]
+                if who == "upload" and tree not in scanned:  # each tree its own database (_n: a new name)
+                    scanned[tree] = self.scan_template(tree, f"floor-scan{self._n}")[0]
                 with server_for() as server:
                     if who == "curl":
                         run = self.curl_parallel(tree, server, count)
