@@ -2,9 +2,12 @@
 """A bare Python upload client, the ingest floor's reference for our upload path (bench_upload.py part 5).
 
 It sends every .jpg under a folder to an Immich-compatible server as our uploader's requests do (the same
-request line, headers, form fields in the same order, a 70-character boundary, one kept-alive connection per
-worker), from `--parallel` threads on raw sockets, and does nothing else: no database, no bulk check, no
-hashing, no link rule, no sidecar look, no timeouts, no retries, no record of what happened beyond a count.
+request line, headers in the same order, form fields in the same order, a 70-character boundary, one
+kept-alive connection per worker), from `--parallel` threads on raw sockets, and does nothing else: no
+database, no bulk check, no hashing, no link rule, no sidecar look, no timeouts, no retries, no record of
+what happened beyond a count. What differs: its own User-Agent, one boundary per connection (ours: one per
+request), both dates from the file's mtime, and three sends a request without TCP_NODELAY (ours: a send per
+piece, with it; no difference measured either way). It reads each file in one call, for photo-sized files.
 What it takes is what any Python client on these cores pays for sending; what our upload_files.py takes beyond
 it is the cost of our checks and records. Prints `created N of M`; exit status 1 when any was not created.
 
