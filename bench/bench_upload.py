@@ -1135,7 +1135,8 @@ class Bench:
                 "silent",
                 "show-error",
                 # No `Expect: 100-continue` (curl sends it with bodies over 1 MB and waits for the answer; ours
-                # never does): 300 photos of 2-5 MB went 4% faster without it, and the reference is curl at its best.
+                # never does): the reference is curl at its best (300 photos of 2-5 MB: 4% faster in 4 rounds by
+                # hand, within the spread of the bench's own rounds).
                 'header = "Expect:"',
                 f'header = "x-api-key: {server.key}"',
                 'write-out = "%{http_code}\\n"',
