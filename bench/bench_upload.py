@@ -1047,10 +1047,8 @@ class Bench:
         nbytes = count = 0
         measured = False
         scanned = Path()  # the upload alone's tree, scanned before the rounds (the test server: one tree)
-        if "upload" in players:
-            scanned = self.scan_template(tree_for(0, "upload")[0], f"floor-scan{self._n}")[
-                0
-            ]  # _n: a new name
+        if "upload" in players:  # its database named by _n, which no other has
+            scanned, _ = self.scan_template(tree_for(0, "upload")[0], f"floor-scan{self._n}")
         for rep in range(rounds):
             for who in players[rep % len(players) :] + players[: rep % len(players)]:
                 tree, count, nbytes = tree_for(rep, who)
