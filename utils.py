@@ -1064,11 +1064,12 @@ def _apple_maker_note(data: bytes) -> dict[str, str]:
 def _read_ifd(tiff: bytes, order: str, offset: int, prefix: str, tags: dict[str, Any]) -> dict[int, int]:
     """Reads one IFD's wanted tags into `tags`; returns the sub-IFD pointers it holds."""
     names = _TIFF_NAMES[prefix]
-    (count,) = _TIFF_STRUCTS[order][0].unpack_from(tiff, offset)
+    u16, _, entry = _TIFF_STRUCTS[order]
+    (count,) = u16.unpack_from(tiff, offset)
     if count > _MAX_IFD_ENTRIES or offset + 2 + 12 * count > len(tiff):
         raise ValueError(f"{prefix} IFD runs past the block")
     pointers = {}
-    entries = _TIFF_STRUCTS[order][2].iter_unpack(tiff[offset + 2 : offset + 2 + 12 * count])
+    entries = entry.iter_unpack(tiff[offset + 2 : offset + 2 + 12 * count])
     for number, (tag, kind, n, pointer) in enumerate(entries):
         name = names.get(tag)
         if name is None:  # a tag not read (most of a camera's), or the pointer to a sub-IFD
