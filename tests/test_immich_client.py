@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import http.server
 import io
+import os
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from immich_client import (
 from logger import ROOT_NAME
 from tests.conftest import API_KEY, MYSQL, Env, Library, TlsFiles, run_inprocess
 from tests.immich_server import ImmichTestServer
+from utils import FileChangedError
 
 
 @pytest.fixture(params=["http.client", "requests"])
@@ -246,8 +248,6 @@ def test_unusual_file_names_survive_the_multipart_body(
 def test_file_changed_after_hashing_is_not_sent_under_the_old_checksum(
     client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
 ) -> None:
-    from utils import FileChangedError
-
     photo = tmp_path / "a.jpg"
     photo.write_bytes(b"\xff\xd8" + b"a" * 3000)
     request = request_for(photo, sha1="0" * 40)
@@ -357,8 +357,9 @@ def test_a_disk_failing_mid_upload_is_the_files_problem_not_the_servers(
     assert client.upload(request_for(photo)).status == "created"  # and the next file goes
 
 
+@pytest.mark.parametrize("source", ["stream", "disk"])  # a file on disk goes by sendfile() on plain http
 def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_timeout(
-    tmp_path: Path, transport: str
+    tmp_path: Path, transport: str, source: str
 ) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -376,13 +377,87 @@ def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_tim
     c._server = ServerInfo((3, 1, 0), frozenset({"jpg"}), frozenset({"mp4"}))
     try:
         with pytest.raises(ServerUnreachable) as caught:  # it reads nothing: each write waits 0.5 s, not 120
-            c.upload(request_for_stream("big.mp4", 64 << 20, lambda: io.BytesIO(bytes(64 << 20))))
+            if source == "disk":
+                big = tmp_path / "big.mp4"
+                with big.open("wb") as f:
+                    f.truncate(64 << 20)  # sparse: 64 MiB of zeros, none written
+                c.upload(request_for(big))
+            else:
+                c.upload(request_for_stream("big.mp4", 64 << 20, lambda: io.BytesIO(bytes(64 << 20))))
         assert "the server took nothing of the upload for 0.5 s" in str(caught.value)
     finally:
         c.close()
         listener.close()
         for conn in accepted:
             conn.close()
+
+
+def test_a_file_on_disk_goes_by_sendfile_on_plain_http_and_arrives_whole(
+    client: ImmichClient,
+    immich: ImmichTestServer,
+    tmp_path: Path,
+    transport: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    photo = tmp_path / "sent.jpg"
+    photo.write_bytes(b"\xff\xd8" + hashlib.sha256(b"x").digest() * 100_000)  # 3.2 MB: more than one piece
+    real_sendfile, counts = os.sendfile, []
+
+    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        counts.append(count)
+        return real_sendfile(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    result = client.upload(request_for(photo))
+    assert immich.assets[result.asset_id].sha1_hex == hashlib.sha1(photo.read_bytes()).hexdigest()
+    # From the page cache where the connection is plain http.client's; requests (a proxy, TLS) reads the file.
+    assert (max(counts, default=0) == 1 << 20) is (transport == "http.client")
+
+
+def test_a_file_that_shrinks_while_it_is_sent_is_never_sent_short(
+    client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
+) -> None:
+    photo = tmp_path / "shrinking.jpg"
+    photo.write_bytes(b"\xff\xd8" + bytes(3 << 20))
+    size = photo.stat().st_size
+
+    def open_then_shrink() -> BinaryIO:
+        handle = open(photo, "rb", buffering=0)  # noqa: SIM115 - the upload closes it
+        os.truncate(photo, size // 2)  # an editor saving a smaller version while the upload runs
+        return handle
+
+    with pytest.raises(FileChangedError, match="shrank while it was being uploaded"):
+        client.upload(request_for_stream(photo.name, size, open_then_shrink))
+    assert not immich.assets  # the body was cut short: no asset, and the row is checked again next run
+
+
+@pytest.mark.parametrize(
+    ("error", "sent"),
+    [(errno.EIO, False), (errno.EINVAL, True)],
+    ids=["disk-error", "file-system-without-sendfile"],
+)
+def test_sendfile_failing_is_the_files_problem_or_falls_back_to_reading(
+    immich: ImmichTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, sent: bool
+) -> None:
+    c = client_for(immich.url)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"p" * 300_000)
+
+    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "sendfile", sendfile)
+    try:
+        if sent:  # a mount that cannot splice (some FUSE file systems): read and sent as before
+            result = c.upload(request_for(photo))
+            assert immich.assets[result.asset_id].sha1_hex == hashlib.sha1(photo.read_bytes()).hexdigest()
+        else:  # the disk's own error, for the row: not "server unreachable", and no pause for a fine server
+            with pytest.raises(OSError) as caught:
+                c.upload(request_for(photo))
+            assert caught.value.errno == errno.EIO and not isinstance(caught.value, ImmichError)
+            assert c.gate.pause_left_s() == 0 and not immich.assets
+    finally:
+        c.close()
 
 
 def request_for_stream(name: str, size_bytes: int, opener: Callable[[], BinaryIO]) -> UploadRequest:
