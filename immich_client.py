@@ -549,97 +549,21 @@ class MultipartBody:
                 if segment:
                     return self._sent(segment)
                 continue
-            chunk = self._file_chunk(segment)
-            if chunk is not None:
-                return self._sent(chunk)
-        return b""
-
-    def send(self, sock: socket.socket, head: bytes) -> None:
-        """The request's head and this body on `sock`: the head with the text before the first file in one
-        send, and each file on disk by sendfile() on a plain connection: the kernel sends it from the page
-        cache, with no copy into this process and back (1,000 photos of 400 KB: 0.1 s less of our CPU,
-        measured in turns, which a server on the same cores gets). TLS, a stream with no descriptor (a zip
-        member) and a part hashed as it is sent go through read()."""
-        zero_copy = type(sock) is socket.socket and hasattr(os, "sendfile")
-        pending = head
-        while self._index < len(self._segments):
-            segment = self._segments[self._index]
-            if isinstance(segment, bytes):
-                pending += self._sent(segment)
-                self._index += 1
-                continue
-            started = self._handle is not None
-            if zero_copy and not started and not segment.hashed and self._sendfile(sock, segment, pending):
-                pending = b""
-                continue
-            if (chunk := self._file_chunk(segment)) is not None:
-                sock.sendall(pending + self._sent(chunk) if pending else self._sent(chunk))
-                pending = b""
-        if pending:
-            sock.sendall(pending)
-
-    def _sendfile(self, sock: socket.socket, part: FilePart, pending: bytes) -> bool:
-        """`pending`, then `part` by sendfile(); False, with nothing sent, for a part with no descriptor
-        (its handle stays open for read())."""
-        try:
-            handle = part.open()
-        except OSError as exc:
-            raise FileReadFailed(exc) from exc
-        size = self._sizes[id(part)]
-        self._handle, self._left, self._hasher = handle, size, None
-        try:
-            source = handle.fileno()
-        except (OSError, ValueError):  # io.UnsupportedOperation: a stream (a zip member), no file
-            return False
-        if pending:
-            sock.sendall(pending)
-        target, wait_s = sock.fileno(), sock.gettimeout()
-        poller = select.poll()
-        poller.register(target, select.POLLOUT)
-        offset = 0
-        while offset < size:
             try:
-                count = os.sendfile(target, source, offset, min(size - offset, UPLOAD_READ_BYTES))
-            except BlockingIOError:
-                if not poller.poll(None if wait_s is None else math.ceil(wait_s * 1000)):
-                    raise TimeoutError(errno.ETIMEDOUT, "the server took nothing for a while") from None
-                continue
+                chunk = self._next_chunk(segment)
             except OSError as exc:
-                if isinstance(exc, ConnectionError | TimeoutError) or exc.errno in _SOCKET_ERRNOS:
-                    raise
-                if offset == 0 and exc.errno in _NO_SENDFILE_ERRNOS:
-                    break  # a file system that cannot splice (some FUSE mounts): read() sends it
+                # Raised as no OSError: HTTP libraries take an OSError out of the body for the connection's
+                # (urllib3 even ignores ECONNRESET there, and waits READ_TIMEOUT for an answer), and a disk
+                # that failed (or a file that shrank) is no server that went away.
                 self.close()
                 raise FileReadFailed(exc) from exc
-            if not count:
-                self.close()
-                raise FileReadFailed(
-                    FileChangedError(errno.EAGAIN, f"{part.filename} shrank while it was being uploaded")
-                )
-            offset += count
-            self._left -= count
-            self._count(count)
-        while (chunk := self._file_chunk(part)) is not None:
-            sock.sendall(self._sent(chunk))
-        return True
-
-    def _file_chunk(self, part: FilePart) -> memoryview | None:
-        """The next chunk of the file part being sent; None once it is all sent (the body moves on)."""
-        try:
-            chunk = self._next_chunk(part)
-        except OSError as exc:
-            # Raised as no OSError: HTTP libraries take an OSError out of the body for the connection's
-            # (urllib3 even ignores ECONNRESET there, and waits READ_TIMEOUT for an answer), and a disk
-            # that failed (or a file that shrank) is no server that went away.
+            if chunk is not None:
+                return self._sent(chunk)
+            if self._hasher is not None:
+                self.sha1s[segment.field_name] = self._hasher.hexdigest()
             self.close()
-            raise FileReadFailed(exc) from exc
-        if chunk is not None:
-            return chunk
-        if self._hasher is not None:
-            self.sha1s[part.field_name] = self._hasher.hexdigest()
-        self.close()
-        self._index += 1
-        return None
+            self._index += 1
+        return b""
 
     def _next_chunk(self, part: FilePart) -> memoryview | None:
         """The next chunk of a file part; None at its end."""
@@ -659,12 +583,9 @@ class MultipartBody:
         return view[:count]
 
     def _sent(self, chunk: bytes | memoryview) -> bytes | memoryview:
-        self._count(len(chunk))
-        return chunk
-
-    def _count(self, count: int) -> None:
         if self.on_bytes is not None:
-            self.on_bytes(count)
+            self.on_bytes(len(chunk))
+        return chunk
 
     def close(self) -> None:
         if self._handle is not None:
@@ -856,19 +777,13 @@ def request_head(method: str, target: str, host: str, headers: dict[str, str]) -
 
 def send_request(sock: socket.socket, head: bytes, body: bytes | MultipartBody | None) -> None:
     """The request on `sock`: its head with the body's first piece in one send (no wait on a delayed
-    acknowledgement between them, as http.client does it), then the rest of the body (MultipartBody.send)."""
+    acknowledgement between them, as http.client does it), then the rest of the body."""
     if body is None or isinstance(body, bytes):
         sock.sendall(head + body if body else head)
         return
-    body.send(sock, head)
-
-
-# sendfile() errors of the connection, raised as they are; of the file, raised as FileReadFailed.
-_SOCKET_ERRNOS = frozenset(
-    {errno.ENOTCONN, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET, errno.EBADF}
-)
-# No sendfile() from this file (a file system that cannot splice): it is read and sent instead.
-_NO_SENDFILE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+    sock.sendall(head + body.read())
+    while chunk := body.read():
+        sock.sendall(chunk)
 
 
 class DirectConnections:

@@ -357,7 +357,7 @@ def test_a_disk_failing_mid_upload_is_the_files_problem_not_the_servers(
     assert client.upload(request_for(photo)).status == "created"  # and the next file goes
 
 
-@pytest.mark.parametrize("source", ["stream", "disk"])  # a file on disk goes by sendfile() on plain http
+@pytest.mark.parametrize("source", ["stream", "disk"])
 def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_timeout(
     tmp_path: Path, transport: str, source: str
 ) -> None:
@@ -392,28 +392,6 @@ def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_tim
             conn.close()
 
 
-def test_a_file_on_disk_goes_by_sendfile_on_plain_http_and_arrives_whole(
-    client: ImmichClient,
-    immich: ImmichTestServer,
-    tmp_path: Path,
-    transport: str,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    photo = tmp_path / "sent.jpg"
-    photo.write_bytes(b"\xff\xd8" + hashlib.sha256(b"x").digest() * 100_000)  # 3.2 MB: more than one piece
-    real_sendfile, counts = os.sendfile, []
-
-    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-        counts.append(count)
-        return real_sendfile(out_fd, in_fd, offset, count)
-
-    monkeypatch.setattr(os, "sendfile", sendfile)
-    result = client.upload(request_for(photo))
-    assert immich.assets[result.asset_id].sha1_hex == hashlib.sha1(photo.read_bytes()).hexdigest()
-    # From the page cache where the connection is plain http.client's; requests (a proxy, TLS) reads the file.
-    assert (max(counts, default=0) == 1 << 20) is (transport == "http.client")
-
-
 def test_a_file_that_shrinks_while_it_is_sent_is_never_sent_short(
     client: ImmichClient, immich: ImmichTestServer, tmp_path: Path
 ) -> None:
@@ -429,35 +407,6 @@ def test_a_file_that_shrinks_while_it_is_sent_is_never_sent_short(
     with pytest.raises(FileChangedError, match="shrank while it was being uploaded"):
         client.upload(request_for_stream(photo.name, size, open_then_shrink))
     assert not immich.assets  # the body was cut short: no asset, and the row is checked again next run
-
-
-@pytest.mark.parametrize(
-    ("error", "sent"),
-    [(errno.EIO, False), (errno.EINVAL, True)],
-    ids=["disk-error", "file-system-without-sendfile"],
-)
-def test_sendfile_failing_is_the_files_problem_or_falls_back_to_reading(
-    immich: ImmichTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: int, sent: bool
-) -> None:
-    c = client_for(immich.url)
-    photo = tmp_path / "photo.jpg"
-    photo.write_bytes(b"\xff\xd8" + b"p" * 300_000)
-
-    def sendfile(out_fd: int, in_fd: int, offset: int, count: int) -> int:
-        raise OSError(error, os.strerror(error))
-
-    monkeypatch.setattr(os, "sendfile", sendfile)
-    try:
-        if sent:  # a mount that cannot splice (some FUSE file systems): read and sent as before
-            result = c.upload(request_for(photo))
-            assert immich.assets[result.asset_id].sha1_hex == hashlib.sha1(photo.read_bytes()).hexdigest()
-        else:  # the disk's own error, for the row: not "server unreachable", and no pause for a fine server
-            with pytest.raises(OSError) as caught:
-                c.upload(request_for(photo))
-            assert caught.value.errno == errno.EIO and not isinstance(caught.value, ImmichError)
-            assert c.gate.pause_left_s() == 0 and not immich.assets
-    finally:
-        c.close()
 
 
 def request_for_stream(name: str, size_bytes: int, opener: Callable[[], BinaryIO]) -> UploadRequest:
