@@ -26,6 +26,7 @@ from immich_client import (
     BUFFERED_BYTES,
     MIN_SILENCE_S,
     ApiKeyRefused,
+    FilePart,
     ImmichClient,
     ImmichError,
     MultipartBody,
@@ -140,6 +141,25 @@ def test_upload_streams_from_disk_in_flat_memory(client: ImmichClient, tmp_path:
         tracemalloc.stop()
     assert result.status == "created"
     assert peak < 12 * 1024 * 1024  # a few 1 MiB buffers, not the 64 MiB file
+
+
+def test_a_photos_body_is_sent_in_three_pieces_text_bytes_text(tmp_path: Path) -> None:
+    # Each piece is a send (and a packet): the fields and the part's header go together, as do the tail.
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"\xff\xd8" + b"p" * 5000)
+    part = FilePart("assetData", "p.jpg", bytes(photo), "application/octet-stream")
+    body = MultipartBody(
+        [("fileCreatedAt", "x"), ("isFavorite", "false")], [part], None, [("filename", "p.jpg")]
+    )
+    pieces = []
+    while piece := body.read():
+        pieces.append(bytes(piece))
+    assert len(pieces) == 3 and pieces[1] == photo.read_bytes()
+    assert (
+        pieces[0].endswith(b"Content-Type: application/octet-stream\r\n\r\n") and b"isFavorite" in pieces[0]
+    )
+    assert pieces[2].startswith(b"\r\n--") and pieces[2].endswith(f"--{body.boundary}--\r\n".encode())
+    assert sum(map(len, pieces)) == len(body)
 
 
 def test_the_multipart_boundary_is_as_long_as_rfc_2046_allows() -> None:
