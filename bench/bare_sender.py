@@ -9,14 +9,19 @@ what happened beyond a count. What differs: its own User-Agent, one boundary per
 request), both dates from the file's mtime, and three sends a request without TCP_NODELAY (ours: a send per
 piece, with it; no difference measured either way). It reads each file in one call, for photo-sized files.
 What it takes is what any Python client on these cores pays for sending; what our upload_files.py takes beyond
-it is the cost of our checks and records. Prints `created N of M`; exit status 1 when any was not created.
+it is the cost of our checks and records. With `--hashing N`, N threads first read each file and take its
+SHA-256 and SHA-1 (whole, as our scan hashes a photo smaller than its chunk), and a sender gets it only then:
+a bare sync, what a Python client that fingerprints what it sends can do here, against which our
+sync_upload.py's scan, checks and records are measured. Prints `created N of M`; exit status 1 when any was
+not created.
 
-    python bench/bare_sender.py URL API_KEY FOLDER [--parallel 8]
+    python bench/bare_sender.py URL API_KEY FOLDER [--parallel 8] [--hashing 0]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import queue
 import socket
@@ -31,8 +36,8 @@ def form_field(boundary: str, name: str, value: str) -> bytes:
     return f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
 
 
-def send_all(host: str, port: int, key: str, files: queue.Queue[Path], created: list[int]) -> None:
-    """One worker: its own connection, one request at a time, until the queue is empty."""
+def send_all(host: str, port: int, key: str, files: queue.Queue[Path | None], created: list[int]) -> None:
+    """One worker: its own connection, one request at a time, until it takes None from the queue."""
     boundary = os.urandom(35).hex()
     sock = socket.create_connection((host, port))
     answers = sock.makefile("rb")
@@ -40,9 +45,8 @@ def send_all(host: str, port: int, key: str, files: queue.Queue[Path], created: 
     mine = 0
     try:
         while True:
-            try:
-                path = files.get_nowait()
-            except queue.Empty:
+            path = files.get()
+            if path is None:
                 break
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -89,6 +93,20 @@ def send_all(host: str, port: int, key: str, files: queue.Queue[Path], created: 
         created.append(mine)
 
 
+def hash_all(to_hash: queue.Queue[Path | None], to_send: queue.Queue[Path | None]) -> None:
+    """One hashing thread: each file read whole and its SHA-256 and SHA-1 taken, then handed to the senders."""
+    while (path := to_hash.get()) is not None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+        hashlib.sha256(data).hexdigest()
+        hashlib.sha1(data).hexdigest()
+        to_send.put(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,21 +115,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("api_key")
     parser.add_argument("folder", type=Path)
     parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--hashing", type=int, default=0, help="threads hashing each file before it is sent")
     args = parser.parse_args(argv)
     url = urllib.parse.urlsplit(args.url)
     if url.scheme != "http" or not url.hostname:
         parser.error("an http:// URL (this reference speaks no TLS)")
-    files: queue.Queue[Path] = queue.Queue()
-    paths = sorted(args.folder.rglob("*.jpg"))
-    for path in paths:
-        files.put(path)
+    files: queue.Queue[Path | None] = queue.Queue()
+    to_hash: queue.Queue[Path | None] = queue.Queue() if args.hashing else files
     created: list[int] = []
     workers = [
         threading.Thread(target=send_all, args=(url.hostname, url.port or 80, args.api_key, files, created))
         for _ in range(args.parallel)
     ]
-    for worker in workers:
-        worker.start()
+    hashers = [threading.Thread(target=hash_all, args=(to_hash, files)) for _ in range(args.hashing)]
+    for thread in workers + hashers:
+        thread.start()
+    paths = sorted(args.folder.rglob("*.jpg"))
+    for path in paths:
+        to_hash.put(path)
+    for _ in hashers:
+        to_hash.put(None)
+    for hasher in hashers:
+        hasher.join()
+    for _ in workers:
+        files.put(None)
     for worker in workers:
         worker.join()
     print(f"created {sum(created)} of {len(paths)}")

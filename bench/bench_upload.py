@@ -28,10 +28,12 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      fresh database each time), in rounds whose order turns, the median of the rounds' ratios quoted; target:
      ours >= 0.9x curl's speed. A third player runs the same curl with `openssl dgst`'s SHA-256 and SHA-1 of
      the same files beside it, from the same start: the floor for a client that must fingerprint what it
-     sends, on the cores the server uses too (our ratio to it is quoted beside). On the test server two more
-     rows split ours: its upload alone (upload_files.py after a scan: no hashing beside it) and
+     sends, on the cores the server uses too (our ratio to it is quoted beside). On the test server three more
+     rows split ours: its upload alone (upload_files.py after a scan: no hashing beside it),
      bench/bare_sender.py, a bare Python client sending our requests from 8 threads on raw sockets with no
-     checks and no records (what sending costs Python here). On the test server each run
+     checks and no records (what sending costs Python here), and the same with 2 threads taking each file's
+     SHA-256 and SHA-1 before it is sent (--hashing 2: a bare Python sync, what a client that fingerprints
+     what it sends can do in Python here; curl beside openssl reads each file three times, so it is slower). On the test server each run
      has a fresh server, so all send the same trees: part 1's, then --floor-files photos of ~400 KB; with
      IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree of new random bytes of
      the same shape (--floor-files photos of ~400 KB), the server's queues paused for all (this bench pauses
@@ -266,10 +268,11 @@ def server_cpu_during(server: Server | RealServer, before_s: float, client_cpu_s
 
 def floor_players(also: bool, parts: bool = False) -> list[str]:
     """Who takes part in the ingest floor's rounds (part 5), in the first round's order: curl, curl beside
-    the hashes a fingerprinting client makes, our first sync; with `parts` (the test server) our upload alone
-    and a bare Python sender, which split what ours takes beyond curl into its parts; with --floor-also an
-    earlier checkout's sync."""
-    return ["curl", "hashing", "ours", *(["upload", "bare"] if parts else []), *(["also"] if also else [])]
+    the hashes a fingerprinting client makes, our first sync; with `parts` (the test server) our upload alone,
+    a bare Python sender and a bare Python sync (the sender with hashing threads before it), which split what
+    ours takes beyond curl into its parts; with --floor-also an earlier checkout's sync."""
+    parted = ["upload", "bare", "bare_sync"] if parts else []
+    return ["curl", "hashing", "ours", *parted, *(["also"] if also else [])]
 
 
 def floor_rounds(asked: int, players: int) -> int:
@@ -1057,8 +1060,8 @@ class Bench:
                         run = self.curl_parallel(tree, server, count)
                     elif who == "hashing":
                         run = self.curl_and_hashes(tree, server, count)
-                    elif who == "bare":
-                        run = self.bare_sender(tree, server, count)
+                    elif who in ("bare", "bare_sync"):
+                        run = self.bare_sender(tree, server, count, hashing=2 if who == "bare_sync" else 0)
                     elif who == "upload":
                         db = self.work / f"floor{self._n}.db"
                         copy_db(scanned, db)
@@ -1088,6 +1091,7 @@ class Bench:
                 "ours": "ours, first sync: sync_upload.py (defaults, fresh DB)",
                 "upload": "  its upload alone: upload_files.py after a scan (no hashing beside it)",
                 "bare": "  a bare Python sender: 8 threads, raw sockets, our requests, no checks (bare_sender.py)",
+                "bare_sync": "  a bare Python sync: the same, each file hashed first on 2 threads (--hashing 2)",
             }.get(who, f"before: {also}")
             target = (
                 f">= {FLOOR_RATIO_TARGET}x curl (median ratio {ratio:.2f}x; "
@@ -1105,10 +1109,12 @@ class Bench:
             + "; ".join(f"{who} {spread(ratios[who])}" for who in players[1:])
         )
 
-    def bare_sender(self, tree: Path, server: Server | RealServer, count: int) -> Measured:
+    def bare_sender(self, tree: Path, server: Server | RealServer, count: int, hashing: int = 0) -> Measured:
         """bench/bare_sender.py sending every photo of `tree`: what sending costs a Python client that does
-        nothing else (no checks, no records), CURL_PARALLEL threads like curl's transfers."""
-        cmd = [PYTHON, str(BARE_SENDER), server.url, server.key, str(tree), "--parallel", str(CURL_PARALLEL)]
+        nothing else (no checks, no records), CURL_PARALLEL threads like curl's transfers; with `hashing`
+        threads taking each file's SHA-256 and SHA-1 before it is sent, what a bare Python sync costs."""
+        cmd = [PYTHON, str(BARE_SENDER), server.url, server.key, str(tree), "--parallel", str(CURL_PARALLEL),
+               "--hashing", str(hashing)]  # fmt: skip
         run = run_measured(cmd, self.work, env=child_environment(), server=server)
         if run.status != 0 or run.stdout.strip() != f"created {count} of {count}":
             self.report.note(
