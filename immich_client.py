@@ -480,7 +480,7 @@ class FilePart(NamedTuple):
 def _joined(segments: list[bytes | FilePart]) -> list[bytes | FilePart]:
     """Neighbouring text segments as one: each piece of a body is a send of its own (with TCP_NODELAY a
     packet of its own too), so a photo's body goes in three (the text before its bytes, its bytes, the text
-    after), not five. 1,000 photos of 400 KB: 0.03-0.06 s less of our CPU, in turns; no faster here."""
+    after), not five. 1,000 photos of 400 KB: 0.03-0.06 s less of our CPU, in turns; no faster in time."""
     joined: list[bytes | FilePart] = []
     for segment in segments:
         if isinstance(segment, bytes) and joined and isinstance(joined[-1], bytes):
