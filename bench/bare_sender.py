@@ -6,8 +6,8 @@ request line, headers in the same order, form fields in the same order, a 70-cha
 kept-alive connection per worker), from `--parallel` threads on raw sockets, and does nothing else: no
 database, no bulk check, no hashing, no link rule, no sidecar look, no timeouts, no retries, no record of
 what happened beyond a count. What differs: its own User-Agent, one boundary per connection (ours: one per
-request), both dates from the file's mtime, and three sends a request without TCP_NODELAY (ours: a send per
-piece, with it; no difference measured either way). It reads each file in one call, for photo-sized files.
+request), both dates from the file's mtime, and its three sends a request go without TCP_NODELAY (ours with
+it; no difference measured either way). It reads each file in one call, for photo-sized files.
 What it takes is what any Python client on these cores pays for sending; what our upload_files.py takes beyond
 it is the cost of our checks and records. With `--hashing N`, N threads first read each file and take its
 SHA-256 and SHA-1 (whole, as our scan hashes a photo smaller than its chunk), and a sender gets it only then:

@@ -52,7 +52,7 @@ def transport(request: pytest.FixtureRequest) -> str:
 
 
 def client_for(
-    url: str, key: str = API_KEY, retries: int = 2, *, transport: str = "http.client", **settings: str
+    url: str, key: str = API_KEY, retries: int = 2, *, transport: str = "http.client", **environ: str
 ) -> ImmichClient:
     settings = load_settings(
         environ={
@@ -60,7 +60,7 @@ def client_for(
             "IMMICH_API_KEY": key,
             "MAX_RETRIES": str(retries),
             "RETRY_BACKOFF": "0.01",
-            **settings,
+            **environ,
         },
         env_file=None,
     )
