@@ -53,13 +53,12 @@ from progress import ProgressTracker, errors_row, media_detail
 from utils import (
     FileChangedError,
     LinkRefused,
+    SourceFolders,
     SourceRoots,
     format_bytes,
     format_duration,
-    open_source_file,
     path_to_text,
     plural,
-    sidecar_for,
     to_utc_iso,
 )
 
@@ -715,19 +714,23 @@ class Uploader:
 
     def _work(self) -> None:
         first = True
-        while True:
-            row = self._queue.get()
-            try:
-                if row is None:
-                    return
-                if self.halted or self._closing:
-                    continue  # leave it pending for the next run
-                self._work_on(row, first)
-                first = False
-            finally:
-                self._queue.task_done()
+        folders = SourceFolders(self.roots)  # this thread's own: the link rule judges each file opened
+        try:
+            while True:
+                row = self._queue.get()
+                try:
+                    if row is None:
+                        return
+                    if self.halted or self._closing:
+                        continue  # leave it pending for the next run
+                    self._work_on(row, first, folders)
+                    first = False
+                finally:
+                    self._queue.task_done()
+        finally:
+            folders.close()
 
-    def _work_on(self, row: PendingUpload, first: bool) -> None:
+    def _work_on(self, row: PendingUpload, first: bool, folders: SourceFolders) -> None:
         if not first and self.settings.upload_delay_s:
             time.sleep(self.settings.upload_delay_s)
         try:
@@ -736,7 +739,7 @@ class Uploader:
                 # before sending, so the work splits as fast as each machine goes.
                 self._elsewhere(row)
                 return
-            self._upload_one(row)
+            self._upload_one(row, folders)
         except DatabaseError as exc:
             # The row could not be written: stop. If the server got the file, the next run's pre-check
             # finds it and records it as a duplicate, so nothing is sent twice.
@@ -750,15 +753,14 @@ class Uploader:
             self._bugs.append(exc)
             self.stop.set()
 
-    def _upload_one(self, row: PendingUpload) -> None:
+    def _upload_one(self, row: PendingUpload, folders: SourceFolders) -> None:
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
         link = self._link_with.pop(row.id, None)
-        sidecar = sidecar_for(raw) if self.takeout is None else None
-        sidecar_bytes = self._sidecar_bytes(row, sidecar) if sidecar is not None else None
+        sidecar = folders.sidecar_for(raw) if self.takeout is None else None
+        sidecar_bytes = self._sidecar_bytes(row, sidecar, folders) if sidecar is not None else None
         if sidecar_bytes is None:
             sidecar = None
         # Opened through the same checks at each try: the file as hashed, reached as the link rule allows.
-        roots = self.roots
         request = UploadRequest(
             path=raw,
             filename=os.path.basename(row.filepath),
@@ -771,7 +773,7 @@ class Uploader:
             sidecar_path=sidecar,
             visibility=self.settings.visibility or None,
             live_photo_video_id=link,
-            opener=lambda: open_source_file(raw, roots, row.file_size, row.mtime_ns),
+            opener=lambda: folders.open(raw, row.file_size, row.mtime_ns),
             sidecar_xmp=sidecar_bytes,
             # An earlier run was sending it when it stopped (its upload may still be landing), or the bulk
             # check did not answer for it: Immich checks the checksum before the body.
@@ -860,11 +862,11 @@ class Uploader:
         self._landed(row, None)
         self._clip_settled(row, None)
 
-    def _sidecar_bytes(self, row: PendingUpload, sidecar: bytes) -> bytes | None:
+    def _sidecar_bytes(self, row: PendingUpload, sidecar: bytes, folders: SourceFolders) -> bytes | None:
         """The sidecar's bytes as they will be sent (read once, through the checks a photo's own read
         passes: a sidecar is a file of the sources too), or None to send the photo without one."""
         try:
-            with open_source_file(sidecar, self.roots) as handle:
+            with folders.open(sidecar) as handle:
                 data = handle.read(SIDECAR_MAX_BYTES + 1)
         except LinkRefused as exc:
             log.warning("%s: its sidecar was not sent: %s", row.filepath, exc)

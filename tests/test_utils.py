@@ -1113,15 +1113,14 @@ def _owned_link(target: Path | str, link: Path, uid: int) -> None:
     os.lchown(link, uid, uid)
 
 
-def _read(path: Path, roots: utils.SourceRoots) -> bytes:
-    with utils.open_source_file(os.fsencode(path), roots) as handle:
-        return handle.read()
-
-
-def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_to(tmp_path: Path) -> None:
+@pytest.mark.parametrize("through_folders", [False, True], ids=["walk", "source-folders"])
+def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_to(
+    tmp_path: Path, through_folders: bool
+) -> None:
     """As root over a folder others can write to (uid 4242 the writer, 1000 the victim): another user's link
     is followed only into the sources or to something of its own, and below that only to its own files;
-    links root made are followed; the magic links of /proc (another process's view) are never taken."""
+    links root made are followed; the magic links of /proc (another process's view) are never taken. The
+    same through an upload thread's SourceFolders, which opens a folder's files from one walk of it."""
     if os.geteuid() != 0:
         pytest.skip("making files of other users needs root")
     writer, victim = 4242, 1000
@@ -1150,6 +1149,15 @@ def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_
     _owned_link(nas, source / "nas", 0)  # root made it
     os.mkfifo(source / "pipe.jpg")
     roots = utils.SourceRoots.of([source])
+    folders = utils.SourceFolders(roots)
+
+    def _read(path: Path, roots: utils.SourceRoots, size_bytes: int | None = None) -> bytes:
+        raw = os.fsencode(path)
+        if through_folders and roots is folders.roots:
+            with folders.open(raw, size_bytes) as handle:
+                return handle.read()
+        with utils.open_source_file(raw, roots, size_bytes) as handle:
+            return handle.read()
 
     assert _read(source / "a" / "x.jpg", roots) == b"mine"
     assert _read(source / "theirs" / "own.jpg", roots) == b"own"
@@ -1164,10 +1172,74 @@ def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_
     with pytest.raises(utils.FileChangedError, match="no longer a regular file"):
         _read(source / "pipe.jpg", roots)  # and no hang on the FIFO
     with pytest.raises(utils.FileChangedError):
-        utils.open_source_file(os.fsencode(source / "a" / "x.jpg"), roots, size_bytes=5)
+        _read(source / "a" / "x.jpg", roots, size_bytes=5)
+    assert _read(source / "a" / "x.jpg", roots) == b"mine"  # again, from the same folder
     assert (
         _read(source / "a" / "x.jpg", utils.SourceRoots.of([])) == b"mine"
     )  # no sources known (upload_files)
+    folders.close()
+
+
+def test_source_folders_walk_a_folder_once_for_its_files_and_a_link_in_it_on_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "source"
+    (source / "a").mkdir(parents=True)
+    for n in range(3):
+        (source / "a" / f"{n}.jpg").write_bytes(b"photo %d" % n)
+    (source / "a" / "link.jpg").symlink_to("0.jpg")
+    folders = utils.SourceFolders(utils.SourceRoots.of([source]))
+    walked: list[bytes] = []
+    real_resolve = utils._resolve
+    monkeypatch.setattr(
+        utils, "_resolve", lambda path, *a, **k: walked.append(path) or real_resolve(path, *a, **k)
+    )
+    for n in range(3):
+        with folders.open(os.fsencode(source / "a" / f"{n}.jpg")) as handle:
+            assert handle.read() == b"photo %d" % n
+    assert walked == [os.fsencode(source / "a")]
+    with folders.open(os.fsencode(source / "a" / "link.jpg")) as handle:
+        assert handle.read() == b"photo 0"
+    assert walked[1:] == [os.fsencode(source / "a" / "link.jpg")]  # the link judged by the walk
+    with pytest.raises(FileNotFoundError):
+        folders.open(os.fsencode(source / "a" / "gone.jpg"))
+    with pytest.raises(utils.FileChangedError, match="changed since it was hashed"):
+        folders.open(os.fsencode(source / "a" / "1.jpg"), size_bytes=3)
+    opened = len(os.listdir("/proc/self/fd"))
+    folders.close()
+    assert len(os.listdir("/proc/self/fd")) == opened - 1  # the folder's descriptor
+
+
+def test_source_folders_find_the_sidecars_sidecar_for_finds(tmp_path: Path) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("a.jpg", "a.jpg.xmp", "b.jpg", "b.xmp", "c.jpg", "c.XMP", "d.jpg", "e.jpg", "IMG_9.HEIC",
+                 "IMG_9.HEIC.jpg", "IMG_9.HEIC.xmp"):  # fmt: skip
+        (folder / name).write_bytes(b"x")
+    (folder / "e.jpg.xmp").mkdir()  # no file: no sidecar
+    folders = utils.SourceFolders(utils.SourceRoots.of([tmp_path]))
+    expected = {"a.jpg": "a.jpg.xmp", "b.jpg": "b.xmp", "c.jpg": "c.XMP", "d.jpg": None, "e.jpg": None,
+                "IMG_9.HEIC": "IMG_9.HEIC.xmp", "IMG_9.HEIC.jpg": None}  # fmt: skip
+    for photo, sidecar in expected.items():
+        raw = os.fsencode(folder / photo)
+        want = os.fsencode(folder / sidecar) if sidecar else None
+        assert utils.sidecar_for(raw) == want and folders.sidecar_for(raw) == want, photo
+
+
+def test_a_sidecar_written_after_its_folder_was_listed_goes_with_photos_sent_a_minute_later(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "d.jpg").write_bytes(b"x")
+    now = [0.0]
+    folders = utils.SourceFolders(utils.SourceRoots.of([tmp_path]), clock=lambda: now[0])
+    photo = os.fsencode(tmp_path / "d.jpg")
+    assert folders.sidecar_for(photo) is None
+    (tmp_path / "d.jpg.xmp").write_bytes(b"<x/>")
+    assert folders.sidecar_for(photo) is None  # the folder as listed
+    now[0] += utils.SourceFolders.LISTING_AGE_S + 1
+    assert folders.sidecar_for(photo) == photo + b".xmp"
+    (tmp_path / "d.jpg.xmp").unlink()
+    assert folders.sidecar_for(photo) is None  # listed, but gone: each is looked at before it is sent
 
 
 def test_a_source_whose_own_path_holds_another_users_link_elsewhere_is_refused(tmp_path: Path) -> None:
@@ -1219,7 +1291,7 @@ def test_a_link_into_another_mount_namespace_is_neither_followed_nor_deleted_thr
         assert utils.judge_link(os.fsencode(source / "Album"), roots).refusal is not None
         assert local_obstacle(os.fsencode(source / "Album" / "family.jpg"), roots.paths) == KEPT_OUTSIDE
         with pytest.raises(FileNotFoundError):
-            _read(source / "Album" / "family.jpg", roots)  # followed in this view: the empty folder
+            utils.open_source_file(os.fsencode(source / "Album" / "family.jpg"), roots)  # the empty folder
     finally:
         holder.kill()
         holder.wait()
