@@ -296,6 +296,9 @@ class Uploader:
         self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
         self.run_files = RunFiles(settings, self.scope, takeout.here if takeout is not None else None)
         self.roots = SourceRoots.of(settings.source_dirs)  # the link rule judges each file opened to send
+        self.folders = SourceFolders(
+            self.roots
+        )  # the workers' way to their files (closed once they are done)
         self.store = store
         self.client = client
         self.progress = progress
@@ -697,38 +700,34 @@ class Uploader:
         """Stop the workers and wait for them, whatever happened in the main thread (a bug, Ctrl+C): what they
         use (the database, the zips, the connections) must not be closed under them. A transfer in flight is
         finished; rows not started stay as they are."""
-        if not any(worker.is_alive() for worker in self._workers):
-            return
-        self._closing = True
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-            self._queue.task_done()
-        for _ in self._workers:
-            self._queue.put(None)
-        for worker in self._workers:
-            while worker.is_alive():  # a timeout keeps the main thread free for signals
-                worker.join(0.2)
+        if any(worker.is_alive() for worker in self._workers):
+            self._closing = True
+            while True:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                self._queue.task_done()
+            for _ in self._workers:
+                self._queue.put(None)
+            for worker in self._workers:
+                while worker.is_alive():  # a timeout keeps the main thread free for signals
+                    worker.join(0.2)
+        self.folders.close()  # no worker opens a file through it any more
 
     def _work(self) -> None:
         first = True
-        folders = SourceFolders(self.roots)  # this thread's own: the link rule judges each file opened
-        try:
-            while True:
-                row = self._queue.get()
-                try:
-                    if row is None:
-                        return
-                    if self.halted or self._closing:
-                        continue  # leave it pending for the next run
-                    self._work_on(row, first, folders)
-                    first = False
-                finally:
-                    self._queue.task_done()
-        finally:
-            folders.close()
+        while True:
+            row = self._queue.get()
+            try:
+                if row is None:
+                    return
+                if self.halted or self._closing:
+                    continue  # leave it pending for the next run
+                self._work_on(row, first, self.folders)
+                first = False
+            finally:
+                self._queue.task_done()
 
     def _work_on(self, row: PendingUpload, first: bool, folders: SourceFolders) -> None:
         if not first and self.settings.upload_delay_s:

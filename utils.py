@@ -509,40 +509,49 @@ def _checked_file(
 
 
 class SourceFolders:
-    """One thread's way to its source files: what open_source_file and sidecar_for answer, for fewer system
-    calls. Each folder is reached through the link rule once (resolve_source_path), and its files are opened
-    from that descriptor; the names of its XMP sidecars are listed once a minute. An upload's file and
+    """The upload threads' way to their source files: what open_source_file and sidecar_for answer, for fewer
+    system calls. Each folder is reached through the link rule once (resolve_source_path) and its files are
+    opened from that descriptor; the names of its XMP sidecars are listed once a minute. An upload's file and
     sidecar then cost 5 calls instead of about 20 (a walk from / and four looks for a sidecar). Each call
     hands Python's lock to another thread: eight upload threads beside the scan's spent longer getting it
     back than in the calls. What the walk must judge goes the walk's way: a folder another user's link led
-    to, a link in the folder, anything but a regular file. Only the thread that made it uses it, so no
-    descriptor is closed while another thread opens through it; close() at the thread's end."""
+    to, a link in the folder, anything but a regular file. Shared by the threads: a descriptor is closed
+    only when no thread is opening through it, and all of them by close(), once the threads are done."""
 
-    KEEP_FOLDERS = 2  # descriptors: files come folder by folder, the one being sent and the one before
+    # Uploads go newest first, so the folders of a batch interleave; the descriptors held are these at most
+    # (and one more for each thread opening in a folder beyond them).
+    KEEP_FOLDERS = 32
     KEEP_LISTINGS = 64  # sidecar names, small: retries and held live photos come back to earlier folders
     LISTING_AGE_S = 60.0  # a sidecar written meanwhile is sent with the photos uploaded after that
 
     def __init__(self, roots: SourceRoots, clock: Callable[[], float] = time.monotonic) -> None:
         self.roots = roots
         self.clock = clock
-        self._fds: dict[bytes, int] = {}  # folder -> its descriptor; -1: each file walks its own way
+        self._lock = threading.Lock()
+        # folder -> [its descriptor (-1: each file walks its own way), threads opening through it]
+        self._fds: dict[bytes, list[int]] = {}
         # folder -> when listed, and its .xmp/.XMP names (None: not listed, each candidate is looked for)
         self._xmps: dict[bytes, tuple[float, frozenset[bytes] | None]] = {}
 
     def open(self, path: bytes, size_bytes: int | None = None, mtime_ns: int | None = None) -> BinaryIO:
         """As open_source_file(path, roots, size_bytes, mtime_ns)."""
         folder, name = os.path.split(path)
-        dir_fd = self._folder(folder) if name and folder else -1
-        if dir_fd < 0:
+        if not (_O_PATH and name and folder):
             return open_source_file(path, self.roots, size_bytes, mtime_ns)
-        handle = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        dir_fd = self._take(folder)
         try:
-            judged = os.fstat(handle)
-            if not stat.S_ISREG(judged.st_mode):
-                return open_source_file(path, self.roots, size_bytes, mtime_ns)  # the walk judges it
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            if dir_fd < 0:
+                return open_source_file(path, self.roots, size_bytes, mtime_ns)
+            handle = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            try:
+                judged = os.fstat(handle)
+                if not stat.S_ISREG(judged.st_mode):
+                    return open_source_file(path, self.roots, size_bytes, mtime_ns)  # the walk judges it
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            finally:
+                os.close(handle)
         finally:
-            os.close(handle)
+            self._give_back(folder)
         now = os.fstat(fd)
         if (now.st_dev, now.st_ino) != (judged.st_dev, judged.st_ino):
             os.close(fd)
@@ -552,46 +561,71 @@ class SourceFolders:
     def sidecar_for(self, raw_path: bytes) -> bytes | None:
         """As sidecar_for(raw_path), looking only for the sidecars the folder's listing names."""
         folder = os.path.dirname(raw_path)
-        known = self._xmps.get(folder)
+        known = self._xmps.get(folder)  # one lookup: atomic
         if known is None or self.clock() - known[0] > self.LISTING_AGE_S:
             listed_at = self.clock()
             try:
                 names = frozenset(n for n in os.listdir(folder or b".") if n.endswith((b".xmp", b".XMP")))
             except OSError:
                 names = None
-            self._xmps.pop(folder, None)
-            if len(self._xmps) >= self.KEEP_LISTINGS:
-                del self._xmps[next(iter(self._xmps))]
-            known = self._xmps[folder] = (listed_at, names)
+            known = (listed_at, names)
+            with self._lock:
+                self._xmps.pop(folder, None)
+                if len(self._xmps) >= self.KEEP_LISTINGS:
+                    del self._xmps[next(iter(self._xmps))]
+                self._xmps[folder] = known
+        if known[1] is not None and not known[1]:
+            return None  # no sidecar in the folder: the common case, without a look
         return sidecar_for(raw_path, known[1])
 
-    def _folder(self, folder: bytes) -> int:
-        fd = self._fds.get(folder)
-        if fd is not None:
-            return fd
-        fd = -1
-        if _O_PATH:
-            try:
-                fd, owner = _resolve(folder, self.roots, read=False)
-            except OSError:
-                pass  # each file's own walk says what is wrong, naming the file
-            else:
-                if owner is not None:  # another user's link led here: each file is judged on its own
-                    os.close(fd)
-                    fd = -1
-        if len(self._fds) >= self.KEEP_FOLDERS:
-            oldest = self._fds.pop(next(iter(self._fds)))
-            if oldest >= 0:
-                os.close(oldest)
-        self._fds[folder] = fd
+    def _take(self, folder: bytes) -> int:
+        """The folder's descriptor (-1: none), held until _give_back(folder)."""
+        with self._lock:
+            held = self._fds.get(folder)
+            if held is not None:
+                held[1] += 1
+                return held[0]
+        walked = self._walk(folder)
+        with self._lock:
+            held = self._fds.get(folder)
+            if held is None:
+                self._fds[folder] = [walked, 1]
+                return walked
+            held[1] += 1  # another thread walked it meanwhile
+        if walked >= 0:
+            os.close(walked)
+        return held[0]
+
+    def _give_back(self, folder: bytes) -> None:
+        with self._lock:
+            self._fds[folder][1] -= 1
+            if len(self._fds) <= self.KEEP_FOLDERS:
+                return
+            unused = [f for f, (_, users) in self._fds.items() if not users]
+            dropped = [self._fds.pop(f)[0] for f in unused[: len(self._fds) - self.KEEP_FOLDERS]]
+        for fd in dropped:
+            if fd >= 0:
+                os.close(fd)
+
+    def _walk(self, folder: bytes) -> int:
+        try:
+            fd, owner = _resolve(folder, self.roots, read=False)
+        except OSError:
+            return -1  # each file's own walk says what is wrong, naming the file
+        if owner is not None:  # another user's link led here: each file is judged on its own
+            os.close(fd)
+            return -1
         return fd
 
     def close(self) -> None:
-        for fd in self._fds.values():
+        """Close every descriptor: once no thread opens files through this any more."""
+        with self._lock:
+            fds = [fd for fd, _ in self._fds.values()]
+            self._fds.clear()
+            self._xmps.clear()
+        for fd in fds:
             if fd >= 0:
                 os.close(fd)
-        self._fds.clear()
-        self._xmps.clear()
 
 
 # --- Metadata -------------------------------------------------------------------------------------------------

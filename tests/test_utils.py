@@ -1210,6 +1210,45 @@ def test_source_folders_walk_a_folder_once_for_its_files_and_a_link_in_it_on_its
     assert len(os.listdir("/proc/self/fd")) == opened - 1  # the folder's descriptor
 
 
+def test_a_folder_descriptor_stays_open_while_a_thread_opens_through_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads share SourceFolders: folders other threads pass through push a folder out of those kept, but
+    its descriptor is closed only once the thread opening a file through it is done (a number closed and
+    reused under it would open a file of another folder)."""
+    for folder in "abcd":
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "p.jpg").write_bytes(folder.encode() * 3)
+    folders = utils.SourceFolders(utils.SourceRoots.of([tmp_path]))
+    folders.KEEP_FOLDERS = 1
+    in_a, others_done = threading.Event(), threading.Event()
+    real_open = os.open
+
+    def held_open(path: bytes, flags: int, *args: object, dir_fd: int | None = None) -> int:
+        if path == b"p.jpg" and dir_fd is not None and threading.current_thread().name == "in-a":
+            in_a.set()
+            assert others_done.wait(10)
+        return real_open(path, flags, *args, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", held_open)
+    read_in_a: list[bytes] = []
+
+    def read_a() -> None:
+        with folders.open(os.fsencode(tmp_path / "a" / "p.jpg")) as handle:
+            read_in_a.append(handle.read())
+
+    thread = threading.Thread(target=read_a, name="in-a")
+    thread.start()
+    assert in_a.wait(10)
+    for folder in "bcd":
+        with folders.open(os.fsencode(tmp_path / folder / "p.jpg")) as handle:
+            assert handle.read() == folder.encode() * 3
+    others_done.set()
+    thread.join(10)
+    assert read_in_a == [b"aaa"]
+    folders.close()
+
+
 def test_source_folders_find_the_sidecars_sidecar_for_finds(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
