@@ -29,7 +29,7 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      ours >= 0.9x curl's speed. A third player runs the same curl with `openssl dgst`'s SHA-256 and SHA-1 of
      the same files beside it, from the same start: what fingerprinting costs beside curl, on the cores the
      server uses too (our ratio to it is quoted beside). It is no floor: openssl reads each file again for
-     each hash, and with small photos the bare Python sync below does better. On the test server three more
+     each hash, and with small photos the bare Python sync below does as well or better. On the test server three more
      rows split ours: its upload alone (upload_files.py after a scan: no hashing beside it),
      bench/bare_sender.py, a bare Python client sending our requests from 8 threads on raw sockets with no
      checks and no records (what sending costs Python here), and the same with 2 threads taking each file's
@@ -398,6 +398,27 @@ def pause_queues(server: RealServer, paused: bool, names: Sequence[str] | None =
         except OSError:  # some internal queues answer 400
             pass
     return changed
+
+
+def wait_for_idle_queues(server: RealServer, timeout_s: float = 600.0) -> tuple[int, float]:
+    """Wait until a real Immich's queues run and hold no jobs, at most `timeout_s`: the background tasks
+    its earlier deletions queued (the last bench run deleted tens of thousands of photos) cannot be paused,
+    and they took a core: the next run's rounds were twice as slow. Returns the jobs left and the wait."""
+    opener = urllib.request.build_opener()
+    headers = {"x-api-key": server.key, "Accept": "application/json"}
+    started = time.monotonic()
+    while True:
+        request = urllib.request.Request(f"{server.url}/api/jobs", None, headers)
+        with opener.open(request, timeout=60) as response:
+            queues = json.loads(response.read() or b"{}")
+        busy = sum(
+            int(q.get("jobCounts", {}).get("active", 0)) + int(q.get("jobCounts", {}).get("waiting", 0))
+            for q in queues.values()
+        )
+        waited = time.monotonic() - started
+        if not busy or waited >= timeout_s:
+            return busy, waited
+        time.sleep(2)
 
 
 def bytes_received_twice(received: list[dict[str, object]]) -> int:
@@ -1017,6 +1038,15 @@ class Bench:
         rounds = floor_rounds(self.args.floor_pairs, len(players))
         paused = pause_queues(real, True)
         self.report.note(f"real server: paused queues {','.join(paused) or '(none: all were paused)'}")
+        busy, waited = wait_for_idle_queues(real)
+        self.report.note(
+            f"real server: waited {waited:.0f} s for its queues to empty"
+            + (
+                f"; {busy} jobs still running or waiting: the rounds share the cores with them"
+                if busy
+                else ""
+            )
+        )
         try:
             self.floor_pairs(
                 f"the ingest floor on a real Immich at {real.url}: {count} photos of ~400 KB, new bytes every run, "
