@@ -522,15 +522,17 @@ class SourceFolders:
     # (and one more for each thread opening in a folder beyond them).
     KEEP_FOLDERS = 32
     KEEP_LISTINGS = 64  # sidecar names, small: retries and held live photos come back to earlier folders
-    LISTING_AGE_S = 60.0  # a sidecar written meanwhile is sent with the photos uploaded after that
+    # A folder is walked again after a minute, and a sidecar written meanwhile is sent with the photos
+    # uploaded after that; a folder gone from its place (renamed, deleted, a stale NFS handle) at once.
+    AGE_S = 60.0
 
     def __init__(self, roots: SourceRoots, clock: Callable[[], float] = time.monotonic) -> None:
         self.roots = roots
         self.clock = clock
         self._lock = threading.Lock()
-        # folder -> [its descriptor (-1: each file walks its own way), threads opening through it]
-        self._fds: dict[bytes, list[int]] = {}
-        # folder -> when listed, and its .xmp/.XMP names (None: not listed, each candidate is looked for)
+        # folder -> [its descriptor (-1: each file walks its own way), threads opening through it, walked at]
+        self._fds: dict[bytes, list[float]] = {}
+        # folder -> when listed, and its sidecars' names in lower case (None: not listed, each is looked for)
         self._xmps: dict[bytes, tuple[float, frozenset[bytes] | None]] = {}
 
     def open(self, path: bytes, size_bytes: int | None = None, mtime_ns: int | None = None) -> BinaryIO:
@@ -539,33 +541,53 @@ class SourceFolders:
         if not (_O_PATH and name and folder):
             return open_source_file(path, self.roots, size_bytes, mtime_ns)
         dir_fd = self._take(folder)
+        fd = -1
         try:
-            if dir_fd < 0:
-                return open_source_file(path, self.roots, size_bytes, mtime_ns)
-            handle = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-            try:
-                judged = os.fstat(handle)
-                if not stat.S_ISREG(judged.st_mode):
-                    return open_source_file(path, self.roots, size_bytes, mtime_ns)  # the walk judges it
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-            finally:
-                os.close(handle)
+            if dir_fd >= 0:
+                fd, judged = self._open_in(dir_fd, name)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ESTALE):
+                raise
+            self._forget(folder, dir_fd)  # the folder may be gone from its place: the walk says
         finally:
             self._give_back(folder)
-        now = os.fstat(fd)
-        if (now.st_dev, now.st_ino) != (judged.st_dev, judged.st_ino):
+        if fd < 0:
+            return open_source_file(path, self.roots, size_bytes, mtime_ns)
+        try:
+            now = os.fstat(fd)
+            if (now.st_dev, now.st_ino) != (judged.st_dev, judged.st_ino):
+                raise FileChangedError(f"{display_path(path)} was replaced while it was opened")
+        except BaseException:
             os.close(fd)
-            raise FileChangedError(f"{display_path(path)} was replaced while it was opened")
+            raise
         return _checked_file(fd, path, size_bytes, mtime_ns, st=now)
 
+    @staticmethod
+    def _open_in(dir_fd: int, name: bytes) -> tuple[int, os.stat_result]:
+        """The regular file `name` in the folder, opened for reading, and its stat as judged before the
+        open; (-1, ...) for anything else (a link, a folder, a device): the walk judges those."""
+        handle = os.open(name, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            judged = os.fstat(handle)
+            if not stat.S_ISREG(judged.st_mode):
+                return -1, judged
+            return os.open(
+                name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd
+            ), judged
+        finally:
+            os.close(handle)
+
     def sidecar_for(self, raw_path: bytes) -> bytes | None:
-        """As sidecar_for(raw_path), looking only for the sidecars the folder's listing names."""
+        """As sidecar_for(raw_path), looking only for the sidecars the folder's listing names (in any case:
+        on a card's or a share's file system `IMG_1.JPG.xmp` is `IMG_1.jpg.XMP`)."""
         folder = os.path.dirname(raw_path)
         known = self._xmps.get(folder)  # one lookup: atomic
-        if known is None or self.clock() - known[0] > self.LISTING_AGE_S:
+        if known is None or self.clock() - known[0] > self.AGE_S:
             listed_at = self.clock()
             try:
-                names = frozenset(n for n in os.listdir(folder or b".") if n.endswith((b".xmp", b".XMP")))
+                names = frozenset(
+                    lower for n in os.listdir(folder or b".") if (lower := n.lower()).endswith(b".xmp")
+                )
             except OSError:
                 names = None
             known = (listed_at, names)
@@ -580,29 +602,42 @@ class SourceFolders:
 
     def _take(self, folder: bytes) -> int:
         """The folder's descriptor (-1: none), held until _give_back(folder)."""
+        old = -1
         with self._lock:
-            held = self._fds.get(folder)
-            if held is not None:
+            held = self._fds.pop(folder, None)
+            if held is not None and (held[1] or self.clock() - held[2] <= self.AGE_S):
                 held[1] += 1
-                return held[0]
+                self._fds[folder] = held  # the most recently used last: the oldest goes first
+                return int(held[0])
+            if held is not None:
+                old = int(held[0])  # walked a minute ago and unused: walked again
+        if old >= 0:
+            os.close(old)
         walked = self._walk(folder)
         with self._lock:
             held = self._fds.get(folder)
             if held is None:
-                self._fds[folder] = [walked, 1]
+                self._fds[folder] = [walked, 1, self.clock()]
                 return walked
             held[1] += 1  # another thread walked it meanwhile
         if walked >= 0:
             os.close(walked)
-        return held[0]
+        return int(held[0])
+
+    def _forget(self, folder: bytes, dir_fd: int) -> None:
+        """Walk the folder again at its next use (the entry is still held: closed once unused)."""
+        with self._lock:
+            held = self._fds.get(folder)
+            if held is not None and held[0] == dir_fd:
+                held[2] = -math.inf
 
     def _give_back(self, folder: bytes) -> None:
         with self._lock:
             self._fds[folder][1] -= 1
             if len(self._fds) <= self.KEEP_FOLDERS:
                 return
-            unused = [f for f, (_, users) in self._fds.items() if not users]
-            dropped = [self._fds.pop(f)[0] for f in unused[: len(self._fds) - self.KEEP_FOLDERS]]
+            unused = [f for f, held in self._fds.items() if not held[1]]
+            dropped = [int(self._fds.pop(f)[0]) for f in unused[: len(self._fds) - self.KEEP_FOLDERS]]
         for fd in dropped:
             if fd >= 0:
                 os.close(fd)
@@ -620,7 +655,7 @@ class SourceFolders:
     def close(self) -> None:
         """Close every descriptor: once no thread opens files through this any more."""
         with self._lock:
-            fds = [fd for fd, _ in self._fds.values()]
+            fds = [int(held[0]) for held in self._fds.values()]
             self._fds.clear()
             self._xmps.clear()
         for fd in fds:
@@ -2323,11 +2358,11 @@ def rename_no_replace(source: bytes, target: bytes) -> None:
 def sidecar_for(raw_path: bytes, xmp_names: Container[bytes] | None = None) -> bytes | None:
     """The XMP sidecar that travels with a photo: `photo.jpg.xmp`, else `photo.xmp`, as Immich's own CLI
     looks for them. `IMG_9.HEIC.xmp` beside `IMG_9.HEIC.jpg` is the sidecar of `IMG_9.HEIC` when that file
-    exists, not of the converted copy. With `xmp_names` (the names of the folder's sidecars, as listed), only
-    those are looked for."""
+    exists, not of the converted copy. With `xmp_names` (the names of the folder's sidecars as listed, in lower
+    case), only those are looked for."""
 
     def listed(candidate: bytes) -> bool:
-        return xmp_names is None or os.path.basename(candidate) in xmp_names
+        return xmp_names is None or os.path.basename(candidate).lower() in xmp_names
 
     for candidate in (raw_path + b".xmp", raw_path + b".XMP"):
         if listed(candidate) and os.path.isfile(candidate):

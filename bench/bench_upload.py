@@ -401,19 +401,20 @@ def pause_queues(server: RealServer, paused: bool, names: Sequence[str] | None =
 
 
 def wait_for_idle_queues(server: RealServer, timeout_s: float = 600.0) -> tuple[int, float]:
-    """Wait until a real Immich's queues run and hold no jobs, at most `timeout_s`: the background tasks
-    its earlier deletions queued (the last bench run deleted tens of thousands of photos) cannot be paused,
-    and they took a core: the next run's rounds were twice as slow. Returns the jobs left and the wait."""
+    """Wait until a real Immich's running queues hold no jobs, at most `timeout_s`: the background tasks its
+    earlier deletions queued (the last bench run deleted tens of thousands of photos) cannot be paused, and
+    they took a core: the next run's rounds were twice as slow. Returns the jobs left and the wait."""
     opener = urllib.request.build_opener()
     headers = {"x-api-key": server.key, "Accept": "application/json"}
     started = time.monotonic()
     while True:
-        request = urllib.request.Request(f"{server.url}/api/jobs", None, headers)
+        request = urllib.request.Request(f"{server.url}/api/queues", None, headers)
         with opener.open(request, timeout=60) as response:
-            queues = json.loads(response.read() or b"{}")
+            queues = json.loads(response.read() or b"[]")
         busy = sum(
-            int(q.get("jobCounts", {}).get("active", 0)) + int(q.get("jobCounts", {}).get("waiting", 0))
-            for q in queues.values()
+            int(q.get("statistics", {}).get("active", 0)) + int(q.get("statistics", {}).get("waiting", 0))
+            for q in queues
+            if not q.get("isPaused")  # a paused queue's jobs wait, and take no core
         )
         waited = time.monotonic() - started
         if not busy or waited >= timeout_s:
@@ -1038,16 +1039,16 @@ class Bench:
         rounds = floor_rounds(self.args.floor_pairs, len(players))
         paused = pause_queues(real, True)
         self.report.note(f"real server: paused queues {','.join(paused) or '(none: all were paused)'}")
-        busy, waited = wait_for_idle_queues(real)
-        self.report.note(
-            f"real server: waited {waited:.0f} s for its queues to empty"
-            + (
-                f"; {busy} jobs still running or waiting: the rounds share the cores with them"
-                if busy
-                else ""
-            )
-        )
         try:
+            busy, waited = wait_for_idle_queues(real)
+            self.report.note(
+                f"real server: waited {waited:.0f} s for its running queues to empty"
+                + (
+                    f"; {busy} jobs still running or waiting: the rounds share the cores with them"
+                    if busy
+                    else ""
+                )
+            )
             self.floor_pairs(
                 f"the ingest floor on a real Immich at {real.url}: {count} photos of ~400 KB, new bytes every run, "
                 f"queues paused, {rounds} rounds in turn",

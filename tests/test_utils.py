@@ -1134,6 +1134,8 @@ def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_
     os.chown(theirs / "own.jpg", writer, writer)
     (theirs / "vsub" / "d.jpg").write_bytes(b"victim's, in the writer's folder")
     os.chown(theirs / "vsub", victim, victim)
+    (theirs / "victims.jpg").write_bytes(b"victim's file, in the writer's folder")
+    os.chown(theirs / "victims.jpg", victim, victim)
     private = tmp_path / "victim"
     private.mkdir(mode=0o700)
     (private / "v.jpg").write_bytes(b"victim's")
@@ -1167,6 +1169,9 @@ def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_
         _read(source / "private" / "v.jpg", roots)
     with pytest.raises(utils.LinkRefused, match="not owned by the owner of the link"):
         _read(source / "theirs" / "vsub" / "d.jpg", roots)
+    for _ in range(2):  # the second time from a folder already reached
+        with pytest.raises(utils.LinkRefused, match="not owned by the owner of the link"):
+            _read(source / "theirs" / "victims.jpg", roots)
     with pytest.raises(utils.LinkRefused):
         _read(source / "via-proc" / "v.jpg", roots)
     with pytest.raises(utils.FileChangedError, match="no longer a regular file"):
@@ -1180,6 +1185,9 @@ def test_the_link_rule_is_applied_part_by_part_to_what_each_link_actually_leads_
     folders.close()
 
 
+@pytest.mark.skipif(
+    not utils._O_PATH, reason="folders are reached by descriptor where there is O_PATH (Linux)"
+)
 def test_source_folders_walk_a_folder_once_for_its_files_and_a_link_in_it_on_its_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1210,6 +1218,9 @@ def test_source_folders_walk_a_folder_once_for_its_files_and_a_link_in_it_on_its
     assert len(os.listdir("/proc/self/fd")) == opened - 1  # the folder's descriptor
 
 
+@pytest.mark.skipif(
+    not utils._O_PATH, reason="folders are reached by descriptor where there is O_PATH (Linux)"
+)
 def test_a_folder_descriptor_stays_open_while_a_thread_opens_through_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1249,6 +1260,58 @@ def test_a_folder_descriptor_stays_open_while_a_thread_opens_through_it(
     folders.close()
 
 
+@pytest.mark.skipif(
+    not utils._O_PATH, reason="folders are reached by descriptor where there is O_PATH (Linux)"
+)
+def test_a_folder_moved_away_and_made_again_is_walked_again(tmp_path: Path) -> None:
+    """A folder renamed and another made in its place while its files are sent: each file is read from
+    where its path leads now (the walk's answer), not from the folder first reached."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(b"first")
+    folders = utils.SourceFolders(utils.SourceRoots.of([tmp_path]))
+    with folders.open(os.fsencode(folder / "a.jpg")) as handle:
+        assert handle.read() == b"first"
+    folder.rename(tmp_path / "old")
+    folder.mkdir()
+    (folder / "b.jpg").write_bytes(b"second")
+    with folders.open(os.fsencode(folder / "b.jpg")) as handle:
+        assert handle.read() == b"second"
+    (tmp_path / "old" / "a.jpg").rename(folder / "a.jpg")
+    with folders.open(os.fsencode(folder / "a.jpg")) as handle:
+        assert handle.read() == b"first"
+    folders.close()
+
+
+def test_a_folder_walked_a_minute_ago_is_walked_again(tmp_path: Path) -> None:
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a.jpg").write_bytes(b"first")
+    now = [0.0]
+    folders = utils.SourceFolders(utils.SourceRoots.of([tmp_path]), clock=lambda: now[0])
+    with folders.open(os.fsencode(tmp_path / "p" / "a.jpg")) as handle:
+        assert handle.read() == b"first"
+    (tmp_path / "p").rename(tmp_path / "q")
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "a.jpg").write_bytes(b"later")  # same name, same size: only the walk tells them apart
+    now[0] += utils.SourceFolders.AGE_S + 1
+    with folders.open(os.fsencode(tmp_path / "p" / "a.jpg")) as handle:
+        assert handle.read() == b"later"
+    folders.close()
+
+
+def test_sidecar_names_are_matched_in_any_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a card's or a share's file system (exFAT, SMB) `IMG_1.JPG.xmp` names `IMG_1.jpg.Xmp`: the listing
+    must not rule out what a look would find there."""
+    (tmp_path / "IMG_1.JPG").write_bytes(b"x")
+    (tmp_path / "IMG_1.jpg.Xmp").write_bytes(b"<x/>")
+    photo = os.fsencode(tmp_path / "IMG_1.JPG")
+    asked: list[bytes] = []
+    monkeypatch.setattr(os.path, "isfile", lambda p: asked.append(os.path.basename(p)) or True)  # as there
+    folders = utils.SourceFolders(utils.SourceRoots.of([tmp_path]))
+    assert folders.sidecar_for(photo) == photo + b".xmp"
+    assert asked == [b"IMG_1.JPG.xmp"]
+
+
 def test_source_folders_find_the_sidecars_sidecar_for_finds(tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
@@ -1275,7 +1338,7 @@ def test_a_sidecar_written_after_its_folder_was_listed_goes_with_photos_sent_a_m
     assert folders.sidecar_for(photo) is None
     (tmp_path / "d.jpg.xmp").write_bytes(b"<x/>")
     assert folders.sidecar_for(photo) is None  # the folder as listed
-    now[0] += utils.SourceFolders.LISTING_AGE_S + 1
+    now[0] += utils.SourceFolders.AGE_S + 1
     assert folders.sidecar_for(photo) == photo + b".xmp"
     (tmp_path / "d.jpg.xmp").unlink()
     assert folders.sidecar_for(photo) is None  # listed, but gone: each is looked at before it is sent
