@@ -296,9 +296,8 @@ class Uploader:
         self.takeout = takeout  # a Takeout run: rows are zip members, opened from their zip
         self.run_files = RunFiles(settings, self.scope, takeout.here if takeout is not None else None)
         self.roots = SourceRoots.of(settings.source_dirs)  # the link rule judges each file opened to send
-        self.folders = SourceFolders(
-            self.roots
-        )  # the workers' way to their files (closed once they are done)
+        # The workers' way to their files, through the link rule: closed in shutdown(), once they are done.
+        self.folders = SourceFolders(self.roots)
         self.store = store
         self.client = client
         self.progress = progress
@@ -724,12 +723,12 @@ class Uploader:
                     return
                 if self.halted or self._closing:
                     continue  # leave it pending for the next run
-                self._work_on(row, first, self.folders)
+                self._work_on(row, first)
                 first = False
             finally:
                 self._queue.task_done()
 
-    def _work_on(self, row: PendingUpload, first: bool, folders: SourceFolders) -> None:
+    def _work_on(self, row: PendingUpload, first: bool) -> None:
         if not first and self.settings.upload_delay_s:
             time.sleep(self.settings.upload_delay_s)
         try:
@@ -738,7 +737,7 @@ class Uploader:
                 # before sending, so the work splits as fast as each machine goes.
                 self._elsewhere(row)
                 return
-            self._upload_one(row, folders)
+            self._upload_one(row)
         except DatabaseError as exc:
             # The row could not be written: stop. If the server got the file, the next run's pre-check
             # finds it and records it as a duplicate, so nothing is sent twice.
@@ -752,11 +751,12 @@ class Uploader:
             self._bugs.append(exc)
             self.stop.set()
 
-    def _upload_one(self, row: PendingUpload, folders: SourceFolders) -> None:
+    def _upload_one(self, row: PendingUpload) -> None:
         raw = self.scope.path_of(row.filepath, row.filepath_b64)
         link = self._link_with.pop(row.id, None)
+        folders = self.folders
         sidecar = folders.sidecar_for(raw) if self.takeout is None else None
-        sidecar_bytes = self._sidecar_bytes(row, sidecar, folders) if sidecar is not None else None
+        sidecar_bytes = self._sidecar_bytes(row, sidecar) if sidecar is not None else None
         if sidecar_bytes is None:
             sidecar = None
         # Opened through the same checks at each try: the file as hashed, reached as the link rule allows.
@@ -861,11 +861,11 @@ class Uploader:
         self._landed(row, None)
         self._clip_settled(row, None)
 
-    def _sidecar_bytes(self, row: PendingUpload, sidecar: bytes, folders: SourceFolders) -> bytes | None:
+    def _sidecar_bytes(self, row: PendingUpload, sidecar: bytes) -> bytes | None:
         """The sidecar's bytes as they will be sent (read once, through the checks a photo's own read
         passes: a sidecar is a file of the sources too), or None to send the photo without one."""
         try:
-            with folders.open(sidecar) as handle:
+            with self.folders.open(sidecar) as handle:
                 data = handle.read(SIDECAR_MAX_BYTES + 1)
         except LinkRefused as exc:
             log.warning("%s: its sidecar was not sent: %s", row.filepath, exc)

@@ -508,6 +508,16 @@ def _checked_file(
         raise
 
 
+@dataclass(slots=True)
+class _HeldFolder:
+    """A folder SourceFolders reached: its descriptor (-1: each file walks its own way), the threads opening
+    through it, and when it was walked."""
+
+    fd: int
+    users: int
+    walked_at: float
+
+
 class SourceFolders:
     """The upload threads' way to their source files: what open_source_file and sidecar_for answer, for fewer
     system calls. Each folder is reached through the link rule once (resolve_source_path) and its files are
@@ -530,8 +540,7 @@ class SourceFolders:
         self.roots = roots
         self.clock = clock
         self._lock = threading.Lock()
-        # folder -> [its descriptor (-1: each file walks its own way), threads opening through it, walked at]
-        self._fds: dict[bytes, list[float]] = {}
+        self._fds: dict[bytes, _HeldFolder] = {}
         # folder -> when listed, and its sidecars' names in lower case (None: not listed, each is looked for)
         self._xmps: dict[bytes, tuple[float, frozenset[bytes] | None]] = {}
 
@@ -605,39 +614,39 @@ class SourceFolders:
         old = -1
         with self._lock:
             held = self._fds.pop(folder, None)
-            if held is not None and (held[1] or self.clock() - held[2] <= self.AGE_S):
-                held[1] += 1
+            if held is not None and (held.users or self.clock() - held.walked_at <= self.AGE_S):
+                held.users += 1
                 self._fds[folder] = held  # the most recently used last: the oldest goes first
-                return int(held[0])
+                return held.fd
             if held is not None:
-                old = int(held[0])  # walked a minute ago and unused: walked again
+                old = held.fd  # walked a minute ago and unused: walked again
         if old >= 0:
             os.close(old)
         walked = self._walk(folder)
         with self._lock:
             held = self._fds.get(folder)
             if held is None:
-                self._fds[folder] = [walked, 1, self.clock()]
+                self._fds[folder] = _HeldFolder(walked, 1, self.clock())
                 return walked
-            held[1] += 1  # another thread walked it meanwhile
+            held.users += 1  # another thread walked it meanwhile
         if walked >= 0:
             os.close(walked)
-        return int(held[0])
+        return held.fd
 
     def _forget(self, folder: bytes, dir_fd: int) -> None:
         """Walk the folder again at its next use (the entry is still held: closed once unused)."""
         with self._lock:
             held = self._fds.get(folder)
-            if held is not None and held[0] == dir_fd:
-                held[2] = -math.inf
+            if held is not None and held.fd == dir_fd:
+                held.walked_at = -math.inf
 
     def _give_back(self, folder: bytes) -> None:
         with self._lock:
-            self._fds[folder][1] -= 1
+            self._fds[folder].users -= 1
             if len(self._fds) <= self.KEEP_FOLDERS:
                 return
-            unused = [f for f, held in self._fds.items() if not held[1]]
-            dropped = [int(self._fds.pop(f)[0]) for f in unused[: len(self._fds) - self.KEEP_FOLDERS]]
+            unused = [f for f, held in self._fds.items() if not held.users]
+            dropped = [self._fds.pop(f).fd for f in unused[: len(self._fds) - self.KEEP_FOLDERS]]
         for fd in dropped:
             if fd >= 0:
                 os.close(fd)
@@ -655,7 +664,7 @@ class SourceFolders:
     def close(self) -> None:
         """Close every descriptor: once no thread opens files through this any more."""
         with self._lock:
-            fds = [int(held[0]) for held in self._fds.values()]
+            fds = [held.fd for held in self._fds.values()]
             self._fds.clear()
             self._xmps.clear()
         for fd in fds:

@@ -29,12 +29,13 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      ours >= 0.9x curl's speed. A third player runs the same curl with `openssl dgst`'s SHA-256 and SHA-1 of
      the same files beside it, from the same start: what fingerprinting costs beside curl, on the cores the
      server uses too (our ratio to it is quoted beside). It is no floor: openssl reads each file again for
-     each hash, and with small photos the bare Python sync below does as well or better. On the test server three more
-     rows split ours: its upload alone (upload_files.py after a scan: no hashing beside it),
+     each hash, and with small photos the bare Python sync below does as well or better. On the test server
+     three more rows split ours: its upload alone (upload_files.py after a scan: no hashing beside it),
      bench/bare_sender.py, a bare Python client sending our requests from 8 threads on raw sockets with no
      checks and no records (what sending costs Python here), and the same with 2 threads taking each file's
      SHA-256 and SHA-1 before it is sent (--hashing 2: a bare Python sync, what a client that fingerprints
-     what it sends can do in Python here). On the test server each run has a fresh server, so all send the same trees: part 1's, then --floor-files photos of ~400 KB; with
+     what it sends can do in Python here). On the test server each run has a fresh server, so all send the
+     same trees: part 1's, then --floor-files photos of ~400 KB; with
      IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree of new random bytes of
      the same shape (--floor-files photos of ~400 KB), the server's queues paused for all (this bench pauses
      them and resumes those it paused) and the test photos deleted afterwards;
