@@ -27,6 +27,7 @@ from immich_client import (
     MIN_SILENCE_S,
     ApiKeyRefused,
     FilePart,
+    FileReadFailed,
     ImmichClient,
     ImmichError,
     MultipartBody,
@@ -161,6 +162,112 @@ def test_a_photos_body_is_sent_in_three_pieces_text_bytes_text(tmp_path: Path) -
     )
     assert pieces[2].startswith(b"\r\n--") and pieces[2].endswith(f"--{body.boundary}--\r\n".encode())
     assert sum(map(len, pieces)) == len(body)
+
+
+def _photo_and_sidecar_body(tmp_path: Path) -> tuple[MultipartBody, bytes, bytes]:
+    """A body of a 3 MiB photo (more than a socket buffer takes at once) and its sidecar, and their bytes."""
+    photo = tmp_path / "big.jpg"
+    photo_bytes = b"\xff\xd8" + os.urandom(3 << 20)
+    photo.write_bytes(photo_bytes)
+    sidecar = b"<x:xmpmeta>rating 5</x:xmpmeta>"
+    parts = [
+        FilePart("assetData", "big.jpg", bytes(photo), "application/octet-stream"),
+        FilePart("sidecarData", "big.jpg.xmp", None, "application/xml", True, lambda: io.BytesIO(sidecar), len(sidecar)),
+    ]  # fmt: skip
+    return (
+        MultipartBody([("isFavorite", "false")], parts, None, [("filename", "big.jpg")]),
+        photo_bytes,
+        sidecar,
+    )
+
+
+def _sent_to_socket(body: MultipartBody, head: bytes) -> bytes:
+    """What MultipartBody.send_to puts on a plain (unix) socket, read off its other end."""
+    ours, theirs = socket.socketpair()
+    received = bytearray()
+
+    def drain() -> None:
+        while chunk := theirs.recv(1 << 16):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        ours.settimeout(10)  # as a connection's: non-blocking underneath, so sendfile meets a full buffer
+        body.send_to(ours, head)
+    finally:
+        ours.close()  # the reader sees the end
+        reader.join(10)
+        theirs.close()
+    return bytes(received)
+
+
+def _read_whole(body: MultipartBody) -> bytes:
+    pieces = []
+    while piece := body.read():
+        pieces.append(bytes(piece))
+    return b"".join(pieces)
+
+
+def test_a_file_part_goes_to_a_plain_socket_by_sendfile_and_the_bytes_are_those_read_would_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, photo_bytes, sidecar = _photo_and_sidecar_body(tmp_path)
+    read_body, _, _ = _photo_and_sidecar_body(tmp_path)
+    sent_by_sendfile = []
+    real_sendfile = os.sendfile
+
+    def counting_sendfile(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        sent = real_sendfile(out_fd, in_fd, offset, count)
+        sent_by_sendfile.append(sent)
+        return sent
+
+    monkeypatch.setattr(os, "sendfile", counting_sendfile)
+    wire = _sent_to_socket(body, b"HEAD\r\n\r\n")
+    expected = b"HEAD\r\n\r\n" + _read_whole(read_body)
+    assert wire.replace(body.boundary.encode(), b"B") == expected.replace(read_body.boundary.encode(), b"B")
+    assert sum(sent_by_sendfile) == len(photo_bytes)  # the photo, never read into Python; the sidecar read
+    assert body.sha1s["sidecarData"] == hashlib.sha1(sidecar).hexdigest() and body.complete
+
+
+def test_a_file_its_file_system_will_not_sendfile_is_read_instead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    body, photo_bytes, _ = _photo_and_sidecar_body(tmp_path)
+
+    def refusing_sendfile(*_args: object) -> int:
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    monkeypatch.setattr(os, "sendfile", refusing_sendfile)
+    wire = _sent_to_socket(body, b"")
+    assert photo_bytes in wire and len(wire) == len(body)
+
+
+@pytest.mark.parametrize(
+    ("failure", "raised"),
+    [(errno.EIO, FileReadFailed), (errno.EPIPE, BrokenPipeError), (errno.ECONNRESET, ConnectionResetError)],
+)
+def test_a_sendfile_failure_is_the_files_unless_it_is_the_sockets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: int, raised: type[Exception]
+) -> None:
+    # A disk failing mid-file is "cannot read the file" for that row, never a server gone away (nor read
+    # again from the start); a connection cut is the connection's, for the retries that handle it.
+    body, _, _ = _photo_and_sidecar_body(tmp_path)
+    real_sendfile = os.sendfile
+    calls = []
+
+    def failing_second_time(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        if len(calls) > 1:
+            raise OSError(failure, os.strerror(failure))
+        return real_sendfile(out_fd, in_fd, offset, min(count, 1 << 16))
+
+    monkeypatch.setattr(os, "sendfile", failing_second_time)
+    with pytest.raises(raised) as caught:
+        _sent_to_socket(body, b"")
+    if raised is FileReadFailed:
+        assert caught.value.error.errno == errno.EIO  # type: ignore[attr-defined]
+    body.close()
 
 
 def test_the_multipart_boundary_is_as_long_as_rfc_2046_allows() -> None:
