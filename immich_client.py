@@ -51,10 +51,14 @@ log = get_logger("immich")
 # Answers that mean "the server is away or busy right now": waited for, never held against a file.
 AWAY_STATUSES = frozenset({429, 502, 503, 504})
 UPLOAD_READ_BYTES = 1 << 20
-# A file part goes from the page cache to a plain socket by sendfile(2) (Linux: from the file's own position):
-# no read into Python and no copy out of it. 1,000 photos of 400 KB to the test server: the upload threads'
-# CPU 0.52 s against 0.40 s, in turns. TLS sockets, and a file a file system will not send so, are read.
+# A photo goes from the page cache to a plain socket by sendfile(2) (Linux: from the file's own position): no
+# read into Python and no copy out of it. First syncs to the test server, in turns: 1,000 photos of 400 KB
+# 1.30 s against 1.40 s (the upload threads' CPU 0.40 s against 0.52 s); 300 of 2-5 MB 1.55 s against 1.63 s.
+# Larger files are read: a server on the same machine then reads the body in smaller pieces, at more CPU per
+# byte (16 videos of 64 MB: no faster, the test server's CPU 1.08 s against 0.89 s; one of 1 GiB: 1.00 s
+# against 0.88 s). TLS sockets, and a file a file system will not send so, are read too.
 SENDFILE = sys.platform.startswith("linux") and hasattr(os, "sendfile")
+SENDFILE_MAX_BYTES = 16 << 20
 # What sendfile(2) says of a socket that went (raised as they are, for the connection), and of a file it cannot
 # send this way (before its first byte: read instead). Anything else is the file's.
 SOCKET_ERRNOS = frozenset(
@@ -595,7 +599,8 @@ class MultipartBody:
 
     def send_to(self, sock: socket.socket, head: bytes) -> None:
         """The request's `head` and this body on a plain socket (not TLS): the text before each file part in
-        one send (the head with the first), each file part by sendfile(2) where it can go so."""
+        one send (the head with the first), each file part up to SENDFILE_MAX_BYTES by sendfile(2) where it
+        can go so, the rest as read() gives it."""
         pending = head
         while self._index < len(self._segments):
             segment = self._segments[self._index]
@@ -606,7 +611,12 @@ class MultipartBody:
             if pending:
                 sock.sendall(pending)
                 pending = b""
-            if not (SENDFILE and not segment.hashed and self._send_file(sock, segment)):
+            if not (
+                SENDFILE
+                and not segment.hashed
+                and self._sizes[id(segment)] <= SENDFILE_MAX_BYTES
+                and self._send_file(sock, segment)
+            ):
                 while chunk := self.read():  # the rest a chunk at a time, as on a TLS socket
                     sock.sendall(chunk)
         if pending:
