@@ -492,7 +492,7 @@ def test_a_disk_failing_mid_upload_is_the_files_problem_not_the_servers(
 
 
 # "disk": a file opened by path, which a zero-copy send (tried, 95974ff) would take another way.
-@pytest.mark.parametrize("source", ["stream", "disk"])
+@pytest.mark.parametrize("source", ["stream", "disk", "photo"])
 def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_timeout(
     tmp_path: Path, transport: str, source: str
 ) -> None:
@@ -512,10 +512,11 @@ def test_a_server_that_stops_taking_the_upload_is_given_up_after_the_connect_tim
     c._server = ServerInfo((3, 1, 0), frozenset({"jpg"}), frozenset({"mp4"}))
     try:
         with pytest.raises(ServerUnreachable) as caught:  # it reads nothing: each write waits 0.5 s, not 120
-            if source == "disk":
-                big = tmp_path / "big.mp4"
+            if source != "stream":
+                # sparse: zeros, none written; a photo's size goes by sendfile on plain http, a video's is read
+                big = tmp_path / ("big.mp4" if source == "disk" else "big.jpg")
                 with big.open("wb") as f:
-                    f.truncate(64 << 20)  # sparse: 64 MiB of zeros, none written
+                    f.truncate(64 << 20 if source == "disk" else immich_client.SENDFILE_MAX_BYTES)
                 c.upload(request_for(big))
             else:
                 c.upload(request_for_stream("big.mp4", 64 << 20, lambda: io.BytesIO(bytes(64 << 20))))
