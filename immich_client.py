@@ -59,13 +59,6 @@ UPLOAD_READ_BYTES = 1 << 20
 # against 0.88 s). TLS sockets, and a file a file system will not send so, are read too.
 SENDFILE = sys.platform.startswith("linux") and hasattr(os, "sendfile")
 SENDFILE_MAX_BYTES = 16 << 20
-# What sendfile(2) says of a socket that went (raised as they are, for the connection), and of a file it cannot
-# send this way (before its first byte: read instead). Anything else is the file's.
-SOCKET_ERRNOS = frozenset(
-    {errno.EPIPE, errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.ESHUTDOWN, errno.ETIMEDOUT,
-     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EHOSTDOWN}
-)  # fmt: skip
-NOT_SENDABLE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 # The x-immich-checksum header costs Immich a database lookup before it reads the body (v3.1.0's upload
 # interceptor): 0.8-1.3 ms of its CPU an upload, measured on a real v3.1.0 (uploads of 100 KB, one at a time,
 # Immich's and PostgreSQL's processes: 8.8-9.2 ms with it, 7.9-8.1 without). After a bulk check it only
@@ -623,9 +616,11 @@ class MultipartBody:
             sock.sendall(pending)
 
     def _send_file(self, sock: socket.socket, part: FilePart) -> bool:
-        """Send `part` from its file by sendfile(2); False (the file open, nothing sent) when it is no plain
-        file or its file system will not send it so. A socket that takes nothing for its timeout raises
-        TimeoutError, as sendall does; a failing (or shrinking) file, FileReadFailed."""
+        """Send `part` from its file by sendfile(2); False when the rest of it (all, or from where its file's
+        position is) is to be read: no plain file, or sendfile failed. A failure is not judged here: a
+        network mount's file fails with ENOTCONN, ECONNRESET or ETIMEDOUT as a socket does, and on the read
+        path a read and a send fail apart (the file's problem, or the connection's). A socket that takes
+        nothing for its timeout raises TimeoutError, as sendall does."""
         if self._handle is None:
             try:
                 self._handle = part.open()
@@ -639,27 +634,25 @@ class MultipartBody:
         out, source = sock.fileno(), self._handle.fileno()
         timeout_s = sock.gettimeout()
         poller: select.poll | None = None
+        writable = False  # the socket said it takes bytes: "again" now is the file's
         while self._left > 0:
             try:
                 count = os.sendfile(out, source, None, self._left)  # from the file's position, moving it
             except BlockingIOError:  # the socket's buffer is full (a socket with a timeout is non-blocking)
+                if writable:
+                    return False
                 if poller is None:
                     poller = select.poll()
                     poller.register(out, select.POLLOUT)
                 if not poller.poll(None if timeout_s is None else math.ceil(timeout_s * 1000)):
                     raise TimeoutError("timed out") from None
+                writable = True
                 continue
-            except OSError as exc:
-                if exc.errno in SOCKET_ERRNOS:
-                    raise
-                if exc.errno in NOT_SENDABLE_ERRNOS and self._left == self._sizes[id(part)]:
-                    return False
-                self.close()
-                raise FileReadFailed(exc) from exc
+            except OSError:
+                return False  # moved by what was sent only: the read path goes on from there
             if not count:
-                self.close()
-                shrank = FileChangedError(errno.EAGAIN, f"{part.filename} shrank while it was being uploaded")
-                raise FileReadFailed(shrank)
+                return False  # the file ended early: the read path finds it shrank
+            writable = False
             self._left -= count
             self._sent(count)
         self.close()

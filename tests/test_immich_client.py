@@ -28,7 +28,6 @@ from immich_client import (
     MIN_SILENCE_S,
     ApiKeyRefused,
     FilePart,
-    FileReadFailed,
     ImmichClient,
     ImmichError,
     MultipartBody,
@@ -250,15 +249,14 @@ def test_a_file_its_file_system_will_not_sendfile_is_read_instead(
 
 
 @pytest.mark.parametrize(
-    ("failure", "raised"),
-    [(errno.EIO, FileReadFailed), (errno.EPIPE, BrokenPipeError), (errno.ECONNRESET, ConnectionResetError)],
+    "failure", [errno.EIO, errno.ENOTCONN, errno.ECONNRESET, errno.ETIMEDOUT, errno.EPIPE]
 )
-def test_a_sendfile_failure_is_the_files_unless_it_is_the_sockets(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: int, raised: type[Exception]
+def test_after_a_sendfile_failure_the_rest_of_the_file_goes_the_read_way_from_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failure: int
 ) -> None:
-    # A disk failing mid-file is "cannot read the file" for that row, never a server gone away (nor read
-    # again from the start); a connection cut is the connection's, for the retries that handle it.
-    body, _, _ = _photo_and_sidecar_body(tmp_path)
+    # Whose failure it was (a network mount's file says ENOTCONN, ECONNRESET or ETIMEDOUT as a socket does)
+    # the read path tells: a read and a send fail apart there. Here neither fails again: every byte goes once.
+    body, photo_bytes, _ = _photo_and_sidecar_body(tmp_path)
     real_sendfile = os.sendfile
     calls = []
 
@@ -269,11 +267,58 @@ def test_a_sendfile_failure_is_the_files_unless_it_is_the_sockets(
         return real_sendfile(out_fd, in_fd, offset, min(count, 1 << 16))
 
     monkeypatch.setattr(os, "sendfile", failing_second_time)
-    with pytest.raises(raised) as caught:
-        _sent_to_socket(body, b"")
-    if raised is FileReadFailed:
-        assert caught.value.error.errno == errno.EIO  # type: ignore[attr-defined]
-    body.close()
+    wire = _sent_to_socket(body, b"")
+    assert len(calls) == 2 and photo_bytes in wire and len(wire) == len(body)
+
+
+def test_a_file_that_says_again_to_sendfile_on_a_socket_that_takes_bytes_is_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # EAGAIN is the socket's only while the socket is full: after it said it takes bytes, no spin on it.
+    body, photo_bytes, _ = _photo_and_sidecar_body(tmp_path)
+    calls = []
+
+    def always_again(*_args: object) -> int:
+        calls.append(1)
+        assert len(calls) <= 3, "sendfile asked again and again"
+        raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "sendfile", always_again)
+    wire = _sent_to_socket(body, b"")
+    assert photo_bytes in wire and len(wire) == len(body)
+
+
+def test_a_network_mount_failing_under_sendfile_is_the_files_problem_not_the_servers(
+    immich: ImmichTestServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dropped sshfs mount: sendfile says ENOTCONN, and reads of the file fail from then on (here its
+    # descriptor is made a folder's). Taken for the connection's, the run would wait SERVER_WAIT and stop.
+    photo = tmp_path / "far.jpg"
+    photo.write_bytes(b"\xff\xd8" + os.urandom(3 << 20))
+    folder = os.open(tmp_path, os.O_RDONLY)
+    real_sendfile = os.sendfile
+    calls = []
+
+    def mount_drops(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        if len(calls) > 1:
+            os.dup2(folder, in_fd)  # from now on a read of it fails (EISDIR), as the mount's would
+            raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        return real_sendfile(out_fd, in_fd, offset, min(count, 1 << 16))
+
+    monkeypatch.setattr(os, "sendfile", mount_drops)
+    c = client_for(immich.url, READ_TIMEOUT="5", SERVER_WAIT="2")
+    c.connect()
+    try:
+        with pytest.raises(OSError) as caught:
+            c.upload(request_for(photo))
+        assert caught.value.errno == errno.EISDIR and not isinstance(caught.value, ImmichError)
+        assert c.gate.pause_left_s() == 0  # no worker waits for a server that is fine
+        monkeypatch.setattr(os, "sendfile", real_sendfile)
+        assert c.upload(request_for(photo)).status == "created"  # and the next upload goes
+    finally:
+        c.close()
+        os.close(folder)
 
 
 def test_the_multipart_boundary_is_as_long_as_rfc_2046_allows() -> None:
