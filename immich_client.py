@@ -599,7 +599,8 @@ class MultipartBody:
             segment = self._segments[self._index]
             if isinstance(segment, bytes):
                 self._index += 1
-                pending += self._sent(segment)
+                pending += segment
+                self._sent(segment)
                 continue
             if pending:
                 sock.sendall(pending)
@@ -654,7 +655,8 @@ class MultipartBody:
                 return False  # the file ended early: the read path finds it shrank
             writable = False
             self._left -= count
-            self._sent(count)
+            if self.on_bytes is not None:
+                self.on_bytes(count)
         self.close()
         self._index += 1
         return True
@@ -676,10 +678,9 @@ class MultipartBody:
             self._hasher.update(view[:count])
         return view[:count]
 
-    def _sent(self, chunk: bytes | memoryview | int) -> Any:
-        """`chunk` (or a count of bytes sent) is on its way: told to `on_bytes`, and returned."""
+    def _sent(self, chunk: bytes | memoryview) -> bytes | memoryview:
         if self.on_bytes is not None:
-            self.on_bytes(chunk if isinstance(chunk, int) else len(chunk))
+            self.on_bytes(len(chunk))
         return chunk
 
     def close(self) -> None:

@@ -227,12 +227,15 @@ def test_a_photo_goes_to_a_plain_socket_by_sendfile_a_larger_file_is_read_and_th
         return sent
 
     monkeypatch.setattr(os, "sendfile", counting_sendfile)
+    told: list[int] = []  # the progress bar's bytes
+    body.on_bytes = told.append
     wire = _sent_to_socket(body, b"HEAD\r\n\r\n")
     expected = b"HEAD\r\n\r\n" + _read_whole(read_body)
     assert wire.replace(body.boundary.encode(), b"B") == expected.replace(read_body.boundary.encode(), b"B")
     # The photo never read into Python (or all of it read); the sidecar read either way.
     assert sum(sent_by_sendfile) == (len(photo_bytes) if by_sendfile else 0)
     assert body.sha1s["sidecarData"] == hashlib.sha1(sidecar).hexdigest() and body.complete
+    assert sum(told) == len(body)
 
 
 def test_a_file_its_file_system_will_not_sendfile_is_read_instead(
