@@ -622,14 +622,10 @@ class MultipartBody:
         network mount's file fails with ENOTCONN, ECONNRESET or ETIMEDOUT as a socket does, and on the read
         path a read and a send fail apart (the file's problem, or the connection's). A socket that takes
         nothing for its timeout raises TimeoutError, as sendall does."""
-        if self._handle is None:
-            try:
-                self._handle = part.open()
-            except OSError as exc:
-                self.close()
-                raise FileReadFailed(exc) from exc
-            self._left = self._sizes[id(part)]
-            self._hasher = None
+        try:
+            self._open(part)
+        except OSError as exc:
+            raise FileReadFailed(exc) from exc
         if type(self._handle) is not FileIO:  # a zip member, a stream: no descriptor of its bytes
             return False
         out, source = sock.fileno(), self._handle.fileno()
@@ -661,12 +657,16 @@ class MultipartBody:
         self._index += 1
         return True
 
-    def _next_chunk(self, part: FilePart) -> memoryview | None:
-        """The next chunk of a file part; None at its end."""
+    def _open(self, part: FilePart) -> None:
+        """The part's file, opened at its first byte (once: sendfile and the reads that follow it share it)."""
         if self._handle is None:
             self._handle = part.open()
             self._left = self._sizes[id(part)]
             self._hasher = hashlib.sha1() if part.hashed else None
+
+    def _next_chunk(self, part: FilePart) -> memoryview | None:
+        """The next chunk of a file part; None at its end."""
+        self._open(part)
         if self._left <= 0:
             return None
         view = read_buffer(min(self._left, UPLOAD_READ_BYTES))
