@@ -75,6 +75,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
@@ -376,25 +377,25 @@ class RealServer:
         return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
+def admin_call(server: RealServer, method: str, path: str, body: object = None) -> Any:
+    """One request to a real Immich's API with its admin key; its JSON answer."""
+    headers = {"x-api-key": server.key, "Accept": "application/json", "Content-Type": "application/json"}
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{server.url}/api{path}", data, headers, method=method)
+    with urllib.request.build_opener().open(request, timeout=60) as response:
+        return json.loads(response.read() or b"null")
+
+
 def pause_queues(server: RealServer, paused: bool, names: Sequence[str] | None = None) -> list[str]:
     """Pause (or resume) a real Immich's queues with its admin key: `names`, or every queue not yet in that
     state; returns the names changed."""
-    opener = urllib.request.build_opener()
-    headers = {"x-api-key": server.key, "Accept": "application/json", "Content-Type": "application/json"}
-
-    def call(method: str, path: str, body: object = None) -> object:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{server.url}/api{path}", data, headers, method=method)
-        with opener.open(request, timeout=60) as response:
-            return json.loads(response.read() or b"null")
-
     if names is None:
-        queues = call("GET", "/queues")
-        names = [str(q["name"]) for q in queues if bool(q.get("isPaused")) != paused]  # type: ignore[union-attr]
+        queues = admin_call(server, "GET", "/queues")
+        names = [str(q["name"]) for q in queues if bool(q.get("isPaused")) != paused]
     changed = []
     for name in names:
         try:
-            call("PUT", f"/queues/{name}", {"isPaused": paused})
+            admin_call(server, "PUT", f"/queues/{name}", {"isPaused": paused})
             changed.append(name)
         except OSError:  # some internal queues answer 400
             pass
@@ -405,13 +406,9 @@ def wait_for_idle_queues(server: RealServer, timeout_s: float = 600.0) -> tuple[
     """Wait until a real Immich's running queues hold no jobs, at most `timeout_s`: the background tasks its
     earlier deletions queued (the last bench run deleted tens of thousands of photos) cannot be paused, and
     they took a core: the next run's rounds were twice as slow. Returns the jobs left and the wait."""
-    opener = urllib.request.build_opener()
-    headers = {"x-api-key": server.key, "Accept": "application/json"}
     started = time.monotonic()
     while True:
-        request = urllib.request.Request(f"{server.url}/api/queues", None, headers)
-        with opener.open(request, timeout=60) as response:
-            queues = json.loads(response.read() or b"[]")
+        queues = admin_call(server, "GET", "/queues") or []
         busy = sum(
             int(q.get("statistics", {}).get("active", 0)) + int(q.get("statistics", {}).get("waiting", 0))
             for q in queues
