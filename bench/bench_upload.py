@@ -38,7 +38,8 @@ Generated files live in a temp folder under /tmp that is deleted at the end, als
      same trees: part 1's, then --floor-files photos of ~400 KB; with
      IMMICH_BENCH_URL/IMMICH_BENCH_KEY also on that real Immich, every run with a tree of new random bytes of
      the same shape (--floor-files photos of ~400 KB), the server's queues paused for all (this bench pauses
-     them and resumes those it paused) and the test photos deleted afterwards;
+     them and resumes those it paused), the server warmed up first by an untimed curl run of that size, and
+     the test photos deleted afterwards; before each timed run the disk is written back (os.sync);
   6. a deletion run: --floor-files photos of ~400 KB (hard links to a kept copy) uploaded by a first sync, then an
      unchanged sync (the reference) and `sync_upload.py --delete-uploaded`, which confirms each asset in Immich
      and deletes the local files; the difference is what deleting costs. With --floor-also DIR, DIR's scripts
